@@ -1,0 +1,7 @@
+//! ringlink: a Candy-compatible mesh VPN whose dataplane is thread-per-core io_uring.
+//!
+//! Module roles follow `shared/DESIGN.md`: `proto`, `peer` and `route` are
+//! sans-IO; `dataplane`, `control`, `server` and `sys` touch the OS.
+
+pub mod config;
+pub mod proto;
