@@ -1,0 +1,211 @@
+//! The slice of STUN (RFC 5389) that Candy uses: a Binding Request with an
+//! empty CHANGE-REQUEST, and a Binding Response carrying the mapped IPv4
+//! address (PROTOCOL.md §4). Both directions, because the ringlink server
+//! answers binding requests itself.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::error::need;
+use super::ProtoError;
+
+pub const MAGIC_COOKIE: u32 = 0x2112_A442;
+pub const HEADER_LEN: usize = 20;
+pub const BINDING_REQUEST: u16 = 0x0001;
+pub const BINDING_RESPONSE: u16 = 0x0101;
+const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
+const ATTR_CHANGE_REQUEST: u16 = 0x0003;
+const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+const FAMILY_IPV4: u8 = 0x01;
+/// Candy's request: header plus an 8-byte CHANGE-REQUEST with no flags.
+pub const REQUEST_LEN: usize = 28;
+/// Our response: header, XOR-MAPPED-ADDRESS, MAPPED-ADDRESS.
+pub const RESPONSE_LEN: usize = HEADER_LEN + 12 + 12;
+
+pub type TransactionId = [u8; 12];
+
+/// True if the datagram looks like STUN: the two top bits of the first byte
+/// are zero and the magic cookie is in place. Encrypted peer datagrams start
+/// with a random IV, so this is what lets one UDP port carry both.
+pub fn looks_like_stun(dgram: &[u8]) -> bool {
+    dgram.len() >= HEADER_LEN && dgram[0] & 0xC0 == 0 && dgram[4..8] == MAGIC_COOKIE.to_be_bytes()
+}
+
+pub fn encode_binding_request(txid: &TransactionId) -> [u8; REQUEST_LEN] {
+    let mut out = [0u8; REQUEST_LEN];
+    out[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
+    out[2..4].copy_from_slice(&8u16.to_be_bytes());
+    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out[8..20].copy_from_slice(txid);
+    out[20..22].copy_from_slice(&ATTR_CHANGE_REQUEST.to_be_bytes());
+    out[22..24].copy_from_slice(&4u16.to_be_bytes());
+    out
+}
+
+struct Header {
+    ty: u16,
+    body_len: usize,
+    txid: TransactionId,
+}
+
+fn header(dgram: &[u8]) -> Result<Header, ProtoError> {
+    need("STUN message", dgram, HEADER_LEN)?;
+    if dgram[4..8] != MAGIC_COOKIE.to_be_bytes() {
+        return Err(ProtoError::Stun("no magic cookie"));
+    }
+    let body_len = usize::from(u16::from_be_bytes([dgram[2], dgram[3]]));
+    if body_len % 4 != 0 || HEADER_LEN + body_len > dgram.len() {
+        return Err(ProtoError::Stun("length field does not match the datagram"));
+    }
+    let mut txid = [0u8; 12];
+    txid.copy_from_slice(&dgram[8..20]);
+    Ok(Header {
+        ty: u16::from_be_bytes([dgram[0], dgram[1]]),
+        body_len,
+        txid,
+    })
+}
+
+/// Accepts a Binding Request and returns its transaction ID. Attributes
+/// (CHANGE-REQUEST included) are ignored: we answer from where we were asked.
+pub fn parse_binding_request(dgram: &[u8]) -> Result<TransactionId, ProtoError> {
+    let h = header(dgram)?;
+    if h.ty != BINDING_REQUEST {
+        return Err(ProtoError::Stun("not a binding request"));
+    }
+    Ok(h.txid)
+}
+
+/// A Binding Response telling the requester its mapped address, with
+/// XOR-MAPPED-ADDRESS first because Candy uses the first address it finds.
+pub fn encode_binding_response(txid: &TransactionId, mapped: SocketAddrV4) -> [u8; RESPONSE_LEN] {
+    let mut out = [0u8; RESPONSE_LEN];
+    out[0..2].copy_from_slice(&BINDING_RESPONSE.to_be_bytes());
+    out[2..4].copy_from_slice(&((RESPONSE_LEN - HEADER_LEN) as u16).to_be_bytes());
+    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    out[8..20].copy_from_slice(txid);
+    let xport = mapped.port() ^ (MAGIC_COOKIE >> 16) as u16;
+    let xip = u32::from(*mapped.ip()) ^ MAGIC_COOKIE;
+    write_address(&mut out[20..32], ATTR_XOR_MAPPED_ADDRESS, xport, xip);
+    write_address(
+        &mut out[32..44],
+        ATTR_MAPPED_ADDRESS,
+        mapped.port(),
+        u32::from(*mapped.ip()),
+    );
+    out
+}
+
+fn write_address(out: &mut [u8], attr: u16, port: u16, ip: u32) {
+    out[0..2].copy_from_slice(&attr.to_be_bytes());
+    out[2..4].copy_from_slice(&8u16.to_be_bytes());
+    out[4] = 0;
+    out[5] = FAMILY_IPV4;
+    out[6..8].copy_from_slice(&port.to_be_bytes());
+    out[8..12].copy_from_slice(&ip.to_be_bytes());
+}
+
+/// The mapped address in a Binding Response: the first IPv4
+/// XOR-MAPPED-ADDRESS or MAPPED-ADDRESS. Unlike Candy, attribute padding is
+/// honoured, every read is bounds-checked and the transaction ID is returned
+/// so the caller can match it to its request.
+pub fn parse_binding_response(dgram: &[u8]) -> Result<(TransactionId, SocketAddrV4), ProtoError> {
+    let h = header(dgram)?;
+    if h.ty != BINDING_RESPONSE {
+        return Err(ProtoError::Stun("not a binding success response"));
+    }
+    let mut body = &dgram[HEADER_LEN..HEADER_LEN + h.body_len];
+    while body.len() >= 4 {
+        let attr = u16::from_be_bytes([body[0], body[1]]);
+        let len = usize::from(u16::from_be_bytes([body[2], body[3]]));
+        let padded = (len + 3) & !3;
+        if body.len() < 4 + len {
+            return Err(ProtoError::Stun("attribute runs past the message"));
+        }
+        let value = &body[4..4 + len];
+        let addr = match attr {
+            ATTR_XOR_MAPPED_ADDRESS => read_address(value, true),
+            ATTR_MAPPED_ADDRESS => read_address(value, false),
+            _ => None,
+        };
+        if let Some(a) = addr {
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return Err(ProtoError::Stun("mapped address is zero"));
+            }
+            return Ok((h.txid, a));
+        }
+        body = &body[(4 + padded).min(body.len())..];
+    }
+    Err(ProtoError::Stun("no IPv4 mapped address"))
+}
+
+fn read_address(value: &[u8], xor: bool) -> Option<SocketAddrV4> {
+    if value.len() < 8 || value[1] != FAMILY_IPV4 {
+        return None;
+    }
+    let mut port = u16::from_be_bytes([value[2], value[3]]);
+    let mut ip = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
+    if xor {
+        port ^= (MAGIC_COOKIE >> 16) as u16;
+        ip ^= MAGIC_COOKIE;
+    }
+    Some(SocketAddrV4::new(Ipv4Addr::from(ip), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candy_request_layout() {
+        let req = encode_binding_request(&[7; 12]);
+        assert_eq!(&req[..8], &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42]);
+        assert_eq!(&req[20..], &[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
+        assert!(looks_like_stun(&req));
+        assert_eq!(parse_binding_request(&req).unwrap(), [7; 12]);
+    }
+
+    #[test]
+    fn response_round_trip_xor_first() {
+        let mapped: SocketAddrV4 = "203.0.113.9:40000".parse().unwrap();
+        let resp = encode_binding_response(&[9; 12], mapped);
+        assert_eq!(
+            u16::from_be_bytes([resp[20], resp[21]]),
+            ATTR_XOR_MAPPED_ADDRESS
+        );
+        assert_eq!(parse_binding_response(&resp).unwrap(), ([9; 12], mapped));
+        assert!(parse_binding_request(&resp).is_err());
+    }
+
+    #[test]
+    fn skips_padded_attributes() {
+        let mapped: SocketAddrV4 = "198.51.100.1:3478".parse().unwrap();
+        let resp = encode_binding_response(&[1; 12], mapped);
+        // SOFTWARE with a 5-byte value (padded to 8) before the address.
+        let mut msg = resp[..20].to_vec();
+        msg.extend_from_slice(&[0x80, 0x22, 0, 5, b'h', b'e', b'l', b'l', b'o', 0, 0, 0]);
+        msg.extend_from_slice(&resp[20..]);
+        let body = (msg.len() - 20) as u16;
+        msg[2..4].copy_from_slice(&body.to_be_bytes());
+        assert_eq!(parse_binding_response(&msg).unwrap().1, mapped);
+    }
+
+    #[test]
+    fn malformed_responses_are_errors() {
+        let resp = encode_binding_response(&[1; 12], "192.0.2.1:1".parse().unwrap());
+        assert!(parse_binding_response(&resp[..19]).is_err());
+        let mut bad_len = resp;
+        bad_len[3] = 200;
+        assert!(parse_binding_response(&bad_len).is_err());
+        let mut overrun = resp;
+        overrun[23] = 60;
+        assert!(parse_binding_response(&overrun).is_err());
+        let mut zero = encode_binding_response(&[1; 12], "0.0.0.0:0".parse().unwrap());
+        assert!(parse_binding_response(&zero).is_err());
+        zero[4] = 0;
+        assert!(!looks_like_stun(&zero));
+        // Only attributes we do not know: no address.
+        let mut none = resp[..20].to_vec();
+        none[2..4].copy_from_slice(&0u16.to_be_bytes());
+        assert!(parse_binding_response(&none).is_err());
+    }
+}
