@@ -1,1 +1,576 @@
+//! `server.toml` and `client.toml`: parsing and validation.
+//!
+//! Every problem is reported as a `ConfigError` naming the key and the form
+//! it expects; `main` turns it into exit code 2.
 
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::proto::Ipv4Cidr;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "{}: key `{}`: {}", self.file, k, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: Some(key.to_string()),
+            message: message.into(),
+        }
+    }
+
+    fn cidr(&self, key: &str, value: &str) -> Result<Ipv4Cidr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("expected an IPv4 CIDR like 10.77.0.0/24, got {value:?}"),
+            )
+        })
+    }
+
+    fn ipv4(&self, key: &str, value: &str) -> Result<Ipv4Addr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("expected an IPv4 address like 10.77.0.20, got {value:?}"),
+            )
+        })
+    }
+
+    fn socket(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("expected ip:port like 10.91.0.1:7443, got {value:?}"),
+            )
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.display().to_string(),
+        key: None,
+        message: format!("cannot read: {e}"),
+    })
+}
+
+fn parse_toml<T: for<'de> Deserialize<'de>>(file: &str, text: &str) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        file: file.to_string(),
+        key: None,
+        // toml's message names the unknown or missing key and the line.
+        message: e.to_string().trim_end().replace('\n', " "),
+    })
+}
+
+// ---------------------------------------------------------------- server
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A subnet behind a gateway, pushed to clients (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetRoute {
+    pub dst: Ipv4Cidr,
+    pub via: Ipv4Addr,
+    /// Which clients get the route (Candy's DEV).
+    pub for_clients: Ipv4Cidr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub password: String,
+    pub pool: Ipv4Cidr,
+    pub tls: Option<TlsFiles>,
+    /// Where the embedded STUN responder listens; None = off.
+    pub stun: Option<SocketAddr>,
+    pub routes: Vec<SubnetRoute>,
+    pub max_clients: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: String,
+    password: String,
+    pool: String,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    stun: Option<String>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+    max_clients: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    dst: String,
+    via: String,
+    #[serde(rename = "for")]
+    for_clients: Option<String>,
+}
+
+pub const STUN_PORT: u16 = 3478;
+
+impl ServerConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&path.display().to_string(), &read(path)?)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let c = Ctx { file };
+        let raw: RawServer = parse_toml(file, text)?;
+        let listen = c.socket("listen", &raw.listen)?;
+        if raw.password.is_empty() {
+            return Err(c.err("password", "must not be empty"));
+        }
+        let pool = c.cidr("pool", &raw.pool)?;
+        if !pool.is_network() || pool.prefix > 30 || pool.prefix < 8 {
+            return Err(c.err(
+                "pool",
+                format!("expected a network address with a prefix from /8 to /30, like 10.77.0.0/24, got {pool}"),
+            ));
+        }
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(c.err(
+                    "tls_key",
+                    "tls_cert is set, so tls_key (a PEM private key file) is required",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(c.err(
+                    "tls_cert",
+                    "tls_key is set, so tls_cert (a PEM certificate file) is required",
+                ))
+            }
+        };
+        let stun = match raw.stun.as_deref() {
+            None => Some(SocketAddr::new(listen.ip(), STUN_PORT)),
+            Some("") => None,
+            Some(s) => Some(c.socket("stun", s)?),
+        };
+        let mut routes = Vec::new();
+        for r in raw.route {
+            let dst = c.cidr("route.dst", &r.dst)?;
+            if !dst.is_network() {
+                return Err(c.err(
+                    "route.dst",
+                    format!("expected a network address (host bits zero), got {dst}"),
+                ));
+            }
+            let via = c.ipv4("route.via", &r.via)?;
+            if !pool.is_usable_host(via) {
+                return Err(c.err(
+                    "route.via",
+                    format!("{via} is not a host address inside pool {pool}"),
+                ));
+            }
+            let for_clients = match r.for_clients {
+                Some(f) => c.cidr("route.for", &f)?,
+                None => pool,
+            };
+            routes.push(SubnetRoute {
+                dst,
+                via,
+                for_clients,
+            });
+        }
+        let max_clients = raw.max_clients.unwrap_or(4096);
+        if max_clients == 0 {
+            return Err(c.err("max_clients", "must be at least 1"));
+        }
+        Ok(Self {
+            listen,
+            password: raw.password,
+            pool,
+            tls,
+            stun,
+            routes,
+            max_clients,
+        })
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+/// `ws://host[:port][/path]` or `wss://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+}
+
+impl ServerUrl {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("wss://") {
+            (true, r)
+        } else {
+            (false, s.strip_prefix("ws://")?)
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        // The query string is dropped, as Candy does.
+        let path = path.split('?').next().unwrap_or("/").to_string();
+        let (host, port) = split_host_port(authority, if tls { 443 } else { 80 })?;
+        Some(Self {
+            tls,
+            host,
+            port,
+            path,
+        })
+    }
+
+    pub fn to_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
+    }
+}
+
+fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok().filter(|&p| p != 0)?),
+        None => (authority, default_port),
+    };
+    let valid = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    valid.then(|| (host.to_string(), port))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StunServer {
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    pub server: ServerUrl,
+    pub password: String,
+    pub tun: String,
+    pub address: Option<Ipv4Cidr>,
+    pub mtu: u16,
+    /// Dataplane threads; 0 = one per core.
+    pub workers: usize,
+    /// STUN server for P2P; None turns P2P off.
+    pub stun: Option<StunServer>,
+    /// Local UDP port for peer traffic; 0 = any.
+    pub port: u16,
+    /// Seconds between DISCOVERY broadcasts; 0 = off.
+    pub discovery: u32,
+    /// Route cost in ms (0..=1000); 0 turns latency routing off.
+    pub route_cost: u32,
+    /// Extra CA certificate (PEM) trusted for wss://.
+    pub tls_ca: Option<PathBuf>,
+    /// Skip certificate verification for wss:// (as stock Candy does).
+    pub tls_insecure: bool,
+    /// Unix socket where `ringlink status` finds this client.
+    pub control_socket: PathBuf,
+    /// LAN candidate address announced to peers (Candy's `localhost`).
+    pub lan_address: Option<Ipv4Addr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    server: String,
+    password: String,
+    tun: Option<String>,
+    address: Option<String>,
+    mtu: Option<i64>,
+    workers: Option<i64>,
+    stun: Option<String>,
+    port: Option<i64>,
+    discovery: Option<i64>,
+    route_cost: Option<i64>,
+    tls_ca: Option<PathBuf>,
+    tls_insecure: Option<bool>,
+    control_socket: Option<PathBuf>,
+    lan_address: Option<String>,
+}
+
+pub const DEFAULT_MTU: u16 = 1400;
+/// The largest inner packet a stock Candy peer can take over UDP (§3.4).
+pub const MAX_MTU: u16 = 1471;
+pub const MIN_MTU: u16 = 576;
+
+fn in_range(c: &Ctx, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(c.err(
+            key,
+            format!("expected an integer from {lo} to {hi}, got {v}"),
+        ))
+    }
+}
+
+pub fn default_control_socket(tun: &str) -> PathBuf {
+    PathBuf::from(format!("/run/ringlink/{tun}.sock"))
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::parse(&path.display().to_string(), &read(path)?)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let c = Ctx { file };
+        let raw: RawClient = parse_toml(file, text)?;
+        let server = ServerUrl::parse(&raw.server).ok_or_else(|| {
+            c.err(
+                "server",
+                format!(
+                    "expected ws://host[:port][/path] or wss://host[:port][/path], got {:?}",
+                    raw.server
+                ),
+            )
+        })?;
+        if raw.password.is_empty() {
+            return Err(c.err("password", "must not be empty"));
+        }
+        let tun = raw.tun.unwrap_or_else(|| "rl0".to_string());
+        // IFNAMSIZ is 16 including the terminator.
+        let valid_name = !tun.is_empty()
+            && tun.len() <= 15
+            && tun
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid_name {
+            return Err(c.err("tun", format!("expected an interface name of 1-15 letters, digits, '-', '_' or '.', got {tun:?}")));
+        }
+        let address = match raw.address {
+            None => None,
+            Some(a) => {
+                let cidr = c.cidr("address", &a)?;
+                if cidr.prefix > 30 || !cidr.is_usable_host(cidr.addr) {
+                    return Err(c.err("address", format!("expected a host address with its prefix, like 10.77.0.20/24, got {cidr}")));
+                }
+                Some(cidr)
+            }
+        };
+        let mtu = in_range(
+            &c,
+            "mtu",
+            raw.mtu.unwrap_or(DEFAULT_MTU.into()),
+            MIN_MTU.into(),
+            MAX_MTU.into(),
+        )? as u16;
+        let workers = in_range(&c, "workers", raw.workers.unwrap_or(0), 0, 256)? as usize;
+        let stun = match raw.stun.as_deref() {
+            None | Some("") => None,
+            Some(s) => {
+                let rest = s
+                    .strip_prefix("stun://")
+                    .and_then(|r| split_host_port(r, crate::config::STUN_PORT));
+                let (host, port) = rest.ok_or_else(|| {
+                    c.err("stun", format!("expected stun://host[:port], got {s:?}"))
+                })?;
+                Some(StunServer { host, port })
+            }
+        };
+        let port = in_range(&c, "port", raw.port.unwrap_or(0), 0, 65535)? as u16;
+        let discovery = in_range(&c, "discovery", raw.discovery.unwrap_or(60), 0, 86400)? as u32;
+        let route_cost = in_range(&c, "route_cost", raw.route_cost.unwrap_or(5), 0, 1000)? as u32;
+        let lan_address = raw
+            .lan_address
+            .map(|a| c.ipv4("lan_address", &a))
+            .transpose()?;
+        Ok(Self {
+            control_socket: raw
+                .control_socket
+                .unwrap_or_else(|| default_control_socket(&tun)),
+            server,
+            password: raw.password,
+            tun,
+            address,
+            mtu,
+            workers,
+            stun,
+            port,
+            discovery,
+            route_cost,
+            tls_ca: raw.tls_ca,
+            tls_insecure: raw.tls_insecure.unwrap_or(false),
+            lan_address,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> Result<ServerConfig, ConfigError> {
+        ServerConfig::parse("server.toml", text)
+    }
+
+    fn client(text: &str) -> Result<ClientConfig, ConfigError> {
+        ClientConfig::parse("client.toml", text)
+    }
+
+    const SERVER: &str =
+        "listen = \"10.91.0.1:7443\"\npassword = \"secret\"\npool = \"10.77.0.0/24\"\n";
+    const CLIENT: &str = "server = \"ws://10.91.0.1:7443\"\npassword = \"secret\"\n";
+
+    #[test]
+    fn server_contract_example() {
+        let s = server(SERVER).unwrap();
+        assert_eq!(s.listen, "10.91.0.1:7443".parse().unwrap());
+        assert_eq!(s.pool.to_string(), "10.77.0.0/24");
+        assert_eq!(s.stun, Some("10.91.0.1:3478".parse().unwrap()));
+        assert!(s.tls.is_none() && s.routes.is_empty());
+        let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
+        assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_routes() {
+        let s = server(&format!(
+            "{SERVER}[[route]]\ndst = \"192.168.20.0/24\"\nvia = \"10.77.0.20\"\n[[route]]\ndst = \"192.168.30.0/24\"\nvia = \"10.77.0.30\"\nfor = \"10.77.0.0/25\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.routes.len(), 2);
+        assert_eq!(s.routes[0].for_clients, s.pool);
+        assert_eq!(s.routes[1].for_clients.to_string(), "10.77.0.0/25");
+        let e = server(&format!(
+            "{SERVER}[[route]]\ndst = \"192.168.20.1/24\"\nvia = \"10.77.0.20\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route.dst"));
+    }
+
+    #[test]
+    fn server_errors_name_the_key() {
+        let e = server("listen = \"10.91.0.1:7443\"\npool = \"10.77.0.0/24\"\n").unwrap_err();
+        assert!(e.to_string().contains("password"), "{e}");
+        let e = server(&format!("{SERVER}colour = \"blue\"\n")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = server(&SERVER.replace("10.77.0.0/24", "10.77.0/24")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pool"));
+        assert!(
+            e.to_string().contains("10.77.0.0/24"),
+            "names the expected form: {e}"
+        );
+        let e = server(&SERVER.replace("10.77.0.0/24", "10.77.0.5/24")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pool"));
+        let e = server(&SERVER.replace("10.91.0.1:7443", "10.91.0.1")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("listen"));
+        let e = server(&format!("{SERVER}tls_cert = \"c.pem\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tls_key"));
+    }
+
+    #[test]
+    fn client_defaults() {
+        let c = client(CLIENT).unwrap();
+        assert_eq!(c.server.to_url(), "ws://10.91.0.1:7443/");
+        assert_eq!(
+            (c.tun.as_str(), c.mtu, c.workers, c.address),
+            ("rl0", 1400, 0, None)
+        );
+        assert_eq!(
+            (c.stun.clone(), c.port, c.discovery, c.route_cost),
+            (None, 0, 60, 5)
+        );
+        assert_eq!(c.control_socket, PathBuf::from("/run/ringlink/rl0.sock"));
+    }
+
+    #[test]
+    fn client_full() {
+        let c = client(&format!(
+            "{CLIENT}tun = \"site-a\"\naddress = \"10.77.0.20/24\"\nmtu = 1420\nworkers = 2\nstun = \"stun://10.91.0.1\"\nport = 51820\n"
+        ))
+        .unwrap();
+        assert_eq!(c.address.unwrap().to_string(), "10.77.0.20/24");
+        assert_eq!(
+            c.stun.unwrap(),
+            StunServer {
+                host: "10.91.0.1".into(),
+                port: 3478
+            }
+        );
+        assert_eq!((c.mtu, c.workers, c.port), (1420, 2, 51820));
+    }
+
+    #[test]
+    fn client_errors_name_the_key() {
+        let cases = [
+            ("server = \"http://x\"\npassword = \"p\"\n", "server"),
+            ("server = \"ws://\"\npassword = \"p\"\n", "server"),
+            ("server = \"ws://h:0\"\npassword = \"p\"\n", "server"),
+            (&format!("{CLIENT}address = \"10.77.0.0/24\"\n"), "address"),
+            (
+                &format!("{CLIENT}address = \"10.77.0.300/24\"\n"),
+                "address",
+            ),
+            (&format!("{CLIENT}mtu = 9000\n"), "mtu"),
+            (
+                &format!("{CLIENT}tun = \"a-very-long-interface-name\"\n"),
+                "tun",
+            ),
+            (&format!("{CLIENT}stun = \"10.0.0.1:3478\"\n"), "stun"),
+            (&format!("{CLIENT}route_cost = 1001\n"), "route_cost"),
+            ("server = \"ws://h\"\npassword = \"\"\n", "password"),
+        ];
+        for (text, key) in cases {
+            let e = client(text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+        let e = client("server = \"ws://h\"\n").unwrap_err();
+        assert!(e.to_string().contains("password"), "{e}");
+        let e = client(&format!("{CLIENT}bogus = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn urls() {
+        let u = ServerUrl::parse("wss://relay.example:8443/net/a?x=1").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (true, "relay.example", 8443, "/net/a")
+        );
+        assert_eq!(ServerUrl::parse("ws://h").unwrap().port, 80);
+        assert_eq!(ServerUrl::parse("wss://h").unwrap().port, 443);
+        assert!(ServerUrl::parse("ws://user@h").is_none());
+    }
+}
