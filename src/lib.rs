@@ -5,3 +5,5 @@
 
 pub mod config;
 pub mod proto;
+pub mod control;
+pub mod demo;

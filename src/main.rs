@@ -1,1 +1,144 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use ringlink::config::{default_control_socket, ClientConfig, ServerConfig};
+
+/// ringlink: a peer-to-peer mesh VPN and site-to-site tunnel for Linux
+/// gateways, wire-compatible with Candy.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. "info", "debug", "ringlink=debug" (RUST_LOG also works).
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordination server: authentication, address pool, relay,
+    /// peer introductions, subnet routes, STUN responder.
+    Server {
+        /// Path to server.toml (keys: listen, password, pool, tls_cert,
+        /// tls_key, stun, max_clients, [[route]]).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a node: joins the network, creates the TUN device and carries
+    /// traffic (needs root or CAP_NET_ADMIN).
+    Client {
+        /// Path to client.toml (keys: server, password, tun, address, mtu,
+        /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
+        /// control_socket, lan_address).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show a running client's peers, paths and counters.
+    Status {
+        /// The client's control socket (default /run/ringlink/<tun>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Interface name used to find the default socket.
+        #[arg(long, default_value = "rl0")]
+        tun: String,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a demo network in namespaces (a server and two sites), run the
+    /// real binaries, show ping and throughput through the tunnel, clean up.
+    Demo,
+}
+
+fn init_logs(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_target(false)
+        .init();
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log);
+    match cli.command {
+        Command::Server { config } => {
+            let cfg = match ServerConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            report(rt.block_on(async {
+                tokio::select! {
+                    r = ringlink::server::run(cfg) => r.map_err(|e| e.to_string()),
+                    _ = terminated() => Ok(()),
+                }
+            }))
+        }
+        Command::Client { config } => {
+            let cfg = match ClientConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            report(
+                rt.block_on(ringlink::control::run(cfg, terminated()))
+                    .map_err(|e| e.to_string()),
+            )
+        }
+        Command::Status { socket, tun, json } => {
+            let path = socket.unwrap_or_else(|| default_control_socket(&tun));
+            match ringlink::control::status::query(&path) {
+                Ok(s) if json => {
+                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(s) => {
+                    print!("{}", ringlink::control::status::render(&s));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringlink status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo => report(ringlink::demo::run()),
+    }
+}
+
+fn config_error(e: ringlink::config::ConfigError) -> ExitCode {
+    eprintln!("ringlink: config error: {e}");
+    ExitCode::from(2)
+}
+
+fn report(r: Result<(), String>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringlink: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Connecting to the server and logging in (PROTOCOL.md §2.2).
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::stream::MaybeTls;
+use super::ClientError;
+use crate::config::ServerUrl;
+use crate::proto::ws::{Auth, ExptTun, Vmac, WsMessage, MAX_FRAME};
+use crate::proto::Ipv4Cidr;
+
+pub type Ws = WebSocketStream<MaybeTls>;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Unsent bytes the kernel may hold for the WebSocket. The relay carries
+/// other TCP flows inside this one: a deep socket queue turns into seconds of
+/// ping time under load (Candy's relay shows exactly that), so we keep it
+/// shallow and let the bounded channel in front of it drop instead.
+const NOTSENT_LOWAT: libc::c_int = 128 * 1024;
+
+pub fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    // Candy frames are at most 1500 bytes; leave room for ringlink
+    // extensions but never buffer megabytes for a misbehaving peer.
+    c.max_frame_size = Some(4 * MAX_FRAME);
+    c.max_message_size = Some(4 * MAX_FRAME);
+    c
+}
+
+/// Trims the socket's queue of unsent data; see `NOTSENT_LOWAT`.
+pub fn limit_unsent(tcp: &TcpStream) {
+    let v = NOTSENT_LOWAT;
+    // SAFETY: a valid fd, an int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+pub async fn connect(url: &ServerUrl, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, ClientError> {
+    let target = format!("{}:{}", url.host, url.port);
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
+        .await
+        .map_err(|e| ClientError::Connect(format!("cannot resolve {target}: {e}")))?
+        .filter(|a| a.is_ipv4())
+        .collect();
+    let addr = *addrs
+        .first()
+        .ok_or_else(|| ClientError::Connect(format!("{target} has no IPv4 address")))?;
+    let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Connect(format!("{addr}: connect timed out")))?
+        .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
+    tcp.set_nodelay(true).ok();
+    limit_unsent(&tcp);
+    let stream = match (url.tls, tls) {
+        (true, Some(cfg)) => {
+            let name = ServerName::try_from(url.host.clone())
+                .map_err(|_| ClientError::Connect(format!("{} is not a valid TLS server name", url.host)))?;
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TLS with {addr}: {e}")))?;
+            MaybeTls::Tls(Box::new(tls))
+        }
+        _ => MaybeTls::Plain(tcp),
+    };
+    let request = url
+        .to_url()
+        .into_client_request()
+        .map_err(|e| ClientError::Connect(format!("{}: {e}", url.to_url())))?;
+    let (ws, _) = timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())),
+    )
+    .await
+    .map_err(|_| ClientError::Connect(format!("{addr}: WebSocket handshake timed out")))?
+    .map_err(|e| ClientError::Connect(format!("{addr}: WebSocket handshake: {e}")))?;
+    Ok(ws)
+}
+
+/// What address to ask for.
+#[derive(Debug, Clone, Copy)]
+pub enum Wanted {
+    /// `address` from the config: claimed directly with AUTH.
+    Static(Ipv4Cidr),
+    /// From the pool, preferring the one we had before a reconnect.
+    Pool(Option<Ipv4Cidr>),
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// VMAC, then EXPTTUN if needed, then AUTH. Returns the address claimed.
+/// The server never acknowledges AUTH; a refusal shows up as the
+/// connection closing, which the session loop reports.
+pub async fn login(ws: &mut Ws, password: &[u8], vmac: [u8; 16], wanted: Wanted) -> Result<Ipv4Cidr, ClientError> {
+    send(ws, Vmac::new(password, vmac, unix_now()).encode()).await?;
+    let cidr = match wanted {
+        Wanted::Static(c) => c,
+        Wanted::Pool(previous) => {
+            let ask = previous.unwrap_or_else(ExptTun::unspecified_cidr);
+            send(ws, ExptTun::new(password, ask, unix_now()).encode()).await?;
+            let reply = timeout(CONNECT_TIMEOUT, wait_for_grant(ws))
+                .await
+                .map_err(|_| ClientError::Refused("no address from the server within 10 s".into()))??;
+            // Candy clients take the grant on trust; we check that the
+            // server knows the password before using what it says.
+            if !reply.verify(password) {
+                return Err(ClientError::Refused(
+                    "address grant carries a wrong hash: the server does not know our password".into(),
+                ));
+            }
+            reply.cidr
+        }
+    };
+    send(ws, Auth::new(password, cidr.addr, unix_now()).encode()).await?;
+    Ok(cidr)
+}
+
+async fn send(ws: &mut Ws, frame: Vec<u8>) -> Result<(), ClientError> {
+    ws.send(Message::Binary(frame))
+        .await
+        .map_err(|e| ClientError::Lost(format!("sending login: {e}")))
+}
+
+async fn wait_for_grant(ws: &mut Ws) -> Result<ExptTun, ClientError> {
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Binary(frame)) => {
+                if let Ok(WsMessage::ExptTun(e)) = WsMessage::decode(&frame) {
+                    return Ok(e);
+                }
+            }
+            Ok(Message::Close(reason)) => {
+                let why = reason.map(|r| r.reason.to_string()).unwrap_or_default();
+                return Err(ClientError::Refused(format!("server closed the connection: {why}")));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(ClientError::Lost(e.to_string())),
+        }
+    }
+    Err(ClientError::Refused(
+        "server closed the connection before granting an address (wrong password, or pool exhausted?)".into(),
+    ))
+}
