@@ -4,4 +4,5 @@
 //! sans-IO; `dataplane`, `control`, `server` and `sys` touch the OS.
 
 pub mod config;
+pub mod peer;
 pub mod proto;
