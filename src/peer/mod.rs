@@ -19,3 +19,6 @@ pub use machine::Peer;
 pub use manager::{PeerConfig, PeerManager, PeerStatus};
 pub use state::PeerState;
 pub use timers::{Timers, TimersError};
+
+#[cfg(test)]
+mod tests;
