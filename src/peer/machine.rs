@@ -282,7 +282,7 @@ impl Peer {
             PeerState::Connected => {
                 if in_state < t.connected_idle {
                     self.send_heartbeats(out);
-                    if env.route_cost > 0 && self.tick_counter % t.probe_every_ticks == 0 {
+                    if env.route_cost > 0 && self.tick_counter.is_multiple_of(t.probe_every_ticks) {
                         if let Some(to) = self.real {
                             out.push_back(Action::DelayProbe { peer: self.vip, to });
                         }

@@ -151,7 +151,7 @@ impl PeerManager {
             self.actions.push_back(Action::StunRequest);
         }
         let every = u64::from(self.cfg.discovery_ticks);
-        if every > 0 && self.cfg.stun && self.ticks % every == 0 {
+        if every > 0 && self.cfg.stun && self.ticks.is_multiple_of(every) {
             self.actions.push_back(Action::DiscoveryBroadcast);
         }
     }

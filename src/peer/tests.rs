@@ -85,15 +85,15 @@ impl Node {
     }
 
     /// Public info then STUN: B in CONNECTING with wide = B_PUB.
-    fn to_connecting(&mut self) {
+    fn reach_connecting(&mut self) {
         assert!(self.public(B_PUB).is_accepted());
         assert!(self.stun().is_accepted());
         assert_eq!(self.state(B), PeerState::Connecting);
         self.drain();
     }
 
-    fn to_connected(&mut self) {
-        self.to_connecting();
+    fn reach_connected(&mut self) {
+        self.reach_connecting();
         assert!(self.hb(B_PUB, true).is_accepted());
         assert_eq!(self.state(B), PeerState::Connected);
         self.drain();
@@ -132,9 +132,9 @@ fn new_peer_starts_in_init_with_initial_retry() {
 #[test]
 fn preparing_requests_one_stun_per_tick_then_fails_after_10s() {
     let mut n = Node::new(|_| {});
-    n.m.try_p2p(C, n.now).is_accepted();
+    assert!(n.m.try_p2p(C, n.now).is_accepted());
     n.advance(500);
-    n.try_p2p();
+    assert!(n.try_p2p().is_accepted());
     let acts = n.advance(12_000);
     // Two peers in PREPARING still produce a single request per tick.
     let stun = times_of(&acts, |a| *a == Action::StunRequest);
@@ -152,7 +152,7 @@ fn preparing_requests_one_stun_per_tick_then_fails_after_10s() {
 #[test]
 fn try_p2p_only_moves_init() {
     let mut n = Node::new(|_| {});
-    n.to_connecting();
+    n.reach_connecting();
     n.advance(2_500);
     assert!(n.try_p2p().is_accepted());
     assert_eq!(n.state(B), PeerState::Connecting);
@@ -166,7 +166,7 @@ fn p2p_disabled_goes_straight_to_failed() {
             c.p2p = p2p;
             c.stun = stun;
         });
-        n.try_p2p();
+        assert!(n.try_p2p().is_accepted());
         assert_eq!(n.state(B), PeerState::Failed, "p2p={p2p} stun={stun}");
         assert!(n.advance(5_000).is_empty());
     }
@@ -175,11 +175,11 @@ fn p2p_disabled_goes_straight_to_failed() {
 #[test]
 fn stun_response_splits_preparing_peers_by_wide() {
     let mut n = Node::new(|_| {});
-    n.try_p2p(); // B: no wide
+    assert!(n.try_p2p().is_accepted()); // B: no wide
     n.m.handle_public_info(C, B_PUB2, n.now).is_accepted(); // C: wide known
     n.drain();
     n.advance(1_200);
-    n.stun();
+    assert!(n.stun().is_accepted());
     assert_eq!(n.state(B), PeerState::Synchronizing);
     assert_eq!(n.state(C), PeerState::Connecting);
     assert_eq!(
@@ -197,7 +197,7 @@ fn stun_response_splits_preparing_peers_by_wide() {
     );
     assert_eq!(n.m.own_public(), Some(OWN_PUB));
     // Not PREPARING any more: a second response changes nothing.
-    n.stun();
+    assert!(n.stun().is_accepted());
     assert!(n.drain().is_empty());
     // A zero mapping is a failed parse, not an endpoint.
     let zero = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 1);
@@ -211,7 +211,7 @@ fn stun_response_splits_preparing_peers_by_wide() {
 fn public_info_by_state() {
     // INIT (unknown peer is created) → PREPARING + own LAN info.
     let mut n = Node::new(|_| {});
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
     assert_eq!(n.status(B).wide, Some(B_PUB));
     assert_eq!(
@@ -223,37 +223,37 @@ fn public_info_by_state() {
     );
     // PREPARING again: timer restarts, LAN info sent again.
     n.advance(4_000);
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.status(B).since, n.at(4_000));
     assert_eq!(n.drain().len(), 1);
     // → CONNECTING via STUN; public info there only updates wide.
-    n.stun();
+    assert!(n.stun().is_accepted());
     n.drain();
-    n.public(B_PUB2);
+    assert!(n.public(B_PUB2).is_accepted());
     assert_eq!(n.state(B), PeerState::Connecting);
     assert_eq!(n.status(B).since, n.at(4_000));
     assert_eq!(n.status(B).wide, Some(B_PUB2));
     assert!(n.drain().is_empty());
     // CONNECTED: nothing changes either.
-    n.hb(B_PUB, true);
+    assert!(n.hb(B_PUB, true).is_accepted());
     n.drain();
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Connected);
     assert!(n.drain().is_empty());
 
     // SYNCHRONIZING → CONNECTING, no LAN info.
     let mut n = Node::new(|_| {});
-    n.try_p2p();
-    n.stun();
+    assert!(n.try_p2p().is_accepted());
+    assert!(n.stun().is_accepted());
     n.drain();
     assert_eq!(n.state(B), PeerState::Synchronizing);
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Connecting);
     assert!(n.drain().is_empty());
 
     // Without a LAN candidate nothing is sent, the state still moves.
     let mut n = Node::new(|c| c.lan_candidate = None);
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
     assert!(n.drain().is_empty());
 }
@@ -261,18 +261,18 @@ fn public_info_by_state() {
 #[test]
 fn public_info_revives_waiting_and_failed() {
     let mut n = Node::new(|_| {});
-    n.to_connecting();
+    n.reach_connecting();
     n.advance(11_000);
     assert_eq!(n.state(B), PeerState::Waiting);
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
     // Leaving WAITING sideways does not double the retry.
     assert_eq!(n.status(B).retry, Duration::from_secs(30));
 
     let mut n = Node::new(|c| c.p2p = false);
-    n.try_p2p();
+    assert!(n.try_p2p().is_accepted());
     assert_eq!(n.state(B), PeerState::Failed);
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
     assert_eq!(n.drain().len(), 1, "LAN info still answered");
     // …but a node without P2P never asks STUN and falls back at once.
@@ -284,7 +284,7 @@ fn public_info_revives_waiting_and_failed() {
 #[test]
 fn lan_info_stores_local_only() {
     let mut n = Node::new(|_| {});
-    n.try_p2p();
+    assert!(n.try_p2p().is_accepted());
     n.advance(300);
     assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
     let s = n.status(B);
@@ -303,12 +303,12 @@ fn lan_info_stores_local_only() {
 #[test]
 fn heartbeat_destinations_and_ack_flag_per_state() {
     let mut n = Node::new(|_| {});
-    n.try_p2p();
-    n.m.handle_lan_info(B, B_LAN, n.now).is_accepted();
+    assert!(n.try_p2p().is_accepted());
+    assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
     // PREPARING: STUN only.
     let acts = n.advance(1_000);
     assert_eq!(acts, [(1_000, Action::StunRequest)]);
-    n.stun();
+    assert!(n.stun().is_accepted());
     n.drain();
     // SYNCHRONIZING: LAN candidate only, no ack yet.
     let acts = n.advance(2_000);
@@ -323,7 +323,7 @@ fn heartbeat_destinations_and_ack_flag_per_state() {
             }
         )]
     );
-    n.public(B_PUB);
+    assert!(n.public(B_PUB).is_accepted());
     // CONNECTING: wide then local.
     let acts = n.advance(3_000);
     assert_eq!(
@@ -402,12 +402,12 @@ fn heartbeat_ignored_cases() {
         Outcome::Ignored(Ignored::OwnVip)
     );
     // Created via LAN info: still INIT, so ignored.
-    n.m.handle_lan_info(B, B_LAN, n.now).is_accepted();
+    assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
     assert_eq!(
         n.hb(B_PUB, true),
         Outcome::Ignored(Ignored::State(PeerState::Init))
     );
-    n.m.try_p2p(C, n.now).is_accepted();
+    assert!(n.m.try_p2p(C, n.now).is_accepted());
     n.advance(11_000);
     assert_eq!(
         n.m.handle_heartbeat(B_PUB, C, true, n.now),
@@ -421,7 +421,7 @@ fn heartbeat_in_preparing_can_connect() {
     // The spec only ignores INIT/WAITING/FAILED, so an early ack-heartbeat
     // (peer already punching) short-cuts PREPARING.
     let mut n = Node::new(|_| {});
-    n.try_p2p();
+    assert!(n.try_p2p().is_accepted());
     assert!(n.hb(B_PUB, true).is_accepted());
     assert_eq!(n.state(B), PeerState::Connected);
 }
@@ -430,7 +430,7 @@ fn heartbeat_in_preparing_can_connect() {
 fn connected_dies_after_3s_without_ack_heartbeat() {
     let mut n = Node::new(|_| {});
     n.advance(200);
-    n.to_connected();
+    n.reach_connected();
     // Heartbeats without ack do not keep it alive.
     let mut acts = n.advance(2_500);
     assert!(n.hb(B_PUB, false).is_accepted());
@@ -453,17 +453,17 @@ fn connected_dies_after_3s_without_ack_heartbeat() {
     );
     assert_eq!(n.m.direct_path(B), None);
     // Retry: relayed traffic sends it round again.
-    n.try_p2p();
+    assert!(n.try_p2p().is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
 }
 
 #[test]
 fn ack_heartbeats_keep_connected_alive() {
     let mut n = Node::new(|_| {});
-    n.to_connected();
+    n.reach_connected();
     for s in 1..=20u64 {
         n.advance(s * 1000 - 500);
-        n.hb(B_PUB, true).is_accepted();
+        assert!(n.hb(B_PUB, true).is_accepted());
     }
     n.advance(22_400);
     assert_eq!(n.state(B), PeerState::Connected);
@@ -478,13 +478,13 @@ fn ack_heartbeats_keep_connected_alive() {
 #[test]
 fn reset_clears_ack_so_next_attempt_starts_without_it() {
     let mut n = Node::new(|_| {});
-    n.to_connecting();
-    n.hb(B_PUB, false).is_accepted();
+    n.reach_connecting();
+    assert!(n.hb(B_PUB, false).is_accepted());
     n.advance(10_000);
     assert_eq!(n.state(B), PeerState::Waiting);
     n.advance(40_000);
     assert_eq!(n.state(B), PeerState::Init);
-    n.to_connecting();
+    n.reach_connecting();
     let acts = n.advance(41_000);
     assert_eq!(
         acts,
@@ -502,10 +502,10 @@ fn reset_clears_ack_so_next_attempt_starts_without_it() {
 #[test]
 fn connecting_times_out_to_waiting_and_synchronizing_to_failed() {
     let mut n = Node::new(|_| {});
-    n.m.try_p2p(C, n.now).is_accepted();
+    assert!(n.m.try_p2p(C, n.now).is_accepted());
     n.advance(300);
-    n.to_connecting();
-    n.stun(); // C: PREPARING → SYNCHRONIZING at 0.3 s
+    n.reach_connecting();
+    assert!(n.stun().is_accepted()); // C: PREPARING → SYNCHRONIZING at 0.3 s
     assert_eq!(n.state(C), PeerState::Synchronizing);
     n.drain();
     n.advance(10_000);
@@ -524,7 +524,7 @@ fn connecting_times_out_to_waiting_and_synchronizing_to_failed() {
 fn waits(n: &mut Node, rounds: usize) -> Vec<u64> {
     let mut out = Vec::new();
     for _ in 0..rounds {
-        n.to_connecting();
+        n.reach_connecting();
         let entered = loop {
             let next = (n.now - n.t0).as_millis() as u64 + 1000;
             n.advance(next);
@@ -561,7 +561,7 @@ fn backoff_reset_by_failed_and_by_connected_to_init() {
     assert_eq!(waits(&mut n, 3), [30, 60, 120]);
     assert_eq!(n.status(B).retry, Duration::from_secs(240));
     // A fresh INIT from CONNECTED resets.
-    n.to_connected();
+    n.reach_connected();
     assert_eq!(
         n.status(B).retry,
         Duration::from_secs(240),
@@ -573,14 +573,14 @@ fn backoff_reset_by_failed_and_by_connected_to_init() {
     assert_eq!(n.status(B).retry, Duration::from_secs(30));
     assert_eq!(waits(&mut n, 2), [30, 60]);
     // FAILED resets too (SYNCHRONIZING timeout).
-    n.try_p2p();
-    n.stun();
+    assert!(n.try_p2p().is_accepted());
+    assert!(n.stun().is_accepted());
     let t = (n.now - n.t0).as_millis() as u64;
     n.advance(t + 11_000);
     assert_eq!(n.state(B), PeerState::Failed);
     assert_eq!(n.status(B).retry, Duration::from_secs(30));
-    n.public(B_PUB);
-    n.stun();
+    assert!(n.public(B_PUB).is_accepted());
+    assert!(n.stun().is_accepted());
     n.drain();
     assert_eq!(waits(&mut n, 1), [30]);
 }
@@ -588,9 +588,9 @@ fn backoff_reset_by_failed_and_by_connected_to_init() {
 #[test]
 fn lan_path_wins_and_sticks() {
     let mut n = Node::new(|_| {});
-    n.to_connected(); // real = B_PUB
+    n.reach_connected(); // real = B_PUB
     n.advance(500);
-    n.hb(B_LAN, true).is_accepted();
+    assert!(n.hb(B_LAN, true).is_accepted());
     assert_eq!(
         n.drain(),
         [Action::PathChanged {
@@ -604,7 +604,7 @@ fn lan_path_wins_and_sticks() {
         (Some(B_LAN), Some(B_LAN), Some(B_PUB))
     );
     // A public source afterwards updates wide but not real.
-    n.hb(B_PUB2, true).is_accepted();
+    assert!(n.hb(B_PUB2, true).is_accepted());
     let s = n.status(B);
     assert_eq!((s.path, s.wide), (Some(B_LAN), Some(B_PUB2)));
     assert!(n.drain().is_empty());
@@ -613,8 +613,8 @@ fn lan_path_wins_and_sticks() {
 #[test]
 fn public_path_follows_rebinding() {
     let mut n = Node::new(|_| {});
-    n.to_connected();
-    n.hb(B_PUB2, true).is_accepted();
+    n.reach_connected();
+    assert!(n.hb(B_PUB2, true).is_accepted());
     assert_eq!(n.status(B).path, Some(B_PUB2));
     assert_eq!(
         n.drain(),
@@ -628,14 +628,14 @@ fn public_path_follows_rebinding() {
 #[test]
 fn sdwan_push_makes_private_heartbeats_ignored() {
     let mut n = Node::new(|_| {});
-    n.to_connecting();
+    n.reach_connecting();
     n.m.disable_lan_p2p();
     assert!(!n.m.lan_p2p_enabled());
     assert_eq!(n.hb(B_LAN, true), Outcome::Ignored(Ignored::LanP2pDisabled));
     assert_eq!(n.state(B), PeerState::Connecting);
     assert_eq!(n.status(B).local, None);
     // v6 still stores LAN info and still sends its own.
-    n.m.handle_lan_info(B, B_LAN, n.now).is_accepted();
+    assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
     assert_eq!(n.status(B).local, Some(B_LAN));
     assert!(n.hb(B_PUB, true).is_accepted());
     assert_eq!(n.state(B), PeerState::Connected);
@@ -659,7 +659,7 @@ fn peer_table_is_capped() {
     assert!(n.m.handle_public_info(B, B_PUB, n.now).is_accepted());
     // Repeats never add entries.
     for _ in 0..100 {
-        n.m.try_p2p(B, n.now).is_accepted();
+        assert!(n.m.try_p2p(B, n.now).is_accepted());
     }
     assert_eq!(n.m.len(), 2);
     assert!(n.m.remove_peer(C));
@@ -731,11 +731,11 @@ fn periodic_delay_probes_only_with_route_cost() {
             c.rng_seed = seed;
             c.timers.probe_every_ticks = 5;
         });
-        n.to_connected();
+        n.reach_connected();
         let mut acts = Vec::new();
         for s in 1..=20u64 {
             acts.extend(n.advance(s * 1000));
-            n.hb(B_PUB, true).is_accepted();
+            assert!(n.hb(B_PUB, true).is_accepted());
         }
         let probes = times_of(&acts, |a| matches!(a, Action::DelayProbe { .. }));
         assert_eq!(probes.len(), 4, "seed {seed}: {probes:?}");
@@ -743,11 +743,11 @@ fn periodic_delay_probes_only_with_route_cost() {
         assert!(probes[0] <= 5_000);
     }
     let mut n = Node::new(|c| c.timers.probe_every_ticks = 5);
-    n.to_connected();
+    n.reach_connected();
     let mut acts = Vec::new();
     for s in 1..=20u64 {
         acts.extend(n.advance(s * 1000));
-        n.hb(B_PUB, true).is_accepted();
+        assert!(n.hb(B_PUB, true).is_accepted());
     }
     assert!(times_of(&acts, |a| matches!(a, Action::DelayProbe { .. })).is_empty());
 }
@@ -763,9 +763,9 @@ fn probe_phases_are_seeded_and_spread() {
         for i in 2..12u8 {
             let vip = Ipv4Addr::new(10, 0, 0, i);
             let ep = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, i), 5000);
-            n.m.handle_public_info(vip, ep, n.now).is_accepted();
+            assert!(n.m.handle_public_info(vip, ep, n.now).is_accepted());
         }
-        n.stun();
+        assert!(n.stun().is_accepted());
         for i in 2..12u8 {
             let ep = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, i), 5000);
             n.m.handle_heartbeat(ep, Ipv4Addr::new(10, 0, 0, i), true, n.now)
@@ -824,7 +824,7 @@ fn shortened_timers_scale_everything() {
             probe_every_ticks: 60,
         }
     });
-    n.to_connecting();
+    n.reach_connecting();
     n.advance(1_000);
     assert_eq!(n.state(B), PeerState::Waiting);
     assert_eq!(n.status(B).since, n.at(1_000));
@@ -838,8 +838,8 @@ fn shortened_timers_scale_everything() {
 #[test]
 fn remove_and_clear_report_disconnects() {
     let mut n = Node::new(|_| {});
-    n.to_connected();
-    n.m.try_p2p(C, n.now).is_accepted();
+    n.reach_connected();
+    assert!(n.m.try_p2p(C, n.now).is_accepted());
     n.drain();
     n.m.clear();
     assert_eq!(n.drain(), [Action::Disconnected { peer: B }]);
@@ -855,7 +855,7 @@ fn record_rtt_is_shown_and_reset() {
         n.m.record_rtt(B, 12),
         Outcome::Ignored(Ignored::UnknownPeer)
     );
-    n.to_connected();
+    n.reach_connected();
     assert!(n.m.record_rtt(B, 12).is_accepted());
     assert_eq!(n.status(B).rtt_ms, Some(12));
     n.advance(4_000);
@@ -865,8 +865,8 @@ fn record_rtt_is_shown_and_reset() {
 #[test]
 fn peers_listing_is_ordered_by_vip() {
     let mut n = Node::new(|_| {});
-    n.m.try_p2p(C, n.now).is_accepted();
-    n.m.try_p2p(B, n.now).is_accepted();
+    assert!(n.m.try_p2p(C, n.now).is_accepted());
+    assert!(n.m.try_p2p(B, n.now).is_accepted());
     let vips: Vec<_> = n.m.peers().map(|s| s.vip).collect();
     assert_eq!(vips, [B, C]);
 }
