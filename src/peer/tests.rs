@@ -870,3 +870,21 @@ fn peers_listing_is_ordered_by_vip() {
     let vips: Vec<_> = n.m.peers().map(|s| s.vip).collect();
     assert_eq!(vips, [B, C]);
 }
+
+#[test]
+fn connected_boundary_is_exactly_three_seconds() {
+    // Refreshed exactly on a tick instant: the tick 3 s later must already
+    // see "not < 3 s" and drop the peer (v6 compares with a strict <).
+    let mut n = Node::new(|_| {});
+    n.advance(1_000);
+    n.reach_connected();
+    let acts = n.advance(3_000);
+    assert_eq!(n.state(B), PeerState::Connected);
+    assert_eq!(acts.len(), 2, "heartbeats at 2 s and 3 s");
+    let acts = n.advance(4_000);
+    assert_eq!(
+        only_states(&acts),
+        [(4_000, Action::Disconnected { peer: B })]
+    );
+    assert_eq!(n.status(B).since, n.at(4_000));
+}
