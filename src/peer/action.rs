@@ -1,0 +1,76 @@
+//! What the state machine asks its caller to do, and how it judged an input.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use super::state::PeerState;
+
+/// One thing for the control thread to do. Wire encoding is the caller's job
+/// (`src/proto`); this module only decides *what* and *to whom*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send one STUN binding request from the data socket, so the mapping
+    /// learned is the one peers will reach.
+    StunRequest,
+    /// UDP HEARTBEAT to `to`: tunip = own VIP, ip/port = 0, ack as given.
+    Heartbeat {
+        peer: Ipv4Addr,
+        to: SocketAddrV4,
+        ack: bool,
+    },
+    /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
+    SendPublicInfo {
+        peer: Ipv4Addr,
+        public: SocketAddrV4,
+    },
+    /// WS GENERAL subtype 0 {src = own VIP, dst = `peer`} carrying `lan`.
+    SendLanInfo { peer: Ipv4Addr, lan: SocketAddrV4 },
+    /// WS DISCOVERY {src = own VIP, dst = 255.255.255.255}.
+    DiscoveryBroadcast,
+    /// WS DISCOVERY {src = own VIP, dst = `peer`}, answering its broadcast.
+    DiscoveryReply { peer: Ipv4Addr },
+    /// UDP DELAY {src = own VIP, dst = `peer`, ts = boot ms} to `to`.
+    DelayProbe { peer: Ipv4Addr, to: SocketAddrV4 },
+    /// The peer entered CONNECTED: switch its data path to UDP via `path`.
+    Connected { peer: Ipv4Addr, path: SocketAddrV4 },
+    /// While CONNECTED, the path in use moved (typically public → LAN).
+    PathChanged { peer: Ipv4Addr, path: SocketAddrV4 },
+    /// The peer left CONNECTED: send via relay again and, if route cost > 0,
+    /// withdraw every route through it.
+    Disconnected { peer: Ipv4Addr },
+}
+
+/// The verdict on one input event, so the caller can count what it drops.
+#[must_use]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The event was applied (possibly with no visible effect, as the seed
+    /// prescribes for e.g. try-P2P outside INIT).
+    Accepted,
+    /// The event was dropped; nothing changed.
+    Ignored(Ignored),
+}
+
+/// Why an input event was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    #[error("no peer with that VIP")]
+    UnknownPeer,
+    #[error("message names this node itself")]
+    OwnVip,
+    #[error("VIP is unspecified, broadcast or multicast")]
+    InvalidVip,
+    #[error("endpoint has a zero address or port")]
+    InvalidEndpoint,
+    #[error("peer is in state {0}")]
+    State(PeerState),
+    #[error("private-source heartbeat while LAN P2P is disabled")]
+    LanP2pDisabled,
+    #[error("peer table is full ({limit} peers)")]
+    TooManyPeers { limit: usize },
+}
+
+impl Outcome {
+    pub fn is_accepted(self) -> bool {
+        matches!(self, Outcome::Accepted)
+    }
+}

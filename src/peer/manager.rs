@@ -1,0 +1,396 @@
+//! All peers of one node, the node-wide tick, and the caller-facing API.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use super::action::{Action, Ignored, Outcome};
+use super::machine::{Env, Peer};
+use super::state::PeerState;
+use super::timers::{Timers, TimersError};
+
+/// Node-wide settings of the peer logic (PROTOCOL.md §8 keys that matter here).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// This node's VIP.
+    pub vip: Ipv4Addr,
+    /// Whether this node attempts direct paths at all.
+    pub p2p: bool,
+    /// `stun=` is set. Without it there is no public endpoint, so P2P is off.
+    pub stun: bool,
+    /// `discovery=`: broadcast DISCOVERY every this many ticks; 0 = off.
+    pub discovery_ticks: u32,
+    /// `route=` cost; > 0 enables periodic latency probes.
+    pub route_cost: u32,
+    /// Own LAN candidate (`localhost=` or first interface, : UDP port).
+    pub lan_candidate: Option<SocketAddrV4>,
+    /// Upper bound on tracked peers: any member can make us create entries
+    /// (relayed packets carry arbitrary source VIPs), so memory must be capped.
+    pub max_peers: usize,
+    pub timers: Timers,
+    /// Seeds the per-peer probe phases so runs are reproducible.
+    pub rng_seed: u64,
+}
+
+impl PeerConfig {
+    pub fn new(vip: Ipv4Addr) -> Self {
+        PeerConfig {
+            vip,
+            p2p: true,
+            stun: true,
+            discovery_ticks: 0,
+            route_cost: 0,
+            lan_candidate: None,
+            max_peers: 16_384,
+            timers: Timers::default(),
+            rng_seed: 0,
+        }
+    }
+}
+
+/// A point-in-time view of one peer, for `ringlink status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub vip: Ipv4Addr,
+    pub state: PeerState,
+    /// Path in use (`real`).
+    pub path: Option<SocketAddrV4>,
+    pub wide: Option<SocketAddrV4>,
+    pub local: Option<SocketAddrV4>,
+    pub last_heartbeat: Option<Instant>,
+    /// When the current state was (re-)assigned.
+    pub since: Instant,
+    pub retry: Duration,
+    pub rtt_ms: Option<i32>,
+}
+
+impl From<&Peer> for PeerStatus {
+    fn from(p: &Peer) -> Self {
+        PeerStatus {
+            vip: p.vip(),
+            state: p.state(),
+            path: p.real(),
+            wide: p.wide(),
+            local: p.local(),
+            last_heartbeat: p.last_heartbeat(),
+            since: p.last_active(),
+            retry: p.retry(),
+            rtt_ms: p.rtt_ms(),
+        }
+    }
+}
+
+/// The sans-IO peer layer of one node. Feed it events with the current
+/// `Instant`, call [`handle_timeout`](Self::handle_timeout) when
+/// [`poll_timeout`](Self::poll_timeout) is reached, and drain
+/// [`poll_action`](Self::poll_action) after every call.
+#[derive(Debug)]
+pub struct PeerManager {
+    cfg: PeerConfig,
+    // Ordered so that a tick emits actions in the same order on every run.
+    peers: BTreeMap<Ipv4Addr, Peer>,
+    actions: VecDeque<Action>,
+    next_tick: Instant,
+    ticks: u64,
+    lan_p2p: bool,
+    own_public: Option<SocketAddrV4>,
+    rng: SplitMix64,
+}
+
+impl PeerManager {
+    /// The first tick is one tick period after `now`.
+    pub fn new(cfg: PeerConfig, now: Instant) -> Result<Self, TimersError> {
+        cfg.timers.validate()?;
+        Ok(PeerManager {
+            next_tick: now + cfg.timers.tick,
+            rng: SplitMix64(cfg.rng_seed),
+            cfg,
+            peers: BTreeMap::new(),
+            actions: VecDeque::new(),
+            ticks: 0,
+            lan_p2p: true,
+            own_public: None,
+        })
+    }
+
+    pub fn config(&self) -> &PeerConfig {
+        &self.cfg
+    }
+
+    /// Next instant at which [`handle_timeout`](Self::handle_timeout) must run.
+    /// Always set: the tick also drives discovery and is cheap.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next_tick)
+    }
+
+    /// Next queued action, oldest first.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Runs the tick if it is due. A late call runs one tick and skips the
+    /// missed ones: bursts of stale heartbeats would help nobody.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        while self.next_tick <= now {
+            self.next_tick += self.cfg.timers.tick;
+        }
+        self.tick(now);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.ticks += 1;
+        let env = env_of(&self.cfg, self.lan_p2p);
+        let mut want_stun = false;
+        for peer in self.peers.values_mut() {
+            want_stun |= peer.tick(now, env, &mut self.actions);
+        }
+        if want_stun && self.cfg.stun {
+            self.actions.push_back(Action::StunRequest);
+        }
+        let every = u64::from(self.cfg.discovery_ticks);
+        if every > 0 && self.cfg.stun && self.ticks.is_multiple_of(every) {
+            self.actions.push_back(Action::DiscoveryBroadcast);
+        }
+    }
+
+    fn check_vip(&self, vip: Ipv4Addr) -> Result<(), Ignored> {
+        if vip == self.cfg.vip {
+            return Err(Ignored::OwnVip);
+        }
+        if vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast() {
+            return Err(Ignored::InvalidVip);
+        }
+        Ok(())
+    }
+
+    /// Finds or creates the peer, enforcing the cap; the only way entries are made.
+    fn ensure_peer(&mut self, vip: Ipv4Addr, now: Instant) -> Result<(), Ignored> {
+        self.check_vip(vip)?;
+        if self.peers.contains_key(&vip) {
+            return Ok(());
+        }
+        if self.peers.len() >= self.cfg.max_peers {
+            return Err(Ignored::TooManyPeers {
+                limit: self.cfg.max_peers,
+            });
+        }
+        let phase = (self.rng.next() % u64::from(self.cfg.timers.probe_every_ticks)) as u32;
+        self.peers
+            .insert(vip, Peer::new(vip, now, &self.cfg.timers, phase));
+        Ok(())
+    }
+
+    fn with_peer<R>(
+        &mut self,
+        vip: Ipv4Addr,
+        f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> R,
+    ) -> Option<R> {
+        let env = env_of(&self.cfg, self.lan_p2p);
+        let peer = self.peers.get_mut(&vip)?;
+        Some(f(peer, env, &mut self.actions))
+    }
+
+    /// try-P2P: a FORWARD relayed over WS arrived with this source VIP.
+    pub fn handle_relayed_packet(&mut self, src: Ipv4Addr, now: Instant) -> Outcome {
+        self.try_p2p(src, now)
+    }
+
+    /// WS DISCOVERY from `src`; `broadcast` when its dst was 255.255.255.255.
+    pub fn handle_discovery(&mut self, src: Ipv4Addr, broadcast: bool, now: Instant) -> Outcome {
+        if let Err(why) = self.check_vip(src) {
+            return Outcome::Ignored(why);
+        }
+        if broadcast {
+            self.actions.push_back(Action::DiscoveryReply { peer: src });
+        }
+        self.try_p2p(src, now)
+    }
+
+    /// The seed's try-P2P trigger; creates the peer if needed.
+    pub fn try_p2p(&mut self, vip: Ipv4Addr, now: Instant) -> Outcome {
+        if let Err(why) = self.ensure_peer(vip, now) {
+            return Outcome::Ignored(why);
+        }
+        self.with_peer(vip, |p, env, out| p.try_p2p(now, env, out));
+        Outcome::Accepted
+    }
+
+    /// WS UDP4CONN from `src` carrying its public endpoint (dst already
+    /// checked against own VIP by the caller).
+    pub fn handle_public_info(
+        &mut self,
+        src: Ipv4Addr,
+        public: SocketAddrV4,
+        now: Instant,
+    ) -> Outcome {
+        if !endpoint_valid(public) {
+            return Outcome::Ignored(Ignored::InvalidEndpoint);
+        }
+        // The responder learns of the initiator only through this message (§5.5).
+        if let Err(why) = self.ensure_peer(src, now) {
+            return Outcome::Ignored(why);
+        }
+        self.with_peer(src, |p, env, out| p.on_public_info(public, now, env, out));
+        Outcome::Accepted
+    }
+
+    /// WS GENERAL/0 from `src` carrying its LAN endpoint.
+    pub fn handle_lan_info(&mut self, src: Ipv4Addr, lan: SocketAddrV4, now: Instant) -> Outcome {
+        if !endpoint_valid(lan) {
+            return Outcome::Ignored(Ignored::InvalidEndpoint);
+        }
+        if let Err(why) = self.ensure_peer(src, now) {
+            return Outcome::Ignored(why);
+        }
+        self.with_peer(src, |p, _, _| p.on_lan_info(lan));
+        Outcome::Accepted
+    }
+
+    /// A STUN binding response told us our public endpoint.
+    pub fn handle_stun_response(&mut self, own_public: SocketAddrV4, now: Instant) -> Outcome {
+        if !endpoint_valid(own_public) {
+            return Outcome::Ignored(Ignored::InvalidEndpoint);
+        }
+        self.own_public = Some(own_public);
+        let env = env_of(&self.cfg, self.lan_p2p);
+        for peer in self.peers.values_mut() {
+            peer.on_stun(own_public, now, env, &mut self.actions);
+        }
+        Outcome::Accepted
+    }
+
+    /// A decrypted UDP HEARTBEAT naming `tunip` arrived from `from`.
+    pub fn handle_heartbeat(
+        &mut self,
+        from: SocketAddrV4,
+        tunip: Ipv4Addr,
+        ack: bool,
+        now: Instant,
+    ) -> Outcome {
+        if tunip == self.cfg.vip {
+            return Outcome::Ignored(Ignored::OwnVip);
+        }
+        if !endpoint_valid(from) {
+            return Outcome::Ignored(Ignored::InvalidEndpoint);
+        }
+        self.with_peer(tunip, |p, env, out| {
+            p.on_heartbeat(from, ack, now, env, out)
+        })
+        .unwrap_or(Outcome::Ignored(Ignored::UnknownPeer))
+    }
+
+    /// The server pushed sdwan ROUTE entries: from now on private-source
+    /// heartbeats are ignored for the rest of this session (§5.4).
+    pub fn disable_lan_p2p(&mut self) {
+        self.lan_p2p = false;
+    }
+
+    pub fn lan_p2p_enabled(&self) -> bool {
+        self.lan_p2p
+    }
+
+    pub fn set_lan_candidate(&mut self, lan: Option<SocketAddrV4>) {
+        self.cfg.lan_candidate = lan;
+    }
+
+    /// Stores a measured RTT for status display (routing keeps its own copy).
+    pub fn record_rtt(&mut self, vip: Ipv4Addr, rtt_ms: i32) -> Outcome {
+        self.with_peer(vip, |p, _, _| p.record_rtt(rtt_ms))
+            .map_or(Outcome::Ignored(Ignored::UnknownPeer), |_| {
+                Outcome::Accepted
+            })
+    }
+
+    /// Forgets one peer (e.g. the server reported it gone). Emits
+    /// `Disconnected` if it was CONNECTED so the data path falls back.
+    pub fn remove_peer(&mut self, vip: Ipv4Addr) -> bool {
+        match self.peers.remove(&vip) {
+            Some(p) => {
+                if p.state() == PeerState::Connected {
+                    self.actions.push_back(Action::Disconnected { peer: vip });
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets every peer, as Candy does on a WS reconnect (new client instance).
+    pub fn clear(&mut self) {
+        let vips: Vec<_> = self.peers.keys().copied().collect();
+        for vip in vips {
+            self.remove_peer(vip);
+        }
+        self.own_public = None;
+        self.lan_p2p = true;
+    }
+
+    pub fn peer(&self, vip: Ipv4Addr) -> Option<PeerStatus> {
+        self.peers.get(&vip).map(PeerStatus::from)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = PeerStatus> + '_ {
+        self.peers.values().map(PeerStatus::from)
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn state(&self, vip: Ipv4Addr) -> Option<PeerState> {
+        self.peers.get(&vip).map(Peer::state)
+    }
+
+    /// Where to send data for `vip` directly, if it is CONNECTED.
+    pub fn direct_path(&self, vip: Ipv4Addr) -> Option<SocketAddrV4> {
+        let p = self.peers.get(&vip)?;
+        (p.state() == PeerState::Connected)
+            .then(|| p.real())
+            .flatten()
+    }
+
+    pub fn own_public(&self) -> Option<SocketAddrV4> {
+        self.own_public
+    }
+
+    /// Ticks run so far (discovery counts these).
+    pub fn ticks(&self) -> u64 {
+        self.ticks
+    }
+}
+
+// A free function so callers can borrow `cfg` while mutating `peers`.
+fn env_of(cfg: &PeerConfig, lan_p2p: bool) -> Env<'_> {
+    Env {
+        timers: &cfg.timers,
+        p2p: cfg.p2p && cfg.stun,
+        route_cost: cfg.route_cost,
+        lan_p2p,
+        lan_candidate: cfg.lan_candidate,
+    }
+}
+
+fn endpoint_valid(ep: SocketAddrV4) -> bool {
+    !ep.ip().is_unspecified() && ep.port() != 0
+}
+
+/// Small, dependency-free PRNG: only spreads probe phases, no security role.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}

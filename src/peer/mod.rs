@@ -1,0 +1,38 @@
+//! Per-peer P2P logic (PROTOCOL.md §5), sans-IO.
+//!
+//! No sockets and no clock: the control thread passes events with the
+//! current `Instant`, runs [`PeerManager::handle_timeout`] at
+//! [`PeerManager::poll_timeout`], and executes the [`Action`]s it drains from
+//! [`PeerManager::poll_action`]. Addresses are plain std types; turning them
+//! into wire messages is `proto`'s job.
+//!
+//! Driving it from the control thread:
+//! * relayed WS FORWARD → [`PeerManager::handle_relayed_packet`] (its `saddr`);
+//!   WS DISCOVERY → [`PeerManager::handle_discovery`]; UDP4CONN →
+//!   [`PeerManager::handle_public_info`]; GENERAL/0 →
+//!   [`PeerManager::handle_lan_info`] (after the src/dst checks of §2.4.4);
+//!   any WS ROUTE → [`PeerManager::disable_lan_p2p`]; STUN reply →
+//!   [`PeerManager::handle_stun_response`]; decrypted UDP HEARTBEAT →
+//!   [`PeerManager::handle_heartbeat`]; WS reconnect → [`PeerManager::clear`].
+//! * Count every [`Outcome::Ignored`]; none of them is an error for the node.
+//! * Sleep until `poll_timeout`, then `handle_timeout(now)`.
+//! * After each call, drain `poll_action` and execute: encode and send the
+//!   messages; on `Connected`/`PathChanged`/`Disconnected` republish the
+//!   dataplane snapshot (direct vs relay) and tell `route` (withdrawals).
+
+mod action;
+mod addr;
+mod machine;
+mod manager;
+mod state;
+mod timers;
+
+pub use action::{Action, Ignored, Outcome};
+pub use addr::is_private;
+pub use machine::Peer;
+pub use manager::{PeerConfig, PeerManager, PeerStatus};
+pub use state::PeerState;
+pub use timers::{Timers, TimersError};
+
+#[cfg(test)]
+mod tests;
