@@ -404,10 +404,16 @@ mod tests {
         assert_eq!(t.route(ip(9)), None);
         assert_eq!(
             ch,
-            vec![Change {
-                dst: ip(9),
-                new: None
-            }]
+            vec![
+                Change {
+                    dst: ip(3),
+                    new: None
+                },
+                Change {
+                    dst: ip(9),
+                    new: None
+                }
+            ]
         );
         t.tick(now + Duration::from_secs(4), &mut ch);
         assert_eq!(t.route(ip(9)), None);
