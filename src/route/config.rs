@@ -89,7 +89,7 @@ impl RouteConfig {
             // we refresh every 120 s; 330 s survives two lost refreshes.
             route_expiry: Duration::from_secs(330),
             max_routes: 4096,
-            seed: 0x5eed_0f_12_1e_1c_4b,
+            seed: 0x5eed_0f12_1e1c_4b00,
         }
     }
 
