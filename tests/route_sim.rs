@@ -826,3 +826,27 @@ fn config_is_validated() {
     assert!(Router::new(c, Instant::now()).is_err());
     assert!(Router::new(RouteConfig::new(pv(1)), Instant::now()).is_ok());
 }
+
+#[test]
+fn poison_reverse_prevents_two_node_loop_without_holddown() {
+    // A learned C from B; when B loses C, A's own advertisement of C must
+    // not look like an alternative to B. Hold-down is off so only split
+    // horizon with poison reverse is being tested.
+    let mut s = Sim::new(3, |v| {
+        let mut c = test_cfg(v);
+        c.holddown = Duration::ZERO;
+        c
+    });
+    s.link(A, B, 10);
+    s.link(B, C, 10);
+    s.run(Duration::from_secs(5));
+    assert_eq!(s.metric(A, C), Some((B, 25)));
+    let before = s.route_msgs;
+    s.cut(B, C);
+    for _ in 0..100 {
+        s.run(ms(1));
+        s.assert_no_loops();
+    }
+    assert!(!s.anyone_routes_to(C));
+    assert!(s.route_msgs - before <= 4, "{}", s.route_msgs - before);
+}
