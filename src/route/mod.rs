@@ -7,6 +7,23 @@
 //! [`Router::handle_timeout`]. Whenever [`Router::generation`] changes it
 //! republishes [`Router::next_hops`] to the dataplane.
 //!
+//! Driving it: call `peer_connected`/`peer_disconnected` on every change of
+//! the peer state machine into/out of CONNECTED, `handle_delay`/
+//! `handle_route` for every decrypted type 2/4 plaintext (it applies the
+//! cost-0 rule itself), then drain `poll_transmit`. Sender identity cannot
+//! be checked on the wire (every member holds the network key and all
+//! senders use our key), so a ROUTE is trusted only as far as its `next` is
+//! a CONNECTED peer, and a DELAY echo only if it matches a probe we sent.
+//! When echoing, sending the received plaintext bytes verbatim keeps any
+//! trailing bytes intact (PROTOCOL §11); the queued `DelayMsg` is identical
+//! otherwise.
+//!
+//! Deviations from Candy that stay inside its wire semantics: metrics use a
+//! smoothed RTT, route changes need a hysteresis margin, lost routes go into
+//! hold-down, split horizon with poison reverse, echoes must match an
+//! outstanding probe, and the full table is re-sent periodically and to new
+//! peers.
+//!
 //! The message structs below deliberately mirror the wire fields instead of
 //! reusing `crate::proto`, so routing logic and byte layouts can evolve (and
 //! be tested) independently; the control thread translates.
