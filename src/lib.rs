@@ -4,7 +4,8 @@
 //! sans-IO; `dataplane`, `control`, `server` and `sys` touch the OS.
 
 pub mod config;
-pub mod peer;
-pub mod proto;
 pub mod control;
 pub mod demo;
+pub mod peer;
+pub mod proto;
+pub mod route;
