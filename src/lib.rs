@@ -4,4 +4,6 @@
 //! sans-IO; `dataplane`, `control`, `server` and `sys` touch the OS.
 
 pub mod config;
+pub mod dataplane;
 pub mod proto;
+pub mod sys;
