@@ -5,7 +5,9 @@
 
 pub mod config;
 pub mod control;
+pub mod dataplane;
 pub mod demo;
 pub mod peer;
 pub mod proto;
 pub mod route;
+pub mod sys;
