@@ -84,7 +84,7 @@ pub async fn run(ws: Ws, own: Ipv4Addr, iface: &mut Interface, status: &SharedSt
                         }
                         sent += 1;
                         if sent < BATCH as u64 {
-                            next = packets.try_recv().ok();
+                            next = packets.try_recv();
                         }
                     }
                     if let Err(e) = sink.flush().await {
