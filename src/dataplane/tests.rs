@@ -213,3 +213,30 @@ fn config_and_queue_count_are_checked() {
     ));
     assert!(DataplaneConfig::default().validate().is_ok());
 }
+
+#[test]
+fn more_workers_than_cpus_wrap_and_stop_promptly() {
+    let n = crate::sys::affinity::online_cpus() + 1;
+    let (reads, mut writes): (Vec<OwnedFd>, Vec<std::fs::File>) = (0..n).map(|_| pipe()).unzip();
+    let cfg = DataplaneConfig {
+        workers: n,
+        pin_cpus: true,
+        ..config(16, 64)
+    };
+    let (dp, rx) = Dataplane::start(reads, &cfg).unwrap();
+    for (i, w) in writes.iter_mut().enumerate() {
+        let p = ipv4_packet(40, i as u32);
+        w.write_all(&p).unwrap();
+        expect_packet(&rx, &p);
+    }
+    let per = dp.worker_counters();
+    assert!(per.iter().all(|c| c.upcalls == 1), "{per:?}");
+    let t = Instant::now();
+    drop(dp);
+    // One wait interval to notice, one to reap the cancellation.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(matches!(
+        rx.recv_timeout(Duration::from_secs(1)),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+}
