@@ -300,6 +300,50 @@ async fn expttun_distinct_addresses_and_sticky_vmac() {
 }
 
 #[tokio::test]
+async fn exhausted_pool_is_a_logged_refusal() {
+    let mut cfg = config(vec![]);
+    cfg.pool = "10.77.0.0/30".parse().unwrap();
+    let s = start_with(cfg, Tuning::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(s.addr).await;
+        let cidr = expttun(&mut ws, "0.0.0.0/0").await;
+        assert_eq!(cidr.prefix, 30);
+        held.push((ws, cidr.addr));
+    }
+    assert_ne!(held[0].1, held[1].1);
+    let mut third = connect(s.addr).await;
+    send(
+        &mut third,
+        ExptTun::new(PW.as_bytes(), ExptTun::unspecified_cidr(), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut third).await.contains("exhausted"));
+    assert_eq!(load(&s.counters, |c| &c.refused_pool_exhausted), 1);
+    // A reservation ends with its session.
+    let (mut gone, addr) = held.remove(0);
+    gone.close(None).await.unwrap();
+    closed(&mut gone).await;
+    let mut next = None;
+    for _ in 0..50 {
+        let mut ws = connect(s.addr).await;
+        send(
+            &mut ws,
+            ExptTun::new(PW.as_bytes(), ExptTun::unspecified_cidr(), now()).encode(),
+        )
+        .await;
+        match ws.next().await {
+            Some(Ok(Message::Binary(_))) => {
+                next = Some(ws);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(next.is_some(), "{addr} was never freed");
+}
+
+#[tokio::test]
 async fn wrong_password_is_refused_and_others_keep_relaying() {
     let s = start(vec![]).await;
     let mut a = join(s.addr, "10.77.0.1", Some(0)).await;
@@ -772,4 +816,45 @@ async fn shutdown_closes_sessions() {
     stop.shutdown();
     assert!(closed(&mut a).await.contains("shutting down"));
     timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
+
+/// Relay throughput between two clients in one process (client masking and
+/// parsing included). Run with `cargo test --release -- --ignored relay_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn relay_throughput() {
+    let s = start(vec![]).await;
+    let mut a = join(s.addr, "10.77.0.1", None).await;
+    let mut b = join(s.addr, "10.77.0.2", None).await;
+    const N: usize = 200_000;
+    let frame = forward("10.77.0.1", "10.77.0.2", &[0xAB; 1400]);
+    let len = frame.len();
+    let started = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..N {
+            a.feed(Message::Binary(frame.clone())).await.unwrap();
+        }
+        a.flush().await.unwrap();
+        a
+    });
+    let mut got = 0usize;
+    let mut last = started;
+    while got < N {
+        match timeout(Duration::from_secs(1), b.next()).await {
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                got += 1;
+                last = std::time::Instant::now();
+            }
+            Ok(_) => {}
+            // Some frames were dropped at the full queue: count what came.
+            Err(_) => break,
+        }
+    }
+    let secs = (last - started).as_secs_f64();
+    let _a = sender.await.unwrap();
+    let gbit = (got * len * 8) as f64 / secs / 1e9;
+    eprintln!(
+        "relayed {got}/{N} frames of {len} bytes in {secs:.2} s: {gbit:.2} Gbit/s, queue drops {}",
+        load(&s.counters, |c| &c.queue_full)
+    );
 }
