@@ -60,6 +60,11 @@ impl Drop for Running {
 }
 
 async fn start_with(cfg: ServerConfig, tuning: Tuning) -> Running {
+    // Server logs show up with `--nocapture` (RUST_LOG to filter).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let server = Server::bind_with(cfg, tuning).await.unwrap();
     let r = Running {
         addr: server.local_addr(),
