@@ -29,15 +29,19 @@ fn iface_err(what: &str, e: impl std::fmt::Display) -> ClientError {
 
 impl Interface {
     pub async fn create(cfg: &ClientConfig, address: Ipv4Cidr) -> Result<Self, ClientError> {
-        let workers = if cfg.workers == 0 { affinity::online_cpus().max(1) } else { cfg.workers };
+        let workers = if cfg.workers == 0 {
+            affinity::online_cpus().max(1)
+        } else {
+            cfg.workers
+        };
         let dp_cfg = DataplaneConfig {
             workers,
             channel_capacity: UPCALL_QUEUE,
             mtu: usize::from(cfg.mtu),
             ..DataplaneConfig::default()
         };
-        let (dataplane, upcalls) =
-            Dataplane::open(&cfg.tun, &dp_cfg).map_err(|e| iface_err(&format!("opening {}", cfg.tun), e))?;
+        let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
+            .map_err(|e| iface_err(&format!("opening {}", cfg.tun), e))?;
         let nl = Netlink::new().map_err(|e| iface_err("netlink", e))?;
         nl.set_mtu(&cfg.tun, u32::from(cfg.mtu))
             .await
@@ -45,7 +49,9 @@ impl Interface {
         nl.add_ipv4_address(&cfg.tun, address.addr, address.prefix)
             .await
             .map_err(|e| iface_err("adding address", e))?;
-        nl.set_up(&cfg.tun).await.map_err(|e| iface_err("bringing up", e))?;
+        nl.set_up(&cfg.tun)
+            .await
+            .map_err(|e| iface_err("bringing up", e))?;
         info!(tun = %cfg.tun, address = %address, mtu = cfg.mtu, workers, "interface up");
         let writer = dataplane.writer();
         Ok(Self {

@@ -87,7 +87,9 @@ impl Link {
             };
             let attempt = async {
                 let mut ws = ws_client::connect(&self.cfg.server, self.tls.as_ref()).await?;
-                let cidr = ws_client::login(&mut ws, self.cfg.password.as_bytes(), self.vmac, wanted).await?;
+                let cidr =
+                    ws_client::login(&mut ws, self.cfg.password.as_bytes(), self.vmac, wanted)
+                        .await?;
                 Ok::<_, ClientError>((ws, cidr))
             };
             match attempt.await {
@@ -143,7 +145,9 @@ impl Link {
             let mut reported: HashMap<Ipv4Addr, Instant> = HashMap::new();
             loop {
                 let msg = match timeout(SILENCE, stream.next()).await {
-                    Err(_) => return format!("nothing from the server for {} s", SILENCE.as_secs()),
+                    Err(_) => {
+                        return format!("nothing from the server for {} s", SILENCE.as_secs())
+                    }
                     Ok(None) => return "server closed the connection".to_string(),
                     Ok(Some(Err(e))) => return e.to_string(),
                     Ok(Some(Ok(m))) => m,
@@ -162,7 +166,9 @@ impl Link {
                         deliver(&tun, packet);
                         if let Ok((src, _)) = ipv4::addrs(packet) {
                             let now = Instant::now();
-                            let due = reported.get(&src).is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
+                            let due = reported
+                                .get(&src)
+                                .is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
                             if due {
                                 if reported.len() >= RELAYED_TRACKED_MAX {
                                     reported.retain(|_, t| now - *t < RELAYED_REPORT_EVERY);

@@ -54,7 +54,10 @@ pub fn limit_unsent(tcp: &TcpStream) {
     }
 }
 
-pub async fn connect(url: &ServerUrl, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, ClientError> {
+pub async fn connect(
+    url: &ServerUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Ws, ClientError> {
     let target = format!("{}:{}", url.host, url.port);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
         .await
@@ -72,8 +75,9 @@ pub async fn connect(url: &ServerUrl, tls: Option<&Arc<rustls::ClientConfig>>) -
     limit_unsent(&tcp);
     let stream = match (url.tls, tls) {
         (true, Some(cfg)) => {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|_| ClientError::Connect(format!("{} is not a valid TLS server name", url.host)))?;
+            let name = ServerName::try_from(url.host.clone()).map_err(|_| {
+                ClientError::Connect(format!("{} is not a valid TLS server name", url.host))
+            })?;
             let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, tcp)
                 .await
@@ -115,7 +119,12 @@ pub fn unix_now() -> i64 {
 /// VMAC, then EXPTTUN if needed, then AUTH. Returns the address claimed.
 /// The server never acknowledges AUTH; a refusal shows up as the
 /// connection closing, which the session loop reports.
-pub async fn login(ws: &mut Ws, password: &[u8], vmac: [u8; 16], wanted: Wanted) -> Result<Ipv4Cidr, ClientError> {
+pub async fn login(
+    ws: &mut Ws,
+    password: &[u8],
+    vmac: [u8; 16],
+    wanted: Wanted,
+) -> Result<Ipv4Cidr, ClientError> {
     send(ws, Vmac::new(password, vmac, unix_now()).encode()).await?;
     let cidr = match wanted {
         Wanted::Static(c) => c,
@@ -124,12 +133,15 @@ pub async fn login(ws: &mut Ws, password: &[u8], vmac: [u8; 16], wanted: Wanted)
             send(ws, ExptTun::new(password, ask, unix_now()).encode()).await?;
             let reply = timeout(CONNECT_TIMEOUT, wait_for_grant(ws))
                 .await
-                .map_err(|_| ClientError::Refused("no address from the server within 10 s".into()))??;
+                .map_err(|_| {
+                    ClientError::Refused("no address from the server within 10 s".into())
+                })??;
             // Candy clients take the grant on trust; we check that the
             // server knows the password before using what it says.
             if !reply.verify(password) {
                 return Err(ClientError::Refused(
-                    "address grant carries a wrong hash: the server does not know our password".into(),
+                    "address grant carries a wrong hash: the server does not know our password"
+                        .into(),
                 ));
             }
             reply.cidr
@@ -155,7 +167,9 @@ async fn wait_for_grant(ws: &mut Ws) -> Result<ExptTun, ClientError> {
             }
             Ok(Message::Close(reason)) => {
                 let why = reason.map(|r| r.reason.to_string()).unwrap_or_default();
-                return Err(ClientError::Refused(format!("server closed the connection: {why}")));
+                return Err(ClientError::Refused(format!(
+                    "server closed the connection: {why}"
+                )));
             }
             Ok(_) => {}
             Err(e) => return Err(ClientError::Lost(e.to_string())),
