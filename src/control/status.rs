@@ -21,6 +21,8 @@ pub struct PeerStatus {
     pub last_heartbeat_secs: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    /// Current WAITING back-off interval.
+    pub retry_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -29,6 +31,8 @@ pub struct RouteStatus {
     pub next_hop: String,
     pub path: String,
     pub rtt_ms: Option<f64>,
+    /// Route metric (sum of link RTTs and relay costs); none for subnets.
+    pub metric_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -2,6 +2,7 @@
 //! TUN queues, rtnetlink configuration, CPU pinning and sysctls.
 
 pub mod affinity;
+pub mod ifaddr;
 pub mod netlink;
 pub mod sysctl;
 pub mod tun;
