@@ -2,13 +2,20 @@
 //! kept across reconnects so routes, sockets and addresses on the gateway
 //! survive a server outage.
 
+use std::sync::Arc;
+
 use tracing::{info, warn};
 
 use super::ClientError;
 use crate::config::ClientConfig;
-use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneConfig, TunWriter, UpcallReceiver};
+use crate::dataplane::{
+    CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender, UpcallReceiver,
+};
+use crate::proto::crypto::{CipherKind, PeerKey};
+use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
-use crate::sys::{affinity, netlink::Netlink};
+use crate::sys::affinity;
+use crate::sys::netlink::{Netlink, RouteV4};
 
 /// Packets between the workers and the control loop; short for the same
 /// reason as the relay queue behind it.
@@ -88,6 +95,36 @@ impl Interface {
 
     pub fn writer(&self) -> TunWriter {
         self.writer.clone()
+    }
+
+    pub fn udp_port(&self) -> Option<u16> {
+        self.dataplane.udp_port()
+    }
+
+    pub fn udp_sender(&self) -> Option<UdpSender> {
+        self.dataplane.udp_sender()
+    }
+
+    pub fn snapshot(&self) -> SharedSnapshot {
+        self.dataplane.snapshot().clone()
+    }
+
+    /// Kernel routes for the server's subnet routes, through the TUN device
+    /// (Candy installs `dst via nexthop`; the gateway address resolves on
+    /// the TUN subnet). Routes whose gateway is this node are skipped: that
+    /// subnet is ours.
+    pub async fn install_routes(&self, routes: &[SysRoute]) {
+        let Ok(nl) = Netlink::new() else { return };
+        for r in routes {
+            if r.next == self.address.addr {
+                continue;
+            }
+            let route = RouteV4::via(r.dst.network(), r.dst.prefix, r.next);
+            match nl.add_route_v4(&route).await {
+                Ok(()) => info!(dst = %r.dst, via = %r.next, "subnet route installed"),
+                Err(e) => warn!(dst = %r.dst, via = %r.next, error = %e, "subnet route not installed"),
+            }
+        }
     }
 
     pub fn workers(&self) -> usize {
