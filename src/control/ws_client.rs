@@ -1,7 +1,6 @@
 //! Connecting to the server and logging in (PROTOCOL.md §2.2).
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +22,6 @@ use crate::proto::Ipv4Cidr;
 pub type Ws = WebSocketStream<MaybeTls>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Unsent bytes the kernel may hold for the WebSocket. The relay carries
-/// other TCP flows inside this one: a deep socket queue turns into seconds of
-/// ping time under load (Candy's relay shows exactly that), so we keep it
-/// shallow and let the bounded channel in front of it drop instead.
-const NOTSENT_LOWAT: libc::c_int = 128 * 1024;
-
 pub fn ws_config() -> WebSocketConfig {
     // Candy frames are at most 1500 bytes; leave room for ringlink
     // extensions but never buffer megabytes for a misbehaving peer.
@@ -36,21 +29,6 @@ pub fn ws_config() -> WebSocketConfig {
         max_frame_size: Some(4 * MAX_FRAME),
         max_message_size: Some(4 * MAX_FRAME),
         ..WebSocketConfig::default()
-    }
-}
-
-/// Trims the socket's queue of unsent data; see `NOTSENT_LOWAT`.
-pub fn limit_unsent(tcp: &TcpStream) {
-    let v = NOTSENT_LOWAT;
-    // SAFETY: a valid fd, an int option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
     }
 }
 
@@ -72,7 +50,7 @@ pub async fn connect(
         .map_err(|_| ClientError::Connect(format!("{addr}: connect timed out")))?
         .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
     tcp.set_nodelay(true).ok();
-    limit_unsent(&tcp);
+    crate::sys::tcp::limit_unsent(&tcp);
     let stream = match (url.tls, tls) {
         (true, Some(cfg)) => {
             let name = ServerName::try_from(url.host.clone()).map_err(|_| {

@@ -130,6 +130,7 @@ async fn connection(
 ) {
     // Relayed packets are latency-sensitive and writes are already batched.
     let _ = stream.set_nodelay(true);
+    crate::sys::tcp::limit_unsent(&stream);
     let deadline = shared.tuning.auth_timeout;
     // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]

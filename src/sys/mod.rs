@@ -5,4 +5,5 @@ pub mod affinity;
 pub mod ifaddr;
 pub mod netlink;
 pub mod sysctl;
+pub mod tcp;
 pub mod tun;
