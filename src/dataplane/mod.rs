@@ -450,3 +450,5 @@ impl Drop for Dataplane {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod udp_tests;
