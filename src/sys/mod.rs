@@ -1,5 +1,5 @@
 //! Thin, policy-free wrappers over the Linux interfaces ringlink needs:
-//! TUN queues, rtnetlink configuration, CPU pinning and sysctls.
+//! TUN queues, UDP sockets, rtnetlink configuration, CPU pinning and sysctls.
 
 pub mod affinity;
 pub mod ifaddr;
@@ -7,3 +7,4 @@ pub mod netlink;
 pub mod sysctl;
 pub mod tcp;
 pub mod tun;
+pub mod udp;
