@@ -419,8 +419,13 @@ impl ClientConfig {
             .lan_address
             .map(|a| c.ipv4("lan_address", &a))
             .transpose()?;
-        let test_time_divisor =
-            in_range(&c, "test_time_divisor", raw.test_time_divisor.unwrap_or(1), 1, 100)? as u32;
+        let test_time_divisor = in_range(
+            &c,
+            "test_time_divisor",
+            raw.test_time_divisor.unwrap_or(1),
+            1,
+            100,
+        )? as u32;
         Ok(Self {
             control_socket: raw
                 .control_socket

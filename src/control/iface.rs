@@ -9,7 +9,8 @@ use tracing::{info, warn};
 use super::ClientError;
 use crate::config::ClientConfig;
 use crate::dataplane::{
-    CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender, UpcallReceiver,
+    CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender,
+    UpcallReceiver,
 };
 use crate::proto::crypto::{CipherKind, PeerKey};
 use crate::proto::ws::SysRoute;
@@ -41,10 +42,20 @@ impl Interface {
         } else {
             cfg.workers
         };
+        // Everyone seals for us with our key; it is derived once, here.
+        let own_key = Arc::new(PeerKey::for_vip(
+            CipherKind::default(),
+            cfg.password.as_bytes(),
+            address.addr,
+        ));
         let dp_cfg = DataplaneConfig {
             workers,
             channel_capacity: UPCALL_QUEUE,
             mtu: usize::from(cfg.mtu),
+            udp: Some(UdpConfig {
+                port: cfg.port,
+                own_key,
+            }),
             ..DataplaneConfig::default()
         };
         let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
@@ -122,7 +133,9 @@ impl Interface {
             let route = RouteV4::via(r.dst.network(), r.dst.prefix, r.next);
             match nl.add_route_v4(&route).await {
                 Ok(()) => info!(dst = %r.dst, via = %r.next, "subnet route installed"),
-                Err(e) => warn!(dst = %r.dst, via = %r.next, error = %e, "subnet route not installed"),
+                Err(e) => {
+                    warn!(dst = %r.dst, via = %r.next, error = %e, "subnet route not installed")
+                }
             }
         }
     }

@@ -85,10 +85,12 @@ async fn new_node(
             let resolved = tokio::net::lookup_host((s.host.as_str(), s.port))
                 .await
                 .ok()
-                .and_then(|mut addrs| addrs.find_map(|a| match a {
-                    SocketAddr::V4(v4) => Some(v4),
-                    SocketAddr::V6(_) => None,
-                }));
+                .and_then(|mut addrs| {
+                    addrs.find_map(|a| match a {
+                        SocketAddr::V4(v4) => Some(v4),
+                        SocketAddr::V6(_) => None,
+                    })
+                });
             if resolved.is_none() {
                 warn!(host = %s.host, "cannot resolve the STUN server; direct paths are off");
             }
@@ -257,7 +259,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                 n.set_server_up(true);
                             }
                         }
-                        Some(LinkEvent::Down(_)) => {
+                        Some(LinkEvent::Down) => {
                             if let Some(n) = node.as_mut() {
                                 n.set_server_up(false);
                             }

@@ -136,7 +136,8 @@ impl Node {
     /// behind a gateway, not peers.
     pub fn on_relayed(&mut self, saddr: Ipv4Addr, now: Instant) {
         if self.network.contains(saddr) && saddr != self.own {
-            self.count(self.peers.handle_relayed_packet(saddr, now));
+            let outcome = self.peers.handle_relayed_packet(saddr, now);
+            self.count(outcome);
             self.flush(now);
         }
     }
@@ -147,17 +148,20 @@ impl Node {
         let mut pushed = None;
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
-                self.count(self.peers.handle_public_info(pc.src, pc.endpoint, now));
+                let outcome = self.peers.handle_public_info(pc.src, pc.endpoint, now);
+                self.count(outcome);
             }
             Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
                 if let Some(lan) = g.local_conn() {
-                    self.count(self.peers.handle_lan_info(g.src, lan, now));
+                    let outcome = self.peers.handle_lan_info(g.src, lan, now);
+                    self.count(outcome);
                 }
             }
             Ok(WsMessage::Discovery(d)) if d.src != self.own => {
                 let broadcast = d.dst == ws::BROADCAST;
                 if broadcast || d.dst == self.own {
-                    self.count(self.peers.handle_discovery(d.src, broadcast, now));
+                    let outcome = self.peers.handle_discovery(d.src, broadcast, now);
+                    self.count(outcome);
                 }
             }
             Ok(WsMessage::SysRoutes(list)) => {
@@ -187,7 +191,8 @@ impl Node {
     pub fn on_peer_message(&mut self, from: SocketAddrV4, plaintext: &[u8], now: Instant) {
         match PeerMessage::decode(plaintext) {
             Ok(PeerMessage::Heartbeat(hb)) => {
-                self.count(self.peers.handle_heartbeat(from, hb.tunip, hb.ack, now));
+                let outcome = self.peers.handle_heartbeat(from, hb.tunip, hb.ack, now);
+                self.count(outcome);
             }
             Ok(PeerMessage::Delay(d)) => {
                 let _ = self.router.handle_delay(
@@ -227,7 +232,8 @@ impl Node {
         }
         match stun::parse_binding_response(datagram) {
             Ok((txid, mapped)) if Some(txid) == self.stun_txid => {
-                self.count(self.peers.handle_stun_response(mapped, now));
+                let outcome = self.peers.handle_stun_response(mapped, now);
+                self.count(outcome);
             }
             Ok(_) => debug!("STUN response for an old request"),
             Err(e) => {
@@ -275,7 +281,9 @@ impl Node {
             self.act(action, now);
         }
         while let Some(t) = self.router.poll_transmit() {
-            let Some(&to) = self.direct.get(&t.to) else { continue };
+            let Some(&to) = self.direct.get(&t.to) else {
+                continue;
+            };
             match t.msg {
                 Message::Delay(d) => {
                     let plain = Delay {
@@ -308,7 +316,10 @@ impl Node {
                 if let Some(server) = self.stun {
                     let txid: stun::TransactionId = rand::random();
                     self.stun_txid = Some(txid);
-                    if let Err(e) = self.udp.send_to(&stun::encode_binding_request(&txid), server) {
+                    if let Err(e) = self
+                        .udp
+                        .send_to(&stun::encode_binding_request(&txid), server)
+                    {
                         self.stats.udp_send_errors += 1;
                         debug!(error = %e, "STUN request not sent");
                     }
@@ -340,7 +351,11 @@ impl Node {
                 self.send_server(frame);
             }
             Action::DiscoveryReply { peer } => {
-                let frame = Discovery { src: self.own, dst: peer }.encode();
+                let frame = Discovery {
+                    src: self.own,
+                    dst: peer,
+                }
+                .encode();
                 self.send_server(frame);
             }
             // Probes come from the router; see `new`.
@@ -368,10 +383,18 @@ impl Node {
     fn publish(&mut self) {
         self.generation += 1;
         let mut direct = HashMap::with_capacity(self.direct.len());
-        for (&vip, &endpoint) in &self.direct {
+        let paths: Vec<_> = self.direct.iter().map(|(&v, &e)| (v, e)).collect();
+        for (vip, endpoint) in paths {
             let key = self.key(vip);
             let counters = self.counters.entry(vip).or_default().clone();
-            direct.insert(vip, PeerEntry { endpoint, key, counters });
+            direct.insert(
+                vip,
+                PeerEntry {
+                    endpoint,
+                    key,
+                    counters,
+                },
+            );
         }
         let mut subnets = SubnetRoutes::new(self.own);
         for s in &self.subnets {
@@ -396,14 +419,20 @@ impl Node {
             .peers
             .peers()
             .map(|p| {
-                let c = self.counters.get(&p.vip).map(|c| c.snapshot()).unwrap_or_default();
+                let c = self
+                    .counters
+                    .get(&p.vip)
+                    .map(|c| c.snapshot())
+                    .unwrap_or_default();
                 let direct = p.state == PeerState::Connected;
                 PeerLine {
                     vip: p.vip.to_string(),
                     state: p.state.to_string(),
                     path: if direct { "direct" } else { "relay" }.to_string(),
                     endpoint: p.path.map(|e| e.to_string()),
-                    last_heartbeat_secs: p.last_heartbeat.map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    last_heartbeat_secs: p
+                        .last_heartbeat
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     tx_bytes: c.tx_bytes,
                     rx_bytes: c.rx_bytes,
                     retry_secs: p.retry.as_secs(),
@@ -416,16 +445,28 @@ impl Node {
             .map(|r| RouteLine {
                 dst: r.dst.to_string(),
                 next_hop: r.next_hop.to_string(),
-                path: if self.direct.contains_key(&r.next_hop) { "direct" } else { "relay" }.to_string(),
+                path: if self.direct.contains_key(&r.next_hop) {
+                    "direct"
+                } else {
+                    "relay"
+                }
+                .to_string(),
                 rtt_ms: r.next_hop_rtt_ms.map(f64::from),
                 metric_ms: Some(r.metric),
             })
-            .chain(self.subnets.iter().map(|s| RouteLine {
-                dst: format!("{}/{}", s.dst, s.prefix_len()),
-                next_hop: s.next_hop.to_string(),
-                path: if self.direct.contains_key(&s.next_hop) { "direct" } else { "relay" }.to_string(),
-                rtt_ms: self.router.peer_rtt(s.next_hop).map(f64::from),
-                metric_ms: None,
+            .chain(self.subnets.iter().map(|s| {
+                RouteLine {
+                    dst: format!("{}/{}", s.dst, s.prefix_len()),
+                    next_hop: s.next_hop.to_string(),
+                    path: if self.direct.contains_key(&s.next_hop) {
+                        "direct"
+                    } else {
+                        "relay"
+                    }
+                    .to_string(),
+                    rtt_ms: self.router.peer_rtt(s.next_hop).map(f64::from),
+                    metric_ms: None,
+                }
             }))
             .collect();
         (peers, routes)

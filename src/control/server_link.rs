@@ -49,7 +49,7 @@ const RELAYED_TRACKED_MAX: usize = 4096;
 pub enum LinkEvent {
     /// Logged in with this address.
     Up(Ipv4Cidr),
-    Down(String),
+    Down,
     /// A frame for the control loop (anything but FORWARD).
     Frame(Vec<u8>),
     /// A packet from `saddr` arrived through the relay.
@@ -99,6 +99,7 @@ impl Link {
                     update(&self.status, |s| {
                         s.address = Some(cidr.to_string());
                         s.connected = true;
+                        s.last_error = None;
                     });
                     if self.events.send(LinkEvent::Up(cidr)).await.is_err() {
                         return;
@@ -113,7 +114,7 @@ impl Link {
                     });
                     // Packets queued for the dead connection are stale by now.
                     while self.outgoing.try_recv().is_ok() {}
-                    if self.events.send(LinkEvent::Down(why)).await.is_err() {
+                    if self.events.send(LinkEvent::Down).await.is_err() {
                         return;
                     }
                 }
