@@ -4,7 +4,10 @@
 //! sans-IO; `dataplane`, `control`, `server` and `sys` touch the OS.
 
 pub mod config;
+pub mod control;
+pub mod dataplane;
+pub mod demo;
 pub mod peer;
 pub mod proto;
-pub mod control;
-pub mod demo;
+pub mod route;
+pub mod sys;

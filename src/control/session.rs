@@ -13,6 +13,7 @@ use super::iface::Interface;
 use super::status::SharedStatus;
 use super::ws_client::Ws;
 use crate::proto::ws::{encode_forward, encode_keepalive, WsMessage};
+use crate::route::subnet::decapsulate;
 
 /// Self-addressed GENERAL every so often: Cacao drops connections idle for
 /// 60 s, and the echo tells us the server is still there.
@@ -48,8 +49,13 @@ pub async fn run(ws: Ws, own: Ipv4Addr, iface: &mut Interface, status: &SharedSt
             match WsMessage::decode(&frame) {
                 Ok(WsMessage::Forward(packet)) => {
                     super::set_status(status, |s| s.relay_rx_frames += 1);
-                    if let Err(e) = writer.write(strip_pseudo_header(packet)) {
-                        debug!(error = %e, "relayed packet not written to the interface");
+                    match decapsulate(packet) {
+                        Ok(inner) => {
+                            if let Err(e) = writer.write(inner) {
+                                debug!(error = %e, "relayed packet not written to the interface");
+                            }
+                        }
+                        Err(e) => debug!(error = %e, "relayed packet dropped"),
                     }
                 }
                 Ok(WsMessage::SysRoutes(routes)) => {
@@ -78,7 +84,7 @@ pub async fn run(ws: Ws, own: Ipv4Addr, iface: &mut Interface, status: &SharedSt
                         }
                         sent += 1;
                         if sent < BATCH as u64 {
-                            next = packets.try_recv().ok();
+                            next = packets.try_recv();
                         }
                     }
                     if let Err(e) = sink.flush().await {
@@ -98,35 +104,5 @@ pub async fn run(ws: Ws, own: Ipv4Addr, iface: &mut Interface, status: &SharedSt
     tokio::select! {
         why = reader => why,
         why = sender => why,
-    }
-}
-
-/// Packets for a subnet behind us arrive led by Candy's 20-byte sdwan
-/// pseudo-header (protocol byte 4, PROTOCOL.md §7); the inner packet is what
-/// goes to the interface.
-fn strip_pseudo_header(packet: &[u8]) -> &[u8] {
-    if packet.len() >= 40 && packet[9] == 4 {
-        &packet[20..]
-    } else {
-        packet
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pseudo_header_is_stripped_only_when_marked() {
-        let mut inner = vec![0x45u8; 40];
-        inner[9] = 17;
-        assert_eq!(strip_pseudo_header(&inner), &inner[..]);
-        let mut wrapped = vec![0u8; 20];
-        wrapped[9] = 4;
-        wrapped.extend_from_slice(&inner);
-        assert_eq!(strip_pseudo_header(&wrapped), &inner[..]);
-        let mut short = vec![0u8; 30];
-        short[9] = 4;
-        assert_eq!(strip_pseudo_header(&short).len(), 30);
     }
 }

@@ -1,0 +1,318 @@
+//! The packet path: one pinned io_uring worker per TUN queue.
+//!
+//! First version (relay path): every IPv4 packet read from the device is
+//! copied up to the control thread over a bounded channel; the control thread
+//! writes relayed packets back with [`TunWriter`]. The direct UDP path will
+//! live in the same workers, reading [`SharedSnapshot`] once per batch.
+
+pub mod bufring;
+pub mod counters;
+pub mod packet;
+pub mod snapshot;
+mod worker;
+pub mod writer;
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use tokio::sync::Notify;
+
+pub use bufring::BufRingError;
+pub use counters::{CounterSnapshot, Counters, SharedCounters};
+pub use packet::{classify, Ipv4Meta, PacketError};
+pub use snapshot::{SharedSnapshot, Snapshot};
+pub use writer::{TunWriter, WriteError};
+
+use crate::sys::affinity;
+use crate::sys::tun::{self, TunError, TunOptions};
+
+/// Bytes reserved in front of every received packet, for the type byte and
+/// AEAD envelope (1 + 28) the direct path will prepend in place, with room to
+/// spare for the sdwan pseudo-header.
+pub const MIN_HEADROOM: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// Worker threads, one per TUN queue.
+    pub workers: usize,
+    /// Capacity of the channel to the control thread, in packets.
+    pub channel_capacity: usize,
+    /// Largest packet a worker must be able to read (the device MTU).
+    pub mtu: usize,
+    /// Provided buffers per worker; a power of two.
+    pub buffers_per_worker: u32,
+    /// Bytes in front of each packet; at least [`MIN_HEADROOM`].
+    pub headroom: usize,
+    /// Pin worker i to the i-th allowed CPU (wrapping around).
+    pub pin_cpus: bool,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: 1,
+            channel_capacity: 4096,
+            mtu: 1400,
+            buffers_per_worker: 1024,
+            headroom: MIN_HEADROOM,
+            pin_cpus: true,
+        }
+    }
+}
+
+impl DataplaneConfig {
+    pub fn validate(&self) -> Result<bufring::Layout, DataplaneError> {
+        let bad =
+            |field: &'static str, reason: String| DataplaneError::InvalidConfig { field, reason };
+        if self.workers == 0 || self.workers > tun::MAX_QUEUES {
+            return Err(bad(
+                "workers",
+                format!("{} (must be 1..={})", self.workers, tun::MAX_QUEUES),
+            ));
+        }
+        if self.channel_capacity == 0 {
+            return Err(bad("channel_capacity", "0 (must be at least 1)".into()));
+        }
+        if !(68..=packet::IPV4_MAX_PACKET).contains(&self.mtu) {
+            return Err(bad("mtu", format!("{} (must be 68..=65535)", self.mtu)));
+        }
+        if self.headroom < MIN_HEADROOM {
+            return Err(bad(
+                "headroom",
+                format!("{} (must be at least {MIN_HEADROOM})", self.headroom),
+            ));
+        }
+        bufring::Layout::new(self.buffers_per_worker, self.mtu, self.headroom)
+            .map_err(|e| bad("buffers_per_worker", e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("dataplane config: {field} = {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    #[error("dataplane got {queues} tun queues for {workers} workers; they must match")]
+    QueueCountMismatch { queues: usize, workers: usize },
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error("duplicating tun queue fd for the writer: {0}")]
+    WriterDup(#[source] io::Error),
+    #[error("worker {queue}: spawning thread: {source}")]
+    Spawn { queue: usize, source: io::Error },
+    #[error("worker {queue}: {op}: {source}")]
+    Ring {
+        queue: usize,
+        op: &'static str,
+        source: io::Error,
+    },
+    #[error("worker {queue}: buffer ring: {source}")]
+    BufRing { queue: usize, source: BufRingError },
+    #[error("worker {queue}: reading the tun queue failed: {source}")]
+    Read { queue: usize, source: io::Error },
+    #[error("worker {queue} panicked")]
+    WorkerPanicked { queue: usize },
+}
+
+/// What workers hand to the control thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Upcall {
+    /// An IPv4 packet read from the TUN device that the dataplane does not
+    /// forward itself (today: all of them), to be relayed.
+    TunPacket(Vec<u8>),
+}
+
+/// Receiving end of the upcall channel.
+///
+/// Workers notify once per batch, not per packet, so an async consumer costs
+/// one wake-up per batch; the blocking methods are for plain threads.
+pub struct UpcallReceiver {
+    rx: Receiver<Upcall>,
+    notify: Arc<Notify>,
+}
+
+impl UpcallReceiver {
+    /// Next upcall, or `None` once every worker has stopped and the channel
+    /// is empty. Cancel-safe.
+    pub async fn recv(&self) -> Option<Upcall> {
+        loop {
+            match self.rx.try_recv() {
+                Ok(u) => return Some(u),
+                Err(TryRecvError::Disconnected) => return None,
+                // A notify_one between try_recv and here leaves a permit, so
+                // no wake-up is lost.
+                Err(TryRecvError::Empty) => self.notify.notified().await,
+            }
+        }
+    }
+
+    pub fn try_recv(&self) -> Result<Upcall, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Blocking receive with a deadline (not for use on the tokio thread).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Upcall, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Upcalls currently queued.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+struct WorkerHandle {
+    thread: Option<JoinHandle<Result<(), DataplaneError>>>,
+    counters: SharedCounters,
+}
+
+/// Running workers. Dropping it stops and joins them; prefer
+/// [`Dataplane::shutdown`] to see their errors.
+pub struct Dataplane {
+    workers: Vec<WorkerHandle>,
+    stop: Arc<AtomicBool>,
+    writer: TunWriter,
+    snapshot: SharedSnapshot,
+}
+
+impl Dataplane {
+    /// Open `config.workers` queues of the TUN device `ifname` and start.
+    pub fn open(
+        ifname: &str,
+        config: &DataplaneConfig,
+    ) -> Result<(Dataplane, UpcallReceiver), DataplaneError> {
+        config.validate()?;
+        let queues = tun::open_tun(
+            ifname,
+            &TunOptions {
+                queues: config.workers,
+                nonblocking: true,
+                vnet_hdr: false,
+            },
+        )?;
+        Self::start(queues, config)
+    }
+
+    /// Start one worker per queue fd (`queues.len()` must equal
+    /// `config.workers`). Returns once every worker's ring is set up.
+    pub fn start(
+        queues: Vec<OwnedFd>,
+        config: &DataplaneConfig,
+    ) -> Result<(Dataplane, UpcallReceiver), DataplaneError> {
+        let layout = config.validate()?;
+        if queues.len() != config.workers {
+            return Err(DataplaneError::QueueCountMismatch {
+                queues: queues.len(),
+                workers: config.workers,
+            });
+        }
+        let writer = TunWriter::new(queues[0].as_fd()).map_err(DataplaneError::WriterDup)?;
+        let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
+        let notify = Arc::new(Notify::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpus = if config.pin_cpus {
+            affinity::allowed_cpus().unwrap_or_else(|_| (0..affinity::online_cpus()).collect())
+        } else {
+            Vec::new()
+        };
+        let mut dp = Dataplane {
+            workers: Vec::with_capacity(queues.len()),
+            stop: stop.clone(),
+            writer,
+            snapshot: SharedSnapshot::default(),
+        };
+        for (index, fd) in queues.into_iter().enumerate() {
+            let counters = counters::new_shared();
+            let spec = worker::WorkerSpec {
+                index,
+                fd,
+                cpu: affinity::cpu_for_worker(index, &cpus),
+                layout,
+                upcalls: tx.clone(),
+                notify: notify.clone(),
+                counters: counters.clone(),
+                stop: stop.clone(),
+            };
+            // On error `dp` drops here, stopping the workers already started.
+            let thread = worker::spawn(spec)?;
+            dp.workers.push(WorkerHandle {
+                thread: Some(thread),
+                counters,
+            });
+        }
+        Ok((dp, UpcallReceiver { rx, notify }))
+    }
+
+    /// Writer for packets received from the relay.
+    pub fn writer(&self) -> TunWriter {
+        self.writer.clone()
+    }
+
+    /// Totals over all workers and the writer.
+    pub fn counters(&self) -> CounterSnapshot {
+        self.worker_counters()
+            .into_iter()
+            .chain(std::iter::once(self.writer.counters().snapshot()))
+            .sum()
+    }
+
+    /// One entry per worker, in queue order.
+    pub fn worker_counters(&self) -> Vec<CounterSnapshot> {
+        self.workers.iter().map(|w| w.counters.snapshot()).collect()
+    }
+
+    /// The table workers will follow once the direct path exists.
+    pub fn snapshot(&self) -> &SharedSnapshot {
+        &self.snapshot
+    }
+
+    /// Workers that have stopped on their own (a read error, a panic).
+    pub fn stopped_workers(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.thread.as_ref().is_none_or(|t| t.is_finished()))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Stop every worker (cancelling its read, then closing its queue) and
+    /// join them. Returns the first worker error, if any.
+    pub fn shutdown(mut self) -> Result<(), DataplaneError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), DataplaneError> {
+        self.stop.store(true, Ordering::Release);
+        let mut first = Ok(());
+        for (queue, w) in self.workers.iter_mut().enumerate() {
+            let Some(t) = w.thread.take() else { continue };
+            let r = match t.join() {
+                Ok(r) => r,
+                Err(_) => Err(DataplaneError::WorkerPanicked { queue }),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}
+
+#[cfg(test)]
+mod tests;

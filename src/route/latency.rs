@@ -1,0 +1,200 @@
+//! DELAY probe bookkeeping and RTT smoothing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Millisecond timestamps for DELAY probes, counted from the router's
+/// creation. Only we read our own timestamps back (PROTOCOL §1.1), so any
+/// monotonic origin works and it keeps the sans-IO core free of a clock.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BootClock {
+    epoch: Instant,
+}
+
+impl BootClock {
+    pub(crate) fn new(epoch: Instant) -> Self {
+        BootClock { epoch }
+    }
+
+    pub(crate) fn ms(&self, now: Instant) -> i64 {
+        i64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// Smoothed RTT: an EWMA with gain 1/4, kept in 1/16 ms fixed point so
+/// results are deterministic and integer-exact in simulations.
+///
+/// Why 1/4 rather than TCP's 1/8 (RFC 6298): we get one sample per probe
+/// interval (a minute by default), not one per ACK. 1/8 would take ~10
+/// minutes to follow a real path change; 1/4 follows a step within ~4
+/// samples and still shrinks the noise variance to 1/7 of a single sample's
+/// (variance factor g/(2-g)), which is what the hysteresis margin relies on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Srtt {
+    x16: u64,
+}
+
+const SRTT_FRAC: u64 = 16;
+const SRTT_GAIN_SHIFT: u32 = 2;
+
+impl Srtt {
+    pub fn first(sample_ms: u32) -> Self {
+        Srtt {
+            x16: u64::from(sample_ms) * SRTT_FRAC,
+        }
+    }
+
+    pub fn update(&mut self, sample_ms: u32) {
+        let sample = (u64::from(sample_ms) * SRTT_FRAC) as i64;
+        let cur = self.x16 as i64;
+        self.x16 = (cur + ((sample - cur) >> SRTT_GAIN_SHIFT)) as u64;
+    }
+
+    /// Rounded to whole ms, the unit of the wire metric.
+    pub fn ms(&self) -> u32 {
+        u32::try_from((self.x16 + SRTT_FRAC / 2) / SRTT_FRAC).unwrap_or(u32::MAX)
+    }
+}
+
+/// Probes we sent and have not seen echoed. Keeping them lets us reject
+/// replayed or forged echoes (PROTOCOL §10.3): stock Candy accepts any DELAY
+/// with `src` = self, which lets anyone on the network key poison RTTs.
+const MAX_OUTSTANDING: usize = 4;
+
+/// An echo older than this is not a latency sample worth trusting (the
+/// metric ceiling is 1 s; anything this slow was queued, not routed).
+const MAX_RTT_MS: i64 = 10_000;
+
+#[derive(Debug)]
+pub(crate) struct ProbeState {
+    pub(crate) next_probe: Instant,
+    outstanding: VecDeque<i64>,
+    pub(crate) srtt: Option<Srtt>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EchoError {
+    /// No matching outstanding probe: replayed, forged or very late.
+    Unsolicited,
+    /// Timestamp in our future or absurdly far in the past.
+    BadTimestamp,
+}
+
+impl ProbeState {
+    pub(crate) fn new(next_probe: Instant) -> Self {
+        ProbeState {
+            next_probe,
+            outstanding: VecDeque::with_capacity(MAX_OUTSTANDING),
+            srtt: None,
+        }
+    }
+
+    /// Records a probe; returns false if one with the same timestamp is
+    /// already in flight (two probes in one ms would be indistinguishable).
+    pub(crate) fn sent(&mut self, ts_ms: i64) -> bool {
+        if self.outstanding.contains(&ts_ms) {
+            return false;
+        }
+        if self.outstanding.len() == MAX_OUTSTANDING {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back(ts_ms);
+        true
+    }
+
+    /// Consumes the probe `ts_ms` and folds the RTT into the smoothed value.
+    pub(crate) fn echoed(&mut self, ts_ms: i64, now_ms: i64) -> Result<u32, EchoError> {
+        let rtt = now_ms.checked_sub(ts_ms).ok_or(EchoError::BadTimestamp)?;
+        if !(0..=MAX_RTT_MS).contains(&rtt) {
+            return Err(EchoError::BadTimestamp);
+        }
+        let pos = self
+            .outstanding
+            .iter()
+            .position(|&t| t == ts_ms)
+            .ok_or(EchoError::Unsolicited)?;
+        self.outstanding.remove(pos);
+        let rtt = rtt as u32;
+        match &mut self.srtt {
+            Some(s) => s.update(rtt),
+            None => self.srtt = Some(Srtt::first(rtt)),
+        }
+        Ok(rtt)
+    }
+}
+
+/// SplitMix64: tiny, seedable and stable across crate versions, which a
+/// reproducible simulation needs more than statistical quality.
+#[derive(Clone, Debug)]
+pub(crate) struct SplitMix(u64);
+
+impl SplitMix {
+    pub(crate) fn new(seed: u64) -> Self {
+        SplitMix(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A whole-ms offset in `1..=max`, used to spread first probes the way
+    /// Candy's random per-peer tick counter does.
+    pub(crate) fn spread(&mut self, max: Duration) -> Duration {
+        let ms = max.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+        Duration::from_millis(1 + self.next_u64() % ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srtt_converges_and_smooths() {
+        let mut s = Srtt::first(100);
+        assert_eq!(s.ms(), 100);
+        s.update(20);
+        assert_eq!(s.ms(), 80);
+        for _ in 0..30 {
+            s.update(20);
+        }
+        assert_eq!(s.ms(), 20);
+    }
+
+    #[test]
+    fn echo_must_match_an_outstanding_probe_once() {
+        let t0 = Instant::now();
+        let mut p = ProbeState::new(t0);
+        assert!(p.sent(1000));
+        assert!(!p.sent(1000));
+        assert_eq!(p.echoed(1000, 1042), Ok(42));
+        assert_eq!(p.echoed(1000, 1050), Err(EchoError::Unsolicited));
+        assert_eq!(p.echoed(5000, 1050), Err(EchoError::BadTimestamp));
+        assert_eq!(p.srtt.map(|s| s.ms()), Some(42));
+    }
+
+    #[test]
+    fn outstanding_is_bounded() {
+        let mut p = ProbeState::new(Instant::now());
+        for ts in 0..10 {
+            p.sent(ts);
+        }
+        assert_eq!(p.echoed(0, 20), Err(EchoError::Unsolicited));
+        assert_eq!(p.echoed(9, 20), Ok(11));
+    }
+
+    #[test]
+    fn spread_is_seeded_and_in_range() {
+        let mut a = SplitMix::new(7);
+        let mut b = SplitMix::new(7);
+        for _ in 0..100 {
+            let d = a.spread(Duration::from_secs(60));
+            assert_eq!(d, b.spread(Duration::from_secs(60)));
+            assert!(d >= Duration::from_millis(1) && d <= Duration::from_secs(60));
+        }
+    }
+}

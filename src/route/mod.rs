@@ -1,0 +1,92 @@
+//! Latency measurement and route synchronisation (PROTOCOL.md §6, §7).
+//!
+//! Everything here is sans-IO: the control thread feeds peer connectivity
+//! events, decoded DELAY (UDP type 2) and ROUTE (UDP type 4) messages and the
+//! current `Instant`; it drains [`Transmit`]s with [`Router::poll_transmit`],
+//! sleeps until [`Router::poll_timeout`] and then calls
+//! [`Router::handle_timeout`]. Whenever [`Router::generation`] changes it
+//! republishes [`Router::next_hops`] to the dataplane.
+//!
+//! Driving it: call `peer_connected`/`peer_disconnected` on every change of
+//! the peer state machine into/out of CONNECTED, `handle_delay`/
+//! `handle_route` for every decrypted type 2/4 plaintext (it applies the
+//! cost-0 rule itself), then drain `poll_transmit`. Sender identity cannot
+//! be checked on the wire (every member holds the network key and all
+//! senders use our key), so a ROUTE is trusted only as far as its `next` is
+//! a CONNECTED peer, and a DELAY echo only if it matches a probe we sent.
+//! When echoing, sending the received plaintext bytes verbatim keeps any
+//! trailing bytes intact (PROTOCOL §11); the queued `DelayMsg` is identical
+//! otherwise.
+//!
+//! Deviations from Candy that stay inside its wire semantics: metrics use a
+//! smoothed RTT, route changes need a hysteresis margin, lost routes go into
+//! hold-down, split horizon with poison reverse, echoes must match an
+//! outstanding probe, and the full table is re-sent periodically and to new
+//! peers.
+//!
+//! The message structs below deliberately mirror the wire fields instead of
+//! reusing `crate::proto`, so routing logic and byte layouts can evolve (and
+//! be tested) independently; the control thread translates.
+
+mod advertise;
+mod config;
+mod latency;
+mod nexthop;
+mod router;
+pub mod subnet;
+mod table;
+
+use std::net::Ipv4Addr;
+
+pub use config::{ConfigError, Hysteresis, RouteConfig};
+pub use latency::Srtt;
+pub use nexthop::{is_broadcast_or_multicast, NextHop, NextHopTable, RouteStatus};
+pub use router::{DelayOutcome, RouteOutcome, RouteStats, Router};
+pub use subnet::{SubnetError, SubnetRoute, SubnetRoutes};
+
+/// Wire value of a ROUTE `delay` that withdraws the destination.
+pub const WITHDRAWN: i32 = 0x7FFF_FFFF;
+
+/// Largest usable metric. Candy reads anything above it as a withdrawal, so
+/// a longer path cannot be expressed on the wire at all.
+pub const MAX_METRIC: u32 = 1000;
+
+/// Largest accepted `route_cost`, as clamped by Candy's `route=` option.
+pub const MAX_ROUTE_COST: u32 = 1000;
+
+/// DELAY (UDP type 2) plaintext fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DelayMsg {
+    /// The prober's VIP.
+    pub src: Ipv4Addr,
+    /// The probed peer's VIP.
+    pub dst: Ipv4Addr,
+    /// The prober's monotonic clock in ms; only the prober interprets it.
+    pub ts_ms: i64,
+}
+
+/// ROUTE (UDP type 4) plaintext fields.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RouteMsg {
+    /// Destination VIP.
+    pub dst: Ipv4Addr,
+    /// The advertiser's own VIP (Candy's rules make it the next hop).
+    pub next: Ipv4Addr,
+    /// Advertiser's metric plus its route cost, or [`WITHDRAWN`].
+    pub delay: i32,
+}
+
+/// A peer message the routing logic wants sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Message {
+    Delay(DelayMsg),
+    Route(RouteMsg),
+}
+
+/// One message to encrypt with `to`'s key and send over UDP to `to`'s
+/// current path. `to` is always a peer the caller reported as CONNECTED.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Transmit {
+    pub to: Ipv4Addr,
+    pub msg: Message,
+}
