@@ -10,4 +10,5 @@ pub mod demo;
 pub mod peer;
 pub mod proto;
 pub mod route;
+pub mod server;
 pub mod sys;

@@ -102,8 +102,12 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .expect("tokio runtime");
+            // The control thread is single-threaded by design: its tasks
+            // share state without locks, so they run on one LocalSet.
+            let local = tokio::task::LocalSet::new();
             report(
-                rt.block_on(ringlink::control::run(cfg, terminated()))
+                local
+                    .block_on(&rt, ringlink::control::run(cfg, terminated()))
                     .map_err(|e| e.to_string()),
             )
         }

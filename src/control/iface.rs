@@ -6,13 +6,13 @@ use tracing::{info, warn};
 
 use super::ClientError;
 use crate::config::ClientConfig;
-use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneConfig, TunWriter, Upcall, UpcallReceiver};
+use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneConfig, TunWriter, UpcallReceiver};
 use crate::proto::Ipv4Cidr;
 use crate::sys::{affinity, netlink::Netlink};
 
-/// Packets waiting for the WebSocket. Kept short on purpose: anything queued
-/// here is latency for every flow through the relay (about 5 ms at 1 Gbit/s).
-const RELAY_QUEUE: usize = 512;
+/// Packets between the workers and the control loop; short for the same
+/// reason as the relay queue behind it.
+const UPCALL_QUEUE: usize = 512;
 
 pub struct Interface {
     name: String,
@@ -21,25 +21,6 @@ pub struct Interface {
     upcalls: UpcallReceiver,
     writer: TunWriter,
     workers: usize,
-}
-
-/// The receiving half the session drains toward the server.
-pub struct RelayPackets<'a> {
-    upcalls: &'a UpcallReceiver,
-}
-
-impl RelayPackets<'_> {
-    pub async fn recv(&self) -> Option<Vec<u8>> {
-        match self.upcalls.recv().await? {
-            Upcall::TunPacket(p) => Some(p),
-        }
-    }
-
-    pub fn try_recv(&self) -> Option<Vec<u8>> {
-        match self.upcalls.try_recv().ok()? {
-            Upcall::TunPacket(p) => Some(p),
-        }
-    }
 }
 
 fn iface_err(what: &str, e: impl std::fmt::Display) -> ClientError {
@@ -51,7 +32,7 @@ impl Interface {
         let workers = if cfg.workers == 0 { affinity::online_cpus().max(1) } else { cfg.workers };
         let dp_cfg = DataplaneConfig {
             workers,
-            channel_capacity: RELAY_QUEUE,
+            channel_capacity: UPCALL_QUEUE,
             mtu: usize::from(cfg.mtu),
             ..DataplaneConfig::default()
         };
@@ -95,8 +76,12 @@ impl Interface {
         Ok(())
     }
 
-    pub fn relay_halves(&self) -> (RelayPackets<'_>, &TunWriter) {
-        (RelayPackets { upcalls: &self.upcalls }, &self.writer)
+    pub fn upcalls(&self) -> &UpcallReceiver {
+        &self.upcalls
+    }
+
+    pub fn writer(&self) -> TunWriter {
+        self.writer.clone()
     }
 
     pub fn workers(&self) -> usize {

@@ -53,6 +53,12 @@ pub struct Status {
 /// Filled in by the control loop; read when someone asks.
 pub type SharedStatus = Arc<Mutex<Status>>;
 
+pub fn update(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
 /// Serves status requests until the task is dropped. Each connection gets
 /// one JSON document and is closed, so a stuck reader cannot pile up.
 pub async fn serve(path: PathBuf, status: impl Fn() -> Status + 'static) -> std::io::Result<()> {

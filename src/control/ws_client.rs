@@ -30,12 +30,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const NOTSENT_LOWAT: libc::c_int = 128 * 1024;
 
 pub fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
     // Candy frames are at most 1500 bytes; leave room for ringlink
     // extensions but never buffer megabytes for a misbehaving peer.
-    c.max_frame_size = Some(4 * MAX_FRAME);
-    c.max_message_size = Some(4 * MAX_FRAME);
-    c
+    WebSocketConfig {
+        max_frame_size: Some(4 * MAX_FRAME),
+        max_message_size: Some(4 * MAX_FRAME),
+        ..WebSocketConfig::default()
+    }
 }
 
 /// Trims the socket's queue of unsent data; see `NOTSENT_LOWAT`.

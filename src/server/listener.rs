@@ -1,0 +1,170 @@
+//! Accepting connections: the connection cap, TLS and the WebSocket
+//! handshake, then handing the stream to a session.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tracing::{debug, warn};
+
+use crate::config::TlsFiles;
+use crate::proto::ws::MAX_FRAME;
+
+use super::counters::Counters;
+use super::error::ServerError;
+use super::session;
+use super::Shared;
+
+/// tungstenite refuses anything above this before buffering it; frames
+/// between MAX_FRAME and this are read and then refused by the session with
+/// a precise reason.
+pub const WS_READ_LIMIT: usize = 4 * MAX_FRAME;
+
+pub(crate) fn ws_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    c.max_message_size = Some(WS_READ_LIMIT);
+    c.max_frame_size = Some(WS_READ_LIMIT);
+    // Batches are flushed explicitly; this only caps what a stuck socket
+    // can pile up inside tungstenite.
+    c.write_buffer_size = 64 * 1024;
+    c.max_write_buffer_size = 1024 * 1024;
+    c
+}
+
+fn tls_err(file: &Path, reason: impl Into<String>) -> ServerError {
+    ServerError::TlsFile {
+        file: file.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Loads the PEM certificate chain and key; every error names its file.
+pub(crate) fn load_tls(files: &TlsFiles) -> Result<TlsAcceptor, ServerError> {
+    let open = |p: &Path| {
+        File::open(p)
+            .map(BufReader::new)
+            .map_err(|e| tls_err(p, format!("cannot read: {e}")))
+    };
+    let certs = rustls_pemfile::certs(&mut open(&files.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(&files.cert, format!("bad PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(tls_err(&files.cert, "no CERTIFICATE block found"));
+    }
+    let key = rustls_pemfile::private_key(&mut open(&files.key)?)
+        .map_err(|e| tls_err(&files.key, format!("bad PEM: {e}")))?
+        .ok_or_else(|| tls_err(&files.key, "no private key block found"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::TlsConfig(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        // Usually a key that does not belong to the certificate.
+        .map_err(|e| {
+            tls_err(
+                &files.key,
+                format!("unusable with {}: {e}", files.cert.display()),
+            )
+        })?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+pub(crate) async fn accept_loop(
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        Counters::inc(&shared.counters.connections);
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            Counters::inc(&shared.counters.refused_capacity);
+            warn!(
+                "refused from={peer} reason=connection limit of {} reached",
+                shared.max_clients
+            );
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls.clone(),
+            shared.clone(),
+            permit,
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+    shutdown: watch::Receiver<bool>,
+) {
+    // Relayed packets are latency-sensitive and writes are already batched.
+    let _ = stream.set_nodelay(true);
+    let deadline = shared.tuning.auth_timeout;
+    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
+        // Any path is accepted, as Candy does; it is only worth a debug line.
+        debug!("ws upgrade from={peer} path={}", req.uri().path());
+        Ok(resp)
+    };
+    let config = Some(ws_config());
+    match tls {
+        None => {
+            let hs = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, config);
+            match tokio::time::timeout(deadline, hs).await {
+                Ok(Ok(ws)) => session::serve(ws, peer, shared, shutdown, permit).await,
+                Ok(Err(e)) => handshake_failed(&shared, peer, &e.to_string()),
+                Err(_) => handshake_failed(&shared, peer, "handshake timed out"),
+            }
+        }
+        Some(acceptor) => {
+            let hs = async {
+                let tls = acceptor
+                    .accept(stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                tokio_tungstenite::accept_hdr_async_with_config(tls, callback, config)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(deadline, hs).await {
+                Ok(Ok(ws)) => session::serve(ws, peer, shared, shutdown, permit).await,
+                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
+                Err(_) => handshake_failed(&shared, peer, "handshake timed out"),
+            }
+        }
+    }
+}
+
+fn handshake_failed(shared: &Shared, peer: SocketAddr, why: &str) {
+    Counters::inc(&shared.counters.handshake_failed);
+    debug!("handshake failed from={peer}: {why}");
+}

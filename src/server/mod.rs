@@ -1,0 +1,255 @@
+//! The coordination server, `ringlink server`: WebSocket sessions with
+//! Candy's authentication, an address pool that never hands out an address
+//! in use, the relay, subnet-route push and an embedded STUN responder.
+//!
+//! `run` serves until the future is dropped; tests and embedders use
+//! [`Server::bind_with`] to learn the bound addresses and stop it with a
+//! [`ShutdownHandle`].
+
+mod auth;
+mod counters;
+mod error;
+mod listener;
+mod pool;
+mod relay;
+mod routes;
+mod session;
+mod stun;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::config::{ServerConfig, SubnetRoute};
+use crate::proto::Ipv4Cidr;
+
+pub use counters::{CounterSnapshot, Counters};
+pub use error::{CloseReason, ServerError};
+
+/// Timeouts and queue sizes; the defaults suit production, tests shorten them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// From TCP accept to a successful AUTH (handshakes included).
+    pub auth_timeout: Duration,
+    /// After AUTH: close when no frame at all arrives for this long. Stock
+    /// clients ping after 15 s of silence, Cacao closes after 60 s.
+    pub idle_timeout: Duration,
+    /// Frames queued towards one client before further ones are dropped.
+    pub send_queue: usize,
+    /// Close a client whose socket accepts nothing for this long.
+    pub write_stall: Duration,
+    /// Allowed |server clock − message timestamp|, in seconds.
+    pub timestamp_window: i64,
+    /// How many vmac → last address pairs the pool remembers.
+    pub remembered_vmacs: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            auth_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            send_queue: 512,
+            write_stall: Duration::from_secs(30),
+            timestamp_window: auth::TIMESTAMP_WINDOW,
+            remembered_vmacs: 16384,
+        }
+    }
+}
+
+/// State shared by every task of one server.
+pub(crate) struct Shared {
+    password: Vec<u8>,
+    pool_net: Ipv4Cidr,
+    routes: Vec<SubnetRoute>,
+    max_clients: usize,
+    pool: Mutex<pool::Pool>,
+    relay: relay::Relay,
+    counters: Arc<Counters>,
+    tuning: Tuning,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    fn new_session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    // Pool updates are single-step and leave it consistent even if a
+    // holder panicked, so a poisoned lock is still usable.
+    fn lock_pool(&self) -> MutexGuard<'_, pool::Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops a running [`Server`]: the listener and STUN responder stop and
+/// every session is closed with "server shutting down".
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.tx.send_replace(true);
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    tcp: TcpListener,
+    tls: Option<TlsAcceptor>,
+    stun: Option<UdpSocket>,
+    local_addr: SocketAddr,
+    stun_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown: ShutdownHandle,
+    limit: Arc<Semaphore>,
+    permits: u32,
+}
+
+impl Server {
+    pub async fn bind(cfg: ServerConfig) -> Result<Self, ServerError> {
+        Self::bind_with(cfg, Tuning::default()).await
+    }
+
+    /// Binds the WebSocket listener and (if configured) the STUN socket,
+    /// and loads TLS files. Port 0 binds an ephemeral port; see
+    /// [`Server::local_addr`] and [`Server::stun_addr`].
+    pub async fn bind_with(cfg: ServerConfig, tuning: Tuning) -> Result<Self, ServerError> {
+        let tls = cfg.tls.as_ref().map(listener::load_tls).transpose()?;
+        let tcp = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let local_addr = tcp.local_addr().map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+        let stun = match cfg.stun {
+            None => None,
+            Some(addr) => Some(
+                UdpSocket::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::StunBind { addr, source })?,
+            ),
+        };
+        let stun_addr = match (&stun, cfg.stun) {
+            (Some(s), Some(addr)) => Some(
+                s.local_addr()
+                    .map_err(|source| ServerError::StunBind { addr, source })?,
+            ),
+            _ => None,
+        };
+        // acquire_many takes a u32; more connections than that is not a
+        // limit anyone means.
+        let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
+        let pool = pool::Pool::new(cfg.pool, rand::random(), tuning.remembered_vmacs);
+        let shared = Arc::new(Shared {
+            password: cfg.password.clone().into_bytes(),
+            pool_net: cfg.pool,
+            routes: cfg.routes.clone(),
+            max_clients: permits as usize,
+            pool: Mutex::new(pool),
+            relay: relay::Relay::new(cfg.pool),
+            counters: Arc::new(Counters::default()),
+            tuning,
+            next_id: AtomicU64::new(1),
+        });
+        let (tx, _) = watch::channel(false);
+        Ok(Self {
+            tcp,
+            tls,
+            stun,
+            local_addr,
+            stun_addr,
+            shared,
+            shutdown: ShutdownHandle { tx: Arc::new(tx) },
+            limit: Arc::new(Semaphore::new(permits as usize)),
+            permits,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn stun_addr(&self) -> Option<SocketAddr> {
+        self.stun_addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Live counters; they stay readable after the server stops.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.shared.counters.clone()
+    }
+
+    /// Serves until [`ShutdownHandle::shutdown`], then waits (briefly) for
+    /// sessions to close.
+    pub async fn run(self) -> Result<(), ServerError> {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        info!(
+            "server listening on {scheme}://{} pool={} routes={} max_clients={}",
+            self.local_addr,
+            self.shared.pool_net,
+            self.shared.routes.len(),
+            self.shared.max_clients
+        );
+        let stun_task = self.stun.map(|sock| {
+            if let Some(a) = self.stun_addr {
+                info!("STUN responder listening on udp {a}");
+            }
+            tokio::spawn(stun::serve(
+                sock,
+                self.shared.counters.clone(),
+                self.shutdown.tx.subscribe(),
+            ))
+        });
+        if self.stun_addr.is_none() {
+            info!("STUN responder disabled");
+        }
+        listener::accept_loop(
+            self.tcp,
+            self.tls,
+            self.shared.clone(),
+            self.limit.clone(),
+            self.shutdown.tx.subscribe(),
+        )
+        .await;
+        // Every session holds a permit until it has said goodbye.
+        let drained = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.limit.acquire_many(self.permits),
+        )
+        .await;
+        if drained.is_err() {
+            warn!("some sessions were still closing at shutdown");
+        }
+        if let Some(t) = stun_task {
+            let _ = t.await;
+        }
+        info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Runs the server described by `cfg` until the future is dropped (the CLI
+/// races it against a signal) or a fatal error.
+pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
+    Server::bind(cfg).await?.run().await
+}

@@ -1,0 +1,570 @@
+//! One client connection: authentication state machine, relay of its
+//! frames, and a writer task that drains its bounded send queue.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, info, warn};
+
+use crate::proto::ws::{self, ty, ExptTun, WsMessage, EXPTTUN_LEN, MAX_FRAME};
+use crate::proto::{Ipv4Cidr, ProtoError};
+
+use super::auth::{self, AuthStep};
+use super::counters::Counters;
+use super::error::CloseReason;
+use super::pool::{Claim, PoolError, SessionId, Vmac};
+use super::relay::{Delivery, Entry};
+use super::routes;
+use super::Shared;
+
+/// Frames fed to tungstenite before one flush: enough to amortise the
+/// syscall (and TLS record) cost, small enough to keep latency low.
+const WRITE_BATCH: usize = 64;
+/// How long a closing session waits for its Close frame to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) async fn serve<S>(
+    ws: WebSocketStream<S>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sink, stream) = ws.split();
+    let (tx, rx) = mpsc::channel(shared.tuning.send_queue.max(1));
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        close_rx,
+        shared.tuning.write_stall,
+        shared.counters.clone(),
+    ));
+    let mut s = Session {
+        id: shared.new_session_id(),
+        peer,
+        shared,
+        tx,
+        kick: Arc::new(Notify::new()),
+        vmac: None,
+        vip: None,
+        gateway_for: Vec::new(),
+        warned_forward_spoof: false,
+        warned_control_spoof: false,
+        last_rx: Instant::now(),
+    };
+    let (reason, writer) = s.run(stream, shutdown, writer).await;
+    s.finish(reason, close_tx, writer).await;
+}
+
+struct Session {
+    id: SessionId,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Vec<u8>>,
+    kick: Arc<Notify>,
+    vmac: Option<Vmac>,
+    vip: Option<Ipv4Addr>,
+    /// Subnets this client is the gateway of: legitimate FORWARD sources.
+    gateway_for: Vec<Ipv4Cidr>,
+    warned_forward_spoof: bool,
+    warned_control_spoof: bool,
+    last_rx: Instant,
+}
+
+impl Session {
+    async fn run<S>(
+        &mut self,
+        mut stream: SplitStream<WebSocketStream<S>>,
+        mut shutdown: watch::Receiver<bool>,
+        mut writer: JoinHandle<CloseReason>,
+    ) -> (CloseReason, Option<JoinHandle<CloseReason>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let auth_timeout = self.shared.tuning.auth_timeout;
+        let idle = self.shared.tuning.idle_timeout;
+        // One timer, re-armed only when it fires: resetting it on every
+        // frame would cost a timer-wheel update per relayed packet.
+        let timer = sleep_until(self.last_rx + auth_timeout);
+        tokio::pin!(timer);
+        let mut armed_for_idle = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return (CloseReason::Shutdown, Some(writer)),
+                _ = self.kick.notified() => return (CloseReason::Replaced, Some(writer)),
+                end = &mut writer => {
+                    let reason = end.unwrap_or_else(|e| CloseReason::Lost(format!("writer task: {e}")));
+                    return (reason, None);
+                }
+                _ = &mut timer => {
+                    if self.vip.is_none() {
+                        Counters::inc(&self.shared.counters.timeout_auth);
+                        return (CloseReason::AuthTimeout(auth_timeout), Some(writer));
+                    }
+                    let due = self.last_rx + idle;
+                    if armed_for_idle && due <= Instant::now() {
+                        Counters::inc(&self.shared.counters.timeout_idle);
+                        return (CloseReason::Idle(idle), Some(writer));
+                    }
+                    armed_for_idle = true;
+                    timer.as_mut().reset(due);
+                }
+                m = stream.next() => {
+                    self.last_rx = Instant::now();
+                    let was_authed = self.vip.is_some();
+                    let r = match m {
+                        None => Err(CloseReason::ClientClosed),
+                        Some(Err(e)) => Err(self.read_error(e)),
+                        Some(Ok(msg)) => self.on_message(msg),
+                    };
+                    if let Err(reason) = r {
+                        return (reason, Some(writer));
+                    }
+                    if !was_authed && self.vip.is_some() {
+                        // From now on the idle timeout applies.
+                        armed_for_idle = true;
+                        timer.as_mut().reset(self.last_rx + idle);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_error(&self, e: WsError) -> CloseReason {
+        match e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => {
+                Counters::inc(&self.shared.counters.refused_oversize);
+                CloseReason::Oversize(size)
+            }
+            WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::ClientClosed,
+            e => CloseReason::Lost(e.to_string()),
+        }
+    }
+
+    fn on_message(&mut self, msg: Message) -> Result<(), CloseReason> {
+        match msg {
+            Message::Binary(frame) => self.on_frame(frame),
+            Message::Text(_) => {
+                Counters::inc(&self.shared.counters.text_ignored);
+                Ok(())
+            }
+            // tungstenite queues the Pong itself; the next poll of the
+            // stream (which follows at once) writes and flushes it.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Close(_) => Err(CloseReason::ClientClosed),
+        }
+    }
+
+    fn on_frame(&mut self, frame: Vec<u8>) -> Result<(), CloseReason> {
+        let c = &self.shared.counters;
+        Counters::inc(&c.frames_in);
+        if frame.len() > MAX_FRAME {
+            Counters::inc(&c.refused_oversize);
+            return Err(CloseReason::Oversize(frame.len()));
+        }
+        let Some(&kind) = frame.first() else {
+            Counters::inc(&c.refused_malformed);
+            return Err(CloseReason::Malformed(ProtoError::Empty));
+        };
+        let needs_auth = match kind {
+            ty::FORWARD => Some("FORWARD"),
+            ty::PEER_CONN => Some("UDP4CONN"),
+            ty::DISCOVERY => Some("DISCOVERY"),
+            ty::GENERAL => Some("GENERAL"),
+            ty::AUTH | ty::EXPTTUN | ty::VMAC => None,
+            other => {
+                // Includes ROUTE (6), which only servers send.
+                Counters::inc(&c.unknown_ignored);
+                debug!("ignoring frame type {other} from={}", self.peer);
+                return Ok(());
+            }
+        };
+        if let (Some(what), None) = (needs_auth, self.vip) {
+            Counters::inc(&c.refused_unauthenticated);
+            return Err(CloseReason::NotAuthenticated(what));
+        }
+        let msg = match WsMessage::decode(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                Counters::inc(&c.refused_malformed);
+                return Err(CloseReason::Malformed(e));
+            }
+        };
+        // Copy out what routing needs so the frame itself can move on.
+        match msg {
+            WsMessage::Forward(packet) => {
+                // Read the addresses at fixed offsets rather than through
+                // ipv4::addrs: sdwan pseudo-headers have version 0 (§7).
+                let saddr = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+                let daddr = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+                self.on_forward(saddr, daddr, frame);
+                Ok(())
+            }
+            WsMessage::PeerConn(m) => {
+                self.on_control("UDP4CONN", m.src, m.dst, false, frame);
+                Ok(())
+            }
+            WsMessage::Discovery(m) => {
+                self.on_control("DISCOVERY", m.src, m.dst, true, frame);
+                Ok(())
+            }
+            WsMessage::General(m) => {
+                let (src, dst) = (m.src, m.dst);
+                self.on_control("GENERAL", src, dst, true, frame);
+                Ok(())
+            }
+            WsMessage::Auth(m) => self.on_auth(m),
+            WsMessage::ExptTun(m) => self.on_expttun(m, frame),
+            WsMessage::Vmac(m) => self.on_vmac(m),
+            WsMessage::SysRoutes(_) | WsMessage::Unknown(_) => Ok(()),
+        }
+    }
+
+    fn on_forward(&mut self, saddr: Ipv4Addr, daddr: Ipv4Addr, frame: Vec<u8>) {
+        let c = &self.shared.counters;
+        let Some(vip) = self.vip else { return };
+        if !routes::source_allowed(vip, &self.gateway_for, saddr) {
+            Counters::inc(&c.forward_spoofed);
+            if !self.warned_forward_spoof {
+                self.warned_forward_spoof = true;
+                warn!("dropping FORWARD with spoofed source {saddr} from vip={vip} (further drops not logged)");
+            }
+            return;
+        }
+        match self.shared.relay.forward(vip, daddr, frame) {
+            Delivery::Sent => Counters::inc(&c.forward_unicast),
+            Delivery::NoRoute => {
+                Counters::inc(&c.forward_no_route);
+                debug!("no route for FORWARD {saddr} -> {daddr} from vip={vip}");
+            }
+            Delivery::QueueFull => Counters::inc(&c.queue_full),
+            Delivery::Broadcast { full, .. } => {
+                Counters::inc(&c.forward_broadcast);
+                add(&c.queue_full, full);
+            }
+        }
+    }
+
+    /// UDP4CONN, DISCOVERY and GENERAL: sender must be who it says it is,
+    /// then byte-for-byte to `dst`, or to everyone else for a broadcast
+    /// where the type allows one (§2.4.4, §2.4.6, §2.4.8).
+    fn on_control(
+        &mut self,
+        what: &'static str,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        broadcast_ok: bool,
+        frame: Vec<u8>,
+    ) {
+        let c = &self.shared.counters;
+        let Some(vip) = self.vip else { return };
+        if src != vip {
+            Counters::inc(&c.control_spoofed);
+            if self.warned_control_spoof {
+                debug!("dropping {what} with src {src} from vip={vip}");
+            } else {
+                self.warned_control_spoof = true;
+                warn!(
+                    "dropping {what} with src {src} from vip={vip} (further drops logged at debug)"
+                );
+            }
+            return;
+        }
+        let delivery = if broadcast_ok && dst == ws::BROADCAST {
+            self.shared.relay.broadcast(vip, &frame)
+        } else {
+            self.shared.relay.send_to(dst, frame)
+        };
+        match delivery {
+            Delivery::Sent => Counters::inc(&c.control_relayed),
+            Delivery::Broadcast { full, .. } => {
+                Counters::inc(&c.control_relayed);
+                add(&c.queue_full, full);
+            }
+            Delivery::NoRoute => {
+                Counters::inc(&c.control_no_route);
+                debug!("no session for {what} {src} -> {dst}");
+            }
+            Delivery::QueueFull => Counters::inc(&c.queue_full),
+        }
+    }
+
+    fn on_vmac(&mut self, m: ws::Vmac) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        auth::verify_vmac(
+            &m,
+            &sh.password,
+            auth::now_unix(),
+            sh.tuning.timestamp_window,
+        )
+        .inspect_err(|r| count_refusal(&sh.counters, r))?;
+        if self.vip.is_some() {
+            // The vmac only matters for address decisions, which are over.
+            debug!("ignoring VMAC after AUTH from={}", self.peer);
+            return Ok(());
+        }
+        self.vmac = auth::effective_vmac(m.vmac);
+        Ok(())
+    }
+
+    fn on_expttun(&mut self, m: ExptTun, mut frame: Vec<u8>) -> Result<(), CloseReason> {
+        let sh = &self.shared;
+        let now = auth::now_unix();
+        auth::verify_expttun(&m, &sh.password, now, sh.tuning.timestamp_window)
+            .inspect_err(|r| count_refusal(&sh.counters, r))?;
+        let granted = match self.vip {
+            // Already bound: the only honest answer is the bound address.
+            Some(vip) => vip,
+            None => {
+                let requested = auth::requested_address(m.cidr);
+                let mut pool = sh.lock_pool();
+                pool.grant(self.id, self.vmac, requested).map_err(|e| {
+                    let r = match e {
+                        PoolError::Exhausted(net) => CloseReason::PoolExhausted(net),
+                        PoolError::OutsidePool { ip, pool } => {
+                            CloseReason::OutsidePool { ip, pool }
+                        }
+                        PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
+                    };
+                    count_refusal(&sh.counters, &r);
+                    r
+                })?
+            }
+        };
+        let cidr = Ipv4Cidr {
+            addr: granted,
+            prefix: sh.pool_net.prefix,
+        };
+        // Rewrite the request in place, as Candy does: trailing bytes the
+        // client appended come back unchanged (§11).
+        let reply = ExptTun::new(&sh.password, cidr, now).encode();
+        frame[..EXPTTUN_LEN].copy_from_slice(&reply);
+        Counters::inc(&sh.counters.expttun_granted);
+        debug!(
+            "granted {cidr} to from={} vmac={} (requested {})",
+            self.peer,
+            auth::vmac_display(self.vmac),
+            m.cidr
+        );
+        if self.tx.try_send(frame).is_err() {
+            Counters::inc(&sh.counters.queue_full);
+        }
+        Ok(())
+    }
+
+    fn on_auth(&mut self, m: ws::Auth) -> Result<(), CloseReason> {
+        let sh = self.shared.clone();
+        let checks = auth::verify_auth(
+            &m,
+            &sh.password,
+            auth::now_unix(),
+            sh.tuning.timestamp_window,
+        )
+        .and_then(|()| auth::check_vip(sh.pool_net, m.ip))
+        .and_then(|()| auth::auth_step(self.vip, m.ip));
+        match checks {
+            Err(r) => {
+                count_refusal(&sh.counters, &r);
+                return Err(r);
+            }
+            Ok(AuthStep::Repeat) => {
+                debug!("repeated AUTH for vip={} ignored", m.ip);
+                return Ok(());
+            }
+            Ok(AuthStep::First) => {}
+        }
+        {
+            // Pool and table change together under the pool lock, so the
+            // holder of an address and the session it routes to never differ.
+            let mut pool = sh.lock_pool();
+            let claim = pool.claim(self.id, self.vmac, m.ip).map_err(|e| {
+                let r = match e {
+                    PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
+                    PoolError::OutsidePool { ip, pool } => CloseReason::OutsidePool { ip, pool },
+                    PoolError::Exhausted(net) => CloseReason::PoolExhausted(net),
+                };
+                count_refusal(&sh.counters, &r);
+                r
+            })?;
+            let entry = Entry {
+                session: self.id,
+                tx: self.tx.clone(),
+                kick: self.kick.clone(),
+            };
+            if let Some(old) = sh.relay.insert(m.ip, entry) {
+                if old.session != self.id {
+                    old.kick.notify_one();
+                    Counters::inc(&sh.counters.evicted_reconnect);
+                    info!(
+                        "vip={} reconnected from={}: closing the older session",
+                        m.ip, self.peer
+                    );
+                }
+            } else if let Claim::Took { .. } = claim {
+                // The older session had only reserved the address; it keeps
+                // running unbound and will be refused if it tries to AUTH.
+                Counters::inc(&sh.counters.evicted_reconnect);
+            }
+        }
+        self.vip = Some(m.ip);
+        self.gateway_for = routes::gateway_subnets(&sh.routes, m.ip);
+        Counters::inc(&sh.counters.auth_ok);
+        Counters::inc(&sh.counters.clients);
+        info!(
+            "client joined vip={} from={} vmac={}",
+            m.ip,
+            self.peer,
+            auth::vmac_display(self.vmac)
+        );
+        for f in routes::route_frames(&sh.routes, m.ip) {
+            if self.tx.try_send(f).is_ok() {
+                Counters::inc(&sh.counters.routes_pushed);
+            } else {
+                Counters::inc(&sh.counters.queue_full);
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        self,
+        reason: CloseReason,
+        close_tx: oneshot::Sender<CloseReason>,
+        writer: Option<JoinHandle<CloseReason>>,
+    ) {
+        // Free the address before the goodbye, so a client that reconnects
+        // at once is not refused for its own previous session.
+        {
+            let mut pool = self.shared.lock_pool();
+            pool.release(self.id);
+            if let Some(vip) = self.vip {
+                self.shared.relay.remove_if(vip, self.id);
+                self.shared
+                    .counters
+                    .clients
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        match (self.vip, reason.is_refusal()) {
+            (Some(vip), true) => warn!("client left vip={vip} reason={reason}"),
+            (Some(vip), false) => info!("client left vip={vip} reason={reason}"),
+            (None, true) => warn!("refused from={} reason={reason}", self.peer),
+            (None, false) => debug!("connection from={} ended before AUTH: {reason}", self.peer),
+        }
+        if let Some(mut writer) = writer {
+            let _ = close_tx.send(reason);
+            if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        }
+    }
+}
+
+fn add(counter: &std::sync::atomic::AtomicU64, n: usize) {
+    if n > 0 {
+        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn count_refusal(c: &Counters, r: &CloseReason) {
+    let counter = match r {
+        CloseReason::BadHash(_) => &c.refused_bad_hash,
+        CloseReason::StaleTimestamp { .. } => &c.refused_stale_timestamp,
+        CloseReason::OutsidePool { .. } => &c.refused_outside_pool,
+        CloseReason::AddressInUse(_) => &c.refused_address_in_use,
+        CloseReason::PoolExhausted(_) => &c.refused_pool_exhausted,
+        CloseReason::SecondAuth { .. } => &c.refused_second_auth,
+        _ => return,
+    };
+    Counters::inc(counter);
+}
+
+async fn write_loop<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut close_rx: oneshot::Receiver<CloseReason>,
+    stall: Duration,
+    counters: Arc<Counters>,
+) -> CloseReason
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let first = tokio::select! {
+            biased;
+            r = &mut close_rx => {
+                if let Ok(reason) = &r {
+                    send_close(&mut sink, reason).await;
+                }
+                return r.unwrap_or(CloseReason::Shutdown);
+            }
+            f = rx.recv() => match f {
+                Some(f) => f,
+                // Unreachable while the session holds its sender.
+                None => return CloseReason::Shutdown,
+            },
+        };
+        let batch = async {
+            sink.feed(Message::Binary(first)).await?;
+            for _ in 1..WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(f) => sink.feed(Message::Binary(f)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(stall, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return CloseReason::Lost(format!("write failed: {e}")),
+            Err(_) => {
+                Counters::inc(&counters.write_stalls);
+                return CloseReason::WriteStall;
+            }
+        }
+    }
+}
+
+/// A Close frame with the reason, as Cacao does, so a client (or a test)
+/// can tell why; skipped when the peer is gone anyway.
+async fn send_close<S>(sink: &mut SplitSink<WebSocketStream<S>, Message>, reason: &CloseReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(code) = reason.close_code() else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+        return;
+    };
+    let mut text = reason.to_string();
+    // Control frames carry at most 125 bytes, two of them the code.
+    if text.len() > 123 {
+        let mut cut = 123;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    let frame = CloseFrame {
+        code,
+        reason: text.into(),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+}
