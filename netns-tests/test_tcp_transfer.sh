@@ -29,6 +29,8 @@ read -r sent_n sent_sha sent_s <<<"${sent:-0 none 0}"
 echo "  sent $sent_n bytes in ${sent_s}s, received $got_n bytes"
 check "byte count matches ($((MB << 20)))" test "$got_n" = "$((MB << 20))" -a "$sent_n" = "$((MB << 20))"
 check "sha256 matches on both ends (${want:0:16}…)" test "$got_sha" = "$want" -a "$sent_sha" = "$want"
+check "it went through ringlink (a's tun_rx_bytes >= $MB MB)" rl_ge "$(rl_status_get a 'd["tun_rx_bytes"]')" $((MB << 20))
+check "and through the relay (a's relay_tx_frames >= $(( (MB << 20) / 1500 )))" rl_ge "$(rl_status_get a 'd["relay_tx_frames"]')" $(( (MB << 20) / 1500 ))
 if [ "$rc" -eq 0 ]; then
     python3 -c 'import sys; n,s=int(sys.argv[1]),float(sys.argv[2]); print("  throughput %.1f Mbit/s" % (n*8/s/1e6 if s>0 else 0))' "$sent_n" "$sent_s"
 fi
