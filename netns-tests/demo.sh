@@ -9,7 +9,11 @@ if ! declare -F rl_init >/dev/null 2>&1; then
 fi
 
 rl_init
-demo_step() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+if [ -t 1 ]; then
+    demo_step() { printf '\n\033[1m%s\033[0m\n' "$*"; }
+else
+    demo_step() { printf '\n%s\n' "$*"; }
+fi
 demo_fail() { printf '\ndemo failed: %s\n' "$*"; rl_dump_logs; exit 1; }
 
 demo_step "1. Network (namespaces ${RL_PREFIX}*)"
@@ -67,7 +71,12 @@ fi
 
 demo_step "4. Which path carried it (ringlink status on site-a)"
 "$RINGLINK" status --socket "$(rl_sock a)" 2>&1 | sed 's/^/    /'
-echo "    paths: $(rl_paths a)"
+npeers=$(rl_status_get a 'len(d["peers"])')
+if [ "${npeers:-0}" = 0 ]; then
+    echo "    path: relay through the server for every peer ($(rl_status_get a 'd["relay_tx_frames"]') frames sent via WebSocket; no direct peers)"
+else
+    echo "    paths per peer: $(rl_paths a)"
+fi
 
 demo_step "Cleaning up"
 exit 0
