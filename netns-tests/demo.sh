@@ -41,14 +41,14 @@ echo "    site-a got $va, site-b got $vb"
 
 demo_step "2. Ping site-a -> site-b ($vb) through the tunnel"
 rl_wait_until 15 rl_ping_once a "$vb" || demo_fail "no ping reply from $vb"
-timeout 15 ip netns exec "$(rl_ns a)" ping -n -c 5 -i 0.2 -W 2 "$vb" | sed -n 's/^/    /; /bytes from/p; /packet loss/p; /rtt/p'
+timeout --foreground 15 ip netns exec "$(rl_ns a)" ping -n -c 5 -i 0.2 -W 2 "$vb" | sed -n 's/^/    /; /bytes from/p; /packet loss/p; /rtt/p'
 
 demo_step "3. Throughput site-a -> site-b"
 if command -v iperf3 >/dev/null 2>&1; then
     rl_spawn iperf3 b iperf3 -s -1 -B "$vb" -p 5201
     rl_wait_until 10 rl_exec b ss -Hltn "sport = :5201" || demo_fail "iperf3 server did not start"
     sleep 0.3
-    if timeout 30 ip netns exec "$(rl_ns a)" iperf3 -c "$vb" -p 5201 -C cubic -t 5 -J >"$RL_TMP/iperf.json" 2>&1; then
+    if timeout --foreground 30 ip netns exec "$(rl_ns a)" iperf3 -c "$vb" -p 5201 -C cubic -t 5 -J >"$RL_TMP/iperf.json" 2>&1; then
         python3 - "$RL_TMP/iperf.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
@@ -63,7 +63,7 @@ else
     out="$RL_TMP/blast"
     rl_spawn sink b python3 -c "$RL_PY_SINK" "$vb" 5001 "$out"
     rl_wait_until 10 rl_file_exists "$out.ready" || demo_fail "sink did not start"
-    res=$(timeout 60 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "$vb" 5001 -64) || echo "    transfer failed"
+    res=$(timeout --foreground 60 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "$vb" 5001 -64) || echo "    transfer failed"
     rl_wait_until 20 rl_file_exists "$out" || true
     read -r n _ s <<<"${res:-0 - 0}"
     python3 -c 'import sys; n,s=int(sys.argv[1]),float(sys.argv[2]); print("    python TCP blast: %d MB in %.2f s = %.0f Mbit/s (iperf3 not installed)" % (n>>20, s, n*8/s/1e6 if s else 0))' "$n" "$s"

@@ -427,7 +427,7 @@ rl_start_client() {
 # ------------------------------------------------------------------ status
 
 # rl_status <name> : the client's `ringlink status --json` (bounded).
-rl_status() { timeout 10 "$RINGLINK" status --socket "$(rl_sock "$1")" --json 2>/dev/null; }
+rl_status() { timeout --foreground 10 "$RINGLINK" status --socket "$(rl_sock "$1")" --json 2>/dev/null; }
 
 # rl_status_get <name> <python expr over d> : e.g. rl_status_get a 'd["connected"]'
 # Prints JSON-style scalars (true/false/null) or strings as-is.
@@ -483,12 +483,12 @@ rl_paths() {
 # rl_ping <node> <addr> [count] : count (3) pings, 1 s timeout each, 0.2 s apart.
 rl_ping() {
     local node=$1 addr=$2 count=${3:-3}
-    timeout $((count + 5)) ip netns exec "$(rl_ns "$node")" ping -n -q -c "$count" -i 0.2 -W 1 "$addr" >/dev/null 2>&1
+    timeout --foreground $((count + 5)) ip netns exec "$(rl_ns "$node")" ping -n -q -c "$count" -i 0.2 -W 1 "$addr" >/dev/null 2>&1
 }
 
 # rl_ping_once <node> <addr> : a single ping (for rl_wait_until).
 rl_ping_once() {
-    timeout 3 ip netns exec "$(rl_ns "$1")" ping -n -q -c 1 -W 1 "$2" >/dev/null 2>&1
+    timeout --foreground 3 ip netns exec "$(rl_ns "$1")" ping -n -q -c 1 -W 1 "$2" >/dev/null 2>&1
 }
 
 # rl_tun_up <node> [ifname] : the TUN device exists in <node>.

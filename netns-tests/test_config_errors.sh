@@ -14,7 +14,7 @@ case_() {
     local label=$1 kind=$2 key=$3 text=$4
     local f="$RL_TMP/cfg-$label.toml" rc
     printf '%s\n' "$text" >"$f"
-    timeout 10 ip netns exec "$(rl_ns cfg)" "$RINGLINK" "$kind" --config "$f" >"$RL_TMP/cfg-$label.out" 2>&1
+    timeout --foreground 10 ip netns exec "$(rl_ns cfg)" "$RINGLINK" "$kind" --config "$f" >"$RL_TMP/cfg-$label.out" 2>&1
     rc=$?
     local msg; msg=$(head -c 300 "$RL_TMP/cfg-$label.out" | tr '\n' ' ')
     check "$label: exit code 2 (got $rc)" test "$rc" -eq 2

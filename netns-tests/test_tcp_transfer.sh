@@ -20,7 +20,7 @@ want=$(sha256sum "$RL_TMP/payload" | cut -d' ' -f1)
 out="$RL_TMP/sink.out"
 rl_spawn sink b python3 -c "$RL_PY_SINK" "${vb:-127.0.0.1}" 5001 "$out"
 check "sink listening on ${vb:-?}:5001 in b" rl_wait_until 10 rl_file_exists "$out.ready"
-sent=$(timeout 180 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "${vb:-127.0.0.1}" 5001 "$RL_TMP/payload" 2>"$RL_TMP/source.log")
+sent=$(timeout --foreground 180 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "${vb:-127.0.0.1}" 5001 "$RL_TMP/payload" 2>"$RL_TMP/source.log")
 rc=$?
 check "sender finished (exit $rc)" test "$rc" -eq 0
 check "sink reported" rl_wait_until 30 rl_file_exists "$out"
@@ -29,8 +29,11 @@ read -r sent_n sent_sha sent_s <<<"${sent:-0 none 0}"
 echo "  sent $sent_n bytes in ${sent_s}s, received $got_n bytes"
 check "byte count matches ($((MB << 20)))" test "$got_n" = "$((MB << 20))" -a "$sent_n" = "$((MB << 20))"
 check "sha256 matches on both ends (${want:0:16}…)" test "$got_sha" = "$want" -a "$sent_sha" = "$want"
-check "it went through ringlink (a's tun_rx_bytes >= $MB MB)" rl_ge "$(rl_status_get a 'd["tun_rx_bytes"]')" $((MB << 20))
-check "and through the relay (a's relay_tx_frames >= $(( (MB << 20) / 1500 )))" rl_ge "$(rl_status_get a 'd["relay_tx_frames"]')" $(( (MB << 20) / 1500 ))
+counter_ge() { rl_ge "$(rl_status_get a "d[\"$1\"]")" "$2"; }
+# The status counters are refreshed periodically, not per query: allow 5 s.
+check "it went through ringlink (a's tun_rx_bytes >= $MB MB within 5 s)" rl_wait_until 5 counter_ge tun_rx_bytes $((MB << 20))
+check "and through the relay (a's relay_tx_frames >= $(( (MB << 20) / 1500 )))" rl_wait_until 5 counter_ge relay_tx_frames $(( (MB << 20) / 1500 ))
+echo "  a's counters: $(rl_status_get a '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_rx_bytes", "tun_tx_packets", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
 if [ "$rc" -eq 0 ]; then
     python3 -c 'import sys; n,s=int(sys.argv[1]),float(sys.argv[2]); print("  throughput %.1f Mbit/s" % (n*8/s/1e6 if s>0 else 0))' "$sent_n" "$sent_s"
 fi

@@ -32,7 +32,7 @@ check "ping a -> b (5 of 5)" rl_ping a "${vb:-none}" 5
 check "ping b -> a (5 of 5)" rl_ping b "${va:-none}" 5
 
 # Plain TCP to the port must not speak WebSocket in the clear.
-plain=$(timeout 5 ip netns exec "$(rl_ns a)" python3 -c '
+plain=$(timeout --foreground 5 ip netns exec "$(rl_ns a)" python3 -c '
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")

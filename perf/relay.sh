@@ -18,17 +18,17 @@ va=$(rl_vip a); vb=$(rl_vip b)
 rl_wait_until 15 rl_ping_once a "$vb" || { rl_dump_logs; rl_die "no ping a -> b"; }
 
 # Idle RTT: 50 pings, 0.1 s apart.
-timeout 30 ip netns exec "$(rl_ns a)" ping -n -c 50 -i 0.1 -W 2 "$vb" >"$RL_TMP/ping-idle.txt" 2>&1
+timeout --foreground 30 ip netns exec "$(rl_ns a)" ping -n -c 50 -i 0.1 -W 2 "$vb" >"$RL_TMP/ping-idle.txt" 2>&1
 read -r idle_med idle_p90 idle_n <<<"$(rl_ping_stats "$RL_TMP/ping-idle.txt")"
 
 # Loaded: iperf3 for SECS seconds, ping every 0.1 s during it (started 1 s in).
 rl_spawn iperf3-server b iperf3 -s -1 -B "$vb" -p 5201
 rl_wait_until 10 rl_exec b ss -Hltn "sport = :5201" || rl_die "iperf3 server did not start"
-timeout $((SECS + 30)) ip netns exec "$(rl_ns a)" iperf3 -c "$vb" -p 5201 -C cubic -t "$SECS" -J >"$RL_TMP/iperf.json" 2>"$RL_TMP/iperf.err" &
+timeout --foreground $((SECS + 30)) ip netns exec "$(rl_ns a)" iperf3 -c "$vb" -p 5201 -C cubic -t "$SECS" -J >"$RL_TMP/iperf.json" 2>"$RL_TMP/iperf.err" &
 iperf_pid=$!
 RL_PIDS+=("$iperf_pid")
 sleep 1
-timeout $((SECS + 10)) ip netns exec "$(rl_ns a)" ping -n -c $(( (SECS - 2) * 10 )) -i 0.1 -W 2 "$vb" >"$RL_TMP/ping-load.txt" 2>&1
+timeout --foreground $((SECS + 10)) ip netns exec "$(rl_ns a)" ping -n -c $(( (SECS - 2) * 10 )) -i 0.1 -W 2 "$vb" >"$RL_TMP/ping-load.txt" 2>&1
 wait "$iperf_pid"; iperf_rc=$?
 read -r load_med load_p90 load_n <<<"$(rl_ping_stats "$RL_TMP/ping-load.txt")"
 if [ "$iperf_rc" -eq 0 ]; then
