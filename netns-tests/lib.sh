@@ -304,10 +304,15 @@ rl_loss() {
 table inet rl_loss_$ifn {
     chain post {
         type filter hook postrouting priority filter; policy accept;
-        oifname "$ifn" numgen random mod 100 < $pct drop
+        oifname "$ifn" numgen random mod 100 < $pct counter drop
     }
 }
 EOF
+}
+
+# rl_loss_dropped <node> <ifname> : packets the loss rule has dropped so far.
+rl_loss_dropped() {
+    rl_exec "$1" nft list table inet "rl_loss_$2" 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
 }
 
 rl_loss_off() { rl_exec "$1" nft delete table inet "rl_loss_$2" 2>/dev/null; return 0; }
