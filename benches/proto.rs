@@ -11,7 +11,10 @@ use ringlink::proto::ws::{encode_forward, WsMessage};
 const SIZES: [usize; 3] = [64, 576, 1400];
 
 fn seal_open(c: &mut Criterion) {
-    for (name, kind) in [("aes256gcm", CipherKind::Aes256Gcm), ("chacha20poly1305", CipherKind::ChaCha20Poly1305)] {
+    for (name, kind) in [
+        ("aes256gcm", CipherKind::Aes256Gcm),
+        ("chacha20poly1305", CipherKind::ChaCha20Poly1305),
+    ] {
         let key = PeerKey::for_vip(kind, b"bench", Ipv4Addr::new(10, 77, 0, 2));
         let mut group = c.benchmark_group(format!("ring/{name}"));
         for size in SIZES {
@@ -19,7 +22,10 @@ fn seal_open(c: &mut Criterion) {
             let mut ivs = IvSequence::new();
             let mut buf = vec![0u8; ENVELOPE_LEN + size];
             group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
-                b.iter(|| key.seal_in_place(ivs.next_iv(), black_box(&mut buf)).unwrap())
+                b.iter(|| {
+                    key.seal_in_place(ivs.next_iv(), black_box(&mut buf))
+                        .unwrap()
+                })
             });
             let sealed = key.seal_to_vec(ivs.next_iv(), &vec![7u8; size]);
             let mut work = sealed.clone();
@@ -44,11 +50,22 @@ fn rustcrypto(c: &mut Criterion) {
         let mut buf = vec![0u8; size];
         let nonce = [3u8; 12];
         group.bench_with_input(BenchmarkId::new("aes256gcm/seal", size), &size, |b, _| {
-            b.iter(|| aes.encrypt_in_place_detached((&nonce).into(), b"", black_box(&mut buf)).unwrap())
+            b.iter(|| {
+                aes.encrypt_in_place_detached((&nonce).into(), b"", black_box(&mut buf))
+                    .unwrap()
+            })
         });
-        group.bench_with_input(BenchmarkId::new("chacha20poly1305/seal", size), &size, |b, _| {
-            b.iter(|| chacha.encrypt_in_place_detached((&nonce).into(), b"", black_box(&mut buf)).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("chacha20poly1305/seal", size),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    chacha
+                        .encrypt_in_place_detached((&nonce).into(), b"", black_box(&mut buf))
+                        .unwrap()
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -56,11 +73,17 @@ fn rustcrypto(c: &mut Criterion) {
 fn codecs(c: &mut Criterion) {
     let packet = vec![0x45u8; 1400];
     let mut frame = Vec::with_capacity(1501);
-    c.bench_function("ws/encode_forward_1400", |b| b.iter(|| encode_forward(black_box(&packet), &mut frame)));
+    c.bench_function("ws/encode_forward_1400", |b| {
+        b.iter(|| encode_forward(black_box(&packet), &mut frame))
+    });
     encode_forward(&packet, &mut frame);
-    c.bench_function("ws/decode_forward_1400", |b| b.iter(|| WsMessage::decode(black_box(&frame)).unwrap()));
+    c.bench_function("ws/decode_forward_1400", |b| {
+        b.iter(|| WsMessage::decode(black_box(&frame)).unwrap())
+    });
     let hb = Heartbeat::new(Ipv4Addr::new(10, 77, 0, 2), true).encode();
-    c.bench_function("udp/decode_heartbeat", |b| b.iter(|| PeerMessage::decode(black_box(&hb)).unwrap()));
+    c.bench_function("udp/decode_heartbeat", |b| {
+        b.iter(|| PeerMessage::decode(black_box(&hb)).unwrap())
+    });
 }
 
 criterion_group!(benches, seal_open, rustcrypto, codecs);

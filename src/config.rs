@@ -308,6 +308,10 @@ pub struct ClientConfig {
     pub control_socket: PathBuf,
     /// LAN candidate address announced to peers (Candy's `localhost`).
     pub lan_address: Option<Ipv4Addr>,
+    /// Clamp the MSS of TCP SYNs entering the tunnel to fit its MTU.
+    pub mss_clamp: bool,
+    /// Test-only: every peer timer is divided by this (1 = real timings).
+    pub test_time_divisor: u32,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +331,8 @@ struct RawClient {
     tls_insecure: Option<bool>,
     control_socket: Option<PathBuf>,
     lan_address: Option<String>,
+    test_time_divisor: Option<i64>,
+    mss_clamp: Option<bool>,
 }
 
 pub const DEFAULT_MTU: u16 = 1400;
@@ -416,6 +422,13 @@ impl ClientConfig {
             .lan_address
             .map(|a| c.ipv4("lan_address", &a))
             .transpose()?;
+        let test_time_divisor = in_range(
+            &c,
+            "test_time_divisor",
+            raw.test_time_divisor.unwrap_or(1),
+            1,
+            100,
+        )? as u32;
         Ok(Self {
             control_socket: raw
                 .control_socket
@@ -433,6 +446,8 @@ impl ClientConfig {
             tls_ca: raw.tls_ca,
             tls_insecure: raw.tls_insecure.unwrap_or(false),
             lan_address,
+            test_time_divisor,
+            mss_clamp: raw.mss_clamp.unwrap_or(true),
         })
     }
 }

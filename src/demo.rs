@@ -36,7 +36,10 @@ pub fn run() -> Result<(), String> {
     // caught (not ignored) signal is reset to default in the child on exec.
     // SAFETY: the handler only returns; it touches no state.
     unsafe {
-        libc::signal(libc::SIGINT, ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     let status = Command::new("bash")
         .arg(&script)

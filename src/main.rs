@@ -55,17 +55,26 @@ enum Command {
 }
 
 fn init_logs(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    use std::io::IsTerminal;
+    // netlink-packet-route warns about every kernel attribute newer than
+    // itself, which says nothing about ringlink.
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| format!("{filter},netlink_packet_route=error"));
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .init();
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
 async fn terminated() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(mut int), Ok(mut term)) => {
             tokio::select! {
                 _ = int.recv() => {}

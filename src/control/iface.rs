@@ -2,13 +2,22 @@
 //! kept across reconnects so routes, sockets and addresses on the gateway
 //! survive a server outage.
 
+use std::sync::Arc;
+
 use tracing::{info, warn};
 
 use super::ClientError;
 use crate::config::ClientConfig;
-use crate::dataplane::{CounterSnapshot, Dataplane, DataplaneConfig, TunWriter, UpcallReceiver};
+use crate::dataplane::{
+    CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender,
+    UpcallReceiver,
+};
+use crate::proto::crypto::{CipherKind, PeerKey};
+use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
-use crate::sys::{affinity, netlink::Netlink};
+use crate::route::mss::mss_for_mtu;
+use crate::sys::netlink::{Netlink, RouteV4};
+use crate::sys::{affinity, sysctl};
 
 /// Packets between the workers and the control loop; short for the same
 /// reason as the relay queue behind it.
@@ -29,15 +38,30 @@ fn iface_err(what: &str, e: impl std::fmt::Display) -> ClientError {
 
 impl Interface {
     pub async fn create(cfg: &ClientConfig, address: Ipv4Cidr) -> Result<Self, ClientError> {
-        let workers = if cfg.workers == 0 { affinity::online_cpus().max(1) } else { cfg.workers };
+        let workers = if cfg.workers == 0 {
+            affinity::online_cpus().max(1)
+        } else {
+            cfg.workers
+        };
+        // Everyone seals for us with our key; it is derived once, here.
+        let own_key = Arc::new(PeerKey::for_vip(
+            CipherKind::default(),
+            cfg.password.as_bytes(),
+            address.addr,
+        ));
         let dp_cfg = DataplaneConfig {
             workers,
             channel_capacity: UPCALL_QUEUE,
             mtu: usize::from(cfg.mtu),
+            udp: Some(UdpConfig {
+                port: cfg.port,
+                own_key,
+            }),
+            mss_clamp: cfg.mss_clamp.then(|| mss_for_mtu(cfg.mtu)),
             ..DataplaneConfig::default()
         };
-        let (dataplane, upcalls) =
-            Dataplane::open(&cfg.tun, &dp_cfg).map_err(|e| iface_err(&format!("opening {}", cfg.tun), e))?;
+        let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
+            .map_err(|e| iface_err(&format!("opening {}", cfg.tun), e))?;
         let nl = Netlink::new().map_err(|e| iface_err("netlink", e))?;
         nl.set_mtu(&cfg.tun, u32::from(cfg.mtu))
             .await
@@ -45,7 +69,9 @@ impl Interface {
         nl.add_ipv4_address(&cfg.tun, address.addr, address.prefix)
             .await
             .map_err(|e| iface_err("adding address", e))?;
-        nl.set_up(&cfg.tun).await.map_err(|e| iface_err("bringing up", e))?;
+        nl.set_up(&cfg.tun)
+            .await
+            .map_err(|e| iface_err("bringing up", e))?;
         info!(tun = %cfg.tun, address = %address, mtu = cfg.mtu, workers, "interface up");
         let writer = dataplane.writer();
         Ok(Self {
@@ -82,6 +108,48 @@ impl Interface {
 
     pub fn writer(&self) -> TunWriter {
         self.writer.clone()
+    }
+
+    pub fn udp_port(&self) -> Option<u16> {
+        self.dataplane.udp_port()
+    }
+
+    pub fn udp_sender(&self) -> Option<UdpSender> {
+        self.dataplane.udp_sender()
+    }
+
+    pub fn snapshot(&self) -> SharedSnapshot {
+        self.dataplane.snapshot().clone()
+    }
+
+    /// Kernel routes for the server's subnet routes, through the TUN device
+    /// (Candy installs `dst via nexthop`; the gateway address resolves on
+    /// the TUN subnet). Routes whose gateway is this node are skipped: that
+    /// subnet is ours.
+    pub async fn install_routes(&self, routes: &[SysRoute]) {
+        let Ok(nl) = Netlink::new() else { return };
+        for r in routes {
+            if r.next == self.address.addr {
+                // We are the gateway to this subnet: the kernel must forward
+                // between the TUN device and the LAN.
+                match sysctl::set_ip_forward(true) {
+                    Ok(()) => {
+                        info!(dst = %r.dst, "gateway for this subnet; net.ipv4.ip_forward = 1")
+                    }
+                    Err(e) => {
+                        warn!(dst = %r.dst, error = %e, "gateway for this subnet, but cannot enable ip_forward")
+                    }
+                }
+                continue;
+            }
+            let route = RouteV4::via(r.dst.network(), r.dst.prefix, r.next);
+            match nl.add_route_v4(&route).await {
+                Ok(()) => info!(dst = %r.dst, via = %r.next, "subnet route installed"),
+                Err(e) => {
+                    warn!(dst = %r.dst, via = %r.next, error = %e, "subnet route not installed")
+                }
+            }
+        }
     }
 
     pub fn workers(&self) -> usize {

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod iface;
+mod node;
 mod server_link;
 pub mod status;
 mod stream;
@@ -11,9 +12,10 @@ mod tls;
 mod ws_client;
 
 use std::future::Future;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -21,8 +23,14 @@ use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
+use crate::peer::{PeerConfig, Timers};
+use crate::proto::crypto::CipherKind;
 use crate::proto::ws::encode_forward;
+use crate::proto::Ipv4Cidr;
+use crate::route::RouteConfig;
+use crate::sys::ifaddr::first_lan_ipv4;
 use iface::Interface;
+use node::{Node, NodeConfig};
 use server_link::{Link, LinkCounters, LinkEvent};
 use status::{update, SharedStatus, Status};
 
@@ -57,6 +65,95 @@ fn new_vmac() -> [u8; 16] {
         out[2 * i + 1] = b"0123456789abcdef"[usize::from(b & 15)];
     }
     out
+}
+
+/// The peer logic for a node that has just got its address and interface.
+async fn new_node(
+    cfg: &ClientConfig,
+    own: Ipv4Cidr,
+    iface: &Interface,
+    to_server: mpsc::Sender<Vec<u8>>,
+    now: Instant,
+) -> Result<Node, ClientError> {
+    let udp = iface
+        .udp_sender()
+        .ok_or_else(|| ClientError::Interface("dataplane has no UDP socket".into()))?;
+    let port = iface.udp_port().unwrap_or(0);
+    let stun = match &cfg.stun {
+        None => None,
+        Some(s) => {
+            let resolved = tokio::net::lookup_host((s.host.as_str(), s.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| {
+                    addrs.find_map(|a| match a {
+                        SocketAddr::V4(v4) => Some(v4),
+                        SocketAddr::V6(_) => None,
+                    })
+                });
+            if resolved.is_none() {
+                warn!(host = %s.host, "cannot resolve the STUN server; direct paths are off");
+            }
+            resolved
+        }
+    };
+    let lan = cfg
+        .lan_address
+        .or_else(|| first_lan_ipv4(&cfg.tun))
+        .map(|ip| SocketAddrV4::new(ip, port));
+    let mut peer = PeerConfig::new(own.addr);
+    peer.p2p = stun.is_some();
+    peer.stun = stun.is_some();
+    peer.discovery_ticks = cfg.discovery;
+    peer.lan_candidate = lan;
+    peer.timers = scaled_timers(cfg.test_time_divisor);
+    peer.rng_seed = rand::random();
+    let mut route = RouteConfig::new(own.addr);
+    route.route_cost = cfg.route_cost;
+    route.seed = rand::random();
+    info!(
+        udp_port = port,
+        stun = ?stun,
+        lan = ?lan,
+        route_cost = cfg.route_cost,
+        "peer-to-peer {}",
+        if stun.is_some() { "on" } else { "off (no stun key)" }
+    );
+    Node::new(
+        NodeConfig {
+            own,
+            password: cfg.password.as_bytes().to_vec(),
+            cipher: CipherKind::default(),
+            stun,
+            peer,
+            route,
+        },
+        udp,
+        iface.snapshot(),
+        to_server,
+        now,
+    )
+    .map_err(ClientError::Interface)
+}
+
+/// Peer timers divided for tests (`test_time_divisor`); the tick never goes
+/// below 50 ms so a test machine can keep up.
+fn scaled_timers(divisor: u32) -> Timers {
+    let t = Timers::default();
+    if divisor <= 1 {
+        return t;
+    }
+    let d = |x: Duration| x / divisor;
+    Timers {
+        tick: d(t.tick).max(Duration::from_millis(50)),
+        preparing: d(t.preparing),
+        synchronizing: d(t.synchronizing),
+        connecting: d(t.connecting),
+        connected_idle: d(t.connected_idle),
+        retry_initial: d(t.retry_initial),
+        retry_max: d(t.retry_max),
+        probe_every_ticks: t.probe_every_ticks,
+    }
 }
 
 /// Runs the client until `shutdown` resolves. Only local failures (TLS
@@ -98,6 +195,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     );
 
     let mut iface: Option<Interface> = None;
+    let mut node: Option<Node> = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut frame = Vec::new();
@@ -109,32 +207,81 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     None => std::future::pending().await,
                 }
             };
+            let deadline = node.as_ref().and_then(|n| n.next_deadline());
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                up = upcall => match up {
-                    Some(Upcall::TunPacket(p)) => {
-                        encode_forward(&p, &mut frame);
-                        if to_server.try_send(std::mem::take(&mut frame)).is_err() {
-                            relay_dropped += 1;
+                up = upcall => {
+                    let now = Instant::now();
+                    match up {
+                        Some(Upcall::TunPacket(p)) => {
+                            encode_forward(&p, &mut frame);
+                            if to_server.try_send(std::mem::take(&mut frame)).is_err() {
+                                relay_dropped += 1;
+                            }
                         }
+                        Some(Upcall::Peer { from, plaintext }) => {
+                            if let Some(n) = node.as_mut() {
+                                n.on_peer_message(from, &plaintext, now);
+                            }
+                        }
+                        Some(Upcall::Stun { from, datagram }) => {
+                            if let Some(n) = node.as_mut() {
+                                n.on_stun(from, &datagram, now);
+                            }
+                        }
+                        None => return Err(ClientError::Interface("dataplane workers stopped".into())),
                     }
-                    Some(_) => {}
-                    None => return Err(ClientError::Interface("dataplane workers stopped".into())),
-                },
-                ev = events.recv() => match ev {
-                    Some(LinkEvent::Up(cidr)) => match iface.as_mut() {
-                        Some(i) => i.ensure_address(cidr).await?,
-                        None => {
-                            let i = iface.insert(Interface::create(&cfg, cidr).await?);
-                            tun_tx.send_replace(Some(i.writer()));
-                            update(&status, |s| s.workers = i.workers());
+                }
+                _ = timer => {
+                    if let Some(n) = node.as_mut() {
+                        n.on_timeout(Instant::now());
+                    }
+                }
+                ev = events.recv() => {
+                    let now = Instant::now();
+                    match ev {
+                        Some(LinkEvent::Up(cidr)) => {
+                            match iface.as_mut() {
+                                Some(i) => i.ensure_address(cidr).await?,
+                                None => {
+                                    let i = iface.insert(Interface::create(&cfg, cidr).await?);
+                                    tun_tx.send_replace(Some(i.writer()));
+                                    update(&status, |s| s.workers = i.workers());
+                                    node = Some(new_node(&cfg, cidr, i, to_server.clone(), now).await?);
+                                }
+                            }
+                            if let Some(n) = node.as_mut() {
+                                n.set_server_up(true);
+                            }
                         }
-                    },
-                    Some(LinkEvent::Fatal(e)) => return Err(e),
-                    Some(LinkEvent::Down(_) | LinkEvent::Frame(_) | LinkEvent::Relayed(_)) => {}
-                    None => return Err(ClientError::Lost("server link task ended".into())),
-                },
+                        Some(LinkEvent::Down) => {
+                            if let Some(n) = node.as_mut() {
+                                n.set_server_up(false);
+                            }
+                        }
+                        Some(LinkEvent::Frame(f)) => {
+                            let pushed = node.as_mut().and_then(|n| n.on_server_frame(&f, now));
+                            if let (Some(routes), Some(i)) = (pushed, iface.as_ref()) {
+                                i.install_routes(&routes).await;
+                            }
+                        }
+                        Some(LinkEvent::Relayed(src)) => {
+                            if let Some(n) = node.as_mut() {
+                                n.on_relayed(src, now);
+                            }
+                        }
+                        Some(LinkEvent::Fatal(e)) => return Err(e),
+                        None => return Err(ClientError::Lost("server link task ended".into())),
+                    }
+                }
                 _ = status_tick.tick() => {
                     let counters = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
+                    let (peers, routes) = node.as_ref().map(|n| n.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {
                         s.tun_rx_packets = counters.tun_rx_packets;
                         s.tun_rx_bytes = counters.tun_rx_bytes;
@@ -142,6 +289,8 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         s.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
                         s.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
                         s.dropped = relay_dropped + counters.dropped_full + counters.dropped_malformed;
+                        s.peers = peers;
+                        s.routes = routes;
                     });
                 }
             }

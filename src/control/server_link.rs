@@ -49,7 +49,7 @@ const RELAYED_TRACKED_MAX: usize = 4096;
 pub enum LinkEvent {
     /// Logged in with this address.
     Up(Ipv4Cidr),
-    Down(String),
+    Down,
     /// A frame for the control loop (anything but FORWARD).
     Frame(Vec<u8>),
     /// A packet from `saddr` arrived through the relay.
@@ -87,7 +87,9 @@ impl Link {
             };
             let attempt = async {
                 let mut ws = ws_client::connect(&self.cfg.server, self.tls.as_ref()).await?;
-                let cidr = ws_client::login(&mut ws, self.cfg.password.as_bytes(), self.vmac, wanted).await?;
+                let cidr =
+                    ws_client::login(&mut ws, self.cfg.password.as_bytes(), self.vmac, wanted)
+                        .await?;
                 Ok::<_, ClientError>((ws, cidr))
             };
             match attempt.await {
@@ -97,6 +99,7 @@ impl Link {
                     update(&self.status, |s| {
                         s.address = Some(cidr.to_string());
                         s.connected = true;
+                        s.last_error = None;
                     });
                     if self.events.send(LinkEvent::Up(cidr)).await.is_err() {
                         return;
@@ -111,7 +114,7 @@ impl Link {
                     });
                     // Packets queued for the dead connection are stale by now.
                     while self.outgoing.try_recv().is_ok() {}
-                    if self.events.send(LinkEvent::Down(why)).await.is_err() {
+                    if self.events.send(LinkEvent::Down).await.is_err() {
                         return;
                     }
                 }
@@ -143,7 +146,9 @@ impl Link {
             let mut reported: HashMap<Ipv4Addr, Instant> = HashMap::new();
             loop {
                 let msg = match timeout(SILENCE, stream.next()).await {
-                    Err(_) => return format!("nothing from the server for {} s", SILENCE.as_secs()),
+                    Err(_) => {
+                        return format!("nothing from the server for {} s", SILENCE.as_secs())
+                    }
                     Ok(None) => return "server closed the connection".to_string(),
                     Ok(Some(Err(e))) => return e.to_string(),
                     Ok(Some(Ok(m))) => m,
@@ -162,7 +167,9 @@ impl Link {
                         deliver(&tun, packet);
                         if let Ok((src, _)) = ipv4::addrs(packet) {
                             let now = Instant::now();
-                            let due = reported.get(&src).is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
+                            let due = reported
+                                .get(&src)
+                                .is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
                             if due {
                                 if reported.len() >= RELAYED_TRACKED_MAX {
                                     reported.retain(|_, t| now - *t < RELAYED_REPORT_EVERY);

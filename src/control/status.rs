@@ -21,6 +21,8 @@ pub struct PeerStatus {
     pub last_heartbeat_secs: Option<f64>,
     pub tx_bytes: u64,
     pub rx_bytes: u64,
+    /// Current WAITING back-off interval.
+    pub retry_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -29,6 +31,8 @@ pub struct RouteStatus {
     pub next_hop: String,
     pub path: String,
     pub rtt_ms: Option<f64>,
+    /// Route metric (sum of link RTTs and relay costs); none for subnets.
+    pub metric_ms: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -77,20 +81,29 @@ pub async fn serve(path: PathBuf, status: impl Fn() -> Status + 'static) -> std:
 
 /// The CLI side: fetch the document from a running client.
 pub fn query(path: &Path) -> Result<Status, String> {
-    let mut conn = UnixStream::connect(path)
-        .map_err(|e| format!("cannot reach a running client at {}: {e} (is `ringlink client` running?)", path.display()))?;
+    let mut conn = UnixStream::connect(path).map_err(|e| {
+        format!(
+            "cannot reach a running client at {}: {e} (is `ringlink client` running?)",
+            path.display()
+        )
+    })?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
     conn.flush().ok();
     let mut body = Vec::new();
     conn.read_to_end(&mut body)
         .map_err(|e| format!("reading status from {}: {e}", path.display()))?;
-    serde_json::from_slice(&body).map_err(|e| format!("malformed status from {}: {e}", path.display()))
+    serde_json::from_slice(&body)
+        .map_err(|e| format!("malformed status from {}: {e}", path.display()))
 }
 
 /// Human-readable form for the terminal.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
-    let state = if s.connected { "connected" } else { "disconnected" };
+    let state = if s.connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
     out.push_str(&format!(
         "interface {}  address {}  server {} ({state}, {} reconnects)\n",
         s.tun,
@@ -103,7 +116,13 @@ pub fn render(s: &Status) -> String {
     }
     out.push_str(&format!(
         "workers {}  tun rx {} pkts / {} B  tun tx {} pkts  relay tx {} rx {} frames  dropped {}\n",
-        s.workers, s.tun_rx_packets, s.tun_rx_bytes, s.tun_tx_packets, s.relay_tx_frames, s.relay_rx_frames, s.dropped
+        s.workers,
+        s.tun_rx_packets,
+        s.tun_rx_bytes,
+        s.tun_tx_packets,
+        s.relay_tx_frames,
+        s.relay_rx_frames,
+        s.dropped
     ));
     if !s.peers.is_empty() {
         out.push_str(&format!(
@@ -117,21 +136,28 @@ pub fn render(s: &Status) -> String {
                 p.state,
                 p.path,
                 p.endpoint.as_deref().unwrap_or("-"),
-                p.last_heartbeat_secs.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into()),
+                p.last_heartbeat_secs
+                    .map(|a| format!("{a:.1}s"))
+                    .unwrap_or_else(|| "-".into()),
                 p.tx_bytes,
                 p.rx_bytes
             ));
         }
     }
     if !s.routes.is_empty() {
-        out.push_str(&format!("\n{:<20} {:<16} {:<7} {:>8}\n", "ROUTE", "NEXT HOP", "PATH", "RTT"));
+        out.push_str(&format!(
+            "\n{:<20} {:<16} {:<7} {:>8}\n",
+            "ROUTE", "NEXT HOP", "PATH", "RTT"
+        ));
         for r in &s.routes {
             out.push_str(&format!(
                 "{:<20} {:<16} {:<7} {:>8}\n",
                 r.dst,
                 r.next_hop,
                 r.path,
-                r.rtt_ms.map(|m| format!("{m:.1}ms")).unwrap_or_else(|| "-".into())
+                r.rtt_ms
+                    .map(|m| format!("{m:.1}ms"))
+                    .unwrap_or_else(|| "-".into())
             ));
         }
     }
@@ -146,7 +172,10 @@ mod tests {
     fn round_trip_over_a_socket() {
         let dir = std::env::temp_dir().join(format!("ringlink-status-{}", std::process::id()));
         let path = dir.join("t.sock");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let want = Status {
             tun: "rl0".into(),
             address: Some("10.77.0.2/24".into()),
@@ -166,7 +195,10 @@ mod tests {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             let got = loop {
                 let p = p2.clone();
-                match tokio::task::spawn_blocking(move || query(&p)).await.unwrap() {
+                match tokio::task::spawn_blocking(move || query(&p))
+                    .await
+                    .unwrap()
+                {
                     Ok(s) => break Ok(s),
                     Err(e) if tokio::time::Instant::now() > deadline => break Err(e),
                     Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,

@@ -29,17 +29,22 @@ pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConf
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca {
-            let pem = std::fs::read(path).map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
             let mut found = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert = cert.map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
+                let cert =
+                    cert.map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
                 roots
                     .add(cert)
                     .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
                 found += 1;
             }
             if found == 0 {
-                return Err(ClientError::Tls(format!("tls_ca {}: no PEM certificate in file", path.display())));
+                return Err(ClientError::Tls(format!(
+                    "tls_ca {}: no PEM certificate in file",
+                    path.display()
+                )));
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -70,7 +75,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -79,7 +89,12 @@ impl ServerCertVerifier for AcceptAnyCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

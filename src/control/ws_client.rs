@@ -1,7 +1,6 @@
 //! Connecting to the server and logging in (PROTOCOL.md §2.2).
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +22,6 @@ use crate::proto::Ipv4Cidr;
 pub type Ws = WebSocketStream<MaybeTls>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Unsent bytes the kernel may hold for the WebSocket. The relay carries
-/// other TCP flows inside this one: a deep socket queue turns into seconds of
-/// ping time under load (Candy's relay shows exactly that), so we keep it
-/// shallow and let the bounded channel in front of it drop instead.
-const NOTSENT_LOWAT: libc::c_int = 128 * 1024;
-
 pub fn ws_config() -> WebSocketConfig {
     // Candy frames are at most 1500 bytes; leave room for ringlink
     // extensions but never buffer megabytes for a misbehaving peer.
@@ -39,22 +32,10 @@ pub fn ws_config() -> WebSocketConfig {
     }
 }
 
-/// Trims the socket's queue of unsent data; see `NOTSENT_LOWAT`.
-pub fn limit_unsent(tcp: &TcpStream) {
-    let v = NOTSENT_LOWAT;
-    // SAFETY: a valid fd, an int option value of the right size.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &v as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-pub async fn connect(url: &ServerUrl, tls: Option<&Arc<rustls::ClientConfig>>) -> Result<Ws, ClientError> {
+pub async fn connect(
+    url: &ServerUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Ws, ClientError> {
     let target = format!("{}:{}", url.host, url.port);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
         .await
@@ -69,11 +50,12 @@ pub async fn connect(url: &ServerUrl, tls: Option<&Arc<rustls::ClientConfig>>) -
         .map_err(|_| ClientError::Connect(format!("{addr}: connect timed out")))?
         .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
     tcp.set_nodelay(true).ok();
-    limit_unsent(&tcp);
+    crate::sys::tcp::limit_unsent(&tcp);
     let stream = match (url.tls, tls) {
         (true, Some(cfg)) => {
-            let name = ServerName::try_from(url.host.clone())
-                .map_err(|_| ClientError::Connect(format!("{} is not a valid TLS server name", url.host)))?;
+            let name = ServerName::try_from(url.host.clone()).map_err(|_| {
+                ClientError::Connect(format!("{} is not a valid TLS server name", url.host))
+            })?;
             let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                 .connect(name, tcp)
                 .await
@@ -115,7 +97,12 @@ pub fn unix_now() -> i64 {
 /// VMAC, then EXPTTUN if needed, then AUTH. Returns the address claimed.
 /// The server never acknowledges AUTH; a refusal shows up as the
 /// connection closing, which the session loop reports.
-pub async fn login(ws: &mut Ws, password: &[u8], vmac: [u8; 16], wanted: Wanted) -> Result<Ipv4Cidr, ClientError> {
+pub async fn login(
+    ws: &mut Ws,
+    password: &[u8],
+    vmac: [u8; 16],
+    wanted: Wanted,
+) -> Result<Ipv4Cidr, ClientError> {
     send(ws, Vmac::new(password, vmac, unix_now()).encode()).await?;
     let cidr = match wanted {
         Wanted::Static(c) => c,
@@ -124,12 +111,15 @@ pub async fn login(ws: &mut Ws, password: &[u8], vmac: [u8; 16], wanted: Wanted)
             send(ws, ExptTun::new(password, ask, unix_now()).encode()).await?;
             let reply = timeout(CONNECT_TIMEOUT, wait_for_grant(ws))
                 .await
-                .map_err(|_| ClientError::Refused("no address from the server within 10 s".into()))??;
+                .map_err(|_| {
+                    ClientError::Refused("no address from the server within 10 s".into())
+                })??;
             // Candy clients take the grant on trust; we check that the
             // server knows the password before using what it says.
             if !reply.verify(password) {
                 return Err(ClientError::Refused(
-                    "address grant carries a wrong hash: the server does not know our password".into(),
+                    "address grant carries a wrong hash: the server does not know our password"
+                        .into(),
                 ));
             }
             reply.cidr
@@ -155,7 +145,9 @@ async fn wait_for_grant(ws: &mut Ws) -> Result<ExptTun, ClientError> {
             }
             Ok(Message::Close(reason)) => {
                 let why = reason.map(|r| r.reason.to_string()).unwrap_or_default();
-                return Err(ClientError::Refused(format!("server closed the connection: {why}")));
+                return Err(ClientError::Refused(format!(
+                    "server closed the connection: {why}"
+                )));
             }
             Ok(_) => {}
             Err(e) => return Err(ClientError::Lost(e.to_string())),

@@ -12,24 +12,90 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-#[derive(Debug, Default)]
-pub struct Counters {
+/// Declares `Counters` (atomics) and `CounterSnapshot` (plain copy) from
+/// one field list, so the two, the snapshot, the batch add and the sum can
+/// never disagree on a field.
+macro_rules! counters {
+    ($($(#[$doc:meta])* $field:ident,)*) => {
+        #[derive(Debug, Default)]
+        pub struct Counters {
+            $($(#[$doc])* pub $field: AtomicU64,)*
+        }
+
+        /// A plain copy of the counters, summable across workers.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct CounterSnapshot {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl Counters {
+            pub fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot {
+                    $($field: self.$field.load(Ordering::Relaxed),)*
+                }
+            }
+
+            /// Fold a batch's local tallies in: one atomic add per non-zero
+            /// field per batch instead of one per packet.
+            pub(crate) fn add(&self, batch: &CounterSnapshot) {
+                $(
+                    if batch.$field != 0 {
+                        self.$field.fetch_add(batch.$field, Ordering::Relaxed);
+                    }
+                )*
+            }
+        }
+
+        impl AddAssign for CounterSnapshot {
+            fn add_assign(&mut self, o: Self) {
+                $(self.$field += o.$field;)*
+            }
+        }
+    };
+}
+
+counters! {
     /// Packets read from the TUN queue (before classification).
-    pub tun_rx_packets: AtomicU64,
-    pub tun_rx_bytes: AtomicU64,
-    /// Packets handed to the control thread.
-    pub upcalls: AtomicU64,
+    tun_rx_packets,
+    tun_rx_bytes,
+    /// Packets handed to the control thread (relay, peer and STUN upcalls).
+    upcalls,
     /// Dropped because the control channel was full (or gone).
-    pub dropped_full: AtomicU64,
-    /// Dropped because they were not IPv4 or shorter than a header.
-    pub dropped_malformed: AtomicU64,
+    dropped_full,
+    /// Dropped because they were not IPv4 or shorter than a header (read
+    /// from TUN, or found inside a FORWARD).
+    dropped_malformed,
     /// Packets written into the TUN device.
-    pub tun_written: AtomicU64,
-    pub tun_written_bytes: AtomicU64,
+    tun_written,
+    tun_written_bytes,
     /// Writes into the TUN device that failed or were refused.
-    pub tun_write_errors: AtomicU64,
+    tun_write_errors,
     /// Times the multishot read ended (e.g. out of buffers) and was re-armed.
-    pub read_rearms: AtomicU64,
+    read_rearms,
+    /// Datagrams received on the UDP socket.
+    udp_rx_packets,
+    udp_rx_bytes,
+    /// Datagrams the kernel accepted for sending (direct and forwarded).
+    udp_tx_packets,
+    udp_tx_bytes,
+    /// Datagrams that failed authentication or were shorter than the
+    /// envelope.
+    decrypt_failed,
+    /// FORWARDs for another node with no direct next hop (dropped).
+    no_route,
+    /// FORWARDs for another node passed on to a direct next hop.
+    forwarded,
+    /// Packets whose datagram would exceed what a stock Candy peer accepts,
+    /// and received datagrams truncated by the buffer.
+    oversize,
+    /// STUN-looking datagrams handed to the control thread.
+    stun_upcalls,
+    /// Decrypted non-data peer messages handed to the control thread.
+    peer_upcalls,
+    /// UDP sends that failed (or could not be queued).
+    send_errors,
+    /// Times the multishot recvmsg ended and was re-armed.
+    recv_rearms,
 }
 
 /// Shared handle to one counters block.
@@ -37,70 +103,6 @@ pub type SharedCounters = Arc<CachePadded<Counters>>;
 
 pub(crate) fn new_shared() -> SharedCounters {
     Arc::new(CachePadded::new(Counters::default()))
-}
-
-/// A plain copy of the counters, summable across workers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct CounterSnapshot {
-    pub tun_rx_packets: u64,
-    pub tun_rx_bytes: u64,
-    pub upcalls: u64,
-    pub dropped_full: u64,
-    pub dropped_malformed: u64,
-    pub tun_written: u64,
-    pub tun_written_bytes: u64,
-    pub tun_write_errors: u64,
-    pub read_rearms: u64,
-}
-
-impl Counters {
-    pub fn snapshot(&self) -> CounterSnapshot {
-        let r = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        CounterSnapshot {
-            tun_rx_packets: r(&self.tun_rx_packets),
-            tun_rx_bytes: r(&self.tun_rx_bytes),
-            upcalls: r(&self.upcalls),
-            dropped_full: r(&self.dropped_full),
-            dropped_malformed: r(&self.dropped_malformed),
-            tun_written: r(&self.tun_written),
-            tun_written_bytes: r(&self.tun_written_bytes),
-            tun_write_errors: r(&self.tun_write_errors),
-            read_rearms: r(&self.read_rearms),
-        }
-    }
-
-    /// Fold a batch's local tallies in: one atomic add per non-zero field per
-    /// batch instead of one per packet.
-    pub(crate) fn add(&self, batch: &CounterSnapshot) {
-        let add = |a: &AtomicU64, v: u64| {
-            if v != 0 {
-                a.fetch_add(v, Ordering::Relaxed);
-            }
-        };
-        add(&self.tun_rx_packets, batch.tun_rx_packets);
-        add(&self.tun_rx_bytes, batch.tun_rx_bytes);
-        add(&self.upcalls, batch.upcalls);
-        add(&self.dropped_full, batch.dropped_full);
-        add(&self.dropped_malformed, batch.dropped_malformed);
-        add(&self.tun_written, batch.tun_written);
-        add(&self.tun_written_bytes, batch.tun_written_bytes);
-        add(&self.tun_write_errors, batch.tun_write_errors);
-        add(&self.read_rearms, batch.read_rearms);
-    }
-}
-
-impl AddAssign for CounterSnapshot {
-    fn add_assign(&mut self, o: Self) {
-        self.tun_rx_packets += o.tun_rx_packets;
-        self.tun_rx_bytes += o.tun_rx_bytes;
-        self.upcalls += o.upcalls;
-        self.dropped_full += o.dropped_full;
-        self.dropped_malformed += o.dropped_malformed;
-        self.tun_written += o.tun_written;
-        self.tun_written_bytes += o.tun_written_bytes;
-        self.tun_write_errors += o.tun_write_errors;
-        self.read_rearms += o.read_rearms;
-    }
 }
 
 impl std::iter::Sum for CounterSnapshot {

@@ -1,18 +1,28 @@
-//! The packet path: one pinned io_uring worker per TUN queue.
+//! The packet path: one pinned io_uring worker per TUN queue, each with its
+//! own UDP socket on the shared port.
 //!
-//! First version (relay path): every IPv4 packet read from the device is
-//! copied up to the control thread over a bounded channel; the control thread
-//! writes relayed packets back with [`TunWriter`]. The direct UDP path will
-//! live in the same workers, reading [`SharedSnapshot`] once per batch.
+//! Direct path (when [`DataplaneConfig::udp`] is set): a packet read from
+//! TUN for a peer in the published [`Snapshot`]'s `direct` table is sealed
+//! in place and sent from the same buffer; a datagram that opens with our
+//! key and carries a FORWARD for us is written to TUN from the buffer it was
+//! received into. Workers load the snapshot once per batch of completions.
+//!
+//! Everything else goes to the control thread over one bounded channel as an
+//! [`Upcall`]: packets for peers without a direct path (for the relay),
+//! decrypted heartbeats, latency and route messages, and STUN replies. The
+//! control thread writes relayed packets back with [`TunWriter`] and sends
+//! its own datagrams with [`UdpSender`].
 
 pub mod bufring;
 pub mod counters;
+pub mod frame;
 pub mod packet;
 pub mod snapshot;
 mod worker;
 pub mod writer;
 
 use std::io;
+use std::net::SocketAddrV4;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,16 +35,41 @@ use tokio::sync::Notify;
 pub use bufring::BufRingError;
 pub use counters::{CounterSnapshot, Counters, SharedCounters};
 pub use packet::{classify, Ipv4Meta, PacketError};
-pub use snapshot::{SharedSnapshot, Snapshot};
+pub use snapshot::{
+    PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, TunRoute,
+};
 pub use writer::{TunWriter, WriteError};
 
+use crate::proto::crypto::PeerKey;
 use crate::sys::affinity;
 use crate::sys::tun::{self, TunError, TunOptions};
+use crate::sys::udp::{self, UdpError};
 
-/// Bytes reserved in front of every received packet, for the type byte and
-/// AEAD envelope (1 + 28) the direct path will prepend in place, with room to
-/// spare for the sdwan pseudo-header.
+/// Bytes reserved in front of every packet read from TUN, for the envelope,
+/// type byte and sdwan pseudo-header (28 + 1 + 20) the direct path
+/// prepends in place, rounded up to a cache line.
 pub const MIN_HEADROOM: usize = 64;
+
+const _: () = assert!(frame::FORWARD_HEADROOM <= MIN_HEADROOM);
+
+/// The direct UDP path.
+#[derive(Debug, Clone)]
+pub struct UdpConfig {
+    /// Port every worker's socket binds (SO_REUSEPORT); 0 = ephemeral,
+    /// chosen by the first bind and shared by the rest.
+    pub port: u16,
+    /// `K(own VIP)`: every datagram we receive is sealed with it.
+    pub own_key: Arc<PeerKey>,
+}
+
+impl PartialEq for UdpConfig {
+    /// Keys have no observable value; the same key object is the same key.
+    fn eq(&self, o: &Self) -> bool {
+        self.port == o.port && Arc::ptr_eq(&self.own_key, &o.own_key)
+    }
+}
+
+impl Eq for UdpConfig {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataplaneConfig {
@@ -50,6 +85,10 @@ pub struct DataplaneConfig {
     pub headroom: usize,
     /// Pin worker i to the i-th allowed CPU (wrapping around).
     pub pin_cpus: bool,
+    /// `None`: no UDP path, every packet goes up for the relay.
+    pub udp: Option<UdpConfig>,
+    /// Lower the MSS of TCP SYNs read from TUN to this (see `route::mss`).
+    pub mss_clamp: Option<u16>,
 }
 
 impl Default for DataplaneConfig {
@@ -61,6 +100,8 @@ impl Default for DataplaneConfig {
             buffers_per_worker: 1024,
             headroom: MIN_HEADROOM,
             pin_cpus: true,
+            udp: None,
+            mss_clamp: None,
         }
     }
 }
@@ -116,15 +157,51 @@ pub enum DataplaneError {
     Read { queue: usize, source: io::Error },
     #[error("worker {queue} panicked")]
     WorkerPanicked { queue: usize },
+    #[error(transparent)]
+    Udp(#[from] UdpError),
+    #[error("duplicating the UDP socket for the control thread: {0}")]
+    SenderDup(#[source] io::Error),
+    #[error("worker {queue}: receiving on the UDP socket failed: {source}")]
+    UdpRecv { queue: usize, source: io::Error },
 }
 
 /// What workers hand to the control thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Upcall {
-    /// An IPv4 packet read from the TUN device that the dataplane does not
-    /// forward itself (today: all of them), to be relayed.
+    /// An IPv4 packet read from the TUN device with no direct next hop, to
+    /// be relayed. Led by the sdwan pseudo-header when a subnet route
+    /// matched, since the server routes on the outer destination.
     TunPacket(Vec<u8>),
+    /// A decrypted peer message other than a FORWARD (heartbeat, delay,
+    /// route, unknown types), type byte first.
+    Peer {
+        from: SocketAddrV4,
+        plaintext: Vec<u8>,
+    },
+    /// A datagram that looks like STUN, as received.
+    Stun {
+        from: SocketAddrV4,
+        datagram: Vec<u8>,
+    },
+}
+
+/// Sends the control thread's own datagrams (heartbeats, STUN requests,
+/// latency probes, route adverts) from the dataplane's port, so the NAT
+/// mapping a peer or STUN server sees is the one data uses.
+///
+/// A duplicate of worker 0's socket: same port, same socket. Sends never
+/// block; a full socket buffer is `WouldBlock`.
+#[derive(Debug, Clone)]
+pub struct UdpSender {
+    fd: Arc<OwnedFd>,
+}
+
+impl UdpSender {
+    /// Send one datagram, already sealed (or STUN) by the caller.
+    pub fn send_to(&self, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
+        udp::send_to(self.fd.as_fd(), datagram, to)
+    }
 }
 
 /// Receiving end of the upcall channel.
@@ -182,6 +259,8 @@ pub struct Dataplane {
     stop: Arc<AtomicBool>,
     writer: TunWriter,
     snapshot: SharedSnapshot,
+    udp_port: Option<u16>,
+    udp_sender: Option<UdpSender>,
 }
 
 impl Dataplane {
@@ -216,6 +295,21 @@ impl Dataplane {
             });
         }
         let writer = TunWriter::new(queues[0].as_fd()).map_err(DataplaneError::WriterDup)?;
+        let sockets = match &config.udp {
+            Some(u) => bind_sockets(u.port, config.workers)?,
+            None => Vec::new(),
+        };
+        let udp_port = match sockets.first() {
+            Some(s) => Some(udp::local_addr(s.as_fd())?.port()),
+            None => None,
+        };
+        let udp_sender = match sockets.first() {
+            Some(s) => Some(UdpSender {
+                fd: Arc::new(s.try_clone().map_err(DataplaneError::SenderDup)?),
+            }),
+            None => None,
+        };
+        let mut sockets = sockets.into_iter();
         let (tx, rx) = crossbeam_channel::bounded(config.channel_capacity);
         let notify = Arc::new(Notify::new());
         let stop = Arc::new(AtomicBool::new(false));
@@ -229,6 +323,8 @@ impl Dataplane {
             stop: stop.clone(),
             writer,
             snapshot: SharedSnapshot::default(),
+            udp_port,
+            udp_sender,
         };
         for (index, fd) in queues.into_iter().enumerate() {
             let counters = counters::new_shared();
@@ -241,6 +337,16 @@ impl Dataplane {
                 notify: notify.clone(),
                 counters: counters.clone(),
                 stop: stop.clone(),
+                snapshot: dp.snapshot.clone(),
+                mss_clamp: config.mss_clamp,
+                udp: config
+                    .udp
+                    .as_ref()
+                    .zip(sockets.next())
+                    .map(|(u, sock)| worker::UdpSpec {
+                        sock,
+                        own_key: u.own_key.clone(),
+                    }),
             };
             // On error `dp` drops here, stopping the workers already started.
             let thread = worker::spawn(spec)?;
@@ -270,9 +376,19 @@ impl Dataplane {
         self.workers.iter().map(|w| w.counters.snapshot()).collect()
     }
 
-    /// The table workers will follow once the direct path exists.
+    /// The table workers follow; publish a new one to change routing.
     pub fn snapshot(&self) -> &SharedSnapshot {
         &self.snapshot
+    }
+
+    /// The UDP port every worker is bound to, if the direct path is on.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.udp_port
+    }
+
+    /// For the control thread's own datagrams, if the direct path is on.
+    pub fn udp_sender(&self) -> Option<UdpSender> {
+        self.udp_sender.clone()
     }
 
     /// Workers that have stopped on their own (a read error, a panic).
@@ -308,6 +424,28 @@ impl Dataplane {
     }
 }
 
+/// One socket per worker on one port: the first bind picks the port when
+/// `port` is 0, the rest join it.
+fn bind_sockets(port: u16, workers: usize) -> Result<Vec<OwnedFd>, DataplaneError> {
+    let first = udp::bind_reuseport(port, udp::SOCKET_BUFFER_BYTES)?;
+    let port = udp::local_addr(first.as_fd())?.port();
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(udp::bind_reuseport(port, udp::SOCKET_BUFFER_BYTES)?);
+    }
+    if let Ok((rcv, snd)) = udp::buffer_sizes(all[0].as_fd()) {
+        if rcv < udp::SOCKET_BUFFER_BYTES || snd < udp::SOCKET_BUFFER_BYTES {
+            tracing::info!(
+                rcv,
+                snd,
+                wanted = udp::SOCKET_BUFFER_BYTES,
+                "UDP socket buffers capped by net.core.rmem_max/wmem_max"
+            );
+        }
+    }
+    Ok(all)
+}
+
 impl Drop for Dataplane {
     fn drop(&mut self) {
         let _ = self.stop_and_join();
@@ -316,3 +454,5 @@ impl Drop for Dataplane {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod udp_tests;

@@ -46,6 +46,7 @@ fn config(buffers: u32, capacity: usize) -> DataplaneConfig {
         buffers_per_worker: buffers,
         headroom: MIN_HEADROOM,
         pin_cpus: false,
+        udp: None,
     }
 }
 
@@ -60,6 +61,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 fn expect_packet(rx: &UpcallReceiver, want: &[u8]) {
     match rx.recv_timeout(Duration::from_secs(5)) {
         Ok(Upcall::TunPacket(got)) => assert_eq!(got, want),
+        Ok(other) => panic!("unexpected upcall {other:?}"),
         Err(e) => panic!("no upcall: {e}"),
     }
 }

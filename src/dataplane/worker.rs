@@ -1,38 +1,95 @@
-//! One worker: one thread, one io_uring, one TUN queue, one buffer ring.
+//! One worker: one thread, one io_uring, one TUN queue, one UDP socket, and
+//! a provided-buffer ring for each of the two.
 //!
-//! The queue is read with a single multishot read into the provided-buffer
-//! ring, so the steady state costs one io_uring_enter per batch of packets
-//! and no allocation on the kernel side. The ring is created on the worker
-//! thread itself because SINGLE_ISSUER binds it to its creator.
+//! Both are read with a single multishot operation (read on the TUN queue,
+//! recvmsg on the socket), so the steady state costs one io_uring_enter per
+//! batch: it submits the sends and TUN writes the previous batch queued and
+//! waits for the next completions. A packet never leaves the buffer the
+//! kernel read it into: it is sealed or opened there, sent or written from
+//! there, and the buffer goes back to its ring when that operation
+//! completes. The ring is created on the worker thread itself because
+//! SINGLE_ISSUER binds it to its creator.
 
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use io_uring::{cqueue, opcode, types, IoUring};
+use io_uring::squeue::Entry;
+use io_uring::{cqueue, opcode, types, IoUring, SubmissionQueue, Submitter};
 use tokio::sync::Notify;
 
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
+use super::frame::{self, FrameError, Inbound, RecvError, MAX_DATAGRAM, RECVMSG_PREFIX};
 use super::packet::classify;
+use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
 use super::{DataplaneError, Upcall};
+use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
+use crate::proto::stun::looks_like_stun;
+use crate::route::mss;
 use crate::sys::affinity;
+use crate::sys::udp::sockaddr_in;
 
-const READ_UD: u64 = 1;
-const CANCEL_UD: u64 = 2;
-/// Each worker has its own ring, so one group id is enough.
-const BGID: u16 = 0;
+/// Buffer group of the TUN ring and of the UDP ring.
+const TUN_BGID: u16 = 0;
+const UDP_BGID: u16 = 1;
 /// How long one io_uring_enter may sleep: the bound on how late a worker
 /// notices a shutdown request.
 const WAIT: Duration = Duration::from_millis(50);
-/// How long to wait for the kernel to confirm the read is cancelled before
-/// giving up on reusing the buffer memory.
+/// How long to wait for the kernel to confirm every operation is done
+/// before giving up on reusing the buffer memory.
 const CANCEL_DEADLINE: Duration = Duration::from_secs(2);
-const SQ_ENTRIES: u32 = 64;
+/// Half-way through the deadline, in-flight sends (stuck behind a full
+/// socket buffer, say) are cancelled too.
+const CANCEL_ALL_AFTER: Duration = Duration::from_secs(1);
+/// Bytes of each UDP buffer: recvmsg header and source address, then the
+/// largest datagram a Candy peer sends, plus slack so a slightly longer
+/// one is seen (and counted) rather than silently truncated.
+const UDP_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + MAX_DATAGRAM;
+
+/// Operation kinds, in the top half of the user data; the bottom half is
+/// the buffer id for operations that own a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Op {
+    TunRead = 1,
+    UdpRecv = 2,
+    /// A send from a TUN-ring buffer (direct path).
+    SendTun = 3,
+    /// A send from a UDP-ring buffer (a FORWARD passed on).
+    SendUdp = 4,
+    /// A TUN write from a UDP-ring buffer.
+    TunWrite = 5,
+    Cancel = 6,
+}
+
+fn user_data(op: Op, bid: u16) -> u64 {
+    (u64::from(op as u32) << 32) | u64::from(bid)
+}
+
+fn decode_user_data(ud: u64) -> Option<(Op, u16)> {
+    let bid = (ud & 0xffff) as u16;
+    let op = match ud >> 32 {
+        1 => Op::TunRead,
+        2 => Op::UdpRecv,
+        3 => Op::SendTun,
+        4 => Op::SendUdp,
+        5 => Op::TunWrite,
+        6 => Op::Cancel,
+        _ => return None,
+    };
+    Some((op, bid))
+}
+
+pub(crate) struct UdpSpec {
+    pub sock: OwnedFd,
+    pub own_key: Arc<PeerKey>,
+}
 
 pub(crate) struct WorkerSpec {
     pub index: usize,
@@ -43,6 +100,9 @@ pub(crate) struct WorkerSpec {
     pub notify: Arc<Notify>,
     pub counters: SharedCounters,
     pub stop: Arc<AtomicBool>,
+    pub snapshot: SharedSnapshot,
+    pub mss_clamp: Option<u16>,
+    pub udp: Option<UdpSpec>,
 }
 
 /// Start a worker thread and wait until its ring is set up, so that setup
@@ -81,7 +141,7 @@ fn run(spec: WorkerSpec, ready: Sender<Result<(), DataplaneError>>) -> Result<()
         Ok(mut w) => {
             let _ = ready.send(Ok(()));
             w.run()
-            // Dropping `w` cancels the read and closes the queue.
+            // Dropping `w` cancels its operations and closes the fds.
         }
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -97,112 +157,307 @@ fn run(spec: WorkerSpec, ready: Sender<Result<(), DataplaneError>>) -> Result<()
     result
 }
 
+/// The UDP half of a worker.
+struct UdpPath {
+    sock: OwnedFd,
+    bufs: ManuallyDrop<BufRing>,
+    own_key: Arc<PeerKey>,
+    /// Template for the multishot recvmsg: only the name and control
+    /// lengths matter, and parsing the output needs the same values.
+    msghdr: Box<libc::msghdr>,
+    /// Destination of the send in flight from each buffer (a FORWARD
+    /// passed on); one slot per bid, so no allocation per send.
+    dest: Box<[libc::sockaddr_in]>,
+    armed: bool,
+    armed_once: bool,
+}
+
+/// Why a multishot operation ended the worker.
+enum Fatal {
+    TunRead(i32),
+    UdpRecv(i32),
+}
+
+/// Per-peer counts for one batch, so that a burst to one peer costs one
+/// atomic add on the shared counters rather than one per packet. A handful
+/// of slots covers the peers one batch touches; more just flush early.
+struct PeerTally<'s> {
+    slots: [(Option<&'s PeerCounters>, PeerCounterSnapshot); 8],
+}
+
+impl<'s> PeerTally<'s> {
+    fn new() -> Self {
+        PeerTally {
+            slots: [(None, PeerCounterSnapshot::default()); 8],
+        }
+    }
+
+    fn slot(&mut self, c: &'s PeerCounters) -> &mut PeerCounterSnapshot {
+        let i = self
+            .slots
+            .iter()
+            .position(|(p, _)| p.is_none_or(|p| std::ptr::eq(p, c)))
+            .unwrap_or_else(|| {
+                self.flush();
+                0
+            });
+        let s = &mut self.slots[i];
+        s.0 = Some(c);
+        &mut s.1
+    }
+
+    fn tx(&mut self, c: &'s PeerCounters, bytes: usize) {
+        let s = self.slot(c);
+        s.tx_packets += 1;
+        s.tx_bytes += bytes as u64;
+    }
+
+    fn rx(&mut self, c: &'s PeerCounters, bytes: usize) {
+        let s = self.slot(c);
+        s.rx_packets += 1;
+        s.rx_bytes += bytes as u64;
+    }
+
+    fn flush(&mut self) {
+        for (p, d) in &mut self.slots {
+            if let Some(p) = p.take() {
+                p.add(d);
+            }
+            *d = PeerCounterSnapshot::default();
+        }
+    }
+}
+
+/// The submission side of the ring during a batch. Operations queue up and
+/// go to the kernel together with the next wait; only a full queue forces
+/// an early submit.
+struct Sq<'r> {
+    sq: SubmissionQueue<'r>,
+    submitter: Submitter<'r>,
+}
+
+impl Sq<'_> {
+    /// # Safety
+    /// Every buffer and address `sqe` points at must stay valid and
+    /// untouched until its completion is reaped (or the ring is gone).
+    unsafe fn push(&mut self, sqe: &Entry) -> bool {
+        if unsafe { self.sq.push(sqe) }.is_ok() {
+            return true;
+        }
+        self.sq.sync();
+        let _ = self.submitter.submit();
+        self.sq.sync();
+        unsafe { self.sq.push(sqe) }.is_ok()
+    }
+}
+
+/// Everything a completion handler touches except the ring itself.
+struct Core {
+    tun_fd: RawFd,
+    tun_bufs: ManuallyDrop<BufRing>,
+    /// Destination of the send in flight from each TUN buffer.
+    tun_dest: Box<[libc::sockaddr_in]>,
+    udp: Option<UdpPath>,
+    upcalls: Sender<Upcall>,
+    ivs: IvSequence,
+    mss_clamp: Option<u16>,
+    tun_armed: bool,
+    tun_armed_once: bool,
+    /// Sends and TUN writes submitted and not yet completed; each holds a
+    /// buffer.
+    inflight: usize,
+    /// Shutting down: buffers that arrive are recycled, nothing new is
+    /// started.
+    closing: bool,
+}
+
 struct Worker {
     queue: usize,
-    // Dropped by hand, in order: ring, then buffer memory, then the fd.
+    // Dropped by hand, in order: ring, then buffer memory, then the fds.
     ring: ManuallyDrop<IoUring>,
-    bufs: ManuallyDrop<BufRing>,
-    fd: ManuallyDrop<OwnedFd>,
-    upcalls: Sender<Upcall>,
+    core: Core,
+    tun: ManuallyDrop<OwnedFd>,
     notify: Arc<Notify>,
     counters: SharedCounters,
     stop: Arc<AtomicBool>,
-    /// A multishot read is in flight.
-    armed: bool,
-    /// The read was armed before, so arming again is a re-arm.
-    armed_once: bool,
+    snapshot: SharedSnapshot,
+}
+
+fn ring_err(queue: usize, op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    move |source| DataplaneError::Ring { queue, op, source }
 }
 
 impl Worker {
     fn new(spec: WorkerSpec) -> Result<Self, DataplaneError> {
         let queue = spec.index;
-        let entries = u32::from(spec.layout.entries());
+        let tun_entries = u32::from(spec.layout.entries());
+        let udp_layout = Layout::new(tun_entries, UDP_BUFFER_PAYLOAD, 0)
+            .map_err(|source| DataplaneError::BufRing { queue, source })?;
+        let udp_entries = if spec.udp.is_some() { tun_entries } else { 0 };
+        // One submission per buffer in a batch fits without an early
+        // submit; every buffer can account for at most a read and a send
+        // completion at once, so the CQ never spills into the kernel's
+        // overflow list.
+        let sq_entries = (tun_entries + udp_entries).clamp(64, 4096);
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
-            // Room for one completion per buffer plus control ops, so a full
-            // batch never spills into the kernel's overflow list (and never
-            // smaller than the SQ, which the kernel rejects).
-            .setup_cqsize((entries * 2).max(SQ_ENTRIES * 2))
-            .build(SQ_ENTRIES)
-            .map_err(|source| DataplaneError::Ring {
-                queue,
-                op: "io_uring_setup",
-                source,
-            })?;
-        let bufs = BufRing::new(spec.layout)
+            .setup_cqsize((2 * (tun_entries + udp_entries) + 16).max(2 * sq_entries))
+            .build(sq_entries)
+            .map_err(ring_err(queue, "io_uring_setup"))?;
+        let tun_bufs = BufRing::new(spec.layout)
             .map_err(|source| DataplaneError::BufRing { queue, source })?;
-        // SAFETY: the ring memory is owned by `bufs`, which is dropped only
-        // after the io_uring (see Drop), i.e. after the registration ends.
+        // SAFETY: the ring memory is owned by `tun_bufs`, which is dropped
+        // only after the io_uring (see Drop), i.e. after the registration.
         unsafe {
             ring.submitter().register_buf_ring_with_flags(
-                bufs.ring_addr(),
+                tun_bufs.ring_addr(),
                 spec.layout.entries(),
-                BGID,
+                TUN_BGID,
                 0,
             )
         }
-        .map_err(|source| DataplaneError::Ring {
-            queue,
-            op: "register_buf_ring",
-            source,
-        })?;
+        .map_err(ring_err(queue, "register_buf_ring (tun)"))?;
+        let udp = match spec.udp {
+            Some(u) => {
+                let bufs = BufRing::new(udp_layout)
+                    .map_err(|source| DataplaneError::BufRing { queue, source })?;
+                // SAFETY: as for the TUN ring.
+                unsafe {
+                    ring.submitter().register_buf_ring_with_flags(
+                        bufs.ring_addr(),
+                        udp_layout.entries(),
+                        UDP_BGID,
+                        0,
+                    )
+                }
+                .map_err(ring_err(queue, "register_buf_ring (udp)"))?;
+                // SAFETY: an all-zero msghdr is valid.
+                let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+                msghdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                Some(UdpPath {
+                    sock: u.sock,
+                    bufs: ManuallyDrop::new(bufs),
+                    own_key: u.own_key,
+                    msghdr,
+                    dest: vec![
+                        sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+                        udp_layout.entries().into()
+                    ]
+                    .into_boxed_slice(),
+                    armed: false,
+                    armed_once: false,
+                })
+            }
+            None => None,
+        };
+        let tun_dest = vec![
+            sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            usize::from(spec.layout.entries())
+        ]
+        .into_boxed_slice();
         Ok(Worker {
             queue,
             ring: ManuallyDrop::new(ring),
-            bufs: ManuallyDrop::new(bufs),
-            fd: ManuallyDrop::new(spec.fd),
-            upcalls: spec.upcalls,
+            core: Core {
+                tun_fd: spec.fd.as_raw_fd(),
+                tun_bufs: ManuallyDrop::new(tun_bufs),
+                tun_dest,
+                udp,
+                upcalls: spec.upcalls,
+                ivs: IvSequence::new(),
+                mss_clamp: spec.mss_clamp,
+                tun_armed: false,
+                tun_armed_once: false,
+                inflight: 0,
+                closing: false,
+            },
+            tun: ManuallyDrop::new(spec.fd),
             notify: spec.notify,
             counters: spec.counters,
             stop: spec.stop,
-            armed: false,
-            armed_once: false,
+            snapshot: spec.snapshot,
         })
     }
 
     fn run(&mut self) -> Result<(), DataplaneError> {
         while !self.stop.load(Ordering::Acquire) {
-            if !self.armed {
-                self.arm()?;
-            }
+            self.arm()?;
             self.wait()?;
-            if let Some(errno) = self.drain() {
-                if !self.armed {
+            match self.drain() {
+                Some(Fatal::TunRead(errno)) if !self.core.tun_armed => {
                     return Err(DataplaneError::Read {
                         queue: self.queue,
                         source: std::io::Error::from_raw_os_error(errno),
-                    });
+                    })
                 }
+                Some(Fatal::UdpRecv(errno)) if self.core.udp.as_ref().is_some_and(|u| !u.armed) => {
+                    return Err(DataplaneError::UdpRecv {
+                        queue: self.queue,
+                        source: std::io::Error::from_raw_os_error(errno),
+                    })
+                }
+                _ => {}
             }
         }
         Ok(())
     }
 
+    /// (Re-)arm whichever multishot has ended.
     fn arm(&mut self) -> Result<(), DataplaneError> {
-        // The raw fd, not a registered one: TUN refuses multishot read on a
-        // fixed file (-EBADFD). Length 0 means "the provided buffer's size".
-        let sqe = opcode::ReadMulti::new(types::Fd(self.fd.as_raw_fd()), 0, BGID)
-            .build()
-            .user_data(READ_UD);
-        self.push(&sqe)?;
-        if self.armed_once {
-            self.counters.read_rearms.fetch_add(1, Ordering::Relaxed);
+        let mut batch = CounterSnapshot::default();
+        if !self.core.tun_armed {
+            // The raw fd, not a registered one: TUN refuses multishot read
+            // on a fixed file (-EBADFD). Length 0 means "the provided
+            // buffer's size".
+            let sqe = opcode::ReadMulti::new(types::Fd(self.core.tun_fd), 0, TUN_BGID)
+                .build()
+                .user_data(user_data(Op::TunRead, 0));
+            self.push(&sqe)?;
+            if self.core.tun_armed_once {
+                batch.read_rearms += 1;
+            }
+            self.core.tun_armed = true;
+            self.core.tun_armed_once = true;
         }
-        self.armed = true;
-        self.armed_once = true;
+        if let Some(u) = self.core.udp.as_mut().filter(|u| !u.armed) {
+            let sqe = opcode::RecvMsgMulti::new(
+                types::Fd(u.sock.as_raw_fd()),
+                &*u.msghdr as *const libc::msghdr,
+                UDP_BGID,
+            )
+            .build()
+            .user_data(user_data(Op::UdpRecv, 0));
+            if u.armed_once {
+                batch.recv_rearms += 1;
+            }
+            u.armed = true;
+            u.armed_once = true;
+            // SAFETY: the socket, the msghdr (boxed, never moved) and the
+            // buffer group live until the final completion is reaped or the
+            // ring is gone (see Drop).
+            if !unsafe { self.sq().push(&sqe) } {
+                return Err(sq_full(self.queue));
+            }
+        }
+        self.counters.add(&batch);
         Ok(())
     }
 
-    fn push(&mut self, sqe: &io_uring::squeue::Entry) -> Result<(), DataplaneError> {
-        // SAFETY: the read's fd and buffer group stay valid until its final
-        // completion is reaped or the ring is gone (see Drop); the cancel op
-        // references nothing.
-        unsafe { self.ring.submission().push(sqe) }.map_err(|_| DataplaneError::Ring {
-            queue: self.queue,
-            op: "submission queue push",
-            source: std::io::Error::from_raw_os_error(libc::EBUSY),
-        })
+    fn sq(&mut self) -> Sq<'_> {
+        let (submitter, sq, _) = self.ring.split();
+        Sq { sq, submitter }
+    }
+
+    fn push(&mut self, sqe: &Entry) -> Result<(), DataplaneError> {
+        // SAFETY: only used for the TUN read and for cancellations, which
+        // reference the TUN fd and buffer group (valid until the ring is
+        // gone) or nothing.
+        if unsafe { self.sq().push(sqe) } {
+            Ok(())
+        } else {
+            Err(sq_full(self.queue))
+        }
     }
 
     /// Submit what is queued and sleep until a completion or the timeout.
@@ -227,52 +482,31 @@ impl Worker {
         }
     }
 
-    /// Handle every completion that is ready, recycle the buffers, publish
-    /// the counters. Returns the errno of a read failure that should end the
-    /// worker, if any.
-    fn drain(&mut self) -> Option<i32> {
+    /// Handle every completion that is ready against one snapshot, queue the
+    /// resulting sends and writes, recycle finished buffers, publish the
+    /// counters.
+    fn drain(&mut self) -> Option<Fatal> {
+        let snap = self.snapshot.load();
         let mut batch = CounterSnapshot::default();
+        let mut tally = PeerTally::new();
         let mut fatal = None;
-        let Worker {
-            ring,
-            bufs,
-            upcalls,
-            armed,
-            ..
-        } = self;
-        for cqe in ring.completion() {
-            if cqe.user_data() != READ_UD {
+        let (submitter, sq, cq) = self.ring.split();
+        let mut sq = Sq { sq, submitter };
+        for cqe in cq {
+            let Some((op, bid)) = decode_user_data(cqe.user_data()) else {
                 continue;
-            }
-            let res = cqe.result();
-            let flags = cqe.flags();
-            if !cqueue::more(flags) {
-                *armed = false;
-            }
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                if res > 0 {
-                    let len = res as usize;
-                    batch.tun_rx_packets += 1;
-                    batch.tun_rx_bytes += len as u64;
-                    deliver(bufs.data(bid, len), upcalls, &mut batch);
-                }
-                bufs.push(bid);
-            }
-            match res {
-                r if r > 0 => {}
-                // A TUN read never returns 0; treat it as end of file rather
-                // than re-arming in a tight loop.
-                0 if !cqueue::more(flags) => fatal = Some(0),
-                0 => {}
-                // Out of buffers, or interrupted: re-arming is the cure.
-                r if matches!(
-                    -r,
-                    libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR
-                ) => {}
-                r => fatal = Some(-r),
-            }
+            };
+            let f = self
+                .core
+                .complete(op, bid, &cqe, &snap, &mut sq, &mut batch, &mut tally);
+            fatal = fatal.or(f);
         }
-        bufs.publish();
+        sq.sq.sync();
+        self.core.tun_bufs.publish();
+        if let Some(u) = &self.core.udp {
+            u.bufs.publish();
+        }
+        tally.flush();
         self.counters.add(&batch);
         if batch.upcalls > 0 {
             self.notify.notify_one();
@@ -281,58 +515,472 @@ impl Worker {
     }
 }
 
-/// Hand one packet read from the TUN queue to the control thread.
-///
-/// This is where the direct path will branch off: look up the destination
-/// in the snapshot and, for a connected peer, seal in place in the headroom
-/// and queue a UDP send instead of copying the packet up.
-fn deliver(packet: Option<&[u8]>, upcalls: &Sender<Upcall>, batch: &mut CounterSnapshot) {
-    let Some(packet) = packet.filter(|p| classify(p).is_ok()) else {
-        batch.dropped_malformed += 1;
-        return;
-    };
-    // Checked first so a full channel costs no allocation.
-    if upcalls.is_full() {
-        batch.dropped_full += 1;
-        return;
+fn sq_full(queue: usize) -> DataplaneError {
+    DataplaneError::Ring {
+        queue,
+        op: "submission queue push",
+        source: std::io::Error::from_raw_os_error(libc::EBUSY),
     }
-    match upcalls.try_send(Upcall::TunPacket(packet.to_vec())) {
-        Ok(()) => batch.upcalls += 1,
-        Err(_) => batch.dropped_full += 1,
+}
+
+/// Whether a multishot that failed with `-res` can simply be re-armed.
+fn rearmable(res: i32) -> bool {
+    matches!(
+        -res,
+        libc::ENOBUFS | libc::ECANCELED | libc::EAGAIN | libc::EINTR
+    )
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    fn complete<'s>(
+        &mut self,
+        op: Op,
+        bid: u16,
+        cqe: &cqueue::Entry,
+        snap: &'s Snapshot,
+        sq: &mut Sq<'_>,
+        b: &mut CounterSnapshot,
+        tally: &mut PeerTally<'s>,
+    ) -> Option<Fatal> {
+        let res = cqe.result();
+        let flags = cqe.flags();
+        match op {
+            Op::TunRead => {
+                if !cqueue::more(flags) {
+                    self.tun_armed = false;
+                }
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    let keep = res > 0 && self.tun_packet(bid, res as usize, snap, sq, b, tally);
+                    if !keep {
+                        self.tun_bufs.push(bid);
+                    }
+                }
+                match res {
+                    r if r > 0 => None,
+                    // A TUN read never returns 0; treat it as end of file
+                    // rather than re-arming in a tight loop.
+                    0 if !cqueue::more(flags) => Some(Fatal::TunRead(0)),
+                    0 => None,
+                    // Out of buffers, or interrupted: re-arming is the cure.
+                    r if rearmable(r) => None,
+                    r => Some(Fatal::TunRead(-r)),
+                }
+            }
+            Op::UdpRecv => {
+                let u = self.udp.as_mut()?;
+                if !cqueue::more(flags) {
+                    u.armed = false;
+                }
+                if let Some(bid) = cqueue::buffer_select(flags) {
+                    let keep = res > 0 && self.datagram(bid, res as usize, snap, sq, b, tally);
+                    if !keep {
+                        if let Some(u) = self.udp.as_mut() {
+                            u.bufs.push(bid);
+                        }
+                    }
+                }
+                match res {
+                    r if r >= 0 || rearmable(r) => None,
+                    r => Some(Fatal::UdpRecv(-r)),
+                }
+            }
+            Op::SendTun | Op::SendUdp => {
+                self.inflight = self.inflight.saturating_sub(1);
+                if res < 0 {
+                    b.send_errors += 1;
+                    tracing::debug!(errno = -res, "udp send failed");
+                } else {
+                    b.udp_tx_packets += 1;
+                    b.udp_tx_bytes += res as u64;
+                }
+                if op == Op::SendTun {
+                    self.tun_bufs.push(bid);
+                } else if let Some(u) = self.udp.as_mut() {
+                    u.bufs.push(bid);
+                }
+                None
+            }
+            Op::TunWrite => {
+                self.inflight = self.inflight.saturating_sub(1);
+                if res < 0 {
+                    b.tun_write_errors += 1;
+                    tracing::debug!(errno = -res, "tun write failed");
+                } else {
+                    b.tun_written += 1;
+                    b.tun_written_bytes += res as u64;
+                }
+                if let Some(u) = self.udp.as_mut() {
+                    u.bufs.push(bid);
+                }
+                None
+            }
+            Op::Cancel => None,
+        }
+    }
+
+    /// A packet read from TUN. Returns true if the buffer is now owned by a
+    /// queued send (and goes back to the ring when that completes).
+    #[allow(clippy::too_many_arguments)]
+    fn tun_packet<'s>(
+        &mut self,
+        bid: u16,
+        len: usize,
+        snap: &'s Snapshot,
+        sq: &mut Sq<'_>,
+        b: &mut CounterSnapshot,
+        tally: &mut PeerTally<'s>,
+    ) -> bool {
+        b.tun_rx_packets += 1;
+        b.tun_rx_bytes += len as u64;
+        if self.closing {
+            return false;
+        }
+        let headroom = self.tun_bufs.layout().headroom();
+        let Some(buf) = self.tun_bufs.buffer_mut(bid) else {
+            b.dropped_malformed += 1;
+            return false;
+        };
+        let Some(meta) = buf
+            .get(headroom..headroom + len)
+            .and_then(|p| classify(p).ok())
+        else {
+            b.dropped_malformed += 1;
+            return false;
+        };
+        if let Some(mss) = self.mss_clamp {
+            mss::clamp(&mut buf[headroom..headroom + len], mss);
+        }
+        let route = snap.route_tun(meta.dst);
+        let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
+        let direct = route.next_hop.and_then(|n| snap.direct.get(&n));
+        if let (Some(peer), Some(u)) = (direct, &self.udp) {
+            let range = match frame::seal_forward(
+                &peer.key,
+                self.ivs.next_iv(),
+                buf,
+                headroom,
+                len,
+                wrap,
+            ) {
+                Ok(r) => r,
+                Err(FrameError::Oversize(_)) => {
+                    b.oversize += 1;
+                    return false;
+                }
+                Err(_) => {
+                    b.dropped_malformed += 1;
+                    return false;
+                }
+            };
+            let dest = &mut self.tun_dest[usize::from(bid)];
+            *dest = sockaddr_in(peer.endpoint);
+            let sqe = send(u.sock.as_raw_fd(), &buf[range.clone()], dest)
+                .user_data(user_data(Op::SendTun, bid));
+            // SAFETY: the buffer stays out of the ring and its dest slot is
+            // not rewritten until this send's completion recycles it.
+            if unsafe { sq.push(&sqe) } {
+                self.inflight += 1;
+                tally.tx(&peer.counters, range.len() - frame::FORWARD_OVERHEAD);
+                return true;
+            }
+            b.send_errors += 1;
+            return false;
+        }
+        let packet = match wrap {
+            Some((own, gw)) => match frame::wrap_in_place(buf, headroom, len, own, gw) {
+                Ok(r) => &buf[r],
+                Err(_) => {
+                    b.dropped_malformed += 1;
+                    return false;
+                }
+            },
+            None => &buf[headroom..headroom + len],
+        };
+        upcall(&self.upcalls, b, || Upcall::TunPacket(packet.to_vec()));
+        false
+    }
+
+    /// A datagram received on the socket. Returns true if the buffer is now
+    /// owned by a queued TUN write or send.
+    #[allow(clippy::too_many_arguments)]
+    fn datagram<'s>(
+        &mut self,
+        bid: u16,
+        res: usize,
+        snap: &'s Snapshot,
+        sq: &mut Sq<'_>,
+        b: &mut CounterSnapshot,
+        tally: &mut PeerTally<'s>,
+    ) -> bool {
+        let tun_fd = self.tun_fd;
+        let Some(u) = self.udp.as_mut() else {
+            return false;
+        };
+        let Some(buf) = u.bufs.buffer_mut(bid) else {
+            b.dropped_malformed += 1;
+            return false;
+        };
+        let Some(out) = buf.get(..res) else {
+            b.dropped_malformed += 1;
+            return false;
+        };
+        let rx = match frame::parse_recvmsg(out, &u.msghdr) {
+            Ok(rx) => rx,
+            Err(RecvError::Truncated) => {
+                b.udp_rx_packets += 1;
+                b.oversize += 1;
+                return false;
+            }
+            Err(_) => {
+                b.udp_rx_packets += 1;
+                b.dropped_malformed += 1;
+                return false;
+            }
+        };
+        b.udp_rx_packets += 1;
+        b.udp_rx_bytes += rx.payload.len() as u64;
+        if self.closing {
+            return false;
+        }
+        let payload = &mut buf[rx.payload.clone()];
+        if looks_like_stun(payload) {
+            if upcall(&self.upcalls, b, || Upcall::Stun {
+                from: rx.from,
+                datagram: payload.to_vec(),
+            }) {
+                b.stun_upcalls += 1;
+            }
+            return false;
+        }
+        let plain = match u.own_key.open_in_place(payload) {
+            Ok(p) => p,
+            Err(e) => {
+                b.decrypt_failed += 1;
+                tracing::debug!(from = %rx.from, %e, "dropping datagram");
+                return false;
+            }
+        };
+        let plain_at = rx.payload.start + ENVELOPE_LEN;
+        match frame::inbound(snap, plain) {
+            Inbound::Deliver { packet, src } => {
+                let bytes = plain.len() - 1;
+                let packet = plain_at + packet.start..plain_at + packet.end;
+                let sqe = opcode::Write::new(
+                    types::Fd(tun_fd),
+                    buf[packet.clone()].as_ptr(),
+                    packet.len() as u32,
+                )
+                // "Current position": TUN is a stream, the offset means
+                // nothing, and -1 is valid for any file.
+                .offset(u64::MAX)
+                .build()
+                .user_data(user_data(Op::TunWrite, bid));
+                // SAFETY: the buffer stays out of the ring until this
+                // write's completion recycles it.
+                if !unsafe { sq.push(&sqe) } {
+                    b.tun_write_errors += 1;
+                    return false;
+                }
+                self.inflight += 1;
+                if let Some(peer) = snap.direct.get(&src) {
+                    tally.rx(&peer.counters, bytes);
+                }
+                true
+            }
+            Inbound::Relay { next_hop } => {
+                let Some(peer) = snap.direct.get(&next_hop) else {
+                    b.no_route += 1;
+                    return false;
+                };
+                let bytes = plain.len() - 1;
+                if rx.payload.len() > MAX_DATAGRAM {
+                    b.oversize += 1;
+                    return false;
+                }
+                let dgram = &mut buf[rx.payload.clone()];
+                if peer.key.seal_in_place(self.ivs.next_iv(), dgram).is_err() {
+                    b.dropped_malformed += 1;
+                    return false;
+                }
+                let dest = &mut u.dest[usize::from(bid)];
+                *dest = sockaddr_in(peer.endpoint);
+                let sqe =
+                    send(u.sock.as_raw_fd(), dgram, dest).user_data(user_data(Op::SendUdp, bid));
+                // SAFETY: as for the direct send.
+                if !unsafe { sq.push(&sqe) } {
+                    b.send_errors += 1;
+                    return false;
+                }
+                self.inflight += 1;
+                b.forwarded += 1;
+                tally.tx(&peer.counters, bytes);
+                true
+            }
+            Inbound::NoRoute => {
+                b.no_route += 1;
+                false
+            }
+            Inbound::Upcall => {
+                if upcall(&self.upcalls, b, || Upcall::Peer {
+                    from: rx.from,
+                    plaintext: plain.to_vec(),
+                }) {
+                    b.peer_upcalls += 1;
+                }
+                false
+            }
+            Inbound::Malformed => {
+                b.dropped_malformed += 1;
+                false
+            }
+        }
+    }
+}
+
+/// A send of `data` to `dest` on the unconnected socket `sock`. The address
+/// is passed by pointer, so it has to live in a per-buffer slot.
+fn send(sock: RawFd, data: &[u8], dest: &libc::sockaddr_in) -> Entry {
+    opcode::Send::new(types::Fd(sock), data.as_ptr(), data.len() as u32)
+        .dest_addr((dest as *const libc::sockaddr_in).cast())
+        .dest_addr_len(std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        .build()
+}
+
+/// Hand something to the control thread; a full channel drops it (and the
+/// check comes first, so a drop costs no allocation). True if sent.
+fn upcall(tx: &Sender<Upcall>, b: &mut CounterSnapshot, make: impl FnOnce() -> Upcall) -> bool {
+    if tx.is_full() {
+        b.dropped_full += 1;
+        return false;
+    }
+    match tx.try_send(make()) {
+        Ok(()) => {
+            b.upcalls += 1;
+            true
+        }
+        Err(_) => {
+            b.dropped_full += 1;
+            false
+        }
+    }
+}
+
+impl Worker {
+    fn busy(&self) -> bool {
+        self.core.tun_armed
+            || self.core.inflight > 0
+            || self.core.udp.as_ref().is_some_and(|u| u.armed)
+    }
+
+    /// Cancel the multishots, let in-flight sends and writes finish (or
+    /// cancel them too if they take too long), reaping every completion.
+    /// True if the kernel has confirmed that nothing references the buffers.
+    fn quiesce(&mut self) -> bool {
+        self.core.closing = true;
+        for (armed, op) in [
+            (self.core.tun_armed, Op::TunRead),
+            (self.core.udp.as_ref().is_some_and(|u| u.armed), Op::UdpRecv),
+        ] {
+            if armed {
+                let cancel = opcode::AsyncCancel::new(user_data(op, 0))
+                    .build()
+                    .user_data(user_data(Op::Cancel, 0));
+                if self.push(&cancel).is_err() {
+                    return false;
+                }
+            }
+        }
+        let start = Instant::now();
+        let mut cancelled_all = false;
+        while self.busy() && start.elapsed() < CANCEL_DEADLINE {
+            if !cancelled_all && start.elapsed() >= CANCEL_ALL_AFTER {
+                let all = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                    .build()
+                    .user_data(user_data(Op::Cancel, 0));
+                cancelled_all = self.push(&all).is_ok();
+            }
+            if self.wait().is_err() {
+                break;
+            }
+            let _ = self.drain();
+        }
+        !self.busy()
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if self.armed {
-            let cancel = opcode::AsyncCancel::new(READ_UD)
-                .build()
-                .user_data(CANCEL_UD);
-            if self.push(&cancel).is_ok() {
-                let deadline = Instant::now() + CANCEL_DEADLINE;
-                while self.armed && Instant::now() < deadline {
-                    if self.wait().is_err() {
-                        break;
-                    }
-                    let _ = self.drain();
-                }
-            }
+        let quiesced = self.quiesce();
+        if !quiesced {
+            tracing::warn!(
+                queue = self.queue,
+                "io_uring operations not confirmed finished; leaking their buffers"
+            );
         }
-        let quiesced = !self.armed;
         // SAFETY: each field is taken exactly once, here, and never used
         // again. The ring goes first so no new operation can start.
         unsafe {
             ManuallyDrop::drop(&mut self.ring);
             if quiesced {
-                ManuallyDrop::drop(&mut self.bufs);
+                ManuallyDrop::drop(&mut self.core.tun_bufs);
+                if let Some(u) = self.core.udp.as_mut() {
+                    ManuallyDrop::drop(&mut u.bufs);
+                }
             } else {
-                tracing::warn!(
-                    queue = self.queue,
-                    "tun read not confirmed cancelled; leaking its buffers"
-                );
-                ManuallyDrop::take(&mut self.bufs).leak();
+                ManuallyDrop::take(&mut self.core.tun_bufs).leak();
+                if let Some(u) = self.core.udp.as_mut() {
+                    ManuallyDrop::take(&mut u.bufs).leak();
+                }
             }
-            ManuallyDrop::drop(&mut self.fd);
+            ManuallyDrop::drop(&mut self.tun);
         }
+        // The socket closes when `core.udp` drops, after this.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_data_round_trips() {
+        for op in [
+            Op::TunRead,
+            Op::UdpRecv,
+            Op::SendTun,
+            Op::SendUdp,
+            Op::TunWrite,
+            Op::Cancel,
+        ] {
+            for bid in [0, 1, 1023, u16::MAX] {
+                assert_eq!(decode_user_data(user_data(op, bid)), Some((op, bid)));
+            }
+        }
+        assert_eq!(decode_user_data(0), None);
+        assert_eq!(decode_user_data(99 << 32), None);
+    }
+
+    #[test]
+    fn tally_aggregates_per_peer_and_flushes_when_full() {
+        let peers: Vec<PeerCounters> = (0..10).map(|_| PeerCounters::default()).collect();
+        let mut t = PeerTally::new();
+        for _ in 0..3 {
+            t.tx(&peers[0], 100);
+        }
+        t.rx(&peers[1], 50);
+        // Ten distinct peers overflow eight slots: an early flush, no loss.
+        for p in &peers {
+            t.tx(p, 1);
+        }
+        t.flush();
+        let s0 = peers[0].snapshot();
+        assert_eq!((s0.tx_packets, s0.tx_bytes), (4, 301));
+        let s1 = peers[1].snapshot();
+        assert_eq!((s1.rx_packets, s1.rx_bytes, s1.tx_packets), (1, 50, 1));
+        assert!(peers.iter().all(|p| p.snapshot().tx_packets >= 1));
+        // Nothing is counted twice by a second flush.
+        t.flush();
+        assert_eq!(peers[0].snapshot().tx_packets, 4);
     }
 }

@@ -67,6 +67,11 @@ impl NextHopTable {
         NextHop::Relay
     }
 
+    /// Destinations reached through another peer, with that peer.
+    pub fn routes(&self) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+        self.via.iter().map(|(&d, &n)| (d, n))
+    }
+
     /// For a UDP FORWARD that is not ours to deliver. v6 re-runs the full
     /// selection including the relay fallback, making any node an open
     /// relay and letting loops spill onto the server (PROTOCOL §10.15);

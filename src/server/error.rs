@@ -85,6 +85,8 @@ impl CloseReason {
                 | CloseReason::Lost(_)
                 | CloseReason::Shutdown
                 | CloseReason::Replaced
+                | CloseReason::Idle(_)
+                | CloseReason::WriteStall
         )
     }
 

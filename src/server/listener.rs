@@ -29,14 +29,15 @@ use super::Shared;
 pub const WS_READ_LIMIT: usize = 4 * MAX_FRAME;
 
 pub(crate) fn ws_config() -> WebSocketConfig {
-    let mut c = WebSocketConfig::default();
-    c.max_message_size = Some(WS_READ_LIMIT);
-    c.max_frame_size = Some(WS_READ_LIMIT);
-    // Batches are flushed explicitly; this only caps what a stuck socket
-    // can pile up inside tungstenite.
-    c.write_buffer_size = 64 * 1024;
-    c.max_write_buffer_size = 1024 * 1024;
-    c
+    WebSocketConfig {
+        max_message_size: Some(WS_READ_LIMIT),
+        max_frame_size: Some(WS_READ_LIMIT),
+        // Batches are flushed explicitly; these only cap what a stuck
+        // socket can pile up inside tungstenite.
+        write_buffer_size: 64 * 1024,
+        max_write_buffer_size: 1024 * 1024,
+        ..WebSocketConfig::default()
+    }
 }
 
 fn tls_err(file: &Path, reason: impl Into<String>) -> ServerError {
@@ -129,7 +130,10 @@ async fn connection(
 ) {
     // Relayed packets are latency-sensitive and writes are already batched.
     let _ = stream.set_nodelay(true);
+    crate::sys::tcp::limit_unsent(&stream);
     let deadline = shared.tuning.auth_timeout;
+    // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         // Any path is accepted, as Candy does; it is only worth a debug line.
         debug!("ws upgrade from={peer} path={}", req.uri().path());

@@ -101,7 +101,6 @@ impl Session {
         // frame would cost a timer-wheel update per relayed packet.
         let timer = sleep_until(self.last_rx + auth_timeout);
         tokio::pin!(timer);
-        let mut armed_for_idle = false;
         loop {
             tokio::select! {
                 biased;
@@ -117,11 +116,10 @@ impl Session {
                         return (CloseReason::AuthTimeout(auth_timeout), Some(writer));
                     }
                     let due = self.last_rx + idle;
-                    if armed_for_idle && due <= Instant::now() {
+                    if due <= Instant::now() {
                         Counters::inc(&self.shared.counters.timeout_idle);
                         return (CloseReason::Idle(idle), Some(writer));
                     }
-                    armed_for_idle = true;
                     timer.as_mut().reset(due);
                 }
                 m = stream.next() => {
@@ -137,7 +135,6 @@ impl Session {
                     }
                     if !was_authed && self.vip.is_some() {
                         // From now on the idle timeout applies.
-                        armed_for_idle = true;
                         timer.as_mut().reset(self.last_rx + idle);
                     }
                 }

@@ -1,7 +1,10 @@
 //! Thin, policy-free wrappers over the Linux interfaces ringlink needs:
-//! TUN queues, rtnetlink configuration, CPU pinning and sysctls.
+//! TUN queues, UDP sockets, rtnetlink configuration, CPU pinning and sysctls.
 
 pub mod affinity;
+pub mod ifaddr;
 pub mod netlink;
 pub mod sysctl;
+pub mod tcp;
 pub mod tun;
+pub mod udp;

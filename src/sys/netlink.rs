@@ -191,7 +191,12 @@ impl Netlink {
     }
 
     /// Remove `addr/prefix` from `ifname`. Already absent is success.
-    pub async fn del_ipv4_address(&self, ifname: &str, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
+    pub async fn del_ipv4_address(
+        &self,
+        ifname: &str,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
         let index = self.link_index(ifname).await?;
         let op_err = |op, e| NetlinkError::Op {
             op,
@@ -206,7 +211,11 @@ impl Netlink {
             .set_address_filter(IpAddr::V4(addr))
             .set_prefix_length_filter(prefix)
             .execute();
-        while let Some(msg) = found.try_next().await.map_err(|e| op_err("list addresses", e))? {
+        while let Some(msg) = found
+            .try_next()
+            .await
+            .map_err(|e| op_err("list addresses", e))?
+        {
             match self.handle.address().del(msg).execute().await {
                 Ok(()) => {}
                 Err(e) if errno_of(&e) == Some(libc::EADDRNOTAVAIL) => {}

@@ -1,0 +1,487 @@
+//! The node's peer-to-peer brain on the control thread: it feeds the sans-IO
+//! peer state machines (`crate::peer`) and the router (`crate::route`) with
+//! what arrives from the server and from UDP, carries out what they ask
+//! (heartbeats, STUN, endpoint exchange, probes, advertisements), and
+//! publishes the resulting table to the dataplane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::dataplane::{PeerCounters, PeerEntry, SharedSnapshot, Snapshot, UdpSender};
+use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState};
+use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
+use crate::proto::udp::{Delay, Heartbeat, PeerMessage, RouteAdvert};
+use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
+use crate::proto::{stun, Ipv4Cidr};
+use crate::route::{DelayMsg, Message, RouteConfig, RouteMsg, Router, SubnetRoute, SubnetRoutes};
+
+use super::status::{PeerStatus as PeerLine, RouteStatus as RouteLine};
+
+/// What the node was built with.
+pub struct NodeConfig {
+    pub own: Ipv4Cidr,
+    pub password: Vec<u8>,
+    pub cipher: CipherKind,
+    pub stun: Option<SocketAddrV4>,
+    pub peer: PeerConfig,
+    pub route: RouteConfig,
+}
+
+/// Counted outcomes, for logs and status.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NodeStats {
+    pub ignored_events: u64,
+    pub malformed: u64,
+    pub ws_dropped: u64,
+    pub udp_send_errors: u64,
+}
+
+pub struct Node {
+    own: Ipv4Addr,
+    network: Ipv4Cidr,
+    password: Vec<u8>,
+    cipher: CipherKind,
+    peers: PeerManager,
+    router: Router,
+    /// Sealing keys of the peers we talk to, derived once per peer.
+    keys: HashMap<Ipv4Addr, Arc<PeerKey>>,
+    /// Per-peer traffic counters, kept across snapshot rebuilds.
+    counters: HashMap<Ipv4Addr, Arc<PeerCounters>>,
+    /// CONNECTED peers and the path in use.
+    direct: BTreeMap<Ipv4Addr, SocketAddrV4>,
+    subnets: Vec<SubnetRoute>,
+    ivs: IvSequence,
+    udp: UdpSender,
+    stun: Option<SocketAddrV4>,
+    stun_txid: Option<stun::TransactionId>,
+    snapshot: SharedSnapshot,
+    generation: u64,
+    published_router_gen: u64,
+    dirty: bool,
+    to_server: mpsc::Sender<Vec<u8>>,
+    server_up: bool,
+    discover_on_join: bool,
+    pub stats: NodeStats,
+}
+
+impl Node {
+    pub fn new(
+        cfg: NodeConfig,
+        udp: UdpSender,
+        snapshot: SharedSnapshot,
+        to_server: mpsc::Sender<Vec<u8>>,
+        now: Instant,
+    ) -> Result<Self, String> {
+        let mut peer_cfg = cfg.peer;
+        let discover_on_join = peer_cfg.stun && peer_cfg.discovery_ticks > 0;
+        // The router runs the latency probes (it must recognise the echoes),
+        // so the state machine's own probe requests are not wanted.
+        peer_cfg.route_cost = 0;
+        let peers = PeerManager::new(peer_cfg, now).map_err(|e| format!("peer timers: {e}"))?;
+        let router = Router::new(cfg.route, now).map_err(|e| format!("routing: {e}"))?;
+        let mut node = Self {
+            own: cfg.own.addr,
+            network: cfg.own,
+            password: cfg.password,
+            cipher: cfg.cipher,
+            peers,
+            router,
+            keys: HashMap::new(),
+            counters: HashMap::new(),
+            direct: BTreeMap::new(),
+            subnets: Vec::new(),
+            ivs: IvSequence::new(),
+            udp,
+            stun: cfg.stun,
+            stun_txid: None,
+            snapshot,
+            generation: 0,
+            published_router_gen: 0,
+            dirty: true,
+            to_server,
+            server_up: false,
+            discover_on_join,
+            stats: NodeStats::default(),
+        };
+        node.publish();
+        Ok(node)
+    }
+
+    /// On every (re)join, a DISCOVERY broadcast lets every other node know
+    /// we exist, so direct paths form before any traffic needs them.
+    pub fn set_server_up(&mut self, up: bool) {
+        self.server_up = up;
+        if up && self.discover_on_join {
+            let frame = Discovery {
+                src: self.own,
+                dst: ws::BROADCAST,
+            }
+            .encode();
+            self.send_server(frame);
+        }
+    }
+
+    /// The earliest instant something is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.peers.poll_timeout(), self.router.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    pub fn on_timeout(&mut self, now: Instant) {
+        if self.peers.poll_timeout().is_some_and(|t| t <= now) {
+            self.peers.handle_timeout(now);
+        }
+        if self.router.poll_timeout().is_some_and(|t| t <= now) {
+            self.router.handle_timeout(now);
+        }
+        self.flush(now);
+    }
+
+    /// A packet from `saddr` came through the relay: maybe time to try a
+    /// direct path to it. Sources outside the virtual network are LAN hosts
+    /// behind a gateway, not peers.
+    pub fn on_relayed(&mut self, saddr: Ipv4Addr, now: Instant) {
+        if self.network.contains(saddr) && saddr != self.own {
+            let outcome = self.peers.handle_relayed_packet(saddr, now);
+            self.count(outcome);
+            self.flush(now);
+        }
+    }
+
+    /// A frame from the server other than FORWARD. Returns subnet routes
+    /// when the server pushed some, for the caller to install.
+    pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) -> Option<Vec<SysRoute>> {
+        let mut pushed = None;
+        match WsMessage::decode(frame) {
+            Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
+                let outcome = self.peers.handle_public_info(pc.src, pc.endpoint, now);
+                self.count(outcome);
+            }
+            Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
+                if let Some(lan) = g.local_conn() {
+                    let outcome = self.peers.handle_lan_info(g.src, lan, now);
+                    self.count(outcome);
+                }
+            }
+            Ok(WsMessage::Discovery(d)) if d.src != self.own => {
+                let broadcast = d.dst == ws::BROADCAST;
+                if broadcast || d.dst == self.own {
+                    let outcome = self.peers.handle_discovery(d.src, broadcast, now);
+                    self.count(outcome);
+                }
+            }
+            Ok(WsMessage::SysRoutes(list)) => {
+                // Candy turns LAN P2P off once sdwan routes exist (§5.4).
+                self.peers.disable_lan_p2p();
+                for r in &list {
+                    match SubnetRoute::new(r.dst.network(), r.dst.netmask(), r.next) {
+                        Ok(s) if !self.subnets.contains(&s) => self.subnets.push(s),
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "server pushed an unusable subnet route"),
+                    }
+                }
+                self.dirty = true;
+                pushed = Some(list);
+            }
+            Ok(other) => debug!(message = ?other, "server message not for us"),
+            Err(e) => {
+                self.stats.malformed += 1;
+                warn!(error = %e, "malformed frame from the server");
+            }
+        }
+        self.flush(now);
+        pushed
+    }
+
+    /// A decrypted peer message that is not data.
+    pub fn on_peer_message(&mut self, from: SocketAddrV4, plaintext: &[u8], now: Instant) {
+        match PeerMessage::decode(plaintext) {
+            Ok(PeerMessage::Heartbeat(hb)) => {
+                let outcome = self.peers.handle_heartbeat(from, hb.tunip, hb.ack, now);
+                self.count(outcome);
+            }
+            Ok(PeerMessage::Delay(d)) => {
+                let _ = self.router.handle_delay(
+                    DelayMsg {
+                        src: d.src,
+                        dst: d.dst,
+                        ts_ms: d.timestamp_ms,
+                    },
+                    now,
+                );
+            }
+            Ok(PeerMessage::Route(r)) => {
+                let _ = self.router.handle_route(
+                    RouteMsg {
+                        dst: r.dst,
+                        next: r.next,
+                        delay: r.delay_ms,
+                    },
+                    now,
+                );
+            }
+            Ok(PeerMessage::Forward(_)) => {}
+            Ok(PeerMessage::Unknown(t)) => debug!(ty = t, %from, "unknown peer message type"),
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(error = %e, %from, "malformed peer message");
+            }
+        }
+        self.flush(now);
+    }
+
+    /// A STUN datagram arrived on the data port.
+    pub fn on_stun(&mut self, from: SocketAddrV4, datagram: &[u8], now: Instant) {
+        if Some(from) != self.stun {
+            debug!(%from, "STUN datagram from a host that is not our STUN server");
+            return;
+        }
+        match stun::parse_binding_response(datagram) {
+            Ok((txid, mapped)) if Some(txid) == self.stun_txid => {
+                let outcome = self.peers.handle_stun_response(mapped, now);
+                self.count(outcome);
+            }
+            Ok(_) => debug!("STUN response for an old request"),
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(error = %e, "malformed STUN response");
+            }
+        }
+        self.flush(now);
+    }
+
+    fn count(&mut self, outcome: Outcome) {
+        if let Outcome::Ignored(why) = outcome {
+            self.stats.ignored_events += 1;
+            debug!(reason = %why, "peer event ignored");
+        }
+    }
+
+    fn key(&mut self, vip: Ipv4Addr) -> Arc<PeerKey> {
+        let (cipher, password) = (self.cipher, &self.password);
+        self.keys
+            .entry(vip)
+            .or_insert_with(|| Arc::new(PeerKey::for_vip(cipher, password, vip)))
+            .clone()
+    }
+
+    fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
+        let key = self.key(peer);
+        let datagram = key.seal_to_vec(self.ivs.next_iv(), plaintext);
+        if let Err(e) = self.udp.send_to(&datagram, to) {
+            self.stats.udp_send_errors += 1;
+            debug!(error = %e, %to, "UDP send failed");
+        }
+    }
+
+    fn send_server(&mut self, frame: Vec<u8>) {
+        if !self.server_up || self.to_server.try_send(frame).is_err() {
+            self.stats.ws_dropped += 1;
+        }
+    }
+
+    /// Carries out everything the peer logic and the router asked for, then
+    /// republishes the dataplane table if anything it holds changed.
+    fn flush(&mut self, now: Instant) {
+        while let Some(action) = self.peers.poll_action() {
+            self.act(action, now);
+        }
+        while let Some(t) = self.router.poll_transmit() {
+            let Some(&to) = self.direct.get(&t.to) else {
+                continue;
+            };
+            match t.msg {
+                Message::Delay(d) => {
+                    let plain = Delay {
+                        src: d.src,
+                        dst: d.dst,
+                        timestamp_ms: d.ts_ms,
+                    }
+                    .encode();
+                    self.send_udp(t.to, to, &plain);
+                }
+                Message::Route(r) => {
+                    let plain = RouteAdvert {
+                        dst: r.dst,
+                        next: r.next,
+                        delay_ms: r.delay,
+                    }
+                    .encode();
+                    self.send_udp(t.to, to, &plain);
+                }
+            }
+        }
+        if self.dirty || self.router.generation() != self.published_router_gen {
+            self.publish();
+        }
+    }
+
+    fn act(&mut self, action: Action, now: Instant) {
+        match action {
+            Action::StunRequest => {
+                if let Some(server) = self.stun {
+                    let txid: stun::TransactionId = rand::random();
+                    self.stun_txid = Some(txid);
+                    if let Err(e) = self
+                        .udp
+                        .send_to(&stun::encode_binding_request(&txid), server)
+                    {
+                        self.stats.udp_send_errors += 1;
+                        debug!(error = %e, "STUN request not sent");
+                    }
+                }
+            }
+            Action::Heartbeat { peer, to, ack } => {
+                let plain = Heartbeat::new(self.own, ack).encode();
+                self.send_udp(peer, to, &plain);
+            }
+            Action::SendPublicInfo { peer, public } => {
+                let frame = PeerConn {
+                    src: self.own,
+                    dst: peer,
+                    endpoint: public,
+                }
+                .encode();
+                self.send_server(frame);
+            }
+            Action::SendLanInfo { peer, lan } => {
+                let frame = encode_local_conn(self.own, peer, lan);
+                self.send_server(frame);
+            }
+            Action::DiscoveryBroadcast => {
+                let frame = Discovery {
+                    src: self.own,
+                    dst: ws::BROADCAST,
+                }
+                .encode();
+                self.send_server(frame);
+            }
+            Action::DiscoveryReply { peer } => {
+                let frame = Discovery {
+                    src: self.own,
+                    dst: peer,
+                }
+                .encode();
+                self.send_server(frame);
+            }
+            // Probes come from the router; see `new`.
+            Action::DelayProbe { .. } => {}
+            Action::Connected { peer, path } => {
+                info!(%peer, %path, "direct path up");
+                self.direct.insert(peer, path);
+                self.router.peer_connected(peer, now);
+                self.dirty = true;
+            }
+            Action::PathChanged { peer, path } => {
+                info!(%peer, %path, "direct path moved");
+                self.direct.insert(peer, path);
+                self.dirty = true;
+            }
+            Action::Disconnected { peer } => {
+                info!(%peer, "direct path lost; back to the relay");
+                self.direct.remove(&peer);
+                self.router.peer_disconnected(peer, now);
+                self.dirty = true;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        self.generation += 1;
+        let mut direct = HashMap::with_capacity(self.direct.len());
+        let paths: Vec<_> = self.direct.iter().map(|(&v, &e)| (v, e)).collect();
+        for (vip, endpoint) in paths {
+            let key = self.key(vip);
+            let counters = self.counters.entry(vip).or_default().clone();
+            direct.insert(
+                vip,
+                PeerEntry {
+                    endpoint,
+                    key,
+                    counters,
+                },
+            );
+        }
+        let mut subnets = SubnetRoutes::new(self.own);
+        for s in &self.subnets {
+            subnets.push(*s);
+        }
+        let table = self.router.next_hops();
+        let next_hops = table.routes().collect();
+        self.snapshot.publish(Snapshot {
+            generation: self.generation,
+            own_vip: self.own,
+            direct,
+            next_hops,
+            subnets,
+        });
+        self.published_router_gen = self.router.generation();
+        self.dirty = false;
+    }
+
+    /// Lines for `ringlink status`.
+    pub fn status(&self, now: Instant) -> (Vec<PeerLine>, Vec<RouteLine>) {
+        let peers = self
+            .peers
+            .peers()
+            .map(|p| {
+                let c = self
+                    .counters
+                    .get(&p.vip)
+                    .map(|c| c.snapshot())
+                    .unwrap_or_default();
+                let direct = p.state == PeerState::Connected;
+                PeerLine {
+                    vip: p.vip.to_string(),
+                    state: p.state.to_string(),
+                    path: if direct { "direct" } else { "relay" }.to_string(),
+                    endpoint: p.path.map(|e| e.to_string()),
+                    last_heartbeat_secs: p
+                        .last_heartbeat
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
+                    tx_bytes: c.tx_bytes,
+                    rx_bytes: c.rx_bytes,
+                    retry_secs: p.retry.as_secs(),
+                }
+            })
+            .collect();
+        let routes = self
+            .router
+            .status()
+            .map(|r| RouteLine {
+                dst: r.dst.to_string(),
+                next_hop: r.next_hop.to_string(),
+                path: if self.direct.contains_key(&r.next_hop) {
+                    "direct"
+                } else {
+                    "relay"
+                }
+                .to_string(),
+                rtt_ms: r.next_hop_rtt_ms.map(f64::from),
+                metric_ms: Some(r.metric),
+            })
+            .chain(self.subnets.iter().map(|s| {
+                RouteLine {
+                    dst: format!("{}/{}", s.dst, s.prefix_len()),
+                    next_hop: s.next_hop.to_string(),
+                    path: if self.direct.contains_key(&s.next_hop) {
+                        "direct"
+                    } else {
+                        "relay"
+                    }
+                    .to_string(),
+                    rtt_ms: self.router.peer_rtt(s.next_hop).map(f64::from),
+                    metric_ms: None,
+                }
+            }))
+            .collect();
+        (peers, routes)
+    }
+}

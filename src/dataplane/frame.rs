@@ -1,0 +1,424 @@
+//! Byte layout of the direct path, kept apart from the io_uring plumbing so
+//! it can be tested on plain buffers.
+//!
+//! TUN → UDP, in one provided buffer (headroom in front of the packet the
+//! kernel read):
+//!
+//! ```text
+//!   | unused | IV 12 | tag 16 | type 1 | pseudo-header 20? | IPv4 packet |
+//!            ^ datagram start           ^ headroom - 20      ^ headroom
+//! ```
+//!
+//! UDP → TUN, in one provided buffer filled by a multishot recvmsg:
+//!
+//! ```text
+//!   | io_uring_recvmsg_out 16 | sockaddr_in 16 | IV | tag | type | packet |
+//! ```
+//!
+//! Opening in place leaves the plaintext where the ciphertext was, so the
+//! inner packet is written to TUN from the same buffer; a FORWARD for
+//! another node is resealed where it lies, since the envelope is the same
+//! size.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
+
+use io_uring::types::RecvMsgOut;
+
+use super::packet::classify;
+use super::snapshot::Snapshot;
+use crate::proto::crypto::{CryptoError, PeerKey, ENVELOPE_LEN, IV_LEN};
+use crate::proto::udp::ty;
+use crate::route::subnet::{self, PSEUDO_HEADER_LEN};
+use crate::sys::udp::parse_sockaddr_in;
+
+/// The largest UDP payload a stock Candy peer receives intact (its receive
+/// buffer is 1500 bytes; anything longer is truncated and fails GCM).
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Bytes a FORWARD adds in front of the packet: envelope and type byte.
+pub const FORWARD_OVERHEAD: usize = ENVELOPE_LEN + 1;
+
+/// Headroom the direct path needs: envelope, type and pseudo-header.
+pub const FORWARD_HEADROOM: usize = FORWARD_OVERHEAD + PSEUDO_HEADER_LEN;
+
+/// Room a multishot recvmsg buffer needs in front of the payload: the
+/// kernel's `io_uring_recvmsg_out` and the source `sockaddr_in`.
+pub const RECVMSG_PREFIX: usize = 16 + std::mem::size_of::<libc::sockaddr_in>();
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("{need} bytes of headroom needed, the buffer has {have}")]
+    NoHeadroom { need: usize, have: usize },
+    #[error("packet of {len} bytes does not fit the buffer")]
+    PacketOutOfRange { len: usize },
+    #[error("sealed datagram would be {0} bytes, more than {MAX_DATAGRAM}")]
+    Oversize(usize),
+    #[error("packet cannot be wrapped: {0}")]
+    Wrap(#[from] subnet::SubnetError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// Turn the packet at `buf[headroom..headroom + len]` into a sealed FORWARD
+/// datagram in place, optionally wrapped in an sdwan pseudo-header from
+/// `own_vip` to `wrap_for`. Returns where the datagram lies in `buf`.
+pub fn seal_forward(
+    key: &PeerKey,
+    iv: [u8; IV_LEN],
+    buf: &mut [u8],
+    headroom: usize,
+    len: usize,
+    wrap: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Result<Range<usize>, FrameError> {
+    let end = headroom
+        .checked_add(len)
+        .filter(|&e| e <= buf.len())
+        .ok_or(FrameError::PacketOutOfRange { len })?;
+    let extra = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
+    let need = FORWARD_OVERHEAD + extra;
+    let start = headroom.checked_sub(need).ok_or(FrameError::NoHeadroom {
+        need,
+        have: headroom,
+    })?;
+    if end - start > MAX_DATAGRAM {
+        return Err(FrameError::Oversize(end - start));
+    }
+    if let Some((own_vip, gateway)) = wrap {
+        let h = subnet::build_pseudo_header(own_vip, gateway, len)?;
+        buf[headroom - PSEUDO_HEADER_LEN..headroom].copy_from_slice(&h);
+    }
+    buf[start + ENVELOPE_LEN] = ty::FORWARD;
+    key.seal_in_place(iv, &mut buf[start..end])?;
+    Ok(start..end)
+}
+
+/// Write the pseudo-header in front of the packet for a relayed packet and
+/// return the range of the wrapped packet.
+pub fn wrap_in_place(
+    buf: &mut [u8],
+    headroom: usize,
+    len: usize,
+    own_vip: Ipv4Addr,
+    gateway: Ipv4Addr,
+) -> Result<Range<usize>, FrameError> {
+    let end = headroom
+        .checked_add(len)
+        .filter(|&e| e <= buf.len())
+        .ok_or(FrameError::PacketOutOfRange { len })?;
+    let start = headroom
+        .checked_sub(PSEUDO_HEADER_LEN)
+        .ok_or(FrameError::NoHeadroom {
+            need: PSEUDO_HEADER_LEN,
+            have: headroom,
+        })?;
+    let h = subnet::build_pseudo_header(own_vip, gateway, len)?;
+    buf[start..headroom].copy_from_slice(&h);
+    Ok(start..end)
+}
+
+/// A datagram as the multishot recvmsg left it in a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub from: SocketAddrV4,
+    /// Where the UDP payload lies in the buffer.
+    pub payload: Range<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    #[error("recvmsg output of {0} bytes is shorter than its header")]
+    Short(usize),
+    #[error("datagram was truncated by the receive buffer")]
+    Truncated,
+    #[error("source address is not IPv4")]
+    NotIpv4,
+}
+
+/// Parse the output of a multishot recvmsg (`res` bytes at the start of
+/// `buf`) armed with `msghdr`.
+pub fn parse_recvmsg(buf: &[u8], msghdr: &libc::msghdr) -> Result<Received, RecvError> {
+    let out = RecvMsgOut::parse(buf, msghdr).map_err(|()| RecvError::Short(buf.len()))?;
+    if out.is_payload_truncated() {
+        return Err(RecvError::Truncated);
+    }
+    if out.is_name_data_truncated() {
+        return Err(RecvError::NotIpv4);
+    }
+    let from = parse_sockaddr_in(out.name_data()).ok_or(RecvError::NotIpv4)?;
+    let payload = out.payload_data();
+    // The payload is a sub-slice of `buf`; its offset is what the caller
+    // needs to work on the buffer mutably.
+    let start = payload.as_ptr() as usize - buf.as_ptr() as usize;
+    Ok(Received {
+        from,
+        payload: start..start + payload.len(),
+    })
+}
+
+/// What a worker does with an opened datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// Write `packet` (range within the plaintext) to TUN; count it for the
+    /// peer `src` (the outer source VIP).
+    Deliver { packet: Range<usize>, src: Ipv4Addr },
+    /// A FORWARD for another node: reseal for direct peer `next_hop`.
+    Relay { next_hop: Ipv4Addr },
+    /// A FORWARD for another node with no direct next hop.
+    NoRoute,
+    /// Any other message: the control thread's business.
+    Upcall,
+    /// Empty plaintext, or a FORWARD whose packet is not IPv4.
+    Malformed,
+}
+
+/// Decide on an opened plaintext (type byte first).
+pub fn inbound(snap: &Snapshot, plain: &[u8]) -> Inbound {
+    match plain.first() {
+        None => Inbound::Malformed,
+        Some(&ty::FORWARD) => {
+            let packet = &plain[1..];
+            // Only addresses are read from the outer header: Candy's
+            // pseudo-header is all zero apart from protocol and addresses,
+            // so it is no valid IPv4 header.
+            let Ok(wrapped) = subnet::is_encapsulated(packet) else {
+                return Inbound::Malformed;
+            };
+            if !wrapped && classify(packet).is_err() {
+                return Inbound::Malformed;
+            }
+            let addr = |at: usize| {
+                Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3])
+            };
+            let (src, dst) = (addr(12), addr(16));
+            if dst != snap.own_vip {
+                return match snap.relay_hop(dst) {
+                    Some(next_hop) => Inbound::Relay { next_hop },
+                    None => Inbound::NoRoute,
+                };
+            }
+            let Ok(inner) = subnet::decapsulate(packet) else {
+                return Inbound::Malformed;
+            };
+            if classify(inner).is_err() {
+                return Inbound::Malformed;
+            }
+            let start = 1 + (packet.len() - inner.len());
+            Inbound::Deliver {
+                packet: start..plain.len(),
+                src,
+            }
+        }
+        Some(_) => Inbound::Upcall,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::snapshot::PeerEntry;
+    use crate::proto::crypto::{CipherKind, IvSequence};
+    use crate::route::subnet::{SubnetRoute, SubnetRoutes};
+    use std::sync::Arc;
+
+    const OWN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    fn packet(src: Ipv4Addr, dst: Ipv4Addr, len: usize) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[9] = 17;
+        p[12..16].copy_from_slice(&src.octets());
+        p[16..20].copy_from_slice(&dst.octets());
+        for (i, b) in p[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        p
+    }
+
+    fn key(vip: Ipv4Addr) -> PeerKey {
+        PeerKey::for_vip(CipherKind::Aes256Gcm, b"pw", vip)
+    }
+
+    fn in_buffer(p: &[u8], headroom: usize) -> Vec<u8> {
+        let mut buf = vec![0xeeu8; headroom + p.len() + 7];
+        buf[headroom..headroom + p.len()].copy_from_slice(p);
+        buf
+    }
+
+    #[test]
+    fn sealed_forward_opens_to_type_and_packet() {
+        let p = packet(OWN, PEER, 100);
+        let mut buf = in_buffer(&p, 64);
+        let mut ivs = IvSequence::new();
+        let r = seal_forward(&key(PEER), ivs.next_iv(), &mut buf, 64, p.len(), None).unwrap();
+        assert_eq!(r, 64 - 29..64 + 100);
+        let mut dgram = buf[r].to_vec();
+        let plain = key(PEER).open_in_place(&mut dgram).unwrap();
+        assert_eq!(plain[0], ty::FORWARD);
+        assert_eq!(&plain[1..], &p[..]);
+        // Bytes in front of the datagram are left alone.
+        assert!(buf[..64 - 29].iter().all(|&b| b == 0xee));
+    }
+
+    #[test]
+    fn wrapped_forward_carries_a_valid_pseudo_header() {
+        let lan = Ipv4Addr::new(172, 16, 2, 9);
+        let p = packet(Ipv4Addr::new(192, 168, 1, 5), lan, 60);
+        let mut buf = in_buffer(&p, 64);
+        let gw = Ipv4Addr::new(10, 0, 0, 3);
+        let r = seal_forward(&key(PEER), [1; 12], &mut buf, 64, p.len(), Some((OWN, gw))).unwrap();
+        assert_eq!(r.len(), 29 + 20 + 60);
+        let mut dgram = buf[r].to_vec();
+        let plain = key(PEER).open_in_place(&mut dgram).unwrap();
+        let wrapped = &plain[1..];
+        assert_eq!(
+            &wrapped[..20],
+            &subnet::build_pseudo_header(OWN, gw, 60).unwrap()
+        );
+        assert_eq!(subnet::decapsulate(wrapped).unwrap(), &p[..]);
+    }
+
+    #[test]
+    fn refuses_missing_headroom_and_oversize() {
+        let p = packet(OWN, PEER, 100);
+        let mut buf = in_buffer(&p, 40);
+        assert_eq!(
+            seal_forward(&key(PEER), [0; 12], &mut buf, 40, 100, Some((OWN, PEER))),
+            Err(FrameError::NoHeadroom { need: 49, have: 40 })
+        );
+        // 1471 + 29 = 1500 fits; one more byte does not.
+        let big = packet(OWN, PEER, 1472);
+        let mut buf = in_buffer(&big, 64);
+        assert_eq!(
+            seal_forward(&key(PEER), [0; 12], &mut buf, 64, 1472, None),
+            Err(FrameError::Oversize(1501))
+        );
+        assert!(seal_forward(&key(PEER), [0; 12], &mut buf, 64, 1471, None).is_ok());
+        assert_eq!(
+            seal_forward(&key(PEER), [0; 12], &mut buf, 64, 5000, None),
+            Err(FrameError::PacketOutOfRange { len: 5000 })
+        );
+    }
+
+    #[test]
+    fn wrap_in_place_prepends_the_header() {
+        let p = packet(OWN, PEER, 40);
+        let mut buf = in_buffer(&p, 64);
+        let r = wrap_in_place(&mut buf, 64, 40, OWN, PEER).unwrap();
+        assert_eq!(r, 44..104);
+        assert_eq!(subnet::decapsulate(&buf[r]).unwrap(), &p[..]);
+        assert!(wrap_in_place(&mut buf, 10, 40, OWN, PEER).is_err());
+    }
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot {
+            own_vip: OWN,
+            subnets: SubnetRoutes::new(OWN),
+            ..Default::default()
+        };
+        s.direct.insert(
+            PEER,
+            PeerEntry {
+                endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+                key: Arc::new(key(PEER)),
+                counters: Arc::default(),
+            },
+        );
+        s.subnets.push(
+            SubnetRoute::new(
+                Ipv4Addr::new(172, 16, 0, 0),
+                Ipv4Addr::new(255, 255, 0, 0),
+                PEER,
+            )
+            .unwrap(),
+        );
+        s
+    }
+
+    fn forward(p: &[u8]) -> Vec<u8> {
+        let mut v = vec![ty::FORWARD];
+        v.extend_from_slice(p);
+        v
+    }
+
+    #[test]
+    fn inbound_decisions() {
+        let s = snapshot();
+        let p = packet(PEER, OWN, 48);
+        assert_eq!(
+            inbound(&s, &forward(&p)),
+            Inbound::Deliver {
+                packet: 1..49,
+                src: PEER
+            }
+        );
+        // Wrapped for us: the inner packet is delivered, counted to the
+        // outer source (the sending gateway).
+        let inner = packet(
+            Ipv4Addr::new(172, 17, 0, 1),
+            Ipv4Addr::new(192, 168, 1, 2),
+            30,
+        );
+        let mut wrapped = subnet::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
+        wrapped.extend_from_slice(&inner);
+        assert_eq!(
+            inbound(&s, &forward(&wrapped)),
+            Inbound::Deliver {
+                packet: 21..51,
+                src: PEER
+            }
+        );
+        // Candy's all-zero pseudo-header is accepted too.
+        let mut zero = [0u8; 20];
+        zero[9] = 4;
+        zero[12..16].copy_from_slice(&PEER.octets());
+        zero[16..20].copy_from_slice(&OWN.octets());
+        let mut candy = zero.to_vec();
+        candy.extend_from_slice(&inner);
+        assert!(matches!(
+            inbound(&s, &forward(&candy)),
+            Inbound::Deliver { .. }
+        ));
+        // For someone else: relayed to a direct hop, or dropped.
+        assert_eq!(
+            inbound(&s, &forward(&packet(OWN, PEER, 20))),
+            Inbound::Relay { next_hop: PEER }
+        );
+        assert_eq!(
+            inbound(&s, &forward(&packet(PEER, Ipv4Addr::new(10, 0, 0, 9), 20))),
+            Inbound::NoRoute
+        );
+        assert_eq!(inbound(&s, &[0, 1, 2]), Inbound::Upcall);
+        assert_eq!(inbound(&s, &[7]), Inbound::Upcall);
+        assert_eq!(inbound(&s, &[]), Inbound::Malformed);
+        assert_eq!(inbound(&s, &[ty::FORWARD, 0x45, 0]), Inbound::Malformed);
+        let mut truncated_inner = subnet::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
+        truncated_inner.extend_from_slice(&[0x45; 10]);
+        assert_eq!(inbound(&s, &forward(&truncated_inner)), Inbound::Malformed);
+    }
+
+    #[test]
+    fn parses_recvmsg_output() {
+        let from = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 4), 3478);
+        // SAFETY: an all-zero msghdr is valid.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_namelen = 16;
+        let mut buf = vec![0u8; RECVMSG_PREFIX + 5];
+        buf[0..4].copy_from_slice(&16u32.to_ne_bytes()); // namelen
+        buf[8..12].copy_from_slice(&5u32.to_ne_bytes()); // payloadlen
+        let sa = crate::sys::udp::sockaddr_in(from);
+        // SAFETY: sockaddr_in is plain old data.
+        let sa: [u8; 16] = unsafe { std::mem::transmute(sa) };
+        buf[16..32].copy_from_slice(&sa);
+        buf[32..].copy_from_slice(b"hello");
+        let r = parse_recvmsg(&buf, &hdr).unwrap();
+        assert_eq!(r.from, from);
+        assert_eq!(&buf[r.payload], b"hello");
+        assert_eq!(parse_recvmsg(&buf[..20], &hdr), Err(RecvError::Short(20)));
+        let mut trunc = buf.clone();
+        trunc[12..16].copy_from_slice(&(libc::MSG_TRUNC as u32).to_ne_bytes());
+        assert_eq!(parse_recvmsg(&trunc, &hdr), Err(RecvError::Truncated));
+    }
+}

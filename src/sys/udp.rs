@@ -1,0 +1,267 @@
+//! The dataplane's UDP sockets: one per worker, all bound to one port.
+//!
+//! SO_REUSEPORT lets every worker own a socket of its own on the shared port
+//! (the kernel picks the socket by a hash of the 4-tuple, so one peer's
+//! datagrams always land on the same worker and stay in order).
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// What the sockets are asked for. Candy uses 16 MiB; a worker can have
+/// about `buffers_per_worker` datagrams in flight, which a stock 208 KiB
+/// buffer cannot hold.
+pub const SOCKET_BUFFER_BYTES: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UdpError {
+    #[error("creating a UDP socket: {0}")]
+    Socket(#[source] io::Error),
+    #[error("setting {option} on the UDP socket: {source}")]
+    SetOption {
+        option: &'static str,
+        source: io::Error,
+    },
+    #[error("binding UDP port {port}: {source}")]
+    Bind { port: u16, source: io::Error },
+    #[error("reading the bound UDP address: {0}")]
+    LocalAddr(#[source] io::Error),
+}
+
+fn set_int(fd: &OwnedFd, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: value is a live c_int and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn get_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: value and len are live and sized for a c_int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ask for `bytes` of buffer: the FORCE variant ignores net.core.*mem_max
+/// but needs CAP_NET_ADMIN; without it the plain option is capped at the
+/// sysctl, which is slower under bursts, not wrong.
+fn set_buffer(fd: &OwnedFd, force: i32, plain: i32, bytes: usize) -> io::Result<()> {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    set_int(fd, libc::SOL_SOCKET, force, bytes)
+        .or_else(|_| set_int(fd, libc::SOL_SOCKET, plain, bytes))
+}
+
+/// A non-blocking, close-on-exec IPv4 UDP socket with SO_REUSEPORT bound to
+/// `0.0.0.0:port` (0 = ephemeral), with large buffers.
+pub fn bind_reuseport(port: u16, buffer_bytes: usize) -> Result<OwnedFd, UdpError> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(UdpError::Socket(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh descriptor owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    set_int(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1).map_err(|source| {
+        UdpError::SetOption {
+            option: "SO_REUSEPORT",
+            source,
+        }
+    })?;
+    set_buffer(&fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, buffer_bytes).map_err(|source| {
+        UdpError::SetOption {
+            option: "SO_RCVBUF",
+            source,
+        }
+    })?;
+    set_buffer(&fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, buffer_bytes).map_err(|source| {
+        UdpError::SetOption {
+            option: "SO_SNDBUF",
+            source,
+        }
+    })?;
+    let sa = sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    // SAFETY: sa is a valid sockaddr_in and its size is passed with it.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(UdpError::Bind {
+            port,
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(fd)
+}
+
+/// The address a socket is bound to (to learn an ephemeral port).
+pub fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddrV4, UdpError> {
+    // SAFETY: an all-zero sockaddr_in is a valid value.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sa and len are live and sized for a sockaddr_in.
+    let rc = unsafe {
+        libc::getsockname(
+            fd.as_raw_fd(),
+            (&mut sa as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(UdpError::LocalAddr(io::Error::last_os_error()));
+    }
+    from_sockaddr_in(&sa).ok_or_else(|| {
+        UdpError::LocalAddr(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "socket is not bound to an IPv4 address",
+        ))
+    })
+}
+
+/// Receive and send buffer sizes the kernel actually granted, in bytes.
+pub fn buffer_sizes(fd: BorrowedFd<'_>) -> io::Result<(usize, usize)> {
+    let r = get_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+    let s = get_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+    Ok((r.max(0) as usize, s.max(0) as usize))
+}
+
+pub fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: an all-zero sockaddr_in is a valid value; the padding stays 0.
+    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
+    sa.sin_family = libc::AF_INET as libc::sa_family_t;
+    sa.sin_port = addr.port().to_be();
+    sa.sin_addr = libc::in_addr {
+        s_addr: u32::from_ne_bytes(addr.ip().octets()),
+    };
+    sa
+}
+
+pub fn from_sockaddr_in(sa: &libc::sockaddr_in) -> Option<SocketAddrV4> {
+    if i32::from(sa.sin_family) != libc::AF_INET {
+        return None;
+    }
+    Some(SocketAddrV4::new(
+        Ipv4Addr::from(sa.sin_addr.s_addr.to_ne_bytes()),
+        u16::from_be(sa.sin_port),
+    ))
+}
+
+/// Decode a `sockaddr_in` as the kernel wrote it into a receive buffer
+/// (unaligned, possibly short).
+pub fn parse_sockaddr_in(name: &[u8]) -> Option<SocketAddrV4> {
+    if name.len() < mem::size_of::<libc::sockaddr_in>() {
+        return None;
+    }
+    let family = u16::from_ne_bytes([name[0], name[1]]);
+    if i32::from(family) != libc::AF_INET {
+        return None;
+    }
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(name[4], name[5], name[6], name[7]),
+        u16::from_be_bytes([name[2], name[3]]),
+    ))
+}
+
+/// One `sendto(2)` without waiting: a full socket buffer is an error
+/// (`WouldBlock`), never a stall of the caller's event loop.
+pub fn send_to(fd: BorrowedFd<'_>, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
+    let sa = sockaddr_in(to);
+    loop {
+        // SAFETY: datagram and sa are live for the call, sizes passed along.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                libc::MSG_DONTWAIT,
+                (&sa as *const libc::sockaddr_in).cast(),
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n >= 0 {
+            // UDP sends all or nothing.
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn sockaddr_round_trip_and_parse() {
+        let a = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 7), 40_001);
+        let sa = sockaddr_in(a);
+        assert_eq!(from_sockaddr_in(&sa), Some(a));
+        // SAFETY: sockaddr_in is plain old data.
+        let bytes: [u8; 16] = unsafe { mem::transmute(sa) };
+        assert_eq!(parse_sockaddr_in(&bytes), Some(a));
+        assert_eq!(parse_sockaddr_in(&bytes[..15]), None);
+        let mut v6 = bytes;
+        v6[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+        assert_eq!(parse_sockaddr_in(&v6), None);
+    }
+
+    #[test]
+    fn reuseport_sockets_share_an_ephemeral_port() {
+        let a = bind_reuseport(0, 1 << 20).unwrap();
+        let port = local_addr(a.as_fd()).unwrap().port();
+        assert_ne!(port, 0);
+        let b = bind_reuseport(port, 1 << 20).unwrap();
+        assert_eq!(local_addr(b.as_fd()).unwrap().port(), port);
+        let (r, s) = buffer_sizes(a.as_fd()).unwrap();
+        assert!(r > 0 && s > 0);
+
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let std::net::SocketAddr::V4(to) = peer.local_addr().unwrap() else {
+            unreachable!()
+        };
+        send_to(a.as_fd(), b"hi", to).unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hi");
+        assert_eq!(from.port(), port);
+    }
+}

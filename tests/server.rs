@@ -1,0 +1,865 @@
+//! The coordination server against in-process WebSocket clients on
+//! loopback. Every wait is bounded by a timeout; nothing sleeps.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use ringlink::config::{ServerConfig, SubnetRoute, TlsFiles};
+use ringlink::proto::stun;
+use ringlink::proto::ws::{
+    self, Auth, Discovery, ExptTun, General, PeerConn, SysRoute, Vmac, WsMessage,
+};
+use ringlink::proto::Ipv4Cidr;
+use ringlink::server::{Counters, Server, ShutdownHandle, Tuning};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+const PW: &str = "correct horse";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn config(routes: Vec<SubnetRoute>) -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        password: PW.into(),
+        pool: "10.77.0.0/24".parse().unwrap(),
+        tls: None,
+        stun: Some("127.0.0.1:0".parse().unwrap()),
+        routes,
+        max_clients: 64,
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    stun: Option<SocketAddr>,
+    stop: ShutdownHandle,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.shutdown();
+    }
+}
+
+async fn start_with(cfg: ServerConfig, tuning: Tuning) -> Running {
+    // Server logs show up with `--nocapture` (RUST_LOG to filter).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let server = Server::bind_with(cfg, tuning).await.unwrap();
+    let r = Running {
+        addr: server.local_addr(),
+        stun: server.stun_addr(),
+        stop: server.shutdown_handle(),
+        counters: server.counters(),
+    };
+    tokio::spawn(server.run());
+    r
+}
+
+async fn start(routes: Vec<SubnetRoute>) -> Running {
+    start_with(config(routes), Tuning::default()).await
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+async fn connect(addr: SocketAddr) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/some/path"), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, frame: Vec<u8>) {
+    ws.send(Message::Binary(frame)).await.unwrap();
+}
+
+/// The next binary frame, skipping control frames.
+async fn recv<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Vec<u8> {
+    timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return b,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("expected a binary frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a frame")
+}
+
+/// Waits for the server to end the session; returns the Close reason.
+async fn closed<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
+    timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return f.reason.into_owned(),
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return String::new(),
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await
+    .expect("session was not closed")
+}
+
+fn vmac(tag: u8) -> [u8; 16] {
+    let mut v = *b"0123456789abcdef";
+    v[15] = b'a' + tag;
+    v
+}
+
+fn keepalive(vip: Ipv4Addr) -> Vec<u8> {
+    ws::encode_keepalive(vip)
+}
+
+/// Sends a self-addressed GENERAL and waits for its echo: proof that the
+/// session is authenticated, and that nothing else was queued before it.
+async fn sync<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, vip: Ipv4Addr) {
+    send(ws, keepalive(vip)).await;
+    assert_eq!(recv(ws).await, keepalive(vip), "expected only the echo");
+}
+
+async fn join_with<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    vip: Ipv4Addr,
+    tag: Option<u8>,
+) {
+    if let Some(t) = tag {
+        send(ws, Vmac::new(PW.as_bytes(), vmac(t), now()).encode()).await;
+    }
+    send(ws, Auth::new(PW.as_bytes(), vip, now()).encode()).await;
+}
+
+async fn join(addr: SocketAddr, vip: &str, tag: Option<u8>) -> Ws {
+    let mut ws = connect(addr).await;
+    join_with(&mut ws, ip(vip), tag).await;
+    sync(&mut ws, ip(vip)).await;
+    ws
+}
+
+fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    let len = (20 + payload.len()) as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn forward(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    ws::encode_forward(&packet(ip(src), ip(dst), payload), &mut f);
+    f
+}
+
+async fn expttun<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    request: &str,
+) -> Ipv4Cidr {
+    let req = ExptTun::new(PW.as_bytes(), request.parse().unwrap(), now()).encode();
+    send(ws, req).await;
+    let reply = recv(ws).await;
+    match WsMessage::decode(&reply).unwrap() {
+        WsMessage::ExptTun(e) => {
+            assert!(e.verify(PW.as_bytes()), "reply hash is valid");
+            assert!((e.timestamp - now()).abs() < 10);
+            e.cidr
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+fn load(c: &Counters, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+    f(c).load(Ordering::Relaxed)
+}
+
+#[tokio::test]
+async fn static_auth_then_unicast_and_broadcast_relay() {
+    let s = start(vec![]).await;
+    let mut a = join(s.addr, "10.77.0.10", Some(0)).await;
+    let mut b = join(s.addr, "10.77.0.11", Some(1)).await;
+    let mut c = join(s.addr, "10.77.0.12", None).await;
+    assert_eq!(load(&s.counters, |c| &c.clients), 3);
+
+    let f = forward("10.77.0.10", "10.77.0.11", b"hello b");
+    send(&mut a, f.clone()).await;
+    assert_eq!(recv(&mut b).await, f, "byte-for-byte");
+    sync(&mut c, ip("10.77.0.12")).await;
+
+    for dst in ["10.77.0.255", "224.0.0.251", "255.255.255.255"] {
+        let f = forward("10.77.0.10", dst, b"to all");
+        send(&mut a, f.clone()).await;
+        assert_eq!(recv(&mut b).await, f, "{dst}");
+        assert_eq!(recv(&mut c).await, f, "{dst}");
+    }
+    // Not back to the sender; an unknown destination goes nowhere.
+    send(&mut a, forward("10.77.0.10", "10.77.0.99", b"lost")).await;
+    sync(&mut a, ip("10.77.0.10")).await;
+    assert_eq!(load(&s.counters, |c| &c.forward_no_route), 1);
+    assert_eq!(load(&s.counters, |c| &c.forward_broadcast), 3);
+
+    // DISCOVERY broadcast reaches the others, unicast reaches one.
+    let d = Discovery {
+        src: ip("10.77.0.11"),
+        dst: ws::BROADCAST,
+    }
+    .encode();
+    send(&mut b, d.clone()).await;
+    assert_eq!(recv(&mut a).await, d);
+    assert_eq!(recv(&mut c).await, d);
+    sync(&mut b, ip("10.77.0.11")).await;
+}
+
+#[tokio::test]
+async fn expttun_distinct_addresses_and_sticky_vmac() {
+    let s = start(vec![]).await;
+    let mut clients = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in 0..6u8 {
+        let mut ws = connect(s.addr).await;
+        send(&mut ws, Vmac::new(PW.as_bytes(), vmac(t), now()).encode()).await;
+        let cidr = expttun(&mut ws, "0.0.0.0/0").await;
+        assert_eq!(cidr.prefix, 24);
+        let pool: Ipv4Cidr = "10.77.0.0/24".parse().unwrap();
+        assert!(pool.is_usable_host(cidr.addr), "{cidr}");
+        assert!(seen.insert(cidr.addr), "{cidr} handed out twice");
+        join_with(&mut ws, cidr.addr, None).await;
+        sync(&mut ws, cidr.addr).await;
+        clients.push((ws, cidr.addr));
+    }
+    // A request for an address someone holds is not honoured.
+    let mut other = connect(s.addr).await;
+    send(
+        &mut other,
+        Vmac::new(PW.as_bytes(), vmac(20), now()).encode(),
+    )
+    .await;
+    let held = clients[1].1;
+    let got = expttun(&mut other, &format!("{held}/24")).await;
+    assert_ne!(got.addr, held);
+    // A free requested address is granted as asked.
+    let got = expttun(&mut other, "10.77.0.200/24").await;
+    assert_eq!(got.addr, ip("10.77.0.200"));
+
+    // Client 0 goes away and comes back without a cached address.
+    let (mut ws0, addr0) = clients.remove(0);
+    ws0.close(None).await.unwrap();
+    let _ = closed(&mut ws0).await;
+    let mut back = None;
+    for _ in 0..50 {
+        let mut ws = connect(s.addr).await;
+        send(&mut ws, Vmac::new(PW.as_bytes(), vmac(0), now()).encode()).await;
+        let cidr = expttun(&mut ws, "0.0.0.0/0").await;
+        if cidr.addr == addr0 {
+            back = Some(ws);
+            break;
+        }
+        // The old session may not be gone yet; the grant must then differ.
+        assert!(!seen.contains(&cidr.addr) || cidr.addr == addr0);
+    }
+    let mut back = back.expect("same vmac got its address back");
+    join_with(&mut back, addr0, None).await;
+    sync(&mut back, addr0).await;
+
+    // Reconnect while the old session is still open: same vmac may take
+    // over, and the old session is closed.
+    let (mut old, addr1) = clients.remove(0);
+    let mut new = connect(s.addr).await;
+    send(&mut new, Vmac::new(PW.as_bytes(), vmac(1), now()).encode()).await;
+    assert_eq!(expttun(&mut new, &format!("{addr1}/24")).await.addr, addr1);
+    join_with(&mut new, addr1, None).await;
+    sync(&mut new, addr1).await;
+    assert!(closed(&mut old).await.contains("reconnect"));
+    assert_eq!(load(&s.counters, |c| &c.evicted_reconnect), 1);
+    // Traffic to that address now reaches the new session.
+    let (ws2, addr2) = &mut clients[0];
+    let f = forward(&addr2.to_string(), &addr1.to_string(), b"x");
+    send(ws2, f.clone()).await;
+    assert_eq!(recv(&mut new).await, f);
+}
+
+#[tokio::test]
+async fn exhausted_pool_is_a_logged_refusal() {
+    let mut cfg = config(vec![]);
+    cfg.pool = "10.77.0.0/30".parse().unwrap();
+    let s = start_with(cfg, Tuning::default()).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(s.addr).await;
+        let cidr = expttun(&mut ws, "0.0.0.0/0").await;
+        assert_eq!(cidr.prefix, 30);
+        held.push((ws, cidr.addr));
+    }
+    assert_ne!(held[0].1, held[1].1);
+    let mut third = connect(s.addr).await;
+    send(
+        &mut third,
+        ExptTun::new(PW.as_bytes(), ExptTun::unspecified_cidr(), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut third).await.contains("exhausted"));
+    assert_eq!(load(&s.counters, |c| &c.refused_pool_exhausted), 1);
+    // A reservation ends with its session.
+    let (mut gone, addr) = held.remove(0);
+    gone.close(None).await.unwrap();
+    closed(&mut gone).await;
+    let mut next = None;
+    for _ in 0..50 {
+        let mut ws = connect(s.addr).await;
+        send(
+            &mut ws,
+            ExptTun::new(PW.as_bytes(), ExptTun::unspecified_cidr(), now()).encode(),
+        )
+        .await;
+        match ws.next().await {
+            Some(Ok(Message::Binary(_))) => {
+                next = Some(ws);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    assert!(next.is_some(), "{addr} was never freed");
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_others_keep_relaying() {
+    let s = start(vec![]).await;
+    let mut a = join(s.addr, "10.77.0.1", Some(0)).await;
+    let mut b = join(s.addr, "10.77.0.2", Some(1)).await;
+
+    for bad in [
+        Auth::new(b"wrong", ip("10.77.0.3"), now()).encode(),
+        Vmac::new(b"wrong", vmac(3), now()).encode(),
+        ExptTun::new(b"wrong", ExptTun::unspecified_cidr(), now()).encode(),
+    ] {
+        let mut x = connect(s.addr).await;
+        send(&mut x, bad).await;
+        assert!(closed(&mut x).await.contains("wrong password"));
+    }
+    // A wrong password for an address in use does not disturb its holder.
+    let mut x = connect(s.addr).await;
+    send(&mut x, Auth::new(b"wrong", ip("10.77.0.2"), now()).encode()).await;
+    closed(&mut x).await;
+    assert_eq!(load(&s.counters, |c| &c.refused_bad_hash), 4);
+
+    let f = forward("10.77.0.1", "10.77.0.2", b"still here");
+    send(&mut a, f.clone()).await;
+    assert_eq!(recv(&mut b).await, f);
+}
+
+#[tokio::test]
+async fn stale_timestamp_is_refused() {
+    let s = start(vec![]).await;
+    for ts in [now() - 301, now() + 301, i64::MIN] {
+        let mut x = connect(s.addr).await;
+        send(
+            &mut x,
+            Auth::new(PW.as_bytes(), ip("10.77.0.4"), ts).encode(),
+        )
+        .await;
+        assert!(closed(&mut x).await.contains("timestamp"));
+    }
+    // Within the window it is fine.
+    let _ok = {
+        let mut x = connect(s.addr).await;
+        send(
+            &mut x,
+            Auth::new(PW.as_bytes(), ip("10.77.0.4"), now() - 250).encode(),
+        )
+        .await;
+        sync(&mut x, ip("10.77.0.4")).await;
+        x
+    };
+    assert_eq!(load(&s.counters, |c| &c.refused_stale_timestamp), 3);
+}
+
+#[tokio::test]
+async fn duplicate_address_refuses_the_newcomer() {
+    let s = start(vec![]).await;
+    let mut holder = join(s.addr, "10.77.0.5", Some(0)).await;
+    let mut peer = join(s.addr, "10.77.0.6", None).await;
+    // Different vmac, and no vmac at all: both refused.
+    for tag in [Some(9), None] {
+        let mut x = connect(s.addr).await;
+        join_with(&mut x, ip("10.77.0.5"), tag).await;
+        assert!(closed(&mut x).await.contains("in use"));
+    }
+    assert_eq!(load(&s.counters, |c| &c.refused_address_in_use), 2);
+    let f = forward("10.77.0.6", "10.77.0.5", b"holder still works");
+    send(&mut peer, f.clone()).await;
+    assert_eq!(recv(&mut holder).await, f);
+}
+
+#[tokio::test]
+async fn address_outside_the_pool_is_refused() {
+    let s = start(vec![]).await;
+    for vip in ["10.78.0.1", "10.77.0.0", "10.77.0.255", "0.0.0.0"] {
+        let mut x = connect(s.addr).await;
+        send(&mut x, Auth::new(PW.as_bytes(), ip(vip), now()).encode()).await;
+        assert!(closed(&mut x).await.contains("not a usable host"), "{vip}");
+    }
+    assert_eq!(load(&s.counters, |c| &c.refused_outside_pool), 4);
+}
+
+#[tokio::test]
+async fn second_auth_with_another_address_is_refused_and_frees_the_first() {
+    let s = start(vec![]).await;
+    let mut x = join(s.addr, "10.77.0.7", Some(0)).await;
+    // The same address again is harmless.
+    send(
+        &mut x,
+        Auth::new(PW.as_bytes(), ip("10.77.0.7"), now()).encode(),
+    )
+    .await;
+    sync(&mut x, ip("10.77.0.7")).await;
+    send(
+        &mut x,
+        Auth::new(PW.as_bytes(), ip("10.77.0.8"), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut x).await.contains("second AUTH"));
+    // Neither address is left behind.
+    let _a = join(s.addr, "10.77.0.7", Some(5)).await;
+    let _b = join(s.addr, "10.77.0.8", Some(6)).await;
+}
+
+#[tokio::test]
+async fn oversize_malformed_and_unauthenticated_frames_close_only_that_session() {
+    let s = start(vec![]).await;
+    let mut a = join(s.addr, "10.77.0.1", None).await;
+    let mut b = join(s.addr, "10.77.0.2", None).await;
+
+    let mut big = join(s.addr, "10.77.0.3", None).await;
+    send(&mut big, forward("10.77.0.3", "10.77.0.1", &[0u8; 1600])).await;
+    assert!(closed(&mut big).await.contains("exceeds"));
+    // Far above the limit: tungstenite refuses it before buffering.
+    let mut huge = join(s.addr, "10.77.0.4", None).await;
+    let _ = huge
+        .send(Message::Binary(forward(
+            "10.77.0.4",
+            "10.77.0.1",
+            &[0u8; 100_000],
+        )))
+        .await;
+    closed(&mut huge).await;
+    assert_eq!(load(&s.counters, |c| &c.refused_oversize), 2);
+
+    let short_frames: [Vec<u8>; 4] = [
+        vec![0, 1, 2, 3, 4],
+        vec![ws::ty::FORWARD; 20],
+        vec![ws::ty::DISCOVERY, 10, 77, 0, 5],
+        vec![],
+    ];
+    for (i, f) in short_frames.into_iter().enumerate() {
+        let vip = format!("10.77.0.{}", 10 + i);
+        let mut m = join(s.addr, &vip, None).await;
+        send(&mut m, f).await;
+        assert!(closed(&mut m).await.contains("malformed"), "{i}");
+    }
+    assert_eq!(load(&s.counters, |c| &c.refused_malformed), 4);
+
+    // Relay messages before AUTH.
+    for f in [
+        forward("10.77.0.20", "10.77.0.1", b"x"),
+        Discovery {
+            src: ip("10.77.0.20"),
+            dst: ws::BROADCAST,
+        }
+        .encode(),
+    ] {
+        let mut m = connect(s.addr).await;
+        send(&mut m, f).await;
+        assert!(closed(&mut m).await.contains("before AUTH"));
+    }
+    // Unknown types and text frames are ignored, not fatal.
+    send(&mut a, vec![0xF0, 1, 2, 3]).await;
+    let route = SysRoute {
+        dst: "192.168.9.0/24".parse().unwrap(),
+        next: ip("10.77.0.2"),
+    };
+    send(&mut a, SysRoute::encode_list(&[route]).concat()).await;
+    a.send(Message::Text("hello".into())).await.unwrap();
+    sync(&mut a, ip("10.77.0.1")).await;
+
+    let f = forward("10.77.0.1", "10.77.0.2", b"unaffected");
+    send(&mut a, f.clone()).await;
+    assert_eq!(recv(&mut b).await, f);
+}
+
+#[tokio::test]
+async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
+    let routes = vec![SubnetRoute {
+        dst: "192.168.20.0/24".parse().unwrap(),
+        via: ip("10.77.0.20"),
+        for_clients: "10.77.0.0/24".parse().unwrap(),
+    }];
+    let s = start(routes).await;
+    let mut a = connect(s.addr).await;
+    let mut b = connect(s.addr).await;
+    let mut gw = connect(s.addr).await;
+    for (ws, vip) in [
+        (&mut a, "10.77.0.1"),
+        (&mut b, "10.77.0.2"),
+        (&mut gw, "10.77.0.20"),
+    ] {
+        join_with(ws, ip(vip), None).await;
+        // The pushed route comes first.
+        assert_eq!(recv(ws).await[0], ws::ty::SYS_ROUTE);
+        sync(ws, ip(vip)).await;
+    }
+
+    // UDP4CONN claiming to come from b, sent by a: dropped.
+    let forged = PeerConn {
+        src: ip("10.77.0.2"),
+        dst: ip("10.77.0.20"),
+        endpoint: "198.51.100.1:4000".parse().unwrap(),
+    }
+    .encode();
+    send(&mut a, forged).await;
+    // GENERAL and DISCOVERY likewise.
+    send(
+        &mut a,
+        ws::encode_local_conn(
+            ip("10.77.0.2"),
+            ip("10.77.0.20"),
+            "192.168.1.2:1".parse().unwrap(),
+        ),
+    )
+    .await;
+    send(
+        &mut a,
+        Discovery {
+            src: ip("10.77.0.2"),
+            dst: ws::BROADCAST,
+        }
+        .encode(),
+    )
+    .await;
+    // FORWARD with a spoofed source.
+    send(&mut a, forward("10.77.0.2", "10.77.0.20", b"spoof")).await;
+    send(&mut a, forward("192.168.20.5", "10.77.0.20", b"spoof")).await;
+    sync(&mut a, ip("10.77.0.1")).await;
+    sync(&mut gw, ip("10.77.0.20")).await;
+    assert_eq!(load(&s.counters, |c| &c.control_spoofed), 3);
+    assert_eq!(load(&s.counters, |c| &c.forward_spoofed), 2);
+
+    // The genuine UDP4CONN, with trailing bytes, arrives byte-for-byte.
+    let mut genuine = PeerConn {
+        src: ip("10.77.0.1"),
+        dst: ip("10.77.0.20"),
+        endpoint: "198.51.100.1:4000".parse().unwrap(),
+    }
+    .encode();
+    genuine.extend_from_slice(b"RL\x01\x00");
+    send(&mut a, genuine.clone()).await;
+    assert_eq!(recv(&mut gw).await, genuine);
+    // GENERAL unicast too.
+    let g = General {
+        subtype: 7,
+        extra: 0,
+        src: ip("10.77.0.1"),
+        dst: ip("10.77.0.20"),
+        body: b"body",
+    }
+    .encode();
+    send(&mut a, g.clone()).await;
+    assert_eq!(recv(&mut gw).await, g);
+
+    // The gateway may send from the subnet it routes for, and pseudo-headers
+    // (version 0, protocol 4) pass on the outer addresses.
+    let f = forward("192.168.20.5", "10.77.0.1", b"from the LAN");
+    send(&mut gw, f.clone()).await;
+    assert_eq!(recv(&mut a).await, f);
+    let mut pseudo = vec![0u8; 20];
+    pseudo[9] = 4;
+    pseudo[12..16].copy_from_slice(&[10, 77, 0, 1]);
+    pseudo[16..20].copy_from_slice(&[10, 77, 0, 20]);
+    pseudo.extend_from_slice(&packet(ip("10.77.0.1"), ip("192.168.20.9"), b"in"));
+    let mut f = Vec::new();
+    ws::encode_forward(&pseudo, &mut f);
+    send(&mut a, f.clone()).await;
+    assert_eq!(recv(&mut gw).await, f);
+    sync(&mut b, ip("10.77.0.2")).await;
+}
+
+#[tokio::test]
+async fn routes_pushed_only_to_covered_clients() {
+    let route = |dst: &str, via: &str, f: &str| SubnetRoute {
+        dst: dst.parse().unwrap(),
+        via: ip(via),
+        for_clients: f.parse().unwrap(),
+    };
+    let r1 = route("192.168.20.0/24", "10.77.0.20", "10.77.0.0/25");
+    let r2 = route("192.168.30.0/24", "10.77.0.130", "10.77.0.128/25");
+    let r3 = route("172.16.0.0/16", "10.77.0.20", "10.77.0.64/26");
+    let s = start(vec![r1, r2, r3]).await;
+    let as_sys = |r: &SubnetRoute| SysRoute {
+        dst: r.dst,
+        next: r.via,
+    };
+    let cases = [
+        ("10.77.0.5", vec![as_sys(&r1)]),
+        ("10.77.0.70", vec![as_sys(&r1), as_sys(&r3)]),
+        ("10.77.0.200", vec![as_sys(&r2)]),
+    ];
+    let mut keep = Vec::new();
+    for (vip, want) in cases {
+        let mut ws = connect(s.addr).await;
+        join_with(&mut ws, ip(vip), None).await;
+        let frame = recv(&mut ws).await;
+        assert_eq!(
+            WsMessage::decode(&frame).unwrap(),
+            WsMessage::SysRoutes(want),
+            "{vip}"
+        );
+        // Nothing else before the echo.
+        sync(&mut ws, ip(vip)).await;
+        keep.push(ws);
+    }
+    assert_eq!(load(&s.counters, |c| &c.routes_pushed), 3);
+
+    // A server without routes for this client sends none.
+    let s2 = start(vec![route(
+        "192.168.40.0/24",
+        "10.77.0.20",
+        "10.77.0.128/25",
+    )])
+    .await;
+    let mut ws = connect(s2.addr).await;
+    join_with(&mut ws, ip("10.77.0.9"), None).await;
+    sync(&mut ws, ip("10.77.0.9")).await;
+}
+
+#[tokio::test]
+async fn ping_answered_with_the_same_payload() {
+    let s = start(vec![]).await;
+    let mut x = connect(s.addr).await;
+    // Before AUTH too: stock clients ping right after AUTH.
+    let payload = b"candy::linux::v6.1.8::gateway".to_vec();
+    x.send(Message::Ping(payload.clone())).await.unwrap();
+    let got = timeout(WAIT, x.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got, Message::Pong(payload));
+    join_with(&mut x, ip("10.77.0.9"), None).await;
+    x.send(Message::Ping(vec![7; 125])).await.unwrap();
+    let got = timeout(WAIT, x.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(got, Message::Pong(vec![7; 125]));
+}
+
+#[tokio::test]
+async fn unauthenticated_and_idle_sessions_time_out() {
+    let tuning = Tuning {
+        auth_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(600),
+        ..Tuning::default()
+    };
+    let s = start_with(config(vec![]), tuning).await;
+    let mut lazy = connect(s.addr).await;
+    assert!(closed(&mut lazy).await.contains("no AUTH"));
+    let mut idle = join(s.addr, "10.77.0.3", None).await;
+    assert!(closed(&mut idle).await.contains("no frame"));
+    assert_eq!(load(&s.counters, |c| &c.timeout_auth), 1);
+    assert_eq!(load(&s.counters, |c| &c.timeout_idle), 1);
+    // The address is free again.
+    let _again = join(s.addr, "10.77.0.3", Some(1)).await;
+}
+
+#[tokio::test]
+async fn connection_cap() {
+    let mut cfg = config(vec![]);
+    cfg.max_clients = 2;
+    let s = start_with(cfg, Tuning::default()).await;
+    let _a = join(s.addr, "10.77.0.1", None).await;
+    let _b = join(s.addr, "10.77.0.2", None).await;
+    let tcp = TcpStream::connect(s.addr).await.unwrap();
+    let r = timeout(
+        WAIT,
+        tokio_tungstenite::client_async(format!("ws://{}/", s.addr), tcp),
+    )
+    .await
+    .unwrap();
+    assert!(r.is_err(), "third connection refused");
+    assert_eq!(load(&s.counters, |c| &c.refused_capacity), 1);
+}
+
+#[tokio::test]
+async fn slow_reader_loses_its_own_packets_only() {
+    let tuning = Tuning {
+        send_queue: 8,
+        ..Tuning::default()
+    };
+    let s = start_with(config(vec![]), tuning).await;
+    let mut a = join(s.addr, "10.77.0.1", None).await;
+    let _slow = join(s.addr, "10.77.0.2", None).await;
+    let mut c = join(s.addr, "10.77.0.3", None).await;
+    let payload = [0x55u8; 1400];
+    let mut n = 0;
+    while load(&s.counters, |c| &c.queue_full) == 0 {
+        a.feed(Message::Binary(forward("10.77.0.1", "10.77.0.2", &payload)))
+            .await
+            .unwrap();
+        n += 1;
+        if n % 64 == 0 {
+            a.flush().await.unwrap();
+            // c is served promptly while the slow client's queue overflows.
+            let f = forward("10.77.0.1", "10.77.0.3", b"prompt");
+            send(&mut a, f.clone()).await;
+            assert_eq!(recv(&mut c).await, f);
+        }
+        assert!(n < 200_000, "queue never filled");
+    }
+}
+
+#[tokio::test]
+async fn stun_binding_request_answered_with_the_senders_address() {
+    let s = start(vec![]).await;
+    let stun_addr = s.stun.unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    // Garbage first: ignored, the responder keeps working.
+    sock.send_to(b"not stun at all", stun_addr).await.unwrap();
+    let req = stun::encode_binding_request(&[3; 12]);
+    sock.send_to(&req, stun_addr).await.unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(from, stun_addr, "answered from the socket asked");
+    let (txid, mapped) = stun::parse_binding_response(&buf[..n]).unwrap();
+    assert_eq!(txid, [3; 12]);
+    assert_eq!(SocketAddr::V4(mapped), me);
+    assert_eq!(load(&s.counters, |c| &c.stun_answered), 1);
+    assert_eq!(load(&s.counters, |c| &c.stun_ignored), 1);
+}
+
+#[tokio::test]
+async fn wss_with_a_self_signed_certificate() {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("ringlink-server-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+
+    let mut cfg = config(vec![]);
+    cfg.tls = Some(TlsFiles {
+        cert: cert_path.clone(),
+        key: key_path.clone(),
+    });
+    let s = start_with(cfg.clone(), Tuning::default()).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let mut clients = Vec::new();
+    for vip in ["10.77.0.1", "10.77.0.2"] {
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = connector.connect(name, tcp).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/", tls)
+            .await
+            .unwrap();
+        join_with(&mut ws, ip(vip), None).await;
+        sync(&mut ws, ip(vip)).await;
+        clients.push(ws);
+    }
+    let f = forward("10.77.0.1", "10.77.0.2", b"over tls");
+    send(&mut clients[0], f.clone()).await;
+    assert_eq!(recv(&mut clients[1]).await, f);
+
+    // Load errors name the file.
+    std::fs::write(&key_path, "not a key").unwrap();
+    let err = match Server::bind(cfg).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("bad key accepted"),
+    };
+    assert!(err.contains("key.pem"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions() {
+    let server = Server::bind(config(vec![])).await.unwrap();
+    let addr = server.local_addr();
+    let stop = server.shutdown_handle();
+    let task = tokio::spawn(server.run());
+    let mut a = join(addr, "10.77.0.1", None).await;
+    stop.shutdown();
+    assert!(closed(&mut a).await.contains("shutting down"));
+    timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+}
+
+/// Relay throughput between two clients in one process (client masking and
+/// parsing included). Run with `cargo test --release -- --ignored relay_throughput`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn relay_throughput() {
+    let s = start(vec![]).await;
+    let mut a = join(s.addr, "10.77.0.1", None).await;
+    let mut b = join(s.addr, "10.77.0.2", None).await;
+    const N: usize = 200_000;
+    let frame = forward("10.77.0.1", "10.77.0.2", &[0xAB; 1400]);
+    let len = frame.len();
+    let started = std::time::Instant::now();
+    let sender = tokio::spawn(async move {
+        for _ in 0..N {
+            a.feed(Message::Binary(frame.clone())).await.unwrap();
+        }
+        a.flush().await.unwrap();
+        a
+    });
+    let mut got = 0usize;
+    let mut last = started;
+    while got < N {
+        match timeout(Duration::from_secs(1), b.next()).await {
+            Ok(Some(Ok(Message::Binary(_)))) => {
+                got += 1;
+                last = std::time::Instant::now();
+            }
+            Ok(_) => {}
+            // Some frames were dropped at the full queue: count what came.
+            Err(_) => break,
+        }
+    }
+    let secs = (last - started).as_secs_f64();
+    let _a = sender.await.unwrap();
+    let gbit = (got * len * 8) as f64 / secs / 1e9;
+    eprintln!(
+        "relayed {got}/{N} frames of {len} bytes in {secs:.2} s: {gbit:.2} Gbit/s, queue drops {}",
+        load(&s.counters, |c| &c.queue_full)
+    );
+}
