@@ -146,7 +146,8 @@ rl_cleanup() {
     local rc=$?
     [ "$RL_CLEANED" = 1 ] && return 0
     RL_CLEANED=1
-    trap - INT TERM
+    # A second Ctrl-C must not cut the (bounded) cleanup short.
+    trap '' INT TERM
     local pid ns i
     # Processes first: a namespace with a live process in it outlives `ip netns del`.
     for pid in "${RL_PIDS[@]}"; do
@@ -480,7 +481,7 @@ rl_ready() { rl_connected "$1" && rl_has_vip "$1"; }
 
 # rl_paths <name> : "vip=path" per peer, or "(no peers listed)".
 rl_paths() {
-    rl_status_get "$1" '" ".join(p["vip"] + "=" + p["path"] + "(" + p["state"] + ")" for p in d["peers"]) or "(no peers listed)"'
+    rl_status_get "$1" '", ".join(p["vip"] + ": " + p["path"] + " (peer state " + p["state"] + ")" for p in d["peers"]) or "(no peers listed)"'
 }
 
 # ------------------------------------------------------------------ traffic
