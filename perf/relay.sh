@@ -44,12 +44,13 @@ read -r dropped relay_tx workers <<<"${drops:-- - -}"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 ver=$("$RINGLINK" --version 2>/dev/null | head -1)
 commit=$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo '?')
+bin_id="$(basename "$RINGLINK"), built $(date -u -r "$RINGLINK" '+%Y-%m-%d %H:%M UTC'), sha256 $(sha256sum "$RINGLINK" | cut -c1-12)"
 
 cat <<EOT
 
 ### Relay path (WebSocket via server), $(date -u +%Y-%m-%d)
 - host: $(uname -r), $(nproc) CPUs, ${cpu:-unknown CPU}
-- binary: ${ver:-ringlink} (commit $commit), client workers: $workers
+- binary: ${ver:-ringlink} ($bin_id; scripts at commit $commit), client workers: $workers
 - command: \`sudo bash perf/relay.sh\` (iperf3 -C cubic -t $SECS, a -> b through ws://10.91.0.1:7443, netns + veth + bridge)
 - TCP throughput: **$mbps Mbit/s** (retransmits $retr; client a relay_tx_frames $relay_tx, dropped $dropped)
 - ping RTT idle: median $idle_med ms, p90 $idle_p90 ms ($idle_n replies of 50)
