@@ -757,7 +757,7 @@ rl_cut_udp() {
     local node=$1 ip=$2
     rl_exec "$node" nft -f - <<EOF2 || rl_die "nft cut on $node"
 table inet rl_cut {
-    chain fwd {
+    chain cut {
         type filter hook forward priority filter; policy accept;
         ip daddr $ip meta l4proto udp counter drop
         ip saddr $ip meta l4proto udp counter drop
