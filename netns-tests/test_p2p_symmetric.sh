@@ -57,15 +57,24 @@ PY
 echo "  a's view of b (state retry_secs start_ms length_ms):"
 printf '%s\n' "$runs" | sed 's/^/    /'
 check_not "b never CONNECTED at a (status samples)" grep -q CONNECTED "$samples"
-waits=$(printf '%s\n' "$runs" | awk '$1 == "WAITING" {printf "%s%s", sep, $2; sep=","}')
+# §5.3: retry doubles only on WAITING -> INIT. A WAITING period can also end
+# early, without doubling, when the peer's public info arrives (the peer's
+# own attempt): it then repeats with the same retry. So: the distinct values
+# must run 3, 6, 12; a period that ends in a doubling lasts its retry; one
+# cut short lasts less.
+waits=$(printf '%s\n' "$runs" | awk '$1 == "WAITING" && $2 != last {printf "%s%s", sep, $2; sep=","; last=$2}')
 want="$((30 / DIV)),$((60 / DIV)),$((120 / DIV))"
 check "WAITING back-off seen by status: retry_secs $waits (want $want…, i.e. 30,60,120 / $DIV)" \
     test "${waits:0:${#want}}" = "$want"
-# Each complete WAITING run lasts its retry (± status refresh 0.5 s, sampling, a tick).
+# Each WAITING period is followed by a run whose retry says how it ended.
 durs_ok() {
-    printf '%s\n' "$runs" | awk '$1 == "WAITING" && $4 != "-" {n++; d = $4 / 1000 - $2; if (d < -1.2 || d > 1.2) bad++} END {exit !(n >= 2 && !bad)}'
+    printf '%s\n' "$runs" | awk '
+        prev_w && $2 == 2 * pr { n++; d = pd / 1000 - pr; if (d < -1.2 || d > 1.2) bad++ }
+        prev_w && $2 == pr     { if (pd / 1000 > pr + 1.2) bad++ }
+        { prev_w = ($1 == "WAITING" && $4 != "-"); pr = $2; pd = $4 }
+        END { exit !(n >= 2 && !bad) }'
 }
-check "the first two WAITING periods last their retry_secs (±1.2 s)" durs_ok
+check "WAITING periods ending in a doubling last their retry_secs (±1.2 s), none lasts longer" durs_ok
 
 check "ping a -> b over the relay (5 of 5)" rl_ping a "${vb:-none}" 5
 check "ping b -> a over the relay (5 of 5)" rl_ping b "${va:-none}" 5
