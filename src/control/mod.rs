@@ -24,7 +24,6 @@ use tracing::{info, warn};
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
 use crate::peer::{PeerConfig, Timers};
-use crate::proto::crypto::CipherKind;
 use crate::proto::ws::encode_forward;
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
@@ -130,7 +129,7 @@ async fn new_node(
         NodeConfig {
             own,
             password: cfg.password.as_bytes().to_vec(),
-            cipher: CipherKind::default(),
+            cipher: cfg.cipher,
             stun,
             peer,
             route,
