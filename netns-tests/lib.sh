@@ -1,1 +1,617 @@
-# placeholder: replaced by the netns branch
+# shellcheck shell=bash
+# ringlink netns test library: sourced by every netns-tests/test_*.sh, by
+# perf/relay.sh, and (concatenated in front of demo.sh) by `ringlink demo`.
+#
+# It must not depend on its own file location: `ringlink demo` writes it to a
+# temp file. The only input it needs is $RINGLINK (the binary), or a repo root
+# passed to rl_init to find target/release/ringlink.
+#
+# Rules it enforces for its users:
+#   * every namespace it creates is named "$RL_PREFIX<name>" (unique per run),
+#     and every address used lives inside those namespaces;
+#   * the host's interfaces, routes and nftables are never touched: links are
+#     created with `ip -n <ns>` directly inside our namespaces;
+#   * processes are started with rl_spawn and ended by PID only;
+#   * every wait has a deadline (rl_wait_until), every loop a bound;
+#   * rl_cleanup runs on EXIT, INT and TERM.
+
+# ------------------------------------------------------------------ state
+
+RL_PREFIX="rl$$-"            # namespace name prefix, unique per run
+RL_TMP=""                    # per-run temp dir (configs, logs, sockets)
+RL_NAMESPACES=()             # full names of namespaces we created
+RL_PIDS=()                   # PIDs of background processes we started
+declare -A RL_PID=()         # process name -> PID
+RL_FAILS=0
+RL_PASSES=0
+RL_CLEANED=0
+RL_VERBOSE="${RL_VERBOSE:-0}"
+
+RL_SERVER_IP="10.91.0.1"
+RL_SERVER_PORT="7443"
+RL_PASSWORD="${RL_PASSWORD:-secret}"
+RL_POOL="10.77.0.0/24"
+
+# ------------------------------------------------------------------ output
+
+rl_say()  { printf '%s\n' "$*"; }
+rl_info() { [ "$RL_VERBOSE" = 1 ] && printf '  · %s\n' "$*" >&2; return 0; }
+rl_die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+rl_pass() { RL_PASSES=$((RL_PASSES + 1)); printf '  ok    %s\n' "$*"; }
+rl_fail() { RL_FAILS=$((RL_FAILS + 1));   printf '  FAIL  %s\n' "$*"; }
+
+# check "what is checked" cmd args... : runs the command, records ok/FAIL.
+check() {
+    local what=$1; shift
+    if "$@"; then rl_pass "$what"; return 0; fi
+    rl_fail "$what"; return 1
+}
+
+# check_not "what" cmd... : passes when the command fails.
+check_not() {
+    local what=$1; shift
+    if "$@"; then rl_fail "$what"; return 1; fi
+    rl_pass "$what"; return 0
+}
+
+# Prints the last lines of every log of this run (on failure).
+rl_dump_logs() {
+    local f
+    [ -n "$RL_TMP" ] && [ -d "$RL_TMP" ] || return 0
+    for f in "$RL_TMP"/*.log; do
+        [ -e "$f" ] || continue
+        printf -- '---- %s (last 40 lines)\n' "$(basename "$f")"
+        tail -n 40 "$f" | sed 's/^/    /'
+    done
+}
+
+# Ends a test: summary line for this test, logs on failure, exit code.
+rl_finish() {
+    local name=${1:-$(basename "$0" .sh)}
+    if [ "$RL_FAILS" -gt 0 ]; then
+        rl_dump_logs
+        printf '%s: FAILED (%d ok, %d failed)\n' "$name" "$RL_PASSES" "$RL_FAILS"
+        exit 1
+    fi
+    if [ "$RL_PASSES" -eq 0 ]; then
+        printf '%s: FAILED (nothing was checked)\n' "$name"
+        exit 1
+    fi
+    printf '%s: passed (%d checks)\n' "$name" "$RL_PASSES"
+    exit 0
+}
+
+# ------------------------------------------------------------------ setup
+
+# rl_init [repo_root]
+# Checks root and tools, finds the binary, makes the temp dir, installs the
+# cleanup trap. Call it once, at the top of a script, not in a subshell.
+rl_init() {
+    local root=${1:-}
+    if [ "$(id -u)" -ne 0 ]; then
+        rl_die "needs root (network namespaces and TUN devices)"
+    fi
+    local tool
+    for tool in ip nft ping python3 timeout; do
+        command -v "$tool" >/dev/null 2>&1 || rl_die "missing tool: $tool (apt-get install iproute2 nftables iputils-ping python3 coreutils)"
+    done
+    [ -c /dev/net/tun ] || rl_die "/dev/net/tun is missing (modprobe tun)"
+    if [ -z "${RINGLINK:-}" ] && [ -n "$root" ]; then
+        local tdir=${CARGO_TARGET_DIR:-$root/target}
+        case $tdir in /*) ;; *) tdir=$root/$tdir ;; esac
+        RINGLINK=$tdir/release/ringlink
+    fi
+    [ -n "${RINGLINK:-}" ] || rl_die "RINGLINK is not set (path to the ringlink binary)"
+    [ -x "$RINGLINK" ] || rl_die "no ringlink binary at $RINGLINK (cargo build --release)"
+    export RINGLINK
+    RL_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ringlink-netns.XXXXXX") || rl_die "mktemp failed"
+    chmod 755 "$RL_TMP"
+    trap rl_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# True when PID is a live child of this shell (so never someone else's
+# process that happens to have a recycled PID).
+rl_is_our_child() {
+    local pid=$1 stat rest ppid
+    [ -r "/proc/$pid/stat" ] || return 1
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    # Field 2 (comm) is in parentheses and may hold spaces: cut after ')'.
+    rest=${stat##*) }
+    ppid=$(printf '%s' "$rest" | cut -d' ' -f2)
+    [ "$ppid" = "$$" ]
+}
+
+# rl_kill_pid PID [grace_seconds]: TERM, wait (bounded), then KILL.
+rl_kill_pid() {
+    local pid=$1 grace=${2:-5} i
+    rl_is_our_child "$pid" || { wait "$pid" 2>/dev/null; return 0; }
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < grace * 10; i++)); do
+        rl_is_our_child "$pid" || break
+        # A zombie is dead; wait reaps it.
+        if grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then break; fi
+        sleep 0.1
+    done
+    if rl_is_our_child "$pid" && ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null; then
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+rl_cleanup() {
+    local rc=$?
+    [ "$RL_CLEANED" = 1 ] && return 0
+    RL_CLEANED=1
+    trap - INT TERM
+    local pid ns i
+    # Processes first: a namespace with a live process in it outlives `ip netns del`.
+    for pid in "${RL_PIDS[@]}"; do
+        rl_is_our_child "$pid" && kill -TERM "$pid" 2>/dev/null
+    done
+    for pid in "${RL_PIDS[@]}"; do
+        rl_kill_pid "$pid" 5
+    done
+    for ns in "${RL_NAMESPACES[@]}"; do
+        ip netns del "$ns" 2>/dev/null
+    done
+    for ns in "${RL_NAMESPACES[@]}"; do
+        for ((i = 0; i < 20; i++)); do
+            [ -e "/run/netns/$ns" ] || break
+            sleep 0.1
+        done
+        [ -e "/run/netns/$ns" ] && printf 'warning: namespace %s is still there\n' "$ns" >&2
+    done
+    if [ -n "$RL_TMP" ] && [ -d "$RL_TMP" ]; then
+        if [ -n "${RL_KEEP_LOGS:-}" ]; then
+            printf 'logs kept in %s\n' "$RL_TMP" >&2
+        else
+            rm -rf -- "$RL_TMP"
+        fi
+    fi
+    return "$rc"
+}
+
+# ------------------------------------------------------------------ waiting
+
+# Milliseconds since the epoch.
+rl_now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# rl_wait_until <timeout_s> cmd args... : polls every 0.2 s until the command
+# succeeds (0) or the deadline passes (1). The command must itself be
+# bounded (every helper here is).
+rl_wait_until() {
+    local timeout=$1; shift
+    local deadline=$(( $(rl_now_ms) + timeout * 1000 ))
+    local i max=$(( timeout * 5 + 1 ))
+    for ((i = 0; i <= max; i++)); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        [ "$(rl_now_ms)" -ge "$deadline" ] && return 1
+        sleep 0.2
+    done
+    return 1
+}
+wait_until() { rl_wait_until "$@"; }
+
+# rl_holds_for <seconds> cmd... : true if the command succeeds at every poll
+# (every 0.5 s) for the whole period.
+rl_holds_for() {
+    local secs=$1; shift
+    local i
+    for ((i = 0; i < secs * 2; i++)); do
+        "$@" >/dev/null 2>&1 || return 1
+        sleep 0.5
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------ namespaces
+
+rl_ns() { printf '%s%s' "$RL_PREFIX" "$1"; }
+
+# rl_exec <name> cmd... : run a command in our namespace <name>.
+rl_exec() { local n=$1; shift; ip netns exec "$(rl_ns "$n")" "$@"; }
+
+rl_ns_exists() { [ -e "/run/netns/$(rl_ns "$1")" ]; }
+
+# rl_ns_add <name> : creates namespace <name> with lo up.
+rl_ns_add() {
+    local full; full=$(rl_ns "$1")
+    rl_ns_exists "$1" && return 0
+    ip netns add "$full" || rl_die "ip netns add $full failed"
+    RL_NAMESPACES+=("$full")
+    ip -n "$full" link set lo up
+}
+
+# rl_switch : the "internet": namespace sw with bridge br0.
+rl_switch() {
+    rl_ns_add sw
+    ip -n "$(rl_ns sw)" link add br0 type bridge || rl_die "bridge in sw"
+    ip -n "$(rl_ns sw)" link set br0 up
+}
+
+# rl_attach <node> <addr/len> [gateway] [ifname]
+# Creates namespace <node> (if needed) and plugs interface <ifname> (eth0) into
+# the switch with that address. The veth pair is created inside our
+# namespaces, never in the host's.
+rl_attach() {
+    local node=$1 addr=$2 gw=${3:-} ifn=${4:-eth0}
+    local port="p-$node"; port=${port:0:15}
+    rl_ns_add "$node"
+    ip -n "$(rl_ns "$node")" link add "$ifn" type veth peer name "$port" netns "$(rl_ns sw)" \
+        || rl_die "veth $node/$ifn"
+    ip -n "$(rl_ns sw)" link set "$port" master br0
+    ip -n "$(rl_ns sw)" link set "$port" up
+    ip -n "$(rl_ns "$node")" addr add "$addr" dev "$ifn"
+    ip -n "$(rl_ns "$node")" link set "$ifn" up
+    if [ -n "$gw" ]; then
+        ip -n "$(rl_ns "$node")" route add default via "$gw"
+    fi
+}
+
+# rl_link <nodeA> <ifA> <addrA/len> <nodeB> <ifB> <addrB/len> : a direct veth
+# between two of our namespaces (e.g. router LAN side to site).
+rl_link() {
+    local a=$1 ifa=$2 ada=$3 b=$4 ifb=$5 adb=$6
+    rl_ns_add "$a"; rl_ns_add "$b"
+    ip -n "$(rl_ns "$a")" link add "$ifa" type veth peer name "$ifb" netns "$(rl_ns "$b")" \
+        || rl_die "veth $a/$ifa - $b/$ifb"
+    ip -n "$(rl_ns "$a")" addr add "$ada" dev "$ifa"
+    ip -n "$(rl_ns "$b")" addr add "$adb" dev "$ifb"
+    ip -n "$(rl_ns "$a")" link set "$ifa" up
+    ip -n "$(rl_ns "$b")" link set "$ifb" up
+}
+
+# rl_sysctl <node> key=value : per-namespace sysctl (net.* keys only).
+rl_sysctl() {
+    local node=$1 kv=$2
+    local key=${kv%%=*} val=${kv#*=}
+    rl_exec "$node" sh -c "echo '$val' > /proc/sys/$(printf '%s' "$key" | tr . /)"
+}
+
+# rl_nat_site <site> <router> <wan_addr/len> <lan_prefix> [plain|random]
+# A site behind a NAT router: router namespace on the switch with wan_addr,
+# LAN <lan_prefix>.1/24 towards the site at <lan_prefix>.2/24; nftables
+# masquerade on the router's WAN (plain: port-preserving, "cone-like";
+# random: random source ports per mapping, "symmetric-like").
+rl_nat_site() {
+    local site=$1 router=$2 wan=$3 lan=$4 mode=${5:-plain}
+    local wan_gw=${RL_NAT_WAN_GW:-}
+    rl_attach "$router" "$wan" "$wan_gw" eth0
+    rl_link "$router" lan0 "$lan.1/24" "$site" eth0 "$lan.2/24"
+    ip -n "$(rl_ns "$site")" route add default via "$lan.1"
+    rl_sysctl "$router" net.ipv4.ip_forward=1
+    local masq="masquerade"
+    [ "$mode" = random ] && masq="masquerade random"
+    rl_exec "$router" nft -f - <<EOF || rl_die "nft nat on $router"
+table ip rl_nat {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "eth0" ip saddr $lan.0/24 $masq
+    }
+}
+EOF
+}
+
+# rl_loss <node> <ifname> <percent> : drops that share of packets leaving
+# <ifname> in <node> (locally sent and forwarded), at random.
+rl_loss() {
+    local node=$1 ifn=$2 pct=$3
+    rl_exec "$node" nft -f - <<EOF || rl_die "nft loss on $node"
+table inet rl_loss_$ifn {
+    chain post {
+        type filter hook postrouting priority filter; policy accept;
+        oifname "$ifn" numgen random mod 100 < $pct drop
+    }
+}
+EOF
+}
+
+rl_loss_off() { rl_exec "$1" nft delete table inet "rl_loss_$2" 2>/dev/null; return 0; }
+
+# rl_block <node> <ifname> : drop all UDP leaving <ifname> (forces relay).
+rl_block_udp() {
+    local node=$1 ifn=$2
+    rl_exec "$node" nft -f - <<EOF || rl_die "nft block on $node"
+table inet rl_block_$ifn {
+    chain post {
+        type filter hook postrouting priority filter; policy accept;
+        oifname "$ifn" meta l4proto udp drop
+    }
+}
+EOF
+}
+
+# ------------------------------------------------------------------ processes
+
+# rl_spawn <name> <node> cmd... : starts cmd in namespace <node> in the
+# background; stdout+stderr go to $RL_TMP/<name>.log; PID recorded.
+# Call it directly (not in $(...)), so the process is a child of this shell.
+rl_spawn() {
+    local name=$1 node=$2; shift 2
+    ip netns exec "$(rl_ns "$node")" "$@" >>"$RL_TMP/$name.log" 2>&1 &
+    local pid=$!
+    RL_PIDS+=("$pid")
+    RL_PID[$name]=$pid
+    rl_info "started $name (pid $pid) in $node: $*"
+}
+
+rl_pid() { printf '%s' "${RL_PID[$1]:-}"; }
+
+rl_alive() {
+    local pid=${RL_PID[$1]:-}
+    [ -n "$pid" ] || return 1
+    rl_is_our_child "$pid" || return 1
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$pid/status" 2>/dev/null
+}
+
+# rl_stop <name> : ends one process we started, by PID.
+rl_stop() {
+    local pid=${RL_PID[$1]:-}
+    [ -n "$pid" ] || return 0
+    rl_kill_pid "$pid" 5
+    unset "RL_PID[$1]"
+}
+
+rl_log_file() { printf '%s/%s.log' "$RL_TMP" "$1"; }
+
+# rl_log_has <name> <regex> : grep -E in a process log.
+rl_log_has() { grep -Eq -- "$2" "$(rl_log_file "$1")" 2>/dev/null; }
+
+# rl_log_count <name> <regex> : number of matching lines (0 if none).
+rl_log_count() {
+    local n
+    n=$(grep -Ec -- "$2" "$(rl_log_file "$1")" 2>/dev/null) || true
+    printf '%s' "${n:-0}"
+}
+
+# rl_ge <a> <b> : numeric a >= b, false on garbage.
+rl_ge() { [ "${1:-x}" -ge "${2:-x}" ] 2>/dev/null; }
+
+# ------------------------------------------------------------------ configs
+
+# rl_server_conf <name> [extra toml lines...] : writes $RL_TMP/<name>.toml.
+rl_server_conf() {
+    local name=$1; shift
+    local f="$RL_TMP/$name.toml" line
+    {
+        printf 'listen = "%s:%s"\n' "$RL_SERVER_IP" "$RL_SERVER_PORT"
+        printf 'password = "%s"\n' "$RL_PASSWORD"
+        printf 'pool = "%s"\n' "$RL_POOL"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >"$f"
+    printf '%s' "$f"
+}
+
+# rl_client_conf <name> [extra toml lines...] : writes $RL_TMP/<name>.toml.
+# Defaults: ws://server, the run's password, tun rl0, control socket
+# $RL_TMP/<name>.sock. Extra lines may override server/password via
+# RL_CLIENT_SERVER / RL_CLIENT_PASSWORD.
+rl_client_conf() {
+    local name=$1; shift
+    local f="$RL_TMP/$name.toml" line
+    {
+        printf 'server = "%s"\n' "${RL_CLIENT_SERVER:-ws://$RL_SERVER_IP:$RL_SERVER_PORT}"
+        printf 'password = "%s"\n' "${RL_CLIENT_PASSWORD:-$RL_PASSWORD}"
+        printf 'tun = "rl0"\n'
+        printf 'control_socket = "%s"\n' "$(rl_sock "$name")"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >"$f"
+    printf '%s' "$f"
+}
+
+rl_sock() { printf '%s/%s.sock' "$RL_TMP" "$1"; }
+
+# rl_start_server [name] [node] [conf] : server process <name> in <node>.
+rl_start_server() {
+    local name=${1:-server} node=${2:-srv} conf=${3:-$RL_TMP/${1:-server}.toml}
+    [ -f "$conf" ] || conf=$(rl_server_conf "$name")
+    rl_spawn "$name" "$node" "$RINGLINK" server --config "$conf"
+}
+
+rl_server_listening() {
+    local node=${1:-srv}
+    rl_exec "$node" ss -Hltn "sport = :$RL_SERVER_PORT" 2>/dev/null | grep -q LISTEN
+}
+
+# rl_start_client <name> <node> [conf] : client process <name> in <node>.
+rl_start_client() {
+    local name=$1 node=$2 conf=${3:-$RL_TMP/$1.toml}
+    [ -f "$conf" ] || conf=$(rl_client_conf "$name")
+    rl_spawn "$name" "$node" "$RINGLINK" client --config "$conf"
+}
+
+# ------------------------------------------------------------------ status
+
+# rl_status <name> : the client's `ringlink status --json` (bounded).
+rl_status() { timeout --foreground 10 "$RINGLINK" status --socket "$(rl_sock "$1")" --json 2>/dev/null; }
+
+# rl_status_get <name> <python expr over d> : e.g. rl_status_get a 'd["connected"]'
+# Prints JSON-style scalars (true/false/null) or strings as-is.
+rl_status_get() {
+    local json
+    json=$(rl_status "$1") || return 1
+    printf '%s' "$json" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+v = eval(sys.argv[1], {"d": d})
+if isinstance(v, bool) or v is None:
+    print(json.dumps(v))
+elif isinstance(v, (dict, list)):
+    print(json.dumps(v))
+else:
+    print(v)
+' "$2" 2>/dev/null
+}
+
+rl_connected() { [ "$(rl_status_get "$1" 'd["connected"]')" = true ]; }
+rl_not_connected() { ! rl_connected "$1"; }
+
+# rl_vip <name> : the client's virtual address without prefix.
+rl_vip() {
+    local a
+    a=$(rl_status_get "$1" 'd["address"]') || return 1
+    [ -n "$a" ] && [ "$a" != null ] || return 1
+    printf '%s' "${a%%/*}"
+}
+
+rl_has_vip() { rl_vip "$1" >/dev/null; }
+
+rl_reconnects() { rl_status_get "$1" 'd["reconnects"]'; }
+
+# rl_reconnected <name> <min> : connected and reconnects >= min.
+rl_reconnected() {
+    local r
+    rl_connected "$1" || return 1
+    r=$(rl_reconnects "$1") || return 1
+    [ "$r" -ge "$2" ] 2>/dev/null
+}
+
+# rl_ready <name> : connected and has an address.
+rl_ready() { rl_connected "$1" && rl_has_vip "$1"; }
+
+# rl_paths <name> : "vip=path" per peer, or "(no peers listed)".
+rl_paths() {
+    rl_status_get "$1" '" ".join(p["vip"] + "=" + p["path"] + "(" + p["state"] + ")" for p in d["peers"]) or "(no peers listed)"'
+}
+
+# ------------------------------------------------------------------ traffic
+
+# rl_ping <node> <addr> [count] : count (3) pings, 1 s timeout each, 0.2 s apart.
+rl_ping() {
+    local node=$1 addr=$2 count=${3:-3}
+    timeout --foreground $((count + 5)) ip netns exec "$(rl_ns "$node")" ping -n -q -c "$count" -i 0.2 -W 1 "$addr" >/dev/null 2>&1
+}
+
+# rl_ping_once <node> <addr> : a single ping (for rl_wait_until).
+rl_ping_once() {
+    timeout --foreground 3 ip netns exec "$(rl_ns "$1")" ping -n -q -c 1 -W 1 "$2" >/dev/null 2>&1
+}
+
+# rl_tun_up <node> [ifname] : the TUN device exists in <node>.
+rl_tun_exists() { ip -n "$(rl_ns "$1")" link show "${2:-rl0}" >/dev/null 2>&1; }
+
+# rl_tun_has_addr <node> <addr> [ifname]
+rl_tun_has_addr() {
+    ip -n "$(rl_ns "$1")" -4 addr show dev "${3:-rl0}" 2>/dev/null | grep -q "inet $2/"
+}
+
+# Python TCP sink: listens on ADDR:PORT, accepts one connection, reads to
+# EOF, writes "<bytes> <sha256>" to OUT, then exits. Creates OUT.ready once
+# listening.
+RL_PY_SINK='
+import hashlib, socket, sys, time
+addr, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port)); s.listen(1); s.settimeout(120)
+open(out + ".ready", "w").close()
+c, _ = s.accept(); c.settimeout(60)
+h = hashlib.sha256(); n = 0; t0 = None
+while True:
+    b = c.recv(1 << 16)
+    if not b: break
+    if t0 is None: t0 = time.monotonic()
+    h.update(b); n += len(b)
+dt = time.monotonic() - t0 if t0 else 0.0
+c.close()
+with open(out + ".tmp", "w") as f: f.write("%d %s %.6f\n" % (n, h.hexdigest(), dt))
+import os; os.rename(out + ".tmp", out)
+'
+
+# Python TCP source: connects to ADDR:PORT and sends FILE (or N random MB if
+# FILE is "-N"), prints "<bytes> <sha256> <seconds>".
+RL_PY_SOURCE='
+import hashlib, os, socket, sys, time
+addr, port, src = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((addr, port), timeout=30)
+s.settimeout(60)
+h = hashlib.sha256(); n = 0; t0 = time.monotonic()
+if src.startswith("-"):
+    left = int(src[1:]) << 20; blk = os.urandom(1 << 20)
+    while left > 0:
+        b = blk[:min(left, len(blk))]; s.sendall(b); h.update(b); n += len(b); left -= len(b)
+else:
+    with open(src, "rb") as f:
+        while True:
+            b = f.read(1 << 16)
+            if not b: break
+            s.sendall(b); h.update(b); n += len(b)
+s.shutdown(socket.SHUT_WR)
+s.settimeout(30)
+while s.recv(4096): pass
+print("%d %s %.6f" % (n, h.hexdigest(), time.monotonic() - t0))
+'
+
+# rl_file_exists <path>
+rl_file_exists() { [ -e "$1" ]; }
+
+# rl_ping_stats <file-with-ping-output> : "median p90 count" of the RTTs (ms).
+rl_ping_stats() {
+    python3 - "$1" <<'EOF'
+import re, sys
+rtts = sorted(float(m.group(1)) for m in re.finditer(r"time=([0-9.]+) ms", open(sys.argv[1]).read()))
+if not rtts:
+    print("- - 0"); sys.exit(0)
+def pct(p):
+    k = max(0, min(len(rtts) - 1, int(round(p / 100.0 * (len(rtts) - 1)))))
+    return rtts[k]
+print("%.3f %.3f %d" % (pct(50), pct(90), len(rtts)))
+EOF
+}
+
+# ------------------------------------------------------------------ worlds
+
+# rl_world_relay <n_clients> : switch, server at 10.91.0.1, sites c1..cN at
+# 10.91.0.(10+i), server running, clients a, b, c… started (names a b c d),
+# each in its own namespace with the same name. Waits for the server to
+# listen. Clients are only started, not awaited.
+RL_SITE_NAMES=(a b c d e f)
+rl_world_relay() {
+    local n=${1:-2} i name
+    rl_switch
+    rl_attach srv "$RL_SERVER_IP/24"
+    rl_server_conf server >/dev/null
+    rl_start_server server srv
+    rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens on $RL_SERVER_IP:$RL_SERVER_PORT"; return 1; }
+    for ((i = 0; i < n; i++)); do
+        name=${RL_SITE_NAMES[$i]}
+        rl_attach "$name" "10.91.0.$((10 + i))/24"
+        rl_client_conf "$name" >/dev/null
+        rl_start_client "$name" "$name"
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------ TLS
+
+# rl_make_certs <dir> <server_ip> : a throwaway CA (ca.pem) and a server
+# certificate for IP <server_ip> (cert.pem, key.pem) signed by it. The leaf
+# is not a CA certificate (rustls/webpki refuse a CA cert as end entity).
+rl_make_certs() {
+    local d=$1 ip=$2
+    command -v openssl >/dev/null 2>&1 || { echo "openssl missing (apt-get install openssl)" >&2; return 1; }
+    mkdir -p "$d"
+    printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s\n' "$ip" >"$d/leaf.ext"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$d/ca.key" -out "$d/ca.pem" -days 2 -subj "/CN=ringlink test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        >"$d/openssl.log" 2>&1 || return 1
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$d/key.pem" -out "$d/leaf.csr" -subj "/CN=$ip" >>"$d/openssl.log" 2>&1 || return 1
+    openssl x509 -req -in "$d/leaf.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+        -out "$d/cert.pem" -days 2 -extfile "$d/leaf.ext" >>"$d/openssl.log" 2>&1 || return 1
+}
+
+# rl_make_selfsigned <dir> <server_ip> : one self-signed certificate
+# (self.pem, self.key) with the IP in subjectAltName and CA:FALSE.
+rl_make_selfsigned() {
+    local d=$1 ip=$2
+    mkdir -p "$d"
+    printf '[req]\ndistinguished_name=dn\nx509_extensions=v3\nprompt=no\n[dn]\nCN=%s\n[v3]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:%s\n' "$ip" "$ip" >"$d/self.cnf"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$d/self.key" -out "$d/self.pem" -days 2 -config "$d/self.cnf" >>"$d/openssl.log" 2>&1
+}
