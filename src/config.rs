@@ -308,6 +308,8 @@ pub struct ClientConfig {
     pub control_socket: PathBuf,
     /// LAN candidate address announced to peers (Candy's `localhost`).
     pub lan_address: Option<Ipv4Addr>,
+    /// Clamp the MSS of TCP SYNs entering the tunnel to fit its MTU.
+    pub mss_clamp: bool,
     /// Test-only: every peer timer is divided by this (1 = real timings).
     pub test_time_divisor: u32,
 }
@@ -330,6 +332,7 @@ struct RawClient {
     control_socket: Option<PathBuf>,
     lan_address: Option<String>,
     test_time_divisor: Option<i64>,
+    mss_clamp: Option<bool>,
 }
 
 pub const DEFAULT_MTU: u16 = 1400;
@@ -444,6 +447,7 @@ impl ClientConfig {
             tls_insecure: raw.tls_insecure.unwrap_or(false),
             lan_address,
             test_time_divisor,
+            mss_clamp: raw.mss_clamp.unwrap_or(true),
         })
     }
 }

@@ -15,8 +15,9 @@ use crate::dataplane::{
 use crate::proto::crypto::{CipherKind, PeerKey};
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
-use crate::sys::affinity;
+use crate::route::mss::mss_for_mtu;
 use crate::sys::netlink::{Netlink, RouteV4};
+use crate::sys::{affinity, sysctl};
 
 /// Packets between the workers and the control loop; short for the same
 /// reason as the relay queue behind it.
@@ -56,6 +57,7 @@ impl Interface {
                 port: cfg.port,
                 own_key,
             }),
+            mss_clamp: cfg.mss_clamp.then(|| mss_for_mtu(cfg.mtu)),
             ..DataplaneConfig::default()
         };
         let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
@@ -128,6 +130,16 @@ impl Interface {
         let Ok(nl) = Netlink::new() else { return };
         for r in routes {
             if r.next == self.address.addr {
+                // We are the gateway to this subnet: the kernel must forward
+                // between the TUN device and the LAN.
+                match sysctl::set_ip_forward(true) {
+                    Ok(()) => {
+                        info!(dst = %r.dst, "gateway for this subnet; net.ipv4.ip_forward = 1")
+                    }
+                    Err(e) => {
+                        warn!(dst = %r.dst, error = %e, "gateway for this subnet, but cannot enable ip_forward")
+                    }
+                }
                 continue;
             }
             let route = RouteV4::via(r.dst.network(), r.dst.prefix, r.next);

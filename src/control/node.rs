@@ -65,6 +65,7 @@ pub struct Node {
     dirty: bool,
     to_server: mpsc::Sender<Vec<u8>>,
     server_up: bool,
+    discover_on_join: bool,
     pub stats: NodeStats,
 }
 
@@ -77,6 +78,7 @@ impl Node {
         now: Instant,
     ) -> Result<Self, String> {
         let mut peer_cfg = cfg.peer;
+        let discover_on_join = peer_cfg.stun && peer_cfg.discovery_ticks > 0;
         // The router runs the latency probes (it must recognise the echoes),
         // so the state machine's own probe requests are not wanted.
         peer_cfg.route_cost = 0;
@@ -102,15 +104,26 @@ impl Node {
             published_router_gen: 0,
             dirty: true,
             to_server,
-            server_up: true,
+            server_up: false,
+            discover_on_join,
             stats: NodeStats::default(),
         };
         node.publish();
         Ok(node)
     }
 
+    /// On every (re)join, a DISCOVERY broadcast lets every other node know
+    /// we exist, so direct paths form before any traffic needs them.
     pub fn set_server_up(&mut self, up: bool) {
         self.server_up = up;
+        if up && self.discover_on_join {
+            let frame = Discovery {
+                src: self.own,
+                dst: ws::BROADCAST,
+            }
+            .encode();
+            self.send_server(frame);
+        }
     }
 
     /// The earliest instant something is due.

@@ -87,6 +87,8 @@ pub struct DataplaneConfig {
     pub pin_cpus: bool,
     /// `None`: no UDP path, every packet goes up for the relay.
     pub udp: Option<UdpConfig>,
+    /// Lower the MSS of TCP SYNs read from TUN to this (see `route::mss`).
+    pub mss_clamp: Option<u16>,
 }
 
 impl Default for DataplaneConfig {
@@ -99,6 +101,7 @@ impl Default for DataplaneConfig {
             headroom: MIN_HEADROOM,
             pin_cpus: true,
             udp: None,
+            mss_clamp: None,
         }
     }
 }
@@ -335,6 +338,7 @@ impl Dataplane {
                 counters: counters.clone(),
                 stop: stop.clone(),
                 snapshot: dp.snapshot.clone(),
+                mss_clamp: config.mss_clamp,
                 udp: config
                     .udp
                     .as_ref()

@@ -480,3 +480,45 @@ fn shutdown_with_traffic_in_flight_is_prompt_and_clean() {
     drop(h.tun);
     drain.join().unwrap();
 }
+
+/// Not a correctness test: a burst each way for measuring syscalls per
+/// packet, e.g.
+/// `strace -f -c -e trace=io_uring_enter <test binary> --ignored burst`.
+#[test]
+#[ignore]
+fn burst_each_way_for_syscall_counts() {
+    const N: u64 = 20_000;
+    let mut h = harness(1024);
+    let tun = h.tun.try_clone().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while matches!(tun.recv(&mut buf), Ok(n) if n > 0) {}
+    });
+    let p = ipv4(OWN, PEER, 1000, 1);
+    let t = Instant::now();
+    for _ in 0..N {
+        h.tun.send(&p).unwrap();
+    }
+    wait_for("tun → udp burst", || h.dp.counters().udp_tx_packets == N);
+    let up = t.elapsed();
+    let sealed: Vec<Vec<u8>> = (0..N)
+        .map(|i| key(OWN).seal_to_vec(h.ivs.next_iv(), &forward(&ipv4(PEER, OWN, 1000, i as u32))))
+        .collect();
+    let t = Instant::now();
+    for d in &sealed {
+        h.peer.send_to(d, h.dp_addr()).unwrap();
+    }
+    wait_for("udp → tun burst", || {
+        let c = h.dp.counters();
+        c.udp_rx_packets == N && c.tun_written + c.tun_write_errors == N
+    });
+    let down = t.elapsed();
+    let c = h.dp.counters();
+    eprintln!(
+        "tun→udp {N} in {up:?}; udp→tun {} of {N} in {down:?}; {c:?}",
+        c.tun_written
+    );
+    h.dp.shutdown().unwrap();
+    drop(h.tun);
+    drain.join().unwrap();
+}

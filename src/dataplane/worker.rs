@@ -31,6 +31,7 @@ use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapsho
 use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::stun::looks_like_stun;
+use crate::route::mss;
 use crate::sys::affinity;
 use crate::sys::udp::sockaddr_in;
 
@@ -100,6 +101,7 @@ pub(crate) struct WorkerSpec {
     pub counters: SharedCounters,
     pub stop: Arc<AtomicBool>,
     pub snapshot: SharedSnapshot,
+    pub mss_clamp: Option<u16>,
     pub udp: Option<UdpSpec>,
 }
 
@@ -258,6 +260,7 @@ struct Core {
     udp: Option<UdpPath>,
     upcalls: Sender<Upcall>,
     ivs: IvSequence,
+    mss_clamp: Option<u16>,
     tun_armed: bool,
     tun_armed_once: bool,
     /// Sends and TUN writes submitted and not yet completed; each holds a
@@ -363,6 +366,7 @@ impl Worker {
                 udp,
                 upcalls: spec.upcalls,
                 ivs: IvSequence::new(),
+                mss_clamp: spec.mss_clamp,
                 tun_armed: false,
                 tun_armed_once: false,
                 inflight: 0,
@@ -644,6 +648,9 @@ impl Core {
             b.dropped_malformed += 1;
             return false;
         };
+        if let Some(mss) = self.mss_clamp {
+            mss::clamp(&mut buf[headroom..headroom + len], mss);
+        }
         let route = snap.route_tun(meta.dst);
         let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
         let direct = route.next_hop.and_then(|n| snap.direct.get(&n));

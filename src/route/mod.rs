@@ -31,6 +31,7 @@
 mod advertise;
 mod config;
 mod latency;
+pub mod mss;
 mod nexthop;
 mod router;
 pub mod subnet;
