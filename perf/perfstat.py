@@ -206,6 +206,8 @@ def section(run):
     notes = run.get("notes", [])
     for t in run["tunnels"]:
         meta = t.get("meta", {})
+        if "loadavg_start" in meta:
+            notes.append("%s: loadavg %s at start, %s at end" % (t["name"], meta["loadavg_start"], meta.get("loadavg_end", "?")))
         if "direct_after_ms" in meta:
             notes.append("%s: status showed the peer direct %.1f s after the clients started"
                          % (t["name"], float(meta["direct_after_ms"]) / 1000.0))
