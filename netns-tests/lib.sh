@@ -146,7 +146,8 @@ rl_cleanup() {
     local rc=$?
     [ "$RL_CLEANED" = 1 ] && return 0
     RL_CLEANED=1
-    trap - INT TERM
+    # A second Ctrl-C must not cut the (bounded) cleanup short.
+    trap '' INT TERM
     local pid ns i
     # Processes first: a namespace with a live process in it outlives `ip netns del`.
     for pid in "${RL_PIDS[@]}"; do
@@ -304,10 +305,15 @@ rl_loss() {
 table inet rl_loss_$ifn {
     chain post {
         type filter hook postrouting priority filter; policy accept;
-        oifname "$ifn" numgen random mod 100 < $pct drop
+        oifname "$ifn" numgen random mod 100 < $pct counter drop
     }
 }
 EOF
+}
+
+# rl_loss_dropped <node> <ifname> : packets the loss rule has dropped so far.
+rl_loss_dropped() {
+    rl_exec "$1" nft list table inet "rl_loss_$2" 2>/dev/null | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
 }
 
 rl_loss_off() { rl_exec "$1" nft delete table inet "rl_loss_$2" 2>/dev/null; return 0; }
@@ -475,7 +481,7 @@ rl_ready() { rl_connected "$1" && rl_has_vip "$1"; }
 
 # rl_paths <name> : "vip=path" per peer, or "(no peers listed)".
 rl_paths() {
-    rl_status_get "$1" '" ".join(p["vip"] + "=" + p["path"] + "(" + p["state"] + ")" for p in d["peers"]) or "(no peers listed)"'
+    rl_status_get "$1" '", ".join(p["vip"] + ": " + p["path"] + " (peer state " + p["state"] + ")" for p in d["peers"]) or "(no peers listed)"'
 }
 
 # ------------------------------------------------------------------ traffic

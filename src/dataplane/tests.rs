@@ -47,6 +47,7 @@ fn config(buffers: u32, capacity: usize) -> DataplaneConfig {
         headroom: MIN_HEADROOM,
         pin_cpus: false,
         udp: None,
+        mss_clamp: None,
     }
 }
 

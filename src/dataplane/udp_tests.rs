@@ -89,6 +89,7 @@ fn harness(buffers: u32) -> Harness {
             port: 0,
             own_key: Arc::new(key(OWN)),
         }),
+        mss_clamp: None,
     };
     let (dp, rx) = Dataplane::start(vec![dp_end], &cfg).unwrap();
     let port = dp.udp_port().expect("udp port");
@@ -395,6 +396,7 @@ fn oversize_packets_are_dropped_not_sent() {
             port: 0,
             own_key: Arc::new(key(OWN)),
         }),
+        mss_clamp: None,
     };
     let (dp, _rx) = Dataplane::start(vec![dp_end], &cfg).unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
