@@ -128,6 +128,8 @@ def cmd_tunnel(d, name):
     # The rate reported is what the receiver got at the highest passing probe.
     out["udp_max_gbps"] = best["rx_gbps"] if best else None
     out["udp_offered_mbps_at_max"] = best["offered_mbps"] if best else None
+    bg = [{"before": r[0], "busy_pct": int(r[1]), "waited_s": int(r[2])} for r in recs.get("bg", [])]
+    out["background"] = bg
     out["ping_idle"] = ping_summary([os.path.join(d, "ping-idle.txt")])
     out["ping_load"] = ping_summary(sorted(glob.glob(os.path.join(d, "ping-load-*.txt"))))
     json.dump(out, sys.stdout)
@@ -194,8 +196,10 @@ def section(run):
     out.append("## %s — %s" % (run["date"], run["label"]))
     out.append("")
     out.append("- machine: %s, %s cores, kernel %s" % (m["cpu"], m["cores"], m["kernel"]))
-    out.append("- ringlink: %s (commit %s)" % (run["versions"].get("ringlink", "?"), run.get("commit", "?")))
-    out.append("- tools: " + ", ".join("%s %s" % (k, v) for k, v in sorted(run["versions"].items()) if k != "ringlink"))
+    out.append("- ringlink: %s (commit %s; binary %s)" % (run["versions"].get("ringlink", "?"), run.get("commit", "?"),
+                                                       run["versions"].get("ringlink-binary", "?")))
+    out.append("- tools: " + ", ".join("%s %s" % (k, v) for k, v in sorted(run["versions"].items())
+                                       if not k.startswith("ringlink")))
     out.append("- command: `%s`" % run["command"])
     out.append("- settings: %s s per TCP run, %s repetitions (median, min–max), UDP search ≤ %s probes × %s s, %s-byte UDP payload; wall time %s s"
                % (run["settings"]["time"], run["settings"]["reps"], run["settings"]["udp_probes"],
@@ -206,7 +210,13 @@ def section(run):
     notes = run.get("notes", [])
     for t in run["tunnels"]:
         meta = t.get("meta", {})
-        if "loadavg_start" in meta:
+        bg = [b["busy_pct"] for b in t.get("background", [])]
+        if bg:
+            notes.append("%s: background %d / %d %% (waited %d s); loadavg %s at start, %s at end"
+                         % (t["name"], statistics.median(bg), max(bg),
+                            sum(b["waited_s"] for b in t["background"]),
+                            meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")))
+        elif "loadavg_start" in meta:
             notes.append("%s: loadavg %s at start, %s at end" % (t["name"], meta["loadavg_start"], meta.get("loadavg_end", "?")))
         if "direct_after_ms" in meta:
             notes.append("%s: status showed the peer direct %.1f s after the clients started"
