@@ -729,10 +729,10 @@ rl_block_udp_pair() {
     local t="rl_pair_${1//./_}_${2//./_}"
     rl_exec sw nft -f - <<EOF2 || rl_die "nft pair block on sw"
 table bridge $t {
-    chain fwd {
+    chain pair {
         type filter hook forward priority filter; policy accept;
-        ip saddr $1 ip daddr $2 meta l4proto udp counter drop
-        ip saddr $2 ip daddr $1 meta l4proto udp counter drop
+        ip saddr $1 ip daddr $2 ip protocol udp counter drop
+        ip saddr $2 ip daddr $1 ip protocol udp counter drop
     }
 }
 EOF2
