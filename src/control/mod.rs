@@ -111,6 +111,13 @@ async fn new_node(
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
     route.seed = rand::random();
+    if cfg.test_time_divisor > 1 {
+        let d = cfg.test_time_divisor;
+        route.probe_interval /= d;
+        route.holddown /= d;
+        route.route_expiry /= d;
+        route.refresh_interval = route.refresh_interval.map(|r| r / d);
+    }
     info!(
         udp_port = port,
         stun = ?stun,
