@@ -775,3 +775,9 @@ while time.monotonic() < end and mss is None:
 with open(out + ".tmp", "w") as f: f.write((mss or "timeout") + "\n")
 os.rename(out + ".tmp", out)
 '
+
+# rl_secs_since <t0 ms> : seconds since t0 with one decimal, e.g. "2.4".
+rl_secs_since() {
+    local d=$(( $(rl_now_ms) - $1 ))
+    printf '%d.%d' $((d / 1000)) $(( (d % 1000) / 100 ))
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Three sites; the "internet" switch drops UDP between gateways a and c
-# (WebSocket and STUN to the server untouched), so a<->b and b<->c are
-# direct but a<->c is not. Traffic LAN a -> LAN c must then flow through
-# gateway b's dataplane, not through the server's relay: the server's
+# Three sites, all directly connected. Then the "internet" switch drops UDP
+# between gateways a and c (WebSocket and STUN to the server untouched), so
+# a<->b and b<->c stay direct but a<->c is lost. Traffic LAN a -> LAN c must
+# then flow through gateway b's dataplane, not the server's relay: the server's
 # interface barely moves while b's carries the transfer twice and b's
 # status counts it towards c. Unblocked, a and c connect directly and the
 # route returns to the direct path; b's interface then stays quiet.
@@ -16,7 +16,7 @@ set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
 rl_init "$here/.."
-MB=${RL_TRANSFER_MB:-10}
+MB=${RL_TRANSFER_MB:-20}
 DIV=${RL_TIME_DIVISOR:-5}
 echo "test_sites_via_peer: a<->c UDP blocked: LAN a -> LAN c via gateway b; unblocked: direct again"
 
@@ -28,18 +28,24 @@ rl_site c "${common[@]}"
 wa=$(rl_site_wan a); wc=$(rl_site_wan c)
 va=$(rl_site_vip a); vb=$(rl_site_vip b); vc=$(rl_site_vip c)
 ha=$(rl_site_host a); hc=$(rl_site_host c)
-rl_block_udp_pair "$wa" "$wc"
-echo "  switch drops UDP $wa <-> $wc; b relays at route cost 50"
 for x in a b c; do rl_start_client "gw-$x" "gw-$x"; done
 for x in a b c; do
     check "gateway $x connected as $(rl_site_vip $x)" rl_wait_until 20 rl_ready "gw-$x"
 done
+all_direct() {
+    rl_peer_direct gw-a "$vb" && rl_peer_direct gw-b "$vc" && rl_peer_direct gw-a "$vc" &&
+        rl_route_via gw-a "$vc" "$vc" && rl_route_via gw-c "$va" "$va"
+}
+check "a, b, c direct; a and c route to each other directly within 20 s" rl_wait_until 20 all_direct
 
-check "a <-> b direct within 20 s" rl_wait_until 20 eval 'rl_peer_direct gw-a "$vb" && rl_peer_direct gw-b "$va"'
-check "b <-> c direct within 20 s" rl_wait_until 20 eval 'rl_peer_direct gw-b "$vc" && rl_peer_direct gw-c "$vb"'
-check "a routes $vc via $vb within 20 s" rl_wait_until 20 rl_route_via gw-a "$vc" "$vb"
-check "c routes $va via $vb within 10 s" rl_wait_until 10 rl_route_via gw-c "$va" "$vb"
-check "a <-> c not direct (blocked)" rl_peer_not_direct gw-a "$vc"
+# Block: a and c lose each other and fall back to the path through b.
+rl_block_udp_pair "$wa" "$wc"
+t0=$(rl_now_ms)
+echo "  the switch now drops UDP $wa <-> $wc (b relays at route cost 50)"
+via_b() { rl_peer_not_direct gw-a "$vc" && rl_route_via gw-a "$vc" "$vb" && rl_route_via gw-c "$va" "$vb"; }
+check "blocked: a and c route to each other via b within 20 s" rl_wait_until 20 via_b
+echo "  converged to the path via b $(rl_secs_since "$t0") s after the block"
+check "a <-> b and b <-> c still direct" eval 'rl_peer_direct gw-a "$vb" && rl_peer_direct gw-b "$vc"'
 echo "  gw-a peers: $(rl_paths gw-a)"
 check "ping LAN a -> LAN c" rl_wait_until 10 rl_ping_once lan-a "$hc"
 check "ping LAN c -> LAN a" rl_ping lan-c "$ha" 3
@@ -91,7 +97,7 @@ rl_unblock_udp_pair "$wa" "$wc"
 t0=$(rl_now_ms)
 direct_again() { rl_peer_direct gw-a "$vc" && rl_route_via gw-a "$vc" "$vc" && rl_route_via gw-c "$va" "$va"; }
 check "unblocked: a <-> c direct and routed direct within 45 s" rl_wait_until 45 direct_again
-echo "  converged to direct $(( ($(rl_now_ms) - t0) / 100 ))e-1 s after the unblock"
+echo "  converged to direct $(rl_secs_since "$t0") s after the unblock"
 echo "  gw-a routes: $(rl_status_get gw-a '", ".join(r["dst"] + " via " + r["next_hop"] + " (" + r["path"] + ")" for r in d["routes"])')"
 sleep 1
 srv0=$(rl_if_total srv eth0); b0=$(rl_if_total gw-b eth0); atx_c0=$(peer_bytes gw-a "$vc" tx_bytes)
