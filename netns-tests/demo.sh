@@ -50,7 +50,7 @@ gw = routes[want]["next_hop"] if want in routes and "/" in want else want
 r = routes.get(gw)
 p = peers.get(gw, {})
 if r and r["next_hop"] != gw and peers.get(r["next_hop"], {}).get("path") == "direct":
-    print("via peer %s (metric %s ms)" % (r["next_hop"], r["metric_ms"]))
+    print("via peer %s (no direct UDP; metric %s ms)" % (r["next_hop"], r["metric_ms"]))
 elif p.get("path") == "direct":
     print("direct UDP to %s" % p.get("endpoint"))
 else:
@@ -96,7 +96,7 @@ demo_step "4. Which path carried it (ringlink status on site-a's gateway)"
 for x in b c; do
     printf '    LAN %-16s gateway %-11s %s\n' "$(rl_site_lan "$x")" "$(rl_site_vip "$x")" "$(demo_path "$(rl_site_lan "$x")")"
 done
-echo "    gateway a's peers: $(rl_status_get gw-a '", ".join("%s %s (tx %d MB)" % (p["vip"], p["path"], p["tx_bytes"] >> 20) for p in d["peers"])')"
+echo "    sent by site-a's gateway: $(rl_status_get gw-a '", ".join("%d MB direct to %s" % (p["tx_bytes"] >> 20, p["vip"]) for p in d["peers"] if p["path"] == "direct")'), $(rl_status_get gw-a 'd["relay_tx_frames"]') frames through the server"
 
 demo_step "Cleaning up"
 exit 0
