@@ -64,6 +64,17 @@ check "SYN watcher saw the SYN" rl_wait_until 10 rl_file_exists "$mss_out"
 mss=$(cat "$mss_out" 2>/dev/null)
 echo "  MSS in the SYN at LAN host c: ${mss:-?} (LAN MTU 1500 would give 1460; tunnel mtu $MTU)"
 check "SYN MSS ${mss:-?} <= $((MTU - 40)) (clamped to the tunnel)" rl_ge $((MTU - 40)) "${mss:-99999}"
+# Control: a SYN that does not cross the tunnel (gateway c's own LAN side
+# to host c) keeps the LAN's MSS, so the watcher really reads the option.
+ctl_out="$RL_TMP/syn-ctl.mss"
+rl_spawn synwatch2 lan-c python3 -c "$RL_PY_SYN_MSS" eth0 5003 "$ctl_out" 20
+rl_wait_until 10 rl_file_exists "$ctl_out.ready"
+rl_exec gw-c timeout 5 python3 -c 'import socket, sys
+try: socket.create_connection((sys.argv[1], 5003), timeout=2)
+except OSError: pass' "$hc"
+rl_wait_until 10 rl_file_exists "$ctl_out"
+ctl=$(cat "$ctl_out" 2>/dev/null)
+check "control: an untunnelled SYN on LAN c carries MSS ${ctl:-?} = 1460" test "${ctl:-x}" = 1460
 echo "  gw-a peers: $(rl_paths gw-a)"
 echo "  gw-a routes: $(rl_status_get gw-a '", ".join(r["dst"] + " via " + r["next_hop"] + " (" + r["path"] + ")" for r in d["routes"])')"
 rl_finish test_sites_subnet
