@@ -781,3 +781,220 @@ rl_secs_since() {
     local d=$(( $(rl_now_ms) - $1 ))
     printf '%d.%d' $((d / 1000)) $(( (d % 1000) / 100 ))
 }
+
+# ------------------------------------------------------------------ p2p
+
+# rl_router_firewall <router> [wan_ifname] : the usual home-router input
+# firewall on the WAN side: new connections *to the router itself* are
+# dropped (forwarded traffic and replies are untouched). Besides being
+# realistic it matters for hole punching: a dropped packet never gets its
+# conntrack entry confirmed, so the peer's first probe, arriving before our
+# own outbound one, cannot leave an unreplied entry behind that would make
+# masquerade pick a different source port for our reply (the classic Linux
+# port clash that turns a "cone" router symmetric for that flow).
+rl_router_firewall() {
+    local router=$1 ifn=${2:-eth0}
+    rl_exec "$router" nft -f - <<EOF2 || rl_die "nft firewall on $router"
+table inet rl_fw {
+    chain in {
+        type filter hook input priority filter; policy accept;
+        iifname "$ifn" ct state new counter drop
+    }
+}
+EOF2
+}
+
+# rl_masquerade <router> <lan_cidr> [plain|random] [wan_ifname] : the NAT
+# rule of rl_nat_site, for topologies built by hand.
+rl_masquerade() {
+    local router=$1 lan=$2 mode=${3:-plain} ifn=${4:-eth0}
+    local masq="masquerade"
+    [ "$mode" = random ] && masq="masquerade random"
+    rl_exec "$router" nft -f - <<EOF2 || rl_die "nft nat on $router"
+table ip rl_nat {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "$ifn" ip saddr $lan $masq
+    }
+}
+EOF2
+}
+
+# rl_nat_lan <router> <wan_addr/len> <lan_prefix> <mode> <host>... : one NAT
+# router whose LAN <lan_prefix>.0/24 is a switch (namespace <router>lan,
+# bridge br0) shared by several hosts: the router is <lan_prefix>.1, the
+# hosts .2, .3, … in the order given, each with the router as default route.
+rl_nat_lan() {
+    local router=$1 wan=$2 lan=$3 mode=$4; shift 4
+    local lsw="${router}lan" i=2 h port
+    rl_attach "$router" "$wan" "${RL_NAT_WAN_GW:-}" eth0
+    rl_ns_add "$lsw"
+    ip -n "$(rl_ns "$lsw")" link add br0 type bridge || rl_die "bridge in $lsw"
+    ip -n "$(rl_ns "$lsw")" link set br0 up
+    for h in "$router" "$@"; do
+        rl_ns_add "$h"
+        port="p-$h"; port=${port:0:15}
+        local ifn=eth0 addr
+        if [ "$h" = "$router" ]; then ifn=lan0; addr="$lan.1/24"; else addr="$lan.$i/24"; i=$((i + 1)); fi
+        ip -n "$(rl_ns "$h")" link add "$ifn" type veth peer name "$port" netns "$(rl_ns "$lsw")" \
+            || rl_die "veth $h/$ifn"
+        ip -n "$(rl_ns "$lsw")" link set "$port" master br0
+        ip -n "$(rl_ns "$lsw")" link set "$port" up
+        ip -n "$(rl_ns "$h")" addr add "$addr" dev "$ifn"
+        ip -n "$(rl_ns "$h")" link set "$ifn" up
+        [ "$h" = "$router" ] || ip -n "$(rl_ns "$h")" route add default via "$lan.1"
+    done
+    rl_sysctl "$router" net.ipv4.ip_forward=1
+    rl_masquerade "$router" "$lan.0/24" "$mode" eth0
+}
+
+# rl_world_p2p <mode_a> <mode_b> [client toml lines...] : the "internet" is
+# $RL_P2P_NET.0/24 (default 198.18.0, outside Candy's private blocks, so
+# peers see each other's router addresses as public endpoints, as on the
+# real internet; 10/8 would make them "LAN" paths). Sets RL_SERVER_IP to
+# $RL_P2P_NET.1, runs the server there with its STUN responder on :3478,
+# and builds sites a (192.168.1.2 behind router ra = .21) and b (192.168.2.2
+# behind rb = .22), each router masquerading (<mode>: plain|random) with
+# rl_router_firewall. Writes client configs a and b (STUN on, the extra
+# lines appended) but starts no client.
+RL_P2P_NET="${RL_P2P_NET:-198.18.0}"
+rl_world_p2p() {
+    local ma=$1 mb=$2; shift 2
+    RL_SERVER_IP="$RL_P2P_NET.1"
+    rl_switch
+    rl_attach srv "$RL_SERVER_IP/24"
+    rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" >/dev/null
+    rl_start_server server srv
+    rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens on $RL_SERVER_IP:$RL_SERVER_PORT"; return 1; }
+    rl_nat_site a ra "$RL_P2P_NET.21/24" 192.168.1 "$ma"
+    rl_nat_site b rb "$RL_P2P_NET.22/24" 192.168.2 "$mb"
+    rl_router_firewall ra
+    rl_router_firewall rb
+    rl_p2p_client_conf a "$@" >/dev/null
+    rl_p2p_client_conf b "$@" >/dev/null
+    return 0
+}
+
+# rl_p2p_client_conf <name> [toml lines...] : client config with STUN on.
+rl_p2p_client_conf() {
+    local name=$1; shift
+    rl_client_conf "$name" "stun = \"stun://$RL_SERVER_IP\"" "$@"
+}
+
+# rl_count <node> <tag> <hook> [nft match...] : a counting rule (accepts
+# everything) in table inet rl_count_<tag>, hook input/forward/output/...
+rl_count() {
+    local node=$1 tag=$2 hook=$3; shift 3
+    rl_exec "$node" nft -f - <<EOF2 || rl_die "nft counter $tag on $node"
+table inet rl_count_$tag {
+    chain c {
+        type filter hook $hook priority filter - 10; policy accept;
+        $* counter
+    }
+}
+EOF2
+}
+
+# rl_counted <node> <tag> [packets|bytes] : what rl_count has seen (bytes).
+rl_counted() {
+    local what=${3:-bytes}
+    rl_exec "$1" nft list table inet "rl_count_$2" 2>/dev/null \
+        | sed -n "s/.*counter packets \([0-9]*\) bytes \([0-9]*\).*/\1 \2/p" | head -1 \
+        | { read -r p b; [ "$what" = packets ] && printf '%s' "${p:-0}" || printf '%s' "${b:-0}"; }
+}
+
+# rl_cut_udp <router> <ip> : drops forwarded UDP to or from <ip> (the other
+# site's router), leaving everything else (WS, STUN to the server) alone.
+rl_cut_udp() {
+    local node=$1 ip=$2
+    rl_exec "$node" nft -f - <<EOF2 || rl_die "nft cut on $node"
+table inet rl_cut {
+    chain cut {
+        type filter hook forward priority filter; policy accept;
+        ip daddr $ip meta l4proto udp counter drop
+        ip saddr $ip meta l4proto udp counter drop
+    }
+}
+EOF2
+}
+
+# rl_cut_dropped <router> : packets the cut has dropped (both rules).
+rl_cut_dropped() {
+    rl_exec "$1" nft list table inet rl_cut 2>/dev/null \
+        | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
+
+rl_cut_off() { rl_exec "$1" nft delete table inet rl_cut 2>/dev/null; return 0; }
+
+# rl_peer_eval <name> <vip> <python expr over p> : a field of one peer in the
+# client's status (fails if the peer is not listed).
+rl_peer_eval() {
+    rl_status_get "$1" "[p for p in d[\"peers\"] if p[\"vip\"] == \"$2\"][0]" \
+        | python3 -c 'import json, sys; p = json.load(sys.stdin); v = eval(sys.argv[1], {"p": p}); print(json.dumps(v) if isinstance(v, bool) or v is None else v)' "$3" 2>/dev/null
+}
+
+# rl_peer_relay <name> <vip> : that peer is listed and not on the direct path.
+rl_peer_relay() {
+    [ "$(rl_peer_eval "$1" "$2" 'p["path"]')" = relay ]
+}
+
+# rl_log_time_ms <name> <regex> [first|last] : the timestamp (ms since the
+# epoch) of the first (last) matching log line of a ringlink process.
+rl_log_time_ms() {
+    local sel=${3:-first} line
+    if [ "$sel" = last ]; then
+        line=$(grep -E -- "$2" "$(rl_log_file "$1")" 2>/dev/null | tail -1)
+    else
+        line=$(grep -E -m1 -- "$2" "$(rl_log_file "$1")" 2>/dev/null)
+    fi
+    [ -n "$line" ] || return 1
+    python3 -c '
+import datetime, sys
+ts = sys.argv[1].split()[0].rstrip("Z")
+t = datetime.datetime.fromisoformat(ts[:26]).replace(tzinfo=datetime.timezone.utc)
+print(int(t.timestamp() * 1000))' "$line" 2>/dev/null
+}
+
+# rl_signal <name> <SIG> : sends a signal to one process we started, by PID.
+rl_signal() {
+    local pid=${RL_PID[$1]:-}
+    [ -n "$pid" ] && rl_is_our_child "$pid" && kill "-$2" "$pid" 2>/dev/null
+}
+
+# rl_exited <name> : the process has ended (or was never started).
+rl_exited() { ! rl_alive "$1"; }
+
+# rl_ping_losses <log> : "sent lost" of a ping -O run, counting the
+# sequence numbers up to the last one answered (so stopping ping early does
+# not count its last, unanswered probes).
+rl_ping_losses() {
+    python3 - "$1" <<'EOF2'
+import re, sys
+text = open(sys.argv[1]).read()
+got = {int(m.group(1)) for m in re.finditer(r"icmp_seq=(\d+) ttl=", text)}
+if not got:
+    print("0 0"); sys.exit(0)
+last = max(got)
+print("%d %d" % (last, sum(1 for s in range(1, last + 1) if s not in got)))
+EOF2
+}
+
+# rl_transfer <from_node> <to_node> <to_addr> <port> <MB> : sends MB random
+# megabytes over TCP and checks count and sha256 at the sink. Sets
+# RL_XFER_BYTES (received), RL_XFER_SECS and RL_XFER_MBIT; true if intact.
+RL_XFER_BYTES=0; RL_XFER_SECS=0; RL_XFER_MBIT=0
+rl_transfer() {
+    local from=$1 to=$2 addr=$3 port=$4 mb=$5
+    local out="$RL_TMP/sink-$port.out" sent got_n got_sha sent_n sent_sha sent_s
+    RL_XFER_BYTES=0; RL_XFER_SECS=0; RL_XFER_MBIT=0
+    rl_spawn "sink-$port" "$to" python3 -c "$RL_PY_SINK" "$addr" "$port" "$out"
+    rl_wait_until 10 rl_file_exists "$out.ready" || return 1
+    sent=$(timeout --foreground 120 ip netns exec "$(rl_ns "$from")" python3 -c "$RL_PY_SOURCE" "$addr" "$port" "-$mb" 2>>"$RL_TMP/source-$port.log")
+    rl_wait_until 30 rl_file_exists "$out" || return 1
+    read -r got_n got_sha _ <"$out" 2>/dev/null || return 1
+    read -r sent_n sent_sha sent_s <<<"${sent:-0 none 0}"
+    RL_XFER_BYTES=$got_n
+    RL_XFER_SECS=$sent_s
+    RL_XFER_MBIT=$(python3 -c 'import sys; n, s = int(sys.argv[1]), float(sys.argv[2]); print("%.0f" % (n * 8 / s / 1e6 if s > 0 else 0))' "$sent_n" "$sent_s")
+    [ "$got_n" = $((mb << 20)) ] && [ "$sent_n" = "$got_n" ] && [ "$got_sha" = "$sent_sha" ]
+}

@@ -414,13 +414,14 @@ fn one_sided_trigger_follows_the_typical_exchange() {
         sim.trace(1, 0),
         [(1_040, Preparing), (2_020, Connecting), (4_010, Connected)]
     );
-    // Only the responder sent LAN info (§5.4); A keeps it, unused here as
-    // the LANs differ, and the public path carries the traffic.
+    // The responder sent LAN info (§5.4), and so did A on SYNCHRONIZING ->
+    // CONNECTING (not in v6); unused here as the LANs differ, and the public
+    // path carries the traffic.
     let st = sim.hosts[0].m.peer(b).unwrap();
     assert_eq!(st.local, Some(sim.hosts[1].lan));
     assert_eq!(st.path, Some(sim.hosts[1].public));
     let a = sim.hosts[0].vip;
-    assert_eq!(sim.hosts[1].m.peer(a).unwrap().local, None);
+    assert_eq!(sim.hosts[1].m.peer(a).unwrap().local, Some(sim.hosts[0].lan));
 }
 
 #[test]
@@ -440,11 +441,28 @@ fn simultaneous_start_connects() {
     ];
     assert_eq!(sim.trace(0, 1), expect);
     assert_eq!(sim.trace(1, 0), expect);
-    // Nobody got public info outside SYNCHRONIZING, so no LAN info was sent.
-    assert!(sim
-        .hosts
-        .iter()
-        .all(|h| h.m.peers().all(|s| s.local.is_none())));
+    // Both got the other's public info in SYNCHRONIZING; v6 would send no
+    // LAN info at all then (nobody is the "responder"), ringlink does.
+    assert_eq!(sim.hosts[0].m.peer(b).unwrap().local, Some(sim.hosts[1].lan));
+    assert_eq!(sim.hosts[1].m.peer(a).unwrap().local, Some(sim.hosts[0].lan));
+}
+
+#[test]
+fn simultaneous_start_on_one_lan_takes_the_lan_path() {
+    // Both initiate at once (DISCOVERY on join does this): without LAN info
+    // from either side, two peers behind one NAT would only have each
+    // other's public candidates, which a NAT does not hairpin.
+    let mut sim = Sim::new(2, 3, |_, _| {});
+    sim.hosts[1].lan_id = 0;
+    sim.now = sim.at(200);
+    let (a, b) = (sim.hosts[0].vip, sim.hosts[1].vip);
+    let _ = sim.hosts[0].m.try_p2p(b, sim.now);
+    let _ = sim.hosts[1].m.try_p2p(a, sim.now);
+    sim.run_until(6_000);
+    assert_eq!(sim.state(0, 1), Some(Connected));
+    assert_eq!(sim.state(1, 0), Some(Connected));
+    assert_eq!(sim.hosts[0].m.direct_path(b), Some(sim.hosts[1].lan));
+    assert_eq!(sim.hosts[1].m.direct_path(a), Some(sim.hosts[0].lan));
 }
 
 #[test]

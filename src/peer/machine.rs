@@ -160,7 +160,22 @@ impl Peer {
         self.wide = Some(public);
         match self.state {
             PeerState::Connected | PeerState::Connecting => {}
-            PeerState::Synchronizing => self.set_state(PeerState::Connecting, now, env.timers, out),
+            PeerState::Synchronizing => {
+                self.set_state(PeerState::Connecting, now, env.timers, out);
+                // Not in v6, which leaves LAN info to the "responder". When
+                // both ends initiate at once (each heard the other's
+                // DISCOVERY or relayed packet), both reach SYNCHRONIZING
+                // before the other's public info arrives, so neither is the
+                // responder and two peers behind one NAT only ever try
+                // their (unhairpinned) public candidates. GENERAL/0 is
+                // stored in any state by Candy, so sending it is harmless.
+                if let Some(lan) = env.lan_candidate {
+                    out.push_back(Action::SendLanInfo {
+                        peer: self.vip,
+                        lan,
+                    });
+                }
+            }
             PeerState::Init | PeerState::Preparing | PeerState::Waiting | PeerState::Failed => {
                 self.set_state(PeerState::Preparing, now, env.timers, out);
                 if let Some(lan) = env.lan_candidate {

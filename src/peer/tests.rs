@@ -241,7 +241,8 @@ fn public_info_by_state() {
     assert_eq!(n.state(B), PeerState::Connected);
     assert!(n.drain().is_empty());
 
-    // SYNCHRONIZING → CONNECTING, no LAN info.
+    // SYNCHRONIZING → CONNECTING, and (unlike v6) own LAN info: the peer
+    // may be an initiator too, in which case nobody else would send it.
     let mut n = Node::new(|_| {});
     assert!(n.try_p2p().is_accepted());
     assert!(n.stun().is_accepted());
@@ -249,7 +250,13 @@ fn public_info_by_state() {
     assert_eq!(n.state(B), PeerState::Synchronizing);
     assert!(n.public(B_PUB).is_accepted());
     assert_eq!(n.state(B), PeerState::Connecting);
-    assert!(n.drain().is_empty());
+    assert_eq!(
+        n.drain(),
+        [Action::SendLanInfo {
+            peer: B,
+            lan: OWN_LAN
+        }]
+    );
 
     // Without a LAN candidate nothing is sent, the state still moves.
     let mut n = Node::new(|c| c.lan_candidate = None);
@@ -324,6 +331,14 @@ fn heartbeat_destinations_and_ack_flag_per_state() {
         )]
     );
     assert!(n.public(B_PUB).is_accepted());
+    // SYNCHRONIZING → CONNECTING sends own LAN info over WS.
+    assert_eq!(
+        n.drain(),
+        [Action::SendLanInfo {
+            peer: B,
+            lan: OWN_LAN
+        }]
+    );
     // CONNECTING: wide then local.
     let acts = n.advance(3_000);
     assert_eq!(
