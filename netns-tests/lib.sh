@@ -622,6 +622,166 @@ rl_make_selfsigned() {
         -keyout "$d/self.key" -out "$d/self.pem" -days 2 -config "$d/self.cnf" >>"$d/openssl.log" 2>&1
 }
 
+# ------------------------------------------------------------------ sites
+
+# Site-to-site worlds (test_sites_*.sh, demo.sh). Each site X is a gateway
+# namespace gw-X (ringlink client, static VIP 10.77.0.1N) on the "internet"
+# switch, and a LAN host namespace lan-X behind it on 192.168.1N.0/24
+# (gateway .1, host .2, default route via the gateway). The server pushes a
+# [[route]] per LAN via its gateway's VIP.
+#
+# The internet is 198.51.100.0/24 (TEST-NET-2, documentation only): once a
+# client has received subnet routes it ignores heartbeats from private
+# source addresses (PROTOCOL.md §5.4), so direct paths between gateways need
+# public-looking addresses. It exists only inside our namespaces.
+RL_SITES_NET="198.51.100"
+declare -A RL_SITE_IDX=([a]=1 [b]=2 [c]=3 [d]=4)
+
+rl_site_vip()  { printf '10.77.0.1%s' "${RL_SITE_IDX[$1]}"; }
+rl_site_lan()  { printf '192.168.1%s.0/24' "${RL_SITE_IDX[$1]}"; }
+rl_site_host() { printf '192.168.1%s.2' "${RL_SITE_IDX[$1]}"; }
+rl_site_wan()  { printf '%s.1%s' "$RL_SITES_NET" "${RL_SITE_IDX[$1]}"; }
+
+# rl_sites_server [extra toml lines...] : switch, server namespace srv on
+# $RL_SITES_NET.1 with its STUN responder and a [[route]] for every site in
+# $RL_SITES (default "a b c"); waits until it listens.
+rl_sites_server() {
+    local s lines=()
+    RL_SERVER_IP="$RL_SITES_NET.1"
+    rl_switch
+    rl_attach srv "$RL_SERVER_IP/24"
+    for s in ${RL_SITES:-a b c}; do
+        lines+=("[[route]]" "dst = \"$(rl_site_lan "$s")\"" "via = \"$(rl_site_vip "$s")\"")
+    done
+    rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" "$@" "${lines[@]}" >/dev/null
+    rl_start_server server srv
+    rl_wait_until 10 rl_server_listening srv
+}
+
+# rl_site <x> [extra client toml lines...] : gateway gw-<x> and LAN host
+# lan-<x>; writes the gateway's client config gw-<x>.toml (static VIP,
+# STUN on the server, latency routing on) but does not start it.
+rl_site() {
+    local x=$1; shift
+    local i=${RL_SITE_IDX[$x]}
+    rl_attach "gw-$x" "$(rl_site_wan "$x")/24"
+    rl_link "gw-$x" lan0 "192.168.1$i.1/24" "lan-$x" eth0 "192.168.1$i.2/24"
+    ip -n "$(rl_ns "lan-$x")" route add default via "192.168.1$i.1"
+    rl_client_conf "gw-$x" \
+        "address = \"$(rl_site_vip "$x")/24\"" \
+        "stun = \"stun://$RL_SERVER_IP\"" \
+        "$@" >/dev/null
+}
+
+# rl_sites_world [extra client toml lines...] : server plus every site in
+# $RL_SITES, gateways started (not awaited).
+rl_sites_world() {
+    local x
+    rl_sites_server || return 1
+    for x in ${RL_SITES:-a b c}; do
+        rl_site "$x" "$@"
+        rl_start_client "gw-$x" "gw-$x"
+    done
+}
+
+# rl_peer_get <client> <peer vip> <field> : one field of a peer's status
+# line (empty if the peer is not listed).
+rl_peer_get() {
+    rl_status_get "$1" "next((p[\"$3\"] for p in d[\"peers\"] if p[\"vip\"] == \"$2\"), \"\")"
+}
+
+# rl_peer_direct <client> <peer vip> : that peer is CONNECTED over UDP.
+rl_peer_direct() { [ "$(rl_peer_get "$1" "$2" path)" = direct ]; }
+rl_peer_not_direct() { ! rl_peer_direct "$1" "$2"; }
+
+# rl_route_get <client> <dst> <field> : a field of the status route for
+# <dst> (a VIP, or a subnet like 192.168.13.0/24); empty if there is none.
+rl_route_get() {
+    rl_status_get "$1" "next((r[\"$3\"] for r in d[\"routes\"] if r[\"dst\"] == \"$2\"), \"\")"
+}
+
+# rl_route_via <client> <dst> <next hop> : status routes <dst> via <next hop>.
+rl_route_via() { [ "$(rl_route_get "$1" "$2" next_hop)" = "$3" ]; }
+
+# rl_no_route <client> <dst> : status has no route for <dst>.
+rl_no_route() { [ -z "$(rl_route_get "$1" "$2" next_hop)" ]; }
+
+# rl_has_route <client> <dst> : the status lists a route for <dst>.
+rl_has_route() { ! rl_no_route "$1" "$2"; }
+
+# rl_if_bytes <node> <ifname> : "rx tx" byte counters of an interface.
+rl_if_bytes() {
+    local d="/sys/class/net/$2/statistics"
+    rl_exec "$1" sh -c "echo \$(cat $d/rx_bytes) \$(cat $d/tx_bytes)" 2>/dev/null
+}
+
+# rl_if_total <node> <ifname> : rx + tx bytes of an interface.
+rl_if_total() {
+    local rx tx
+    read -r rx tx <<<"$(rl_if_bytes "$1" "$2")"
+    echo $(( ${rx:-0} + ${tx:-0} ))
+}
+
+# rl_block_udp_pair <addr1> <addr2> : the "internet" switch drops UDP between
+# the two addresses, both ways (nftables bridge family in namespace sw; the
+# endpoints and everyone else are left alone). One table per pair.
+rl_block_udp_pair() {
+    local t="rl_pair_${1//./_}_${2//./_}"
+    rl_exec sw nft -f - <<EOF2 || rl_die "nft pair block on sw"
+table bridge $t {
+    chain pair {
+        type filter hook forward priority filter; policy accept;
+        ip saddr $1 ip daddr $2 ip protocol udp counter drop
+        ip saddr $2 ip daddr $1 ip protocol udp counter drop
+    }
+}
+EOF2
+}
+
+# rl_unblock_udp_pair <addr1> <addr2>
+rl_unblock_udp_pair() { rl_exec sw nft delete table bridge "rl_pair_${1//./_}_${2//./_}" 2>/dev/null; return 0; }
+
+# rl_udp_pair_dropped <addr1> <addr2> : packets the pair rule dropped so far.
+rl_udp_pair_dropped() {
+    rl_exec sw nft list table bridge "rl_pair_${1//./_}_${2//./_}" 2>/dev/null \
+        | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
+}
+
+# Python SYN watcher: on interface IFACE, waits (up to TIMEOUT s) for a TCP
+# SYN (not SYN-ACK) to PORT and writes its MSS option to OUT ("none" when it
+# has none). Creates OUT.ready once the raw socket is open.
+RL_PY_SYN_MSS='
+import os, socket, struct, sys, time
+ifn, port, out, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
+s.bind((ifn, 0)); s.settimeout(0.5)
+open(out + ".ready", "w").close()
+end = time.monotonic() + timeout; mss = None
+while time.monotonic() < end and mss is None:
+    try: p = s.recv(65535)
+    except socket.timeout: continue
+    if len(p) < 20 or p[9] != 6: continue
+    t = p[(p[0] & 15) * 4:]
+    if len(t) < 20 or struct.unpack("!H", t[2:4])[0] != port: continue
+    if t[13] & 0x12 != 0x02: continue
+    opts, i, mss = t[20:(t[12] >> 4) * 4], 0, "none"
+    while i < len(opts):
+        k = opts[i]
+        if k == 0: break
+        if k == 1: i += 1; continue
+        if i + 1 >= len(opts) or opts[i + 1] < 2: break
+        if k == 2 and opts[i + 1] == 4: mss = str(struct.unpack("!H", opts[i + 2:i + 4])[0])
+        i += opts[i + 1]
+with open(out + ".tmp", "w") as f: f.write((mss or "timeout") + "\n")
+os.rename(out + ".tmp", out)
+'
+
+# rl_secs_since <t0 ms> : seconds since t0 with one decimal, e.g. "2.4".
+rl_secs_since() {
+    local d=$(( $(rl_now_ms) - $1 ))
+    printf '%d.%d' $((d / 1000)) $(( (d % 1000) / 100 ))
+}
+
 # ------------------------------------------------------------------ p2p
 
 # rl_router_firewall <router> [wan_ifname] : the usual home-router input
@@ -721,14 +881,6 @@ rl_p2p_client_conf() {
     rl_client_conf "$name" "stun = \"stun://$RL_SERVER_IP\"" "$@"
 }
 
-# rl_if_bytes <node> <ifname> : rx + tx bytes of an interface so far.
-rl_if_bytes() {
-    local rx tx
-    rx=$(rl_exec "$1" cat "/sys/class/net/$2/statistics/rx_bytes" 2>/dev/null) || return 1
-    tx=$(rl_exec "$1" cat "/sys/class/net/$2/statistics/tx_bytes" 2>/dev/null) || return 1
-    printf '%s' $((rx + tx))
-}
-
 # rl_count <node> <tag> <hook> [nft match...] : a counting rule (accepts
 # everything) in table inet rl_count_<tag>, hook input/forward/output/...
 rl_count() {
@@ -774,21 +926,16 @@ rl_cut_dropped() {
 
 rl_cut_off() { rl_exec "$1" nft delete table inet rl_cut 2>/dev/null; return 0; }
 
-# rl_peer_get <name> <vip> <python expr over p> : a field of one peer in the
+# rl_peer_eval <name> <vip> <python expr over p> : a field of one peer in the
 # client's status (fails if the peer is not listed).
-rl_peer_get() {
+rl_peer_eval() {
     rl_status_get "$1" "[p for p in d[\"peers\"] if p[\"vip\"] == \"$2\"][0]" \
         | python3 -c 'import json, sys; p = json.load(sys.stdin); v = eval(sys.argv[1], {"p": p}); print(json.dumps(v) if isinstance(v, bool) or v is None else v)' "$3" 2>/dev/null
 }
 
-# rl_peer_direct <name> <vip> : that peer is CONNECTED over the direct path.
-rl_peer_direct() {
-    [ "$(rl_peer_get "$1" "$2" 'p["state"] + "/" + p["path"]')" = "CONNECTED/direct" ]
-}
-
 # rl_peer_relay <name> <vip> : that peer is listed and not on the direct path.
 rl_peer_relay() {
-    [ "$(rl_peer_get "$1" "$2" 'p["path"]')" = relay ]
+    [ "$(rl_peer_eval "$1" "$2" 'p["path"]')" = relay ]
 }
 
 # rl_log_time_ms <name> <regex> [first|last] : the timestamp (ms since the

@@ -35,8 +35,8 @@ echo "  time to CONNECTED (both ends, from the 'direct path up' log lines):" \
      "$((up - t0)) ms from client start, $((up - joined)) ms after both joined" \
      "(aim < 2000 ms: $([ $((up - t0)) -lt 2000 ] && echo met || echo NOT met))"
 check "both ends CONNECTED within ${BOUND_MS} ms of client start" test "$up_a" -gt 0 -a "$up_b" -gt 0 -a $((up - t0)) -le "$BOUND_MS"
-ep=$(rl_peer_get a "${vb:-none}" 'p["endpoint"]')
-echo "  a's path to b: ${ep:-?}; b's path to a: $(rl_peer_get b "${va:-none}" 'p["endpoint"]')"
+ep=$(rl_peer_eval a "${vb:-none}" 'p["endpoint"]')
+echo "  a's path to b: ${ep:-?}; b's path to a: $(rl_peer_eval b "${va:-none}" 'p["endpoint"]')"
 check "a's endpoint for b is b's router's public mapping ($RL_P2P_NET.22:port)" \
     test "${ep%:*}" = "$RL_P2P_NET.22"
 
@@ -46,9 +46,9 @@ check "ping b -> a (5 of 5)" rl_ping b "${va:-none}" 5
 # Independent witnesses: the server's interface, and a counter on a's router
 # for UDP it forwards to b's router.
 rl_count ra direct forward ip daddr "$RL_P2P_NET.22" meta l4proto udp
-srv0=$(rl_if_bytes srv eth0)
+srv0=$(rl_if_total srv eth0)
 check "$MB MB a -> b arrive intact (count + sha256)" rl_transfer a b "${vb:-127.0.0.1}" 5001 "$MB"
-srv1=$(rl_if_bytes srv eth0)
+srv1=$(rl_if_total srv eth0)
 fwd=$(rl_counted ra direct)
 echo "  $RL_XFER_BYTES bytes in ${RL_XFER_SECS}s = $RL_XFER_MBIT Mbit/s direct;" \
      "server eth0 moved $((srv1 - srv0)) bytes, ra forwarded $fwd bytes of UDP to rb"

@@ -36,9 +36,9 @@ check "b sees a CONNECTED/direct" rl_wait_until 15 rl_peer_direct b "${va:-none}
 burst() {
     rl_count ra "$1" forward ip daddr "$RL_P2P_NET.22" meta l4proto udp
     local s0 s1 out
-    s0=$(rl_if_bytes srv eth0)
+    s0=$(rl_if_total srv eth0)
     out=$(timeout --foreground 15 ip netns exec "$(rl_ns a)" ping -n -q -c 100 -i 0.01 -s 1000 -W 1 "${vb:-127.0.0.1}" 2>/dev/null)
-    s1=$(rl_if_bytes srv eth0)
+    s1=$(rl_if_total srv eth0)
     SRV=$((s1 - s0)); FWD=$(rl_counted ra "$1")
     GOT=$(printf '%s\n' "$out" | sed -n 's/.* \([0-9]*\) received.*/\1/p')
     echo "  $1 burst: ${GOT:-0}/100 answered, server eth0 moved $SRV bytes, ra forwarded ${FWD:-0} bytes of UDP to rb"
@@ -60,9 +60,9 @@ burst cut
 check "during the cut the burst is answered (${GOT:-0}/100)" rl_ge "${GOT:-0}" 95
 check "through the relay (server eth0 moved >= 2 x 100 KB)" rl_ge "$SRV" 200000
 check "the cut dropped the punching attempts ($(rl_cut_dropped ra) packets)" rl_ge "$(rl_cut_dropped ra)" 1
-check "a retries through the cut and parks b in WAITING" rl_wait_until 10 test "$(rl_peer_get a "${vb:-none}" 'p["state"]')" = WAITING
+check "a retries through the cut and parks b in WAITING" rl_wait_until 10 test "$(rl_peer_eval a "${vb:-none}" 'p["state"]')" = WAITING
 
-retry=$(rl_peer_get a "${vb:-none}" 'p["retry_secs"]')
+retry=$(rl_peer_eval a "${vb:-none}" 'p["retry_secs"]')
 t_restore=$(rl_now_ms)
 rl_cut_off ra
 echo "  cut lifted; a's retry_secs for b is ${retry:-?}"

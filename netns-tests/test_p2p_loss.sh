@@ -27,7 +27,7 @@ check "b sees a CONNECTED/direct" rl_wait_until 20 rl_peer_direct b "${va:-none}
 up_a=$(rl_log_time_ms a "direct path up") || up_a=$t0
 up_b=$(rl_log_time_ms b "direct path up") || up_b=$t0
 echo "  CONNECTED after $(( (up_a > up_b ? up_a : up_b) - t0 )) ms from client start (under loss)"
-ep=$(rl_peer_get a "${vb:-none}" 'p["endpoint"]')
+ep=$(rl_peer_eval a "${vb:-none}" 'p["endpoint"]')
 check "a's endpoint for b is b's router's public mapping (${ep:-?})" test "${ep%:*}" = "$RL_P2P_NET.22"
 
 # 200 pings of 1000 bytes in 2 s: over the relay they would move more than
@@ -37,9 +37,9 @@ check "a's endpoint for b is b's router's public mapping (${ep:-?})" test "${ep%
 # burst is repeated once on the restored direct path, and the flap reported.
 burst() {
     rl_count ra "$1" forward ip daddr "$RL_P2P_NET.22" meta l4proto udp
-    srv0=$(rl_if_bytes srv eth0)
+    srv0=$(rl_if_total srv eth0)
     burst=$(timeout --foreground 15 ip netns exec "$(rl_ns a)" ping -n -q -c 200 -i 0.01 -s 1000 -W 1 "${vb:-127.0.0.1}" 2>/dev/null)
-    srv1=$(rl_if_bytes srv eth0)
+    srv1=$(rl_if_total srv eth0)
     fwd=$(rl_counted ra "$1")
 }
 flaps0=$(( $(rl_log_count a 'direct path lost') + $(rl_log_count b 'direct path lost') ))

@@ -35,10 +35,10 @@ echo "  a = ${va:-?} at 192.168.1.2, b = ${vb:-?} at 192.168.1.3, both behind $R
 # unusable public candidates were tried, attempt after attempt).
 check "a sees b CONNECTED/direct" rl_wait_until 15 rl_peer_direct a "${vb:-none}"
 check "b sees a CONNECTED/direct" rl_wait_until 10 rl_peer_direct b "${va:-none}"
-retry=$(rl_peer_get a "${vb:-none}" 'p["retry_secs"]')
+retry=$(rl_peer_eval a "${vb:-none}" 'p["retry_secs"]')
 check "found on the first attempt (a's retry_secs for b still $((30 / DIV)), is ${retry:-?})" test "${retry:-0}" = $((30 / DIV))
-ep_ab=$(rl_peer_get a "${vb:-none}" 'p["endpoint"]')
-ep_ba=$(rl_peer_get b "${va:-none}" 'p["endpoint"]')
+ep_ab=$(rl_peer_eval a "${vb:-none}" 'p["endpoint"]')
+ep_ba=$(rl_peer_eval b "${va:-none}" 'p["endpoint"]')
 echo "  a's path to b: ${ep_ab:-?}; b's path to a: ${ep_ba:-?}"
 check "a's endpoint for b is b's LAN address" test "${ep_ab%:*}" = 192.168.1.3
 check "b's endpoint for a is a's LAN address" test "${ep_ba%:*}" = 192.168.1.2
@@ -47,12 +47,12 @@ check "ping b -> a (5 of 5)" rl_ping b "${va:-none}" 5
 
 rl_count ra forwarded forward
 fwd0=$(rl_counted ra forwarded packets)
-lan0=$(rl_if_bytes ra lan0)
-srv0=$(rl_if_bytes srv eth0)
+lan0=$(rl_if_total ra lan0)
+srv0=$(rl_if_total srv eth0)
 check "$MB MB a -> b arrive intact (count + sha256)" rl_transfer a b "${vb:-127.0.0.1}" 5001 "$MB"
 fwd1=$(rl_counted ra forwarded packets)
-lan1=$(rl_if_bytes ra lan0)
-srv1=$(rl_if_bytes srv eth0)
+lan1=$(rl_if_total ra lan0)
+srv1=$(rl_if_total srv eth0)
 echo "  $RL_XFER_BYTES bytes in ${RL_XFER_SECS}s = $RL_XFER_MBIT Mbit/s over the LAN;" \
      "ra forwarded $((fwd1 - fwd0)) packets, its lan0 moved $((lan1 - lan0)) bytes; server eth0 moved $((srv1 - srv0)) bytes"
 # A transfer of MB megabytes is > MB * 700 full-size packets; heartbeats and

@@ -31,7 +31,7 @@ t0=$(rl_now_ms)
 want_last=$((120 / DIV))
 for ((i = 0; i < 150; i++)); do
     now=$(( $(rl_now_ms) - t0 ))
-    s=$(rl_peer_get a "${vb:-none}" 'p["state"] + " " + str(p["retry_secs"])')
+    s=$(rl_peer_eval a "${vb:-none}" 'p["state"] + " " + str(p["retry_secs"])')
     [ -n "$s" ] && echo "$now $s" >>"$samples"
     case $s in "WAITING $want_last") break ;; esac
     [ "$now" -gt 30000 ] && break
@@ -78,9 +78,9 @@ check "WAITING periods ending in a doubling last their retry_secs (±1.2 s), non
 
 check "ping a -> b over the relay (5 of 5)" rl_ping a "${vb:-none}" 5
 check "ping b -> a over the relay (5 of 5)" rl_ping b "${va:-none}" 5
-srv0=$(rl_if_bytes srv eth0)
+srv0=$(rl_if_total srv eth0)
 check "$MB MB a -> b arrive intact (count + sha256)" rl_transfer a b "${vb:-127.0.0.1}" 5001 "$MB"
-srv1=$(rl_if_bytes srv eth0)
+srv1=$(rl_if_total srv eth0)
 echo "  $RL_XFER_BYTES bytes in ${RL_XFER_SECS}s = $RL_XFER_MBIT Mbit/s over the relay; server eth0 moved $((srv1 - srv0)) bytes"
 check "it crossed the server twice (its eth0 moved >= 2 x $MB MB)" rl_ge $((srv1 - srv0)) $((2 * (MB << 20)))
 check "a lists b on the relay path" rl_peer_relay a "${vb:-none}"

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::proto::crypto::CipherKind;
 use crate::proto::Ipv4Cidr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,6 +311,8 @@ pub struct ClientConfig {
     pub lan_address: Option<Ipv4Addr>,
     /// Clamp the MSS of TCP SYNs entering the tunnel to fit its MTU.
     pub mss_clamp: bool,
+    /// Network-wide peer cipher; AES-256-GCM is the only one Candy speaks.
+    pub cipher: CipherKind,
     /// Test-only: every peer timer is divided by this (1 = real timings).
     pub test_time_divisor: u32,
 }
@@ -333,6 +336,7 @@ struct RawClient {
     lan_address: Option<String>,
     test_time_divisor: Option<i64>,
     mss_clamp: Option<bool>,
+    cipher: Option<String>,
 }
 
 pub const DEFAULT_MTU: u16 = 1400;
@@ -422,6 +426,16 @@ impl ClientConfig {
             .lan_address
             .map(|a| c.ipv4("lan_address", &a))
             .transpose()?;
+        let cipher = match raw.cipher.as_deref() {
+            None | Some("aes-256-gcm") => CipherKind::Aes256Gcm,
+            Some("chacha20-poly1305") => CipherKind::ChaCha20Poly1305,
+            Some(other) => {
+                return Err(c.err(
+                    "cipher",
+                    format!("expected \"aes-256-gcm\" (Candy's, the default) or \"chacha20-poly1305\", got {other:?}"),
+                ))
+            }
+        };
         let test_time_divisor = in_range(
             &c,
             "test_time_divisor",
@@ -448,6 +462,7 @@ impl ClientConfig {
             lan_address,
             test_time_divisor,
             mss_clamp: raw.mss_clamp.unwrap_or(true),
+            cipher,
         })
     }
 }
@@ -565,6 +580,7 @@ mod tests {
             ),
             (&format!("{CLIENT}stun = \"10.0.0.1:3478\"\n"), "stun"),
             (&format!("{CLIENT}route_cost = 1001\n"), "route_cost"),
+            (&format!("{CLIENT}cipher = \"des\"\n"), "cipher"),
             ("server = \"ws://h\"\npassword = \"\"\n", "password"),
         ];
         for (text, key) in cases {

@@ -47,10 +47,10 @@ pub fn run() -> Result<(), String> {
         .status()
         .map_err(|e| format!("running bash: {e}"))?;
     let _ = std::fs::remove_dir_all(&dir);
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("demo failed ({status})"))
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(130) => Err("demo interrupted; namespaces removed".into()),
+        _ => Err(format!("demo failed ({status})")),
     }
 }
 

@@ -12,7 +12,7 @@ use crate::dataplane::{
     CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender,
     UpcallReceiver,
 };
-use crate::proto::crypto::{CipherKind, PeerKey};
+use crate::proto::crypto::PeerKey;
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
 use crate::route::mss::mss_for_mtu;
@@ -45,7 +45,7 @@ impl Interface {
         };
         // Everyone seals for us with our key; it is derived once, here.
         let own_key = Arc::new(PeerKey::for_vip(
-            CipherKind::default(),
+            cfg.cipher,
             cfg.password.as_bytes(),
             address.addr,
         ));

@@ -24,7 +24,6 @@ use tracing::{info, warn};
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
 use crate::peer::{PeerConfig, Timers};
-use crate::proto::crypto::CipherKind;
 use crate::proto::ws::encode_forward;
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
@@ -111,6 +110,13 @@ async fn new_node(
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
     route.seed = rand::random();
+    if cfg.test_time_divisor > 1 {
+        let d = cfg.test_time_divisor;
+        route.probe_interval /= d;
+        route.holddown /= d;
+        route.route_expiry /= d;
+        route.refresh_interval = route.refresh_interval.map(|r| r / d);
+    }
     info!(
         udp_port = port,
         stun = ?stun,
@@ -123,7 +129,7 @@ async fn new_node(
         NodeConfig {
             own,
             password: cfg.password.as_bytes().to_vec(),
-            cipher: CipherKind::default(),
+            cipher: cfg.cipher,
             stun,
             peer,
             route,

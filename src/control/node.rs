@@ -426,6 +426,19 @@ impl Node {
         self.dirty = false;
     }
 
+    /// How a packet for `vip` leaves this node, by the same rule the
+    /// dataplane follows: a latency route through a CONNECTED peer, else
+    /// the direct path, else the relay.
+    fn path_to(&self, vip: Ipv4Addr) -> String {
+        match self.router.route(vip) {
+            Some(r) if r.next_hop != vip && self.direct.contains_key(&r.next_hop) => {
+                format!("via {}", r.next_hop)
+            }
+            _ if self.direct.contains_key(&vip) => "direct".to_string(),
+            _ => "relay".to_string(),
+        }
+    }
+
     /// Lines for `ringlink status`.
     pub fn status(&self, now: Instant) -> (Vec<PeerLine>, Vec<RouteLine>) {
         let peers = self
@@ -458,28 +471,20 @@ impl Node {
             .map(|r| RouteLine {
                 dst: r.dst.to_string(),
                 next_hop: r.next_hop.to_string(),
-                path: if self.direct.contains_key(&r.next_hop) {
-                    "direct"
-                } else {
-                    "relay"
-                }
-                .to_string(),
+                path: self.path_to(r.dst),
                 rtt_ms: r.next_hop_rtt_ms.map(f64::from),
                 metric_ms: Some(r.metric),
             })
-            .chain(self.subnets.iter().map(|s| {
-                RouteLine {
-                    dst: format!("{}/{}", s.dst, s.prefix_len()),
-                    next_hop: s.next_hop.to_string(),
-                    path: if self.direct.contains_key(&s.next_hop) {
-                        "direct"
-                    } else {
-                        "relay"
-                    }
-                    .to_string(),
-                    rtt_ms: self.router.peer_rtt(s.next_hop).map(f64::from),
-                    metric_ms: None,
-                }
+            .chain(self.subnets.iter().map(|s| RouteLine {
+                dst: format!("{}/{}", s.dst, s.prefix_len()),
+                next_hop: s.next_hop.to_string(),
+                path: if s.next_hop == self.own {
+                    "local".to_string()
+                } else {
+                    self.path_to(s.next_hop)
+                },
+                rtt_ms: self.router.peer_rtt(s.next_hop).map(f64::from),
+                metric_ms: None,
             }))
             .collect();
         (peers, routes)

@@ -3,7 +3,7 @@
 //! address (PROTOCOL.md §4). Both directions, because the ringlink server
 //! answers binding requests itself.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 
 use super::error::need;
 use super::ProtoError;
@@ -43,7 +43,6 @@ pub fn encode_binding_request(txid: &TransactionId) -> [u8; REQUEST_LEN] {
 
 struct Header {
     ty: u16,
-    body_len: usize,
     txid: TransactionId,
 }
 
@@ -60,7 +59,6 @@ fn header(dgram: &[u8]) -> Result<Header, ProtoError> {
     txid.copy_from_slice(&dgram[8..20]);
     Ok(Header {
         ty: u16::from_be_bytes([dgram[0], dgram[1]]),
-        body_len,
         txid,
     })
 }
@@ -105,50 +103,36 @@ fn write_address(out: &mut [u8], attr: u16, port: u16, ip: u32) {
 }
 
 /// The mapped address in a Binding Response: the first IPv4
-/// XOR-MAPPED-ADDRESS or MAPPED-ADDRESS. Unlike Candy, attribute padding is
-/// honoured, every read is bounds-checked and the transaction ID is returned
-/// so the caller can match it to its request.
+/// XOR-MAPPED-ADDRESS or MAPPED-ADDRESS, as Candy takes it. The message is
+/// parsed by the `stun-types` crate, which (unlike Candy) honours attribute
+/// padding and bounds; the transaction ID is returned so the caller can
+/// match the response to its request.
 pub fn parse_binding_response(dgram: &[u8]) -> Result<(TransactionId, SocketAddrV4), ProtoError> {
-    let h = header(dgram)?;
-    if h.ty != BINDING_RESPONSE {
+    use stun_types::attribute::{Attribute, AttributeFromRaw, MappedSocketAddr, XorMappedAddress};
+    use stun_types::message::{Message, MessageClass, BINDING};
+
+    let msg = Message::from_bytes(dgram)
+        .map_err(|_| ProtoError::Stun("not a well-formed STUN message"))?;
+    if !msg.has_class(MessageClass::Success) || !msg.has_method(BINDING) {
         return Err(ProtoError::Stun("not a binding success response"));
     }
-    let mut body = &dgram[HEADER_LEN..HEADER_LEN + h.body_len];
-    while body.len() >= 4 {
-        let attr = u16::from_be_bytes([body[0], body[1]]);
-        let len = usize::from(u16::from_be_bytes([body[2], body[3]]));
-        let padded = (len + 3) & !3;
-        if body.len() < 4 + len {
-            return Err(ProtoError::Stun("attribute runs past the message"));
-        }
-        let value = &body[4..4 + len];
-        let addr = match attr {
-            ATTR_XOR_MAPPED_ADDRESS => read_address(value, true),
-            ATTR_MAPPED_ADDRESS => read_address(value, false),
+    let txid = msg.transaction_id();
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&u128::from(txid).to_be_bytes()[4..]);
+    for raw in msg.iter_attributes() {
+        let addr = match raw.get_type().value() {
+            ATTR_XOR_MAPPED_ADDRESS => XorMappedAddress::from_raw(&raw).ok().map(|a| a.addr(txid)),
+            ATTR_MAPPED_ADDRESS => MappedSocketAddr::from_raw(&raw).ok().map(|a| a.addr()),
             _ => None,
         };
-        if let Some(a) = addr {
+        if let Some(SocketAddr::V4(a)) = addr {
             if a.port() == 0 || a.ip().is_unspecified() {
                 return Err(ProtoError::Stun("mapped address is zero"));
             }
-            return Ok((h.txid, a));
+            return Ok((id, a));
         }
-        body = &body[(4 + padded).min(body.len())..];
     }
     Err(ProtoError::Stun("no IPv4 mapped address"))
-}
-
-fn read_address(value: &[u8], xor: bool) -> Option<SocketAddrV4> {
-    if value.len() < 8 || value[1] != FAMILY_IPV4 {
-        return None;
-    }
-    let mut port = u16::from_be_bytes([value[2], value[3]]);
-    let mut ip = u32::from_be_bytes([value[4], value[5], value[6], value[7]]);
-    if xor {
-        port ^= (MAGIC_COOKIE >> 16) as u16;
-        ip ^= MAGIC_COOKIE;
-    }
-    Some(SocketAddrV4::new(Ipv4Addr::from(ip), port))
 }
 
 #[cfg(test)]

@@ -224,6 +224,25 @@ impl Router {
             if self.dumped.insert(msg.src) {
                 self.dump(msg.src);
             }
+            // Our probe on connect is dropped when it reaches the peer before
+            // the peer counts us as CONNECTED (the side that connects first
+            // always loses it), which would leave the link unmeasured, and
+            // unusable for routes through it, until the next periodic probe
+            // (up to a whole interval). A probe from the peer proves it now
+            // counts us as CONNECTED: measure it at once.
+            if let Some(st) = self.probes.get_mut(&msg.src) {
+                if st.srtt.is_none() {
+                    probe(
+                        &self.cfg,
+                        &self.clock,
+                        st,
+                        msg.src,
+                        now,
+                        &mut self.out,
+                        &mut self.stats,
+                    );
+                }
+            }
             DelayOutcome::Echoed { to: msg.src }
         } else {
             DelayOutcome::NotForUs

@@ -255,8 +255,20 @@ impl Table {
                         next: cur.next,
                         metric: cur_metric,
                     };
-                    match self.best(dst, holding) {
-                        Some(b)
+                    // A first-hand path to the destination only needs to be
+                    // better, not better by the margin: it loads no third
+                    // node, and switching away from it again does need the
+                    // margin, so noise cannot make the route flap. Without
+                    // this, a via-peer route learned while the direct path
+                    // was down would stick for good on a LAN, where the two
+                    // differ by less than the margin's absolute part.
+                    let direct = self.via(dst, dst).filter(|_| cur.next != dst);
+                    match (self.best(dst, holding), direct) {
+                        (_, Some(m)) if m < cur.metric => Some(Route {
+                            next: dst,
+                            metric: m,
+                        }),
+                        (Some(b), _)
                             if b.next != cur.next
                                 && self.hysteresis.beats(b.metric, cur.metric) =>
                         {
@@ -425,6 +437,40 @@ mod tests {
                 metric: 60
             })
         );
+    }
+
+    #[test]
+    fn a_better_direct_path_wins_without_the_margin() {
+        let now = Instant::now();
+        let mut t = table(Hysteresis::default(), 0);
+        let mut ch = Vec::new();
+        t.neighbor_up(ip(2));
+        t.set_link_rtt(ip(2), 1, now, &mut ch);
+        // C reachable only through B at first: 1 + 5 = 6 ms.
+        t.advert(ip(3), ip(2), 5, now, &mut ch).unwrap();
+        assert_eq!(t.route(ip(3)).map(|r| r.next), Some(ip(2)));
+        // The direct path appears, 2 ms: better, though by less than 10 ms.
+        t.neighbor_up(ip(3));
+        t.set_link_rtt(ip(3), 2, now, &mut ch);
+        assert_eq!(
+            t.route(ip(3)),
+            Some(Route {
+                next: ip(3),
+                metric: 2
+            })
+        );
+        // Back to the peer only with the margin: noise on the direct link
+        // (2 -> 5 ms) does not move it.
+        t.set_link_rtt(ip(3), 5, now, &mut ch);
+        assert_eq!(t.route(ip(3)).map(|r| r.next), Some(ip(3)));
+        // A direct path that is worse does not win.
+        let mut t = table(Hysteresis::default(), 0);
+        t.neighbor_up(ip(2));
+        t.set_link_rtt(ip(2), 1, now, &mut ch);
+        t.advert(ip(3), ip(2), 5, now, &mut ch).unwrap();
+        t.neighbor_up(ip(3));
+        t.set_link_rtt(ip(3), 9, now, &mut ch);
+        assert_eq!(t.route(ip(3)).map(|r| r.next), Some(ip(2)));
     }
 
     #[test]
