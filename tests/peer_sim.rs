@@ -421,7 +421,10 @@ fn one_sided_trigger_follows_the_typical_exchange() {
     assert_eq!(st.local, Some(sim.hosts[1].lan));
     assert_eq!(st.path, Some(sim.hosts[1].public));
     let a = sim.hosts[0].vip;
-    assert_eq!(sim.hosts[1].m.peer(a).unwrap().local, Some(sim.hosts[0].lan));
+    assert_eq!(
+        sim.hosts[1].m.peer(a).unwrap().local,
+        Some(sim.hosts[0].lan)
+    );
 }
 
 #[test]
@@ -443,8 +446,14 @@ fn simultaneous_start_connects() {
     assert_eq!(sim.trace(1, 0), expect);
     // Both got the other's public info in SYNCHRONIZING; v6 would send no
     // LAN info at all then (nobody is the "responder"), ringlink does.
-    assert_eq!(sim.hosts[0].m.peer(b).unwrap().local, Some(sim.hosts[1].lan));
-    assert_eq!(sim.hosts[1].m.peer(a).unwrap().local, Some(sim.hosts[0].lan));
+    assert_eq!(
+        sim.hosts[0].m.peer(b).unwrap().local,
+        Some(sim.hosts[1].lan)
+    );
+    assert_eq!(
+        sim.hosts[1].m.peer(a).unwrap().local,
+        Some(sim.hosts[0].lan)
+    );
 }
 
 #[test]
