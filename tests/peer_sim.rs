@@ -639,3 +639,50 @@ fn no_stun_means_no_p2p_anywhere() {
     assert_eq!(sim.trace(0, 1), [(540, Failed)]);
     assert_eq!(sim.trace(1, 0), [(520, Failed)]);
 }
+
+#[test]
+fn eager_peers_connect_within_a_few_round_trips() {
+    // Same start as `simultaneous_start_connects`, which takes until 3.01 s
+    // on Candy's tick; eager peers act on every state entry instead.
+    let mut sim = Sim::new(2, 3, |_, c| c.eager = true);
+    sim.now = sim.at(200);
+    let (a, b) = (sim.hosts[0].vip, sim.hosts[1].vip);
+    let _ = sim.hosts[0].m.try_p2p(b, sim.now);
+    let _ = sim.hosts[1].m.try_p2p(a, sim.now);
+    sim.run_actions(0);
+    sim.run_actions(1);
+    sim.record();
+    sim.run_until(5_000);
+    for (i, j) in [(0, 1), (1, 0)] {
+        let trace = sim.trace(i, j);
+        let connected = trace
+            .iter()
+            .find(|(_, s)| *s == Connected)
+            .map(|(t, _)| *t)
+            .expect("reaches CONNECTED");
+        assert!(
+            connected <= 300,
+            "host {i} connected at {connected} ms: {trace:?}"
+        );
+        assert_eq!(sim.state(i, j), Some(Connected), "and stays there");
+        let st = sim.hosts[i].m.peer(sim.hosts[j].vip).unwrap();
+        assert_eq!(st.path, Some(sim.hosts[j].public));
+    }
+}
+
+#[test]
+fn eager_peers_still_connect_through_loss() {
+    for seed in 0..8 {
+        let mut sim = Sim::new(2, 100 + seed, |_, c| c.eager = true);
+        sim.udp_loss = 0.2;
+        sim.ping(0, 1, 500, 1000);
+        sim.run_until(20_000);
+        for (i, j) in [(0, 1), (1, 0)] {
+            let t = sim.trace(i, j);
+            assert!(
+                t.iter().any(|&(_, s)| s == Connected),
+                "seed {seed}: host {i} never connected: {t:?}"
+            );
+        }
+    }
+}
