@@ -36,6 +36,16 @@ check "ping LAN c -> LAN a (5 of 5)" rl_ping lan-c "$ha" 5
 check "ping LAN a -> gateway c's VIP ($vc)" rl_ping lan-a "$vc" 2
 echo "  gw-a peers: $(rl_paths gw-a)"
 
+# Path MTU: a 1500-byte DF packet from the LAN does not fit the tunnel; the
+# gateway's kernel answers with ICMP fragmentation-needed naming the tunnel
+# MTU, and a packet of exactly the tunnel MTU goes through.
+df_ping() { rl_exec lan-a ping -n -M do -c 1 -W 1 -s "$1" "$hc" 2>&1; }
+# (ping fails here by design, so its output is matched after the fact
+# rather than through a pipe, which pipefail would fail.)
+frag_needed() { local out; out=$(df_ping $((1500 - 28))); grep -Eq "mtu ?= ?$MTU" <<<"$out"; }
+check "1500-byte DF packet LAN a -> LAN c draws fragmentation-needed (mtu = $MTU)" rl_wait_until 5 frag_needed
+check "a DF packet of exactly the tunnel MTU ($MTU) gets through" rl_wait_until 5 eval 'df_ping $((MTU - 28)) | grep -q " 0% packet loss"'
+
 # TCP: the SYN LAN host c receives must carry a clamped MSS.
 mss_out="$RL_TMP/syn.mss"
 rl_spawn synwatch lan-c python3 -c "$RL_PY_SYN_MSS" eth0 5001 "$mss_out" 40
