@@ -4,8 +4,10 @@
 //! addresses and routes are never touched; the namespace, and the device in
 //! it, disappear when that thread and its fds are gone.
 
+mod common;
+use common::{in_new_netns, skip_reason};
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ringlink::dataplane::{Dataplane, DataplaneConfig, Upcall, UpcallReceiver};
@@ -15,35 +17,6 @@ use ringlink::sys::tun::{open_tun, TunOptions};
 const IFNAME: &str = "rltest0";
 const LOCAL: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 2);
-
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root");
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun is absent");
-    }
-    None
-}
-
-/// Run `f` on a new thread inside a new network namespace. `None` if the
-/// namespace could not be created; `f` never runs in the host namespace.
-fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    std::thread::spawn(move || {
-        // SAFETY: unshare only affects the calling thread's namespaces.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "skipping: unshare(CLONE_NEWNET) failed: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some(f())
-    })
-    .join()
-    .expect("test thread panicked")
-}
 
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = data

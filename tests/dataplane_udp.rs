@@ -6,9 +6,11 @@
 //! namespace (loopback and the TUN device only), so nothing on the host is
 //! touched and the namespace disappears with the thread and its fds.
 
+mod common;
+use common::{in_new_netns, skip_reason};
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,35 +33,6 @@ const PEER_B: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 3);
 const RELAYED: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 9);
 const WORKERS: usize = 2;
 const DEADLINE: Duration = Duration::from_secs(5);
-
-fn skip_reason() -> Option<&'static str> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root");
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun is absent");
-    }
-    None
-}
-
-/// Run `f` on a new thread inside a new network namespace; `None` if the
-/// namespace could not be created (then `f` never runs).
-fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-    std::thread::spawn(move || {
-        // SAFETY: unshare only affects the calling thread's namespaces.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            eprintln!(
-                "skipping: unshare(CLONE_NEWNET) failed: {}",
-                std::io::Error::last_os_error()
-            );
-            return None;
-        }
-        Some(f())
-    })
-    .join()
-    .expect("test thread panicked")
-}
 
 fn key(vip: Ipv4Addr) -> PeerKey {
     PeerKey::for_vip(CipherKind::Aes256Gcm, PASSWORD, vip)
