@@ -313,6 +313,9 @@ pub struct ClientConfig {
     pub mss_clamp: bool,
     /// Network-wide peer cipher; AES-256-GCM is the only one Candy speaks.
     pub cipher: CipherKind,
+    /// TUN and UDP offloads (TSO/USO reads split by the dataplane, UDP GSO
+    /// sends). Off only to compare, or on a kernel without them.
+    pub offload: bool,
     /// Test-only: every peer timer is divided by this (1 = real timings).
     pub test_time_divisor: u32,
 }
@@ -337,6 +340,7 @@ struct RawClient {
     test_time_divisor: Option<i64>,
     mss_clamp: Option<bool>,
     cipher: Option<String>,
+    offload: Option<bool>,
 }
 
 pub const DEFAULT_MTU: u16 = 1400;
@@ -463,6 +467,7 @@ impl ClientConfig {
             test_time_divisor,
             mss_clamp: raw.mss_clamp.unwrap_or(true),
             cipher,
+            offload: raw.offload.unwrap_or(true),
         })
     }
 }

@@ -10,13 +10,14 @@ use super::ClientError;
 use crate::config::ClientConfig;
 use crate::dataplane::{
     CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender,
-    UpcallReceiver,
+    UpcallReceiver, OFFLOAD_BUFFERS,
 };
 use crate::proto::crypto::PeerKey;
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
 use crate::route::mss::mss_for_mtu;
 use crate::sys::netlink::{Netlink, RouteV4};
+use crate::sys::udp::GSO_MAX_SEGMENTS;
 use crate::sys::{affinity, sysctl};
 
 /// Packets between the workers and the control loop; short for the same
@@ -58,6 +59,12 @@ impl Interface {
                 own_key,
             }),
             mss_clamp: cfg.mss_clamp.then(|| mss_for_mtu(cfg.mtu)),
+            offload: cfg.offload,
+            buffers_per_worker: if cfg.offload {
+                OFFLOAD_BUFFERS
+            } else {
+                DataplaneConfig::default().buffers_per_worker
+            },
             ..DataplaneConfig::default()
         };
         let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
@@ -66,6 +73,14 @@ impl Interface {
         nl.set_mtu(&cfg.tun, u32::from(cfg.mtu))
             .await
             .map_err(|e| iface_err("setting MTU", e))?;
+        if cfg.offload {
+            // Bounds how many pieces one super-packet splits into, which is
+            // what the dataplane's buffers are sized for. A kernel that
+            // refuses is one whose TCP stack already sends fewer.
+            if let Err(e) = nl.set_gso_max_segs(&cfg.tun, GSO_MAX_SEGMENTS as u32).await {
+                warn!(%e, "could not bound gso_max_segs; oversized super-packets will be dropped");
+            }
+        }
         nl.add_ipv4_address(&cfg.tun, address.addr, address.prefix)
             .await
             .map_err(|e| iface_err("adding address", e))?;

@@ -96,6 +96,10 @@ counters! {
     send_errors,
     /// Times the multishot recvmsg ended and was re-armed.
     recv_rearms,
+    /// TSO/USO super-packets read from TUN, and the packets they were
+    /// split into.
+    tun_gso_packets,
+    tun_gso_segments,
 }
 
 /// Shared handle to one counters block.

@@ -16,7 +16,9 @@
 pub mod bufring;
 pub mod counters;
 pub mod frame;
+pub mod offload;
 pub mod packet;
+mod sendmsg;
 pub mod snapshot;
 mod worker;
 pub mod writer;
@@ -51,6 +53,17 @@ use crate::sys::udp::{self, UdpError};
 pub const MIN_HEADROOM: usize = 64;
 
 const _: () = assert!(frame::FORWARD_HEADROOM <= MIN_HEADROOM);
+
+/// What one TUN read may need with offloads on: the virtio header, the
+/// largest super-packet, and room behind it to spread its pieces out
+/// (each gains a datagram prefix and a copy of the headers; the device's
+/// gso_max_segs bounds how many there are).
+pub const OFFLOAD_READ_BYTES: usize = offload::VNET_HDR_LEN
+    + packet::IPV4_MAX_PACKET
+    + udp::GSO_MAX_SEGMENTS * (frame::FORWARD_HEADROOM + offload::MAX_HEADERS);
+
+/// Provided buffers per worker with offloads on: each is ~75 KiB.
+pub const OFFLOAD_BUFFERS: u32 = 256;
 
 /// The direct UDP path.
 #[derive(Debug, Clone)]
@@ -89,6 +102,10 @@ pub struct DataplaneConfig {
     pub udp: Option<UdpConfig>,
     /// Lower the MSS of TCP SYNs read from TUN to this (see `route::mss`).
     pub mss_clamp: Option<u16>,
+    /// TUN offloads: queues carry a `virtio_net_hdr` and reads may be
+    /// TSO/USO super-packets of up to 64 KiB (see [`offload`]). Buffers
+    /// are sized for that instead of the MTU.
+    pub offload: bool,
 }
 
 impl Default for DataplaneConfig {
@@ -102,6 +119,7 @@ impl Default for DataplaneConfig {
             pin_cpus: true,
             udp: None,
             mss_clamp: None,
+            offload: false,
         }
     }
 }
@@ -128,7 +146,12 @@ impl DataplaneConfig {
                 format!("{} (must be at least {MIN_HEADROOM})", self.headroom),
             ));
         }
-        bufring::Layout::new(self.buffers_per_worker, self.mtu, self.headroom)
+        let read_bytes = if self.offload {
+            OFFLOAD_READ_BYTES
+        } else {
+            self.mtu
+        };
+        bufring::Layout::new(self.buffers_per_worker, read_bytes, self.headroom)
             .map_err(|e| bad("buffers_per_worker", e.to_string()))
     }
 }
@@ -275,9 +298,17 @@ impl Dataplane {
             &TunOptions {
                 queues: config.workers,
                 nonblocking: true,
-                vnet_hdr: false,
+                vnet_hdr: config.offload,
             },
         )?;
+        if config.offload {
+            let o = tun::enable_offloads(queues[0].as_fd(), ifname)?;
+            tracing::info!(
+                tun = ifname,
+                uso = o.uso,
+                "tun offloads on: checksum, TCP segmentation"
+            );
+        }
         Self::start(queues, config)
     }
 
@@ -294,7 +325,8 @@ impl Dataplane {
                 workers: config.workers,
             });
         }
-        let writer = TunWriter::new(queues[0].as_fd()).map_err(DataplaneError::WriterDup)?;
+        let writer =
+            TunWriter::new(queues[0].as_fd(), config.offload).map_err(DataplaneError::WriterDup)?;
         let sockets = match &config.udp {
             Some(u) => bind_sockets(u.port, config.workers)?,
             None => Vec::new(),
@@ -339,6 +371,7 @@ impl Dataplane {
                 stop: stop.clone(),
                 snapshot: dp.snapshot.clone(),
                 mss_clamp: config.mss_clamp,
+                offload: config.offload,
                 udp: config
                     .udp
                     .as_ref()

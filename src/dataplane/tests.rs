@@ -48,6 +48,7 @@ fn config(buffers: u32, capacity: usize) -> DataplaneConfig {
         pin_cpus: false,
         udp: None,
         mss_clamp: None,
+        offload: false,
     }
 }
 

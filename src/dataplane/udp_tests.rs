@@ -77,6 +77,10 @@ struct Harness {
 }
 
 fn harness(buffers: u32) -> Harness {
+    harness_with(buffers, false)
+}
+
+fn harness_with(buffers: u32, offload: bool) -> Harness {
     let (dp_end, tun) = fake_tun();
     let cfg = DataplaneConfig {
         workers: 1,
@@ -90,6 +94,7 @@ fn harness(buffers: u32) -> Harness {
             own_key: Arc::new(key(OWN)),
         }),
         mss_clamp: None,
+        offload,
     };
     let (dp, rx) = Dataplane::start(vec![dp_end], &cfg).unwrap();
     let port = dp.udp_port().expect("udp port");
@@ -397,6 +402,7 @@ fn oversize_packets_are_dropped_not_sent() {
             own_key: Arc::new(key(OWN)),
         }),
         mss_clamp: None,
+        offload: false,
     };
     let (dp, _rx) = Dataplane::start(vec![dp_end], &cfg).unwrap();
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -523,4 +529,97 @@ fn burst_each_way_for_syscall_counts() {
     h.dp.shutdown().unwrap();
     drop(h.tun);
     drain.join().unwrap();
+}
+
+/// With offloads, what the kernel hands over for a TCP burst: a virtio
+/// header asking for segmentation, then one 64 KiB-class packet. Returns
+/// the read and the packet alone.
+fn offload_read(src: Ipv4Addr, dst: Ipv4Addr, payload: usize, mss: u16) -> (Vec<u8>, Vec<u8>) {
+    let packet = offload::test_support::tcp_super(src, dst, payload, 0x18);
+    let hdr = offload::VnetHdr {
+        flags: offload::F_NEEDS_CSUM,
+        gso_type: offload::gso::TCPV4,
+        hdr_len: 52,
+        gso_size: mss,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    let mut vnet = [0u8; offload::VNET_HDR_LEN];
+    hdr.write(&mut vnet);
+    let mut read = vnet.to_vec();
+    read.extend_from_slice(&packet);
+    (read, packet)
+}
+
+#[test]
+fn offload_super_packet_leaves_as_sealed_tunnel_sized_datagrams() {
+    let h = harness_with(8, true);
+    let (read, packet) = offload_read(OWN, PEER, 40 * 1348 + 7, 1348);
+    for round in 0..2 {
+        h.tun.send(&read).unwrap();
+        let mut payload = Vec::new();
+        for k in 0..41 {
+            let got = h.peer_recv();
+            assert_eq!(got[0], ty::FORWARD, "datagram {k}");
+            let seg = &got[1..];
+            offload::test_support::assert_valid(seg);
+            assert!(seg.len() <= 1400, "segment {k} of {} bytes", seg.len());
+            payload.extend_from_slice(&seg[52..]);
+        }
+        assert_eq!(
+            payload,
+            packet[52..],
+            "round {round}: payload whole, in order"
+        );
+    }
+    wait_for("send completions", || h.dp.counters().udp_tx_packets == 82);
+    let c = h.dp.counters();
+    assert_eq!((c.tun_gso_packets, c.tun_gso_segments), (2, 82));
+    assert_eq!(c.send_errors + c.dropped_malformed + c.upcalls, 0);
+    assert_eq!(h.peer_counters.snapshot().tx_packets, 82);
+    h.dp.shutdown().unwrap();
+}
+
+#[test]
+fn offload_super_packet_without_direct_path_goes_up_as_packets() {
+    let h = harness_with(8, true);
+    let (read, packet) = offload_read(OWN, UNKNOWN, 3 * 1000, 1000);
+    h.tun.send(&read).unwrap();
+    let mut payload = Vec::new();
+    for _ in 0..3 {
+        let Upcall::TunPacket(p) = h.upcall() else {
+            panic!("expected a relay packet")
+        };
+        offload::test_support::assert_valid(&p);
+        payload.extend_from_slice(&p[52..]);
+    }
+    assert_eq!(payload, packet[52..]);
+    h.dp.shutdown().unwrap();
+}
+
+#[test]
+fn offload_malformed_reads_are_counted_not_sent() {
+    let h = harness_with(8, true);
+    // Shorter than a virtio header; then TCP segmentation asked of UDP.
+    h.tun.send(&[0u8; 6]).unwrap();
+    let (mut read, _) = offload_read(OWN, PEER, 5000, 1000);
+    read[offload::VNET_HDR_LEN + 9] = 17;
+    h.tun.send(&read).unwrap();
+    wait_for("both dropped", || h.dp.counters().dropped_malformed == 2);
+    let c = h.dp.counters();
+    assert_eq!((c.tun_rx_packets, c.udp_tx_packets), (2, 0));
+    h.dp.shutdown().unwrap();
+}
+
+#[test]
+fn offload_delivery_to_tun_carries_an_empty_virtio_header() {
+    let mut h = harness_with(8, true);
+    let p = ipv4(PEER, OWN, 300, 5);
+    h.peer_send(&forward(&p));
+    let got = h.tun_recv();
+    assert_eq!(&got[..offload::VNET_HDR_LEN], &[0u8; offload::VNET_HDR_LEN]);
+    assert_eq!(&got[offload::VNET_HDR_LEN..], &p[..]);
+    wait_for("write completion", || h.dp.counters().tun_written == 1);
+    assert_eq!(h.dp.counters().tun_written_bytes, 300);
+    h.dp.shutdown().unwrap();
 }

@@ -12,6 +12,7 @@
 
 use std::mem::ManuallyDrop;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,15 +26,20 @@ use tokio::sync::Notify;
 
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
-use super::frame::{self, FrameError, Inbound, RecvError, MAX_DATAGRAM, RECVMSG_PREFIX};
+use super::frame::{
+    self, FrameError, Inbound, RecvError, FORWARD_OVERHEAD, MAX_DATAGRAM, RECVMSG_PREFIX,
+};
+use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::packet::classify;
+use super::sendmsg::SendSlot;
 use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
 use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::stun::looks_like_stun;
 use crate::route::mss;
+use crate::route::subnet::PSEUDO_HEADER_LEN;
 use crate::sys::affinity;
-use crate::sys::udp::sockaddr_in;
+use crate::sys::udp::{sockaddr_in, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
 /// Buffer group of the TUN ring and of the UDP ring.
 const TUN_BGID: u16 = 0;
@@ -53,7 +59,8 @@ const CANCEL_ALL_AFTER: Duration = Duration::from_secs(1);
 const UDP_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + MAX_DATAGRAM;
 
 /// Operation kinds, in the top half of the user data; the bottom half is
-/// the buffer id for operations that own a buffer.
+/// the buffer id for operations that own a buffer, and above it the index
+/// of the send among those from the same buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 enum Op {
@@ -69,11 +76,17 @@ enum Op {
 }
 
 fn user_data(op: Op, bid: u16) -> u64 {
-    (u64::from(op as u32) << 32) | u64::from(bid)
+    send_user_data(op, bid, 0)
 }
 
-fn decode_user_data(ud: u64) -> Option<(Op, u16)> {
+fn send_user_data(op: Op, bid: u16, send: u16) -> u64 {
+    (u64::from(op as u32) << 32) | (u64::from(send) << 16) | u64::from(bid)
+}
+
+/// Operation, buffer id and send index.
+fn decode_user_data(ud: u64) -> Option<(Op, u16, u16)> {
     let bid = (ud & 0xffff) as u16;
+    let send = ((ud >> 16) & 0xffff) as u16;
     let op = match ud >> 32 {
         1 => Op::TunRead,
         2 => Op::UdpRecv,
@@ -83,7 +96,7 @@ fn decode_user_data(ud: u64) -> Option<(Op, u16)> {
         6 => Op::Cancel,
         _ => return None,
     };
-    Some((op, bid))
+    Some((op, bid, send))
 }
 
 pub(crate) struct UdpSpec {
@@ -103,6 +116,8 @@ pub(crate) struct WorkerSpec {
     pub snapshot: SharedSnapshot,
     pub mss_clamp: Option<u16>,
     pub udp: Option<UdpSpec>,
+    /// The queue carries `virtio_net_hdr`s (see `offload`).
+    pub offload: bool,
 }
 
 /// Start a worker thread and wait until its ring is set up, so that setup
@@ -206,9 +221,9 @@ impl<'s> PeerTally<'s> {
         &mut s.1
     }
 
-    fn tx(&mut self, c: &'s PeerCounters, bytes: usize) {
+    fn tx(&mut self, c: &'s PeerCounters, packets: usize, bytes: usize) {
         let s = self.slot(c);
-        s.tx_packets += 1;
+        s.tx_packets += packets as u64;
         s.tx_bytes += bytes as u64;
     }
 
@@ -255,8 +270,16 @@ impl Sq<'_> {
 struct Core {
     tun_fd: RawFd,
     tun_bufs: ManuallyDrop<BufRing>,
-    /// Destination of the send in flight from each TUN buffer.
-    tun_dest: Box<[libc::sockaddr_in]>,
+    /// Sends in flight from each TUN buffer: `sends_per_buffer` slots per
+    /// buffer id, and how many of them are in use.
+    sends: Box<[SendSlot]>,
+    sends_per_buffer: usize,
+    tun_refs: Box<[u8]>,
+    /// TUN reads and writes carry a `virtio_net_hdr`; reads may be
+    /// super-packets.
+    offload: bool,
+    /// UDP GSO sends work; cleared by the first one the kernel refuses.
+    udp_gso: bool,
     udp: Option<UdpPath>,
     upcalls: Sender<Upcall>,
     ivs: IvSequence,
@@ -351,18 +374,25 @@ impl Worker {
             }
             None => None,
         };
-        let tun_dest = vec![
-            sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-            usize::from(spec.layout.entries())
-        ]
-        .into_boxed_slice();
+        // A super-packet splits into at most GSO_MAX_SEGMENTS datagrams (the
+        // device's gso_max_segs), which even without UDP GSO means at most
+        // that many sends.
+        let sends_per_buffer = if spec.offload { GSO_MAX_SEGMENTS } else { 1 };
+        let tun_entries = usize::from(spec.layout.entries());
+        let sends = (0..tun_entries * sends_per_buffer)
+            .map(|_| SendSlot::new())
+            .collect();
         Ok(Worker {
             queue,
             ring: ManuallyDrop::new(ring),
             core: Core {
                 tun_fd: spec.fd.as_raw_fd(),
                 tun_bufs: ManuallyDrop::new(tun_bufs),
-                tun_dest,
+                sends,
+                sends_per_buffer,
+                tun_refs: vec![0; tun_entries].into_boxed_slice(),
+                offload: spec.offload,
+                udp_gso: true,
                 udp,
                 upcalls: spec.upcalls,
                 ivs: IvSequence::new(),
@@ -493,12 +523,12 @@ impl Worker {
         let (submitter, sq, cq) = self.ring.split();
         let mut sq = Sq { sq, submitter };
         for cqe in cq {
-            let Some((op, bid)) = decode_user_data(cqe.user_data()) else {
+            let Some((op, bid, send)) = decode_user_data(cqe.user_data()) else {
                 continue;
             };
             let f = self
                 .core
-                .complete(op, bid, &cqe, &snap, &mut sq, &mut batch, &mut tally);
+                .complete(op, bid, send, &cqe, &snap, &mut sq, &mut batch, &mut tally);
             fatal = fatal.or(f);
         }
         sq.sq.sync();
@@ -537,6 +567,7 @@ impl Core {
         &mut self,
         op: Op,
         bid: u16,
+        send: u16,
         cqe: &cqueue::Entry,
         snap: &'s Snapshot,
         sq: &mut Sq<'_>,
@@ -585,18 +616,23 @@ impl Core {
                     r => Some(Fatal::UdpRecv(-r)),
                 }
             }
-            Op::SendTun | Op::SendUdp => {
+            Op::SendTun => {
                 self.inflight = self.inflight.saturating_sub(1);
-                if res < 0 {
-                    b.send_errors += 1;
-                    tracing::debug!(errno = -res, "udp send failed");
-                } else {
-                    b.udp_tx_packets += 1;
-                    b.udp_tx_bytes += res as u64;
+                let slot = usize::from(bid) * self.sends_per_buffer + usize::from(send);
+                let datagrams = self.sends.get(slot).map_or(1, |s| s.datagrams);
+                self.count_send(res, datagrams, b);
+                if let Some(r) = self.tun_refs.get_mut(usize::from(bid)) {
+                    *r = r.saturating_sub(1);
+                    if *r == 0 {
+                        self.tun_bufs.push(bid);
+                    }
                 }
-                if op == Op::SendTun {
-                    self.tun_bufs.push(bid);
-                } else if let Some(u) = self.udp.as_mut() {
+                None
+            }
+            Op::SendUdp => {
+                self.inflight = self.inflight.saturating_sub(1);
+                self.count_send(res, 1, b);
+                if let Some(u) = self.udp.as_mut() {
                     u.bufs.push(bid);
                 }
                 None
@@ -608,7 +644,8 @@ impl Core {
                     tracing::debug!(errno = -res, "tun write failed");
                 } else {
                     b.tun_written += 1;
-                    b.tun_written_bytes += res as u64;
+                    let vnet = if self.offload { VNET_HDR_LEN } else { 0 };
+                    b.tun_written_bytes += (res as usize).saturating_sub(vnet) as u64;
                 }
                 if let Some(u) = self.udp.as_mut() {
                     u.bufs.push(bid);
@@ -619,8 +656,29 @@ impl Core {
         }
     }
 
-    /// A packet read from TUN. Returns true if the buffer is now owned by a
-    /// queued send (and goes back to the ring when that completes).
+    /// Count a finished UDP send of `datagrams` datagrams. A GSO send the
+    /// kernel refuses outright (no checksum offload on the egress device,
+    /// say) turns GSO off for this worker rather than failing every time.
+    fn count_send(&mut self, res: i32, datagrams: u16, b: &mut CounterSnapshot) {
+        if res >= 0 {
+            b.udp_tx_packets += u64::from(datagrams);
+            b.udp_tx_bytes += res as u64;
+            return;
+        }
+        b.send_errors += u64::from(datagrams);
+        if datagrams > 1 && matches!(-res, libc::EIO | libc::EINVAL) && self.udp_gso {
+            self.udp_gso = false;
+            tracing::warn!(
+                errno = -res,
+                "UDP GSO send refused; sending datagrams one by one from now on"
+            );
+        } else {
+            tracing::debug!(errno = -res, "udp send failed");
+        }
+    }
+
+    /// A packet read from TUN. Returns true if the buffer is now owned by
+    /// queued sends (and goes back to the ring when the last completes).
     #[allow(clippy::too_many_arguments)]
     fn tun_packet<'s>(
         &mut self,
@@ -641,29 +699,73 @@ impl Core {
             b.dropped_malformed += 1;
             return false;
         };
-        let Some(meta) = buf
-            .get(headroom..headroom + len)
-            .and_then(|p| classify(p).ok())
-        else {
+        let (at, len, vnet) = if self.offload {
+            match buf.get(headroom..headroom + len).and_then(VnetHdr::parse) {
+                Some(h) => (headroom + VNET_HDR_LEN, len - VNET_HDR_LEN, h),
+                None => {
+                    b.dropped_malformed += 1;
+                    return false;
+                }
+            }
+        } else {
+            (headroom, len, VnetHdr::default())
+        };
+        let Some(meta) = buf.get(at..at + len).and_then(|p| classify(p).ok()) else {
             b.dropped_malformed += 1;
             return false;
         };
         if let Some(mss) = self.mss_clamp {
-            mss::clamp(&mut buf[headroom..headroom + len], mss);
+            mss::clamp(&mut buf[at..at + len], mss);
         }
         let route = snap.route_tun(meta.dst);
         let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
-        let direct = route.next_hop.and_then(|n| snap.direct.get(&n));
-        if let (Some(peer), Some(u)) = (direct, &self.udp) {
-            let range = match frame::seal_forward(
-                &peer.key,
-                self.ivs.next_iv(),
-                buf,
-                headroom,
-                len,
-                wrap,
-            ) {
-                Ok(r) => r,
+        let wrap_len = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
+        let direct = route
+            .next_hop
+            .and_then(|n| snap.direct.get(&n))
+            .zip(self.udp.as_ref());
+        let prefix = wrap_len
+            + if direct.is_some() {
+                FORWARD_OVERHEAD
+            } else {
+                0
+            };
+        let segs = match offload::split(buf, at, len, &vnet, prefix) {
+            Ok(s) => s,
+            Err(e) => {
+                b.dropped_malformed += 1;
+                tracing::debug!(%e, "dropping an offload packet read from tun");
+                return false;
+            }
+        };
+        if segs.count > 1 {
+            b.tun_gso_packets += 1;
+            b.tun_gso_segments += segs.count as u64;
+        }
+        let Some((peer, u)) = direct else {
+            for k in 0..segs.count {
+                let r = segs.packet(k);
+                let (start, len) = (at + r.start, r.len());
+                let packet = match wrap {
+                    Some((own, gw)) => match frame::wrap_in_place(buf, start, len, own, gw) {
+                        Ok(r) => &buf[r],
+                        Err(_) => {
+                            b.dropped_malformed += 1;
+                            continue;
+                        }
+                    },
+                    None => &buf[start..start + len],
+                };
+                upcall(&self.upcalls, b, || Upcall::TunPacket(packet.to_vec()));
+            }
+            return false;
+        };
+        let mut datagrams = None::<Range<usize>>;
+        for k in 0..segs.count {
+            let r = segs.packet(k);
+            let iv = self.ivs.next_iv();
+            match frame::seal_forward(&peer.key, iv, buf, at + r.start, r.len(), wrap) {
+                Ok(d) => datagrams = Some(datagrams.map_or(d.clone(), |all| all.start..d.end)),
                 Err(FrameError::Oversize(_)) => {
                     b.oversize += 1;
                     return false;
@@ -672,33 +774,51 @@ impl Core {
                     b.dropped_malformed += 1;
                     return false;
                 }
-            };
-            let dest = &mut self.tun_dest[usize::from(bid)];
-            *dest = sockaddr_in(peer.endpoint);
-            let sqe = send(u.sock.as_raw_fd(), &buf[range.clone()], dest)
-                .user_data(user_data(Op::SendTun, bid));
-            // SAFETY: the buffer stays out of the ring and its dest slot is
-            // not rewritten until this send's completion recycles it.
-            if unsafe { sq.push(&sqe) } {
-                self.inflight += 1;
-                tally.tx(&peer.counters, range.len() - frame::FORWARD_OVERHEAD);
-                return true;
             }
-            b.send_errors += 1;
+        }
+        let Some(all) = datagrams else { return false };
+        // Datagrams lie back to back, `stride` bytes each but the last; a
+        // GSO send takes as many as fit one IPv4 datagram.
+        let stride = segs.stride;
+        let per_send = if self.udp_gso && segs.count > 1 {
+            GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / stride).max(1)
+        } else {
+            1
+        };
+        let sends = segs.count.div_ceil(per_send);
+        if sends > self.sends_per_buffer {
+            b.send_errors += segs.count as u64;
             return false;
         }
-        let packet = match wrap {
-            Some((own, gw)) => match frame::wrap_in_place(buf, headroom, len, own, gw) {
-                Ok(r) => &buf[r],
-                Err(_) => {
-                    b.dropped_malformed += 1;
-                    return false;
-                }
-            },
-            None => &buf[headroom..headroom + len],
-        };
-        upcall(&self.upcalls, b, || Upcall::TunPacket(packet.to_vec()));
-        false
+        let first_slot = usize::from(bid) * self.sends_per_buffer;
+        let mut queued = 0u8;
+        for i in 0..sends {
+            let from = all.start + i * per_send * stride;
+            let to = if i + 1 == sends {
+                all.end
+            } else {
+                from + per_send * stride
+            };
+            let data = &buf[from..to];
+            let gso = (per_send > 1).then_some(stride as u16);
+            let slot = &mut self.sends[first_slot + i];
+            let msg = slot.prepare(data, peer.endpoint, gso);
+            let sqe = opcode::SendMsg::new(types::Fd(u.sock.as_raw_fd()), msg)
+                .build()
+                .user_data(send_user_data(Op::SendTun, bid, i as u16));
+            // SAFETY: the buffer stays out of the ring and the slot is not
+            // refilled until this send's completion releases them.
+            if unsafe { sq.push(&sqe) } {
+                self.inflight += 1;
+                queued += 1;
+            } else {
+                b.send_errors += u64::from(slot.datagrams);
+            }
+        }
+        self.tun_refs[usize::from(bid)] = queued;
+        let payload = all.len() - segs.count * FORWARD_OVERHEAD;
+        tally.tx(&peer.counters, segs.count, payload);
+        queued > 0
     }
 
     /// A datagram received on the socket. Returns true if the buffer is now
@@ -714,6 +834,7 @@ impl Core {
         tally: &mut PeerTally<'s>,
     ) -> bool {
         let tun_fd = self.tun_fd;
+        let vnet = if self.offload { VNET_HDR_LEN } else { 0 };
         let Some(u) = self.udp.as_mut() else {
             return false;
         };
@@ -765,7 +886,10 @@ impl Core {
         match frame::inbound(snap, plain) {
             Inbound::Deliver { packet, src } => {
                 let bytes = plain.len() - 1;
-                let packet = plain_at + packet.start..plain_at + packet.end;
+                // The envelope in front of the packet has room for the
+                // (all-zero: nothing to offload) virtio header.
+                let packet = plain_at + packet.start - vnet..plain_at + packet.end;
+                buf[packet.start..packet.start + vnet].fill(0);
                 let sqe = opcode::Write::new(
                     types::Fd(tun_fd),
                     buf[packet.clone()].as_ptr(),
@@ -814,7 +938,7 @@ impl Core {
                 }
                 self.inflight += 1;
                 b.forwarded += 1;
-                tally.tx(&peer.counters, bytes);
+                tally.tx(&peer.counters, 1, bytes);
                 true
             }
             Inbound::NoRoute => {
@@ -954,7 +1078,13 @@ mod tests {
             Op::Cancel,
         ] {
             for bid in [0, 1, 1023, u16::MAX] {
-                assert_eq!(decode_user_data(user_data(op, bid)), Some((op, bid)));
+                assert_eq!(decode_user_data(user_data(op, bid)), Some((op, bid, 0)));
+                for send in [1, 63, u16::MAX] {
+                    assert_eq!(
+                        decode_user_data(send_user_data(op, bid, send)),
+                        Some((op, bid, send))
+                    );
+                }
             }
         }
         assert_eq!(decode_user_data(0), None);
@@ -966,12 +1096,12 @@ mod tests {
         let peers: Vec<PeerCounters> = (0..10).map(|_| PeerCounters::default()).collect();
         let mut t = PeerTally::new();
         for _ in 0..3 {
-            t.tx(&peers[0], 100);
+            t.tx(&peers[0], 1, 100);
         }
         t.rx(&peers[1], 50);
         // Ten distinct peers overflow eight slots: an early flush, no loss.
         for p in &peers {
-            t.tx(p, 1);
+            t.tx(p, 1, 1);
         }
         t.flush();
         let s0 = peers[0].snapshot();

@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::counters::{new_shared, SharedCounters};
+use super::offload::VNET_HDR_LEN;
 use super::packet::{classify, PacketError};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,8 @@ pub enum WriteError {
 struct Inner {
     fd: OwnedFd,
     counters: SharedCounters,
+    /// The device expects a `virtio_net_hdr` in front of every packet.
+    vnet_hdr: bool,
 }
 
 /// Cheap to clone; usable from any thread.
@@ -41,13 +44,15 @@ pub struct TunWriter {
 }
 
 impl TunWriter {
-    /// Writer over a duplicate of `queue` (any queue of the device).
-    pub fn new(queue: BorrowedFd<'_>) -> io::Result<Self> {
+    /// Writer over a duplicate of `queue` (any queue of the device);
+    /// `vnet_hdr` if the device was opened with IFF_VNET_HDR.
+    pub fn new(queue: BorrowedFd<'_>, vnet_hdr: bool) -> io::Result<Self> {
         let fd = queue.try_clone_to_owned()?;
         Ok(TunWriter {
             inner: Arc::new(Inner {
                 fd,
                 counters: new_shared(),
+                vnet_hdr,
             }),
         })
     }
@@ -59,15 +64,22 @@ impl TunWriter {
             c.tun_write_errors.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
+        // An all-zero virtio header: a plain packet, checksums complete.
+        let vnet = [0u8; VNET_HDR_LEN];
+        let iov = [
+            libc::iovec {
+                iov_base: vnet.as_ptr() as *mut libc::c_void,
+                iov_len: if self.inner.vnet_hdr { VNET_HDR_LEN } else { 0 },
+            },
+            libc::iovec {
+                iov_base: packet.as_ptr() as *mut libc::c_void,
+                iov_len: packet.len(),
+            },
+        ];
+        let header = iov[0].iov_len;
         loop {
-            // SAFETY: packet is a valid readable slice for its length.
-            let n = unsafe {
-                libc::write(
-                    self.inner.fd.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                )
-            };
+            // SAFETY: both iovecs describe live readable memory.
+            let n = unsafe { libc::writev(self.inner.fd.as_raw_fd(), iov.as_ptr(), 2) };
             if n < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -76,7 +88,7 @@ impl TunWriter {
                 c.tun_write_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(WriteError::Io(err));
             }
-            let n = n as usize;
+            let n = (n as usize).saturating_sub(header);
             if n != packet.len() {
                 c.tun_write_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(WriteError::Short {
@@ -124,7 +136,7 @@ mod tests {
     #[test]
     fn writes_valid_packets_and_refuses_malformed() {
         let (mut rd, wr) = pipe();
-        let w = TunWriter::new(wr.as_fd()).unwrap();
+        let w = TunWriter::new(wr.as_fd(), false).unwrap();
         drop(wr);
         let mut pkt = [0u8; 20];
         pkt[0] = 0x45;
@@ -142,5 +154,21 @@ mod tests {
         let mut got = Vec::new();
         rd.read_to_end(&mut got).unwrap();
         assert_eq!(got, pkt);
+    }
+
+    #[test]
+    fn vnet_mode_puts_an_empty_virtio_header_in_front() {
+        let (mut rd, wr) = pipe();
+        let w = TunWriter::new(wr.as_fd(), true).unwrap();
+        drop(wr);
+        let mut pkt = [7u8; 28];
+        pkt[0] = 0x45;
+        w.write(&pkt).unwrap();
+        assert_eq!(w.counters().snapshot().tun_written_bytes, 28);
+        drop(w);
+        let mut got = Vec::new();
+        rd.read_to_end(&mut got).unwrap();
+        assert_eq!(got[..VNET_HDR_LEN], [0u8; VNET_HDR_LEN]);
+        assert_eq!(got[VNET_HDR_LEN..], pkt);
     }
 }

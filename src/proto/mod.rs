@@ -1,6 +1,7 @@
 //! Wire formats: every WebSocket, UDP and STUN message of PROTOCOL.md, the
 //! AEAD envelope and key derivation. Pure byte code: no I/O, no clock.
 
+pub mod checksum;
 pub mod cidr;
 pub mod crypto;
 mod error;

@@ -5,6 +5,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::proto::checksum;
+
 /// Length of the pseudo-header; stock receivers strip exactly this much.
 pub const PSEUDO_HEADER_LEN: usize = 20;
 /// Protocol number that marks a pseudo-header (IP-in-IP).
@@ -156,21 +158,9 @@ pub fn build_pseudo_header(
     h[9] = IPIP_PROTOCOL;
     h[12..16].copy_from_slice(&src.octets());
     h[16..20].copy_from_slice(&next_hop.octets());
-    let sum = ipv4_checksum(&h);
+    let sum = checksum::ipv4_header(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
     Ok(h)
-}
-
-/// RFC 791 header checksum; the checksum field must be zero on input.
-pub fn ipv4_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xFFFF {
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Whether a delivered packet carries a pseudo-header (byte 9 == 4), which
@@ -289,7 +279,7 @@ mod tests {
         assert_eq!(&h[12..16], &own.octets());
         assert_eq!(&h[16..20], &gw.octets());
         // A correct checksum makes the folded sum over the header 0xFFFF.
-        assert_eq!(ipv4_checksum(&h), 0);
+        assert_eq!(checksum::ipv4_header(&h), 0);
         let mut wrapped = h.to_vec();
         wrapped.extend_from_slice(&inner);
         assert_eq!(packet_daddr(&wrapped).unwrap(), gw);

@@ -7,8 +7,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use futures_util::TryStreamExt;
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::route::{RouteMessage, RouteProtocol, RouteScope};
-use rtnetlink::Handle;
+use rtnetlink::{Handle, LinkSetRequest};
 
 /// What went wrong, with the interface and the operation it was for.
 #[derive(Debug, thiserror::Error)]
@@ -227,31 +228,37 @@ impl Netlink {
 
     /// Set the MTU of `ifname`.
     pub async fn set_mtu(&self, ifname: &str, mtu: u32) -> Result<(), NetlinkError> {
-        let index = self.link_index(ifname).await?;
-        self.handle
-            .link()
-            .set(index)
-            .mtu(mtu)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::Op {
-                op: "set mtu",
-                ifname: ifname.to_owned(),
-                source: to_io(e),
-            })
+        self.set_link(ifname, "set mtu", |r| r.mtu(mtu)).await
     }
 
     /// Bring `ifname` up (no-op if it already is).
     pub async fn set_up(&self, ifname: &str) -> Result<(), NetlinkError> {
+        self.set_link(ifname, "set link up", |r| r.up()).await
+    }
+
+    /// Most segments the kernel puts in one GSO packet for `ifname`.
+    pub async fn set_gso_max_segs(&self, ifname: &str, segs: u32) -> Result<(), NetlinkError> {
+        self.set_link(ifname, "set gso_max_segs", |mut r| {
+            r.message_mut()
+                .attributes
+                .push(LinkAttribute::GsoMaxSegs(segs));
+            r
+        })
+        .await
+    }
+
+    async fn set_link(
+        &self,
+        ifname: &str,
+        op: &'static str,
+        change: impl FnOnce(LinkSetRequest) -> LinkSetRequest,
+    ) -> Result<(), NetlinkError> {
         let index = self.link_index(ifname).await?;
-        self.handle
-            .link()
-            .set(index)
-            .up()
+        change(self.handle.link().set(index))
             .execute()
             .await
             .map_err(|e| NetlinkError::Op {
-                op: "set link up",
+                op,
                 ifname: ifname.to_owned(),
                 source: to_io(e),
             })

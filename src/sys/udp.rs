@@ -14,6 +14,19 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// buffer cannot hold.
 pub const SOCKET_BUFFER_BYTES: usize = 16 << 20;
 
+/// `UDP_SEGMENT` and `UDP_GRO` from linux/udp.h (level `SOL_UDP`), which
+/// the libc crate only defines for some C libraries.
+pub const UDP_SEGMENT: i32 = 103;
+pub const UDP_GRO: i32 = 104;
+
+/// Most datagrams one UDP GSO send may carry (the kernel's
+/// UDP_MAX_SEGMENTS, 64 on every kernel that has the option).
+pub const GSO_MAX_SEGMENTS: usize = 64;
+
+/// Most payload bytes one GSO send may carry: all of it has to fit the
+/// length field of one IPv4 datagram.
+pub const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum UdpError {
     #[error("creating a UDP socket: {0}")]
@@ -126,6 +139,13 @@ pub fn bind_reuseport(port: u16, buffer_bytes: usize) -> Result<OwnedFd, UdpErro
         });
     }
     Ok(fd)
+}
+
+/// Ask the kernel to hand over runs of datagrams from one sender as one
+/// buffer (UDP_GRO); each receive then carries the run's datagram size in a
+/// control message.
+pub fn enable_gro(fd: &OwnedFd) -> io::Result<()> {
+    set_int(fd, libc::SOL_UDP, UDP_GRO, 1)
 }
 
 /// The address a socket is bound to (to learn an ephemeral port).

@@ -1,0 +1,125 @@
+//! What an io_uring sendmsg in flight points at: the header, one iovec,
+//! the destination and, for a UDP GSO send, the segment-size control
+//! message. The slots live in a boxed slice that never moves, one set per
+//! buffer, so queuing a send allocates nothing.
+
+use std::net::SocketAddrV4;
+
+use crate::sys::udp::{sockaddr_in, UDP_SEGMENT};
+
+/// `struct cmsghdr` followed by a `u16`, padded to `CMSG_SPACE(2)`.
+#[repr(C)]
+struct SegmentCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+pub(crate) struct SendSlot {
+    msg: libc::msghdr,
+    iov: libc::iovec,
+    dest: libc::sockaddr_in,
+    cmsg: SegmentCmsg,
+    /// Datagrams this send carries, for the counters at completion.
+    pub datagrams: u16,
+}
+
+impl SendSlot {
+    pub fn new() -> SendSlot {
+        // SAFETY: msghdr, iovec, sockaddr_in and cmsghdr are plain C structs
+        // for which all-zero is valid.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// Fill the slot for sending `data` to `dest`, as one datagram or, with
+    /// `segment`, as datagrams of that size (the last may be shorter).
+    /// Returns the header to pass to sendmsg; it points into `self`, so the
+    /// slot must not move or be refilled until the send completes.
+    pub fn prepare(
+        &mut self,
+        data: &[u8],
+        dest: SocketAddrV4,
+        segment: Option<u16>,
+    ) -> *const libc::msghdr {
+        self.dest = sockaddr_in(dest);
+        self.iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        self.msg.msg_name = (&mut self.dest as *mut libc::sockaddr_in).cast();
+        self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        match segment {
+            Some(size) if data.len() > usize::from(size) => {
+                self.cmsg.hdr.cmsg_len = std::mem::offset_of!(SegmentCmsg, size) + 2;
+                self.cmsg.hdr.cmsg_level = libc::SOL_UDP;
+                self.cmsg.hdr.cmsg_type = UDP_SEGMENT;
+                self.cmsg.size = size;
+                self.msg.msg_control = (&mut self.cmsg as *mut SegmentCmsg).cast();
+                self.msg.msg_controllen = std::mem::size_of::<SegmentCmsg>();
+                self.datagrams = data.len().div_ceil(usize::from(size)) as u16;
+            }
+            _ => {
+                self.msg.msg_control = std::ptr::null_mut();
+                self.msg.msg_controllen = 0;
+                self.datagrams = 1;
+            }
+        }
+        &self.msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn control_message_has_the_kernel_layout() {
+        // SAFETY: CMSG_* are pure arithmetic.
+        let (space, len) = unsafe { (libc::CMSG_SPACE(2), libc::CMSG_LEN(2)) };
+        assert_eq!(std::mem::size_of::<SegmentCmsg>(), space as usize);
+        let mut slot = SendSlot::new();
+        slot.prepare(
+            &[0; 100],
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            Some(10),
+        );
+        assert_eq!(slot.cmsg.hdr.cmsg_len, len as usize);
+        assert_eq!(slot.datagrams, 10);
+    }
+
+    /// A real sendmsg(2) with the prepared header: the receiver sees the
+    /// run cut at the segment size, and a short run needs no cmsg.
+    #[test]
+    fn prepared_header_sends_segmented_datagrams() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let mut slot = Box::new(SendSlot::new());
+        let msg = slot.prepare(&data, to, Some(100));
+        // SAFETY: msg points into `slot` and `data`, both alive here.
+        let n = unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) };
+        assert_eq!(n, 250, "{}", std::io::Error::last_os_error());
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        for want in [100, 100, 50] {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, want);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        let msg = slot.prepare(&data[..80], to, Some(100));
+        assert_eq!(slot.datagrams, 1);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 80);
+        assert_eq!(rx.recv(&mut buf).unwrap(), 80);
+    }
+}
