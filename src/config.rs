@@ -313,6 +313,10 @@ pub struct ClientConfig {
     pub mss_clamp: bool,
     /// Network-wide peer cipher; AES-256-GCM is the only one Candy speaks.
     pub cipher: CipherKind,
+    /// Pin each dataplane worker to its own CPU. Right for one node per
+    /// machine; several nodes sharing a few cores (a lab, a benchmark) do
+    /// better letting the scheduler spread their busy workers.
+    pub pin_workers: bool,
     /// TUN and UDP offloads (TSO/USO reads split by the dataplane, UDP GSO
     /// sends). Off only to compare, or on a kernel without them.
     pub offload: bool,
@@ -341,6 +345,7 @@ struct RawClient {
     mss_clamp: Option<bool>,
     cipher: Option<String>,
     offload: Option<bool>,
+    pin_workers: Option<bool>,
 }
 
 pub const DEFAULT_MTU: u16 = 1400;
@@ -468,6 +473,7 @@ impl ClientConfig {
             mss_clamp: raw.mss_clamp.unwrap_or(true),
             cipher,
             offload: raw.offload.unwrap_or(true),
+            pin_workers: raw.pin_workers.unwrap_or(true),
         })
     }
 }

@@ -60,6 +60,7 @@ impl Interface {
             }),
             mss_clamp: cfg.mss_clamp.then(|| mss_for_mtu(cfg.mtu)),
             offload: cfg.offload,
+            pin_cpus: cfg.pin_workers,
             buffers_per_worker: if cfg.offload {
                 OFFLOAD_BUFFERS
             } else {

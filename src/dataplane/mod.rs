@@ -43,9 +43,9 @@ pub use snapshot::{
 pub use writer::{TunWriter, WriteError};
 
 use crate::proto::crypto::PeerKey;
-use crate::sys::affinity;
 use crate::sys::tun::{self, TunError, TunOptions};
 use crate::sys::udp::{self, UdpError};
+use crate::sys::{affinity, steering};
 
 /// Bytes reserved in front of every packet read from TUN, for the envelope,
 /// type byte and sdwan pseudo-header (28 + 1 + 20) the direct path
@@ -301,6 +301,16 @@ impl Dataplane {
                 vnet_hdr: config.offload,
             },
         )?;
+        if config.workers > 1 {
+            if let Err(e) = steering::steer_flows_by_hash(queues[0].as_fd()) {
+                tracing::warn!(
+                    tun = ifname,
+                    %e,
+                    "could not attach the flow steering program; a flow that \
+                     changes queues may see reordering"
+                );
+            }
+        }
         if config.offload {
             let o = tun::enable_offloads(queues[0].as_fd(), ifname)?;
             tracing::info!(

@@ -4,6 +4,7 @@
 pub mod affinity;
 pub mod ifaddr;
 pub mod netlink;
+pub mod steering;
 pub mod sysctl;
 pub mod tcp;
 pub mod tun;
