@@ -714,9 +714,6 @@ impl Core {
             b.dropped_malformed += 1;
             return false;
         };
-        if let Some(mss) = self.mss_clamp {
-            mss::clamp(&mut buf[at..at + len], mss);
-        }
         let route = snap.route_tun(meta.dst);
         let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
         let wrap_len = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
@@ -738,6 +735,11 @@ impl Core {
                 return false;
             }
         };
+        // After the split: a SYN may come with a partial checksum, which an
+        // incremental update would corrupt.
+        if let (Some(mss), 1) = (self.mss_clamp, segs.count) {
+            mss::clamp(&mut buf[at..at + segs.len], mss);
+        }
         if segs.count > 1 {
             b.tun_gso_packets += 1;
             b.tun_gso_segments += segs.count as u64;

@@ -199,7 +199,8 @@ pub fn enable_offloads(fd: BorrowedFd<'_>, name: &str) -> Result<Offloads, TunEr
         }
     };
     // Older kernels refuse the USO bit as unknown; TCP alone is the big win.
-    if set(base | libc::TUN_F_USO4).is_ok() {
+    // The kernel takes USO only for both families at once.
+    if set(base | libc::TUN_F_USO4 | libc::TUN_F_USO6).is_ok() {
         return Ok(Offloads { uso: true });
     }
     set(base).map_err(|source| TunError::Io {
