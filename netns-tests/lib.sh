@@ -285,16 +285,7 @@ rl_nat_site() {
     rl_link "$router" lan0 "$lan.1/24" "$site" eth0 "$lan.2/24"
     ip -n "$(rl_ns "$site")" route add default via "$lan.1"
     rl_sysctl "$router" net.ipv4.ip_forward=1
-    local masq="masquerade"
-    [ "$mode" = random ] && masq="masquerade random"
-    rl_exec "$router" nft -f - <<EOF || rl_die "nft nat on $router"
-table ip rl_nat {
-    chain post {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "eth0" ip saddr $lan.0/24 $masq
-    }
-}
-EOF
+    rl_masquerade "$router" "$lan.0/24" "$mode" eth0
 }
 
 # rl_loss <node> <ifname> <percent> : drops that share of packets leaving

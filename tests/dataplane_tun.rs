@@ -5,7 +5,7 @@
 //! it, disappear when that thread and its fds are gone.
 
 mod common;
-use common::{in_new_netns, skip_reason};
+use common::run_in_own_netns;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -227,11 +227,5 @@ fn scenario() {
 
 #[test]
 fn multiqueue_tun_relay_path_in_own_netns() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping dataplane_tun: {why}");
-        return;
-    }
-    if in_new_netns(scenario).is_none() {
-        eprintln!("skipping dataplane_tun: no network namespace");
-    }
+    run_in_own_netns("dataplane_tun", scenario);
 }

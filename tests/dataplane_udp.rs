@@ -7,7 +7,7 @@
 //! touched and the namespace disappears with the thread and its fds.
 
 mod common;
-use common::{in_new_netns, skip_reason};
+use common::run_in_own_netns;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -433,11 +433,5 @@ fn multi_flow(dp: &Dataplane, port: u16) {
 
 #[test]
 fn direct_udp_path_over_a_real_tun_in_own_netns() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipping dataplane_udp: {why}");
-        return;
-    }
-    if in_new_netns(scenario).is_none() {
-        eprintln!("skipping dataplane_udp: no network namespace");
-    }
+    run_in_own_netns("dataplane_udp", scenario);
 }

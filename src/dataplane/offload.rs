@@ -198,12 +198,15 @@ fn header_lengths(packet: &[u8], protocol: u8) -> Result<(usize, usize), Offload
     if packet[9] != protocol || frag & 0x3fff != 0 {
         return Err(wrong);
     }
-    let l4 = if protocol == IPPROTO_TCP {
-        usize::from(packet[ihl + 12] >> 4) * 4
+    let (l4, min) = if protocol == IPPROTO_TCP {
+        (usize::from(packet[ihl + 12] >> 4) * 4, 20)
     } else {
-        8
+        (8, 8)
     };
-    if l4 < 8 || ihl + l4 > packet.len() {
+    if l4 < min {
+        return Err(wrong);
+    }
+    if ihl + l4 > packet.len() {
         return Err(truncated);
     }
     Ok((ihl, l4))
@@ -569,6 +572,15 @@ mod tests {
         assert!(matches!(
             split(&mut buf, 100, len, &VnetHdr::default(), 0),
             Err(OffloadError::NoRoom { .. })
+        ));
+        // A TCP data offset below 5 words: refused, not indexed past.
+        let mut short_tcp = input.clone();
+        short_tcp[32] = 2 << 4;
+        let slen = short_tcp.len();
+        short_tcp.resize(20_000, 0);
+        assert!(matches!(
+            split(&mut short_tcp, 0, slen, &gso_hdr(gso::TCPV4, 1), 0),
+            Err(OffloadError::WrongPacket { .. })
         ));
         let mut frag = input.clone();
         frag[6] = 0x20; // more fragments

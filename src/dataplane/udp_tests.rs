@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
+use crate::proto::checksum;
 use crate::proto::crypto::{CipherKind, IvSequence};
 use crate::proto::stun;
 use crate::proto::udp::{ty, Heartbeat};
@@ -77,10 +78,10 @@ struct Harness {
 }
 
 fn harness(buffers: u32) -> Harness {
-    harness_with(buffers, false)
+    harness_with(buffers, false, None)
 }
 
-fn harness_with(buffers: u32, offload: bool) -> Harness {
+fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness {
     let (dp_end, tun) = fake_tun();
     let cfg = DataplaneConfig {
         workers: 1,
@@ -93,7 +94,7 @@ fn harness_with(buffers: u32, offload: bool) -> Harness {
             port: 0,
             own_key: Arc::new(key(OWN)),
         }),
-        mss_clamp: None,
+        mss_clamp,
         offload,
     };
     let (dp, rx) = Dataplane::start(vec![dp_end], &cfg).unwrap();
@@ -553,7 +554,7 @@ fn offload_read(src: Ipv4Addr, dst: Ipv4Addr, payload: usize, mss: u16) -> (Vec<
 
 #[test]
 fn offload_super_packet_leaves_as_sealed_tunnel_sized_datagrams() {
-    let h = harness_with(8, true);
+    let h = harness_with(8, true, None);
     let (read, packet) = offload_read(OWN, PEER, 40 * 1348 + 7, 1348);
     for round in 0..2 {
         h.tun.send(&read).unwrap();
@@ -582,7 +583,7 @@ fn offload_super_packet_leaves_as_sealed_tunnel_sized_datagrams() {
 
 #[test]
 fn offload_super_packet_without_direct_path_goes_up_as_packets() {
-    let h = harness_with(8, true);
+    let h = harness_with(8, true, None);
     let (read, packet) = offload_read(OWN, UNKNOWN, 3 * 1000, 1000);
     h.tun.send(&read).unwrap();
     let mut payload = Vec::new();
@@ -599,7 +600,7 @@ fn offload_super_packet_without_direct_path_goes_up_as_packets() {
 
 #[test]
 fn offload_malformed_reads_are_counted_not_sent() {
-    let h = harness_with(8, true);
+    let h = harness_with(8, true, None);
     // Shorter than a virtio header; then TCP segmentation asked of UDP.
     h.tun.send(&[0u8; 6]).unwrap();
     let (mut read, _) = offload_read(OWN, PEER, 5000, 1000);
@@ -613,7 +614,7 @@ fn offload_malformed_reads_are_counted_not_sent() {
 
 #[test]
 fn offload_delivery_to_tun_carries_an_empty_virtio_header() {
-    let mut h = harness_with(8, true);
+    let mut h = harness_with(8, true, None);
     let p = ipv4(PEER, OWN, 300, 5);
     h.peer_send(&forward(&p));
     let got = h.tun_recv();
@@ -621,5 +622,34 @@ fn offload_delivery_to_tun_carries_an_empty_virtio_header() {
     assert_eq!(&got[offload::VNET_HDR_LEN..], &p[..]);
     wait_for("write completion", || h.dp.counters().tun_written == 1);
     assert_eq!(h.dp.counters().tun_written_bytes, 300);
+    h.dp.shutdown().unwrap();
+}
+
+/// A forwarded SYN arrives with only the pseudo-header in its checksum
+/// field (NEEDS_CSUM): the checksum is completed before the MSS clamp
+/// updates it incrementally, so the clamped SYN leaves valid.
+#[test]
+fn offload_partial_checksum_syn_is_clamped_and_valid() {
+    let h = harness_with(8, true, Some(1360));
+    let mut syn = offload::test_support::tcp_super(OWN, PEER, 0, 0x02);
+    // Option space: MSS 1460, then the timestamp option already there.
+    syn[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    let l4_len = syn.len() - 20;
+    let partial = checksum::fold(checksum::pseudo_header(OWN, PEER, 6, l4_len));
+    syn[36..38].copy_from_slice(&partial.to_be_bytes());
+    checksum::refresh_ipv4_header(&mut syn, 20);
+    let hdr = offload::VnetHdr {
+        flags: offload::F_NEEDS_CSUM,
+        csum_start: 20,
+        csum_offset: 16,
+        ..offload::VnetHdr::default()
+    };
+    let mut read = [0u8; offload::VNET_HDR_LEN];
+    hdr.write(&mut read);
+    h.tun.send(&[&read[..], &syn[..]].concat()).unwrap();
+    let got = h.peer_recv();
+    let out = &got[1..];
+    assert_eq!(&out[40..44], &[2, 4, 0x05, 0x50], "MSS clamped to 1360");
+    offload::test_support::assert_valid(out);
     h.dp.shutdown().unwrap();
 }

@@ -82,29 +82,18 @@ fn adjust_checksum(sum: u16, old: u16, new: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::checksum;
+    use std::net::Ipv4Addr;
 
     /// Full TCP checksum over the pseudo-header, for checking the
     /// incremental update against.
     fn tcp_checksum(packet: &[u8]) -> u16 {
         let ihl = usize::from(packet[0] & 0x0f) * 4;
-        let tcp = &packet[ihl..];
-        let mut sum = 0u32;
-        for c in packet[12..20].chunks(2) {
-            sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-        }
-        sum += u32::from(IPPROTO_TCP) + tcp.len() as u32;
-        for (k, c) in tcp.chunks(2).enumerate() {
-            if k == 8 {
-                continue; // the checksum field itself
-            }
-            let hi = c[0];
-            let lo = c.get(1).copied().unwrap_or(0);
-            sum += u32::from(u16::from_be_bytes([hi, lo]));
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
+        let mut tcp = packet[ihl..].to_vec();
+        tcp[16..18].fill(0);
+        let addr = |i: usize| Ipv4Addr::new(packet[i], packet[i + 1], packet[i + 2], packet[i + 3]);
+        let sum = checksum::pseudo_header(addr(12), addr(16), IPPROTO_TCP, tcp.len());
+        checksum::finish(checksum::add(sum, &tcp))
     }
 
     fn syn(mss: u16, flags: u8) -> Vec<u8> {

@@ -32,3 +32,14 @@ pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -
     .join()
     .expect("test thread panicked")
 }
+
+/// Run `scenario` in a namespace of its own, or say why it was skipped.
+pub fn run_in_own_netns(name: &str, scenario: fn()) {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping {name}: {why}");
+        return;
+    }
+    if in_new_netns(scenario).is_none() {
+        eprintln!("skipping {name}: no network namespace");
+    }
+}
