@@ -65,7 +65,8 @@ counters! {
     /// Dropped because they were not IPv4 or shorter than a header (read
     /// from TUN, or found inside a FORWARD).
     dropped_malformed,
-    /// Packets written into the TUN device.
+    /// Packets written into the TUN device, and bytes (a coalesced write
+    /// counts its headers once).
     tun_written,
     tun_written_bytes,
     /// Writes into the TUN device that failed or were refused.
@@ -100,6 +101,12 @@ counters! {
     /// split into.
     tun_gso_packets,
     tun_gso_segments,
+    /// Receives that were a GRO run of several datagrams.
+    udp_gro_receives,
+    /// TUN writes that were coalesced TCP super-packets, and the packets
+    /// they carried.
+    tun_coalesced_writes,
+    tun_coalesced_packets,
 }
 
 /// Shared handle to one counters block.

@@ -30,7 +30,7 @@ use super::snapshot::Snapshot;
 use crate::proto::crypto::{CryptoError, PeerKey, ENVELOPE_LEN, IV_LEN};
 use crate::proto::udp::ty;
 use crate::route::subnet::{self, PSEUDO_HEADER_LEN};
-use crate::sys::udp::parse_sockaddr_in;
+use crate::sys::udp::{gro_segment_size, parse_sockaddr_in};
 
 /// The largest UDP payload a stock Candy peer receives intact (its receive
 /// buffer is 1500 bytes; anything longer is truncated and fails GCM).
@@ -123,6 +123,9 @@ pub struct Received {
     pub from: SocketAddrV4,
     /// Where the UDP payload lies in the buffer.
     pub payload: Range<usize>,
+    /// With UDP GRO, the payload is a run of datagrams this long (the last
+    /// may be shorter); `None` for a single datagram.
+    pub segment: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -153,6 +156,7 @@ pub fn parse_recvmsg(buf: &[u8], msghdr: &libc::msghdr) -> Result<Received, Recv
     Ok(Received {
         from,
         payload: start..start + payload.len(),
+        segment: gro_segment_size(out.control_data()),
     })
 }
 
@@ -420,5 +424,22 @@ mod tests {
         let mut trunc = buf.clone();
         trunc[12..16].copy_from_slice(&(libc::MSG_TRUNC as u32).to_ne_bytes());
         assert_eq!(parse_recvmsg(&trunc, &hdr), Err(RecvError::Truncated));
+        assert_eq!(r.segment, None);
+
+        // With room for a control message, a GRO receive says its size.
+        use crate::sys::udp::{GRO_CONTROL_LEN, UDP_GRO};
+        hdr.msg_controllen = GRO_CONTROL_LEN;
+        let mut gro = buf[..32].to_vec();
+        gro[4..8].copy_from_slice(&(GRO_CONTROL_LEN as u32).to_ne_bytes());
+        let mut cmsg = (16usize + 4).to_ne_bytes().to_vec();
+        cmsg.extend_from_slice(&libc::SOL_UDP.to_ne_bytes());
+        cmsg.extend_from_slice(&UDP_GRO.to_ne_bytes());
+        cmsg.extend_from_slice(&2i32.to_ne_bytes());
+        cmsg.resize(GRO_CONTROL_LEN, 0);
+        gro.extend_from_slice(&cmsg);
+        gro.extend_from_slice(b"hello");
+        let r = parse_recvmsg(&gro, &hdr).unwrap();
+        assert_eq!(&gro[r.payload], b"hello");
+        assert_eq!(r.segment, Some(2));
     }
 }

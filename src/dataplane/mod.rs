@@ -14,6 +14,7 @@
 //! its own datagrams with [`UdpSender`].
 
 pub mod bufring;
+pub mod coalesce;
 pub mod counters;
 pub mod frame;
 pub mod offload;
@@ -387,6 +388,7 @@ impl Dataplane {
                     .as_ref()
                     .zip(sockets.next())
                     .map(|(u, sock)| worker::UdpSpec {
+                        gro: config.offload && receive_runs(&sock),
                         sock,
                         own_key: u.own_key.clone(),
                     }),
@@ -464,6 +466,19 @@ impl Dataplane {
             }
         }
         first
+    }
+}
+
+/// Turn UDP GRO on, so that a run of datagrams from one peer arrives as
+/// one receive and can leave as one TUN write. Without it everything
+/// works, a datagram at a time.
+fn receive_runs(sock: &OwnedFd) -> bool {
+    match udp::enable_gro(sock) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(%e, "UDP GRO not available; receiving datagrams one by one");
+            false
+        }
     }
 }
 

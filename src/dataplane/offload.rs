@@ -350,6 +350,37 @@ pub(crate) mod test_support {
         p
     }
 
+    /// What a TSO super-packet of `payload` bytes with `flags` is cut into
+    /// at `mss`: whole, valid packets, as a peer's kernel would send them.
+    pub fn tcp_segments(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        payload: usize,
+        flags: u8,
+        mss: u16,
+    ) -> Vec<Vec<u8>> {
+        let sup = tcp_super(src, dst, payload, flags);
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: gso::TCPV4,
+            hdr_len: 52,
+            gso_size: mss,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        resegment(&hdr, &sup)
+    }
+
+    /// Split `bytes`, read with `hdr`, into the packets TSO would make.
+    pub fn resegment(hdr: &VnetHdr, bytes: &[u8]) -> Vec<Vec<u8>> {
+        let mut buf = vec![0u8; 2 * bytes.len() + 64 * MAX_HEADERS];
+        buf[..bytes.len()].copy_from_slice(bytes);
+        let segs = split(&mut buf, 0, bytes.len(), hdr, 0).unwrap();
+        (0..segs.count)
+            .map(|k| buf[segs.packet(k)].to_vec())
+            .collect()
+    }
+
     /// Panics unless `pkt` is a whole IPv4 packet whose header checksum
     /// and transport checksum (over the pseudo-header) are both right.
     pub fn assert_valid(pkt: &[u8]) {

@@ -122,4 +122,52 @@ mod tests {
         assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 80);
         assert_eq!(rx.recv(&mut buf).unwrap(), 80);
     }
+
+    /// The receiving half: with UDP_GRO on the socket, the same run comes
+    /// back as one buffer and its segment size as a control message.
+    #[test]
+    fn gro_receiver_gets_the_run_whole_with_its_segment_size() {
+        use crate::sys::udp::{enable_gro, gro_segment_size, GRO_CONTROL_LEN};
+        use std::os::fd::OwnedFd;
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let owned: OwnedFd = rx.try_clone().unwrap().into();
+        enable_gro(&owned).unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(to) = rx.local_addr().unwrap() else {
+            unreachable!()
+        };
+        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
+        let mut slot = Box::new(SendSlot::new());
+        let msg = slot.prepare(&data, to, Some(100));
+        // SAFETY: msg points into `slot` and `data`, both alive here.
+        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 250);
+        let mut buf = [0u8; 1024];
+        let mut control = [0u8; GRO_CONTROL_LEN];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: an all-zero msghdr is valid; the pointers set below
+        // outlive the call.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = control.as_mut_ptr().cast();
+        hdr.msg_controllen = control.len();
+        // SAFETY: as above.
+        let n = unsafe { libc::recvmsg(rx.as_raw_fd(), &mut hdr, 0) };
+        assert_eq!(n, 250, "{}", std::io::Error::last_os_error());
+        assert_eq!(&buf[..250], &data[..]);
+        assert_eq!(gro_segment_size(&control[..hdr.msg_controllen]), Some(100));
+        // A lone datagram carries no size.
+        let msg = slot.prepare(&data[..80], to, Some(100));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 80);
+        hdr.msg_controllen = control.len();
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::recvmsg(rx.as_raw_fd(), &mut hdr, 0) }, 80);
+        assert_eq!(gro_segment_size(&control[..hdr.msg_controllen]), None);
+    }
 }

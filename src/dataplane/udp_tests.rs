@@ -10,6 +10,7 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixDatagram;
 use std::time::Instant;
 
+use super::sendmsg::SendSlot;
 use crate::proto::checksum;
 use crate::proto::crypto::{CipherKind, IvSequence};
 use crate::proto::stun;
@@ -176,8 +177,29 @@ impl Harness {
         self.peer.send_to(&d, self.dp_addr()).unwrap();
     }
 
+    /// Seal each of `plains` for this node and send them from the peer in
+    /// one GSO send, as a ringlink sender does; they must all be as long
+    /// as the first, except the last.
+    fn peer_send_run(&mut self, plains: &[Vec<u8>]) {
+        let sealed: Vec<Vec<u8>> = plains
+            .iter()
+            .map(|p| key(OWN).seal_to_vec(self.ivs.next_iv(), p))
+            .collect();
+        let bytes = sealed.concat();
+        let mut slot = Box::new(SendSlot::new());
+        let msg = slot.prepare(&bytes, self.dp_addr(), Some(sealed[0].len() as u16));
+        // SAFETY: msg points into `slot` and `bytes`, both alive here.
+        let n = unsafe { libc::sendmsg(self.peer.as_raw_fd(), msg, 0) };
+        assert_eq!(
+            n,
+            bytes.len() as isize,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     fn tun_recv(&self) -> Vec<u8> {
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 1 << 17];
         let n = self.tun.recv(&mut buf).expect("nothing written to tun");
         buf[..n].to_vec()
     }
@@ -651,5 +673,67 @@ fn offload_partial_checksum_syn_is_clamped_and_valid() {
     let out = &got[1..];
     assert_eq!(&out[40..44], &[2, 4, 0x05, 0x50], "MSS clamped to 1360");
     offload::test_support::assert_valid(out);
+    h.dp.shutdown().unwrap();
+}
+
+/// A GRO receive of one TCP flow's segments reaches TUN as one TSO
+/// super-packet that the kernel would cut back into exactly those segments.
+#[test]
+fn offload_gro_run_of_one_flow_is_one_super_packet_write() {
+    let mut h = harness_with(8, true, None);
+    let packets = offload::test_support::tcp_segments(PEER, OWN, 40 * 1348 + 7, 0x18, 1348);
+    assert_eq!(packets.len(), 41);
+    h.peer_send_run(&packets.iter().map(|p| forward(p)).collect::<Vec<_>>());
+    let got = h.tun_recv();
+    let hdr = offload::VnetHdr::parse(&got).unwrap();
+    assert_eq!((hdr.gso_type, hdr.gso_size), (offload::gso::TCPV4, 1348));
+    let again = offload::test_support::resegment(&hdr, &got[offload::VNET_HDR_LEN..]);
+    assert_eq!(again, packets);
+    wait_for("write completion", || h.dp.counters().tun_written == 41);
+    let c = h.dp.counters();
+    assert_eq!((c.udp_rx_packets, c.udp_gro_receives), (41, 1));
+    assert_eq!((c.tun_coalesced_writes, c.tun_coalesced_packets), (1, 41));
+    assert_eq!(
+        c.decrypt_failed + c.tun_write_errors + c.dropped_malformed,
+        0
+    );
+    assert_eq!(h.peer_counters.snapshot().rx_packets, 41);
+    h.dp.shutdown().unwrap();
+}
+
+/// One run holding a flow for us with FORWARDs for another node in its
+/// middle and a UDP packet at its end: the flow is still one write, the
+/// FORWARDs leave resealed in one send, the UDP packet is written after.
+#[test]
+fn offload_gro_run_mixing_delivery_and_relay_keeps_each_in_order() {
+    let mut h = harness_with(8, true, None);
+    let flow = offload::test_support::tcp_segments(PEER, OWN, 6 * 1348, 0x10, 1348);
+    let len = flow[0].len();
+    let relayed = [ipv4(UNKNOWN, BEYOND, len, 1), ipv4(UNKNOWN, BEYOND, len, 2)];
+    let udp = ipv4(PEER, OWN, 200, 3);
+    let run: Vec<Vec<u8>> = flow[..3]
+        .iter()
+        .chain(&relayed)
+        .chain(&flow[3..])
+        .chain([&udp])
+        .map(|p| forward(p))
+        .collect();
+    h.peer_send_run(&run);
+    let first = h.tun_recv();
+    let hdr = offload::VnetHdr::parse(&first).unwrap();
+    let again = offload::test_support::resegment(&hdr, &first[offload::VNET_HDR_LEN..]);
+    assert_eq!(again, flow);
+    let second = h.tun_recv();
+    assert_eq!(&second[offload::VNET_HDR_LEN..], &udp[..]);
+    for r in &relayed {
+        assert_eq!(h.peer_recv(), forward(r));
+    }
+    wait_for("completions", || {
+        let c = h.dp.counters();
+        c.tun_written == 7 && c.udp_tx_packets == 2
+    });
+    let c = h.dp.counters();
+    assert_eq!((c.forwarded, c.tun_coalesced_writes), (2, 1));
+    assert_eq!(c.send_errors + c.tun_write_errors + c.dropped_malformed, 0);
     h.dp.shutdown().unwrap();
 }

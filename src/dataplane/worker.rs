@@ -11,7 +11,6 @@
 //! SINGLE_ISSUER binds it to its creator.
 
 use std::mem::ManuallyDrop;
-use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,22 +23,21 @@ use io_uring::squeue::Entry;
 use io_uring::{cqueue, opcode, types, IoUring, SubmissionQueue, Submitter};
 use tokio::sync::Notify;
 
+mod receive;
+
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
-use super::frame::{
-    self, FrameError, Inbound, RecvError, FORWARD_OVERHEAD, MAX_DATAGRAM, RECVMSG_PREFIX,
-};
+use super::frame::{self, FrameError, FORWARD_OVERHEAD, MAX_DATAGRAM, RECVMSG_PREFIX};
 use super::offload::{self, VnetHdr, VNET_HDR_LEN};
 use super::packet::classify;
 use super::sendmsg::SendSlot;
 use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
 use super::{DataplaneError, Upcall};
-use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
-use crate::proto::stun::looks_like_stun;
+use crate::proto::crypto::{IvSequence, PeerKey};
 use crate::route::mss;
 use crate::route::subnet::PSEUDO_HEADER_LEN;
 use crate::sys::affinity;
-use crate::sys::udp::{sockaddr_in, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use crate::sys::udp::{GRO_CONTROL_LEN, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
 /// Buffer group of the TUN ring and of the UDP ring.
 const TUN_BGID: u16 = 0;
@@ -57,6 +55,9 @@ const CANCEL_ALL_AFTER: Duration = Duration::from_secs(1);
 /// largest datagram a Candy peer sends, plus slack so a slightly longer
 /// one is seen (and counted) rather than silently truncated.
 const UDP_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + MAX_DATAGRAM;
+/// With UDP GRO: the control message, then a run of datagrams as long as
+/// one UDP payload can be.
+const UDP_GRO_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + GRO_CONTROL_LEN + u16::MAX as usize;
 
 /// Operation kinds, in the top half of the user data; the bottom half is
 /// the buffer id for operations that own a buffer, and above it the index
@@ -102,6 +103,8 @@ fn decode_user_data(ud: u64) -> Option<(Op, u16, u16)> {
 pub(crate) struct UdpSpec {
     pub sock: OwnedFd,
     pub own_key: Arc<PeerKey>,
+    /// UDP_GRO is on: receives may be runs of datagrams.
+    pub gro: bool,
 }
 
 pub(crate) struct WorkerSpec {
@@ -180,9 +183,14 @@ struct UdpPath {
     /// Template for the multishot recvmsg: only the name and control
     /// lengths matter, and parsing the output needs the same values.
     msghdr: Box<libc::msghdr>,
-    /// Destination of the send in flight from each buffer (a FORWARD
-    /// passed on); one slot per bid, so no allocation per send.
-    dest: Box<[libc::sockaddr_in]>,
+    /// Per buffer, `slots_per_buffer` iovecs for TUN writes and sends for
+    /// FORWARDs passed on (one per datagram the buffer can hold), so
+    /// queuing either allocates nothing; and how many operations still
+    /// hold the buffer.
+    slots_per_buffer: usize,
+    iovs: Box<[libc::iovec]>,
+    sends: Box<[SendSlot]>,
+    refs: Box<[u8]>,
     armed: bool,
     armed_once: bool,
 }
@@ -314,7 +322,13 @@ impl Worker {
     fn new(spec: WorkerSpec) -> Result<Self, DataplaneError> {
         let queue = spec.index;
         let tun_entries = u32::from(spec.layout.entries());
-        let udp_layout = Layout::new(tun_entries, UDP_BUFFER_PAYLOAD, 0)
+        let gro = spec.udp.as_ref().is_some_and(|u| u.gro);
+        let udp_payload = if gro {
+            UDP_GRO_BUFFER_PAYLOAD
+        } else {
+            UDP_BUFFER_PAYLOAD
+        };
+        let udp_layout = Layout::new(tun_entries, udp_payload, 0)
             .map_err(|source| DataplaneError::BufRing { queue, source })?;
         let udp_entries = if spec.udp.is_some() { tun_entries } else { 0 };
         // One submission per buffer in a batch fits without an early
@@ -358,16 +372,30 @@ impl Worker {
                 // SAFETY: an all-zero msghdr is valid.
                 let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
                 msghdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                if gro {
+                    msghdr.msg_controllen = GRO_CONTROL_LEN;
+                }
+                let slots_per_buffer = if gro {
+                    receive::MAX_RECEIVE_SEGMENTS
+                } else {
+                    1
+                };
+                let entries = usize::from(udp_layout.entries());
+                let no_iov = libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
                 Some(UdpPath {
                     sock: u.sock,
                     bufs: ManuallyDrop::new(bufs),
                     own_key: u.own_key,
                     msghdr,
-                    dest: vec![
-                        sockaddr_in(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-                        udp_layout.entries().into()
-                    ]
-                    .into_boxed_slice(),
+                    slots_per_buffer,
+                    iovs: vec![no_iov; entries * slots_per_buffer].into_boxed_slice(),
+                    sends: (0..entries * slots_per_buffer)
+                        .map(|_| SendSlot::new())
+                        .collect(),
+                    refs: vec![0; entries].into_boxed_slice(),
                     armed: false,
                     armed_once: false,
                 })
@@ -604,7 +632,7 @@ impl Core {
                     u.armed = false;
                 }
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    let keep = res > 0 && self.datagram(bid, res as usize, snap, sq, b, tally);
+                    let keep = res > 0 && self.datagrams(bid, res as usize, snap, sq, b, tally);
                     if !keep {
                         if let Some(u) = self.udp.as_mut() {
                             u.bufs.push(bid);
@@ -631,28 +659,44 @@ impl Core {
             }
             Op::SendUdp => {
                 self.inflight = self.inflight.saturating_sub(1);
-                self.count_send(res, 1, b);
-                if let Some(u) = self.udp.as_mut() {
-                    u.bufs.push(bid);
-                }
+                let datagrams = self.udp.as_ref().map_or(1, |u| {
+                    let slot = usize::from(bid) * u.slots_per_buffer + usize::from(send);
+                    u.sends.get(slot).map_or(1, |s| s.datagrams)
+                });
+                self.count_send(res, datagrams, b);
+                self.release_udp_buffer(bid);
                 None
             }
             Op::TunWrite => {
                 self.inflight = self.inflight.saturating_sub(1);
+                // The send index of a TUN write is how many packets it holds.
+                let packets = u64::from(send);
                 if res < 0 {
-                    b.tun_write_errors += 1;
+                    b.tun_write_errors += packets;
                     tracing::debug!(errno = -res, "tun write failed");
                 } else {
-                    b.tun_written += 1;
+                    b.tun_written += packets;
                     let vnet = if self.offload { VNET_HDR_LEN } else { 0 };
                     b.tun_written_bytes += (res as usize).saturating_sub(vnet) as u64;
                 }
-                if let Some(u) = self.udp.as_mut() {
-                    u.bufs.push(bid);
-                }
+                self.release_udp_buffer(bid);
                 None
             }
             Op::Cancel => None,
+        }
+    }
+
+    /// One operation holding UDP buffer `bid` is done; the last one
+    /// returns it to the ring.
+    fn release_udp_buffer(&mut self, bid: u16) {
+        let Some(u) = self.udp.as_mut() else {
+            return;
+        };
+        if let Some(r) = u.refs.get_mut(usize::from(bid)) {
+            *r = r.saturating_sub(1);
+            if *r == 0 {
+                u.bufs.push(bid);
+            }
         }
     }
 
@@ -822,155 +866,6 @@ impl Core {
         tally.tx(&peer.counters, segs.count, payload);
         queued > 0
     }
-
-    /// A datagram received on the socket. Returns true if the buffer is now
-    /// owned by a queued TUN write or send.
-    #[allow(clippy::too_many_arguments)]
-    fn datagram<'s>(
-        &mut self,
-        bid: u16,
-        res: usize,
-        snap: &'s Snapshot,
-        sq: &mut Sq<'_>,
-        b: &mut CounterSnapshot,
-        tally: &mut PeerTally<'s>,
-    ) -> bool {
-        let tun_fd = self.tun_fd;
-        let vnet = if self.offload { VNET_HDR_LEN } else { 0 };
-        let Some(u) = self.udp.as_mut() else {
-            return false;
-        };
-        let Some(buf) = u.bufs.buffer_mut(bid) else {
-            b.dropped_malformed += 1;
-            return false;
-        };
-        let Some(out) = buf.get(..res) else {
-            b.dropped_malformed += 1;
-            return false;
-        };
-        let rx = match frame::parse_recvmsg(out, &u.msghdr) {
-            Ok(rx) => rx,
-            Err(RecvError::Truncated) => {
-                b.udp_rx_packets += 1;
-                b.oversize += 1;
-                return false;
-            }
-            Err(_) => {
-                b.udp_rx_packets += 1;
-                b.dropped_malformed += 1;
-                return false;
-            }
-        };
-        b.udp_rx_packets += 1;
-        b.udp_rx_bytes += rx.payload.len() as u64;
-        if self.closing {
-            return false;
-        }
-        let payload = &mut buf[rx.payload.clone()];
-        if looks_like_stun(payload) {
-            if upcall(&self.upcalls, b, || Upcall::Stun {
-                from: rx.from,
-                datagram: payload.to_vec(),
-            }) {
-                b.stun_upcalls += 1;
-            }
-            return false;
-        }
-        let plain = match u.own_key.open_in_place(payload) {
-            Ok(p) => p,
-            Err(e) => {
-                b.decrypt_failed += 1;
-                tracing::debug!(from = %rx.from, %e, "dropping datagram");
-                return false;
-            }
-        };
-        let plain_at = rx.payload.start + ENVELOPE_LEN;
-        match frame::inbound(snap, plain) {
-            Inbound::Deliver { packet, src } => {
-                let bytes = plain.len() - 1;
-                // The envelope in front of the packet has room for the
-                // (all-zero: nothing to offload) virtio header.
-                let packet = plain_at + packet.start - vnet..plain_at + packet.end;
-                buf[packet.start..packet.start + vnet].fill(0);
-                let sqe = opcode::Write::new(
-                    types::Fd(tun_fd),
-                    buf[packet.clone()].as_ptr(),
-                    packet.len() as u32,
-                )
-                // "Current position": TUN is a stream, the offset means
-                // nothing, and -1 is valid for any file.
-                .offset(u64::MAX)
-                .build()
-                .user_data(user_data(Op::TunWrite, bid));
-                // SAFETY: the buffer stays out of the ring until this
-                // write's completion recycles it.
-                if !unsafe { sq.push(&sqe) } {
-                    b.tun_write_errors += 1;
-                    return false;
-                }
-                self.inflight += 1;
-                if let Some(peer) = snap.direct.get(&src) {
-                    tally.rx(&peer.counters, bytes);
-                }
-                true
-            }
-            Inbound::Relay { next_hop } => {
-                let Some(peer) = snap.direct.get(&next_hop) else {
-                    b.no_route += 1;
-                    return false;
-                };
-                let bytes = plain.len() - 1;
-                if rx.payload.len() > MAX_DATAGRAM {
-                    b.oversize += 1;
-                    return false;
-                }
-                let dgram = &mut buf[rx.payload.clone()];
-                if peer.key.seal_in_place(self.ivs.next_iv(), dgram).is_err() {
-                    b.dropped_malformed += 1;
-                    return false;
-                }
-                let dest = &mut u.dest[usize::from(bid)];
-                *dest = sockaddr_in(peer.endpoint);
-                let sqe =
-                    send(u.sock.as_raw_fd(), dgram, dest).user_data(user_data(Op::SendUdp, bid));
-                // SAFETY: as for the direct send.
-                if !unsafe { sq.push(&sqe) } {
-                    b.send_errors += 1;
-                    return false;
-                }
-                self.inflight += 1;
-                b.forwarded += 1;
-                tally.tx(&peer.counters, 1, bytes);
-                true
-            }
-            Inbound::NoRoute => {
-                b.no_route += 1;
-                false
-            }
-            Inbound::Upcall => {
-                if upcall(&self.upcalls, b, || Upcall::Peer {
-                    from: rx.from,
-                    plaintext: plain.to_vec(),
-                }) {
-                    b.peer_upcalls += 1;
-                }
-                false
-            }
-            Inbound::Malformed => {
-                b.dropped_malformed += 1;
-                false
-            }
-        }
-    }
-}
-
-/// A send of `data` to `dest` on the unconnected socket `sock`. The address
-/// is passed by pointer, so it has to live in a per-buffer slot.
-fn send(sock: RawFd, data: &[u8], dest: &libc::sockaddr_in) -> Entry {
-    opcode::Send::new(types::Fd(sock), data.as_ptr(), data.len() as u32)
-        .dest_addr((dest as *const libc::sockaddr_in).cast())
-        .dest_addr_len(std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
-        .build()
 }
 
 /// Hand something to the control thread; a full channel drops it (and the

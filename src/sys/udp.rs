@@ -152,6 +152,31 @@ pub fn enable_gro(fd: &OwnedFd) -> io::Result<()> {
     set_int(fd, libc::SOL_UDP, UDP_GRO, 1)
 }
 
+/// Control buffer a receive needs for the UDP_GRO message:
+/// `CMSG_SPACE(sizeof(int))`.
+pub const GRO_CONTROL_LEN: usize = CMSG_HDR_LEN + 8;
+
+/// `struct cmsghdr` on 64-bit Linux: a `size_t` length, level, type.
+const CMSG_HDR_LEN: usize = 16;
+
+/// The datagram size of a coalesced receive, from its control messages;
+/// `None` for an ordinary single datagram.
+pub fn gro_segment_size(control: &[u8]) -> Option<usize> {
+    let mut rest = control;
+    while rest.len() >= CMSG_HDR_LEN {
+        let len = usize::from_ne_bytes(rest[..8].try_into().ok()?);
+        let level = i32::from_ne_bytes(rest[8..12].try_into().ok()?);
+        let kind = i32::from_ne_bytes(rest[12..16].try_into().ok()?);
+        let data = rest.get(CMSG_HDR_LEN..len)?;
+        if level == libc::SOL_UDP && kind == UDP_GRO {
+            let size = i32::from_ne_bytes(data.get(..4)?.try_into().ok()?);
+            return usize::try_from(size).ok().filter(|&s| s > 0);
+        }
+        rest = rest.get(len.next_multiple_of(8)..)?;
+    }
+    None
+}
+
 /// The address a socket is bound to (to learn an ephemeral port).
 pub fn local_addr(fd: BorrowedFd<'_>) -> Result<SocketAddrV4, UdpError> {
     // SAFETY: an all-zero sockaddr_in is a valid value.
@@ -287,5 +312,36 @@ mod tests {
         let (n, from) = peer.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(from.port(), port);
+    }
+
+    fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
+        let mut c = (CMSG_HDR_LEN + data.len()).to_ne_bytes().to_vec();
+        c.extend_from_slice(&level.to_ne_bytes());
+        c.extend_from_slice(&kind.to_ne_bytes());
+        c.extend_from_slice(data);
+        c.resize(c.len().next_multiple_of(8), 0);
+        c
+    }
+
+    #[test]
+    fn gro_size_is_found_among_control_messages_and_junk_is_not_read() {
+        let gro = cmsg(libc::SOL_UDP, UDP_GRO, &1372i32.to_ne_bytes());
+        assert_eq!(gro.len(), GRO_CONTROL_LEN);
+        assert_eq!(gro_segment_size(&gro), Some(1372));
+        let mut two = cmsg(libc::SOL_IP, 8, &[1, 2, 3, 4, 5]);
+        two.extend_from_slice(&gro);
+        assert_eq!(gro_segment_size(&two), Some(1372));
+        assert_eq!(gro_segment_size(&[]), None);
+        assert_eq!(gro_segment_size(&gro[..19]), None);
+        assert_eq!(
+            gro_segment_size(&cmsg(libc::SOL_UDP, UDP_GRO, &0i32.to_ne_bytes())),
+            None
+        );
+        let mut zero_len = gro.clone();
+        zero_len[..8].fill(0);
+        assert_eq!(gro_segment_size(&zero_len), None);
+        let mut huge = gro;
+        huge[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(gro_segment_size(&huge), None);
     }
 }

@@ -1,0 +1,321 @@
+//! A worker's receive side: what arrives on the UDP socket, opened in place
+//! and either written to TUN or resealed and passed on to the next hop.
+//!
+//! With UDP GRO one receive buffer holds a run of datagrams from one peer,
+//! `segment` bytes apart. They are handled in order, and what they turn
+//! into is collected rather than queued one by one: consecutive segments of
+//! one TCP flow become one TUN write (`coalesce::Run`), consecutive
+//! datagrams for the same next hop one GSO send. Every datagram adds at most
+//! one iovec or one send, so the buffer's slots can never run out.
+
+use std::net::SocketAddrV4;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, RawFd};
+
+use crossbeam_channel::Sender;
+use io_uring::{opcode, types};
+
+use super::{send_user_data, upcall, Core, Op, PeerTally, Sq};
+use crate::dataplane::coalesce::Run;
+use crate::dataplane::counters::CounterSnapshot;
+use crate::dataplane::frame::{self, Inbound, RecvError, MAX_DATAGRAM};
+use crate::dataplane::offload::VNET_HDR_LEN;
+use crate::dataplane::sendmsg::SendSlot;
+use crate::dataplane::snapshot::Snapshot;
+use crate::dataplane::Upcall;
+use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
+use crate::proto::stun::looks_like_stun;
+use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+
+/// Most datagrams one receive buffer can hold: GRO stops at 64, a GSO send
+/// from this host at the kernel's UDP_MAX_SEGMENTS (128 on recent kernels).
+pub(super) const MAX_RECEIVE_SEGMENTS: usize = 128;
+
+/// One receive buffer being worked through.
+struct Receive<'a, 's, 'r> {
+    bid: u16,
+    buf: &'a mut [u8],
+    /// Distance between the datagrams of a GRO run.
+    segment: usize,
+    snap: &'s Snapshot,
+    own_key: &'a PeerKey,
+    ivs: &'a mut IvSequence,
+    upcalls: &'a Sender<Upcall>,
+    sq: &'a mut Sq<'r>,
+    b: &'a mut CounterSnapshot,
+    tally: &'a mut PeerTally<'s>,
+    sock: RawFd,
+    tun_fd: RawFd,
+    /// TUN writes carry a virtio header, and may be super-packets.
+    offload: bool,
+    udp_gso: bool,
+    /// This buffer's iovec and send slots.
+    iovs: &'a mut [libc::iovec],
+    sends: &'a mut [SendSlot],
+    /// The TUN write being collected and the index of its first iovec.
+    run: Option<(Run, usize)>,
+    iovs_used: usize,
+    /// Resealed datagrams being collected for one send: where to, which
+    /// bytes, how many.
+    relay: Option<(SocketAddrV4, Range<usize>, usize)>,
+    sends_used: usize,
+    queued: usize,
+}
+
+impl Core {
+    /// A receive on the socket: one datagram, or with GRO a run of them.
+    /// Returns true if the buffer is now owned by queued TUN writes or
+    /// sends (and goes back to its ring when the last completes).
+    pub(super) fn datagrams<'s>(
+        &mut self,
+        bid: u16,
+        res: usize,
+        snap: &'s Snapshot,
+        sq: &mut Sq<'_>,
+        b: &mut CounterSnapshot,
+        tally: &mut PeerTally<'s>,
+    ) -> bool {
+        let Some(u) = self.udp.as_mut() else {
+            return false;
+        };
+        let Some(buf) = u.bufs.buffer_mut(bid) else {
+            b.dropped_malformed += 1;
+            return false;
+        };
+        let rx = match buf
+            .get(..res)
+            .map(|out| frame::parse_recvmsg(out, &u.msghdr))
+        {
+            Some(Ok(rx)) => rx,
+            Some(Err(RecvError::Truncated)) => {
+                b.udp_rx_packets += 1;
+                b.oversize += 1;
+                return false;
+            }
+            _ => {
+                b.udp_rx_packets += 1;
+                b.dropped_malformed += 1;
+                return false;
+            }
+        };
+        let segment = rx.segment.unwrap_or(rx.payload.len()).max(1);
+        let count = rx.payload.len().div_ceil(segment);
+        b.udp_rx_packets += count as u64;
+        b.udp_rx_bytes += rx.payload.len() as u64;
+        if count > 1 {
+            b.udp_gro_receives += 1;
+        }
+        if self.closing {
+            return false;
+        }
+        let slots = u.slots_per_buffer;
+        if count > slots {
+            b.oversize += count as u64;
+            tracing::debug!(from = %rx.from, count, "dropping a receive of more datagrams than slots");
+            return false;
+        }
+        let first = usize::from(bid) * slots;
+        let mut r = Receive {
+            bid,
+            buf,
+            segment,
+            snap,
+            own_key: &u.own_key,
+            ivs: &mut self.ivs,
+            upcalls: &self.upcalls,
+            sq,
+            b,
+            tally,
+            sock: u.sock.as_raw_fd(),
+            tun_fd: self.tun_fd,
+            offload: self.offload,
+            udp_gso: self.udp_gso,
+            iovs: &mut u.iovs[first..first + slots],
+            sends: &mut u.sends[first..first + slots],
+            run: None,
+            iovs_used: 0,
+            relay: None,
+            sends_used: 0,
+            queued: 0,
+        };
+        let end = rx.payload.end;
+        for start in rx.payload.step_by(segment) {
+            r.datagram(start..end.min(start + segment), rx.from);
+        }
+        r.flush_run();
+        r.flush_relay();
+        let queued = r.queued;
+        // At most one operation per datagram, so it fits.
+        u.refs[usize::from(bid)] = queued as u8;
+        self.inflight += queued;
+        queued > 0
+    }
+}
+
+fn iovec(buf: &[u8], r: Range<usize>) -> libc::iovec {
+    let bytes = &buf[r];
+    libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    }
+}
+
+impl Receive<'_, '_, '_> {
+    fn datagram(&mut self, d: Range<usize>, from: SocketAddrV4) {
+        let b = &mut *self.b;
+        if looks_like_stun(&self.buf[d.clone()]) {
+            let datagram = &self.buf[d];
+            if upcall(self.upcalls, b, || Upcall::Stun {
+                from,
+                datagram: datagram.to_vec(),
+            }) {
+                b.stun_upcalls += 1;
+            }
+            return;
+        }
+        let plain = match self.own_key.open_in_place(&mut self.buf[d.clone()]) {
+            Ok(p) => p,
+            Err(e) => {
+                b.decrypt_failed += 1;
+                tracing::debug!(%from, %e, "dropping datagram");
+                return;
+            }
+        };
+        let plain_at = d.start + ENVELOPE_LEN;
+        let bytes = plain.len().saturating_sub(1);
+        match frame::inbound(self.snap, plain) {
+            Inbound::Deliver { packet, src } => {
+                if let Some(peer) = self.snap.direct.get(&src) {
+                    self.tally.rx(&peer.counters, bytes);
+                }
+                self.deliver(plain_at + packet.start..plain_at + packet.end);
+            }
+            Inbound::Relay { next_hop } => {
+                let Some(peer) = self.snap.direct.get(&next_hop) else {
+                    b.no_route += 1;
+                    return;
+                };
+                if d.len() > MAX_DATAGRAM {
+                    b.oversize += 1;
+                    return;
+                }
+                if peer
+                    .key
+                    .seal_in_place(self.ivs.next_iv(), &mut self.buf[d.clone()])
+                    .is_err()
+                {
+                    b.dropped_malformed += 1;
+                    return;
+                }
+                self.tally.tx(&peer.counters, 1, bytes);
+                self.relay(d, peer.endpoint);
+            }
+            Inbound::NoRoute => b.no_route += 1,
+            Inbound::Upcall => {
+                if upcall(self.upcalls, b, || Upcall::Peer {
+                    from,
+                    plaintext: plain.to_vec(),
+                }) {
+                    b.peer_upcalls += 1;
+                }
+            }
+            Inbound::Malformed => b.dropped_malformed += 1,
+        }
+    }
+
+    /// The packet at `buf[packet]` goes to TUN: with the write being
+    /// collected if it continues that flow, else in a write of its own.
+    fn deliver(&mut self, packet: Range<usize>) {
+        if let Some((run, _)) = self.run.as_mut() {
+            if let Some(payload) = run.append(self.buf, packet.clone()) {
+                self.iovs[self.iovs_used] = iovec(self.buf, payload);
+                self.iovs_used += 1;
+                return;
+            }
+            self.flush_run();
+        }
+        let run = if self.offload {
+            Run::start(self.buf, packet)
+        } else {
+            // Without a virtio header there is no way to say "super-packet".
+            Run::alone(packet)
+        };
+        self.run = Some((run, self.iovs_used));
+        // The first iovec is filled in at the flush, when the header is.
+        self.iovs_used += 1;
+    }
+
+    fn flush_run(&mut self) {
+        let Some((run, first_iov)) = self.run.take() else {
+            return;
+        };
+        let hdr = run.finish(self.buf);
+        let first = run.first();
+        // The datagram's envelope in front of the packet has room for it.
+        let vnet = if self.offload { VNET_HDR_LEN } else { 0 };
+        let at = first.start - vnet;
+        if let Ok(h) = <&mut [u8; VNET_HDR_LEN]>::try_from(&mut self.buf[at..first.start]) {
+            hdr.write(h);
+        }
+        self.iovs[first_iov] = iovec(self.buf, at..first.end);
+        let iovs = &self.iovs[first_iov..self.iovs_used];
+        let segments = run.segments();
+        let sqe = opcode::Writev::new(types::Fd(self.tun_fd), iovs.as_ptr(), iovs.len() as u32)
+            // "Current position": TUN is a stream, the offset means
+            // nothing, and -1 is valid for any file.
+            .offset(u64::MAX)
+            .build()
+            .user_data(send_user_data(Op::TunWrite, self.bid, segments as u16));
+        // SAFETY: the iovecs and the bytes they point at are this buffer's,
+        // which stays out of the ring until its last operation completes.
+        if unsafe { self.sq.push(&sqe) } {
+            self.queued += 1;
+            if segments > 1 {
+                self.b.tun_coalesced_writes += 1;
+                self.b.tun_coalesced_packets += segments as u64;
+            }
+        } else {
+            self.b.tun_write_errors += segments as u64;
+        }
+    }
+
+    /// The resealed datagram at `buf[d]` goes to `to`: in the same send as
+    /// the ones before it if they lie just in front and go there too.
+    fn relay(&mut self, d: Range<usize>, to: SocketAddrV4) {
+        if let Some((dest, bytes, n)) = self.relay.as_mut() {
+            let joins = self.udp_gso
+                && *dest == to
+                && bytes.end == d.start
+                && *n < GSO_MAX_SEGMENTS
+                && d.end - bytes.start <= GSO_MAX_BYTES;
+            if joins {
+                bytes.end = d.end;
+                *n += 1;
+                return;
+            }
+            self.flush_relay();
+        }
+        self.relay = Some((to, d, 1));
+    }
+
+    fn flush_relay(&mut self) {
+        let Some((to, bytes, n)) = self.relay.take() else {
+            return;
+        };
+        let index = self.sends_used;
+        let slot = &mut self.sends[index];
+        let msg = slot.prepare(&self.buf[bytes], to, (n > 1).then_some(self.segment as u16));
+        let sqe = opcode::SendMsg::new(types::Fd(self.sock), msg)
+            .build()
+            .user_data(send_user_data(Op::SendUdp, self.bid, index as u16));
+        // SAFETY: the slot and the bytes stay untouched until this send's
+        // completion releases the buffer.
+        if unsafe { self.sq.push(&sqe) } {
+            self.queued += 1;
+            self.sends_used += 1;
+            self.b.forwarded += n as u64;
+        } else {
+            self.b.send_errors += n as u64;
+        }
+    }
+}
