@@ -131,7 +131,7 @@ impl Run {
     }
 
     /// Bytes the run's write carries, without the virtio header.
-    pub fn len(&self) -> usize {
+    pub fn bytes(&self) -> usize {
         if self.segments == 1 {
             self.first.len()
         } else {
@@ -147,7 +147,7 @@ impl Run {
             return VnetHdr::default();
         }
         let p = &mut buf[self.first.clone()];
-        let total = self.len();
+        let total = self.bytes();
         p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         checksum::refresh_ipv4_header(p, self.ihl);
         let tcp = self.ihl;
@@ -271,7 +271,7 @@ mod tests {
         for t in tail {
             bytes.extend_from_slice(&buf[t.clone()]);
         }
-        assert_eq!(bytes.len(), run.len());
+        assert_eq!(bytes.len(), run.bytes());
         (hdr, bytes, run.segments())
     }
 
@@ -333,15 +333,16 @@ mod tests {
     #[test]
     fn what_the_kernel_would_not_merge_stays_apart() {
         let base = segments(4 * usize::from(MSS), TCP_ACK);
-        let variants: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
-            ("other port", Box::new(|p| p[21] ^= 1)),
-            ("other ack", Box::new(|p| p[31] ^= 1)),
-            ("other ttl", Box::new(|p| p[8] -= 1)),
-            ("other tos", Box::new(|p| p[1] = 2)),
-            ("other option", Box::new(|p| p[51] ^= 1)),
-            ("seq gap", Box::new(|p| p[27] ^= 0x10)),
-            ("fin", Box::new(|p| p[33] |= 0x01)),
-            ("fragment", Box::new(|p| p[6] |= 0x20)),
+        type Change = fn(&mut Vec<u8>);
+        let variants: Vec<(&str, Change)> = vec![
+            ("other port", |p| p[21] ^= 1),
+            ("other ack", |p| p[31] ^= 1),
+            ("other ttl", |p| p[8] -= 1),
+            ("other tos", |p| p[1] = 2),
+            ("other option", |p| p[51] ^= 1),
+            ("seq gap", |p| p[27] ^= 0x10),
+            ("fin", |p| p[33] |= 0x01),
+            ("fragment", |p| p[6] |= 0x20),
         ];
         for (what, change) in variants {
             let mut packets = base.clone();
