@@ -3,7 +3,8 @@
 # flows at once, two a -> b and two b -> a, each of random bytes checked by
 # count and sha256 at the far end. Both workers must exist (status, threads,
 # one UDP socket each) before and after; the traffic must go direct (the
-# server's interface barely moves). Prints each flow's throughput, the CPU
+# server's interface barely moves), and the offloads must have been used in
+# both directions. Prints each flow's throughput, the CPU
 # time each worker spent, and TCP's own reordering/retransmission counters.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -74,7 +75,10 @@ echo "  kernel counters b before: $net_b0"
 echo "                  after:  $(rl_net_stats b)"
 for c in a b; do
     check "$c: status still $W workers, threads still running" rl_has_workers $c $W
-    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_tx_packets", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_gso_packets", "tun_tx_packets", "tun_coalesced_writes", "udp_rx_packets", "udp_gro_receives", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+    # Offloads are on by default: bulk TCP must have used both halves.
+    check "$c: read super-packets, received GRO runs and wrote coalesced segments" \
+        test "$(rl_status_get $c 'min(d["tun_gso_packets"], d["udp_gro_receives"], d["tun_coalesced_writes"])')" -gt 0
 done
 check "a still has b CONNECTED/direct" rl_peer_direct a "${vb:-none}"
 check "b still has a CONNECTED/direct" rl_peer_direct b "${va:-none}"

@@ -49,9 +49,13 @@ pub struct Status {
     pub tun_tx_packets: u64,
     /// TUN reads that were TSO/USO super-packets (each is several packets).
     pub tun_gso_packets: u64,
-    /// Datagrams sent and received on the direct path (all workers).
+    /// TUN writes that carried several coalesced TCP segments.
+    pub tun_coalesced_writes: u64,
+    /// Datagrams sent and received on the direct path (all workers), and
+    /// receives that were GRO runs of several datagrams.
     pub udp_tx_packets: u64,
     pub udp_rx_packets: u64,
+    pub udp_gro_receives: u64,
     pub relay_tx_frames: u64,
     pub relay_rx_frames: u64,
     pub dropped: u64,
@@ -120,14 +124,16 @@ pub fn render(s: &Status) -> String {
         out.push_str(&format!("last error: {e}\n"));
     }
     out.push_str(&format!(
-        "workers {}  tun rx {} reads ({} super-packets) / {} B  tun tx {} pkts  udp tx {} rx {}  relay tx {} rx {} frames  dropped {}\n",
+        "workers {}  tun rx {} reads ({} super-packets) / {} B  tun tx {} pkts ({} coalesced writes)  udp tx {} rx {} ({} gro runs)  relay tx {} rx {} frames  dropped {}\n",
         s.workers,
         s.tun_rx_packets,
         s.tun_gso_packets,
         s.tun_rx_bytes,
         s.tun_tx_packets,
+        s.tun_coalesced_writes,
         s.udp_tx_packets,
         s.udp_rx_packets,
+        s.udp_gro_receives,
         s.relay_tx_frames,
         s.relay_rx_frames,
         s.dropped
