@@ -318,7 +318,8 @@ pub struct ClientConfig {
     /// better letting the scheduler spread their busy workers.
     pub pin_workers: bool,
     /// TUN and UDP offloads (TSO/USO reads split by the dataplane, UDP GSO
-    /// sends). Off only to compare, or on a kernel without them.
+    /// sends, UDP GRO receives coalesced into TSO writes). Off only to
+    /// compare, or on a kernel without them.
     pub offload: bool,
     /// Test-only: every peer timer is divided by this (1 = real timings).
     pub test_time_divisor: u32,

@@ -11,7 +11,6 @@
 //! SINGLE_ISSUER binds it to its creator.
 
 use std::mem::ManuallyDrop;
-use std::ops::Range;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,20 +23,18 @@ use io_uring::{cqueue, opcode, types, IoUring, SubmissionQueue, Submitter};
 use tokio::sync::Notify;
 
 mod receive;
+mod send;
 
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
-use super::frame::{self, FrameError, FORWARD_OVERHEAD, MAX_DATAGRAM, RECVMSG_PREFIX};
-use super::offload::{self, VnetHdr, VNET_HDR_LEN};
-use super::packet::classify;
+use super::frame::{MAX_DATAGRAM, RECVMSG_PREFIX};
+use super::offload::VNET_HDR_LEN;
 use super::sendmsg::SendSlot;
 use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
 use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey};
-use crate::route::mss;
-use crate::route::subnet::PSEUDO_HEADER_LEN;
 use crate::sys::affinity;
-use crate::sys::udp::{GRO_CONTROL_LEN, GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use crate::sys::udp::{GRO_CONTROL_LEN, GSO_MAX_SEGMENTS};
 
 /// Buffer group of the TUN ring and of the UDP ring.
 const TUN_BGID: u16 = 0;
@@ -719,152 +716,6 @@ impl Core {
         } else {
             tracing::debug!(errno = -res, "udp send failed");
         }
-    }
-
-    /// A packet read from TUN. Returns true if the buffer is now owned by
-    /// queued sends (and goes back to the ring when the last completes).
-    #[allow(clippy::too_many_arguments)]
-    fn tun_packet<'s>(
-        &mut self,
-        bid: u16,
-        len: usize,
-        snap: &'s Snapshot,
-        sq: &mut Sq<'_>,
-        b: &mut CounterSnapshot,
-        tally: &mut PeerTally<'s>,
-    ) -> bool {
-        b.tun_rx_packets += 1;
-        b.tun_rx_bytes += len as u64;
-        if self.closing {
-            return false;
-        }
-        let headroom = self.tun_bufs.layout().headroom();
-        let Some(buf) = self.tun_bufs.buffer_mut(bid) else {
-            b.dropped_malformed += 1;
-            return false;
-        };
-        let (at, len, vnet) = if self.offload {
-            match buf.get(headroom..headroom + len).and_then(VnetHdr::parse) {
-                Some(h) => (headroom + VNET_HDR_LEN, len - VNET_HDR_LEN, h),
-                None => {
-                    b.dropped_malformed += 1;
-                    return false;
-                }
-            }
-        } else {
-            (headroom, len, VnetHdr::default())
-        };
-        let Some(meta) = buf.get(at..at + len).and_then(|p| classify(p).ok()) else {
-            b.dropped_malformed += 1;
-            return false;
-        };
-        let route = snap.route_tun(meta.dst);
-        let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
-        let wrap_len = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
-        let direct = route
-            .next_hop
-            .and_then(|n| snap.direct.get(&n))
-            .zip(self.udp.as_ref());
-        let prefix = wrap_len
-            + if direct.is_some() {
-                FORWARD_OVERHEAD
-            } else {
-                0
-            };
-        let segs = match offload::split(buf, at, len, &vnet, prefix) {
-            Ok(s) => s,
-            Err(e) => {
-                b.dropped_malformed += 1;
-                tracing::debug!(%e, "dropping an offload packet read from tun");
-                return false;
-            }
-        };
-        // After the split: a SYN may come with a partial checksum, which an
-        // incremental update would corrupt.
-        if let (Some(mss), 1) = (self.mss_clamp, segs.count) {
-            mss::clamp(&mut buf[at..at + segs.len], mss);
-        }
-        if segs.count > 1 {
-            b.tun_gso_packets += 1;
-            b.tun_gso_segments += segs.count as u64;
-        }
-        let Some((peer, u)) = direct else {
-            for k in 0..segs.count {
-                let r = segs.packet(k);
-                let (start, len) = (at + r.start, r.len());
-                let packet = match wrap {
-                    Some((own, gw)) => match frame::wrap_in_place(buf, start, len, own, gw) {
-                        Ok(r) => &buf[r],
-                        Err(_) => {
-                            b.dropped_malformed += 1;
-                            continue;
-                        }
-                    },
-                    None => &buf[start..start + len],
-                };
-                upcall(&self.upcalls, b, || Upcall::TunPacket(packet.to_vec()));
-            }
-            return false;
-        };
-        let mut datagrams = None::<Range<usize>>;
-        for k in 0..segs.count {
-            let r = segs.packet(k);
-            let iv = self.ivs.next_iv();
-            match frame::seal_forward(&peer.key, iv, buf, at + r.start, r.len(), wrap) {
-                Ok(d) => datagrams = Some(datagrams.map_or(d.clone(), |all| all.start..d.end)),
-                Err(FrameError::Oversize(_)) => {
-                    b.oversize += 1;
-                    return false;
-                }
-                Err(_) => {
-                    b.dropped_malformed += 1;
-                    return false;
-                }
-            }
-        }
-        let Some(all) = datagrams else { return false };
-        // Datagrams lie back to back, `stride` bytes each but the last; a
-        // GSO send takes as many as fit one IPv4 datagram.
-        let stride = segs.stride;
-        let per_send = if self.udp_gso && segs.count > 1 {
-            GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / stride).max(1)
-        } else {
-            1
-        };
-        let sends = segs.count.div_ceil(per_send);
-        if sends > self.sends_per_buffer {
-            b.send_errors += segs.count as u64;
-            return false;
-        }
-        let first_slot = usize::from(bid) * self.sends_per_buffer;
-        let mut queued = 0u8;
-        for i in 0..sends {
-            let from = all.start + i * per_send * stride;
-            let to = if i + 1 == sends {
-                all.end
-            } else {
-                from + per_send * stride
-            };
-            let data = &buf[from..to];
-            let gso = (per_send > 1).then_some(stride as u16);
-            let slot = &mut self.sends[first_slot + i];
-            let msg = slot.prepare(data, peer.endpoint, gso);
-            let sqe = opcode::SendMsg::new(types::Fd(u.sock.as_raw_fd()), msg)
-                .build()
-                .user_data(send_user_data(Op::SendTun, bid, i as u16));
-            // SAFETY: the buffer stays out of the ring and the slot is not
-            // refilled until this send's completion releases them.
-            if unsafe { sq.push(&sqe) } {
-                self.inflight += 1;
-                queued += 1;
-            } else {
-                b.send_errors += u64::from(slot.datagrams);
-            }
-        }
-        self.tun_refs[usize::from(bid)] = queued;
-        let payload = all.len() - segs.count * FORWARD_OVERHEAD;
-        tally.tx(&peer.counters, segs.count, payload);
-        queued > 0
     }
 }
 
