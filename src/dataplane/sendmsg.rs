@@ -91,23 +91,37 @@ mod tests {
         assert_eq!(slot.datagrams, 10);
     }
 
-    /// A real sendmsg(2) with the prepared header: the receiver sees the
-    /// run cut at the segment size, and a short run needs no cmsg.
-    #[test]
-    fn prepared_header_sends_segmented_datagrams() {
+    /// A receiving socket (set up by `setup`), a sending one, and where to
+    /// send.
+    fn loopback_pair(setup: impl FnOnce(&UdpSocket)) -> (UdpSocket, UdpSocket, SocketAddrV4) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        setup(&rx);
         rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
             .unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let std::net::SocketAddr::V4(to) = rx.local_addr().unwrap() else {
             unreachable!()
         };
+        (rx, tx, to)
+    }
+
+    /// Send 250 counting bytes as 100-byte datagrams in one sendmsg(2).
+    fn send_run(tx: &UdpSocket, to: SocketAddrV4) -> (Vec<u8>, Box<SendSlot>) {
         let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
         let mut slot = Box::new(SendSlot::new());
         let msg = slot.prepare(&data, to, Some(100));
         // SAFETY: msg points into `slot` and `data`, both alive here.
         let n = unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) };
         assert_eq!(n, 250, "{}", std::io::Error::last_os_error());
+        (data, slot)
+    }
+
+    /// A real sendmsg(2) with the prepared header: the receiver sees the
+    /// run cut at the segment size, and a short run needs no cmsg.
+    #[test]
+    fn prepared_header_sends_segmented_datagrams() {
+        let (rx, tx, to) = loopback_pair(|_| ());
+        let (data, mut slot) = send_run(&tx, to);
         let mut got = Vec::new();
         let mut buf = [0u8; 512];
         for want in [100, 100, 50] {
@@ -129,20 +143,11 @@ mod tests {
     fn gro_receiver_gets_the_run_whole_with_its_segment_size() {
         use crate::sys::udp::{enable_gro, gro_segment_size, GRO_CONTROL_LEN};
         use std::os::fd::OwnedFd;
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let owned: OwnedFd = rx.try_clone().unwrap().into();
-        enable_gro(&owned).unwrap();
-        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let std::net::SocketAddr::V4(to) = rx.local_addr().unwrap() else {
-            unreachable!()
-        };
-        let data: Vec<u8> = (0..250u32).map(|i| i as u8).collect();
-        let mut slot = Box::new(SendSlot::new());
-        let msg = slot.prepare(&data, to, Some(100));
-        // SAFETY: msg points into `slot` and `data`, both alive here.
-        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 250);
+        let (rx, tx, to) = loopback_pair(|rx| {
+            let owned: OwnedFd = rx.try_clone().unwrap().into();
+            enable_gro(&owned).unwrap();
+        });
+        let (data, mut slot) = send_run(&tx, to);
         let mut buf = [0u8; 1024];
         let mut control = [0u8; GRO_CONTROL_LEN];
         let mut iov = libc::iovec {

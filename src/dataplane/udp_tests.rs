@@ -181,10 +181,18 @@ impl Harness {
     /// one GSO send, as a ringlink sender does; they must all be as long
     /// as the first, except the last.
     fn peer_send_run(&mut self, plains: &[Vec<u8>]) {
-        let sealed: Vec<Vec<u8>> = plains
+        let sealed: Vec<Vec<u8>> = self.seal_run(plains);
+        self.peer_send_sealed_run(&sealed);
+    }
+
+    fn seal_run(&mut self, plains: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        plains
             .iter()
             .map(|p| key(OWN).seal_to_vec(self.ivs.next_iv(), p))
-            .collect();
+            .collect()
+    }
+
+    fn peer_send_sealed_run(&mut self, sealed: &[Vec<u8>]) {
         let bytes = sealed.concat();
         let mut slot = Box::new(SendSlot::new());
         let msg = slot.prepare(&bytes, self.dp_addr(), Some(sealed[0].len() as u16));
@@ -735,5 +743,34 @@ fn offload_gro_run_mixing_delivery_and_relay_keeps_each_in_order() {
     let c = h.dp.counters();
     assert_eq!((c.forwarded, c.tun_coalesced_writes), (2, 1));
     assert_eq!(c.send_errors + c.tun_write_errors + c.dropped_malformed, 0);
+    h.dp.shutdown().unwrap();
+}
+
+/// A datagram that fails authentication in the middle of a GRO run costs
+/// only itself: the segments before and after it still reach TUN, as two
+/// super-packets (the gap it leaves ends the first).
+#[test]
+fn offload_gro_run_with_a_damaged_datagram_loses_only_that_one() {
+    let mut h = harness_with(8, true, None);
+    let packets = offload::test_support::tcp_segments(PEER, OWN, 10 * 1348, 0x10, 1348);
+    let plains: Vec<Vec<u8>> = packets.iter().map(|p| forward(p)).collect();
+    let mut sealed = h.seal_run(&plains);
+    sealed[4][100] ^= 1;
+    h.peer_send_sealed_run(&sealed);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let w = h.tun_recv();
+        let hdr = offload::VnetHdr::parse(&w).unwrap();
+        got.extend(offload::test_support::resegment(
+            &hdr,
+            &w[offload::VNET_HDR_LEN..],
+        ));
+    }
+    let expected: Vec<Vec<u8>> = packets[..4].iter().chain(&packets[5..]).cloned().collect();
+    assert_eq!(got, expected);
+    wait_for("write completions", || h.dp.counters().tun_written == 9);
+    let c = h.dp.counters();
+    assert_eq!((c.decrypt_failed, c.tun_coalesced_writes), (1, 2));
+    assert_eq!(c.tun_write_errors + c.dropped_malformed, 0);
     h.dp.shutdown().unwrap();
 }
