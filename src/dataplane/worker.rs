@@ -55,6 +55,12 @@ const UDP_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + MAX_DATAGRAM;
 /// With UDP GRO: the control message, then a run of datagrams as long as
 /// one UDP payload can be.
 const UDP_GRO_BUFFER_PAYLOAD: usize = RECVMSG_PREFIX + GRO_CONTROL_LEN + u16::MAX as usize;
+/// How many of those per worker. Each holds up to 64 datagrams, so 64 of
+/// them hold more than the socket's 1 MiB receive buffer can queue, at 4 MiB
+/// per worker instead of 16 for one per TUN buffer. A peer without GSO
+/// fills one buffer per datagram; when they run out the multishot receive
+/// ends, the datagrams wait in the socket, and the next batch re-arms.
+const UDP_GRO_BUFFERS: u32 = 64;
 
 /// Operation kinds, in the top half of the user data; the bottom half is
 /// the buffer id for operations that own a buffer, and above it the index
@@ -325,13 +331,19 @@ impl Worker {
         } else {
             UDP_BUFFER_PAYLOAD
         };
-        let udp_layout = Layout::new(tun_entries, udp_payload, 0)
+        let udp_buffers = if gro {
+            tun_entries.min(UDP_GRO_BUFFERS)
+        } else {
+            tun_entries
+        };
+        let udp_layout = Layout::new(udp_buffers, udp_payload, 0)
             .map_err(|source| DataplaneError::BufRing { queue, source })?;
-        let udp_entries = if spec.udp.is_some() { tun_entries } else { 0 };
+        let udp_entries = if spec.udp.is_some() { udp_buffers } else { 0 };
         // One submission per buffer in a batch fits without an early
-        // submit; every buffer can account for at most a read and a send
-        // completion at once, so the CQ never spills into the kernel's
-        // overflow list.
+        // submit. Twice the buffers covers a read and a send or write per
+        // buffer; a batch with more completions than that (a super-packet
+        // split into many sends) spills into the kernel's overflow list,
+        // which is slower but loses nothing.
         let sq_entries = (tun_entries + udp_entries).clamp(64, 4096);
         let ring = IoUring::builder()
             .setup_single_issuer()
