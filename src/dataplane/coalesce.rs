@@ -18,11 +18,9 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
-use super::offload::{gso, VnetHdr, F_NEEDS_CSUM};
+use super::offload::{gso, VnetHdr, F_NEEDS_CSUM, IPPROTO_TCP, TCP_PSH};
 use crate::proto::checksum;
 
-const IPPROTO_TCP: u8 = 6;
-const TCP_PSH: u8 = 0x08;
 const TCP_ACK: u8 = 0x10;
 /// Flag, fragment offset and more-fragments bits; only DF may be set.
 const IP_DF: u16 = 0x4000;

@@ -37,10 +37,10 @@ pub mod gso {
 /// Longest IPv4 + TCP header (both with the most options).
 pub const MAX_HEADERS: usize = 60 + 60;
 
-const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
+pub(crate) const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
 
 /// `struct virtio_net_hdr`, little-endian on the wire (TUN uses the host's
