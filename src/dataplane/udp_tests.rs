@@ -181,7 +181,7 @@ impl Harness {
     /// one GSO send, as a ringlink sender does; they must all be as long
     /// as the first, except the last.
     fn peer_send_run(&mut self, plains: &[Vec<u8>]) {
-        let sealed: Vec<Vec<u8>> = self.seal_run(plains);
+        let sealed = self.seal_run(plains);
         self.peer_send_sealed_run(&sealed);
     }
 

@@ -590,6 +590,17 @@ fn sq_full(queue: usize) -> DataplaneError {
     }
 }
 
+/// One operation holding buffer `bid` is done; the last one returns the
+/// buffer to its ring.
+fn release(refs: &mut [u8], bufs: &mut BufRing, bid: u16) {
+    if let Some(r) = refs.get_mut(usize::from(bid)) {
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            bufs.push(bid);
+        }
+    }
+}
+
 /// Whether a multishot that failed with `-res` can simply be re-armed.
 fn rearmable(res: i32) -> bool {
     matches!(
@@ -658,12 +669,7 @@ impl Core {
                 let slot = usize::from(bid) * self.sends_per_buffer + usize::from(send);
                 let datagrams = self.sends.get(slot).map_or(1, |s| s.datagrams);
                 self.count_send(res, datagrams, b);
-                if let Some(r) = self.tun_refs.get_mut(usize::from(bid)) {
-                    *r = r.saturating_sub(1);
-                    if *r == 0 {
-                        self.tun_bufs.push(bid);
-                    }
-                }
+                release(&mut self.tun_refs, &mut self.tun_bufs, bid);
                 None
             }
             Op::SendUdp => {
@@ -695,17 +701,9 @@ impl Core {
         }
     }
 
-    /// One operation holding UDP buffer `bid` is done; the last one
-    /// returns it to the ring.
     fn release_udp_buffer(&mut self, bid: u16) {
-        let Some(u) = self.udp.as_mut() else {
-            return;
-        };
-        if let Some(r) = u.refs.get_mut(usize::from(bid)) {
-            *r = r.saturating_sub(1);
-            if *r == 0 {
-                u.bufs.push(bid);
-            }
+        if let Some(u) = self.udp.as_mut() {
+            release(&mut u.refs, &mut u.bufs, bid);
         }
     }
 
