@@ -1,10 +1,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ringlink::config::{default_control_socket, ClientConfig, ServerConfig};
+use ringlink::effective_config;
 
 /// ringlink: a peer-to-peer mesh VPN and site-to-site tunnel for Linux
 /// gateways, wire-compatible with Candy.
@@ -27,6 +28,10 @@ enum Command {
         /// tls_key, stun, max_clients, [[route]]).
         #[arg(long, short)]
         config: PathBuf,
+        /// Only validate the file and print the effective configuration
+        /// (defaults filled in, password hidden); start nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Run a node: joins the network, creates the TUN device and carries
     /// traffic (needs root or CAP_NET_ADMIN).
@@ -36,6 +41,10 @@ enum Command {
         /// control_socket, lan_address).
         #[arg(long, short)]
         config: PathBuf,
+        /// Only validate the file and print the effective configuration
+        /// (defaults filled in, password hidden); start nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// Show a running client's peers, paths and counters.
     Status {
@@ -52,6 +61,20 @@ enum Command {
     /// Build a demo network in namespaces (a server and two sites), run the
     /// real binaries, show ping and throughput through the tunnel, clean up.
     Demo,
+    /// Write man pages or shell completions (for packagers).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generated,
+    },
+}
+
+#[derive(Subcommand)]
+enum Generated {
+    /// One man page per command (ringlink.1, ringlink-server.1, ...) into DIR.
+    Man { dir: PathBuf },
+    /// The completion script for SHELL, on stdout.
+    Completions { shell: clap_complete::Shell },
 }
 
 fn init_logs(filter: &str) {
@@ -89,11 +112,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(&cli.log);
     match cli.command {
-        Command::Server { config } => {
+        Command::Server { config, check } => {
             let cfg = match ServerConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
+            if check {
+                print!(
+                    "{}",
+                    effective_config::server_toml(&config.display().to_string(), &cfg)
+                );
+                return ExitCode::SUCCESS;
+            }
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             report(rt.block_on(async {
                 tokio::select! {
@@ -102,11 +132,18 @@ fn main() -> ExitCode {
                 }
             }))
         }
-        Command::Client { config } => {
+        Command::Client { config, check } => {
             let cfg = match ClientConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
+            if check {
+                print!(
+                    "{}",
+                    effective_config::client_toml(&config.display().to_string(), &cfg)
+                );
+                return ExitCode::SUCCESS;
+            }
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -138,6 +175,23 @@ fn main() -> ExitCode {
             }
         }
         Command::Demo => report(ringlink::demo::run()),
+        Command::Generate {
+            what: Generated::Man { dir },
+        } => report(
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .map_err(|e| format!("writing man pages to {}: {e}", dir.display())),
+        ),
+        Command::Generate {
+            what: Generated::Completions { shell },
+        } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "ringlink",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
     }
 }
 

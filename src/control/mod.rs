@@ -260,6 +260,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                     tun_tx.send_replace(Some(i.writer()));
                                     update(&status, |s| s.workers = i.workers());
                                     node = Some(new_node(&cfg, cidr, i, to_server.clone(), now).await?);
+                                    crate::sys::service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
                                 }
                             }
                             if let Some(n) = node.as_mut() {

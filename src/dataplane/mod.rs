@@ -46,6 +46,7 @@ pub use writer::{TunWriter, WriteError};
 use crate::proto::crypto::PeerKey;
 use crate::sys::tun::{self, TunError, TunOptions};
 use crate::sys::udp::{self, UdpError};
+use crate::sys::uring_support::Refusal;
 use crate::sys::{affinity, steering};
 
 /// Bytes reserved in front of every packet read from TUN, for the envelope,
@@ -175,6 +176,8 @@ pub enum DataplaneError {
         op: &'static str,
         source: io::Error,
     },
+    #[error("worker {queue}: {refusal}")]
+    Refused { queue: usize, refusal: Refusal },
     #[error("worker {queue}: buffer ring: {source}")]
     BufRing { queue: usize, source: BufRingError },
     #[error("worker {queue}: reading the tun queue failed: {source}")]

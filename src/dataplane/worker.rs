@@ -35,6 +35,7 @@ use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey};
 use crate::sys::affinity;
 use crate::sys::udp::{GRO_CONTROL_LEN, GSO_MAX_SEGMENTS};
+use crate::sys::uring_support::{self, Step};
 
 /// Buffer group of the TUN ring and of the UDP ring.
 const TUN_BGID: u16 = 0;
@@ -321,6 +322,15 @@ fn ring_err(queue: usize, op: &'static str) -> impl FnOnce(std::io::Error) -> Da
     move |source| DataplaneError::Ring { queue, op, source }
 }
 
+/// A ring setup step failed: say why the kernel refused when that is the
+/// reason (disabled, filtered, too old), else report the error as it is.
+fn setup_err(queue: usize, step: Step) -> impl FnOnce(std::io::Error) -> DataplaneError {
+    move |source| match uring_support::explain(step, &source) {
+        Some(refusal) => DataplaneError::Refused { queue, refusal },
+        None => ring_err(queue, step.name())(source),
+    }
+}
+
 impl Worker {
     fn new(spec: WorkerSpec) -> Result<Self, DataplaneError> {
         let queue = spec.index;
@@ -350,7 +360,15 @@ impl Worker {
             .setup_defer_taskrun()
             .setup_cqsize((2 * (tun_entries + udp_entries) + 16).max(2 * sq_entries))
             .build(sq_entries)
-            .map_err(ring_err(queue, "io_uring_setup"))?;
+            .map_err(setup_err(queue, Step::Setup))?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter()
+            .register_probe(&mut probe)
+            .map_err(ring_err(queue, "register_probe"))?;
+        if !probe.is_supported(opcode::ReadMulti::CODE) {
+            let refusal = uring_support::missing(Step::MultishotRead);
+            return Err(DataplaneError::Refused { queue, refusal });
+        }
         let tun_bufs = BufRing::new(spec.layout)
             .map_err(|source| DataplaneError::BufRing { queue, source })?;
         // SAFETY: the ring memory is owned by `tun_bufs`, which is dropped
@@ -363,7 +381,7 @@ impl Worker {
                 0,
             )
         }
-        .map_err(ring_err(queue, "register_buf_ring (tun)"))?;
+        .map_err(setup_err(queue, Step::RegisterBufRing))?;
         let udp = match spec.udp {
             Some(u) => {
                 let bufs = BufRing::new(udp_layout)
@@ -377,7 +395,7 @@ impl Worker {
                         0,
                     )
                 }
-                .map_err(ring_err(queue, "register_buf_ring (udp)"))?;
+                .map_err(setup_err(queue, Step::RegisterBufRing))?;
                 // SAFETY: an all-zero msghdr is valid.
                 let mut msghdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
                 msghdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;

@@ -251,5 +251,7 @@ impl Server {
 /// Runs the server described by `cfg` until the future is dropped (the CLI
 /// races it against a signal) or a fatal error.
 pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
-    Server::bind(cfg).await?.run().await
+    let server = Server::bind(cfg).await?;
+    crate::sys::service_manager::ready(&format!("listening on {}", server.local_addr()));
+    server.run().await
 }

@@ -1,11 +1,14 @@
 //! Thin, policy-free wrappers over the Linux interfaces ringlink needs:
-//! TUN queues, UDP sockets, rtnetlink configuration, CPU pinning and sysctls.
+//! TUN queues, UDP sockets, rtnetlink configuration, CPU pinning, sysctls,
+//! systemd readiness, and telling why io_uring was refused.
 
 pub mod affinity;
 pub mod ifaddr;
 pub mod netlink;
+pub mod service_manager;
 pub mod steering;
 pub mod sysctl;
 pub mod tcp;
 pub mod tun;
 pub mod udp;
+pub mod uring_support;

@@ -1,0 +1,236 @@
+//! `--check`: a parsed configuration printed back as TOML with every
+//! default filled in, so an operator sees what the process would run with.
+//!
+//! The output parses back to the same configuration (except the password,
+//! which is hidden). Both functions take the structs apart field by field,
+//! so a new config field does not compile until it is printed here too.
+
+use std::path::Path;
+
+use toml::{Table, Value};
+
+use crate::config::{ClientConfig, ServerConfig, SubnetRoute};
+use crate::proto::crypto::CipherKind;
+
+/// Stands in for the password, which `--check` output must not leak into
+/// terminals and logs.
+pub const HIDDEN_PASSWORD: &str = "(hidden)";
+
+fn string(v: impl ToString) -> Value {
+    Value::String(v.to_string())
+}
+
+fn path(p: &Path) -> Value {
+    string(p.display())
+}
+
+fn int(v: impl Into<i64>) -> Value {
+    Value::Integer(v.into())
+}
+
+/// A comment naming the optional keys left unset and
+/// what that means (TOML has no null to print them with), then the TOML.
+fn render(file: &str, table: Table, unset: &[(&str, &str)]) -> String {
+    let mut out = format!("# {file}: valid; effective configuration with defaults\n");
+    // Before the table: after it they would read as part of a [[route]].
+    for (key, meaning) in unset {
+        out.push_str(&format!("# {key}: not set ({meaning})\n"));
+    }
+    out.push_str(&table.to_string());
+    out
+}
+
+pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
+    let ServerConfig {
+        listen,
+        password: _,
+        pool,
+        tls,
+        stun,
+        routes,
+        max_clients,
+    } = cfg;
+    let mut t = Table::new();
+    let mut unset = Vec::new();
+    t.insert("listen".into(), string(listen));
+    t.insert("password".into(), string(HIDDEN_PASSWORD));
+    t.insert("pool".into(), string(pool));
+    match tls {
+        Some(files) => {
+            t.insert("tls_cert".into(), path(&files.cert));
+            t.insert("tls_key".into(), path(&files.key));
+        }
+        None => unset.push(("tls_cert, tls_key", "plain ws://")),
+    }
+    // "" is how the file turns the responder off.
+    t.insert("stun".into(), stun.map_or(string(""), string));
+    t.insert(
+        "max_clients".into(),
+        int(i64::try_from(*max_clients).unwrap_or(i64::MAX)),
+    );
+    let route_table = |r: &SubnetRoute| {
+        let SubnetRoute {
+            dst,
+            via,
+            for_clients,
+        } = r;
+        let mut rt = Table::new();
+        rt.insert("dst".into(), string(dst));
+        rt.insert("via".into(), string(via));
+        rt.insert("for".into(), string(for_clients));
+        Value::Table(rt)
+    };
+    if !routes.is_empty() {
+        t.insert(
+            "route".into(),
+            Value::Array(routes.iter().map(route_table).collect()),
+        );
+    }
+    render(file, t, &unset)
+}
+
+pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
+    let ClientConfig {
+        server,
+        password: _,
+        tun,
+        address,
+        mtu,
+        workers,
+        stun,
+        port,
+        discovery,
+        route_cost,
+        tls_ca,
+        tls_insecure,
+        control_socket,
+        lan_address,
+        mss_clamp,
+        cipher,
+        pin_workers,
+        offload,
+        test_time_divisor,
+    } = cfg;
+    let mut t = Table::new();
+    let mut unset = Vec::new();
+    t.insert("server".into(), string(server.to_url()));
+    t.insert("password".into(), string(HIDDEN_PASSWORD));
+    t.insert("tun".into(), string(tun));
+    match address {
+        Some(a) => {
+            t.insert("address".into(), string(a));
+        }
+        None => unset.push(("address", "assigned by the server from its pool")),
+    }
+    t.insert("mtu".into(), int(*mtu));
+    t.insert(
+        "workers".into(),
+        int(i64::try_from(*workers).unwrap_or(i64::MAX)),
+    );
+    t.insert(
+        "stun".into(),
+        match stun {
+            Some(s) => string(format!("stun://{}:{}", s.host, s.port)),
+            None => string(""),
+        },
+    );
+    t.insert("port".into(), int(*port));
+    t.insert("discovery".into(), int(*discovery));
+    t.insert("route_cost".into(), int(*route_cost));
+    match tls_ca {
+        Some(p) => {
+            t.insert("tls_ca".into(), path(p));
+        }
+        None => unset.push(("tls_ca", "web PKI roots only")),
+    }
+    t.insert("tls_insecure".into(), Value::Boolean(*tls_insecure));
+    t.insert("control_socket".into(), path(control_socket));
+    match lan_address {
+        Some(a) => {
+            t.insert("lan_address".into(), string(a));
+        }
+        None => unset.push(("lan_address", "the first LAN address found at start")),
+    }
+    t.insert("mss_clamp".into(), Value::Boolean(*mss_clamp));
+    let cipher_name = match cipher {
+        CipherKind::Aes256Gcm => "aes-256-gcm",
+        CipherKind::ChaCha20Poly1305 => "chacha20-poly1305",
+    };
+    t.insert("cipher".into(), string(cipher_name));
+    t.insert("pin_workers".into(), Value::Boolean(*pin_workers));
+    t.insert("offload".into(), Value::Boolean(*offload));
+    t.insert("test_time_divisor".into(), int(*test_time_divisor));
+    render(file, t, &unset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "listen = \"10.91.0.1:7443\"\npassword = \"s3cret\"\npool = \"10.77.0.0/24\"\n[[route]]\ndst = \"192.168.20.0/24\"\nvia = \"10.77.0.20\"\n";
+    const CLIENT: &str = "server = \"ws://10.91.0.1:7443\"\npassword = \"s3cret\"\n";
+
+    /// The printed text parses back to the same config, password aside.
+    fn reparsed(text: &str) -> String {
+        text.replace(HIDDEN_PASSWORD, "s3cret")
+    }
+
+    #[test]
+    fn server_defaults_are_printed_and_round_trip() {
+        let cfg = ServerConfig::parse("server.toml", SERVER).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(out.contains("stun = \"10.91.0.1:3478\""), "{out}");
+        assert!(out.contains("max_clients = 4096"), "{out}");
+        assert!(out.contains("for = \"10.77.0.0/24\""), "{out}");
+        assert!(out.contains("# tls_cert, tls_key: not set"), "{out}");
+        assert!(!out.contains("s3cret"), "password leaked: {out}");
+        assert_eq!(
+            ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn client_defaults_are_printed_and_round_trip() {
+        let cfg = ClientConfig::parse("client.toml", CLIENT).unwrap();
+        let out = client_toml("client.toml", &cfg);
+        for line in [
+            "server = \"ws://10.91.0.1:7443/\"",
+            "tun = \"rl0\"",
+            "mtu = 1400",
+            "workers = 0",
+            "stun = \"\"",
+            "discovery = 60",
+            "route_cost = 5",
+            "control_socket = \"/run/ringlink/rl0.sock\"",
+            "cipher = \"aes-256-gcm\"",
+            "offload = true",
+            "# address: not set",
+        ] {
+            assert!(
+                out.lines().any(|l| l == line || l.starts_with(line)),
+                "{line} in {out}"
+            );
+        }
+        assert!(!out.contains("s3cret"), "password leaked: {out}");
+        assert_eq!(
+            ClientConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn client_settings_round_trip() {
+        let text = format!(
+            "{CLIENT}tun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n"
+        );
+        let cfg = ClientConfig::parse("client.toml", &text).unwrap();
+        let out = client_toml("client.toml", &cfg);
+        assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");
+        assert!(!out.contains("not set"), "{out}");
+        assert_eq!(
+            ClientConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+}

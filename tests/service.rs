@@ -1,0 +1,219 @@
+//! The binary as a service manager and a packager see it: `--check`,
+//! `generate man|completions`, and systemd's READY=1 from the server.
+//! Runs the real binary; needs no root (the server listens on loopback).
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringlink");
+
+/// A directory of its own per test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("ringlink-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ringlink(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn client_check_prints_the_defaults_and_starts_nothing() {
+    let dir = Scratch::new("check-client");
+    let sock = dir.0.join("ctl.sock");
+    let cfg = dir.file(
+        "client.toml",
+        &format!(
+            "server = \"ws://10.91.0.1:7443\"\npassword = \"s3cret\"\ncontrol_socket = \"{}\"\n",
+            sock.display()
+        ),
+    );
+    let out = ringlink(&["client", "--check", "--config", cfg.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for line in [
+        "tun = \"rl0\"",
+        "mtu = 1400",
+        "workers = 0",
+        "discovery = 60",
+        "route_cost = 5",
+        "cipher = \"aes-256-gcm\"",
+        "offload = true",
+        "pin_workers = true",
+        "password = \"(hidden)\"",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "`{line}` in:\n{stdout}");
+    }
+    assert!(!stdout.contains("s3cret"), "password printed:\n{stdout}");
+    // Nothing was started: the control socket a running client makes is
+    // not there.
+    assert!(!sock.exists());
+}
+
+#[test]
+fn server_check_prints_the_defaults() {
+    let dir = Scratch::new("check-server");
+    let cfg = dir.file(
+        "server.toml",
+        "listen = \"10.91.0.1:7443\"\npassword = \"s3cret\"\npool = \"10.77.0.0/24\"\n",
+    );
+    let out = ringlink(&["server", "--check", "--config", cfg.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("stun = \"10.91.0.1:3478\""), "{stdout}");
+    assert!(stdout.contains("max_clients = 4096"), "{stdout}");
+}
+
+#[test]
+fn check_exits_2_naming_the_key() {
+    let dir = Scratch::new("check-errors");
+    let cases = [
+        (
+            "client",
+            "server = \"ws://10.91.0.1:7443\"\npassword = \"p\"\nmtu = 9000\n",
+            "mtu",
+        ),
+        (
+            "server",
+            "listen = \"10.91.0.1\"\npassword = \"p\"\npool = \"10.77.0.0/24\"\n",
+            "listen",
+        ),
+    ];
+    for (kind, toml, key) in cases {
+        let cfg = dir.file(&format!("{kind}.toml"), toml);
+        let out = ringlink(&[kind, "--check", "--config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{kind}: {out:?}");
+        assert!(out.stdout.is_empty(), "{kind}: printed a config: {out:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("key `{key}`")), "{kind}: {stderr}");
+    }
+}
+
+#[test]
+fn generate_writes_man_pages_for_the_visible_commands() {
+    let dir = Scratch::new("man");
+    let out = ringlink(&["generate", "man", dir.0.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    for page in [
+        "ringlink.1",
+        "ringlink-server.1",
+        "ringlink-client.1",
+        "ringlink-status.1",
+    ] {
+        let body = std::fs::read_to_string(dir.0.join(page)).unwrap_or_default();
+        assert!(body.contains(".TH "), "{page}: {body:.80}");
+    }
+    let client = std::fs::read_to_string(dir.0.join("ringlink-client.1")).unwrap();
+    assert!(
+        client.contains("check"),
+        "the client page documents --check"
+    );
+    // The packaging helper itself stays out of the manual.
+    assert!(!dir.0.join("ringlink-generate.1").exists());
+}
+
+#[test]
+fn generate_prints_completions_per_shell() {
+    // How each shell's script spells the client's --check option.
+    for (shell, marker, check) in [
+        ("bash", "complete -F", "--check"),
+        ("zsh", "#compdef ringlink", "--check"),
+        ("fish", "complete -c ringlink", "-l check"),
+    ] {
+        let out = ringlink(&["generate", "completions", shell]);
+        let script = text(&out.stdout);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        assert!(script.contains(check), "{shell} completes --check");
+    }
+    let out = ringlink(&["generate", "completions", "cmd.exe"]);
+    assert!(!out.status.success());
+}
+
+/// Kills the server if an assertion fails first.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn server_sends_ready_once_listening() {
+    let dir = Scratch::new("notify");
+    let notify_path = dir.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let cfg = dir.file(
+        "server.toml",
+        "listen = \"127.0.0.1:0\"\npassword = \"p\"\npool = \"10.77.0.0/24\"\nstun = \"\"\n",
+    );
+    let child = Command::new(BIN)
+        .args(["server", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(child);
+    let message = receive_within(&notify, Duration::from_secs(30)).unwrap_or_else(|| {
+        let _ = server.0.kill();
+        let mut log = String::new();
+        if let Some(e) = server.0.stderr.as_mut() {
+            let _ = e.read_to_string(&mut log);
+        }
+        panic!("no notification within 30 s; server log:\n{log}")
+    });
+    let lines: Vec<&str> = message.lines().collect();
+    assert!(lines.contains(&"READY=1"), "{message}");
+    let addr = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("STATUS=listening on "))
+        .unwrap_or_else(|| panic!("no listening status in {message}"));
+    // READY means the port accepts connections now, not soon.
+    TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    // Exactly one notification.
+    assert_eq!(receive_within(&notify, Duration::from_millis(300)), None);
+}
+
+fn receive_within(sock: &UnixDatagram, limit: Duration) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match sock.recv(&mut buf) {
+            Ok(n) => return Some(text(&buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
