@@ -91,6 +91,16 @@ fn server_check_prints_the_defaults() {
 }
 
 #[test]
+fn shipped_example_configs_pass_check() {
+    let dist = concat!(env!("CARGO_MANIFEST_DIR"), "/dist/config");
+    for kind in ["client", "server"] {
+        let file = format!("{dist}/{kind}.toml.example");
+        let out = ringlink(&[kind, "--check", "--config", &file]);
+        assert!(out.status.success(), "{file}: {out:?}");
+    }
+}
+
+#[test]
 fn check_exits_2_naming_the_key() {
     let dir = Scratch::new("check-errors");
     let cases = [
