@@ -11,8 +11,7 @@ RUN cargo build --release --locked --bin ringlink \
 FROM debian:bookworm-slim
 COPY --from=build /out/ringlink /usr/bin/ringlink
 COPY dist/config/client.toml.example dist/config/server.toml.example /etc/ringlink/
-# The config is mounted at /etc/ringlink; the control socket (`ringlink
-# status` inside the container) goes to /run/ringlink.
-RUN mkdir -p /run/ringlink
+# The config is mounted at /etc/ringlink; the client makes /run/ringlink
+# for its control socket (`docker exec ... ringlink status`).
 ENTRYPOINT ["/usr/bin/ringlink"]
 CMD ["client", "--config", "/etc/ringlink/client.toml"]
