@@ -119,8 +119,13 @@ pub fn diagnose(step: Step, seen: &Observed) -> Option<Refusal> {
             _ => Refusal::Denied,
         }),
         // A filter may also answer ENOSYS ("no such call"), which a kernel
-        // with the sysctl (6.6+) would never say about io_uring by itself.
-        libc::ENOSYS if filtered && seen.io_uring_disabled.is_some() => {
+        // that has io_uring (5.1+; all with the sysctl, 6.6+) would never
+        // say about it by itself.
+        libc::ENOSYS
+            if filtered
+                && (seen.io_uring_disabled.is_some()
+                    || release_at_least(&seen.kernel_release, (5, 1))) =>
+        {
             Some(Refusal::Seccomp { errno: seen.errno })
         }
         libc::ENOSYS => Some(Refusal::NoIoUring {
@@ -131,6 +136,18 @@ pub fn diagnose(step: Step, seen: &Observed) -> Option<Refusal> {
             step,
         }),
         _ => None,
+    }
+}
+
+/// Whether `uname -r` (e.g. "6.1.0-18-amd64") is at least major.minor;
+/// false when it does not parse.
+fn release_at_least(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(a)), Some(Ok(b))) => (a, b) >= (major, minor),
+        _ => false,
     }
 }
 
@@ -283,10 +300,17 @@ mod tests {
                 "{m}"
             );
         }
-        // A filter that answers ENOSYS on a kernel new enough to have the
-        // sysctl is still the filter, not a missing io_uring.
+        // A filter that answers ENOSYS on a kernel that has io_uring is
+        // still the filter, not a missing io_uring.
         let o = seen(libc::ENOSYS, Some(0), SeccompMode::Filter);
         assert!(message(Step::Setup, o).contains("gave ENOSYS"));
+        let o = seen(libc::ENOSYS, None, SeccompMode::Filter);
+        assert!(message(Step::Setup, o).contains("seccomp filter"));
+        let old = Observed {
+            kernel_release: "4.19.0-27-amd64".into(),
+            ..seen(libc::ENOSYS, None, SeccompMode::Filter)
+        };
+        assert!(message(Step::Setup, old).contains("has no io_uring"));
     }
 
     #[test]
@@ -329,6 +353,14 @@ mod tests {
                 None
             );
         }
+    }
+
+    #[test]
+    fn kernel_releases() {
+        assert!(release_at_least("6.1.0-18-amd64", (5, 1)));
+        assert!(release_at_least("5.1", (5, 1)));
+        assert!(!release_at_least("4.19.0-27-amd64", (5, 1)));
+        assert!(!release_at_least("unknown release", (5, 1)));
     }
 
     #[test]
