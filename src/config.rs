@@ -96,9 +96,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A subnet behind a gateway, pushed to clients (PROTOCOL.md §7).
+/// A `[[route]]` of server.toml: a subnet behind a gateway, pushed to
+/// clients (PROTOCOL.md §7). `route::SubnetRoute` is what a client makes
+/// of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubnetRoute {
+pub struct PushedRoute {
     pub dst: Ipv4Cidr,
     pub via: Ipv4Addr,
     /// Which clients get the route (Candy's DEV).
@@ -113,7 +115,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Where the embedded STUN responder listens; None = off.
     pub stun: Option<SocketAddr>,
-    pub routes: Vec<SubnetRoute>,
+    pub routes: Vec<PushedRoute>,
     pub max_clients: usize,
 }
 
@@ -202,7 +204,7 @@ impl ServerConfig {
                 Some(f) => c.cidr("route.for", &f)?,
                 None => pool,
             };
-            routes.push(SubnetRoute {
+            routes.push(PushedRoute {
                 dst,
                 via,
                 for_clients,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use ringlink::config::{ServerConfig, SubnetRoute, TlsFiles};
+use ringlink::config::{PushedRoute, ServerConfig, TlsFiles};
 use ringlink::proto::stun;
 use ringlink::proto::ws::{
     self, Auth, Discovery, ExptTun, General, PeerConn, SysRoute, Vmac, WsMessage,
@@ -34,7 +34,7 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
-fn config(routes: Vec<SubnetRoute>) -> ServerConfig {
+fn config(routes: Vec<PushedRoute>) -> ServerConfig {
     ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         password: PW.into(),
@@ -76,7 +76,7 @@ async fn start_with(cfg: ServerConfig, tuning: Tuning) -> Running {
     r
 }
 
-async fn start(routes: Vec<SubnetRoute>) -> Running {
+async fn start(routes: Vec<PushedRoute>) -> Running {
     start_with(config(routes), Tuning::default()).await
 }
 
@@ -515,7 +515,7 @@ async fn oversize_malformed_and_unauthenticated_frames_close_only_that_session()
 
 #[tokio::test]
 async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
-    let routes = vec![SubnetRoute {
+    let routes = vec![PushedRoute {
         dst: "192.168.20.0/24".parse().unwrap(),
         via: ip("10.77.0.20"),
         for_clients: "10.77.0.0/24".parse().unwrap(),
@@ -611,7 +611,7 @@ async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
 
 #[tokio::test]
 async fn routes_pushed_only_to_covered_clients() {
-    let route = |dst: &str, via: &str, f: &str| SubnetRoute {
+    let route = |dst: &str, via: &str, f: &str| PushedRoute {
         dst: dst.parse().unwrap(),
         via: ip(via),
         for_clients: f.parse().unwrap(),
@@ -620,7 +620,7 @@ async fn routes_pushed_only_to_covered_clients() {
     let r2 = route("192.168.30.0/24", "10.77.0.130", "10.77.0.128/25");
     let r3 = route("172.16.0.0/16", "10.77.0.20", "10.77.0.64/26");
     let s = start(vec![r1, r2, r3]).await;
-    let as_sys = |r: &SubnetRoute| SysRoute {
+    let as_sys = |r: &PushedRoute| SysRoute {
         dst: r.dst,
         next: r.via,
     };
