@@ -166,14 +166,7 @@ fn scaled_timers(divisor: u32) -> Timers {
 /// Runs the client until `shutdown` resolves. Only local failures (TLS
 /// setup, the interface) end it; everything about the server is retried.
 pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
-    let tls = if cfg.server.tls {
-        if cfg.tls_insecure {
-            warn!("tls_insecure = true: the server certificate is NOT verified");
-        }
-        Some(tls::client_config(cfg.tls_ca.as_deref(), cfg.tls_insecure)?)
-    } else {
-        None
-    };
+    let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
         server: cfg.server.to_url(),
