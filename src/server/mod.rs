@@ -12,6 +12,7 @@ mod error;
 mod listener;
 mod pool;
 mod relay;
+mod request;
 mod routes;
 mod session;
 mod stun;
