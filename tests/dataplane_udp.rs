@@ -8,7 +8,7 @@
 //! touched and the namespace disappears with the thread and its fds.
 
 mod common;
-use common::run_in_own_netns;
+use common::{relayed_packet, run_in_own_netns};
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -294,11 +294,10 @@ fn scenario() {
     // No direct path: up for the relay.
     let relayed = SocketAddrV4::new(RELAYED, 7);
     app.send_to(b"via the server", relayed).unwrap();
-    next_upcall(&rx, "relay upcall", |u| match u {
-        Upcall::TunPacket(p) => {
-            parse_udp(p).is_some_and(|(_, d, pl)| d == relayed && pl == b"via the server")
-        }
-        _ => false,
+    next_upcall(&rx, "relay upcall", |u| {
+        relayed_packet(u)
+            .and_then(parse_udp)
+            .is_some_and(|(_, d, pl)| d == relayed && pl == b"via the server")
     });
 
     // The control thread's sends leave from the dataplane's port.

@@ -6,6 +6,9 @@
 
 use std::path::Path;
 
+use ringlink::dataplane::Upcall;
+use ringlink::proto::ws::WsMessage;
+
 /// Panics, naming what is missing, unless this process may create network
 /// namespaces and TUN devices.
 fn require_root_and_tun() {
@@ -38,4 +41,16 @@ pub fn run_in_own_netns(scenario: fn()) {
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// The packet a relay upcall carries, if it is one: the FORWARD frame the
+/// server decodes, checked to be one.
+pub fn relayed_packet(up: &Upcall) -> Option<&[u8]> {
+    let Upcall::RelayFrame(frame) = up else {
+        return None;
+    };
+    match WsMessage::decode(frame) {
+        Ok(WsMessage::Forward(packet)) => Some(packet),
+        other => panic!("relay frame is not a FORWARD: {other:?}"),
+    }
 }
