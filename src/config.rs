@@ -96,9 +96,11 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A subnet behind a gateway, pushed to clients (PROTOCOL.md §7).
+/// A `[[route]]` of server.toml: a subnet behind a gateway, pushed to
+/// clients (PROTOCOL.md §7). `route::SubnetRoute` is what a client makes
+/// of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubnetRoute {
+pub struct PushedRoute {
     pub dst: Ipv4Cidr,
     pub via: Ipv4Addr,
     /// Which clients get the route (Candy's DEV).
@@ -113,7 +115,7 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Where the embedded STUN responder listens; None = off.
     pub stun: Option<SocketAddr>,
-    pub routes: Vec<SubnetRoute>,
+    pub routes: Vec<PushedRoute>,
     pub max_clients: usize,
 }
 
@@ -202,7 +204,7 @@ impl ServerConfig {
                 Some(f) => c.cidr("route.for", &f)?,
                 None => pool,
             };
-            routes.push(SubnetRoute {
+            routes.push(PushedRoute {
                 dst,
                 via,
                 for_clients,
@@ -278,6 +280,50 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
     valid.then(|| (host.to_string(), port))
 }
 
+/// Which server certificates a `wss://` link accepts. The one place that
+/// decides it, from the URL's scheme, `tls_ca` and `tls_insecure`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerTrust {
+    /// Certificates that chain to the bundled web PKI roots or to one of
+    /// the PEM certificates in `extra_ca`.
+    Roots { extra_ca: Option<PathBuf> },
+    /// Any certificate at all (`tls_insecure = true`, what stock Candy
+    /// does): for lab setups only.
+    AnyCertificate,
+}
+
+impl ServerTrust {
+    /// `None` for `ws://`. The TLS keys are refused with `ws://`, where they
+    /// would silently protect nothing, and `tls_ca` with `tls_insecure`,
+    /// where it would silently be ignored.
+    fn decide(
+        c: &Ctx<'_>,
+        url: &ServerUrl,
+        tls_ca: Option<PathBuf>,
+        tls_insecure: bool,
+    ) -> Result<Option<Self>, ConfigError> {
+        let key = if tls_ca.is_some() {
+            "tls_ca"
+        } else {
+            "tls_insecure"
+        };
+        if !url.tls {
+            if tls_ca.is_some() || tls_insecure {
+                return Err(c.err(key, "only applies to a wss:// server"));
+            }
+            return Ok(None);
+        }
+        match (tls_ca, tls_insecure) {
+            (Some(_), true) => Err(c.err(
+                "tls_ca",
+                "tls_insecure = true checks no certificate, so tls_ca would be ignored",
+            )),
+            (extra_ca, false) => Ok(Some(Self::Roots { extra_ca })),
+            (None, true) => Ok(Some(Self::AnyCertificate)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StunServer {
     pub host: String,
@@ -301,10 +347,9 @@ pub struct ClientConfig {
     pub discovery: u32,
     /// Route cost in ms (0..=1000); 0 turns latency routing off.
     pub route_cost: u32,
-    /// Extra CA certificate (PEM) trusted for wss://.
-    pub tls_ca: Option<PathBuf>,
-    /// Skip certificate verification for wss:// (as stock Candy does).
-    pub tls_insecure: bool,
+    /// TLS on the server link and what it trusts: `Some` exactly when
+    /// `server` is `wss://`.
+    pub server_tls: Option<ServerTrust>,
     /// Unix socket where `ringlink status` finds this client.
     pub control_socket: PathBuf,
     /// LAN candidate address announced to peers (Candy's `localhost`).
@@ -386,6 +431,8 @@ impl ClientConfig {
                 ),
             )
         })?;
+        let server_tls =
+            ServerTrust::decide(&c, &server, raw.tls_ca, raw.tls_insecure.unwrap_or(false))?;
         if raw.password.is_empty() {
             return Err(c.err("password", "must not be empty"));
         }
@@ -467,8 +514,7 @@ impl ClientConfig {
             port,
             discovery,
             route_cost,
-            tls_ca: raw.tls_ca,
-            tls_insecure: raw.tls_insecure.unwrap_or(false),
+            server_tls,
             lan_address,
             test_time_divisor,
             mss_clamp: raw.mss_clamp.unwrap_or(true),
@@ -603,6 +649,37 @@ mod tests {
         assert!(e.to_string().contains("password"), "{e}");
         let e = client(&format!("{CLIENT}bogus = 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn server_trust_is_decided_from_scheme_ca_and_insecure() {
+        let wss = "server = \"wss://relay.example\"\npassword = \"p\"\n";
+        let trust = |extra: &str| client(&format!("{wss}{extra}")).map(|c| c.server_tls);
+        assert_eq!(client(CLIENT).unwrap().server_tls, None);
+        assert_eq!(trust(""), Ok(Some(ServerTrust::Roots { extra_ca: None })));
+        assert_eq!(
+            trust("tls_ca = \"ca.pem\"\n"),
+            Ok(Some(ServerTrust::Roots {
+                extra_ca: Some(PathBuf::from("ca.pem"))
+            }))
+        );
+        assert_eq!(
+            trust("tls_insecure = true\n"),
+            Ok(Some(ServerTrust::AnyCertificate))
+        );
+        let refused = [
+            (format!("{CLIENT}tls_ca = \"ca.pem\"\n"), "tls_ca"),
+            (format!("{CLIENT}tls_insecure = true\n"), "tls_insecure"),
+            (
+                format!("{wss}tls_ca = \"ca.pem\"\ntls_insecure = true\n"),
+                "tls_ca",
+            ),
+        ];
+        for (text, key) in refused {
+            let e = client(&text).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+        }
+        assert!(client(&format!("{CLIENT}tls_insecure = false\n")).is_ok());
     }
 
     #[test]

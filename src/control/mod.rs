@@ -24,7 +24,6 @@ use tracing::{info, warn};
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
 use crate::peer::{PeerConfig, Timers};
-use crate::proto::ws::encode_forward;
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
 use crate::sys::ifaddr::first_lan_ipv4;
@@ -166,14 +165,7 @@ fn scaled_timers(divisor: u32) -> Timers {
 /// Runs the client until `shutdown` resolves. Only local failures (TLS
 /// setup, the interface) end it; everything about the server is retried.
 pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
-    let tls = if cfg.server.tls {
-        if cfg.tls_insecure {
-            warn!("tls_insecure = true: the server certificate is NOT verified");
-        }
-        Some(tls::client_config(cfg.tls_ca.as_deref(), cfg.tls_insecure)?)
-    } else {
-        None
-    };
+    let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
         server: cfg.server.to_url(),
@@ -205,7 +197,6 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let mut node: Option<Node> = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
-        let mut frame = Vec::new();
         let mut relay_dropped = 0u64;
         loop {
             let upcall = async {
@@ -225,9 +216,8 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 up = upcall => {
                     let now = Instant::now();
                     match up {
-                        Some(Upcall::TunPacket(p)) => {
-                            encode_forward(&p, &mut frame);
-                            if to_server.try_send(std::mem::take(&mut frame)).is_err() {
+                        Some(Upcall::RelayFrame(frame)) => {
+                            if to_server.try_send(frame).is_err() {
                                 relay_dropped += 1;
                             }
                         }

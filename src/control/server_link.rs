@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
@@ -60,7 +61,8 @@ pub enum LinkEvent {
 
 pub struct Link {
     pub cfg: ClientConfig,
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// `Some` exactly for a `wss://` server.
+    pub tls: Option<TlsConnector>,
     pub vmac: [u8; 16],
     pub events: mpsc::Sender<LinkEvent>,
     pub outgoing: mpsc::Receiver<Vec<u8>>,

@@ -1,9 +1,10 @@
-//! rustls client configuration for wss://.
+//! The TLS connector for a `wss://` server link, built from the
+//! `ServerTrust` that config decided.
 //!
-//! By default the server certificate is verified against the bundled web
-//! roots plus an optional `tls_ca`. `tls_insecure = true` skips verification,
-//! which is what stock Candy always does; it exists for lab setups and says
-//! so loudly in the log.
+//! `Roots` verifies the server certificate against the bundled web roots
+//! plus an optional `tls_ca`. `AnyCertificate` (`tls_insecure = true`)
+//! skips verification, which is what stock Candy always does; it exists
+//! for lab setups and says so loudly in the log.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,44 +13,54 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_rustls::TlsConnector;
+use tracing::warn;
 
 use super::ClientError;
+use crate::config::ServerTrust;
 
-pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, ClientError> {
+pub fn connector(trust: &ServerTrust) -> Result<TlsConnector, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
-            .with_no_client_auth()
-    } else {
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
-            let mut found = 0;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert =
-                    cert.map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
-                found += 1;
-            }
-            if found == 0 {
-                return Err(ClientError::Tls(format!(
-                    "tls_ca {}: no PEM certificate in file",
-                    path.display()
-                )));
-            }
+    let config = match trust {
+        ServerTrust::AnyCertificate => {
+            warn!("tls_insecure = true: the server certificate is NOT verified");
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
+                .with_no_client_auth()
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        ServerTrust::Roots { extra_ca } => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            if let Some(path) = extra_ca {
+                add_pem_roots(&mut roots, path)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
     };
-    Ok(Arc::new(config))
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Adds every certificate of the PEM file `path` (`tls_ca`); a file with
+/// none is an error, not an empty addition.
+fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), ClientError> {
+    let fail =
+        |e: &dyn std::fmt::Display| ClientError::Tls(format!("tls_ca {}: {e}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| fail(&e))?;
+    let mut found = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(fail(&"no PEM certificate in file"));
+    }
+    Ok(())
 }
 
 /// Verifies signatures (so the handshake is still a real TLS handshake) but
@@ -99,5 +110,40 @@ impl ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ca_error(content: Option<&str>) -> String {
+        let path = std::env::temp_dir().join(format!("ringlink-tls-ca-{}", std::process::id()));
+        if let Some(text) = content {
+            std::fs::write(&path, text).unwrap();
+        }
+        let trust = ServerTrust::Roots {
+            extra_ca: Some(path.clone()),
+        };
+        let result = connector(&trust);
+        let _ = std::fs::remove_file(&path);
+        match result {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("connector accepted tls_ca content {content:?}"),
+        }
+    }
+
+    #[test]
+    fn every_trust_builds_a_connector() {
+        connector(&ServerTrust::Roots { extra_ca: None }).unwrap();
+        connector(&ServerTrust::AnyCertificate).unwrap();
+    }
+
+    #[test]
+    fn a_missing_or_empty_ca_file_is_an_error_naming_it() {
+        for content in [None, Some("no certificate here\n")] {
+            let e = ca_error(content);
+            assert!(e.contains("tls_ca") && e.contains("ringlink-tls-ca"), "{e}");
+        }
     }
 }

@@ -1,13 +1,13 @@
 //! Connecting to the server and logging in (PROTOCOL.md §2.2).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -32,10 +32,9 @@ pub fn ws_config() -> WebSocketConfig {
     }
 }
 
-pub async fn connect(
-    url: &ServerUrl,
-    tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<Ws, ClientError> {
+/// Connects to `url`, through TLS exactly when `tls` is given (config made
+/// that choice from the scheme; this does not look at it again).
+pub async fn connect(url: &ServerUrl, tls: Option<&TlsConnector>) -> Result<Ws, ClientError> {
     let target = format!("{}:{}", url.host, url.port);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
         .await
@@ -51,18 +50,18 @@ pub async fn connect(
         .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
     tcp.set_nodelay(true).ok();
     crate::sys::tcp::limit_unsent(&tcp);
-    let stream = match (url.tls, tls) {
-        (true, Some(cfg)) => {
+    let stream = match tls {
+        Some(connector) => {
             let name = ServerName::try_from(url.host.clone()).map_err(|_| {
                 ClientError::Connect(format!("{} is not a valid TLS server name", url.host))
             })?;
-            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+            let tls = connector
                 .connect(name, tcp)
                 .await
                 .map_err(|e| ClientError::Connect(format!("TLS with {addr}: {e}")))?;
             MaybeTls::Tls(Box::new(tls))
         }
-        _ => MaybeTls::Plain(tcp),
+        None => MaybeTls::Plain(tcp),
     };
     let request = url
         .to_url()

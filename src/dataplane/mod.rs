@@ -196,10 +196,11 @@ pub enum DataplaneError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Upcall {
-    /// An IPv4 packet read from the TUN device with no direct next hop, to
-    /// be relayed. Led by the sdwan pseudo-header when a subnet route
-    /// matched, since the server routes on the outer destination.
-    TunPacket(Vec<u8>),
+    /// An IPv4 packet read from the TUN device with no direct next hop, as
+    /// the FORWARD frame the server relays (type byte, then the packet, led
+    /// by the sdwan pseudo-header when a subnet route matched, since the
+    /// server routes on the outer destination): ready to send as it is.
+    RelayFrame(Vec<u8>),
     /// A decrypted peer message other than a FORWARD (heartbeat, delay,
     /// route, unknown types), type byte first.
     Peer {

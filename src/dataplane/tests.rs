@@ -60,10 +60,21 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The packet a relay upcall carries, checked to be the FORWARD frame the
+/// server decodes.
+pub(super) fn relayed_packet(up: &Upcall) -> &[u8] {
+    let Upcall::RelayFrame(frame) = up else {
+        panic!("expected a relay frame, got {up:?}");
+    };
+    match crate::proto::ws::WsMessage::decode(frame) {
+        Ok(crate::proto::ws::WsMessage::Forward(packet)) => packet,
+        other => panic!("relay frame is not a FORWARD: {other:?}"),
+    }
+}
+
 fn expect_packet(rx: &UpcallReceiver, want: &[u8]) {
     match rx.recv_timeout(Duration::from_secs(5)) {
-        Ok(Upcall::TunPacket(got)) => assert_eq!(got, want),
-        Ok(other) => panic!("unexpected upcall {other:?}"),
+        Ok(up) => assert_eq!(relayed_packet(&up), want),
         Err(e) => panic!("no upcall: {e}"),
     }
 }
@@ -151,7 +162,7 @@ fn async_recv_wakes_and_ends_after_shutdown() {
     let got = rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(5), rx.recv()).await })
         .expect("async recv timed out");
-    assert_eq!(got, Some(Upcall::TunPacket(p)));
+    assert_eq!(relayed_packet(&got.expect("an upcall")), p);
     let _wr = writer.join().unwrap();
     dp.shutdown().unwrap();
     let end = rt

@@ -278,6 +278,18 @@ impl Sq<'_> {
     }
 }
 
+/// What every completion of one drain works with: the snapshot loaded once
+/// for the batch, the submission queue the resulting operations go to, and
+/// the counts published together at the batch's end. The send side
+/// (`tun_packet`) and the receive side (`datagrams`, which spreads it over
+/// its `Receive`) take it whole.
+struct Batch<'s, 'r> {
+    snap: &'s Snapshot,
+    sq: Sq<'r>,
+    counts: CounterSnapshot,
+    tally: PeerTally<'s>,
+}
+
 /// Everything a completion handler touches except the ring itself.
 struct Core {
     tun_fd: RawFd,
@@ -572,28 +584,28 @@ impl Worker {
     /// counters.
     fn drain(&mut self) -> Option<Fatal> {
         let snap = self.snapshot.load();
-        let mut batch = CounterSnapshot::default();
-        let mut tally = PeerTally::new();
         let mut fatal = None;
         let (submitter, sq, cq) = self.ring.split();
-        let mut sq = Sq { sq, submitter };
+        let mut batch = Batch {
+            snap: &snap,
+            sq: Sq { sq, submitter },
+            counts: CounterSnapshot::default(),
+            tally: PeerTally::new(),
+        };
         for cqe in cq {
             let Some((op, bid, send)) = decode_user_data(cqe.user_data()) else {
                 continue;
             };
-            let f = self
-                .core
-                .complete(op, bid, send, &cqe, &snap, &mut sq, &mut batch, &mut tally);
-            fatal = fatal.or(f);
+            fatal = fatal.or(self.core.complete(op, bid, send, &cqe, &mut batch));
         }
-        sq.sq.sync();
+        batch.sq.sq.sync();
         self.core.tun_bufs.publish();
         if let Some(u) = &self.core.udp {
             u.bufs.publish();
         }
-        tally.flush();
-        self.counters.add(&batch);
-        if batch.upcalls > 0 {
+        batch.tally.flush();
+        self.counters.add(&batch.counts);
+        if batch.counts.upcalls > 0 {
             self.notify.notify_one();
         }
         fatal
@@ -628,17 +640,13 @@ fn rearmable(res: i32) -> bool {
 }
 
 impl Core {
-    #[allow(clippy::too_many_arguments)]
-    fn complete<'s>(
+    fn complete(
         &mut self,
         op: Op,
         bid: u16,
         send: u16,
         cqe: &cqueue::Entry,
-        snap: &'s Snapshot,
-        sq: &mut Sq<'_>,
-        b: &mut CounterSnapshot,
-        tally: &mut PeerTally<'s>,
+        batch: &mut Batch<'_, '_>,
     ) -> Option<Fatal> {
         let res = cqe.result();
         let flags = cqe.flags();
@@ -648,7 +656,7 @@ impl Core {
                     self.tun_armed = false;
                 }
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    let keep = res > 0 && self.tun_packet(bid, res as usize, snap, sq, b, tally);
+                    let keep = res > 0 && self.tun_packet(bid, res as usize, batch);
                     if !keep {
                         self.tun_bufs.push(bid);
                     }
@@ -670,7 +678,7 @@ impl Core {
                     u.armed = false;
                 }
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    let keep = res > 0 && self.datagrams(bid, res as usize, snap, sq, b, tally);
+                    let keep = res > 0 && self.datagrams(bid, res as usize, batch);
                     if !keep {
                         if let Some(u) = self.udp.as_mut() {
                             u.bufs.push(bid);
@@ -686,7 +694,7 @@ impl Core {
                 self.inflight = self.inflight.saturating_sub(1);
                 let slot = usize::from(bid) * self.sends_per_buffer + usize::from(send);
                 let datagrams = self.sends.get(slot).map_or(1, |s| s.datagrams);
-                self.count_send(res, datagrams, b);
+                self.count_send(res, datagrams, &mut batch.counts);
                 release(&mut self.tun_refs, &mut self.tun_bufs, bid);
                 None
             }
@@ -696,7 +704,7 @@ impl Core {
                     let slot = usize::from(bid) * u.slots_per_buffer + usize::from(send);
                     u.sends.get(slot).map_or(1, |s| s.datagrams)
                 });
-                self.count_send(res, datagrams, b);
+                self.count_send(res, datagrams, &mut batch.counts);
                 self.release_udp_buffer(bid);
                 None
             }
@@ -704,6 +712,7 @@ impl Core {
                 self.inflight = self.inflight.saturating_sub(1);
                 // The send index of a TUN write is how many packets it holds.
                 let packets = u64::from(send);
+                let b = &mut batch.counts;
                 if res < 0 {
                     b.tun_write_errors += packets;
                     tracing::debug!(errno = -res, "tun write failed");

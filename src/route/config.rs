@@ -97,31 +97,31 @@ impl RouteConfig {
         self.route_cost > 0
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), RouteConfigError> {
         if self.route_cost > MAX_ROUTE_COST {
-            return Err(ConfigError::Cost(self.route_cost));
+            return Err(RouteConfigError::Cost(self.route_cost));
         }
         if self.probe_interval.is_zero() {
-            return Err(ConfigError::ZeroDuration("probe_interval"));
+            return Err(RouteConfigError::ZeroDuration("probe_interval"));
         }
         if self.refresh_interval.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::ZeroDuration("refresh_interval"));
+            return Err(RouteConfigError::ZeroDuration("refresh_interval"));
         }
         if self.route_expiry.is_zero() {
-            return Err(ConfigError::ZeroDuration("route_expiry"));
+            return Err(RouteConfigError::ZeroDuration("route_expiry"));
         }
         if self.max_routes == 0 {
-            return Err(ConfigError::ZeroMaxRoutes);
+            return Err(RouteConfigError::ZeroMaxRoutes);
         }
         if self.own_vip.is_unspecified() || self.own_vip.is_broadcast() {
-            return Err(ConfigError::OwnVip(self.own_vip));
+            return Err(RouteConfigError::OwnVip(self.own_vip));
         }
         Ok(())
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum RouteConfigError {
     #[error("route: cost {0} ms out of range, expected 0..=1000")]
     Cost(u32),
     #[error("route: {0} must be greater than zero")]

@@ -39,7 +39,7 @@ mod table;
 
 use std::net::Ipv4Addr;
 
-pub use config::{ConfigError, Hysteresis, RouteConfig};
+pub use config::{Hysteresis, RouteConfig, RouteConfigError};
 pub use latency::Srtt;
 pub use nexthop::{is_broadcast_or_multicast, NextHop, NextHopTable, RouteStatus};
 pub use router::{DelayOutcome, RouteOutcome, RouteStats, Router};

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use super::advertise::message_for;
-use super::config::{ConfigError, RouteConfig};
+use super::config::{RouteConfig, RouteConfigError};
 use super::latency::{BootClock, EchoError, ProbeState, SplitMix};
 use super::nexthop::{NextHopTable, RouteStatus};
 use super::table::{AdvertReject, Change, Table};
@@ -75,7 +75,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(cfg: RouteConfig, now: Instant) -> Result<Self, ConfigError> {
+    pub fn new(cfg: RouteConfig, now: Instant) -> Result<Self, RouteConfigError> {
         cfg.validate()?;
         let table = Table::new(
             cfg.own_vip,

@@ -12,6 +12,7 @@ mod error;
 mod listener;
 mod pool;
 mod relay;
+mod request;
 mod routes;
 mod session;
 mod stun;
@@ -26,7 +27,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::config::{ServerConfig, SubnetRoute};
+use crate::config::{PushedRoute, ServerConfig};
 use crate::proto::Ipv4Cidr;
 
 pub use counters::{CounterSnapshot, Counters};
@@ -67,7 +68,7 @@ impl Default for Tuning {
 pub(crate) struct Shared {
     password: Vec<u8>,
     pool_net: Ipv4Cidr,
-    routes: Vec<SubnetRoute>,
+    routes: Vec<PushedRoute>,
     max_clients: usize,
     pool: Mutex<pool::Pool>,
     relay: relay::Relay,

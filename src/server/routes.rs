@@ -3,13 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use crate::config::SubnetRoute;
+use crate::config::PushedRoute;
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
 
 /// Every configured route whose `for` covers `vip`, in configuration order
 /// (clients match first-fit, so order is meaningful).
-pub fn routes_for(routes: &[SubnetRoute], vip: Ipv4Addr) -> Vec<SysRoute> {
+pub fn routes_for(routes: &[PushedRoute], vip: Ipv4Addr) -> Vec<SysRoute> {
     routes
         .iter()
         .filter(|r| r.for_clients.contains(vip))
@@ -21,7 +21,7 @@ pub fn routes_for(routes: &[SubnetRoute], vip: Ipv4Addr) -> Vec<SysRoute> {
 }
 
 /// The ROUTE frames to push right after AUTH; empty when nothing applies.
-pub fn route_frames(routes: &[SubnetRoute], vip: Ipv4Addr) -> Vec<Vec<u8>> {
+pub fn route_frames(routes: &[PushedRoute], vip: Ipv4Addr) -> Vec<Vec<u8>> {
     let list = routes_for(routes, vip);
     if list.is_empty() {
         return Vec::new();
@@ -31,7 +31,7 @@ pub fn route_frames(routes: &[SubnetRoute], vip: Ipv4Addr) -> Vec<Vec<u8>> {
 
 /// The subnets a gateway at `vip` forwards for: packets it relays from
 /// them legitimately carry a source address that is not its VIP.
-pub fn gateway_subnets(routes: &[SubnetRoute], vip: Ipv4Addr) -> Vec<Ipv4Cidr> {
+pub fn gateway_subnets(routes: &[PushedRoute], vip: Ipv4Addr) -> Vec<Ipv4Cidr> {
     routes
         .iter()
         .filter(|r| r.via == vip)
@@ -54,8 +54,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn route(dst: &str, via: &str, for_clients: &str) -> SubnetRoute {
-        SubnetRoute {
+    fn route(dst: &str, via: &str, for_clients: &str) -> PushedRoute {
+        PushedRoute {
             dst: dst.parse().unwrap(),
             via: ip(via),
             for_clients: for_clients.parse().unwrap(),
@@ -90,8 +90,8 @@ mod tests {
 
     #[test]
     fn many_routes_split() {
-        let rs: Vec<SubnetRoute> = (0..250u32)
-            .map(|i| SubnetRoute {
+        let rs: Vec<PushedRoute> = (0..250u32)
+            .map(|i| PushedRoute {
                 dst: Ipv4Cidr::new(Ipv4Addr::from(0xAC10_0000 + (i << 8)), 24).unwrap(),
                 via: ip("10.77.0.20"),
                 for_clients: "10.77.0.0/24".parse().unwrap(),

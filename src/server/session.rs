@@ -17,14 +17,15 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
-use crate::proto::ws::{self, ty, ExptTun, WsMessage, EXPTTUN_LEN, MAX_FRAME};
-use crate::proto::{Ipv4Cidr, ProtoError};
+use crate::proto::ws::{self, ExptTun, EXPTTUN_LEN, MAX_FRAME};
+use crate::proto::Ipv4Cidr;
 
 use super::auth::{self, AuthStep};
 use super::counters::Counters;
 use super::error::CloseReason;
 use super::pool::{Claim, PoolError, SessionId, Vmac};
 use super::relay::{Delivery, Entry};
+use super::request::Request;
 use super::routes;
 use super::Shared;
 
@@ -174,61 +175,39 @@ impl Session {
             Counters::inc(&c.refused_oversize);
             return Err(CloseReason::Oversize(frame.len()));
         }
-        let Some(&kind) = frame.first() else {
-            Counters::inc(&c.refused_malformed);
-            return Err(CloseReason::Malformed(ProtoError::Empty));
-        };
-        let needs_auth = match kind {
-            ty::FORWARD => Some("FORWARD"),
-            ty::PEER_CONN => Some("UDP4CONN"),
-            ty::DISCOVERY => Some("DISCOVERY"),
-            ty::GENERAL => Some("GENERAL"),
-            ty::AUTH | ty::EXPTTUN | ty::VMAC => None,
-            other => {
-                // Includes ROUTE (6), which only servers send.
-                Counters::inc(&c.unknown_ignored);
-                debug!("ignoring frame type {other} from={}", self.peer);
-                return Ok(());
-            }
-        };
-        if let (Some(what), None) = (needs_auth, self.vip) {
-            Counters::inc(&c.refused_unauthenticated);
-            return Err(CloseReason::NotAuthenticated(what));
-        }
-        let msg = match WsMessage::decode(&frame) {
-            Ok(m) => m,
+        let request = match Request::decode(&frame) {
+            Ok(r) => r,
             Err(e) => {
                 Counters::inc(&c.refused_malformed);
                 return Err(CloseReason::Malformed(e));
             }
         };
-        // Copy out what routing needs so the frame itself can move on.
-        match msg {
-            WsMessage::Forward(packet) => {
-                // Read the addresses at fixed offsets rather than through
-                // ipv4::addrs: sdwan pseudo-headers have version 0 (§7).
-                let saddr = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-                let daddr = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
+        if let (Some(what), None) = (request.needs_auth(), self.vip) {
+            Counters::inc(&c.refused_unauthenticated);
+            return Err(CloseReason::NotAuthenticated(what));
+        }
+        match request {
+            Request::Forward { saddr, daddr } => {
                 self.on_forward(saddr, daddr, frame);
                 Ok(())
             }
-            WsMessage::PeerConn(m) => {
-                self.on_control("UDP4CONN", m.src, m.dst, false, frame);
+            Request::Control {
+                what,
+                src,
+                dst,
+                broadcast_ok,
+            } => {
+                self.on_control(what, src, dst, broadcast_ok, frame);
                 Ok(())
             }
-            WsMessage::Discovery(m) => {
-                self.on_control("DISCOVERY", m.src, m.dst, true, frame);
+            Request::Auth(m) => self.on_auth(m),
+            Request::ExptTun(m) => self.on_expttun(m, frame),
+            Request::Vmac(m) => self.on_vmac(m),
+            Request::Ignored(kind) => {
+                Counters::inc(&c.unknown_ignored);
+                debug!("ignoring frame type {kind} from={}", self.peer);
                 Ok(())
             }
-            WsMessage::General(m) => {
-                let (src, dst) = (m.src, m.dst);
-                self.on_control("GENERAL", src, dst, true, frame);
-                Ok(())
-            }
-            WsMessage::Auth(m) => self.on_auth(m),
-            WsMessage::ExptTun(m) => self.on_expttun(m, frame),
-            WsMessage::Vmac(m) => self.on_vmac(m),
-            WsMessage::SysRoutes(_) | WsMessage::Unknown(_) => Ok(()),
         }
     }
 

@@ -128,14 +128,13 @@ mod tests {
         assert_eq!((i.code, i.regs), (0xbf, 0x16));
     }
 
-    /// The verifier accepts the program wherever the test may load BPF
-    /// (root); elsewhere there is nothing to check.
+    /// The kernel's verifier accepts the program. Loading BPF needs root
+    /// (CAP_BPF), so a refusal for lack of it fails the test like any other.
     #[test]
+    #[ignore = "needs root"]
     fn verifier_accepts_the_program() {
-        match load_program() {
-            Ok(_) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
-            Err(e) => panic!("BPF_PROG_LOAD refused the steering program: {e}"),
+        if let Err(e) = load_program() {
+            panic!("BPF_PROG_LOAD refused the steering program: {e}");
         }
     }
 }

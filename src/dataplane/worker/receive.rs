@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use crossbeam_channel::Sender;
 use io_uring::{opcode, types};
 
-use super::{send_user_data, upcall, Core, Op, PeerTally, Sq};
+use super::{send_user_data, upcall, Batch, Core, Op, PeerTally, Sq};
 use crate::dataplane::coalesce::Run;
 use crate::dataplane::counters::CounterSnapshot;
 use crate::dataplane::frame::{self, Inbound, RecvError, MAX_DATAGRAM};
@@ -66,15 +66,13 @@ impl Core {
     /// A receive on the socket: one datagram, or with GRO a run of them.
     /// Returns true if the buffer is now owned by queued TUN writes or
     /// sends (and goes back to its ring when the last completes).
-    pub(super) fn datagrams<'s>(
-        &mut self,
-        bid: u16,
-        res: usize,
-        snap: &'s Snapshot,
-        sq: &mut Sq<'_>,
-        b: &mut CounterSnapshot,
-        tally: &mut PeerTally<'s>,
-    ) -> bool {
+    pub(super) fn datagrams(&mut self, bid: u16, res: usize, batch: &mut Batch<'_, '_>) -> bool {
+        let Batch {
+            snap,
+            sq,
+            counts: b,
+            tally,
+        } = batch;
         let Some(u) = self.udp.as_mut() else {
             return false;
         };

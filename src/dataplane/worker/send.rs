@@ -2,20 +2,21 @@
 //! packet, or with offloads a TSO/USO super-packet split in place), sealed
 //! where it lies and sent to the next hop's endpoint, equal datagrams
 //! together in one GSO send; without a direct next hop it goes up to the
-//! control thread for the relay.
+//! control thread for the relay, already the FORWARD frame the server link
+//! sends (its type byte written in front, so one copy per packet).
 
+use std::net::Ipv4Addr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 
 use io_uring::{opcode, types};
 
-use super::{send_user_data, upcall, Core, Op, PeerTally, Sq};
-use crate::dataplane::counters::CounterSnapshot;
+use super::{send_user_data, upcall, Batch, Core, Op};
 use crate::dataplane::frame::{self, FrameError, FORWARD_OVERHEAD};
 use crate::dataplane::offload::{self, VnetHdr, VNET_HDR_LEN};
 use crate::dataplane::packet::classify;
-use crate::dataplane::snapshot::Snapshot;
 use crate::dataplane::Upcall;
+use crate::proto::ws;
 use crate::route::mss;
 use crate::route::subnet::PSEUDO_HEADER_LEN;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
@@ -23,16 +24,14 @@ use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 impl Core {
     /// A packet read from TUN. Returns true if the buffer is now owned by
     /// queued sends (and goes back to the ring when the last completes).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn tun_packet<'s>(
-        &mut self,
-        bid: u16,
-        len: usize,
-        snap: &'s Snapshot,
-        sq: &mut Sq<'_>,
-        b: &mut CounterSnapshot,
-        tally: &mut PeerTally<'s>,
-    ) -> bool {
+    pub(super) fn tun_packet(&mut self, bid: u16, len: usize, batch: &mut Batch<'_, '_>) -> bool {
+        let Batch {
+            snap,
+            sq,
+            counts: b,
+            tally,
+        } = batch;
+        let snap = *snap;
         b.tun_rx_packets += 1;
         b.tun_rx_bytes += len as u64;
         if self.closing {
@@ -65,11 +64,13 @@ impl Core {
             .next_hop
             .and_then(|n| snap.direct.get(&n))
             .zip(self.udp.as_ref());
+        // Room in front of each packet for what goes there: the envelope
+        // and type byte of a sealed FORWARD, or the relay frame's type byte.
         let prefix = wrap_len
             + if direct.is_some() {
                 FORWARD_OVERHEAD
             } else {
-                0
+                RELAY_TYPE_LEN
             };
         let segs = match offload::split(buf, at, len, &vnet, prefix) {
             Ok(s) => s,
@@ -91,18 +92,12 @@ impl Core {
         let Some((peer, u)) = direct else {
             for k in 0..segs.count {
                 let r = segs.packet(k);
-                let (start, len) = (at + r.start, r.len());
-                let packet = match wrap {
-                    Some((own, gw)) => match frame::wrap_in_place(buf, start, len, own, gw) {
-                        Ok(r) => &buf[r],
-                        Err(_) => {
-                            b.dropped_malformed += 1;
-                            continue;
-                        }
-                    },
-                    None => &buf[start..start + len],
-                };
-                upcall(&self.upcalls, b, || Upcall::TunPacket(packet.to_vec()));
+                match relay_frame(buf, at + r.start, r.len(), wrap) {
+                    Ok(f) => {
+                        upcall(&self.upcalls, b, || Upcall::RelayFrame(buf[f].to_vec()));
+                    }
+                    Err(_) => b.dropped_malformed += 1,
+                }
             }
             return false;
         };
@@ -165,5 +160,93 @@ impl Core {
         let payload = all.len() - segs.count * FORWARD_OVERHEAD;
         tally.tx(&peer.counters, segs.count, payload);
         queued > 0
+    }
+}
+
+/// The relay frame's type byte: what the relay leg puts in front of a
+/// packet (and of its pseudo-header) instead of the envelope.
+const RELAY_TYPE_LEN: usize = 1;
+
+/// Turns the packet at `buf[start..start + len]` into the FORWARD frame the
+/// server relays, where it lies: led by the sdwan pseudo-header when a
+/// subnet route matched (the server routes on the outer destination), and
+/// by the frame's type byte, in room the split left in front.
+fn relay_frame(
+    buf: &mut [u8],
+    start: usize,
+    len: usize,
+    wrap: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Result<Range<usize>, FrameError> {
+    let packet = match wrap {
+        Some((own, gateway)) => frame::wrap_in_place(buf, start, len, own, gateway)?,
+        None if start + len <= buf.len() => start..start + len,
+        None => return Err(FrameError::PacketOutOfRange { len }),
+    };
+    let at = packet
+        .start
+        .checked_sub(RELAY_TYPE_LEN)
+        .ok_or(FrameError::NoHeadroom {
+            need: RELAY_TYPE_LEN,
+            have: packet.start,
+        })?;
+    buf[at] = ws::ty::FORWARD;
+    Ok(at..packet.end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ws::WsMessage;
+
+    const OWN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+    /// A 28-byte IPv4 packet at `buf[room..]`.
+    fn buffer_with_packet(room: usize) -> (Vec<u8>, Vec<u8>) {
+        let mut packet = vec![0u8; 28];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&28u16.to_be_bytes());
+        packet[12..16].copy_from_slice(&OWN.octets());
+        packet[16..20].copy_from_slice(&[192, 168, 20, 5]);
+        let mut buf = vec![0xEE; room];
+        buf.extend_from_slice(&packet);
+        (buf, packet)
+    }
+
+    #[test]
+    fn relay_frame_is_the_forward_frame_the_server_decodes() {
+        let (mut buf, packet) = buffer_with_packet(8);
+        let f = relay_frame(&mut buf, 8, packet.len(), None).unwrap();
+        assert_eq!(f, 7..buf.len());
+        assert_eq!(
+            WsMessage::decode(&buf[f]).unwrap(),
+            WsMessage::Forward(&packet)
+        );
+    }
+
+    #[test]
+    fn wrapped_relay_frame_leads_with_the_pseudo_header() {
+        let room = PSEUDO_HEADER_LEN + RELAY_TYPE_LEN;
+        let (mut buf, packet) = buffer_with_packet(room);
+        let f = relay_frame(&mut buf, room, packet.len(), Some((OWN, GATEWAY))).unwrap();
+        assert_eq!(f, 0..buf.len());
+        let WsMessage::Forward(inner) = WsMessage::decode(&buf[f]).unwrap() else {
+            panic!("not a FORWARD");
+        };
+        assert_eq!(&inner[PSEUDO_HEADER_LEN..], &packet[..]);
+        assert_eq!(&inner[16..20], &GATEWAY.octets());
+    }
+
+    #[test]
+    fn no_room_for_the_type_byte_or_packet_past_the_end_is_an_error() {
+        let (mut buf, packet) = buffer_with_packet(0);
+        assert!(matches!(
+            relay_frame(&mut buf, 0, packet.len(), None),
+            Err(FrameError::NoHeadroom { .. })
+        ));
+        assert!(matches!(
+            relay_frame(&mut buf, 1, packet.len(), None),
+            Err(FrameError::PacketOutOfRange { .. })
+        ));
     }
 }
