@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# netns-test: solo
 # The fast direct path with two dataplane workers per client: four TCP
 # flows at once, two a -> b and two b -> a, each of random bytes checked by
 # count and sha256 at the far end. Both workers must exist (status, threads,

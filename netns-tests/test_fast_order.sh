@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# netns-test: solo
 # Per-flow ordering on the fast direct path with two workers per client: 4
 # UDP flows a -> b and 4 flows b -> a at once (own source port each, N
 # numbered datagrams per flow, sizes from 64 to 1372 bytes, paced), every

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# netns-test: solo
 # Packets larger than the tunnel MTU (1400) on the fast direct path, two
 # workers per client. Without DF the kernel fragments before the TUN device:
 # ping -s 3000 is answered (and its fragments are seen arriving on the far

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# netns-test: solo
 # Both sites behind "symmetric" NAT routers (nftables masquerade random: a
 # new random port per destination), so hole punching cannot work: traffic
 # stays on the relay and still works (ping both ways, a checked transfer
