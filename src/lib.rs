@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod demo;
+pub mod nat;
 pub mod peer;
 pub mod proto;
 pub mod route;
