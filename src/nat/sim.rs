@@ -7,6 +7,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::schedule::PORT_LOW;
+
 /// How a simulated NAT picks the port of a new mapping.
 #[derive(Debug, Clone, Copy)]
 pub enum Alloc {
@@ -26,10 +28,6 @@ pub enum Filter {
     Address,
     AddressAndPort,
 }
-
-/// First and last port a NAT allocates from (Linux: 1024–65535).
-pub const PORT_LOW: u16 = 1024;
-pub const PORT_SPACE: u32 = 65536 - PORT_LOW as u32;
 
 pub struct SimNat {
     public: Ipv4Addr,
@@ -58,6 +56,12 @@ impl SimNat {
             used: HashSet::new(),
             contacted: HashSet::new(),
         }
+    }
+
+    /// The same NAT on another public address.
+    pub fn at(mut self, public: Ipv4Addr) -> Self {
+        self.public = public;
+        self
     }
 
     pub fn full_cone(seed: u64) -> Self {
