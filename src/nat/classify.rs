@@ -7,22 +7,31 @@
 //! [`Classifier::handle_timeout`] once [`Classifier::poll_timeout`] has
 //! passed, and reads [`Classifier::outcome`] when it is done.
 //!
-//! The tests run one at a time, in this order (RFC 5780 §4.3–4.4, with the
-//! filtering tests first so that the mapping test's request to the other
-//! endpoint cannot open the filter they probe):
+//! The tests run one at a time, in this order (RFC 5780 §4.3–4.4). Mapping
+//! and filtering use different sockets: the mapping test must reach an
+//! endpoint that has not sent to that socket's mapping yet (on a router
+//! without an input firewall, an unsolicited datagram leaves a conntrack
+//! entry that makes masquerade give our next flow to that endpoint another
+//! port: a bare masquerade cone would look symmetric), and the filtering
+//! tests must run before anything of theirs went to the other endpoint (or
+//! the filter would be open already).
 //!
-//! 1. `Base`: main socket → primary. No answer after every retry ends the
-//!    run inconclusive. The answer's OTHER-ADDRESS names the second endpoint.
-//! 2. `ChangeBoth`: main socket → primary, change IP and port (only when the
+//! 1. `Base`: socket 0 → primary. No answer after every retry ends the
+//!    run inconclusive. The answer's OTHER-ADDRESS names the other endpoint.
+//! 2. `Second`: socket 0 → the other endpoint (or the configured fallback):
+//!    the same mapped address means endpoint-independent mapping.
+//! 3. `FilterBase`: socket 1 → primary, opening the mapping the filtering
+//!    tests probe (needs OTHER-ADDRESS and a second socket; otherwise the
+//!    filtering stays `Unknown`).
+//! 4. `ChangeBoth`: socket 1 → primary, change IP and port (only when the
 //!    other endpoint has another IP). An answer from the other endpoint:
 //!    endpoint-independent filtering.
-//! 3. `ChangePort`: main socket → primary, change port. An answer from the
+//! 5. `ChangePort`: socket 1 → primary, change port. An answer from the
 //!    primary IP and the other port: address-dependent (or, without a second
 //!    IP, "not port-dependent"); none: address-and-port-dependent.
-//! 4. `Second`: main socket → the other endpoint: the same mapped address
-//!    means endpoint-independent mapping.
-//! 5. `Extra(i)`: socket i → primary for every further socket, one after the
-//!    other, so the NAT allocates in a known order for the delta.
+//! 6. `Extra(i)`: socket i → primary for every further socket, one after the
+//!    other. With the sessions of the tests before, in creation order, they
+//!    give the delta.
 //!
 //! Each request is retried with the same transaction ID after `rto`, then
 //! 2·rto, … for `attempts` sends in all; a test that never gets an answer is
@@ -36,14 +45,7 @@ use rand::{RngCore, SeedableRng};
 
 use super::class::{Filtering, Mapping, NatClass, NatKind};
 use super::delta;
-use crate::proto::stun::TransactionId;
-
-/// CHANGE-REQUEST flags (RFC 5780 §7.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Change {
-    pub ip: bool,
-    pub port: bool,
-}
+use crate::proto::stun::{ChangeRequest, TransactionId};
 
 /// A binding request the caller must send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub struct Request {
     /// Index into [`ClassifierConfig::sockets`].
     pub socket: usize,
     pub to: SocketAddrV4,
-    pub change: Change,
+    pub change: ChangeRequest,
     pub txid: TransactionId,
 }
 
@@ -96,12 +98,16 @@ impl ClassifierConfig {
     }
 }
 
+/// The socket the filtering tests use (the mapping tests use socket 0).
+const FILTER_SOCKET: usize = 1;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Test {
     Base,
+    Second,
+    FilterBase,
     ChangeBoth,
     ChangePort,
-    Second,
     Extra(usize),
 }
 
@@ -214,28 +220,29 @@ impl Classifier {
 
     fn start(&mut self, test: Test) {
         let (socket, to, change) = match test {
-            Test::Base => (0, self.cfg.server, Change::default()),
+            Test::Base => (0, self.cfg.server, ChangeRequest::default()),
+            Test::FilterBase => (FILTER_SOCKET, self.cfg.server, ChangeRequest::default()),
             Test::ChangeBoth => (
-                0,
+                FILTER_SOCKET,
                 self.cfg.server,
-                Change {
+                ChangeRequest {
                     ip: true,
                     port: true,
                 },
             ),
             Test::ChangePort => (
-                0,
+                FILTER_SOCKET,
                 self.cfg.server,
-                Change {
+                ChangeRequest {
                     ip: false,
                     port: true,
                 },
             ),
             Test::Second => match self.other.or(self.cfg.fallback_second) {
-                Some(second) => (0, second, Change::default()),
+                Some(second) => (0, second, ChangeRequest::default()),
                 None => return self.after(Test::Second, None),
             },
-            Test::Extra(i) => (i, self.cfg.server, Change::default()),
+            Test::Extra(i) => (i, self.cfg.server, ChangeRequest::default()),
         };
         let mut txid = [0u8; 12];
         self.rng.fill_bytes(&mut txid);
@@ -262,19 +269,47 @@ impl Classifier {
                 };
                 self.base = Some(r.mapped);
                 self.record(0, r.mapped);
-                self.other = r.other.filter(|o| *o != self.cfg.server);
-                match self.other {
-                    Some(o) if o.ip() != self.cfg.server.ip() => Some(Test::ChangeBoth),
-                    Some(_) => Some(Test::ChangePort),
-                    None => Some(Test::Second),
+                // A responder bound to the wildcard address cannot name
+                // its own IP and sends 0.0.0.0: the IP we asked is meant.
+                let server_ip = *self.cfg.server.ip();
+                self.other = r
+                    .other
+                    .map(|o| match o.ip().is_unspecified() {
+                        true => SocketAddrV4::new(server_ip, o.port()),
+                        false => o,
+                    })
+                    .filter(|o| *o != self.cfg.server);
+                Test::Second
+            }
+            Test::Second => {
+                if let Some(r) = reply {
+                    self.second = Some(r.mapped);
+                    if Some(r.mapped) != self.base {
+                        self.record(0, r.mapped);
+                    }
+                }
+                if self.other.is_some() && self.cfg.sockets.len() > FILTER_SOCKET {
+                    Test::FilterBase
+                } else {
+                    Test::Extra(1)
                 }
             }
+            Test::FilterBase => match reply {
+                Some(r) => {
+                    self.record(FILTER_SOCKET, r.mapped);
+                    match self.other {
+                        Some(o) if o.ip() != self.cfg.server.ip() => Test::ChangeBoth,
+                        _ => Test::ChangePort,
+                    }
+                }
+                None => Test::Extra(FILTER_SOCKET + 1),
+            },
             Test::ChangeBoth => {
                 if reply.is_some_and(|r| Some(r.from) == self.other) {
                     self.filtering = Filtering::EndpointIndependent;
-                    Some(Test::Second)
+                    Test::Extra(FILTER_SOCKET + 1)
                 } else {
-                    Some(Test::ChangePort)
+                    Test::ChangePort
                 }
             }
             Test::ChangePort => {
@@ -292,28 +327,18 @@ impl Classifier {
                     Some(_) => Filtering::Unknown,
                     None => Filtering::AddressAndPortDependent,
                 };
-                Some(Test::Second)
-            }
-            Test::Second => {
-                if let Some(r) = reply {
-                    self.second = Some(r.mapped);
-                    if Some(r.mapped) != self.base {
-                        self.record(0, r.mapped);
-                    }
-                }
-                Some(Test::Extra(1))
+                Test::Extra(FILTER_SOCKET + 1)
             }
             Test::Extra(i) => {
                 if let Some(r) = reply {
                     self.record(i, r.mapped);
                 }
-                Some(Test::Extra(i + 1))
+                Test::Extra(i + 1)
             }
         };
         match next {
-            Some(Test::Extra(i)) if i >= self.cfg.sockets.len() => self.finish(),
-            Some(t) => self.start(t),
-            None => self.finish(),
+            Test::Extra(i) if i >= self.cfg.sockets.len() => self.finish(),
+            t => self.start(t),
         }
     }
 
@@ -531,6 +556,29 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_masquerade_cone_is_not_mistaken_for_symmetric() {
+        // The filtering tests' unsolicited answers leave conntrack entries
+        // that would remap a flow to their source (issue 13); they hit
+        // socket 1, so socket 0's mapping test still sees one mapping.
+        let stun = SimStun::two_addresses();
+        let mut nat = SimNat::bare_masquerade();
+        let got = classify(&mut nat, &stun, lan_sockets());
+        assert_eq!(
+            got,
+            kind(
+                Mapping::EndpointIndependent,
+                Filtering::AddressAndPortDependent,
+                Delta::Equal
+            )
+        );
+        // The same NAT does remap socket 1's flow to an endpoint that sent
+        // first: the simulation has the clash the ordering avoids.
+        let other = stun.other.unwrap();
+        let first = nat.outbound(lan_sockets()[1], stun.primary);
+        assert_ne!(nat.outbound(lan_sockets()[1], other), first);
+    }
+
+    #[test]
     fn server_with_only_an_alternate_port() {
         let stun = SimStun::alt_port_only();
         let full = classify(&mut SimNat::full_cone(1), &stun, lan_sockets());
@@ -558,8 +606,8 @@ mod tests {
         assert_eq!(c.kind.mapping, Mapping::EndpointDependent);
         assert_eq!(c.kind.filtering, Filtering::Unknown);
         assert_eq!(c.kind.delta, Delta::Independent(1));
-        // Main socket twice, then four extra sockets: six sessions, the
-        // last one allocated 20005.
+        // No OTHER-ADDRESS, so no filtering tests: socket 0 twice, then the
+        // four other sockets: six sessions, the last one allocated 20005.
         assert_eq!(c.last_mapped.port(), 20005);
         let alone = ClassifierConfig::new(stun.primary, lan_sockets());
         let Outcome::Classified(c) =
@@ -628,12 +676,24 @@ mod tests {
         forged.txid = req.txid;
         assert!(c.handle_reply(forged));
         assert!(!c.handle_reply(forged), "a duplicate answers nothing");
+        let second = c.poll_request(now).unwrap();
+        assert_eq!((second.socket, second.to), (0, stun.other.unwrap()));
+        assert!(c.handle_reply(Reply {
+            txid: second.txid,
+            ..forged
+        }));
+        let filter_base = c.poll_request(now).unwrap();
+        assert_eq!((filter_base.socket, filter_base.to), (1, stun.primary));
+        assert!(c.handle_reply(Reply {
+            txid: filter_base.txid,
+            ..forged
+        }));
         // A server that ignores CHANGE-REQUEST answers from where it was
         // asked: that proves nothing about filtering.
         let change = c.poll_request(now).unwrap();
         assert_eq!(
             change.change,
-            Change {
+            ChangeRequest {
                 ip: true,
                 port: true
             }
@@ -645,7 +705,7 @@ mod tests {
         let port = c.poll_request(now).unwrap();
         assert_eq!(
             port.change,
-            Change {
+            ChangeRequest {
                 ip: false,
                 port: true
             }

@@ -18,6 +18,6 @@ pub mod stable;
 mod sim;
 
 pub use class::{Delta, Filtering, Mapping, NatClass, NatKind};
-pub use classify::{Change, Classifier, ClassifierConfig, Outcome, Reply, Request};
+pub use classify::{Classifier, ClassifierConfig, Outcome, Reply, Request};
 pub use method::{choose, Method, PeerNat, Predicted, Side};
 pub use stable::StableClass;

@@ -86,6 +86,11 @@ pub const PB_PER_SLOT: usize = 31;
 pub const PORT_LOW: u16 = 1024;
 pub const PORT_SPACE: usize = 65536 - PORT_LOW as usize;
 
+// The chosen numbers fit one attempt's budget, checked when compiling.
+const _: () = assert!(BIRTHDAY_SOCKETS + BIRTHDAY_PROBES <= MAX_PACKETS_PER_ATTEMPT);
+const _: () = assert!(PB_SLOTS * PB_PER_SLOT <= MAX_PACKETS_PER_ATTEMPT);
+const _: () = assert!(PREDICTION_SOCKETS + PREDICTION_WINDOW <= MAX_PACKETS_PER_ATTEMPT);
+
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(64);
 
@@ -250,9 +255,6 @@ mod tests {
             MAX_PACKETS_PER_ATTEMPT
         );
         assert_within_budget(&prediction_spray(peer, 1, 5000));
-        // The chosen numbers fit one attempt per side.
-        assert!(BIRTHDAY_SOCKETS + BIRTHDAY_PROBES <= MAX_PACKETS_PER_ATTEMPT);
-        assert!(PB_SLOTS * PB_PER_SLOT <= MAX_PACKETS_PER_ATTEMPT);
     }
 
     #[test]

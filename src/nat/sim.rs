@@ -41,6 +41,12 @@ pub struct SimNat {
     used: HashSet<u16>,
     /// (mapped port, remote endpoint) pairs that went out.
     contacted: HashSet<(u16, SocketAddrV4)>,
+    /// false: a bare Linux masquerade router, whose missing input firewall
+    /// lets an unsolicited datagram leave a conntrack entry behind.
+    firewall: bool,
+    /// (mapped port, remote) pairs such entries hold: our own flow from
+    /// that port to that remote would clash, so it gets another port.
+    clashes: HashSet<(u16, SocketAddrV4)>,
 }
 
 impl SimNat {
@@ -55,7 +61,16 @@ impl SimNat {
             mappings: HashMap::new(),
             used: HashSet::new(),
             contacted: HashSet::new(),
+            firewall: true,
+            clashes: HashSet::new(),
         }
+    }
+
+    /// A port-preserving port-restricted cone without an input firewall.
+    pub fn bare_masquerade() -> Self {
+        let mut me = Self::new(false, Filter::AddressAndPort, Alloc::Preserve, 0);
+        me.firewall = false;
+        me
     }
 
     /// The same NAT on another public address.
@@ -95,7 +110,16 @@ impl SimNat {
         if !self.translate {
             return local;
         }
-        let key = (local, self.per_destination.then_some(to));
+        let mut key = (local, self.per_destination.then_some(to));
+        if let Some(&p) = self.mappings.get(&key) {
+            if self.clashes.contains(&(p, to)) && !self.mappings.contains_key(&(local, Some(to))) {
+                key = (local, Some(to));
+                // The clashing port stays taken by the stale entry.
+                let fresh = self.allocate_avoiding(p);
+                self.mappings.insert(key, fresh);
+                self.used.insert(fresh);
+            }
+        }
         let port = match self.mappings.get(&key) {
             Some(&p) => p,
             None => {
@@ -110,16 +134,33 @@ impl SimNat {
     }
 
     /// Whether a datagram from `from` to the public `port` gets in.
-    pub fn inbound(&self, from: SocketAddrV4, port: u16) -> bool {
+    pub fn inbound(&mut self, from: SocketAddrV4, port: u16) -> bool {
         if !self.translate {
             return true;
         }
         let mut sent = self.contacted.iter().filter(|(p, _)| *p == port);
-        match self.filter {
+        let admitted = match self.filter {
             Filter::Open => self.used.contains(&port),
             Filter::Address => sent.any(|(_, r)| r.ip() == from.ip()),
             Filter::AddressAndPort => sent.any(|(_, r)| *r == from),
+        };
+        if !admitted && !self.firewall {
+            self.clashes.insert((port, from));
         }
+        admitted
+    }
+
+    /// A port for a flow whose preserved port `taken` clashes: Linux
+    /// masquerade then searches the range; one further up stands for that.
+    fn allocate_avoiding(&mut self, taken: u16) -> u16 {
+        let mut p = taken;
+        for _ in 0..u16::MAX {
+            p = p.checked_add(1).unwrap_or(PORT_LOW);
+            if !self.used.contains(&p) {
+                break;
+            }
+        }
+        p
     }
 
     fn allocate(&mut self, local: u16) -> u16 {
