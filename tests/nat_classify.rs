@@ -1,0 +1,143 @@
+//! The NAT classifier driven over real UDP sockets against the server's own
+//! STUN responder on loopback, where 127.0.0.2 is a second address of this
+//! host: the request and response codecs, CHANGE-REQUEST, OTHER-ADDRESS and
+//! the transaction state machine meet end to end. With no NAT in between the
+//! answer is known: not behind a NAT, one mapping for every destination,
+//! and answers from the other port (and address) get in. Every wait is
+//! bounded.
+
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringlink::config::ServerConfig;
+use ringlink::nat::{
+    Classifier, ClassifierConfig, Delta, Filtering, Mapping, NatKind, Outcome, Reply,
+};
+use ringlink::proto::stun;
+use ringlink::server::{Server, Tuning};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+const RUN_LIMIT: Duration = Duration::from_secs(20);
+
+fn v4(a: SocketAddr) -> SocketAddrV4 {
+    match a {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(a) => panic!("not IPv4: {a}"),
+    }
+}
+
+async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server::ShutdownHandle) {
+    let cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        password: "pw".into(),
+        pool: "10.77.0.0/24".parse().unwrap(),
+        tls: None,
+        stun: Some("127.0.0.1:0".parse().unwrap()),
+        stun_alt_port: 0,
+        stun_alt_address: alt_address.map(|a| a.parse().unwrap()),
+        routes: vec![],
+        max_clients: 8,
+    };
+    let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
+    let stun_addr = v4(server.stun_addr().unwrap());
+    let stop = server.shutdown_handle();
+    tokio::spawn(server.run());
+    (stun_addr, stop)
+}
+
+/// Runs one classification with `n` local sockets; what the caller of the
+/// sans-IO classifier does: send what it asks, feed back what arrives, and
+/// wake it at its deadline.
+async fn classify(server: SocketAddrV4, n: usize) -> Outcome {
+    let mut socks = Vec::new();
+    let (tx, mut rx) = mpsc::channel::<(SocketAddrV4, Vec<u8>)>(64);
+    for _ in 0..n {
+        let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let (reader, tx) = (s.clone(), tx.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((len, from)) = reader.recv_from(&mut buf).await {
+                if tx.send((v4(from), buf[..len].to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        socks.push(s);
+    }
+    let locals = socks.iter().map(|s| v4(s.local_addr().unwrap())).collect();
+    let mut c = Classifier::new(ClassifierConfig::new(server, locals), rand::random());
+    let started = Instant::now();
+    loop {
+        if let Some(outcome) = c.outcome() {
+            return outcome;
+        }
+        assert!(
+            started.elapsed() < RUN_LIMIT,
+            "classification did not finish"
+        );
+        while let Some(req) = c.poll_request(Instant::now()) {
+            let bytes = stun::encode_binding_request_change(&req.txid, req.change);
+            socks[req.socket].send_to(&bytes, req.to).await.unwrap();
+        }
+        let wake = c.poll_timeout().unwrap_or_else(Instant::now);
+        match tokio::time::timeout_at(wake.into(), rx.recv()).await {
+            Ok(Some((from, bytes))) => {
+                let r = stun::parse_binding_response_other(&bytes).unwrap();
+                c.handle_reply(Reply {
+                    txid: r.txid,
+                    from,
+                    mapped: r.mapped,
+                    other: r.other,
+                });
+            }
+            Ok(None) => panic!("receivers ended"),
+            Err(_) => c.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_addresses_show_an_open_host() {
+    let (server, stop) = responder(Some("127.0.0.2")).await;
+    let Outcome::Classified(class) = classify(server, 4).await else {
+        panic!("no answer from the responder")
+    };
+    stop.shutdown();
+    assert_eq!(
+        class.kind,
+        NatKind {
+            behind_nat: false,
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::EndpointIndependent,
+            delta: Delta::Equal,
+        }
+    );
+    assert_eq!(class.mapped.ip(), &std::net::Ipv4Addr::LOCALHOST);
+}
+
+#[tokio::test]
+async fn an_alternate_port_alone_cannot_tell_address_filtering() {
+    let (server, stop) = responder(None).await;
+    let Outcome::Classified(class) = classify(server, 3).await else {
+        panic!("no answer from the responder")
+    };
+    stop.shutdown();
+    assert_eq!(class.kind.mapping, Mapping::EndpointIndependent);
+    assert_eq!(class.kind.filtering, Filtering::NotPortDependent);
+    assert!(!class.kind.behind_nat);
+}
+
+#[tokio::test]
+async fn a_silent_server_is_no_answer_not_a_class() {
+    // A bound socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        classify(v4(silent.local_addr().unwrap()), 2).await,
+        Outcome::NoAnswer
+    );
+    // Three sends: 250 + 500 + 1000 ms.
+    assert!(started.elapsed() >= Duration::from_millis(1750));
+}
