@@ -8,7 +8,10 @@
 # endpoint whose datagram arrived first gets another mapping (the conntrack
 # clash of a bare masquerade router, issue 13). A deliberately
 # misbuilt router (a port-restricted one posing as a full cone) must fail
-# the full-cone checks, so the probe can tell.
+# the full-cone checks, so the probe can tell. Then ringlink's own NAT
+# classifier (src/nat, run by the nat_classify example against `ringlink
+# server`'s STUN responder on both outside addresses) must name each
+# router's class.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -91,4 +94,33 @@ for k in "${NL_KINDS[@]}"; do
     check "router $k behaves as $k" behaves "$k" "$k"
 done
 check_not "a port-restricted router fails the full-cone checks" behaves fullcone fake
+
+# classified <router> <expected> : the classifier's line for <router>
+# starts with <expected>.
+classified() {
+    local name=$1 want=$2 got
+    got=$(timeout 30 ip netns exec "$(rl_ns "nh_$name")" "$CLASSIFY" "$OUT1:5000" "$(nl_host_ip "$name")" 5)
+    rl_info "$name classified: $got"
+    case $got in "$want"*) return 0 ;; esac
+    echo "  $name: classified as: $got" >&2
+    return 1
+}
+
+CLASSIFY=${RL_NAT_CLASSIFY:-$(dirname "$RINGLINK")/examples/nat_classify}
+if [ -x "$CLASSIFY" ]; then
+    RL_SERVER_IP=$OUT1
+    rl_server_conf server "stun = \"$OUT1:5000\"" "stun_alt_address = \"$OUT2\"" >/dev/null
+    rl_start_server server out
+    rl_wait_until 10 rl_server_listening out || rl_fail "ringlink server listens in out"
+    eim="behind_nat=true mapping=EndpointIndependent"
+    edm="behind_nat=true mapping=EndpointDependent"
+    check "classifier: fullcone" classified fullcone "$eim filtering=EndpointIndependent delta=Equal"
+    check "classifier: restricted" classified restricted "$eim filtering=AddressDependent delta=Equal"
+    check "classifier: portrestricted" classified portrestricted "$eim filtering=AddressAndPortDependent delta=Equal"
+    check "classifier: seq" classified seq "$edm filtering=AddressAndPortDependent delta=Independent(1)"
+    check "classifier: random" classified random "$edm filtering=AddressAndPortDependent delta=Random"
+    check "classifier: masq (not mistaken for symmetric)" classified masq "$eim filtering=AddressAndPortDependent delta=Equal"
+else
+    rl_fail "no classifier at $CLASSIFY (cargo build --release --example nat_classify, or cargo test --release)"
+fi
 rl_finish

@@ -47,55 +47,12 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
     (stun_addr, stop)
 }
 
-/// Runs one classification with `n` local sockets; what the caller of the
-/// sans-IO classifier does: send what it asks, feed back what arrives, and
-/// wake it at its deadline.
 async fn classify(server: SocketAddrV4, n: usize) -> Outcome {
-    let mut socks = Vec::new();
-    let (tx, mut rx) = mpsc::channel::<(SocketAddrV4, Vec<u8>)>(64);
-    for _ in 0..n {
-        let s = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-        let (reader, tx) = (s.clone(), tx.clone());
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1500];
-            while let Ok((len, from)) = reader.recv_from(&mut buf).await {
-                if tx.send((v4(from), buf[..len].to_vec())).await.is_err() {
-                    return;
-                }
-            }
-        });
-        socks.push(s);
-    }
-    let locals = socks.iter().map(|s| v4(s.local_addr().unwrap())).collect();
-    let mut c = Classifier::new(ClassifierConfig::new(server, locals), rand::random());
-    let started = Instant::now();
-    loop {
-        if let Some(outcome) = c.outcome() {
-            return outcome;
-        }
-        assert!(
-            started.elapsed() < RUN_LIMIT,
-            "classification did not finish"
-        );
-        while let Some(req) = c.poll_request(Instant::now()) {
-            let bytes = stun::encode_binding_request_change(&req.txid, req.change);
-            socks[req.socket].send_to(&bytes, req.to).await.unwrap();
-        }
-        let wake = c.poll_timeout().unwrap_or_else(Instant::now);
-        match tokio::time::timeout_at(wake.into(), rx.recv()).await {
-            Ok(Some((from, bytes))) => {
-                let r = stun::parse_binding_response_other(&bytes).unwrap();
-                c.handle_reply(Reply {
-                    txid: r.txid,
-                    from,
-                    mapped: r.mapped,
-                    other: r.other,
-                });
-            }
-            Ok(None) => panic!("receivers ended"),
-            Err(_) => c.handle_timeout(Instant::now()),
-        }
-    }
+    let run = classify_over_udp(server, Ipv4Addr::LOCALHOST, n, rand::random());
+    timeout(RUN_LIMIT, run)
+        .await
+        .expect("classification did not finish")
+        .unwrap()
 }
 
 #[tokio::test]
@@ -114,7 +71,7 @@ async fn two_addresses_show_an_open_host() {
             delta: Delta::Equal,
         }
     );
-    assert_eq!(class.mapped.ip(), &std::net::Ipv4Addr::LOCALHOST);
+    assert_eq!(class.mapped.ip(), &Ipv4Addr::LOCALHOST);
 }
 
 #[tokio::test]
