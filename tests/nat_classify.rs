@@ -6,18 +6,15 @@
 //! and answers from the other port (and address) get in. Every wait is
 //! bounded.
 
-use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::Arc;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ringlink::config::ServerConfig;
-use ringlink::nat::{
-    Classifier, ClassifierConfig, Delta, Filtering, Mapping, NatKind, Outcome, Reply,
-};
-use ringlink::proto::stun;
+use ringlink::control::nat_run::classify_over_udp;
+use ringlink::nat::{Delta, Filtering, Mapping, NatKind, Outcome};
 use ringlink::server::{Server, Tuning};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::time::timeout;
 
 const RUN_LIMIT: Duration = Duration::from_secs(20);
 
