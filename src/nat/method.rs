@@ -5,9 +5,11 @@
 //! Classification chooses the method; it never forbids trying. An unknown
 //! class is taken as the strictest cone (port-restricted), which still gets
 //! an attempt with every peer, and only a pair of *known* random symmetric
-//! NATs stays on the relay: there a birthday attack on both sides needs
-//! ~n·m ≈ 65536·ln 2 packets per side for even odds, which no router's
-//! session table should be asked to hold.
+//! NATs stays on the relay: there a hit needs one side's random mapping and
+//! the other's random target to coincide in both directions at once, so
+//! with a and b probes per side P ≈ 1 − exp(−a·b/N²) (N = 64512 ports):
+//! even odds take a·b ≈ ln 2·N², about 54 000 probes per side, far more
+//! than any router's session table should be asked to hold.
 
 use super::class::{Delta, Filtering, Mapping, NatKind};
 
