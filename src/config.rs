@@ -4,7 +4,7 @@
 //! it expects; `main` turns it into exit code 2.
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -115,6 +115,12 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Where the embedded STUN responder listens; None = off.
     pub stun: Option<SocketAddr>,
+    /// The responder's second port (RFC 5780 CHANGE-REQUEST / OTHER-ADDRESS);
+    /// 0 binds an ephemeral one.
+    pub stun_alt_port: u16,
+    /// A second IP of this host for the responder, so clients can tell
+    /// address-dependent filtering from endpoint-independent.
+    pub stun_alt_address: Option<IpAddr>,
     pub routes: Vec<PushedRoute>,
     pub max_clients: usize,
 }
@@ -128,6 +134,8 @@ struct RawServer {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     stun: Option<String>,
+    stun_alt_port: Option<i64>,
+    stun_alt_address: Option<String>,
     #[serde(default)]
     route: Vec<RawRoute>,
     max_clients: Option<usize>,
@@ -184,6 +192,8 @@ impl ServerConfig {
             Some("") => None,
             Some(s) => Some(c.socket("stun", s)?),
         };
+        let (stun_alt_port, stun_alt_address) =
+            stun_alternates(&c, stun, raw.stun_alt_port, raw.stun_alt_address.as_deref())?;
         let mut routes = Vec::new();
         for r in raw.route {
             let dst = c.cidr("route.dst", &r.dst)?;
@@ -220,10 +230,79 @@ impl ServerConfig {
             pool,
             tls,
             stun,
+            stun_alt_port,
+            stun_alt_address,
             routes,
             max_clients,
         })
     }
+}
+
+/// `stun_alt_port` (default: the STUN port + 1) and `stun_alt_address`
+/// (default: none), checked against the primary STUN endpoint.
+fn stun_alternates(
+    c: &Ctx,
+    stun: Option<SocketAddr>,
+    port: Option<i64>,
+    address: Option<&str>,
+) -> Result<(u16, Option<IpAddr>), ConfigError> {
+    let Some(stun) = stun else {
+        if port.is_some() {
+            return Err(c.err("stun_alt_port", "the STUN responder is off (stun = \"\")"));
+        }
+        if address.is_some() {
+            return Err(c.err(
+                "stun_alt_address",
+                "the STUN responder is off (stun = \"\")",
+            ));
+        }
+        return Ok((0, None));
+    };
+    let alt_port = match port {
+        Some(p) => in_range(c, "stun_alt_port", p, 0, 65535)? as u16,
+        // Ephemeral stays ephemeral (tests).
+        None if stun.port() == 0 => 0,
+        None => stun.port().checked_add(1).ok_or_else(|| {
+            c.err(
+                "stun_alt_port",
+                "stun uses port 65535, so there is no default next port; set one",
+            )
+        })?,
+    };
+    if alt_port != 0 && alt_port == stun.port() {
+        return Err(c.err(
+            "stun_alt_port",
+            format!("must differ from the STUN port {alt_port}"),
+        ));
+    }
+    let alt_address = match address {
+        None => None,
+        Some(a) => {
+            let ip: IpAddr = a.parse().map_err(|_| {
+                c.err(
+                    "stun_alt_address",
+                    format!("expected an IP address, got {a:?}"),
+                )
+            })?;
+            let problem = if stun.ip().is_unspecified() {
+                Some(
+                    "needs stun bound to a specific address, so replies come from known IPs"
+                        .to_string(),
+                )
+            } else if ip.is_unspecified() || ip == stun.ip() {
+                Some(format!("must be a second address of this host, not {ip}"))
+            } else if ip.is_ipv4() != stun.is_ipv4() {
+                Some(format!("{ip} is not of the same family as stun {stun}"))
+            } else {
+                None
+            };
+            if let Some(p) = problem {
+                return Err(c.err("stun_alt_address", p));
+            }
+            Some(ip)
+        }
+    };
+    Ok((alt_port, alt_address))
 }
 
 // ---------------------------------------------------------------- client
@@ -550,6 +629,39 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_stun_alternates() {
+        let s = server(SERVER).unwrap();
+        assert_eq!((s.stun_alt_port, s.stun_alt_address), (3479, None));
+        let s = server(&format!(
+            "{SERVER}stun = \"10.91.0.1:3478\"\nstun_alt_port = 5000\nstun_alt_address = \"10.91.0.2\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.stun_alt_port, 5000);
+        assert_eq!(s.stun_alt_address, Some("10.91.0.2".parse().unwrap()));
+        let bad = [
+            ("stun = \"10.91.0.1:65535\"\n", "stun_alt_port"),
+            ("stun_alt_port = 3478\n", "stun_alt_port"),
+            ("stun_alt_port = 70000\n", "stun_alt_port"),
+            ("stun = \"\"\nstun_alt_port = 3479\n", "stun_alt_port"),
+            ("stun_alt_address = \"nowhere\"\n", "stun_alt_address"),
+            ("stun_alt_address = \"10.91.0.1\"\n", "stun_alt_address"),
+            ("stun_alt_address = \"2001:db8::1\"\n", "stun_alt_address"),
+            (
+                "stun = \"0.0.0.0:3478\"\nstun_alt_address = \"10.91.0.2\"\n",
+                "stun_alt_address",
+            ),
+            (
+                "stun = \"\"\nstun_alt_address = \"10.91.0.2\"\n",
+                "stun_alt_address",
+            ),
+        ];
+        for (extra, key) in bad {
+            let e = server(&format!("{SERVER}{extra}")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+        }
     }
 
     #[test]

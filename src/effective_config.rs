@@ -9,7 +9,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use crate::config::{ClientConfig, ServerConfig, SubnetRoute};
+use crate::config::{ClientConfig, PushedRoute, ServerConfig, ServerTrust};
 use crate::proto::crypto::CipherKind;
 
 /// Stands in for the password, which `--check` output must not leak into
@@ -47,6 +47,8 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         pool,
         tls,
         stun,
+        stun_alt_port,
+        stun_alt_address,
         routes,
         max_clients,
     } = cfg;
@@ -64,12 +66,22 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
     }
     // "" is how the file turns the responder off.
     t.insert("stun".into(), stun.map_or(string(""), string));
+    // The alternates exist only with the responder on; the file refuses them otherwise.
+    if stun.is_some() {
+        t.insert("stun_alt_port".into(), int(*stun_alt_port));
+        match stun_alt_address {
+            Some(a) => {
+                t.insert("stun_alt_address".into(), string(a));
+            }
+            None => unset.push(("stun_alt_address", "answers from one address only")),
+        }
+    }
     t.insert(
         "max_clients".into(),
         int(i64::try_from(*max_clients).unwrap_or(i64::MAX)),
     );
-    let route_table = |r: &SubnetRoute| {
-        let SubnetRoute {
+    let route_table = |r: &PushedRoute| {
+        let PushedRoute {
             dst,
             via,
             for_clients,
@@ -101,8 +113,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         port,
         discovery,
         route_cost,
-        tls_ca,
-        tls_insecure,
+        server_tls,
         control_socket,
         lan_address,
         mss_clamp,
@@ -137,13 +148,23 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("port".into(), int(*port));
     t.insert("discovery".into(), int(*discovery));
     t.insert("route_cost".into(), int(*route_cost));
-    match tls_ca {
-        Some(p) => {
-            t.insert("tls_ca".into(), path(p));
+    // The TLS keys exist only for wss://; the file refuses them with ws://.
+    match server_tls {
+        Some(ServerTrust::Roots {
+            extra_ca: Some(ca),
+        }) => {
+            t.insert("tls_ca".into(), path(ca));
+            t.insert("tls_insecure".into(), Value::Boolean(false));
         }
-        None => unset.push(("tls_ca", "web PKI roots only")),
+        Some(ServerTrust::Roots { extra_ca: None }) => {
+            unset.push(("tls_ca", "web PKI roots only"));
+            t.insert("tls_insecure".into(), Value::Boolean(false));
+        }
+        Some(ServerTrust::AnyCertificate) => {
+            t.insert("tls_insecure".into(), Value::Boolean(true));
+        }
+        None => {}
     }
-    t.insert("tls_insecure".into(), Value::Boolean(*tls_insecure));
     t.insert("control_socket".into(), path(control_socket));
     match lan_address {
         Some(a) => {

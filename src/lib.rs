@@ -8,6 +8,7 @@ pub mod control;
 pub mod dataplane;
 pub mod demo;
 pub mod effective_config;
+pub mod nat;
 pub mod peer;
 pub mod proto;
 pub mod route;

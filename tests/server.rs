@@ -41,6 +41,8 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         pool: "10.77.0.0/24".parse().unwrap(),
         tls: None,
         stun: Some("127.0.0.1:0".parse().unwrap()),
+        stun_alt_port: 0,
+        stun_alt_address: None,
         routes,
         max_clients: 64,
     }
@@ -757,6 +759,55 @@ async fn stun_binding_request_answered_with_the_senders_address() {
     assert_eq!(SocketAddr::V4(mapped), me);
     assert_eq!(load(&s.counters, |c| &c.stun_answered), 1);
     assert_eq!(load(&s.counters, |c| &c.stun_ignored), 1);
+}
+
+/// RFC 5780 on loopback: 127.0.0.2 is a second address of this host, so
+/// the responder gets all four sockets and CHANGE-REQUEST picks among them.
+#[tokio::test]
+async fn stun_change_request_answered_from_the_other_port_and_address() {
+    let mut cfg = config(vec![]);
+    cfg.stun_alt_address = Some("127.0.0.2".parse().unwrap());
+    let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
+    let addrs = server.stun_addrs();
+    let s = Running {
+        addr: server.local_addr(),
+        stun: server.stun_addr(),
+        stop: server.shutdown_handle(),
+        counters: server.counters(),
+    };
+    tokio::spawn(server.run());
+    assert_eq!(addrs.len(), 4, "{addrs:?}");
+    let (primary, alt_port, alt_ip, alt_both) = (addrs[0], addrs[1], addrs[2], addrs[3]);
+    assert_eq!(Some(primary), s.stun);
+    assert_eq!(
+        (alt_port.ip(), alt_ip.port()),
+        (primary.ip(), primary.port())
+    );
+    assert_eq!(alt_both, SocketAddr::new(alt_ip.ip(), alt_port.port()));
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let cases = [
+        (false, false, primary),
+        (false, true, alt_port),
+        (true, false, alt_ip),
+        (true, true, alt_both),
+    ];
+    for (i, (ip, port, want_from)) in cases.into_iter().enumerate() {
+        let txid = [i as u8 + 1; 12];
+        let req = stun::encode_binding_request_change(&txid, stun::ChangeRequest { ip, port });
+        sock.send_to(&req, primary).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = timeout(WAIT, sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, want_from, "change ip={ip} port={port}");
+        let resp = stun::parse_binding_response_other(&buf[..n]).unwrap();
+        assert_eq!((resp.txid, SocketAddr::V4(resp.mapped)), (txid, me));
+        assert_eq!(resp.other.map(SocketAddr::V4), Some(alt_both));
+    }
+    assert_eq!(load(&s.counters, |c| &c.stun_answered), 4);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod backoff;
 mod iface;
+pub mod nat_run;
 mod node;
 mod server_link;
 pub mod status;

@@ -1,7 +1,10 @@
 //! The slice of STUN (RFC 5389) that Candy uses: a Binding Request with an
 //! empty CHANGE-REQUEST, and a Binding Response carrying the mapped IPv4
 //! address (PROTOCOL.md §4). Both directions, because the ringlink server
-//! answers binding requests itself.
+//! answers binding requests itself. For NAT classification (RFC 5780) the
+//! request may set CHANGE-REQUEST flags and the response may carry
+//! OTHER-ADDRESS, placed after the mapped addresses so Candy's parser,
+//! which takes the first address, never sees it.
 
 use std::net::{SocketAddr, SocketAddrV4};
 
@@ -15,11 +18,16 @@ pub const BINDING_RESPONSE: u16 = 0x0101;
 const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
 const ATTR_CHANGE_REQUEST: u16 = 0x0003;
 const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+const ATTR_OTHER_ADDRESS: u16 = 0x802C;
+const CHANGE_IP: u32 = 0x04;
+const CHANGE_PORT: u32 = 0x02;
 const FAMILY_IPV4: u8 = 0x01;
 /// Candy's request: header plus an 8-byte CHANGE-REQUEST with no flags.
 pub const REQUEST_LEN: usize = 28;
 /// Our response: header, XOR-MAPPED-ADDRESS, MAPPED-ADDRESS.
 pub const RESPONSE_LEN: usize = HEADER_LEN + 12 + 12;
+/// The same followed by OTHER-ADDRESS.
+pub const RESPONSE_WITH_OTHER_LEN: usize = RESPONSE_LEN + 12;
 
 pub type TransactionId = [u8; 12];
 
@@ -30,7 +38,44 @@ pub fn looks_like_stun(dgram: &[u8]) -> bool {
     dgram.len() >= HEADER_LEN && dgram[0] & 0xC0 == 0 && dgram[4..8] == MAGIC_COOKIE.to_be_bytes()
 }
 
+/// RFC 5780 CHANGE-REQUEST flags: answer from the other IP and/or port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ChangeRequest {
+    pub ip: bool,
+    pub port: bool,
+}
+
+impl ChangeRequest {
+    fn bits(self) -> u32 {
+        (if self.ip { CHANGE_IP } else { 0 }) | (if self.port { CHANGE_PORT } else { 0 })
+    }
+}
+
+/// A parsed Binding Request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingRequest {
+    pub txid: TransactionId,
+    pub change: ChangeRequest,
+}
+
+/// A parsed Binding Response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingResponse {
+    pub txid: TransactionId,
+    pub mapped: SocketAddrV4,
+    /// RFC 5780 OTHER-ADDRESS, when the server has one.
+    pub other: Option<SocketAddrV4>,
+}
+
+/// Candy's request: no change flags.
 pub fn encode_binding_request(txid: &TransactionId) -> [u8; REQUEST_LEN] {
+    encode_binding_request_change(txid, ChangeRequest::default())
+}
+
+pub fn encode_binding_request_change(
+    txid: &TransactionId,
+    change: ChangeRequest,
+) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
     out[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
     out[2..4].copy_from_slice(&8u16.to_be_bytes());
@@ -38,6 +83,7 @@ pub fn encode_binding_request(txid: &TransactionId) -> [u8; REQUEST_LEN] {
     out[8..20].copy_from_slice(txid);
     out[20..22].copy_from_slice(&ATTR_CHANGE_REQUEST.to_be_bytes());
     out[22..24].copy_from_slice(&4u16.to_be_bytes());
+    out[24..28].copy_from_slice(&change.bits().to_be_bytes());
     out
 }
 
@@ -63,14 +109,40 @@ fn header(dgram: &[u8]) -> Result<Header, ProtoError> {
     })
 }
 
-/// Accepts a Binding Request and returns its transaction ID. Attributes
-/// (CHANGE-REQUEST included) are ignored: we answer from where we were asked.
-pub fn parse_binding_request(dgram: &[u8]) -> Result<TransactionId, ProtoError> {
+/// Accepts a Binding Request: its transaction ID and CHANGE-REQUEST flags
+/// (none when the attribute is absent). Other attributes are skipped.
+pub fn parse_binding_request(dgram: &[u8]) -> Result<BindingRequest, ProtoError> {
     let h = header(dgram)?;
     if h.ty != BINDING_REQUEST {
         return Err(ProtoError::Stun("not a binding request"));
     }
-    Ok(h.txid)
+    let body_len = usize::from(u16::from_be_bytes([dgram[2], dgram[3]]));
+    let mut change = ChangeRequest::default();
+    let mut at = HEADER_LEN;
+    let end = HEADER_LEN + body_len;
+    while at + 4 <= end {
+        let ty = u16::from_be_bytes([dgram[at], dgram[at + 1]]);
+        let len = usize::from(u16::from_be_bytes([dgram[at + 2], dgram[at + 3]]));
+        let value = dgram
+            .get(at + 4..at + 4 + len)
+            .filter(|_| at + 4 + len <= end)
+            .ok_or(ProtoError::Stun("attribute overruns the message"))?;
+        if ty == ATTR_CHANGE_REQUEST {
+            let flags: [u8; 4] = value
+                .try_into()
+                .map_err(|_| ProtoError::Stun("CHANGE-REQUEST is not 4 bytes"))?;
+            let bits = u32::from_be_bytes(flags);
+            change = ChangeRequest {
+                ip: bits & CHANGE_IP != 0,
+                port: bits & CHANGE_PORT != 0,
+            };
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    Ok(BindingRequest {
+        txid: h.txid,
+        change,
+    })
 }
 
 /// A Binding Response telling the requester its mapped address, with
@@ -93,6 +165,24 @@ pub fn encode_binding_response(txid: &TransactionId, mapped: SocketAddrV4) -> [u
     out
 }
 
+/// [`encode_binding_response`] plus OTHER-ADDRESS (RFC 5780 §7.4) last.
+pub fn encode_binding_response_other(
+    txid: &TransactionId,
+    mapped: SocketAddrV4,
+    other: SocketAddrV4,
+) -> [u8; RESPONSE_WITH_OTHER_LEN] {
+    let mut out = [0u8; RESPONSE_WITH_OTHER_LEN];
+    out[..RESPONSE_LEN].copy_from_slice(&encode_binding_response(txid, mapped));
+    out[2..4].copy_from_slice(&((RESPONSE_WITH_OTHER_LEN - HEADER_LEN) as u16).to_be_bytes());
+    write_address(
+        &mut out[RESPONSE_LEN..],
+        ATTR_OTHER_ADDRESS,
+        other.port(),
+        u32::from(*other.ip()),
+    );
+    out
+}
+
 fn write_address(out: &mut [u8], attr: u16, port: u16, ip: u32) {
     out[0..2].copy_from_slice(&attr.to_be_bytes());
     out[2..4].copy_from_slice(&8u16.to_be_bytes());
@@ -108,6 +198,11 @@ fn write_address(out: &mut [u8], attr: u16, port: u16, ip: u32) {
 /// padding and bounds; the transaction ID is returned so the caller can
 /// match the response to its request.
 pub fn parse_binding_response(dgram: &[u8]) -> Result<(TransactionId, SocketAddrV4), ProtoError> {
+    parse_binding_response_other(dgram).map(|r| (r.txid, r.mapped))
+}
+
+/// [`parse_binding_response`] plus the first IPv4 OTHER-ADDRESS, if any.
+pub fn parse_binding_response_other(dgram: &[u8]) -> Result<BindingResponse, ProtoError> {
     use stun_types::attribute::{Attribute, AttributeFromRaw, MappedSocketAddr, XorMappedAddress};
     use stun_types::message::{Message, MessageClass, BINDING};
 
@@ -119,20 +214,42 @@ pub fn parse_binding_response(dgram: &[u8]) -> Result<(TransactionId, SocketAddr
     let txid = msg.transaction_id();
     let mut id = [0u8; 12];
     id.copy_from_slice(&u128::from(txid).to_be_bytes()[4..]);
+    let mut mapped = None;
+    let mut other = None;
     for raw in msg.iter_attributes() {
-        let addr = match raw.get_type().value() {
-            ATTR_XOR_MAPPED_ADDRESS => XorMappedAddress::from_raw(&raw).ok().map(|a| a.addr(txid)),
-            ATTR_MAPPED_ADDRESS => MappedSocketAddr::from_raw(&raw).ok().map(|a| a.addr()),
-            _ => None,
-        };
-        if let Some(SocketAddr::V4(a)) = addr {
-            if a.port() == 0 || a.ip().is_unspecified() {
-                return Err(ProtoError::Stun("mapped address is zero"));
+        match raw.get_type().value() {
+            ATTR_XOR_MAPPED_ADDRESS if mapped.is_none() => {
+                mapped = XorMappedAddress::from_raw(&raw).ok().map(|a| a.addr(txid))
             }
-            return Ok((id, a));
+            ATTR_MAPPED_ADDRESS if mapped.is_none() => {
+                mapped = MappedSocketAddr::from_raw(&raw).ok().map(|a| a.addr())
+            }
+            ATTR_OTHER_ADDRESS if other.is_none() => other = ipv4_address(&raw.value),
+            _ => {}
         }
     }
-    Err(ProtoError::Stun("no IPv4 mapped address"))
+    match mapped {
+        Some(SocketAddr::V4(a)) if a.port() == 0 || a.ip().is_unspecified() => {
+            Err(ProtoError::Stun("mapped address is zero"))
+        }
+        Some(SocketAddr::V4(mapped)) => Ok(BindingResponse {
+            txid: id,
+            mapped,
+            other,
+        }),
+        _ => Err(ProtoError::Stun("no IPv4 mapped address")),
+    }
+}
+
+/// An RFC 5389 address value (reserved, family, port, address), IPv4 only.
+fn ipv4_address(value: &[u8]) -> Option<SocketAddrV4> {
+    let v: &[u8; 8] = value.try_into().ok()?;
+    (v[1] == FAMILY_IPV4).then(|| {
+        SocketAddrV4::new(
+            [v[4], v[5], v[6], v[7]].into(),
+            u16::from_be_bytes([v[2], v[3]]),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -145,7 +262,65 @@ mod tests {
         assert_eq!(&req[..8], &[0x00, 0x01, 0x00, 0x08, 0x21, 0x12, 0xA4, 0x42]);
         assert_eq!(&req[20..], &[0x00, 0x03, 0x00, 0x04, 0, 0, 0, 0]);
         assert!(looks_like_stun(&req));
-        assert_eq!(parse_binding_request(&req).unwrap(), [7; 12]);
+        let parsed = parse_binding_request(&req).unwrap();
+        assert_eq!(parsed.txid, [7; 12]);
+        assert_eq!(parsed.change, ChangeRequest::default());
+    }
+
+    #[test]
+    fn change_request_flags_round_trip() {
+        for (ip, port, byte) in [(false, true, 0x02), (true, false, 0x04), (true, true, 0x06)] {
+            let change = ChangeRequest { ip, port };
+            let req = encode_binding_request_change(&[1; 12], change);
+            assert_eq!(&req[24..], &[0, 0, 0, byte]);
+            assert_eq!(parse_binding_request(&req).unwrap().change, change);
+        }
+        // After a padded SOFTWARE attribute, still found.
+        let req = encode_binding_request_change(
+            &[1; 12],
+            ChangeRequest {
+                ip: false,
+                port: true,
+            },
+        );
+        let mut msg = req[..20].to_vec();
+        msg.extend_from_slice(&[0x80, 0x22, 0, 3, b'a', b'b', b'c', 0]);
+        msg.extend_from_slice(&req[20..]);
+        let body = (msg.len() - 20) as u16;
+        msg[2..4].copy_from_slice(&body.to_be_bytes());
+        assert!(parse_binding_request(&msg).unwrap().change.port);
+        // A CHANGE-REQUEST of the wrong size, or one running past the
+        // message, is an error, not a guess.
+        let mut short = req;
+        short[23] = 3;
+        assert!(parse_binding_request(&short).is_err());
+        let mut overrun = req;
+        overrun[23] = 8;
+        assert!(parse_binding_request(&overrun).is_err());
+    }
+
+    #[test]
+    fn other_address_rides_after_the_mapped_address() {
+        let mapped: SocketAddrV4 = "203.0.113.9:40000".parse().unwrap();
+        let other: SocketAddrV4 = "192.0.2.2:3479".parse().unwrap();
+        let resp = encode_binding_response_other(&[4; 12], mapped, other);
+        assert_eq!(&resp[44..48], &[0x80, 0x2C, 0, 8]);
+        assert_eq!(
+            parse_binding_response_other(&resp).unwrap(),
+            BindingResponse {
+                txid: [4; 12],
+                mapped,
+                other: Some(other)
+            }
+        );
+        // Candy's reading: the first address is still the mapped one.
+        assert_eq!(parse_binding_response(&resp).unwrap(), ([4; 12], mapped));
+        let plain = encode_binding_response(&[4; 12], mapped);
+        assert_eq!(parse_binding_response_other(&plain).unwrap().other, None);
+        // An OTHER-ADDRESS that is not IPv4 is left out, not misread.
+        let mut v6 = resp;
+        v6[49] = 0x02;
+        assert_eq!(parse_binding_response_other(&v6).unwrap().other, None);
     }
 
     #[test]

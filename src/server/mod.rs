@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
@@ -106,9 +106,8 @@ impl ShutdownHandle {
 pub struct Server {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
-    stun: Option<UdpSocket>,
+    stun: Option<stun::Responder>,
     local_addr: SocketAddr,
-    stun_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: ShutdownHandle,
     limit: Arc<Semaphore>,
@@ -137,18 +136,9 @@ impl Server {
         })?;
         let stun = match cfg.stun {
             None => None,
-            Some(addr) => Some(
-                UdpSocket::bind(addr)
-                    .await
-                    .map_err(|source| ServerError::StunBind { addr, source })?,
-            ),
-        };
-        let stun_addr = match (&stun, cfg.stun) {
-            (Some(s), Some(addr)) => Some(
-                s.local_addr()
-                    .map_err(|source| ServerError::StunBind { addr, source })?,
-            ),
-            _ => None,
+            Some(addr) => {
+                Some(stun::Responder::bind(addr, cfg.stun_alt_port, cfg.stun_alt_address).await?)
+            }
         };
         // acquire_many takes a u32; more connections than that is not a
         // limit anyone means.
@@ -171,7 +161,6 @@ impl Server {
             tls,
             stun,
             local_addr,
-            stun_addr,
             shared,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
             limit: Arc::new(Semaphore::new(permits as usize)),
@@ -183,8 +172,20 @@ impl Server {
         self.local_addr
     }
 
+    /// The STUN responder's primary endpoint (the one Candy clients use).
     pub fn stun_addr(&self) -> Option<SocketAddr> {
-        self.stun_addr
+        self.stun
+            .as_ref()
+            .map(|s| s.layout().addr(stun::Role::default()))
+    }
+
+    /// Every endpoint the STUN responder answers on: primary first, then
+    /// the alternate port, then (with a second address) both ports there.
+    pub fn stun_addrs(&self) -> Vec<SocketAddr> {
+        self.stun.as_ref().map_or_else(Vec::new, |s| {
+            let l = s.layout();
+            l.roles().into_iter().map(|r| l.addr(r)).collect()
+        })
     }
 
     pub fn is_tls(&self) -> bool {
@@ -211,17 +212,14 @@ impl Server {
             self.shared.routes.len(),
             self.shared.max_clients
         );
-        let stun_task = self.stun.map(|sock| {
-            if let Some(a) = self.stun_addr {
-                info!("STUN responder listening on udp {a}");
-            }
-            tokio::spawn(stun::serve(
-                sock,
-                self.shared.counters.clone(),
-                self.shutdown.tx.subscribe(),
-            ))
+        let stun_addrs = self.stun_addrs();
+        let stun_task = self.stun.map(|responder| {
+            info!("STUN responder listening on udp {stun_addrs:?}");
+            tokio::spawn(
+                responder.serve(self.shared.counters.clone(), self.shutdown.tx.subscribe()),
+            )
         });
-        if self.stun_addr.is_none() {
+        if stun_task.is_none() {
             info!("STUN responder disabled");
         }
         listener::accept_loop(

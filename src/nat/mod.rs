@@ -1,0 +1,23 @@
+//! NAT traversal, sans-IO (DESIGN.md "NAT traversal", issue 13): what kind
+//! of NAT a node sits behind, which method a pair of nodes should try, and
+//! when to send which probe. Nothing here opens a socket or reads a clock:
+//! callers pass STUN results and `now`, and get back requests to send,
+//! deadlines and plans.
+//!
+//! Not wired yet: `control` does not run the classifier and `peer` does not
+//! consult the method table (see README, "NAT traversal: what exists so far").
+
+pub mod class;
+pub mod classify;
+pub mod delta;
+pub mod method;
+pub mod schedule;
+pub mod stable;
+
+#[cfg(test)]
+mod sim;
+
+pub use class::{Delta, Filtering, Mapping, NatClass, NatKind};
+pub use classify::{Classifier, ClassifierConfig, Outcome, Reply, Request};
+pub use method::{choose, Method, PeerNat, Predicted, Side};
+pub use stable::StableClass;

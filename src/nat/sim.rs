@@ -1,0 +1,217 @@
+//! Test-only simulated NATs and an RFC 5780 STUN server, so the classifier
+//! and the schedules can be checked against each behaviour without sockets.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::schedule::PORT_LOW;
+
+/// How a simulated NAT picks the port of a new mapping.
+#[derive(Debug, Clone, Copy)]
+pub enum Alloc {
+    /// Keep the local port.
+    Preserve,
+    /// Local port + a fixed offset.
+    Offset(u16),
+    /// A counter stepping by `step` per new mapping.
+    Sequential { next: u16, step: u16 },
+    /// Uniform over the range (Linux `masquerade random`).
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    Open,
+    Address,
+    AddressAndPort,
+}
+
+pub struct SimNat {
+    public: Ipv4Addr,
+    /// false: no NAT at all, addresses pass unchanged.
+    translate: bool,
+    per_destination: bool,
+    filter: Filter,
+    alloc: Alloc,
+    rng: StdRng,
+    mappings: HashMap<(SocketAddrV4, Option<SocketAddrV4>), u16>,
+    used: HashSet<u16>,
+    /// (mapped port, remote endpoint) pairs that went out.
+    contacted: HashSet<(u16, SocketAddrV4)>,
+    /// false: a bare Linux masquerade router, whose missing input firewall
+    /// lets an unsolicited datagram leave a conntrack entry behind.
+    firewall: bool,
+    /// (mapped port, remote) pairs such entries hold: our own flow from
+    /// that port to that remote would clash, so it gets another port.
+    clashes: HashSet<(u16, SocketAddrV4)>,
+}
+
+impl SimNat {
+    pub fn new(per_destination: bool, filter: Filter, alloc: Alloc, seed: u64) -> Self {
+        Self {
+            public: Ipv4Addr::new(198, 51, 100, 7),
+            translate: true,
+            per_destination,
+            filter,
+            alloc,
+            rng: StdRng::seed_from_u64(seed),
+            mappings: HashMap::new(),
+            used: HashSet::new(),
+            contacted: HashSet::new(),
+            firewall: true,
+            clashes: HashSet::new(),
+        }
+    }
+
+    /// A port-preserving port-restricted cone without an input firewall.
+    pub fn bare_masquerade() -> Self {
+        let mut me = Self::new(false, Filter::AddressAndPort, Alloc::Preserve, 0);
+        me.firewall = false;
+        me
+    }
+
+    /// The same NAT on another public address.
+    pub fn at(mut self, public: Ipv4Addr) -> Self {
+        self.public = public;
+        self
+    }
+
+    pub fn full_cone(seed: u64) -> Self {
+        Self::new(false, Filter::Open, Alloc::Random, seed)
+    }
+    pub fn restricted(seed: u64) -> Self {
+        Self::new(false, Filter::Address, Alloc::Random, seed)
+    }
+    pub fn port_restricted(seed: u64) -> Self {
+        Self::new(false, Filter::AddressAndPort, Alloc::Random, seed)
+    }
+    pub fn symmetric_sequential(seed: u64) -> Self {
+        let alloc = Alloc::Sequential {
+            next: 20000,
+            step: 1,
+        };
+        Self::new(true, Filter::AddressAndPort, alloc, seed)
+    }
+    pub fn symmetric_random(seed: u64) -> Self {
+        Self::new(true, Filter::AddressAndPort, Alloc::Random, seed)
+    }
+    /// A host with a public address and no NAT or firewall.
+    pub fn none() -> Self {
+        let mut me = Self::new(false, Filter::Open, Alloc::Preserve, 0);
+        me.translate = false;
+        me
+    }
+
+    /// The public endpoint `local` → `to` leaves from.
+    pub fn outbound(&mut self, local: SocketAddrV4, to: SocketAddrV4) -> SocketAddrV4 {
+        if !self.translate {
+            return local;
+        }
+        let mut key = (local, self.per_destination.then_some(to));
+        if let Some(&p) = self.mappings.get(&key) {
+            if self.clashes.contains(&(p, to)) && !self.mappings.contains_key(&(local, Some(to))) {
+                key = (local, Some(to));
+                // The clashing port stays taken by the stale entry.
+                let fresh = self.allocate_avoiding(p);
+                self.mappings.insert(key, fresh);
+                self.used.insert(fresh);
+            }
+        }
+        let port = match self.mappings.get(&key) {
+            Some(&p) => p,
+            None => {
+                let p = self.allocate(local.port());
+                self.mappings.insert(key, p);
+                self.used.insert(p);
+                p
+            }
+        };
+        self.contacted.insert((port, to));
+        SocketAddrV4::new(self.public, port)
+    }
+
+    /// Whether a datagram from `from` to the public `port` gets in.
+    pub fn inbound(&mut self, from: SocketAddrV4, port: u16) -> bool {
+        if !self.translate {
+            return true;
+        }
+        let mut sent = self.contacted.iter().filter(|(p, _)| *p == port);
+        let admitted = match self.filter {
+            Filter::Open => self.used.contains(&port),
+            Filter::Address => sent.any(|(_, r)| r.ip() == from.ip()),
+            Filter::AddressAndPort => sent.any(|(_, r)| *r == from),
+        };
+        if !admitted && !self.firewall {
+            self.clashes.insert((port, from));
+        }
+        admitted
+    }
+
+    /// A port for a flow whose preserved port `taken` clashes: Linux
+    /// masquerade then searches the range; one further up stands for that.
+    fn allocate_avoiding(&mut self, taken: u16) -> u16 {
+        let mut p = taken;
+        for _ in 0..u16::MAX {
+            p = p.checked_add(1).unwrap_or(PORT_LOW);
+            if !self.used.contains(&p) {
+                break;
+            }
+        }
+        p
+    }
+
+    fn allocate(&mut self, local: u16) -> u16 {
+        loop {
+            let p = match &mut self.alloc {
+                Alloc::Preserve => local,
+                Alloc::Offset(o) => local.wrapping_add(*o),
+                Alloc::Sequential { next, step } => {
+                    let p = *next;
+                    *next = next.wrapping_add(*step);
+                    p
+                }
+                Alloc::Random => self.rng.gen_range(PORT_LOW..=u16::MAX),
+            };
+            // Preserving allocators keep their port even if taken: the
+            // simulated sessions never clash on the full 5-tuple.
+            if !self.used.contains(&p) || matches!(self.alloc, Alloc::Preserve | Alloc::Offset(_)) {
+                return p;
+            }
+        }
+    }
+}
+
+/// An RFC 5780 STUN server: a primary endpoint and optionally an other one.
+pub struct SimStun {
+    pub primary: SocketAddrV4,
+    pub other: Option<SocketAddrV4>,
+}
+
+impl SimStun {
+    pub fn two_addresses() -> Self {
+        Self {
+            primary: "192.0.2.1:3478".parse().unwrap(),
+            other: Some("192.0.2.2:3479".parse().unwrap()),
+        }
+    }
+    pub fn alt_port_only() -> Self {
+        Self {
+            primary: "192.0.2.1:3478".parse().unwrap(),
+            other: Some("192.0.2.1:3479".parse().unwrap()),
+        }
+    }
+
+    /// Where the answer to a request sent to `to` comes from.
+    pub fn answer_from(&self, to: SocketAddrV4, ip: bool, port: bool) -> SocketAddrV4 {
+        match self.other {
+            None => to,
+            Some(o) => SocketAddrV4::new(
+                if ip { *o.ip() } else { *to.ip() },
+                if port { o.port() } else { to.port() },
+            ),
+        }
+    }
+}
