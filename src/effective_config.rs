@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn client_settings_round_trip() {
         let text = format!(
-            "{CLIENT}tun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n"
+            "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n"
         );
         let cfg = ClientConfig::parse("client.toml", &text).unwrap();
         let out = client_toml("client.toml", &cfg);
