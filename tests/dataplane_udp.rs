@@ -239,7 +239,7 @@ fn scenario() {
         own_vip: OWN,
         ..Default::default()
     };
-    snap.direct.insert(PEER, pe);
+    snap.add_direct_peer(PEER, pe);
     dp.snapshot().publish(snap);
 
     // TUN → UDP: an application's datagram to a direct peer arrives there
@@ -330,7 +330,7 @@ fn multi_flow(dp: &Dataplane, port: u16) {
     let mut s = (*dp.snapshot().load()).clone();
     s.generation += 1;
     let (e, counters_b) = entry(v4(&peer_b), PEER_B);
-    s.direct.insert(PEER_B, e);
+    s.add_direct_peer(PEER_B, e);
     dp.snapshot().publish(s);
     let expected = FLOWS * PER_FLOW as usize;
     let received = Arc::new(AtomicUsize::new(0));

@@ -5,6 +5,7 @@
 mod backoff;
 mod iface;
 mod node;
+pub mod publish;
 mod server_link;
 pub mod status;
 mod stream;

@@ -31,7 +31,6 @@
 mod advertise;
 mod config;
 mod latency;
-pub mod mss;
 mod nexthop;
 mod router;
 pub mod subnet;
@@ -41,7 +40,7 @@ use std::net::Ipv4Addr;
 
 pub use config::{ConfigError, Hysteresis, RouteConfig};
 pub use latency::Srtt;
-pub use nexthop::{is_broadcast_or_multicast, NextHop, NextHopTable, RouteStatus};
+pub use nexthop::{NextHop, NextHopTable, RouteStatus, TunRoute};
 pub use router::{DelayOutcome, RouteOutcome, RouteStats, Router};
 pub use subnet::{SubnetError, SubnetRoute, SubnetRoutes};
 
