@@ -572,6 +572,20 @@ mod tests {
     }
 
     #[test]
+    fn mtu_accepts_exactly_the_budget() {
+        for ok in [mtu::MIN_MTU, mtu::DEFAULT_MTU, mtu::MAX_MTU] {
+            let c = client(&format!("{CLIENT}mtu = {ok}\n")).unwrap();
+            assert_eq!(c.mtu, ok);
+        }
+        assert_eq!(client(CLIENT).unwrap().mtu, mtu::DEFAULT_MTU);
+        for bad in [mtu::MIN_MTU - 1, mtu::MAX_MTU + 1, 1471] {
+            let e = client(&format!("{CLIENT}mtu = {bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("mtu"));
+            assert!(e.to_string().contains("from 576 to 1423"), "{e}");
+        }
+    }
+
+    #[test]
     fn client_errors_name_the_key() {
         let cases = [
             ("server = \"http://x\"\npassword = \"p\"\n", "server"),
