@@ -2,8 +2,8 @@
 //! own UDP socket on the shared port.
 //!
 //! Direct path (when [`DataplaneConfig::udp`] is set): a packet read from
-//! TUN for a peer in the published [`Snapshot`]'s `direct` table is sealed
-//! in place and sent from the same buffer; a datagram that opens with our
+//! TUN whose entry in the published [`Snapshot`] is a peer is sealed in
+//! place and sent from the same buffer; a datagram that opens with our
 //! key and carries a FORWARD for us is written to TUN from the buffer it was
 //! received into. Workers load the snapshot once per batch of completions.
 //!

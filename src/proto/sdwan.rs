@@ -81,8 +81,6 @@ pub fn parse_forwarded(packet: &[u8]) -> Result<Forwarded, SdwanError> {
     let header = packet
         .get(..ipv4::HEADER_LEN)
         .ok_or(SdwanError::Truncated { len: packet.len() })?;
-    let addr =
-        |at: usize| Ipv4Addr::new(header[at], header[at + 1], header[at + 2], header[at + 3]);
     let inner = if header[9] == IPIP_PROTOCOL {
         match header[0] {
             0x00 | 0x45 => {}
@@ -95,8 +93,8 @@ pub fn parse_forwarded(packet: &[u8]) -> Result<Forwarded, SdwanError> {
         0..packet.len()
     };
     Ok(Forwarded {
-        src: addr(12),
-        dst: addr(16),
+        src: ipv4::read_addr(header, 12),
+        dst: ipv4::read_addr(header, 16),
         inner,
     })
 }

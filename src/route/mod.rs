@@ -5,7 +5,8 @@
 //! current `Instant`; it drains [`Transmit`]s with [`Router::poll_transmit`],
 //! sleeps until [`Router::poll_timeout`] and then calls
 //! [`Router::handle_timeout`]. Whenever [`Router::generation`] changes it
-//! republishes [`Router::next_hops`] to the dataplane.
+//! compiles [`Router::next_hops`] (the one [`NextHopTable`] rule) into the
+//! dataplane's snapshot again.
 //!
 //! Driving it: call `peer_connected`/`peer_disconnected` on every change of
 //! the peer state machine into/out of CONNECTED, `handle_delay`/
