@@ -27,6 +27,9 @@ pub fn compile(
     };
     let mut tun = HashMap::new();
     let mut forward = HashMap::new();
+    if let Some(b) = rule.directed_broadcast() {
+        tun.insert(b, TunHop::RELAY);
+    }
     for d in rule.destinations() {
         let hop = tun_hop(rule.tun_route(d));
         if hop != TunHop::RELAY {
@@ -51,7 +54,6 @@ pub fn compile(
         tun,
         forward,
         subnets,
-        directed_broadcast: rule.directed_broadcast(),
     }
 }
 

@@ -98,7 +98,9 @@ pub struct Snapshot {
     /// delivered packet adds to.
     pub direct: HashMap<Ipv4Addr, PeerEntry>,
     /// A packet read from TUN for one of these VIPs: the decision, made in
-    /// advance. Holds every VIP whose decision is other than "relay as is".
+    /// advance. Holds every VIP whose decision is other than "relay as is",
+    /// and the VIP network's directed broadcast (relay as is), which a
+    /// subnet route must not catch.
     pub tun: HashMap<Ipv4Addr, TunHop>,
     /// A FORWARD for another node: the direct peer to pass it on to.
     /// Absent: dropped (never the relay, never back to ourselves).
@@ -106,8 +108,6 @@ pub struct Snapshot {
     /// For TUN destinations not in `tun`: subnet routes, longest prefix
     /// first, each with its gateway's decision.
     pub subnets: Vec<SubnetHop>,
-    /// The VIP network's directed broadcast, which the relay fans out.
-    pub directed_broadcast: Option<Ipv4Addr>,
 }
 
 impl Default for Snapshot {
@@ -119,7 +119,6 @@ impl Default for Snapshot {
             tun: HashMap::new(),
             forward: HashMap::new(),
             subnets: Vec::new(),
-            directed_broadcast: None,
         }
     }
 }
@@ -159,14 +158,14 @@ impl SubnetHop {
 
 impl Snapshot {
     /// The decision for a packet read from TUN with destination `daddr`.
-    /// Peer traffic is one hash lookup; a miss is a broadcast (the relay
-    /// fans out), a LAN address behind a subnet route, or relay traffic,
-    /// in the order the rule checks them.
+    /// Peer traffic is one hash lookup; a miss is multicast or limited
+    /// broadcast (the relay fans out), a LAN address behind a subnet
+    /// route, or relay traffic, in the order the rule checks them.
     pub fn route_tun(&self, daddr: Ipv4Addr) -> &TunHop {
         if let Some(hop) = self.tun.get(&daddr) {
             return hop;
         }
-        if ipv4::is_broadcast(daddr) || self.directed_broadcast == Some(daddr) {
+        if ipv4::is_broadcast(daddr) {
             return &TunHop::RELAY;
         }
         self.subnets
@@ -192,10 +191,6 @@ impl Snapshot {
             self.forward.insert(vip, entry.clone());
         }
         self.direct.insert(vip, entry);
-    }
-
-    pub fn endpoint(&self, vip: Ipv4Addr) -> Option<SocketAddrV4> {
-        self.direct.get(&vip).map(|p| p.endpoint)
     }
 }
 
@@ -240,9 +235,9 @@ mod tests {
         let mut s = Snapshot {
             generation: 1,
             own_vip: ip(1),
-            directed_broadcast: Some(ip(255)),
             ..Default::default()
         };
+        s.tun.insert(ip(255), TunHop::RELAY);
         s.add_direct_peer(ip(1), entry(1));
         s.add_direct_peer(ip(2), entry(2));
         let via_gateway = TunHop {
@@ -303,8 +298,8 @@ mod tests {
         let old = b.load();
         a.publish(table());
         assert_eq!(b.load().generation, 1);
-        assert_eq!(b.load().endpoint(ip(2)).map(|e| e.port()), Some(2));
-        assert_eq!(old.endpoint(ip(2)), None);
+        assert_eq!(b.load().direct[&ip(2)].endpoint.port(), 2);
+        assert!(old.direct.is_empty());
     }
 
     #[test]
