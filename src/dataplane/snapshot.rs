@@ -180,8 +180,9 @@ impl Snapshot {
     }
 
     /// Add a peer reached directly and by no other route, as the publisher
-    /// compiles rule 2 of §6.4 (and tests and benches set one up).
-    pub fn add_direct_peer(&mut self, vip: Ipv4Addr, entry: PeerEntry) {
+    /// compiles rule 2 of §6.4.
+    #[cfg(test)]
+    pub(crate) fn add_direct_peer(&mut self, vip: Ipv4Addr, entry: PeerEntry) {
         let hop = TunHop {
             wrap_for: None,
             peer: Some(entry.clone()),
