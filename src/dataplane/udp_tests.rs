@@ -455,8 +455,9 @@ fn oversize_packets_are_dropped_not_sent() {
         },
     );
     dp.snapshot().publish(snap);
-    // 1471 + 29 = 1500 goes; 1472 does not (the config's mtu keeps
-    // packets, wrapped or not, within 1500; this device MTU is larger).
+    // Candy's datagram limit: 1471 + 29 = 1500 goes; 1472 does not. The
+    // config's mtu keeps every datagram well within it (`proto::mtu`);
+    // this device MTU is larger so that the check is reached.
     tun.send(&ipv4(OWN, PEER, 1472, 1)).unwrap();
     wait_for("oversize", || dp.counters().oversize == 1);
     tun.send(&ipv4(OWN, PEER, 1471, 2)).unwrap();
