@@ -7,16 +7,18 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringlink::control::publish;
 use ringlink::dataplane::{PeerEntry, Snapshot};
 use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
-use ringlink::route::{SubnetRoute, SubnetRoutes};
+use ringlink::route::{NextHopTable, SubnetRoute, SubnetRoutes};
 
 fn vip(i: u32) -> Ipv4Addr {
     Ipv4Addr::from(0x0a4d_0000 + i)
 }
 
 /// A gateway's view of a large network: `peers` direct peers, a tenth of
-/// the destinations routed through another peer, and 100 subnet routes.
+/// the destinations routed through another peer, and 100 subnet routes,
+/// compiled as the control thread publishes it.
 fn snapshot(peers: u32) -> Snapshot {
     let own = vip(1);
     let key = Arc::new(PeerKey::for_vip(CipherKind::Aes256Gcm, b"bench", own));
@@ -30,9 +32,7 @@ fn snapshot(peers: u32) -> Snapshot {
             (vip(i), entry)
         })
         .collect();
-    let next_hops = (peers + 2..peers + 2 + peers / 10)
-        .map(|i| (vip(i), vip(2)))
-        .collect();
+    let routes = (peers + 2..peers + 2 + peers / 10).map(|i| (vip(i), vip(2)));
     let mut subnets = SubnetRoutes::new(own);
     for i in 0..100u32 {
         let dst = Ipv4Addr::from(0xc0a8_0000 + (i << 8));
@@ -40,13 +40,10 @@ fn snapshot(peers: u32) -> Snapshot {
             SubnetRoute::new(dst, Ipv4Addr::new(255, 255, 255, 0), vip(2 + i % peers)).unwrap(),
         );
     }
-    Snapshot {
-        generation: 1,
-        own_vip: own,
-        direct,
-        next_hops,
-        subnets,
-    }
+    let rule = NextHopTable::new(routes, direct.keys().copied())
+        .with_own_vip(own)
+        .with_subnets(subnets);
+    publish::compile(1, own, &rule, direct)
 }
 
 fn lookup(c: &mut Criterion) {
@@ -61,7 +58,7 @@ fn lookup(c: &mut Criterion) {
             |b, dsts| {
                 b.iter(|| {
                     dsts.iter()
-                        .filter(|d| snap.route_tun(**d).next_hop.is_some())
+                        .filter(|d| snap.route_tun(**d).peer.is_some())
                         .count()
                 })
             },

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::proto::crypto::CipherKind;
+use crate::proto::mtu;
 use crate::proto::Ipv4Cidr;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -473,11 +474,6 @@ struct RawClient {
     pin_workers: Option<bool>,
 }
 
-pub const DEFAULT_MTU: u16 = 1400;
-/// The largest inner packet a stock Candy peer can take over UDP (§3.4).
-pub const MAX_MTU: u16 = 1471;
-pub const MIN_MTU: u16 = 576;
-
 fn in_range(c: &Ctx, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
     if (lo..=hi).contains(&v) {
         Ok(v)
@@ -535,12 +531,13 @@ impl ClientConfig {
                 Some(cidr)
             }
         };
+        // The one check of `mtu`; `proto::mtu` says why the limits are these.
         let mtu = in_range(
             &c,
             "mtu",
-            raw.mtu.unwrap_or(DEFAULT_MTU.into()),
-            MIN_MTU.into(),
-            MAX_MTU.into(),
+            raw.mtu.unwrap_or(mtu::DEFAULT_MTU.into()),
+            mtu::MIN_MTU.into(),
+            mtu::MAX_MTU.into(),
         )? as u16;
         let workers = in_range(&c, "workers", raw.workers.unwrap_or(0), 0, 256)? as usize;
         let stun = match raw.stun.as_deref() {
@@ -730,6 +727,20 @@ mod tests {
             }
         );
         assert_eq!((c.mtu, c.workers, c.port), (1420, 2, 51820));
+    }
+
+    #[test]
+    fn mtu_accepts_exactly_the_budget() {
+        for ok in [mtu::MIN_MTU, mtu::DEFAULT_MTU, mtu::MAX_MTU] {
+            let c = client(&format!("{CLIENT}mtu = {ok}\n")).unwrap();
+            assert_eq!(c.mtu, ok);
+        }
+        assert_eq!(client(CLIENT).unwrap().mtu, mtu::DEFAULT_MTU);
+        for bad in [mtu::MIN_MTU - 1, mtu::MAX_MTU + 1, 1471] {
+            let e = client(&format!("{CLIENT}mtu = {bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("mtu"));
+            assert!(e.to_string().contains("from 576 to 1423"), "{e}");
+        }
     }
 
     #[test]

@@ -150,9 +150,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("route_cost".into(), int(*route_cost));
     // The TLS keys exist only for wss://; the file refuses them with ws://.
     match server_tls {
-        Some(ServerTrust::Roots {
-            extra_ca: Some(ca),
-        }) => {
+        Some(ServerTrust::Roots { extra_ca: Some(ca) }) => {
             t.insert("tls_ca".into(), path(ca));
             t.insert("tls_insecure".into(), Value::Boolean(false));
         }
@@ -242,10 +240,8 @@ mod tests {
 
     #[test]
     fn client_settings_round_trip() {
-        let text = format!(
-            "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n"
-        );
-        let cfg = ClientConfig::parse("client.toml", &text).unwrap();
+        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n";
+        let cfg = ClientConfig::parse("client.toml", text).unwrap();
         let out = client_toml("client.toml", &cfg);
         assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");
         assert!(!out.contains("not set"), "{out}");

@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ringlink::control::publish;
 use ringlink::dataplane::{
-    Dataplane, DataplaneConfig, PeerCounters, PeerEntry, Snapshot, UdpConfig, Upcall,
+    Dataplane, DataplaneConfig, PeerCounters, PeerEntry, SharedSnapshot, UdpConfig, Upcall,
     UpcallReceiver,
 };
 use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use ringlink::proto::stun;
 use ringlink::proto::udp::{ty, Heartbeat};
+use ringlink::route::NextHopTable;
 use ringlink::sys::netlink::Netlink;
 use ringlink::sys::tun::{open_tun, TunOptions};
 
@@ -235,13 +237,7 @@ fn scenario() {
 
     let mut peer = Peer::new(port);
     let (pe, peer_counters) = entry(peer.addr(), PEER);
-    let mut snap = Snapshot {
-        generation: 1,
-        own_vip: OWN,
-        ..Default::default()
-    };
-    snap.direct.insert(PEER, pe);
-    dp.snapshot().publish(snap);
+    publish_direct(dp.snapshot(), 1, HashMap::from([(PEER, pe)]));
 
     // TUN → UDP: an application's datagram to a direct peer arrives there
     // as a sealed FORWARD carrying the exact IPv4 packet.
@@ -323,15 +319,22 @@ const WINDOW: usize = 4 * FLOWS;
 
 /// Several flows each way, spread over both workers by the TUN queue hash
 /// and the SO_REUSEPORT hash; every flow must arrive complete and in order.
+/// Publishes what the control thread would with these direct peers and no
+/// other routes.
+fn publish_direct(shared: &SharedSnapshot, generation: u64, direct: HashMap<Ipv4Addr, PeerEntry>) {
+    let rule = NextHopTable::new([], direct.keys().copied()).with_own_vip(OWN);
+    shared.publish(publish::compile(generation, OWN, &rule, direct));
+}
+
 fn multi_flow(dp: &Dataplane, port: u16) {
     // TUN → UDP: 16 application sockets to PEER_B's VIP, one receiving
     // thread at the peer so nothing waits in a socket buffer.
     let peer_b = bind(Ipv4Addr::LOCALHOST);
-    let mut s = (*dp.snapshot().load()).clone();
-    s.generation += 1;
+    let s = dp.snapshot().load();
     let (e, counters_b) = entry(v4(&peer_b), PEER_B);
-    s.direct.insert(PEER_B, e);
-    dp.snapshot().publish(s);
+    let mut direct = s.direct.clone();
+    direct.insert(PEER_B, e);
+    publish_direct(dp.snapshot(), s.generation + 1, direct);
     let expected = FLOWS * PER_FLOW as usize;
     let received = Arc::new(AtomicUsize::new(0));
     let seen = received.clone();

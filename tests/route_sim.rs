@@ -258,8 +258,18 @@ impl Sim {
         self.step_to(end);
     }
 
+    /// The rule the dataplane is compiled from, for a packet `from` reads
+    /// from TUN.
     fn hop(&self, from: usize, dst: usize) -> NextHop {
-        self.node(from).next_hops().lookup(vip(dst))
+        self.node(from).next_hops().tun_route(vip(dst)).hop
+    }
+
+    /// The same rule at a node passing a FORWARD on: never onto the relay,
+    /// never back to itself.
+    fn relay_hop(&self, at: usize, dst: usize) -> NextHop {
+        let rule = self.node(at).next_hops().with_own_vip(vip(at));
+        rule.relay_lookup(vip(dst))
+            .map_or(NextHop::Relay, NextHop::Peer)
     }
 
     /// Follows next hops from `from` towards `dst`; `Err` on a loop or a hop
@@ -268,7 +278,12 @@ impl Sim {
         let mut at = from;
         let mut path = vec![from];
         while at != dst {
-            match self.hop(at, dst) {
+            let hop = if at == from {
+                self.hop(at, dst)
+            } else {
+                self.relay_hop(at, dst)
+            };
+            match hop {
                 NextHop::Relay => return Ok(path),
                 NextHop::Peer(v) => {
                     let n = self.index(v);

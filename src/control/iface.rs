@@ -13,9 +13,9 @@ use crate::dataplane::{
     UpcallReceiver, OFFLOAD_BUFFERS,
 };
 use crate::proto::crypto::PeerKey;
+use crate::proto::mtu::mss_for_mtu;
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
-use crate::route::mss::mss_for_mtu;
 use crate::sys::netlink::{Netlink, RouteV4};
 use crate::sys::udp::GSO_MAX_SEGMENTS;
 use crate::sys::{affinity, sysctl};

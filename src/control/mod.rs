@@ -6,6 +6,7 @@ mod backoff;
 mod iface;
 pub mod nat_run;
 mod node;
+pub mod publish;
 mod server_link;
 pub mod status;
 mod stream;

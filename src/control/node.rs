@@ -12,14 +12,18 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{PeerCounters, PeerEntry, SharedSnapshot, Snapshot, UdpSender};
+use crate::dataplane::{PeerCounters, PeerEntry, SharedSnapshot, UdpSender};
 use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::udp::{Delay, Heartbeat, PeerMessage, RouteAdvert};
 use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
 use crate::proto::{stun, Ipv4Cidr};
-use crate::route::{DelayMsg, Message, RouteConfig, RouteMsg, Router, SubnetRoute, SubnetRoutes};
+use crate::route::{
+    DelayMsg, Message, NextHop, NextHopTable, RouteConfig, RouteMsg, Router, SubnetRoute,
+    SubnetRoutes,
+};
 
+use super::publish;
 use super::status::{PeerStatus as PeerLine, RouteStatus as RouteLine};
 
 /// What the node was built with.
@@ -409,33 +413,33 @@ impl Node {
                 },
             );
         }
-        let mut subnets = SubnetRoutes::new(self.own);
-        for s in &self.subnets {
-            subnets.push(*s);
-        }
-        let table = self.router.next_hops();
-        let next_hops = table.routes().collect();
-        self.snapshot.publish(Snapshot {
-            generation: self.generation,
-            own_vip: self.own,
-            direct,
-            next_hops,
-            subnets,
-        });
+        let snapshot = publish::compile(self.generation, self.own, &self.next_hop_rule(), direct);
+        self.snapshot.publish(snapshot);
         self.published_router_gen = self.router.generation();
         self.dirty = false;
     }
 
-    /// How a packet for `vip` leaves this node, by the same rule the
-    /// dataplane follows: a latency route through a CONNECTED peer, else
-    /// the direct path, else the relay.
+    /// The next-hop rule as it stands: what the dataplane is compiled from
+    /// and what `ringlink status` reports.
+    fn next_hop_rule(&self) -> NextHopTable {
+        let mut subnets = SubnetRoutes::new(self.own);
+        for s in &self.subnets {
+            subnets.push(*s);
+        }
+        self.router
+            .next_hops()
+            .with_own_vip(self.own)
+            .with_subnets(subnets)
+            .with_directed_broadcast(self.network.broadcast())
+    }
+
+    /// How a packet for `vip` leaves this node, by the rule the dataplane
+    /// is compiled from.
     fn path_to(&self, vip: Ipv4Addr) -> String {
-        match self.router.route(vip) {
-            Some(r) if r.next_hop != vip && self.direct.contains_key(&r.next_hop) => {
-                format!("via {}", r.next_hop)
-            }
-            _ if self.direct.contains_key(&vip) => "direct".to_string(),
-            _ => "relay".to_string(),
+        match self.next_hop_rule().lookup(vip) {
+            NextHop::Peer(n) if n == vip => "direct".to_string(),
+            NextHop::Peer(n) => format!("via {n}"),
+            NextHop::Relay => "relay".to_string(),
         }
     }
 

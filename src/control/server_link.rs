@@ -25,9 +25,9 @@ use super::ws_client::{self, Wanted, Ws};
 use super::ClientError;
 use crate::config::ClientConfig;
 use crate::dataplane::TunWriter;
+use crate::proto::sdwan::decapsulate;
 use crate::proto::ws::{encode_keepalive, WsMessage};
 use crate::proto::{ipv4, Ipv4Cidr};
-use crate::route::subnet::decapsulate;
 
 /// Self-addressed GENERAL every so often: Cacao drops connections idle for
 /// 60 s, and the echo proves the server is still there.

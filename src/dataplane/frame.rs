@@ -25,22 +25,12 @@ use std::ops::Range;
 
 use io_uring::types::RecvMsgOut;
 
-use super::packet::classify;
-use super::snapshot::Snapshot;
+use super::snapshot::{PeerEntry, Snapshot};
 use crate::proto::crypto::{CryptoError, PeerKey, ENVELOPE_LEN, IV_LEN};
+use crate::proto::mtu::{FORWARD_OVERHEAD, MAX_DATAGRAM};
+use crate::proto::sdwan::{self, SdwanError, PSEUDO_HEADER_LEN};
 use crate::proto::udp::ty;
-use crate::route::subnet::{self, PSEUDO_HEADER_LEN};
 use crate::sys::udp::{gro_segment_size, parse_sockaddr_in};
-
-/// The largest UDP payload a stock Candy peer receives intact (its receive
-/// buffer is 1500 bytes; anything longer is truncated and fails GCM).
-pub const MAX_DATAGRAM: usize = 1500;
-
-/// Bytes a FORWARD adds in front of the packet: envelope and type byte.
-pub const FORWARD_OVERHEAD: usize = ENVELOPE_LEN + 1;
-
-/// Headroom the direct path needs: envelope, type and pseudo-header.
-pub const FORWARD_HEADROOM: usize = FORWARD_OVERHEAD + PSEUDO_HEADER_LEN;
 
 /// Room a multishot recvmsg buffer needs in front of the payload: the
 /// kernel's `io_uring_recvmsg_out` and the source `sockaddr_in`.
@@ -55,7 +45,7 @@ pub enum FrameError {
     #[error("sealed datagram would be {0} bytes, more than {MAX_DATAGRAM}")]
     Oversize(usize),
     #[error("packet cannot be wrapped: {0}")]
-    Wrap(#[from] subnet::SubnetError),
+    Wrap(#[from] SdwanError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -85,7 +75,7 @@ pub fn seal_forward(
         return Err(FrameError::Oversize(end - start));
     }
     if let Some((own_vip, gateway)) = wrap {
-        let h = subnet::build_pseudo_header(own_vip, gateway, len)?;
+        let h = sdwan::build_pseudo_header(own_vip, gateway, len)?;
         buf[headroom - PSEUDO_HEADER_LEN..headroom].copy_from_slice(&h);
     }
     buf[start + ENVELOPE_LEN] = ty::FORWARD;
@@ -112,7 +102,7 @@ pub fn wrap_in_place(
             need: PSEUDO_HEADER_LEN,
             have: headroom,
         })?;
-    let h = subnet::build_pseudo_header(own_vip, gateway, len)?;
+    let h = sdwan::build_pseudo_header(own_vip, gateway, len)?;
     buf[start..headroom].copy_from_slice(&h);
     Ok(start..end)
 }
@@ -162,12 +152,12 @@ pub fn parse_recvmsg(buf: &[u8], msghdr: &libc::msghdr) -> Result<Received, Recv
 
 /// What a worker does with an opened datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound {
+pub enum Inbound<'s> {
     /// Write `packet` (range within the plaintext) to TUN; count it for the
     /// peer `src` (the outer source VIP).
     Deliver { packet: Range<usize>, src: Ipv4Addr },
-    /// A FORWARD for another node: reseal for direct peer `next_hop`.
-    Relay { next_hop: Ipv4Addr },
+    /// A FORWARD for another node: reseal for this direct peer.
+    Relay { peer: &'s PeerEntry },
     /// A FORWARD for another node with no direct next hop.
     NoRoute,
     /// Any other message: the control thread's business.
@@ -176,41 +166,24 @@ pub enum Inbound {
     Malformed,
 }
 
-/// Decide on an opened plaintext (type byte first).
-pub fn inbound(snap: &Snapshot, plain: &[u8]) -> Inbound {
+/// Decide on an opened plaintext (type byte first). The FORWARD's packet
+/// is parsed once, for both the routing decision and delivery.
+pub fn inbound<'s>(snap: &'s Snapshot, plain: &[u8]) -> Inbound<'s> {
     match plain.first() {
         None => Inbound::Malformed,
         Some(&ty::FORWARD) => {
-            let packet = &plain[1..];
-            // Only addresses are read from the outer header: Candy's
-            // pseudo-header is all zero apart from protocol and addresses,
-            // so it is no valid IPv4 header.
-            let Ok(wrapped) = subnet::is_encapsulated(packet) else {
+            let Ok(f) = sdwan::parse_forwarded(&plain[1..]) else {
                 return Inbound::Malformed;
             };
-            if !wrapped && classify(packet).is_err() {
-                return Inbound::Malformed;
-            }
-            let addr = |at: usize| {
-                Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3])
-            };
-            let (src, dst) = (addr(12), addr(16));
-            if dst != snap.own_vip {
-                return match snap.relay_hop(dst) {
-                    Some(next_hop) => Inbound::Relay { next_hop },
+            if f.dst != snap.own_vip {
+                return match snap.forward_hop(f.dst) {
+                    Some(peer) => Inbound::Relay { peer },
                     None => Inbound::NoRoute,
                 };
             }
-            let Ok(inner) = subnet::decapsulate(packet) else {
-                return Inbound::Malformed;
-            };
-            if classify(inner).is_err() {
-                return Inbound::Malformed;
-            }
-            let start = 1 + (packet.len() - inner.len());
             Inbound::Deliver {
-                packet: start..plain.len(),
-                src,
+                packet: 1 + f.inner.start..1 + f.inner.end,
+                src: f.src,
             }
         }
         Some(_) => Inbound::Upcall,
@@ -220,9 +193,7 @@ pub fn inbound(snap: &Snapshot, plain: &[u8]) -> Inbound {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::snapshot::PeerEntry;
     use crate::proto::crypto::{CipherKind, IvSequence};
-    use crate::route::subnet::{SubnetRoute, SubnetRoutes};
     use std::sync::Arc;
 
     const OWN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -279,9 +250,9 @@ mod tests {
         let wrapped = &plain[1..];
         assert_eq!(
             &wrapped[..20],
-            &subnet::build_pseudo_header(OWN, gw, 60).unwrap()
+            &sdwan::build_pseudo_header(OWN, gw, 60).unwrap()
         );
-        assert_eq!(subnet::decapsulate(wrapped).unwrap(), &p[..]);
+        assert_eq!(sdwan::decapsulate(wrapped).unwrap(), &p[..]);
     }
 
     #[test]
@@ -312,31 +283,22 @@ mod tests {
         let mut buf = in_buffer(&p, 64);
         let r = wrap_in_place(&mut buf, 64, 40, OWN, PEER).unwrap();
         assert_eq!(r, 44..104);
-        assert_eq!(subnet::decapsulate(&buf[r]).unwrap(), &p[..]);
+        assert_eq!(sdwan::decapsulate(&buf[r]).unwrap(), &p[..]);
         assert!(wrap_in_place(&mut buf, 10, 40, OWN, PEER).is_err());
     }
 
     fn snapshot() -> Snapshot {
         let mut s = Snapshot {
             own_vip: OWN,
-            subnets: SubnetRoutes::new(OWN),
             ..Default::default()
         };
-        s.direct.insert(
+        s.add_direct_peer(
             PEER,
             PeerEntry {
                 endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
                 key: Arc::new(key(PEER)),
                 counters: Arc::default(),
             },
-        );
-        s.subnets.push(
-            SubnetRoute::new(
-                Ipv4Addr::new(172, 16, 0, 0),
-                Ipv4Addr::new(255, 255, 0, 0),
-                PEER,
-            )
-            .unwrap(),
         );
         s
     }
@@ -365,7 +327,7 @@ mod tests {
             Ipv4Addr::new(192, 168, 1, 2),
             30,
         );
-        let mut wrapped = subnet::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
+        let mut wrapped = sdwan::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
         wrapped.extend_from_slice(&inner);
         assert_eq!(
             inbound(&s, &forward(&wrapped)),
@@ -388,7 +350,9 @@ mod tests {
         // For someone else: relayed to a direct hop, or dropped.
         assert_eq!(
             inbound(&s, &forward(&packet(OWN, PEER, 20))),
-            Inbound::Relay { next_hop: PEER }
+            Inbound::Relay {
+                peer: &s.direct[&PEER]
+            }
         );
         assert_eq!(
             inbound(&s, &forward(&packet(PEER, Ipv4Addr::new(10, 0, 0, 9), 20))),
@@ -398,9 +362,13 @@ mod tests {
         assert_eq!(inbound(&s, &[7]), Inbound::Upcall);
         assert_eq!(inbound(&s, &[]), Inbound::Malformed);
         assert_eq!(inbound(&s, &[ty::FORWARD, 0x45, 0]), Inbound::Malformed);
-        let mut truncated_inner = subnet::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
+        let mut truncated_inner = sdwan::build_pseudo_header(PEER, OWN, 30).unwrap().to_vec();
         truncated_inner.extend_from_slice(&[0x45; 10]);
         assert_eq!(inbound(&s, &forward(&truncated_inner)), Inbound::Malformed);
+        // Parsed once: a FORWARD that is no IPv4 is not relayed either.
+        let mut v6 = packet(OWN, PEER, 40);
+        v6[0] = 0x60;
+        assert_eq!(inbound(&s, &forward(&v6)), Inbound::Malformed);
     }
 
     #[test]

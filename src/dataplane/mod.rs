@@ -2,8 +2,8 @@
 //! own UDP socket on the shared port.
 //!
 //! Direct path (when [`DataplaneConfig::udp`] is set): a packet read from
-//! TUN for a peer in the published [`Snapshot`]'s `direct` table is sealed
-//! in place and sent from the same buffer; a datagram that opens with our
+//! TUN whose entry in the published [`Snapshot`] is a peer is sealed in
+//! place and sent from the same buffer; a datagram that opens with our
 //! key and carries a FORWARD for us is written to TUN from the buffer it was
 //! received into. Workers load the snapshot once per batch of completions.
 //!
@@ -18,7 +18,6 @@ pub mod coalesce;
 pub mod counters;
 pub mod frame;
 pub mod offload;
-pub mod packet;
 mod sendmsg;
 pub mod snapshot;
 mod worker;
@@ -37,13 +36,14 @@ use tokio::sync::Notify;
 
 pub use bufring::BufRingError;
 pub use counters::{CounterSnapshot, Counters, SharedCounters};
-pub use packet::{classify, Ipv4Meta, PacketError};
 pub use snapshot::{
-    PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, TunRoute,
+    PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, SubnetHop, TunHop,
 };
 pub use writer::{TunWriter, WriteError};
 
 use crate::proto::crypto::PeerKey;
+use crate::proto::ipv4;
+use crate::proto::mtu::{DEFAULT_MTU, FORWARD_HEADROOM};
 use crate::sys::tun::{self, TunError, TunOptions};
 use crate::sys::udp::{self, UdpError};
 use crate::sys::uring_support::Refusal;
@@ -54,15 +54,15 @@ use crate::sys::{affinity, steering};
 /// prepends in place, rounded up to a cache line.
 pub const MIN_HEADROOM: usize = 64;
 
-const _: () = assert!(frame::FORWARD_HEADROOM <= MIN_HEADROOM);
+const _: () = assert!(FORWARD_HEADROOM <= MIN_HEADROOM);
 
 /// What one TUN read may need with offloads on: the virtio header, the
 /// largest super-packet, and room behind it to spread its pieces out
 /// (each gains a datagram prefix and a copy of the headers; the device's
 /// gso_max_segs bounds how many there are).
 pub const OFFLOAD_READ_BYTES: usize = offload::VNET_HDR_LEN
-    + packet::IPV4_MAX_PACKET
-    + udp::GSO_MAX_SEGMENTS * (frame::FORWARD_HEADROOM + offload::MAX_HEADERS);
+    + ipv4::MAX_PACKET
+    + udp::GSO_MAX_SEGMENTS * (FORWARD_HEADROOM + offload::MAX_HEADERS);
 
 /// Provided buffers per worker with offloads on: each is ~75 KiB.
 pub const OFFLOAD_BUFFERS: u32 = 256;
@@ -92,7 +92,8 @@ pub struct DataplaneConfig {
     pub workers: usize,
     /// Capacity of the channel to the control thread, in packets.
     pub channel_capacity: usize,
-    /// Largest packet a worker must be able to read (the device MTU).
+    /// The device MTU, validated with the client config (`proto::mtu`);
+    /// here it only sizes buffers (see [`DataplaneConfig::tun_read_bytes`]).
     pub mtu: usize,
     /// Provided buffers per worker; a power of two.
     pub buffers_per_worker: u32,
@@ -115,7 +116,7 @@ impl Default for DataplaneConfig {
         DataplaneConfig {
             workers: 1,
             channel_capacity: 4096,
-            mtu: 1400,
+            mtu: usize::from(DEFAULT_MTU),
             buffers_per_worker: 1024,
             headroom: MIN_HEADROOM,
             pin_cpus: true,
@@ -139,22 +140,36 @@ impl DataplaneConfig {
         if self.channel_capacity == 0 {
             return Err(bad("channel_capacity", "0 (must be at least 1)".into()));
         }
-        if !(68..=packet::IPV4_MAX_PACKET).contains(&self.mtu) {
-            return Err(bad("mtu", format!("{} (must be 68..=65535)", self.mtu)));
-        }
         if self.headroom < MIN_HEADROOM {
             return Err(bad(
                 "headroom",
                 format!("{} (must be at least {MIN_HEADROOM})", self.headroom),
             ));
         }
-        let read_bytes = if self.offload {
+        bufring::Layout::new(
+            self.buffers_per_worker,
+            self.tun_read_bytes(),
+            self.headroom,
+        )
+        .map_err(|e| match e {
+            BufRingError::BadBufferSize { .. } => bad("mtu", e.to_string()),
+            _ => bad("buffers_per_worker", e.to_string()),
+        })
+    }
+
+    /// Bytes one TUN read may return, which TUN buffers are sized for.
+    ///
+    /// Without offloads that is the device MTU. With offloads the kernel
+    /// hands over TSO/USO super-packets of up to 64 KiB whatever the MTU,
+    /// so the MTU plays no part in sizing: the kernel cut the segment size
+    /// (MSS, gso_size) to the MTU already, and the split keeps each piece
+    /// within it.
+    pub fn tun_read_bytes(&self) -> usize {
+        if self.offload {
             OFFLOAD_READ_BYTES
         } else {
             self.mtu
-        };
-        bufring::Layout::new(self.buffers_per_worker, read_bytes, self.headroom)
-            .map_err(|e| bad("buffers_per_worker", e.to_string()))
+        }
     }
 }
 

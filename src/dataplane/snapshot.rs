@@ -12,8 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::proto::crypto::PeerKey;
-use crate::route::is_broadcast_or_multicast;
-use crate::route::subnet::SubnetRoutes;
+use crate::proto::ipv4;
 
 /// Traffic over one peer's direct path, summed over all workers.
 ///
@@ -74,6 +73,20 @@ pub struct PeerEntry {
     pub counters: Arc<PeerCounters>,
 }
 
+impl PartialEq for PeerEntry {
+    /// Keys have no observable value; the same key object is the same peer.
+    fn eq(&self, o: &Self) -> bool {
+        self.endpoint == o.endpoint
+            && Arc::ptr_eq(&self.key, &o.key)
+            && Arc::ptr_eq(&self.counters, &o.counters)
+    }
+}
+
+impl Eq for PeerEntry {}
+
+/// The published forwarding table: the next-hop rule (`route::NextHopTable`,
+/// PROTOCOL §6.4 and §7) compiled by the control thread into entries that
+/// *are* the peer, so a worker does one lookup per packet.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Bumped by the publisher; lets workers and tests tell tables apart.
@@ -81,13 +94,20 @@ pub struct Snapshot {
     /// This node's virtual IP; 0.0.0.0 until the server assigns one, which
     /// makes every FORWARD a relay hop with nowhere to go (dropped).
     pub own_vip: Ipv4Addr,
-    /// Peers with a direct (CONNECTED) path.
+    /// Peers with a direct (CONNECTED) path, by VIP: whose counters a
+    /// delivered packet adds to.
     pub direct: HashMap<Ipv4Addr, PeerEntry>,
-    /// Latency routing: final destination VIP → next-hop VIP (must be in
-    /// `direct` to be used).
-    pub next_hops: HashMap<Ipv4Addr, Ipv4Addr>,
-    /// Server-pushed subnet routes (site-to-site).
-    pub subnets: SubnetRoutes,
+    /// A packet read from TUN for one of these VIPs: the decision, made in
+    /// advance. Holds every VIP whose decision is other than "relay as is",
+    /// and the VIP network's directed broadcast (relay as is), which a
+    /// subnet route must not catch.
+    pub tun: HashMap<Ipv4Addr, TunHop>,
+    /// A FORWARD for another node: the direct peer to pass it on to.
+    /// Absent: dropped (never the relay, never back to ourselves).
+    pub forward: HashMap<Ipv4Addr, PeerEntry>,
+    /// For TUN destinations not in `tun`: subnet routes, longest prefix
+    /// first, each with its gateway's decision.
+    pub subnets: Vec<SubnetHop>,
 }
 
 impl Default for Snapshot {
@@ -96,63 +116,82 @@ impl Default for Snapshot {
             generation: 0,
             own_vip: Ipv4Addr::UNSPECIFIED,
             direct: HashMap::new(),
-            next_hops: HashMap::new(),
-            subnets: SubnetRoutes::default(),
+            tun: HashMap::new(),
+            forward: HashMap::new(),
+            subnets: Vec::new(),
         }
     }
 }
 
 /// Where a packet read from TUN goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TunRoute {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunHop {
     /// The subnet gateway VIP when an sdwan route matched: the packet must
     /// be wrapped in a pseudo-header addressed to it.
     pub wrap_for: Option<Ipv4Addr>,
-    /// `Some(peer)` for a direct UDP send to `peer`, `None` for the relay.
-    pub next_hop: Option<Ipv4Addr>,
+    /// The peer for a direct UDP send, `None` for the relay.
+    pub peer: Option<PeerEntry>,
+}
+
+impl TunHop {
+    /// Unwrapped, over the relay.
+    pub const RELAY: TunHop = TunHop {
+        wrap_for: None,
+        peer: None,
+    };
+}
+
+/// A subnet route, compiled: LAN destinations in `net/prefix` are wrapped
+/// for `hop.wrap_for` and sent to `hop.peer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetHop {
+    pub net: Ipv4Addr,
+    pub mask: Ipv4Addr,
+    pub hop: TunHop,
+}
+
+impl SubnetHop {
+    fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & u32::from(self.mask) == u32::from(self.net)
+    }
 }
 
 impl Snapshot {
-    /// PROTOCOL §6.4 selection: a latency route whose next hop is direct,
-    /// else the destination itself if direct, else the relay (`None`).
-    /// Broadcast and multicast always take the relay, which fans out.
-    pub fn next_hop(&self, dest: Ipv4Addr) -> Option<Ipv4Addr> {
-        if is_broadcast_or_multicast(dest) {
-            return None;
-        }
-        if let Some(&via) = self.next_hops.get(&dest) {
-            if self.direct.contains_key(&via) {
-                return Some(via);
-            }
-        }
-        self.direct.contains_key(&dest).then_some(dest)
-    }
-
     /// The decision for a packet read from TUN with destination `daddr`.
-    pub fn route_tun(&self, daddr: Ipv4Addr) -> TunRoute {
-        if is_broadcast_or_multicast(daddr) {
-            return TunRoute {
-                wrap_for: None,
-                next_hop: None,
-            };
+    /// Peer traffic is one hash lookup; a miss is multicast or limited
+    /// broadcast (the relay fans out), a LAN address behind a subnet
+    /// route, or relay traffic, in the order the rule checks them.
+    pub fn route_tun(&self, daddr: Ipv4Addr) -> &TunHop {
+        if let Some(hop) = self.tun.get(&daddr) {
+            return hop;
         }
-        let wrap_for = self.subnets.lookup(daddr).map(|r| r.next_hop);
-        TunRoute {
-            wrap_for,
-            next_hop: self.next_hop(wrap_for.unwrap_or(daddr)),
+        if ipv4::is_broadcast(daddr) {
+            return &TunHop::RELAY;
         }
+        self.subnets
+            .iter()
+            .find(|s| s.contains(daddr))
+            .map_or(&TunHop::RELAY, |s| &s.hop)
     }
 
-    /// Next hop for a FORWARD received over UDP that is not for us. Never
-    /// the relay: like v5 (and unlike v6) a node passes others' traffic on
-    /// only along a direct path, so it cannot be used as an open relay onto
-    /// the server. Never back to ourselves either.
-    pub fn relay_hop(&self, daddr: Ipv4Addr) -> Option<Ipv4Addr> {
-        self.next_hop(daddr).filter(|&n| n != self.own_vip)
+    /// The peer to pass a FORWARD for `daddr` (not us) on to.
+    pub fn forward_hop(&self, daddr: Ipv4Addr) -> Option<&PeerEntry> {
+        self.forward.get(&daddr)
     }
 
-    pub fn endpoint(&self, vip: Ipv4Addr) -> Option<SocketAddrV4> {
-        self.direct.get(&vip).map(|p| p.endpoint)
+    /// Add a peer reached directly and by no other route, as the publisher
+    /// compiles rule 2 of §6.4.
+    #[cfg(test)]
+    pub(crate) fn add_direct_peer(&mut self, vip: Ipv4Addr, entry: PeerEntry) {
+        let hop = TunHop {
+            wrap_for: None,
+            peer: Some(entry.clone()),
+        };
+        self.tun.insert(vip, hop);
+        if vip != self.own_vip {
+            self.forward.insert(vip, entry.clone());
+        }
+        self.direct.insert(vip, entry);
     }
 }
 
@@ -180,7 +219,6 @@ impl SharedSnapshot {
 mod tests {
     use super::*;
     use crate::proto::crypto::CipherKind;
-    use crate::route::subnet::SubnetRoute;
 
     fn ip(d: u8) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, 0, d)
@@ -198,89 +236,59 @@ mod tests {
         let mut s = Snapshot {
             generation: 1,
             own_vip: ip(1),
-            subnets: SubnetRoutes::new(ip(1)),
             ..Default::default()
         };
-        s.direct.insert(ip(2), entry(2));
-        s.direct.insert(ip(4), entry(4));
-        // 3 is reached through 2; 4's table entry names a hop that is not
-        // direct, so 4 falls back to its own direct path; 5 only via 9.
-        s.next_hops.insert(ip(3), ip(2));
-        s.next_hops.insert(ip(4), ip(9));
-        s.next_hops.insert(ip(5), ip(9));
-        s.subnets.push(
-            SubnetRoute::new(
-                Ipv4Addr::new(172, 16, 2, 0),
-                Ipv4Addr::new(255, 255, 255, 0),
-                ip(3),
-            )
-            .unwrap(),
-        );
-        s.subnets.push(
-            SubnetRoute::new(
-                Ipv4Addr::new(172, 16, 7, 0),
-                Ipv4Addr::new(255, 255, 255, 0),
-                ip(6),
-            )
-            .unwrap(),
-        );
+        s.tun.insert(ip(255), TunHop::RELAY);
+        s.add_direct_peer(ip(1), entry(1));
+        s.add_direct_peer(ip(2), entry(2));
+        let via_gateway = TunHop {
+            wrap_for: Some(ip(2)),
+            peer: Some(entry(2)),
+        };
+        s.subnets.push(SubnetHop {
+            net: Ipv4Addr::new(172, 16, 2, 0),
+            mask: Ipv4Addr::new(255, 255, 255, 0),
+            hop: via_gateway,
+        });
+        s.subnets.push(SubnetHop {
+            net: Ipv4Addr::UNSPECIFIED,
+            mask: Ipv4Addr::UNSPECIFIED,
+            hop: TunHop {
+                wrap_for: Some(ip(6)),
+                peer: None,
+            },
+        });
         s
     }
 
     #[test]
-    fn next_hop_selection_follows_v6_order() {
+    fn tun_lookup_is_the_table_then_broadcasts_then_subnets() {
         let s = table();
-        assert_eq!(s.next_hop(ip(2)), Some(ip(2)));
-        assert_eq!(s.next_hop(ip(3)), Some(ip(2)));
-        assert_eq!(s.next_hop(ip(4)), Some(ip(4)));
-        assert_eq!(s.next_hop(ip(5)), None);
-        assert_eq!(s.next_hop(ip(8)), None);
-        assert_eq!(s.next_hop(Ipv4Addr::BROADCAST), None);
-        assert_eq!(s.next_hop(Ipv4Addr::new(224, 0, 0, 251)), None);
+        assert_eq!(s.route_tun(ip(2)).peer.as_ref(), s.direct.get(&ip(2)));
+        assert_eq!(s.route_tun(ip(2)).wrap_for, None);
+        assert_eq!(
+            s.route_tun(Ipv4Addr::new(172, 16, 2, 9)).wrap_for,
+            Some(ip(2))
+        );
+        // The default route would catch them, but broadcasts take the relay
+        // as they are.
+        for b in [ip(255), Ipv4Addr::BROADCAST, Ipv4Addr::new(239, 1, 1, 1)] {
+            assert_eq!(s.route_tun(b), &TunHop::RELAY, "{b}");
+        }
+        assert_eq!(s.route_tun(ip(8)).wrap_for, Some(ip(6)));
+        assert_eq!(s.route_tun(ip(8)).peer, None);
     }
 
     #[test]
-    fn tun_route_wraps_subnet_traffic_for_its_gateway() {
+    fn forward_never_loops_to_self() {
         let s = table();
-        let lan = Ipv4Addr::new(172, 16, 2, 9);
-        assert_eq!(
-            s.route_tun(lan),
-            TunRoute {
-                wrap_for: Some(ip(3)),
-                next_hop: Some(ip(2)),
-            }
-        );
-        // Gateway 6 has no direct path: wrapped, then relayed.
-        assert_eq!(
-            s.route_tun(Ipv4Addr::new(172, 16, 7, 1)),
-            TunRoute {
-                wrap_for: Some(ip(6)),
-                next_hop: None,
-            }
-        );
-        assert_eq!(
-            s.route_tun(ip(4)),
-            TunRoute {
-                wrap_for: None,
-                next_hop: Some(ip(4)),
-            }
-        );
-        assert_eq!(
-            s.route_tun(Ipv4Addr::new(239, 1, 1, 1)),
-            TunRoute {
-                wrap_for: None,
-                next_hop: None,
-            }
-        );
+        assert_eq!(s.forward_hop(ip(2)), Some(&entry_of(&s, 2)));
+        assert_eq!(s.forward_hop(ip(1)), None);
+        assert_eq!(s.forward_hop(ip(8)), None);
     }
 
-    #[test]
-    fn relay_hop_never_uses_the_relay_or_loops_to_self() {
-        let mut s = table();
-        assert_eq!(s.relay_hop(ip(3)), Some(ip(2)));
-        assert_eq!(s.relay_hop(ip(8)), None);
-        s.direct.insert(ip(1), entry(1));
-        assert_eq!(s.relay_hop(ip(1)), None);
+    fn entry_of(s: &Snapshot, d: u8) -> PeerEntry {
+        s.direct[&ip(d)].clone()
     }
 
     #[test]
@@ -291,8 +299,8 @@ mod tests {
         let old = b.load();
         a.publish(table());
         assert_eq!(b.load().generation, 1);
-        assert_eq!(b.load().endpoint(ip(2)).map(|e| e.port()), Some(2));
-        assert_eq!(old.endpoint(ip(2)), None);
+        assert_eq!(b.load().direct[&ip(2)].endpoint.port(), 2);
+        assert!(old.direct.is_empty());
     }
 
     #[test]

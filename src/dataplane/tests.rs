@@ -202,7 +202,7 @@ fn config_and_queue_count_are_checked() {
     assert_eq!(bad(config(16, 0)), "channel_capacity");
     assert_eq!(
         bad(DataplaneConfig {
-            mtu: 20,
+            mtu: 0,
             ..config(16, 1)
         }),
         "mtu"

@@ -12,11 +12,12 @@ use std::time::Instant;
 
 use super::sendmsg::SendSlot;
 use super::tests::relayed_packet;
+use crate::dataplane::{SubnetHop, TunHop};
 use crate::proto::checksum;
 use crate::proto::crypto::{CipherKind, IvSequence};
+use crate::proto::sdwan;
 use crate::proto::stun;
 use crate::proto::udp::{ty, Heartbeat};
-use crate::route::subnet::{self, SubnetRoute, SubnetRoutes};
 
 const PASSWORD: &[u8] = b"udp path test";
 const OWN: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
@@ -111,34 +112,35 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
     let mut snap = Snapshot {
         generation: 1,
         own_vip: OWN,
-        subnets: SubnetRoutes::new(OWN),
         ..Default::default()
     };
-    snap.direct.insert(
-        PEER,
-        PeerEntry {
-            endpoint: peer_addr,
-            key: Arc::new(key(PEER)),
-            counters: peer_counters.clone(),
+    let peer_entry = PeerEntry {
+        endpoint: peer_addr,
+        key: Arc::new(key(PEER)),
+        counters: peer_counters.clone(),
+    };
+    snap.add_direct_peer(PEER, peer_entry.clone());
+    // BEYOND is reached through PEER, as a latency route compiles.
+    let via_peer = |wrap_for| TunHop {
+        wrap_for,
+        peer: Some(peer_entry.clone()),
+    };
+    snap.tun.insert(BEYOND, via_peer(None));
+    snap.forward.insert(BEYOND, peer_entry.clone());
+    let mask = Ipv4Addr::new(255, 255, 255, 0);
+    snap.subnets.push(SubnetHop {
+        net: Ipv4Addr::new(172, 16, 5, 0),
+        mask,
+        hop: via_peer(Some(PEER)),
+    });
+    snap.subnets.push(SubnetHop {
+        net: Ipv4Addr::new(172, 16, 6, 0),
+        mask,
+        hop: TunHop {
+            wrap_for: Some(UNKNOWN),
+            peer: None,
         },
-    );
-    snap.next_hops.insert(BEYOND, PEER);
-    snap.subnets.push(
-        SubnetRoute::new(
-            Ipv4Addr::new(172, 16, 5, 0),
-            Ipv4Addr::new(255, 255, 255, 0),
-            PEER,
-        )
-        .unwrap(),
-    );
-    snap.subnets.push(
-        SubnetRoute::new(
-            Ipv4Addr::new(172, 16, 6, 0),
-            Ipv4Addr::new(255, 255, 255, 0),
-            UNKNOWN,
-        )
-        .unwrap(),
-    );
+    });
     dp.snapshot().publish(snap);
     Harness {
         dp,
@@ -165,7 +167,7 @@ impl Harness {
             .recv_from(&mut buf)
             .expect("no datagram at the peer");
         assert_eq!(from, SocketAddr::V4(self.dp_addr()), "wrong source");
-        assert!(n <= frame::MAX_DATAGRAM);
+        assert!(n <= crate::proto::mtu::MAX_DATAGRAM);
         key(PEER)
             .open_in_place(&mut buf[..n])
             .expect("datagram does not open with the peer's key")
@@ -267,7 +269,7 @@ fn latency_route_and_subnet_route_pick_the_direct_hop() {
     assert_eq!(got[0], ty::FORWARD);
     assert_eq!(
         &got[1..21],
-        &subnet::build_pseudo_header(OWN, PEER, lan.len()).unwrap()
+        &sdwan::build_pseudo_header(OWN, PEER, lan.len()).unwrap()
     );
     assert_eq!(&got[21..], &lan[..]);
     let pc = h.peer_counters.snapshot();
@@ -295,7 +297,7 @@ fn packets_without_a_direct_hop_go_up_for_the_relay() {
     let up = relayed_packet(&upcall);
     assert_eq!(
         &up[..20],
-        &subnet::build_pseudo_header(OWN, UNKNOWN, lan.len()).unwrap()
+        &sdwan::build_pseudo_header(OWN, UNKNOWN, lan.len()).unwrap()
     );
     assert_eq!(&up[20..], &lan[..]);
     assert_eq!(h.dp.counters().udp_tx_packets, 0);
@@ -317,7 +319,7 @@ fn forward_for_us_is_written_to_tun() {
         64,
         99,
     );
-    let mut wrapped = subnet::build_pseudo_header(PEER, OWN, inner.len())
+    let mut wrapped = sdwan::build_pseudo_header(PEER, OWN, inner.len())
         .unwrap()
         .to_vec();
     wrapped.extend_from_slice(&inner);
@@ -444,7 +446,7 @@ fn oversize_packets_are_dropped_not_sent() {
         own_vip: OWN,
         ..Default::default()
     };
-    snap.direct.insert(
+    snap.add_direct_peer(
         PEER,
         PeerEntry {
             endpoint: peer_addr,
@@ -453,7 +455,9 @@ fn oversize_packets_are_dropped_not_sent() {
         },
     );
     dp.snapshot().publish(snap);
-    // 1471 + 29 = 1500 goes; 1472 does not.
+    // Candy's datagram limit: 1471 + 29 = 1500 goes; 1472 does not. The
+    // config's mtu keeps every datagram well within it (`proto::mtu`);
+    // this device MTU is larger so that the check is reached.
     tun.send(&ipv4(OWN, PEER, 1472, 1)).unwrap();
     wait_for("oversize", || dp.counters().oversize == 1);
     tun.send(&ipv4(OWN, PEER, 1471, 2)).unwrap();
@@ -477,7 +481,7 @@ fn the_snapshot_is_followed_from_the_next_batch() {
     assert_eq!(relayed_packet(&h.upcall()), p);
     let mut s = (*h.dp.snapshot().load()).clone();
     s.generation += 1;
-    s.direct.insert(
+    s.add_direct_peer(
         UNKNOWN,
         PeerEntry {
             endpoint: h.peer_addr,

@@ -27,12 +27,13 @@ mod send;
 
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
-use super::frame::{MAX_DATAGRAM, RECVMSG_PREFIX};
+use super::frame::RECVMSG_PREFIX;
 use super::offload::VNET_HDR_LEN;
 use super::sendmsg::SendSlot;
 use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
 use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey};
+use crate::proto::mtu::MAX_DATAGRAM;
 use crate::sys::affinity;
 use crate::sys::udp::{GRO_CONTROL_LEN, GSO_MAX_SEGMENTS};
 use crate::sys::uring_support::{self, Step};

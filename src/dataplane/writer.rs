@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use super::counters::{new_shared, SharedCounters};
 use super::offload::VNET_HDR_LEN;
-use super::packet::{classify, PacketError};
+use crate::proto::ipv4::{classify, PacketError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {

@@ -1,11 +1,16 @@
 //! Wire formats: every WebSocket, UDP and STUN message of PROTOCOL.md, the
-//! AEAD envelope and key derivation. Pure byte code: no I/O, no clock.
+//! AEAD envelope and key derivation, the IPv4 fields and sdwan
+//! pseudo-header packets are routed by, the MSS rewrite and the tunnel's
+//! size budget. Pure byte code: no I/O, no clock, no routing decisions.
 
 pub mod checksum;
 pub mod cidr;
 pub mod crypto;
 mod error;
 pub mod ipv4;
+pub mod mss;
+pub mod mtu;
+pub mod sdwan;
 pub mod stun;
 pub mod udp;
 pub mod ws;

@@ -5,7 +5,8 @@
 //! current `Instant`; it drains [`Transmit`]s with [`Router::poll_transmit`],
 //! sleeps until [`Router::poll_timeout`] and then calls
 //! [`Router::handle_timeout`]. Whenever [`Router::generation`] changes it
-//! republishes [`Router::next_hops`] to the dataplane.
+//! compiles [`Router::next_hops`] (the one [`NextHopTable`] rule) into the
+//! dataplane's snapshot again.
 //!
 //! Driving it: call `peer_connected`/`peer_disconnected` on every change of
 //! the peer state machine into/out of CONNECTED, `handle_delay`/
@@ -31,7 +32,6 @@
 mod advertise;
 mod config;
 mod latency;
-pub mod mss;
 mod nexthop;
 mod router;
 pub mod subnet;
@@ -41,7 +41,7 @@ use std::net::Ipv4Addr;
 
 pub use config::{Hysteresis, RouteConfig, RouteConfigError};
 pub use latency::Srtt;
-pub use nexthop::{is_broadcast_or_multicast, NextHop, NextHopTable, RouteStatus};
+pub use nexthop::{NextHop, NextHopTable, RouteStatus, TunRoute};
 pub use router::{DelayOutcome, RouteOutcome, RouteStats, Router};
 pub use subnet::{SubnetError, SubnetRoute, SubnetRoutes};
 

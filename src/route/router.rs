@@ -339,8 +339,10 @@ impl Router {
         self.out.pop_front()
     }
 
-    /// The §6.4 snapshot for the dataplane. Empty table when disabled, so
-    /// lookups degrade to "direct if CONNECTED, else relay" as in Candy.
+    /// The next-hop rule over this router's routes and CONNECTED peers (the
+    /// node adds subnet routes and the directed broadcast). Empty table
+    /// when disabled, so lookups degrade to "direct if CONNECTED, else
+    /// relay" as in Candy.
     pub fn next_hops(&self) -> NextHopTable {
         NextHopTable::new(
             self.table.routes().map(|(d, r)| (d, r.next)),

@@ -1,30 +1,11 @@
-//! Site-to-site (sdwan) routes pushed by the server, and the 20-byte
-//! pseudo-header that carries a LAN packet to its gateway (PROTOCOL §7).
-//!
-//! Pure functions over byte slices; every malformed input is a typed error.
+//! Site-to-site (sdwan) routes pushed by the server (PROTOCOL §7): which
+//! gateway a LAN destination is wrapped for. The pseudo-header's bytes are
+//! `proto::sdwan`'s.
 
 use std::net::Ipv4Addr;
 
-use crate::proto::checksum;
-
-/// Length of the pseudo-header; stock receivers strip exactly this much.
-pub const PSEUDO_HEADER_LEN: usize = 20;
-/// Protocol number that marks a pseudo-header (IP-in-IP).
-pub const IPIP_PROTOCOL: u8 = 4;
-const IPV4_MIN_HEADER: usize = 20;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetError {
-    #[error("packet is {len} bytes, shorter than {need}")]
-    Truncated { len: usize, need: usize },
-    #[error("packet after the pseudo-header is {0} bytes, shorter than an IPv4 header")]
-    InnerTruncated(usize),
-    #[error("a {0}-byte packet does not fit an IPv4 total length once wrapped")]
-    TooLong(usize),
-    #[error(
-        "pseudo-header starts with {0:#04x}; only 0x45 (IHL 5) or 0x00 (Candy's) are accepted"
-    )]
-    BadPseudoHeader(u8),
     #[error("netmask {0} is not contiguous")]
     NonContiguousMask(Ipv4Addr),
     #[error("route destination {dst} has host bits outside {mask}")]
@@ -122,79 +103,13 @@ impl SubnetRoutes {
     }
 
     pub fn lookup(&self, daddr: Ipv4Addr) -> Option<&SubnetRoute> {
-        self.by_prefix
-            .iter()
-            .map(|&i| &self.routes[i])
-            .find(|r| r.contains(daddr))
+        self.longest_first().find(|r| r.contains(daddr))
     }
-}
 
-/// The destination address of an IPv4 packet.
-pub fn packet_daddr(packet: &[u8]) -> Result<Ipv4Addr, SubnetError> {
-    let b = packet.get(16..20).ok_or(SubnetError::Truncated {
-        len: packet.len(),
-        need: IPV4_MIN_HEADER,
-    })?;
-    Ok(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-}
-
-/// A valid IPv4 header (version 4, IHL 5, protocol 4, correct total length
-/// and checksum) for wrapping `inner_len` bytes from `src` (own VIP) to
-/// `next_hop`. Stock receivers only look at byte 9 and strip 20 bytes; a
-/// well-formed header also survives anything that does parse it.
-pub fn build_pseudo_header(
-    src: Ipv4Addr,
-    next_hop: Ipv4Addr,
-    inner_len: usize,
-) -> Result<[u8; PSEUDO_HEADER_LEN], SubnetError> {
-    let total = inner_len
-        .checked_add(PSEUDO_HEADER_LEN)
-        .and_then(|t| u16::try_from(t).ok())
-        .ok_or(SubnetError::TooLong(inner_len))?;
-    let mut h = [0u8; PSEUDO_HEADER_LEN];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[8] = 64;
-    h[9] = IPIP_PROTOCOL;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&next_hop.octets());
-    let sum = checksum::ipv4_header(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    Ok(h)
-}
-
-/// Whether a delivered packet carries a pseudo-header (byte 9 == 4), which
-/// is the only test stock Candy applies.
-pub fn is_encapsulated(packet: &[u8]) -> Result<bool, SubnetError> {
-    if packet.len() < IPV4_MIN_HEADER {
-        return Err(SubnetError::Truncated {
-            len: packet.len(),
-            need: IPV4_MIN_HEADER,
-        });
+    /// Routes in the order [`SubnetRoutes::lookup`] tries them.
+    pub fn longest_first(&self) -> impl Iterator<Item = &SubnetRoute> {
+        self.by_prefix.iter().map(|&i| &self.routes[i])
     }
-    Ok(packet[9] == IPIP_PROTOCOL)
-}
-
-/// What to write to TUN for a packet delivered to this node: the packet
-/// itself, or what follows its pseudo-header.
-///
-/// Accepts Candy's all-zero header and a real IHL-5 header. Anything else
-/// with protocol 4 (an IHL>5 IP-in-IP packet) is refused rather than cut at
-/// byte 20 as Candy would, which would hand the kernel option bytes as a
-/// header.
-pub fn decapsulate(packet: &[u8]) -> Result<&[u8], SubnetError> {
-    if !is_encapsulated(packet)? {
-        return Ok(packet);
-    }
-    match packet[0] {
-        0x00 | 0x45 => {}
-        b => return Err(SubnetError::BadPseudoHeader(b)),
-    }
-    let inner = &packet[PSEUDO_HEADER_LEN..];
-    if inner.len() < IPV4_MIN_HEADER {
-        return Err(SubnetError::InnerTruncated(inner.len()));
-    }
-    Ok(inner)
 }
 
 #[cfg(test)]
@@ -208,16 +123,6 @@ mod tests {
     fn route(dst: Ipv4Addr, prefix: u32, next: Ipv4Addr) -> SubnetRoute {
         let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
         SubnetRoute::new(dst, mask, next).unwrap()
-    }
-
-    fn inner_packet(daddr: Ipv4Addr, len: usize) -> Vec<u8> {
-        let mut p = vec![0u8; len];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        p[9] = 17;
-        p[12..16].copy_from_slice(&[172, 16, 1, 10]);
-        p[16..20].copy_from_slice(&daddr.octets());
-        p
     }
 
     #[test]
@@ -265,73 +170,5 @@ mod tests {
             SubnetRoute::new(ip(10, 0, 0, 1), ip(255, 255, 255, 0), ip(1, 1, 1, 1)),
             Err(SubnetError::HostBits { .. })
         ));
-    }
-
-    #[test]
-    fn pseudo_header_is_valid_ipv4_and_strips() {
-        let own = ip(192, 168, 202, 1);
-        let gw = ip(192, 168, 202, 2);
-        let inner = inner_packet(ip(172, 16, 2, 5), 60);
-        let h = build_pseudo_header(own, gw, inner.len()).unwrap();
-        assert_eq!(h[0], 0x45);
-        assert_eq!(h[9], 4);
-        assert_eq!(u16::from_be_bytes([h[2], h[3]]), 80);
-        assert_eq!(&h[12..16], &own.octets());
-        assert_eq!(&h[16..20], &gw.octets());
-        // A correct checksum makes the folded sum over the header 0xFFFF.
-        assert_eq!(checksum::ipv4_header(&h), 0);
-        let mut wrapped = h.to_vec();
-        wrapped.extend_from_slice(&inner);
-        assert_eq!(packet_daddr(&wrapped).unwrap(), gw);
-        assert_eq!(decapsulate(&wrapped).unwrap(), &inner[..]);
-        // Not wrapped: delivered as is.
-        assert_eq!(decapsulate(&inner).unwrap(), &inner[..]);
-    }
-
-    #[test]
-    fn candy_all_zero_pseudo_header_accepted() {
-        let inner = inner_packet(ip(172, 16, 2, 5), 40);
-        let mut wrapped = vec![0u8; 20];
-        wrapped[9] = 4;
-        wrapped[12..16].copy_from_slice(&[192, 168, 202, 3]);
-        wrapped[16..20].copy_from_slice(&[192, 168, 202, 1]);
-        wrapped.extend_from_slice(&inner);
-        assert_eq!(decapsulate(&wrapped).unwrap(), &inner[..]);
-    }
-
-    #[test]
-    fn malformed_input_is_typed_error() {
-        assert_eq!(
-            decapsulate(&[0x45; 19]),
-            Err(SubnetError::Truncated { len: 19, need: 20 })
-        );
-        assert_eq!(
-            packet_daddr(&[]),
-            Err(SubnetError::Truncated { len: 0, need: 20 })
-        );
-        let mut only_header = vec![0u8; 30];
-        only_header[9] = 4;
-        assert_eq!(
-            decapsulate(&only_header),
-            Err(SubnetError::InnerTruncated(10))
-        );
-        let mut options = inner_packet(ip(1, 2, 3, 4), 64);
-        options[0] = 0x46;
-        options[9] = 4;
-        assert_eq!(
-            decapsulate(&options),
-            Err(SubnetError::BadPseudoHeader(0x46))
-        );
-        assert_eq!(
-            build_pseudo_header(ip(1, 1, 1, 1), ip(2, 2, 2, 2), 65516),
-            Err(SubnetError::TooLong(65516))
-        );
-        assert!(build_pseudo_header(ip(1, 1, 1, 1), ip(2, 2, 2, 2), 65515).is_ok());
-        for n in 0..40 {
-            let junk = vec![4u8; n];
-            let _ = decapsulate(&junk);
-            let _ = is_encapsulated(&junk);
-            let _ = packet_daddr(&junk);
-        }
     }
 }

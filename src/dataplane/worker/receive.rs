@@ -18,12 +18,13 @@ use io_uring::{opcode, types};
 use super::{send_user_data, upcall, Batch, Core, Op, PeerTally, Sq};
 use crate::dataplane::coalesce::Run;
 use crate::dataplane::counters::CounterSnapshot;
-use crate::dataplane::frame::{self, Inbound, RecvError, MAX_DATAGRAM};
+use crate::dataplane::frame::{self, Inbound, RecvError};
 use crate::dataplane::offload::VNET_HDR_LEN;
 use crate::dataplane::sendmsg::SendSlot;
 use crate::dataplane::snapshot::Snapshot;
 use crate::dataplane::Upcall;
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
+use crate::proto::mtu::MAX_DATAGRAM;
 use crate::proto::stun::looks_like_stun;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
@@ -188,11 +189,7 @@ impl Receive<'_, '_, '_> {
                 }
                 self.deliver(plain_at + packet.start..plain_at + packet.end);
             }
-            Inbound::Relay { next_hop } => {
-                let Some(peer) = self.snap.direct.get(&next_hop) else {
-                    b.no_route += 1;
-                    return;
-                };
+            Inbound::Relay { peer } => {
                 if d.len() > MAX_DATAGRAM {
                     b.oversize += 1;
                     return;

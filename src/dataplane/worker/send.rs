@@ -12,13 +12,14 @@ use std::os::fd::AsRawFd;
 use io_uring::{opcode, types};
 
 use super::{send_user_data, upcall, Batch, Core, Op};
-use crate::dataplane::frame::{self, FrameError, FORWARD_OVERHEAD};
+use crate::dataplane::frame::{self, FrameError};
 use crate::dataplane::offload::{self, VnetHdr, VNET_HDR_LEN};
-use crate::dataplane::packet::classify;
 use crate::dataplane::Upcall;
+use crate::proto::ipv4::classify;
+use crate::proto::mss;
+use crate::proto::mtu::FORWARD_OVERHEAD;
+use crate::proto::sdwan::PSEUDO_HEADER_LEN;
 use crate::proto::ws;
-use crate::route::mss;
-use crate::route::subnet::PSEUDO_HEADER_LEN;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
 impl Core {
@@ -57,13 +58,10 @@ impl Core {
             b.dropped_malformed += 1;
             return false;
         };
-        let route = snap.route_tun(meta.dst);
-        let wrap = route.wrap_for.map(|gw| (snap.own_vip, gw));
+        let hop = snap.route_tun(meta.dst);
+        let wrap = hop.wrap_for.map(|gw| (snap.own_vip, gw));
         let wrap_len = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
-        let direct = route
-            .next_hop
-            .and_then(|n| snap.direct.get(&n))
-            .zip(self.udp.as_ref());
+        let direct = hop.peer.as_ref().zip(self.udp.as_ref());
         // Room in front of each packet for what goes there: the envelope
         // and type byte of a sealed FORWARD, or the relay frame's type byte.
         let prefix = wrap_len

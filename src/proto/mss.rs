@@ -3,7 +3,10 @@
 //! A LAN host behind a gateway announces an MSS for its own 1500-byte link;
 //! segments that size do not fit the tunnel, and path MTU discovery through
 //! site firewalls is often broken. Rewriting the MSS option of SYNs as they
-//! enter the tunnel keeps TCP segments small enough from the start.
+//! enter the tunnel keeps TCP segments small enough from the start; the
+//! limit comes from `proto::mtu::mss_for_mtu`.
+
+use super::ipv4::HEADER_LEN;
 
 const IPPROTO_TCP: u8 = 6;
 const TCP_SYN: u8 = 0x02;
@@ -11,17 +14,12 @@ const OPT_END: u8 = 0;
 const OPT_NOP: u8 = 1;
 const OPT_MSS: u8 = 2;
 
-/// Largest MSS for a tunnel MTU: IPv4 and TCP headers without options.
-pub fn mss_for_mtu(mtu: u16) -> u16 {
-    mtu.saturating_sub(40)
-}
-
 /// Lowers the MSS option of a TCP SYN in `packet` (an IPv4 packet) to at
 /// most `max_mss`, fixing the TCP checksum incrementally. Returns true if
 /// the packet was changed. Anything that is not a well-formed unfragmented
 /// TCP SYN is left alone.
 pub fn clamp(packet: &mut [u8], max_mss: u16) -> bool {
-    if packet.len() < 20 || packet[0] >> 4 != 4 || packet[9] != IPPROTO_TCP {
+    if packet.len() < HEADER_LEN || packet[0] >> 4 != 4 || packet[9] != IPPROTO_TCP {
         return false;
     }
     // Only the first fragment carries the TCP header.
@@ -31,7 +29,7 @@ pub fn clamp(packet: &mut [u8], max_mss: u16) -> bool {
     }
     let ihl = usize::from(packet[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([packet[2], packet[3]])).min(packet.len());
-    if ihl < 20 || total < ihl + 20 {
+    if ihl < HEADER_LEN || total < ihl + 20 {
         return false;
     }
     let tcp = &mut packet[ihl..total];
@@ -147,11 +145,5 @@ mod tests {
         let mut udp = syn(1460, TCP_SYN);
         udp[9] = 17;
         assert!(!clamp(&mut udp, 1360));
-    }
-
-    #[test]
-    fn mss_from_mtu() {
-        assert_eq!(mss_for_mtu(1400), 1360);
-        assert_eq!(mss_for_mtu(20), 0);
     }
 }
