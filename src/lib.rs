@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod demo;
 pub mod peer;
 pub mod proto;
+pub mod rng;
 pub mod route;
 pub mod server;
 pub mod sys;

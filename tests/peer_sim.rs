@@ -9,20 +9,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ringlink::peer::{Action, PeerConfig, PeerManager, PeerState};
+use ringlink::rng::SplitMix64;
 
 const UDP_DELAY: Duration = Duration::from_millis(10);
 const WS_DELAY: Duration = Duration::from_millis(20);
-
-struct Rng(u64);
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Udp {
@@ -73,7 +63,7 @@ struct Sim {
     hosts: Vec<Host>,
     queue: BinaryHeap<Reverse<(Instant, u64, Msg)>>,
     seq: u64,
-    rng: Rng,
+    rng: SplitMix64,
     udp_loss: f64,
     /// Peer-to-peer UDP blackholed (STUN still works, as with a broken path
     /// between two NATs).
@@ -97,7 +87,6 @@ impl Sim {
                 let lan = SocketAddrV4::new(Ipv4Addr::new(192, 168, i as u8 + 1, 10), 50_000);
                 let mut c = PeerConfig::new(v);
                 c.lan_candidate = Some(lan);
-                c.rng_seed = seed ^ i as u64;
                 cfg(i, &mut c);
                 Host {
                     m: PeerManager::new(c, t0).unwrap(),
@@ -116,7 +105,7 @@ impl Sim {
             hosts,
             queue: BinaryHeap::new(),
             seq: 0,
-            rng: Rng(seed),
+            rng: SplitMix64::new(seed),
             udp_loss: 0.0,
             udp_cut: false,
             pings: Vec::new(),
@@ -215,8 +204,7 @@ impl Sim {
                 Action::DiscoveryReply { peer } => {
                     self.send_ws(i, peer, Ws::Discovery { broadcast: false })
                 }
-                Action::DelayProbe { .. }
-                | Action::Connected { .. }
+                Action::Connected { .. }
                 | Action::PathChanged { .. }
                 | Action::Disconnected { .. } => self.hosts[i].notes.push((now_ms, a)),
             }
@@ -382,11 +370,8 @@ fn both_sides_relayed_traffic_connects_at_exact_times() {
         let vj = sim.hosts[j].vip;
         let pj = sim.hosts[j].public;
         assert_eq!(
-            sim.hosts[i].notes[..2],
-            [
-                (3_010, Action::Connected { peer: vj, path: pj }),
-                (3_010, Action::DelayProbe { peer: vj, to: pj }),
-            ]
+            sim.hosts[i].notes[..1],
+            [(3_010, Action::Connected { peer: vj, path: pj })]
         );
     }
 }

@@ -3,8 +3,9 @@
 //! the loop that moves relay traffic and drives the peer logic.
 
 mod backoff;
+mod driver;
 mod iface;
-mod node;
+pub mod node;
 mod server_link;
 pub mod status;
 mod stream;
@@ -28,6 +29,7 @@ use crate::proto::ws::encode_forward;
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
 use crate::sys::ifaddr::first_lan_ipv4;
+use driver::NodeDriver;
 use iface::Interface;
 use node::{Node, NodeConfig};
 use server_link::{Link, LinkCounters, LinkEvent};
@@ -71,9 +73,8 @@ async fn new_node(
     cfg: &ClientConfig,
     own: Ipv4Cidr,
     iface: &Interface,
-    to_server: mpsc::Sender<Vec<u8>>,
     now: Instant,
-) -> Result<Node, ClientError> {
+) -> Result<NodeDriver, ClientError> {
     let udp = iface
         .udp_sender()
         .ok_or_else(|| ClientError::Interface("dataplane has no UDP socket".into()))?;
@@ -106,7 +107,6 @@ async fn new_node(
     peer.discovery_ticks = cfg.discovery;
     peer.lan_candidate = lan;
     peer.timers = scaled_timers(cfg.test_time_divisor);
-    peer.rng_seed = rand::random();
     peer.eager = true;
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
@@ -126,7 +126,7 @@ async fn new_node(
         "peer-to-peer {}",
         if stun.is_some() { "on" } else { "off (no stun key)" }
     );
-    Node::new(
+    let node = Node::new(
         NodeConfig {
             own,
             password: cfg.password.as_bytes().to_vec(),
@@ -134,13 +134,12 @@ async fn new_node(
             stun,
             peer,
             route,
+            seed: rand::random(),
         },
-        udp,
-        iface.snapshot(),
-        to_server,
         now,
     )
-    .map_err(ClientError::Interface)
+    .map_err(|e| ClientError::Interface(e.to_string()))?;
+    Ok(NodeDriver::new(node, udp, iface.snapshot()))
 }
 
 /// Peer timers divided for tests (`test_time_divisor`); the tick never goes
@@ -159,7 +158,6 @@ fn scaled_timers(divisor: u32) -> Timers {
         connected_idle: d(t.connected_idle),
         retry_initial: d(t.retry_initial),
         retry_max: d(t.retry_max),
-        probe_every_ticks: t.probe_every_ticks,
     }
 }
 
@@ -202,7 +200,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     );
 
     let mut iface: Option<Interface> = None;
-    let mut node: Option<Node> = None;
+    let mut node: Option<NodeDriver> = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut frame = Vec::new();
@@ -214,7 +212,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     None => std::future::pending().await,
                 }
             };
-            let deadline = node.as_ref().and_then(|n| n.next_deadline());
+            let deadline = node.as_ref().and_then(|n| n.node.next_deadline());
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -232,21 +230,24 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                             }
                         }
                         Some(Upcall::Peer { from, plaintext }) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_peer_message(from, &plaintext, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_peer_message(from, &plaintext, now);
+                                n.carry_out(i, &to_server).await;
                             }
                         }
                         Some(Upcall::Stun { from, datagram }) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_stun(from, &datagram, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_stun(from, &datagram, now);
+                                n.carry_out(i, &to_server).await;
                             }
                         }
                         None => return Err(ClientError::Interface("dataplane workers stopped".into())),
                     }
                 }
                 _ = timer => {
-                    if let Some(n) = node.as_mut() {
-                        n.on_timeout(Instant::now());
+                    if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                        n.node.on_timeout(Instant::now());
+                        n.carry_out(i, &to_server).await;
                     }
                 }
                 ev = events.recv() => {
@@ -259,27 +260,29 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                     let i = iface.insert(Interface::create(&cfg, cidr).await?);
                                     tun_tx.send_replace(Some(i.writer()));
                                     update(&status, |s| s.workers = i.workers());
-                                    node = Some(new_node(&cfg, cidr, i, to_server.clone(), now).await?);
+                                    node = Some(new_node(&cfg, cidr, i, now).await?);
                                 }
                             }
-                            if let Some(n) = node.as_mut() {
-                                n.set_server_up(true);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.set_server_up(true);
+                                n.carry_out(i, &to_server).await;
                             }
                         }
                         Some(LinkEvent::Down) => {
                             if let Some(n) = node.as_mut() {
-                                n.set_server_up(false);
+                                n.node.set_server_up(false);
                             }
                         }
                         Some(LinkEvent::Frame(f)) => {
-                            let pushed = node.as_mut().and_then(|n| n.on_server_frame(&f, now));
-                            if let (Some(routes), Some(i)) = (pushed, iface.as_ref()) {
-                                i.install_routes(&routes).await;
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_server_frame(&f, now);
+                                n.carry_out(i, &to_server).await;
                             }
                         }
                         Some(LinkEvent::Relayed(src)) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_relayed(src, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_relayed(src, now);
+                                n.carry_out(i, &to_server).await;
                             }
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
@@ -288,7 +291,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }
                 _ = status_tick.tick() => {
                     let counters = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
-                    let (peers, routes) = node.as_ref().map(|n| n.status(Instant::now())).unwrap_or_default();
+                    let (peers, routes) = node.as_ref().map(|n| n.node.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {
                         s.tun_rx_packets = counters.tun_rx_packets;
                         s.tun_rx_bytes = counters.tun_rx_bytes;

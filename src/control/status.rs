@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PeerStatus {
+pub struct PeerLine {
     pub vip: String,
     pub state: String,
     /// "direct" or "relay".
@@ -26,7 +26,7 @@ pub struct PeerStatus {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RouteStatus {
+pub struct RouteLine {
     pub dst: String,
     pub next_hop: String,
     pub path: String,
@@ -59,8 +59,8 @@ pub struct Status {
     pub relay_tx_frames: u64,
     pub relay_rx_frames: u64,
     pub dropped: u64,
-    pub peers: Vec<PeerStatus>,
-    pub routes: Vec<RouteStatus>,
+    pub peers: Vec<PeerLine>,
+    pub routes: Vec<RouteLine>,
 }
 
 /// Filled in by the control loop; read when someone asks.
@@ -194,7 +194,7 @@ mod tests {
             tun: "rl0".into(),
             address: Some("10.77.0.2/24".into()),
             connected: true,
-            peers: vec![PeerStatus {
+            peers: vec![PeerLine {
                 vip: "10.77.0.3".into(),
                 state: "CONNECTED".into(),
                 path: "direct".into(),

@@ -22,7 +22,7 @@ pub const FORWARD_MIN_LEN: usize = 21;
 /// Route metric meaning "withdrawn".
 pub const WITHDRAWN: i32 = i32::MAX;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerMessage<'a> {
     Heartbeat(Heartbeat),
     /// The IPv4 packet (possibly led by the sdwan pseudo-header).
@@ -45,6 +45,17 @@ impl<'a> PeerMessage<'a> {
             ty::ROUTE => PeerMessage::Route(RouteAdvert::decode(plain)?),
             other => PeerMessage::Unknown(other),
         })
+    }
+
+    /// The plaintext, type byte first. `Unknown` has no body to send.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            PeerMessage::Heartbeat(h) => h.encode().to_vec(),
+            PeerMessage::Forward(packet) => [&[ty::FORWARD], *packet].concat(),
+            PeerMessage::Delay(d) => d.encode().to_vec(),
+            PeerMessage::Route(r) => r.encode().to_vec(),
+            PeerMessage::Unknown(t) => vec![*t],
+        }
     }
 }
 

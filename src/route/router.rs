@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use super::advertise::message_for;
 use super::config::{ConfigError, RouteConfig};
-use super::latency::{BootClock, EchoError, ProbeState, SplitMix};
+use super::latency::{BootClock, EchoError, ProbeState};
 use super::nexthop::{NextHopTable, RouteStatus};
 use super::table::{AdvertReject, Change, Table};
-use super::{DelayMsg, Message, RouteMsg, Transmit};
+use super::Transmit;
+use crate::proto::udp::{Delay, PeerMessage, RouteAdvert};
+use crate::rng::SplitMix64;
 
 /// What happened to a received DELAY; for logs and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +62,7 @@ pub struct RouteStats {
 pub struct Router {
     cfg: RouteConfig,
     clock: BootClock,
-    rng: SplitMix,
+    rng: SplitMix64,
     table: Table,
     connected: BTreeSet<Ipv4Addr>,
     probes: BTreeMap<Ipv4Addr, ProbeState>,
@@ -86,7 +88,7 @@ impl Router {
         );
         Ok(Router {
             clock: BootClock::new(now),
-            rng: SplitMix::new(cfg.seed),
+            rng: SplitMix64::new(cfg.seed),
             table,
             connected: BTreeSet::new(),
             probes: BTreeMap::new(),
@@ -177,7 +179,7 @@ impl Router {
         self.advertise(&changes);
     }
 
-    pub fn handle_delay(&mut self, msg: DelayMsg, now: Instant) -> DelayOutcome {
+    pub fn handle_delay(&mut self, msg: Delay, now: Instant) -> DelayOutcome {
         let outcome = self.delay(msg, now);
         if !matches!(
             outcome,
@@ -188,7 +190,7 @@ impl Router {
         outcome
     }
 
-    fn delay(&mut self, msg: DelayMsg, now: Instant) -> DelayOutcome {
+    fn delay(&mut self, msg: Delay, now: Instant) -> DelayOutcome {
         if !self.enabled() {
             return DelayOutcome::Disabled;
         }
@@ -198,7 +200,7 @@ impl Router {
             let Some(st) = self.probes.get_mut(&peer) else {
                 return DelayOutcome::NotConnected;
             };
-            let rtt = match st.echoed(msg.ts_ms, self.clock.ms(now)) {
+            let rtt = match st.echoed(msg.timestamp_ms, self.clock.ms(now)) {
                 Ok(rtt) => rtt,
                 Err(EchoError::Unsolicited) => return DelayOutcome::Unsolicited,
                 Err(EchoError::BadTimestamp) => return DelayOutcome::BadTimestamp,
@@ -215,7 +217,7 @@ impl Router {
             }
             self.out.push_back(Transmit {
                 to: msg.src,
-                msg: Message::Delay(msg),
+                msg: PeerMessage::Delay(msg),
             });
             self.stats.echoes_sent += 1;
             // A probing Candy peer installs its entry for us when our echo
@@ -249,7 +251,7 @@ impl Router {
         }
     }
 
-    pub fn handle_route(&mut self, msg: RouteMsg, now: Instant) -> RouteOutcome {
+    pub fn handle_route(&mut self, msg: RouteAdvert, now: Instant) -> RouteOutcome {
         if !self.enabled() {
             self.stats.routes_ignored += 1;
             return RouteOutcome::Disabled;
@@ -257,7 +259,7 @@ impl Router {
         let mut changes = Vec::new();
         let res = self
             .table
-            .advert(msg.dst, msg.next, msg.delay, now, &mut changes);
+            .advert(msg.dst, msg.next, msg.delay_ms, now, &mut changes);
         self.advertise(&changes);
         match res {
             Ok(()) => {
@@ -379,7 +381,7 @@ impl Router {
                 {
                     self.out.push_back(Transmit {
                         to: p,
-                        msg: Message::Route(m),
+                        msg: PeerMessage::Route(m),
                     });
                     self.stats.routes_sent += 1;
                 }
@@ -393,7 +395,7 @@ impl Router {
             if let Some(m) = message_for(self.cfg.own_vip, self.cfg.route_cost, dst, Some(r), to) {
                 self.out.push_back(Transmit {
                     to,
-                    msg: Message::Route(m),
+                    msg: PeerMessage::Route(m),
                 });
                 self.stats.routes_sent += 1;
             }
@@ -420,10 +422,10 @@ fn probe(
     if st.sent(ts_ms) {
         out.push_back(Transmit {
             to: peer,
-            msg: Message::Delay(DelayMsg {
+            msg: PeerMessage::Delay(Delay {
                 src: cfg.own_vip,
                 dst: peer,
-                ts_ms,
+                timestamp_ms: ts_ms,
             }),
         });
         stats.probes_sent += 1;
