@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod control;
+mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod peer;

@@ -204,7 +204,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut frame = Vec::new();
-        let mut relay_dropped = 0u64;
+        let mut control = status::ControlCounters::default();
         loop {
             let upcall = async {
                 match iface.as_ref() {
@@ -226,19 +226,19 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         Some(Upcall::TunPacket(p)) => {
                             encode_forward(&p, &mut frame);
                             if to_server.try_send(std::mem::take(&mut frame)).is_err() {
-                                relay_dropped += 1;
+                                control.relay_dropped += 1;
                             }
                         }
                         Some(Upcall::Peer { from, plaintext }) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                                 n.node.on_peer_message(from, &plaintext, now);
-                                n.carry_out(i, &to_server).await;
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(Upcall::Stun { from, datagram }) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                                 n.node.on_stun(from, &datagram, now);
-                                n.carry_out(i, &to_server).await;
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         None => return Err(ClientError::Interface("dataplane workers stopped".into())),
@@ -247,7 +247,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 _ = timer => {
                     if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                         n.node.on_timeout(Instant::now());
-                        n.carry_out(i, &to_server).await;
+                        n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
                 ev = events.recv() => {
@@ -265,7 +265,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                             }
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                                 n.node.set_server_up(true);
-                                n.carry_out(i, &to_server).await;
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Down) => {
@@ -276,13 +276,13 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         Some(LinkEvent::Frame(f)) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                                 n.node.on_server_frame(&f, now);
-                                n.carry_out(i, &to_server).await;
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Relayed(src)) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
                                 n.node.on_relayed(src, now);
-                                n.carry_out(i, &to_server).await;
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
@@ -290,20 +290,17 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     }
                 }
                 _ = status_tick.tick() => {
-                    let counters = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
+                    control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
+                    control.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
+                    let dataplane = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
                     let (peers, routes) = node.as_ref().map(|n| n.node.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {
-                        s.tun_rx_packets = counters.tun_rx_packets;
-                        s.tun_rx_bytes = counters.tun_rx_bytes;
-                        s.tun_tx_packets = counters.tun_written;
-                        s.tun_gso_packets = counters.tun_gso_packets;
-                        s.udp_tx_packets = counters.udp_tx_packets;
-                        s.udp_rx_packets = counters.udp_rx_packets;
-                        s.tun_coalesced_writes = counters.tun_coalesced_writes;
-                        s.udp_gro_receives = counters.udp_gro_receives;
-                        s.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
-                        s.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
-                        s.dropped = relay_dropped + counters.dropped_full + counters.dropped_malformed;
+                        s.dataplane = dataplane;
+                        s.control = control;
+                        if let Some(n) = node.as_ref() {
+                            s.node = n.node.stats;
+                            s.router = n.node.route_stats();
+                        }
                         s.peers = peers;
                         s.routes = routes;
                     });

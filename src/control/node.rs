@@ -19,6 +19,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use crate::counters::counters;
 use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
 use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
@@ -64,13 +65,18 @@ pub enum Output {
     InstallRoutes(Vec<SysRoute>),
 }
 
-/// Counted outcomes, for logs and status.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NodeStats {
-    pub ignored_events: u64,
-    pub malformed: u64,
-    pub ws_dropped: u64,
-    pub stun_ignored: u64,
+counters! {
+    /// What the node dropped, for `ringlink status`.
+    plain NodeStats {
+        /// Peer events the state machines refused (`peer::Ignored`).
+        ignored_events,
+        /// Server frames and peer messages that did not decode.
+        malformed,
+        /// Frames for the server not sent because the link was down.
+        ws_dropped,
+        /// STUN responses from another host or for no request of ours.
+        stun_ignored,
+    }
 }
 
 pub struct Node {
@@ -431,6 +437,11 @@ impl Node {
             _ if self.direct.contains_key(&vip) => "direct".to_string(),
             _ => "relay".to_string(),
         }
+    }
+
+    /// The router's counters, for `ringlink status`.
+    pub fn route_stats(&self) -> route::RouteStats {
+        self.router.stats()
     }
 
     /// Lines for `ringlink status`.

@@ -11,6 +11,26 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
+use super::node::NodeStats;
+use crate::counters::counters;
+use crate::dataplane::CounterSnapshot;
+use crate::route::RouteStats;
+
+counters! {
+    /// The control loop's own counters.
+    plain ControlCounters {
+        /// FORWARD frames to and from the server.
+        relay_tx_frames,
+        relay_rx_frames,
+        /// Packets for the relay dropped because the server queue was full.
+        relay_dropped,
+        /// Control datagrams (heartbeats, STUN, probes) the kernel refused.
+        udp_send_errors,
+        /// Control frames for the server dropped because its queue was full.
+        server_queue_full,
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct PeerLine {
     pub vip: String,
@@ -44,21 +64,14 @@ pub struct Status {
     pub reconnects: u64,
     pub last_error: Option<String>,
     pub workers: usize,
-    pub tun_rx_packets: u64,
-    pub tun_rx_bytes: u64,
-    pub tun_tx_packets: u64,
-    /// TUN reads that were TSO/USO super-packets (each is several packets).
-    pub tun_gso_packets: u64,
-    /// TUN writes that carried several coalesced TCP segments.
-    pub tun_coalesced_writes: u64,
-    /// Datagrams sent and received on the direct path (all workers), and
-    /// receives that were GRO runs of several datagrams.
-    pub udp_tx_packets: u64,
-    pub udp_rx_packets: u64,
-    pub udp_gro_receives: u64,
-    pub relay_tx_frames: u64,
-    pub relay_rx_frames: u64,
-    pub dropped: u64,
+    /// Every dataplane counter, summed over the workers and the TUN
+    /// writer; top-level keys in the JSON.
+    #[serde(flatten)]
+    pub dataplane: CounterSnapshot,
+    #[serde(flatten)]
+    pub control: ControlCounters,
+    pub node: NodeStats,
+    pub router: RouteStats,
     pub peers: Vec<PeerLine>,
     pub routes: Vec<RouteLine>,
 }
@@ -105,6 +118,23 @@ pub fn query(path: &Path) -> Result<Status, String> {
         .map_err(|e| format!("malformed status from {}: {e}", path.display()))
 }
 
+/// One titled block of `name value` pairs, four to a line; every counter is
+/// shown, zero or not, so an operator can grep for one by name.
+fn render_counters(
+    out: &mut String,
+    title: &str,
+    fields: impl Iterator<Item = (&'static str, u64)>,
+) {
+    out.push_str(&format!("\n{title}:\n"));
+    let fields: Vec<_> = fields.collect();
+    for line in fields.chunks(4) {
+        for (name, value) in line {
+            out.push_str(&format!("  {name:<22} {value:>12}"));
+        }
+        out.push('\n');
+    }
+}
+
 /// Human-readable form for the terminal.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
@@ -123,21 +153,11 @@ pub fn render(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error: {e}\n"));
     }
-    out.push_str(&format!(
-        "workers {}  tun rx {} reads ({} super-packets) / {} B  tun tx {} pkts ({} coalesced writes)  udp tx {} rx {} ({} gro runs)  relay tx {} rx {} frames  dropped {}\n",
-        s.workers,
-        s.tun_rx_packets,
-        s.tun_gso_packets,
-        s.tun_rx_bytes,
-        s.tun_tx_packets,
-        s.tun_coalesced_writes,
-        s.udp_tx_packets,
-        s.udp_rx_packets,
-        s.udp_gro_receives,
-        s.relay_tx_frames,
-        s.relay_rx_frames,
-        s.dropped
-    ));
+    out.push_str(&format!("workers {}\n", s.workers));
+    render_counters(&mut out, "dataplane", s.dataplane.fields());
+    render_counters(&mut out, "control", s.control.fields());
+    render_counters(&mut out, "node", s.node.fields());
+    render_counters(&mut out, "router", s.router.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
             "\n{:<16} {:<14} {:<7} {:<22} {:>8} {:>12} {:>12}\n",
@@ -224,6 +244,58 @@ mod tests {
         assert_eq!(got.unwrap(), want);
         assert!(render(&want).contains("CONNECTED"));
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn every_counter_reaches_the_operator() {
+        let mut s = Status::default();
+        // Distinct values, so a field shown under the wrong name is caught.
+        let mut next = 1000u64;
+        let mut bump = || {
+            next += 1;
+            next
+        };
+        s.dataplane.decrypt_failed = bump();
+        s.dataplane.no_route = bump();
+        s.dataplane.oversize = bump();
+        s.dataplane.send_errors = bump();
+        s.dataplane.tun_write_errors = bump();
+        s.dataplane.tun_coalesced_packets = bump();
+        s.control.relay_dropped = bump();
+        s.node.stun_ignored = bump();
+        s.router.routes_ignored = bump();
+        let json = serde_json::to_value(&s).unwrap();
+        let text = render(&s);
+        let groups = [
+            (None, s.dataplane.fields().collect::<Vec<_>>()),
+            (None, s.control.fields().collect()),
+            (Some("node"), s.node.fields().collect()),
+            (Some("router"), s.router.fields().collect()),
+        ];
+        // Flattened groups share one JSON object: a name used twice would
+        // silently hide one of the counters.
+        let mut names = std::collections::HashSet::new();
+        for (nested, fields) in groups {
+            for (name, value) in fields {
+                let got = match nested {
+                    Some(group) => &json[group][name],
+                    None => &json[name],
+                };
+                assert_eq!(got.as_u64(), Some(value), "{name} in --json");
+                let line = text
+                    .lines()
+                    .find(|l| l.split_whitespace().any(|w| w == name))
+                    .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+                if value > 1000 {
+                    assert!(
+                        line.contains(&format!("{name} ")) && line.contains(&value.to_string())
+                    );
+                }
+                assert!(names.insert((nested, name)), "{name} declared twice");
+            }
+        }
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use super::latency::{BootClock, EchoError, ProbeState};
 use super::nexthop::{NextHopTable, RouteStatus};
 use super::table::{AdvertReject, Change, Table};
 use super::Transmit;
+use crate::counters::counters;
 use crate::proto::udp::{Delay, PeerMessage, RouteAdvert};
 use crate::rng::SplitMix64;
 
@@ -47,16 +48,26 @@ pub enum RouteOutcome {
     TableFull,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteStats {
-    pub probes_sent: u64,
-    pub echoes_sent: u64,
-    pub rtt_samples: u64,
-    pub delays_ignored: u64,
-    pub routes_sent: u64,
-    pub routes_applied: u64,
-    pub routes_ignored: u64,
-    pub table_overflows: u64,
+counters! {
+    /// What the router did and what it refused, for `ringlink status`.
+    plain RouteStats {
+        /// DELAY probes sent to CONNECTED peers.
+        probes_sent,
+        /// Peers' probes echoed back.
+        echoes_sent,
+        /// Echoes of our probes that gave an RTT.
+        rtt_samples,
+        /// DELAYs that matched no outstanding probe or had a bad timestamp.
+        delays_ignored,
+        /// ROUTE advertisements and withdrawals sent.
+        routes_sent,
+        routes_applied,
+        /// ROUTEs whose next hop is not CONNECTED, that name us, or that did
+        /// not fit the table.
+        routes_ignored,
+        /// Destinations refused because the table was full.
+        table_overflows,
+    }
 }
 
 pub struct Router {
