@@ -4,6 +4,7 @@
 
 mod backoff;
 mod driver;
+mod error;
 mod iface;
 pub mod node;
 mod server_link;
@@ -18,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -30,24 +30,11 @@ use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
 use crate::sys::ifaddr::first_lan_ipv4;
 use driver::NodeDriver;
+pub use error::{ClientError, ConnectError, InterfaceError, LinkLost, Refusal, TlsError};
 use iface::Interface;
 use node::{Node, NodeConfig};
 use server_link::{Link, LinkCounters, LinkEvent};
 use status::{update, SharedStatus, Status};
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("connect: {0}")]
-    Connect(String),
-    #[error("refused by the server: {0}")]
-    Refused(String),
-    #[error("connection lost: {0}")]
-    Lost(String),
-    #[error("tls: {0}")]
-    Tls(String),
-    #[error("interface: {0}")]
-    Interface(String),
-}
 
 /// Packets waiting for the WebSocket. Kept short on purpose: anything
 /// queued here is latency for every flow through the relay (512 full-size
@@ -75,9 +62,7 @@ async fn new_node(
     iface: &Interface,
     now: Instant,
 ) -> Result<NodeDriver, ClientError> {
-    let udp = iface
-        .udp_sender()
-        .ok_or_else(|| ClientError::Interface("dataplane has no UDP socket".into()))?;
+    let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
     let port = iface.udp_port().unwrap_or(0);
     let stun = match &cfg.stun {
         None => None,
@@ -138,7 +123,7 @@ async fn new_node(
         },
         now,
     )
-    .map_err(|e| ClientError::Interface(e.to_string()))?;
+    .map_err(InterfaceError::from)?;
     Ok(NodeDriver::new(node, udp, iface.snapshot()))
 }
 
@@ -241,7 +226,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
-                        None => return Err(ClientError::Interface("dataplane workers stopped".into())),
+                        None => return Err(InterfaceError::WorkersStopped.into()),
                     }
                 }
                 _ = timer => {
@@ -286,7 +271,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                             }
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
-                        None => return Err(ClientError::Lost("server link task ended".into())),
+                        None => return Err(LinkLost::TaskEnded.into()),
                     }
                 }
                 _ = status_tick.tick() => {

@@ -101,21 +101,44 @@ pub async fn serve(path: PathBuf, status: impl Fn() -> Status + 'static) -> std:
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot reach a running client at {}: {source} (is `ringlink client` running?)", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading status from {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("malformed status from {}: {source}", path.display())]
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// The CLI side: fetch the document from a running client.
-pub fn query(path: &Path) -> Result<Status, String> {
-    let mut conn = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach a running client at {}: {e} (is `ringlink client` running?)",
-            path.display()
-        )
+pub fn query(path: &Path) -> Result<Status, QueryError> {
+    let path_buf = || path.to_owned();
+    let mut conn = UnixStream::connect(path).map_err(|source| QueryError::Connect {
+        path: path_buf(),
+        source,
     })?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
     conn.flush().ok();
     let mut body = Vec::new();
     conn.read_to_end(&mut body)
-        .map_err(|e| format!("reading status from {}: {e}", path.display()))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| format!("malformed status from {}: {e}", path.display()))
+        .map_err(|source| QueryError::Read {
+            path: path_buf(),
+            source,
+        })?;
+    serde_json::from_slice(&body).map_err(|source| QueryError::Malformed {
+        path: path_buf(),
+        source,
+    })
 }
 
 /// One titled block of `name value` pairs, four to a line; every counter is
@@ -301,6 +324,10 @@ mod tests {
     #[test]
     fn query_without_a_client_says_so() {
         let e = query(Path::new("/nonexistent/ringlink.sock")).unwrap_err();
-        assert!(e.contains("is `ringlink client` running?"), "{e}");
+        assert!(matches!(e, QueryError::Connect { .. }), "{e}");
+        assert!(
+            e.to_string().contains("is `ringlink client` running?"),
+            "{e}"
+        );
     }
 }

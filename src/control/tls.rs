@@ -13,13 +13,12 @@ use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvi
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::ClientError;
+use super::TlsError;
 
-pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, ClientError> {
+pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
+        .with_safe_default_protocol_versions()?;
     let config = if insecure {
         builder
             .dangerous()
@@ -29,22 +28,25 @@ pub fn client_config(ca: Option<&Path>, insecure: bool) -> Result<Arc<ClientConf
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         if let Some(path) = ca {
-            let pem = std::fs::read(path)
-                .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
+            let read_err = |source| TlsError::ReadCa {
+                path: path.to_owned(),
+                source,
+            };
+            let pem = std::fs::read(path).map_err(read_err)?;
             let mut found = 0;
             for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let cert =
-                    cert.map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
                 roots
-                    .add(cert)
-                    .map_err(|e| ClientError::Tls(format!("tls_ca {}: {e}", path.display())))?;
+                    .add(cert.map_err(read_err)?)
+                    .map_err(|source| TlsError::AddCa {
+                        path: path.to_owned(),
+                        source,
+                    })?;
                 found += 1;
             }
             if found == 0 {
-                return Err(ClientError::Tls(format!(
-                    "tls_ca {}: no PEM certificate in file",
-                    path.display()
-                )));
+                return Err(TlsError::NoCertificate {
+                    path: path.to_owned(),
+                });
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()

@@ -67,9 +67,6 @@ impl Peer {
     pub fn real(&self) -> Option<SocketAddrV4> {
         self.real
     }
-    pub fn ack(&self) -> bool {
-        self.ack
-    }
     pub fn retry(&self) -> Duration {
         self.retry
     }

@@ -283,34 +283,6 @@ impl PeerManager {
         self.lan_p2p = false;
     }
 
-    pub fn lan_p2p_enabled(&self) -> bool {
-        self.lan_p2p
-    }
-
-    /// Forgets one peer (e.g. the server reported it gone). Emits
-    /// `Disconnected` if it was CONNECTED so the data path falls back.
-    pub fn remove_peer(&mut self, vip: Ipv4Addr) -> bool {
-        match self.peers.remove(&vip) {
-            Some(p) => {
-                if p.state() == PeerState::Connected {
-                    self.actions.push_back(Action::Disconnected { peer: vip });
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Forgets every peer, as Candy does on a WS reconnect (new client instance).
-    pub fn clear(&mut self) {
-        let vips: Vec<_> = self.peers.keys().copied().collect();
-        for vip in vips {
-            self.remove_peer(vip);
-        }
-        self.own_public = None;
-        self.lan_p2p = true;
-    }
-
     pub fn peer(&self, vip: Ipv4Addr) -> Option<PeerStatus> {
         self.peers.get(&vip).map(PeerStatus::from)
     }

@@ -134,10 +134,6 @@ impl Router {
         }
     }
 
-    pub fn is_connected(&self, peer: Ipv4Addr) -> bool {
-        self.connected.contains(&peer)
-    }
-
     /// Smoothed RTT to a CONNECTED peer, once one probe came back.
     pub fn peer_rtt(&self, peer: Ipv4Addr) -> Option<u32> {
         self.probes.get(&peer).and_then(|p| p.srtt).map(|s| s.ms())
