@@ -4,7 +4,7 @@
 //! clock; nothing sleeps.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
@@ -55,6 +55,9 @@ struct Host {
     /// (ms since t0, peer, state entered) for every change observed.
     history: Vec<(u64, Ipv4Addr, PeerState)>,
     notes: Vec<(u64, Action)>,
+    /// The data path as the control node keeps it: only what the
+    /// CONNECTED, path-change and disconnect actions said.
+    direct: BTreeMap<Ipv4Addr, SocketAddrV4>,
 }
 
 struct Sim {
@@ -96,6 +99,7 @@ impl Sim {
                     lan_id: i as u32,
                     history: Vec::new(),
                     notes: Vec::new(),
+                    direct: BTreeMap::new(),
                 }
             })
             .collect();
@@ -169,7 +173,7 @@ impl Sim {
     /// An IP packet from host `from` to `dst`: direct if CONNECTED, else relayed.
     fn send_data(&mut self, from: usize, dst: Ipv4Addr, reply: bool) {
         let src = self.hosts[from].vip;
-        match self.hosts[from].m.direct_path(dst) {
+        match self.hosts[from].direct.get(&dst).copied() {
             Some(ep) => self.send_udp(from, ep, Udp::Data { src, reply }),
             None => self.send_ws(from, dst, Ws::Forward { reply }),
         }
@@ -204,9 +208,14 @@ impl Sim {
                 Action::DiscoveryReply { peer } => {
                     self.send_ws(i, peer, Ws::Discovery { broadcast: false })
                 }
-                Action::Connected { .. }
-                | Action::PathChanged { .. }
-                | Action::Disconnected { .. } => self.hosts[i].notes.push((now_ms, a)),
+                Action::Connected { peer, path } | Action::PathChanged { peer, path } => {
+                    self.hosts[i].direct.insert(peer, path);
+                    self.hosts[i].notes.push((now_ms, a));
+                }
+                Action::Disconnected { peer } => {
+                    self.hosts[i].direct.remove(&peer);
+                    self.hosts[i].notes.push((now_ms, a));
+                }
             }
         }
     }
@@ -455,8 +464,8 @@ fn simultaneous_start_on_one_lan_takes_the_lan_path() {
     sim.run_until(6_000);
     assert_eq!(sim.state(0, 1), Some(Connected));
     assert_eq!(sim.state(1, 0), Some(Connected));
-    assert_eq!(sim.hosts[0].m.direct_path(b), Some(sim.hosts[1].lan));
-    assert_eq!(sim.hosts[1].m.direct_path(a), Some(sim.hosts[0].lan));
+    assert_eq!(sim.hosts[0].direct.get(&b).copied(), Some(sim.hosts[1].lan));
+    assert_eq!(sim.hosts[1].direct.get(&a).copied(), Some(sim.hosts[0].lan));
 }
 
 #[test]
@@ -475,8 +484,14 @@ fn same_lan_prefers_the_lan_path() {
     // Both ended up on the LAN path, which a public source never displaces.
     let lan1 = sim.hosts[1].lan;
     let lan0 = sim.hosts[0].lan;
-    assert_eq!(sim.hosts[0].m.direct_path(sim.hosts[1].vip), Some(lan1));
-    assert_eq!(sim.hosts[1].m.direct_path(sim.hosts[0].vip), Some(lan0));
+    assert_eq!(
+        sim.hosts[0].direct.get(&sim.hosts[1].vip).copied(),
+        Some(lan1)
+    );
+    assert_eq!(
+        sim.hosts[1].direct.get(&sim.hosts[0].vip).copied(),
+        Some(lan0)
+    );
 }
 
 #[test]

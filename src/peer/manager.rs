@@ -303,14 +303,6 @@ impl PeerManager {
         self.peers.get(&vip).map(Peer::state)
     }
 
-    /// Where to send data for `vip` directly, if it is CONNECTED.
-    pub fn direct_path(&self, vip: Ipv4Addr) -> Option<SocketAddrV4> {
-        let p = self.peers.get(&vip)?;
-        (p.state() == PeerState::Connected)
-            .then(|| p.real())
-            .flatten()
-    }
-
     pub fn own_public(&self) -> Option<SocketAddrV4> {
         self.own_public
     }

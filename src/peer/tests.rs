@@ -386,7 +386,7 @@ fn heartbeat_destinations_and_ack_flag_per_state() {
         (s.path, s.last_heartbeat, s.since),
         (Some(B_PUB), Some(n.at(4_100)), n.at(4_100))
     );
-    assert_eq!(n.m.direct_path(B), Some(B_PUB));
+    assert_eq!(n.status(B).state, PeerState::Connected);
     // CONNECTED: only `real`.
     let acts = n.advance(5_000);
     assert_eq!(
@@ -461,7 +461,7 @@ fn connected_dies_after_3s_without_ack_heartbeat() {
     assert_eq!(s.state, PeerState::Init);
     assert_eq!(s.since, n.at(4_000));
     assert_eq!((s.path, s.wide, s.local), (None, None, None));
-    assert_eq!(n.m.direct_path(B), None);
+    assert_eq!(n.status(B).path, None);
     // Retry: relayed traffic sends it round again.
     assert!(n.try_p2p().is_accepted());
     assert_eq!(n.state(B), PeerState::Preparing);
