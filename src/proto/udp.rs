@@ -245,4 +245,27 @@ mod tests {
         assert_eq!(PeerMessage::decode(&[3]).unwrap(), PeerMessage::Unknown(3));
         assert_eq!(PeerMessage::decode(&[]), Err(ProtoError::Empty));
     }
+
+    #[test]
+    fn every_message_encodes_to_what_decodes_back() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let packet = [0x45u8; 20];
+        for m in [
+            PeerMessage::Heartbeat(Heartbeat::new(a, true)),
+            PeerMessage::Forward(&packet),
+            PeerMessage::Delay(Delay {
+                src: a,
+                dst: b,
+                timestamp_ms: -7,
+            }),
+            PeerMessage::Route(RouteAdvert {
+                dst: b,
+                next: a,
+                delay_ms: WITHDRAWN,
+            }),
+            PeerMessage::Unknown(9),
+        ] {
+            assert_eq!(PeerMessage::decode(&m.encode()), Ok(m));
+        }
+    }
 }
