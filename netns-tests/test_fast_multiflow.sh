@@ -76,7 +76,7 @@ echo "  kernel counters b before: $net_b0"
 echo "                  after:  $(rl_net_stats b)"
 for c in a b; do
     check "$c: status still $W workers, threads still running" rl_has_workers $c $W
-    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_gso_packets", "tun_tx_packets", "tun_coalesced_writes", "udp_rx_packets", "udp_gro_receives", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_gso_packets", "tun_written", "tun_coalesced_writes", "udp_rx_packets", "udp_gro_receives", "relay_tx_frames", "relay_rx_frames", "relay_dropped", "dropped_full", "dropped_malformed", "decrypt_failed", "oversize"))')"
     # Offloads are on by default: bulk TCP must have used both halves.
     check "$c: read super-packets, received GRO runs and wrote coalesced segments" \
         test "$(rl_status_get $c 'min(d["tun_gso_packets"], d["udp_gro_receives"], d["tun_coalesced_writes"])')" -gt 0

@@ -85,7 +85,7 @@ echo "  worker CPU ticks before -> after: a: $cpu_a0 -> $(rl_worker_cpu a $W); b
 echo "  kernel counters a: $(rl_net_stats a)"
 echo "  kernel counters b: $(rl_net_stats b)"
 for c in a b; do
-    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_tx_packets", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_written", "relay_tx_frames", "relay_rx_frames", "relay_dropped", "dropped_full", "dropped_malformed", "decrypt_failed", "oversize"))')"
 done
 if [ "${RL_FAST_ORDER_STRESS:-0}" -gt 0 ]; then
     echo "  stress: ${RL_FAST_ORDER_STRESS} rounds of one flow a -> b at full speed, acks every 5000"

@@ -94,7 +94,7 @@ echo "  server eth0 moved $((srv1 - srv0)) bytes during the test"
 check "direct, not relayed: the server's eth0 moved < 2% of the $MB MB ($((srv1 - srv0)) bytes)" \
     test $((srv1 - srv0)) -lt $(( (MB << 20) / 50 ))
 for c in a b; do
-    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_tx_packets", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+    echo "  $c's counters: $(rl_status_get $c '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_written", "relay_tx_frames", "relay_rx_frames", "relay_dropped", "dropped_full", "dropped_malformed", "decrypt_failed", "oversize"))')"
 done
 check "a still has b CONNECTED/direct" rl_peer_direct a "${vb:-none}"
 check "b still has a CONNECTED/direct" rl_peer_direct b "${va:-none}"

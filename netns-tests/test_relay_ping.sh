@@ -22,5 +22,12 @@ check "first ping a -> b within 15 s" rl_wait_until 15 rl_ping_once a "${vb:-non
 check "ping a -> b (5 of 5)" rl_ping a "${vb:-none}" 5
 check "ping b -> a (5 of 5)" rl_ping b "${va:-none}" 5
 check "relay counters moved (a relay_tx_frames > 0)" rl_ge "$(rl_status_get a 'd["relay_tx_frames"]')" 1
+# Every counter reaches the operator, by name, in both forms.
+human_status() { timeout --foreground 10 "$RINGLINK" status --socket "$(rl_sock a)" 2>/dev/null; }
+status_names() { human_status | grep -qw "$1"; }
+for k in decrypt_failed no_route oversize send_errors tun_write_errors relay_dropped stun_ignored routes_ignored; do
+    check "ringlink status shows $k" status_names "$k"
+done
+check "--json carries the dataplane, node and router counters" test "$(rl_status_get a '"decrypt_failed" in d and "tun_write_errors" in d and "malformed" in d["node"] and "probes_sent" in d["router"]')" = true
 check "the server log shows two joins" rl_ge "$(rl_log_count server joined)" 2
 rl_finish test_relay_ping

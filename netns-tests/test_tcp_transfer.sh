@@ -33,7 +33,7 @@ counter_ge() { rl_ge "$(rl_status_get a "d[\"$1\"]")" "$2"; }
 # The status counters are refreshed periodically, not per query: allow 5 s.
 check "it went through ringlink (a's tun_rx_bytes >= $MB MB within 5 s)" rl_wait_until 5 counter_ge tun_rx_bytes $((MB << 20))
 check "and through the relay (a's relay_tx_frames >= $(( (MB << 20) / 1500 )))" rl_wait_until 5 counter_ge relay_tx_frames $(( (MB << 20) / 1500 ))
-echo "  a's counters: $(rl_status_get a '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_rx_bytes", "tun_tx_packets", "relay_tx_frames", "relay_rx_frames", "dropped"))')"
+echo "  a's counters: $(rl_status_get a '" ".join("%s=%s" % (k, d[k]) for k in ("tun_rx_packets", "tun_rx_bytes", "tun_written", "relay_tx_frames", "relay_rx_frames", "relay_dropped", "dropped_full", "dropped_malformed", "decrypt_failed", "oversize"))')"
 if [ "$rc" -eq 0 ]; then
     python3 -c 'import sys; n,s=int(sys.argv[1]),float(sys.argv[2]); print("  throughput %.1f Mbit/s" % (n*8/s/1e6 if s>0 else 0))' "$sent_n" "$sent_s"
 fi

@@ -5,12 +5,14 @@
 
 pub mod config;
 pub mod control;
+mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod effective_config;
 pub mod nat;
 pub mod peer;
 pub mod proto;
+pub mod rng;
 pub mod route;
 pub mod server;
 pub mod sys;

@@ -4,25 +4,15 @@
 //! clock; nothing sleeps.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ringlink::peer::{Action, PeerConfig, PeerManager, PeerState};
+use ringlink::rng::SplitMix64;
 
 const UDP_DELAY: Duration = Duration::from_millis(10);
 const WS_DELAY: Duration = Duration::from_millis(20);
-
-struct Rng(u64);
-impl Rng {
-    fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Udp {
@@ -65,6 +55,9 @@ struct Host {
     /// (ms since t0, peer, state entered) for every change observed.
     history: Vec<(u64, Ipv4Addr, PeerState)>,
     notes: Vec<(u64, Action)>,
+    /// The data path as the control node keeps it: only what the
+    /// CONNECTED, path-change and disconnect actions said.
+    direct: BTreeMap<Ipv4Addr, SocketAddrV4>,
 }
 
 struct Sim {
@@ -73,7 +66,7 @@ struct Sim {
     hosts: Vec<Host>,
     queue: BinaryHeap<Reverse<(Instant, u64, Msg)>>,
     seq: u64,
-    rng: Rng,
+    rng: SplitMix64,
     udp_loss: f64,
     /// Peer-to-peer UDP blackholed (STUN still works, as with a broken path
     /// between two NATs).
@@ -97,7 +90,6 @@ impl Sim {
                 let lan = SocketAddrV4::new(Ipv4Addr::new(192, 168, i as u8 + 1, 10), 50_000);
                 let mut c = PeerConfig::new(v);
                 c.lan_candidate = Some(lan);
-                c.rng_seed = seed ^ i as u64;
                 cfg(i, &mut c);
                 Host {
                     m: PeerManager::new(c, t0).unwrap(),
@@ -107,6 +99,7 @@ impl Sim {
                     lan_id: i as u32,
                     history: Vec::new(),
                     notes: Vec::new(),
+                    direct: BTreeMap::new(),
                 }
             })
             .collect();
@@ -116,7 +109,7 @@ impl Sim {
             hosts,
             queue: BinaryHeap::new(),
             seq: 0,
-            rng: Rng(seed),
+            rng: SplitMix64::new(seed),
             udp_loss: 0.0,
             udp_cut: false,
             pings: Vec::new(),
@@ -180,7 +173,7 @@ impl Sim {
     /// An IP packet from host `from` to `dst`: direct if CONNECTED, else relayed.
     fn send_data(&mut self, from: usize, dst: Ipv4Addr, reply: bool) {
         let src = self.hosts[from].vip;
-        match self.hosts[from].m.direct_path(dst) {
+        match self.hosts[from].direct.get(&dst).copied() {
             Some(ep) => self.send_udp(from, ep, Udp::Data { src, reply }),
             None => self.send_ws(from, dst, Ws::Forward { reply }),
         }
@@ -215,10 +208,14 @@ impl Sim {
                 Action::DiscoveryReply { peer } => {
                     self.send_ws(i, peer, Ws::Discovery { broadcast: false })
                 }
-                Action::DelayProbe { .. }
-                | Action::Connected { .. }
-                | Action::PathChanged { .. }
-                | Action::Disconnected { .. } => self.hosts[i].notes.push((now_ms, a)),
+                Action::Connected { peer, path } | Action::PathChanged { peer, path } => {
+                    self.hosts[i].direct.insert(peer, path);
+                    self.hosts[i].notes.push((now_ms, a));
+                }
+                Action::Disconnected { peer } => {
+                    self.hosts[i].direct.remove(&peer);
+                    self.hosts[i].notes.push((now_ms, a));
+                }
             }
         }
     }
@@ -382,11 +379,8 @@ fn both_sides_relayed_traffic_connects_at_exact_times() {
         let vj = sim.hosts[j].vip;
         let pj = sim.hosts[j].public;
         assert_eq!(
-            sim.hosts[i].notes[..2],
-            [
-                (3_010, Action::Connected { peer: vj, path: pj }),
-                (3_010, Action::DelayProbe { peer: vj, to: pj }),
-            ]
+            sim.hosts[i].notes[..1],
+            [(3_010, Action::Connected { peer: vj, path: pj })]
         );
     }
 }
@@ -470,8 +464,8 @@ fn simultaneous_start_on_one_lan_takes_the_lan_path() {
     sim.run_until(6_000);
     assert_eq!(sim.state(0, 1), Some(Connected));
     assert_eq!(sim.state(1, 0), Some(Connected));
-    assert_eq!(sim.hosts[0].m.direct_path(b), Some(sim.hosts[1].lan));
-    assert_eq!(sim.hosts[1].m.direct_path(a), Some(sim.hosts[0].lan));
+    assert_eq!(sim.hosts[0].direct.get(&b).copied(), Some(sim.hosts[1].lan));
+    assert_eq!(sim.hosts[1].direct.get(&a).copied(), Some(sim.hosts[0].lan));
 }
 
 #[test]
@@ -490,8 +484,14 @@ fn same_lan_prefers_the_lan_path() {
     // Both ended up on the LAN path, which a public source never displaces.
     let lan1 = sim.hosts[1].lan;
     let lan0 = sim.hosts[0].lan;
-    assert_eq!(sim.hosts[0].m.direct_path(sim.hosts[1].vip), Some(lan1));
-    assert_eq!(sim.hosts[1].m.direct_path(sim.hosts[0].vip), Some(lan0));
+    assert_eq!(
+        sim.hosts[0].direct.get(&sim.hosts[1].vip).copied(),
+        Some(lan1)
+    );
+    assert_eq!(
+        sim.hosts[1].direct.get(&sim.hosts[0].vip).copied(),
+        Some(lan0)
+    );
 }
 
 #[test]

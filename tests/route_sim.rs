@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use ringlink::proto::udp::{Delay, PeerMessage, RouteAdvert};
 use ringlink::route::{
-    DelayMsg, DelayOutcome, Hysteresis, Message, NextHop, RouteConfig, RouteMsg, RouteOutcome,
-    Router, Transmit, WITHDRAWN,
+    DelayOutcome, Hysteresis, NextHop, RouteConfig, RouteOutcome, Router, Transmit, WITHDRAWN,
 };
 
 fn vip(i: usize) -> Ipv4Addr {
@@ -41,7 +41,7 @@ struct InFlight {
     seq: u64,
     from: usize,
     to: usize,
-    msg: Message,
+    msg: PeerMessage<'static>,
 }
 
 impl PartialEq for InFlight {
@@ -190,8 +190,9 @@ impl Sim {
                 vip(to)
             );
             match msg {
-                Message::Route(_) => self.route_msgs += 1,
-                Message::Delay(_) => self.delay_msgs += 1,
+                PeerMessage::Route(_) => self.route_msgs += 1,
+                PeerMessage::Delay(_) => self.delay_msgs += 1,
+                other => panic!("the router sent {other:?}"),
             }
             let at = self.now + ms(self.one_way_ms(from, to));
             self.seq += 1;
@@ -231,12 +232,13 @@ impl Sim {
                     continue;
                 };
                 match m.msg {
-                    Message::Delay(d) => {
+                    PeerMessage::Delay(d) => {
                         r.handle_delay(d, now);
                     }
-                    Message::Route(rm) => {
+                    PeerMessage::Route(rm) => {
                         r.handle_route(rm, now);
                     }
+                    other => panic!("the router sent {other:?}"),
                 }
                 self.flush(m.to);
             }
@@ -587,11 +589,11 @@ fn drain(r: &mut Router) -> Vec<Transmit> {
     std::iter::from_fn(|| r.poll_transmit()).collect()
 }
 
-fn routes_to(out: &[Transmit], to: Ipv4Addr) -> Vec<RouteMsg> {
+fn routes_to(out: &[Transmit], to: Ipv4Addr) -> Vec<RouteAdvert> {
     out.iter()
         .filter(|t| t.to == to)
         .filter_map(|t| match t.msg {
-            Message::Route(m) => Some(m),
+            PeerMessage::Route(m) => Some(m),
             _ => None,
         })
         .collect()
@@ -603,10 +605,10 @@ fn node_two() -> (Router, Instant, Vec<Transmit>) {
     let mut r = Router::new(test_cfg(pv(2)), t0).unwrap();
     r.peer_connected(pv(1), t0);
     r.peer_connected(pv(3), t0);
-    let probes: Vec<DelayMsg> = drain(&mut r)
+    let probes: Vec<Delay> = drain(&mut r)
         .into_iter()
         .filter_map(|t| match t.msg {
-            Message::Delay(d) if t.to == pv(3) => Some(d),
+            PeerMessage::Delay(d) if t.to == pv(3) => Some(d),
             _ => None,
         })
         .collect();
@@ -635,10 +637,10 @@ fn protocol_example_advertisement_is_metric_plus_cost() {
     // PROTOCOL §12: 04 c0a8ca03 c0a8ca02 00000019.
     assert_eq!(
         routes_to(&out, pv(1)),
-        vec![RouteMsg {
+        vec![RouteAdvert {
             dst: pv(3),
             next: pv(2),
-            delay: 25
+            delay_ms: 25
         }]
     );
     // Nothing about .3 is sent to .3 itself.
@@ -649,10 +651,10 @@ fn protocol_example_advertisement_is_metric_plus_cost() {
 fn candy_advertisement_rules() {
     let (mut r, now, _) = node_two();
     // .3 (a stock peer) advertises .4 at 30: metric 20 + 30.
-    let adv = RouteMsg {
+    let adv = RouteAdvert {
         dst: pv(4),
         next: pv(3),
-        delay: 30,
+        delay_ms: 30,
     };
     assert_eq!(r.handle_route(adv, now), RouteOutcome::Applied);
     assert_eq!(
@@ -660,9 +662,9 @@ fn candy_advertisement_rules() {
         Some((pv(3), 50))
     );
     let out = drain(&mut r);
-    assert_eq!(routes_to(&out, pv(1))[0].delay, 55);
+    assert_eq!(routes_to(&out, pv(1))[0].delay_ms, 55);
     // Poison reverse towards the peer we learned it from.
-    assert_eq!(routes_to(&out, pv(3))[0].delay, WITHDRAWN);
+    assert_eq!(routes_to(&out, pv(3))[0].delay_ms, WITHDRAWN);
     assert_eq!(r.next_hops().lookup(pv(4)), NextHop::Peer(pv(3)));
 
     // Withdrawal, explicit or by range, propagates. Each round starts
@@ -673,10 +675,16 @@ fn candy_advertisement_rules() {
         r.handle_route(adv, now);
         assert!(r.route(pv(4)).is_some(), "delay {delay}");
         drain(&mut r);
-        r.handle_route(RouteMsg { delay, ..adv }, now);
+        r.handle_route(
+            RouteAdvert {
+                delay_ms: delay,
+                ..adv
+            },
+            now,
+        );
         assert_eq!(r.route(pv(4)), None, "delay {delay}");
         let out = drain(&mut r);
-        assert_eq!(routes_to(&out, pv(1))[0].delay, WITHDRAWN);
+        assert_eq!(routes_to(&out, pv(1))[0].delay_ms, WITHDRAWN);
         // Hold-down: an indirect re-advertisement is not taken at once.
         r.handle_route(adv, now + ms(100));
         assert_eq!(r.route(pv(4)), None);
@@ -687,10 +695,10 @@ fn candy_advertisement_rules() {
     // Untrusted or meaningless advertisements.
     assert_eq!(
         r.handle_route(
-            RouteMsg {
+            RouteAdvert {
                 dst: pv(2),
                 next: pv(3),
-                delay: 1
+                delay_ms: 1
             },
             now
         ),
@@ -698,10 +706,10 @@ fn candy_advertisement_rules() {
     );
     assert_eq!(
         r.handle_route(
-            RouteMsg {
+            RouteAdvert {
                 dst: pv(4),
                 next: pv(9),
-                delay: 1
+                delay_ms: 1
             },
             now
         ),
@@ -715,10 +723,10 @@ fn peer_leaving_connected_withdraws_every_route_through_it() {
     let (mut r, now, _) = node_two();
     for d in [4, 5, 6] {
         r.handle_route(
-            RouteMsg {
+            RouteAdvert {
                 dst: pv(d),
                 next: pv(3),
-                delay: 10,
+                delay_ms: 10,
             },
             now,
         );
@@ -730,7 +738,7 @@ fn peer_leaving_connected_withdraws_every_route_through_it() {
     assert_eq!(r.status().count(), 0);
     let mut withdrawn: Vec<_> = routes_to(&drain(&mut r), pv(1))
         .into_iter()
-        .inspect(|m| assert_eq!((m.next, m.delay), (pv(2), WITHDRAWN)))
+        .inspect(|m| assert_eq!((m.next, m.delay_ms), (pv(2), WITHDRAWN)))
         .map(|m| m.dst)
         .collect();
     withdrawn.sort();
@@ -741,10 +749,10 @@ fn peer_leaving_connected_withdraws_every_route_through_it() {
 #[test]
 fn delay_echo_rules() {
     let (mut r, now, _) = node_two();
-    let probe = DelayMsg {
+    let probe = Delay {
         src: pv(1),
         dst: pv(2),
-        ts_ms: 123_456,
+        timestamp_ms: 123_456,
     };
     assert_eq!(
         r.handle_delay(probe, now),
@@ -756,29 +764,29 @@ fn delay_echo_rules() {
         out[0],
         Transmit {
             to: pv(1),
-            msg: Message::Delay(probe)
+            msg: PeerMessage::Delay(probe)
         }
     );
     assert!(out.iter().all(|t| t.to == pv(1)));
     // ...followed by our table, now that a Candy prober can accept it.
     assert_eq!(
         routes_to(&out, pv(1)),
-        vec![RouteMsg {
+        vec![RouteAdvert {
             dst: pv(3),
             next: pv(2),
-            delay: 25
+            delay_ms: 25
         }]
     );
     // Not CONNECTED: silence.
-    let stranger = DelayMsg {
+    let stranger = Delay {
         src: pv(9),
         ..probe
     };
     assert_eq!(r.handle_delay(stranger, now), DelayOutcome::NotConnected);
-    let not_ours = DelayMsg {
+    let not_ours = Delay {
         src: pv(1),
         dst: pv(3),
-        ts_ms: 1,
+        timestamp_ms: 1,
     };
     assert_eq!(r.handle_delay(not_ours, now), DelayOutcome::NotForUs);
     assert!(drain(&mut r).is_empty());
@@ -791,10 +799,10 @@ fn delay_echo_rules() {
     assert_eq!(off.handle_delay(probe, now), DelayOutcome::Disabled);
     assert_eq!(
         off.handle_route(
-            RouteMsg {
+            RouteAdvert {
                 dst: pv(5),
                 next: pv(1),
-                delay: 3
+                delay_ms: 3
             },
             now
         ),
@@ -818,7 +826,7 @@ fn probes_are_periodic_and_spread() {
         now = r.poll_timeout().unwrap().max(now);
         r.handle_timeout(now);
         for t in drain(&mut r) {
-            if let Message::Delay(_) = t.msg {
+            if let PeerMessage::Delay(_) = t.msg {
                 count += 1;
                 first_probe_at.entry(t.to).or_insert(now);
             }
@@ -879,10 +887,10 @@ fn first_to_connect_measures_when_the_peer_probes() {
     let mut ra = Router::new(test_cfg(a), t0).unwrap();
     let mut rb = Router::new(test_cfg(b), t0).unwrap();
     ra.peer_connected(b, t0);
-    let early: Vec<DelayMsg> = drain(&mut ra)
+    let early: Vec<Delay> = drain(&mut ra)
         .into_iter()
         .filter_map(|t| match t.msg {
-            Message::Delay(d) => Some(d),
+            PeerMessage::Delay(d) => Some(d),
             _ => None,
         })
         .collect();
@@ -892,7 +900,7 @@ fn first_to_connect_measures_when_the_peer_probes() {
     let b_probe = drain(&mut rb)
         .into_iter()
         .find_map(|t| match t.msg {
-            Message::Delay(d) if t.to == a => Some(d),
+            PeerMessage::Delay(d) if t.to == a => Some(d),
             _ => None,
         })
         .unwrap();
@@ -902,10 +910,10 @@ fn first_to_connect_measures_when_the_peer_probes() {
         DelayOutcome::Echoed { to: b }
     );
     let out = drain(&mut ra);
-    let again: Vec<DelayMsg> = out
+    let again: Vec<Delay> = out
         .iter()
         .filter_map(|t| match t.msg {
-            Message::Delay(d) if t.to == b && d.src == a => Some(d),
+            PeerMessage::Delay(d) if t.to == b && d.src == a => Some(d),
             _ => None,
         })
         .collect();
@@ -918,7 +926,7 @@ fn first_to_connect_measures_when_the_peer_probes() {
     let echo = drain(&mut rb)
         .into_iter()
         .find_map(|t| match t.msg {
-            Message::Delay(d) if t.to == a && d.src == a => Some(d),
+            PeerMessage::Delay(d) if t.to == a && d.src == a => Some(d),
             _ => None,
         })
         .unwrap();
@@ -927,12 +935,12 @@ fn first_to_connect_measures_when_the_peer_probes() {
         DelayOutcome::Measured { peer: b, rtt_ms: 1 }
     );
     // Measured: a further probe from B is only echoed.
-    let later = DelayMsg {
-        ts_ms: b_probe.ts_ms + 100,
+    let later = Delay {
+        timestamp_ms: b_probe.timestamp_ms + 100,
         ..b_probe
     };
     ra.handle_delay(later, now + ms(2));
     assert!(drain(&mut ra)
         .iter()
-        .all(|t| !matches!(t.msg, Message::Delay(d) if d.src == a)));
+        .all(|t| !matches!(t.msg, PeerMessage::Delay(d) if d.src == a)));
 }

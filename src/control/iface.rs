@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::ClientError;
+use super::{ClientError, InterfaceError};
 use crate::config::ClientConfig;
 use crate::dataplane::{
     CounterSnapshot, Dataplane, DataplaneConfig, SharedSnapshot, TunWriter, UdpConfig, UdpSender,
@@ -16,7 +16,7 @@ use crate::proto::crypto::PeerKey;
 use crate::proto::mtu::mss_for_mtu;
 use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
-use crate::sys::netlink::{Netlink, RouteV4};
+use crate::sys::netlink::{Netlink, NetlinkError, RouteV4};
 use crate::sys::udp::GSO_MAX_SEGMENTS;
 use crate::sys::{affinity, sysctl};
 
@@ -33,8 +33,8 @@ pub struct Interface {
     workers: usize,
 }
 
-fn iface_err(what: &str, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Interface(format!("{what}: {e}"))
+fn netlink_err(what: &'static str) -> impl FnOnce(NetlinkError) -> ClientError {
+    move |source| InterfaceError::Netlink { what, source }.into()
 }
 
 impl Interface {
@@ -68,12 +68,15 @@ impl Interface {
             },
             ..DataplaneConfig::default()
         };
-        let (dataplane, upcalls) = Dataplane::open(&cfg.tun, &dp_cfg)
-            .map_err(|e| iface_err(&format!("opening {}", cfg.tun), e))?;
-        let nl = Netlink::new().map_err(|e| iface_err("netlink", e))?;
+        let (dataplane, upcalls) =
+            Dataplane::open(&cfg.tun, &dp_cfg).map_err(|source| InterfaceError::Open {
+                tun: cfg.tun.clone(),
+                source,
+            })?;
+        let nl = Netlink::new().map_err(netlink_err("netlink"))?;
         nl.set_mtu(&cfg.tun, u32::from(cfg.mtu))
             .await
-            .map_err(|e| iface_err("setting MTU", e))?;
+            .map_err(netlink_err("setting MTU"))?;
         if cfg.offload {
             // Bounds how many pieces one super-packet splits into, which is
             // what the dataplane's buffers are sized for. A kernel that
@@ -84,10 +87,10 @@ impl Interface {
         }
         nl.add_ipv4_address(&cfg.tun, address.addr, address.prefix)
             .await
-            .map_err(|e| iface_err("adding address", e))?;
+            .map_err(netlink_err("adding address"))?;
         nl.set_up(&cfg.tun)
             .await
-            .map_err(|e| iface_err("bringing up", e))?;
+            .map_err(netlink_err("bringing up"))?;
         info!(tun = %cfg.tun, address = %address, mtu = cfg.mtu, workers, "interface up");
         let writer = dataplane.writer();
         Ok(Self {
@@ -107,13 +110,13 @@ impl Interface {
             return Ok(());
         }
         warn!(old = %self.address, new = %address, "server granted a different address");
-        let nl = Netlink::new().map_err(|e| iface_err("netlink", e))?;
+        let nl = Netlink::new().map_err(netlink_err("netlink"))?;
         nl.del_ipv4_address(&self.name, self.address.addr, self.address.prefix)
             .await
-            .map_err(|e| iface_err("removing old address", e))?;
+            .map_err(netlink_err("removing old address"))?;
         nl.add_ipv4_address(&self.name, address.addr, address.prefix)
             .await
-            .map_err(|e| iface_err("adding address", e))?;
+            .map_err(netlink_err("adding address"))?;
         self.address = address;
         Ok(())
     }

@@ -3,9 +3,11 @@
 //! the loop that moves relay traffic and drives the peer logic.
 
 mod backoff;
+mod driver;
+mod error;
 mod iface;
 pub mod nat_run;
-mod node;
+pub mod node;
 pub mod publish;
 mod server_link;
 pub mod status;
@@ -19,7 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -29,24 +30,12 @@ use crate::peer::{PeerConfig, Timers};
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
 use crate::sys::ifaddr::first_lan_ipv4;
+use driver::NodeDriver;
+pub use error::{ClientError, ConnectError, InterfaceError, LinkLost, Refusal, TlsError};
 use iface::Interface;
 use node::{Node, NodeConfig};
 use server_link::{Link, LinkCounters, LinkEvent};
 use status::{update, SharedStatus, Status};
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("connect: {0}")]
-    Connect(String),
-    #[error("refused by the server: {0}")]
-    Refused(String),
-    #[error("connection lost: {0}")]
-    Lost(String),
-    #[error("tls: {0}")]
-    Tls(String),
-    #[error("interface: {0}")]
-    Interface(String),
-}
 
 /// Packets waiting for the WebSocket. Kept short on purpose: anything
 /// queued here is latency for every flow through the relay (512 full-size
@@ -72,12 +61,9 @@ async fn new_node(
     cfg: &ClientConfig,
     own: Ipv4Cidr,
     iface: &Interface,
-    to_server: mpsc::Sender<Vec<u8>>,
     now: Instant,
-) -> Result<Node, ClientError> {
-    let udp = iface
-        .udp_sender()
-        .ok_or_else(|| ClientError::Interface("dataplane has no UDP socket".into()))?;
+) -> Result<NodeDriver, ClientError> {
+    let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
     let port = iface.udp_port().unwrap_or(0);
     let stun = match &cfg.stun {
         None => None,
@@ -107,7 +93,6 @@ async fn new_node(
     peer.discovery_ticks = cfg.discovery;
     peer.lan_candidate = lan;
     peer.timers = scaled_timers(cfg.test_time_divisor);
-    peer.rng_seed = rand::random();
     peer.eager = true;
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
@@ -127,7 +112,7 @@ async fn new_node(
         "peer-to-peer {}",
         if stun.is_some() { "on" } else { "off (no stun key)" }
     );
-    Node::new(
+    let node = Node::new(
         NodeConfig {
             own,
             password: cfg.password.as_bytes().to_vec(),
@@ -135,13 +120,12 @@ async fn new_node(
             stun,
             peer,
             route,
+            seed: rand::random(),
         },
-        udp,
-        iface.snapshot(),
-        to_server,
         now,
     )
-    .map_err(ClientError::Interface)
+    .map_err(InterfaceError::from)?;
+    Ok(NodeDriver::new(node, udp, iface.snapshot()))
 }
 
 /// Peer timers divided for tests (`test_time_divisor`); the tick never goes
@@ -160,7 +144,6 @@ fn scaled_timers(divisor: u32) -> Timers {
         connected_idle: d(t.connected_idle),
         retry_initial: d(t.retry_initial),
         retry_max: d(t.retry_max),
-        probe_every_ticks: t.probe_every_ticks,
     }
 }
 
@@ -196,10 +179,10 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     );
 
     let mut iface: Option<Interface> = None;
-    let mut node: Option<Node> = None;
+    let mut node: Option<NodeDriver> = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
-        let mut relay_dropped = 0u64;
+        let mut control = status::ControlCounters::default();
         loop {
             let upcall = async {
                 match iface.as_ref() {
@@ -207,7 +190,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     None => std::future::pending().await,
                 }
             };
-            let deadline = node.as_ref().and_then(|n| n.next_deadline());
+            let deadline = node.as_ref().and_then(|n| n.node.next_deadline());
             let timer = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -220,25 +203,28 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                     match up {
                         Some(Upcall::RelayFrame(frame)) => {
                             if to_server.try_send(frame).is_err() {
-                                relay_dropped += 1;
+                                control.relay_dropped += 1;
                             }
                         }
                         Some(Upcall::Peer { from, plaintext }) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_peer_message(from, &plaintext, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_peer_message(from, &plaintext, now);
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(Upcall::Stun { from, datagram }) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_stun(from, &datagram, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_stun(from, &datagram, now);
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
-                        None => return Err(ClientError::Interface("dataplane workers stopped".into())),
+                        None => return Err(InterfaceError::WorkersStopped.into()),
                     }
                 }
                 _ = timer => {
-                    if let Some(n) = node.as_mut() {
-                        n.on_timeout(Instant::now());
+                    if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                        n.node.on_timeout(Instant::now());
+                        n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
                 ev = events.recv() => {
@@ -251,49 +237,48 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                     let i = iface.insert(Interface::create(&cfg, cidr).await?);
                                     tun_tx.send_replace(Some(i.writer()));
                                     update(&status, |s| s.workers = i.workers());
-                                    node = Some(new_node(&cfg, cidr, i, to_server.clone(), now).await?);
+                                    node = Some(new_node(&cfg, cidr, i, now).await?);
                                     crate::sys::service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
                                 }
                             }
-                            if let Some(n) = node.as_mut() {
-                                n.set_server_up(true);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.set_server_up(true);
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Down) => {
                             if let Some(n) = node.as_mut() {
-                                n.set_server_up(false);
+                                n.node.set_server_up(false);
                             }
                         }
                         Some(LinkEvent::Frame(f)) => {
-                            let pushed = node.as_mut().and_then(|n| n.on_server_frame(&f, now));
-                            if let (Some(routes), Some(i)) = (pushed, iface.as_ref()) {
-                                i.install_routes(&routes).await;
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_server_frame(&f, now);
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Relayed(src)) => {
-                            if let Some(n) = node.as_mut() {
-                                n.on_relayed(src, now);
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_relayed(src, now);
+                                n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
-                        None => return Err(ClientError::Lost("server link task ended".into())),
+                        None => return Err(LinkLost::TaskEnded.into()),
                     }
                 }
                 _ = status_tick.tick() => {
-                    let counters = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
-                    let (peers, routes) = node.as_ref().map(|n| n.status(Instant::now())).unwrap_or_default();
+                    control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
+                    control.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
+                    let dataplane = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
+                    let (peers, routes) = node.as_ref().map(|n| n.node.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {
-                        s.tun_rx_packets = counters.tun_rx_packets;
-                        s.tun_rx_bytes = counters.tun_rx_bytes;
-                        s.tun_tx_packets = counters.tun_written;
-                        s.tun_gso_packets = counters.tun_gso_packets;
-                        s.udp_tx_packets = counters.udp_tx_packets;
-                        s.udp_rx_packets = counters.udp_rx_packets;
-                        s.tun_coalesced_writes = counters.tun_coalesced_writes;
-                        s.udp_gro_receives = counters.udp_gro_receives;
-                        s.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
-                        s.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
-                        s.dropped = relay_dropped + counters.dropped_full + counters.dropped_malformed;
+                        s.dataplane = dataplane;
+                        s.control = control;
+                        if let Some(n) = node.as_ref() {
+                            s.node = n.node.stats;
+                            s.router = n.node.route_stats();
+                        }
                         s.peers = peers;
                         s.routes = routes;
                     });

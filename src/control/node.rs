@@ -1,30 +1,36 @@
 //! The node's peer-to-peer brain on the control thread: it feeds the sans-IO
 //! peer state machines (`crate::peer`) and the router (`crate::route`) with
-//! what arrives from the server and from UDP, carries out what they ask
-//! (heartbeats, STUN, endpoint exchange, probes, advertisements), and
-//! publishes the resulting table to the dataplane.
+//! what arrives from the server and from UDP, and turns what they ask for
+//! (heartbeats, STUN, endpoint exchange, probes, advertisements, a new
+//! dataplane table) into [`Output`]s.
+//!
+//! Sans-IO in the manner of quinn-proto: the caller passes bytes, events
+//! and `now`, drains [`Node::poll_output`] after every call and carries the
+//! outputs out (see `control::driver`), and sleeps until
+//! [`Node::next_deadline`]. The node owns no socket, channel or clock, and
+//! its randomness (STUN transaction ids, IV prefixes) comes from the seed
+//! it was built with, so a simulation replays exactly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{PeerCounters, PeerEntry, SharedSnapshot, UdpSender};
-use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState};
+use crate::counters::counters;
+use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
+use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
-use crate::proto::udp::{Delay, Heartbeat, PeerMessage, RouteAdvert};
+use crate::proto::udp::{Heartbeat, PeerMessage};
 use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
 use crate::proto::{stun, Ipv4Cidr};
-use crate::route::{
-    DelayMsg, Message, NextHop, NextHopTable, RouteConfig, RouteMsg, Router, SubnetRoute,
-    SubnetRoutes,
-};
+use crate::rng::SplitMix64;
+use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
 
 use super::publish;
-use super::status::{PeerStatus as PeerLine, RouteStatus as RouteLine};
+use super::status::{PeerLine, RouteLine};
 
 /// What the node was built with.
 pub struct NodeConfig {
@@ -34,15 +40,44 @@ pub struct NodeConfig {
     pub stun: Option<SocketAddrV4>,
     pub peer: PeerConfig,
     pub route: RouteConfig,
+    /// Seeds STUN transaction ids and IV prefixes.
+    pub seed: u64,
 }
 
-/// Counted outcomes, for logs and status.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct NodeStats {
-    pub ignored_events: u64,
-    pub malformed: u64,
-    pub ws_dropped: u64,
-    pub udp_send_errors: u64,
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("peer timers: {0}")]
+    Timers(#[from] TimersError),
+    #[error("routing: {0}")]
+    Route(#[from] route::RouteConfigError),
+}
+
+/// One thing for the caller to do, in the order the node decided it.
+#[derive(Debug)]
+pub enum Output {
+    /// Send `datagram` from the data socket to `to`. Peer messages are
+    /// already sealed; STUN requests go as they are.
+    Datagram { to: SocketAddrV4, datagram: Vec<u8> },
+    /// Send this frame to the server (only emitted while the link is up).
+    ServerFrame(Vec<u8>),
+    /// Publish this table to the dataplane workers.
+    Publish(Snapshot),
+    /// Install these server-pushed subnet routes in the kernel.
+    InstallRoutes(Vec<SysRoute>),
+}
+
+counters! {
+    /// What the node dropped, for `ringlink status`.
+    plain NodeStats {
+        /// Peer events the state machines refused (`peer::Ignored`).
+        ignored_events,
+        /// Server frames and peer messages that did not decode.
+        malformed,
+        /// Frames for the server not sent because the link was down.
+        ws_dropped,
+        /// STUN responses from another host or for no request of ours.
+        stun_ignored,
+    }
 }
 
 pub struct Node {
@@ -59,35 +94,27 @@ pub struct Node {
     /// CONNECTED peers and the path in use.
     direct: BTreeMap<Ipv4Addr, SocketAddrV4>,
     subnets: Vec<SubnetRoute>,
+    rng: SplitMix64,
     ivs: IvSequence,
-    udp: UdpSender,
     stun: Option<SocketAddrV4>,
     stun_txid: Option<stun::TransactionId>,
-    snapshot: SharedSnapshot,
+    outputs: VecDeque<Output>,
     generation: u64,
     published_router_gen: u64,
     dirty: bool,
-    to_server: mpsc::Sender<Vec<u8>>,
     server_up: bool,
     discover_on_join: bool,
     pub stats: NodeStats,
 }
 
 impl Node {
-    pub fn new(
-        cfg: NodeConfig,
-        udp: UdpSender,
-        snapshot: SharedSnapshot,
-        to_server: mpsc::Sender<Vec<u8>>,
-        now: Instant,
-    ) -> Result<Self, String> {
-        let mut peer_cfg = cfg.peer;
-        let discover_on_join = peer_cfg.stun && peer_cfg.discovery_ticks > 0;
-        // The router runs the latency probes (it must recognise the echoes),
-        // so the state machine's own probe requests are not wanted.
-        peer_cfg.route_cost = 0;
-        let peers = PeerManager::new(peer_cfg, now).map_err(|e| format!("peer timers: {e}"))?;
-        let router = Router::new(cfg.route, now).map_err(|e| format!("routing: {e}"))?;
+    /// Queues the first table (no direct peers) as an output.
+    pub fn new(cfg: NodeConfig, now: Instant) -> Result<Self, NodeError> {
+        let discover_on_join = cfg.peer.stun && cfg.peer.discovery_ticks > 0;
+        let peers = PeerManager::new(cfg.peer, now)?;
+        let router = Router::new(cfg.route, now)?;
+        let mut rng = SplitMix64::new(cfg.seed);
+        let ivs = IvSequence::with_prefix(rng.next_u64().to_be_bytes());
         let mut node = Self {
             own: cfg.own.addr,
             network: cfg.own,
@@ -99,21 +126,25 @@ impl Node {
             counters: HashMap::new(),
             direct: BTreeMap::new(),
             subnets: Vec::new(),
-            ivs: IvSequence::new(),
-            udp,
+            rng,
+            ivs,
             stun: cfg.stun,
             stun_txid: None,
-            snapshot,
+            outputs: VecDeque::new(),
             generation: 0,
             published_router_gen: 0,
             dirty: true,
-            to_server,
             server_up: false,
             discover_on_join,
             stats: NodeStats::default(),
         };
         node.publish();
         Ok(node)
+    }
+
+    /// Next thing to do, oldest first. Drain after every call.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
     }
 
     /// On every (re)join, a DISCOVERY broadcast lets every other node know
@@ -159,10 +190,9 @@ impl Node {
         }
     }
 
-    /// A frame from the server other than FORWARD. Returns subnet routes
-    /// when the server pushed some, for the caller to install.
-    pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) -> Option<Vec<SysRoute>> {
-        let mut pushed = None;
+    /// A frame from the server other than FORWARD. Pushed subnet routes
+    /// come out as [`Output::InstallRoutes`].
+    pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
                 let outcome = self.peers.handle_public_info(pc.src, pc.endpoint, now);
@@ -192,7 +222,7 @@ impl Node {
                     }
                 }
                 self.dirty = true;
-                pushed = Some(list);
+                self.outputs.push_back(Output::InstallRoutes(list));
             }
             Ok(other) => debug!(message = ?other, "server message not for us"),
             Err(e) => {
@@ -201,7 +231,6 @@ impl Node {
             }
         }
         self.flush(now);
-        pushed
     }
 
     /// A decrypted peer message that is not data.
@@ -211,25 +240,12 @@ impl Node {
                 let outcome = self.peers.handle_heartbeat(from, hb.tunip, hb.ack, now);
                 self.count(outcome);
             }
+            // The router counts what it ignores (`RouteStats`).
             Ok(PeerMessage::Delay(d)) => {
-                let _ = self.router.handle_delay(
-                    DelayMsg {
-                        src: d.src,
-                        dst: d.dst,
-                        ts_ms: d.timestamp_ms,
-                    },
-                    now,
-                );
+                let _ = self.router.handle_delay(d, now);
             }
             Ok(PeerMessage::Route(r)) => {
-                let _ = self.router.handle_route(
-                    RouteMsg {
-                        dst: r.dst,
-                        next: r.next,
-                        delay: r.delay_ms,
-                    },
-                    now,
-                );
+                let _ = self.router.handle_route(r, now);
             }
             Ok(PeerMessage::Forward(_)) => {}
             Ok(PeerMessage::Unknown(t)) => debug!(ty = t, %from, "unknown peer message type"),
@@ -244,6 +260,7 @@ impl Node {
     /// A STUN datagram arrived on the data port.
     pub fn on_stun(&mut self, from: SocketAddrV4, datagram: &[u8], now: Instant) {
         if Some(from) != self.stun {
+            self.stats.stun_ignored += 1;
             debug!(%from, "STUN datagram from a host that is not our STUN server");
             return;
         }
@@ -252,7 +269,10 @@ impl Node {
                 let outcome = self.peers.handle_stun_response(mapped, now);
                 self.count(outcome);
             }
-            Ok(_) => debug!("STUN response for an old request"),
+            Ok(_) => {
+                self.stats.stun_ignored += 1;
+                debug!("STUN response that answers no request of ours");
+            }
             Err(e) => {
                 self.stats.malformed += 1;
                 debug!(error = %e, "malformed STUN response");
@@ -279,14 +299,14 @@ impl Node {
     fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
         let key = self.key(peer);
         let datagram = key.seal_to_vec(self.ivs.next_iv(), plaintext);
-        if let Err(e) = self.udp.send_to(&datagram, to) {
-            self.stats.udp_send_errors += 1;
-            debug!(error = %e, %to, "UDP send failed");
-        }
+        self.outputs.push_back(Output::Datagram { to, datagram });
     }
 
+    /// Frames for a link that is down would only be stale when it is back.
     fn send_server(&mut self, frame: Vec<u8>) {
-        if !self.server_up || self.to_server.try_send(frame).is_err() {
+        if self.server_up {
+            self.outputs.push_back(Output::ServerFrame(frame));
+        } else {
             self.stats.ws_dropped += 1;
         }
     }
@@ -301,26 +321,7 @@ impl Node {
             let Some(&to) = self.direct.get(&t.to) else {
                 continue;
             };
-            match t.msg {
-                Message::Delay(d) => {
-                    let plain = Delay {
-                        src: d.src,
-                        dst: d.dst,
-                        timestamp_ms: d.ts_ms,
-                    }
-                    .encode();
-                    self.send_udp(t.to, to, &plain);
-                }
-                Message::Route(r) => {
-                    let plain = RouteAdvert {
-                        dst: r.dst,
-                        next: r.next,
-                        delay_ms: r.delay,
-                    }
-                    .encode();
-                    self.send_udp(t.to, to, &plain);
-                }
-            }
+            self.send_udp(t.to, to, &t.msg.encode());
         }
         if self.dirty || self.router.generation() != self.published_router_gen {
             self.publish();
@@ -331,15 +332,13 @@ impl Node {
         match action {
             Action::StunRequest => {
                 if let Some(server) = self.stun {
-                    let txid: stun::TransactionId = rand::random();
+                    let mut txid: stun::TransactionId = Default::default();
+                    self.rng.fill(&mut txid);
                     self.stun_txid = Some(txid);
-                    if let Err(e) = self
-                        .udp
-                        .send_to(&stun::encode_binding_request(&txid), server)
-                    {
-                        self.stats.udp_send_errors += 1;
-                        debug!(error = %e, "STUN request not sent");
-                    }
+                    self.outputs.push_back(Output::Datagram {
+                        to: server,
+                        datagram: stun::encode_binding_request(&txid).to_vec(),
+                    });
                 }
             }
             Action::Heartbeat { peer, to, ack } => {
@@ -375,8 +374,6 @@ impl Node {
                 .encode();
                 self.send_server(frame);
             }
-            // Probes come from the router; see `new`.
-            Action::DelayProbe { .. } => {}
             Action::Connected { peer, path } => {
                 info!(%peer, %path, "direct path up");
                 self.direct.insert(peer, path);
@@ -414,7 +411,7 @@ impl Node {
             );
         }
         let snapshot = publish::compile(self.generation, self.own, &self.next_hop_rule(), direct);
-        self.snapshot.publish(snapshot);
+        self.outputs.push_back(Output::Publish(snapshot));
         self.published_router_gen = self.router.generation();
         self.dirty = false;
     }
@@ -441,6 +438,11 @@ impl Node {
             NextHop::Peer(n) => format!("via {n}"),
             NextHop::Relay => "relay".to_string(),
         }
+    }
+
+    /// The router's counters, for `ringlink status`.
+    pub fn route_stats(&self) -> route::RouteStats {
+        self.router.stats()
     }
 
     /// Lines for `ringlink status`.

@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::status::{update, SharedStatus};
 use super::ws_client::{self, Wanted, Ws};
-use super::ClientError;
+use super::{ClientError, LinkLost};
 use crate::config::ClientConfig;
 use crate::dataplane::TunWriter;
 use crate::proto::sdwan::decapsulate;
@@ -112,7 +112,7 @@ impl Link {
                     update(&self.status, |s| {
                         s.connected = false;
                         s.reconnects += 1;
-                        s.last_error = Some(why.clone());
+                        s.last_error = Some(why.to_string());
                     });
                     // Packets queued for the dead connection are stale by now.
                     while self.outgoing.try_recv().is_ok() {}
@@ -137,7 +137,7 @@ impl Link {
 
     /// One connection, until it fails; returns why. Reading and writing are
     /// separate futures so a congested send never delays what we receive.
-    async fn session(&mut self, ws: Ws, own: Ipv4Addr) -> String {
+    async fn session(&mut self, ws: Ws, own: Ipv4Addr) -> LinkLost {
         let (mut sink, mut stream) = ws.split();
         let events = self.events.clone();
         let tun = self.tun.clone();
@@ -148,19 +148,17 @@ impl Link {
             let mut reported: HashMap<Ipv4Addr, Instant> = HashMap::new();
             loop {
                 let msg = match timeout(SILENCE, stream.next()).await {
-                    Err(_) => {
-                        return format!("nothing from the server for {} s", SILENCE.as_secs())
-                    }
-                    Ok(None) => return "server closed the connection".to_string(),
-                    Ok(Some(Err(e))) => return e.to_string(),
+                    Err(_) => return LinkLost::Silence(SILENCE),
+                    Ok(None) => return LinkLost::Closed,
+                    Ok(Some(Err(e))) => return e.into(),
                     Ok(Some(Ok(m))) => m,
                 };
                 let frame = match msg {
                     Message::Binary(f) => f,
                     Message::Close(Some(c)) if !c.reason.is_empty() => {
-                        return format!("server closed the connection: {}", c.reason)
+                        return LinkLost::ClosedWith(c.reason.to_string())
                     }
-                    Message::Close(_) => return "server closed the connection".to_string(),
+                    Message::Close(_) => return LinkLost::Closed,
                     _ => continue,
                 };
                 match WsMessage::decode(&frame) {
@@ -198,12 +196,12 @@ impl Link {
             loop {
                 tokio::select! {
                     first = outgoing.recv() => {
-                        let Some(first) = first else { return "client stopping".to_string() };
+                        let Some(first) = first else { return LinkLost::Stopping };
                         let mut next = Some(first);
                         let mut n = 0;
                         while let Some(frame) = next.take() {
                             if let Err(e) = sink.feed(Message::Binary(frame)).await {
-                                return e.to_string();
+                                return e.into();
                             }
                             n += 1;
                             if n < BATCH {
@@ -211,13 +209,13 @@ impl Link {
                             }
                         }
                         if let Err(e) = sink.flush().await {
-                            return e.to_string();
+                            return e.into();
                         }
                         counters.relay_tx.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     _ = keepalive.tick() => {
                         if let Err(e) = sink.send(Message::Binary(encode_keepalive(own))).await {
-                            return e.to_string();
+                            return e.into();
                         }
                     }
                 }

@@ -11,8 +11,28 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
+use super::node::NodeStats;
+use crate::counters::counters;
+use crate::dataplane::CounterSnapshot;
+use crate::route::RouteStats;
+
+counters! {
+    /// The control loop's own counters.
+    plain ControlCounters {
+        /// FORWARD frames to and from the server.
+        relay_tx_frames,
+        relay_rx_frames,
+        /// Packets for the relay dropped because the server queue was full.
+        relay_dropped,
+        /// Control datagrams (heartbeats, STUN, probes) the kernel refused.
+        udp_send_errors,
+        /// Control frames for the server dropped because its queue was full.
+        server_queue_full,
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PeerStatus {
+pub struct PeerLine {
     pub vip: String,
     pub state: String,
     /// "direct" or "relay".
@@ -26,7 +46,7 @@ pub struct PeerStatus {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RouteStatus {
+pub struct RouteLine {
     pub dst: String,
     pub next_hop: String,
     pub path: String,
@@ -44,23 +64,16 @@ pub struct Status {
     pub reconnects: u64,
     pub last_error: Option<String>,
     pub workers: usize,
-    pub tun_rx_packets: u64,
-    pub tun_rx_bytes: u64,
-    pub tun_tx_packets: u64,
-    /// TUN reads that were TSO/USO super-packets (each is several packets).
-    pub tun_gso_packets: u64,
-    /// TUN writes that carried several coalesced TCP segments.
-    pub tun_coalesced_writes: u64,
-    /// Datagrams sent and received on the direct path (all workers), and
-    /// receives that were GRO runs of several datagrams.
-    pub udp_tx_packets: u64,
-    pub udp_rx_packets: u64,
-    pub udp_gro_receives: u64,
-    pub relay_tx_frames: u64,
-    pub relay_rx_frames: u64,
-    pub dropped: u64,
-    pub peers: Vec<PeerStatus>,
-    pub routes: Vec<RouteStatus>,
+    /// Every dataplane counter, summed over the workers and the TUN
+    /// writer; top-level keys in the JSON.
+    #[serde(flatten)]
+    pub dataplane: CounterSnapshot,
+    #[serde(flatten)]
+    pub control: ControlCounters,
+    pub node: NodeStats,
+    pub router: RouteStats,
+    pub peers: Vec<PeerLine>,
+    pub routes: Vec<RouteLine>,
 }
 
 /// Filled in by the control loop; read when someone asks.
@@ -88,21 +101,61 @@ pub async fn serve(path: PathBuf, status: impl Fn() -> Status + 'static) -> std:
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("cannot reach a running client at {}: {source} (is `ringlink client` running?)", path.display())]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading status from {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("malformed status from {}: {source}", path.display())]
+    Malformed {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
 /// The CLI side: fetch the document from a running client.
-pub fn query(path: &Path) -> Result<Status, String> {
-    let mut conn = UnixStream::connect(path).map_err(|e| {
-        format!(
-            "cannot reach a running client at {}: {e} (is `ringlink client` running?)",
-            path.display()
-        )
+pub fn query(path: &Path) -> Result<Status, QueryError> {
+    let path_buf = || path.to_owned();
+    let mut conn = UnixStream::connect(path).map_err(|source| QueryError::Connect {
+        path: path_buf(),
+        source,
     })?;
     conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
     conn.flush().ok();
     let mut body = Vec::new();
     conn.read_to_end(&mut body)
-        .map_err(|e| format!("reading status from {}: {e}", path.display()))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| format!("malformed status from {}: {e}", path.display()))
+        .map_err(|source| QueryError::Read {
+            path: path_buf(),
+            source,
+        })?;
+    serde_json::from_slice(&body).map_err(|source| QueryError::Malformed {
+        path: path_buf(),
+        source,
+    })
+}
+
+/// One titled block of `name value` pairs, four to a line; every counter is
+/// shown, zero or not, so an operator can grep for one by name.
+fn render_counters(
+    out: &mut String,
+    title: &str,
+    fields: impl Iterator<Item = (&'static str, u64)>,
+) {
+    out.push_str(&format!("\n{title}:\n"));
+    let fields: Vec<_> = fields.collect();
+    for line in fields.chunks(4) {
+        for (name, value) in line {
+            out.push_str(&format!("  {name:<22} {value:>12}"));
+        }
+        out.push('\n');
+    }
 }
 
 /// Human-readable form for the terminal.
@@ -123,21 +176,11 @@ pub fn render(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error: {e}\n"));
     }
-    out.push_str(&format!(
-        "workers {}  tun rx {} reads ({} super-packets) / {} B  tun tx {} pkts ({} coalesced writes)  udp tx {} rx {} ({} gro runs)  relay tx {} rx {} frames  dropped {}\n",
-        s.workers,
-        s.tun_rx_packets,
-        s.tun_gso_packets,
-        s.tun_rx_bytes,
-        s.tun_tx_packets,
-        s.tun_coalesced_writes,
-        s.udp_tx_packets,
-        s.udp_rx_packets,
-        s.udp_gro_receives,
-        s.relay_tx_frames,
-        s.relay_rx_frames,
-        s.dropped
-    ));
+    out.push_str(&format!("workers {}\n", s.workers));
+    render_counters(&mut out, "dataplane", s.dataplane.fields());
+    render_counters(&mut out, "control", s.control.fields());
+    render_counters(&mut out, "node", s.node.fields());
+    render_counters(&mut out, "router", s.router.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
             "\n{:<16} {:<14} {:<7} {:<22} {:>8} {:>12} {:>12}\n",
@@ -194,7 +237,7 @@ mod tests {
             tun: "rl0".into(),
             address: Some("10.77.0.2/24".into()),
             connected: true,
-            peers: vec![PeerStatus {
+            peers: vec![PeerLine {
                 vip: "10.77.0.3".into(),
                 state: "CONNECTED".into(),
                 path: "direct".into(),
@@ -227,8 +270,64 @@ mod tests {
     }
 
     #[test]
+    fn every_counter_reaches_the_operator() {
+        let mut s = Status::default();
+        // Distinct values, so a field shown under the wrong name is caught.
+        let mut next = 1000u64;
+        let mut bump = || {
+            next += 1;
+            next
+        };
+        s.dataplane.decrypt_failed = bump();
+        s.dataplane.no_route = bump();
+        s.dataplane.oversize = bump();
+        s.dataplane.send_errors = bump();
+        s.dataplane.tun_write_errors = bump();
+        s.dataplane.tun_coalesced_packets = bump();
+        s.control.relay_dropped = bump();
+        s.node.stun_ignored = bump();
+        s.router.routes_ignored = bump();
+        let json = serde_json::to_value(&s).unwrap();
+        let text = render(&s);
+        let groups = [
+            (None, s.dataplane.fields().collect::<Vec<_>>()),
+            (None, s.control.fields().collect()),
+            (Some("node"), s.node.fields().collect()),
+            (Some("router"), s.router.fields().collect()),
+        ];
+        // Flattened groups share one JSON object: a name used twice would
+        // silently hide one of the counters.
+        let mut names = std::collections::HashSet::new();
+        for (nested, fields) in groups {
+            for (name, value) in fields {
+                let got = match nested {
+                    Some(group) => &json[group][name],
+                    None => &json[name],
+                };
+                assert_eq!(got.as_u64(), Some(value), "{name} in --json");
+                let line = text
+                    .lines()
+                    .find(|l| l.split_whitespace().any(|w| w == name))
+                    .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+                if value > 1000 {
+                    assert!(
+                        line.contains(&format!("{name} ")) && line.contains(&value.to_string())
+                    );
+                }
+                assert!(names.insert((nested, name)), "{name} declared twice");
+            }
+        }
+        let back: Status = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
     fn query_without_a_client_says_so() {
         let e = query(Path::new("/nonexistent/ringlink.sock")).unwrap_err();
-        assert!(e.contains("is `ringlink client` running?"), "{e}");
+        assert!(matches!(e, QueryError::Connect { .. }), "{e}");
+        assert!(
+            e.to_string().contains("is `ringlink client` running?"),
+            "{e}"
+        );
     }
 }

@@ -16,14 +16,13 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
-use super::ClientError;
+use super::TlsError;
 use crate::config::ServerTrust;
 
-pub fn connector(trust: &ServerTrust) -> Result<TlsConnector, ClientError> {
+pub fn connector(trust: &ServerTrust) -> Result<TlsConnector, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Tls(e.to_string()))?;
+        .with_safe_default_protocol_versions()?;
     let config = match trust {
         ServerTrust::AnyCertificate => {
             warn!("tls_insecure = true: the server certificate is NOT verified");
@@ -46,19 +45,26 @@ pub fn connector(trust: &ServerTrust) -> Result<TlsConnector, ClientError> {
 
 /// Adds every certificate of the PEM file `path` (`tls_ca`); a file with
 /// none is an error, not an empty addition.
-fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), ClientError> {
-    let fail =
-        |e: &dyn std::fmt::Display| ClientError::Tls(format!("tls_ca {}: {e}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| fail(&e))?;
+fn add_pem_roots(roots: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+    let read_err = |source| TlsError::ReadCa {
+        path: path.to_owned(),
+        source,
+    };
+    let pem = std::fs::read(path).map_err(read_err)?;
     let mut found = 0;
     for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots
-            .add(cert.map_err(|e| fail(&e))?)
-            .map_err(|e| fail(&e))?;
+            .add(cert.map_err(read_err)?)
+            .map_err(|source| TlsError::AddCa {
+                path: path.to_owned(),
+                source,
+            })?;
         found += 1;
     }
     if found == 0 {
-        return Err(fail(&"no PEM certificate in file"));
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::stream::MaybeTls;
-use super::ClientError;
+use super::{ClientError, ConnectError, LinkLost, Refusal};
 use crate::config::ServerUrl;
 use crate::proto::ws::{Auth, ExptTun, Vmac, WsMessage, MAX_FRAME};
 use crate::proto::Ipv4Cidr;
@@ -38,27 +38,30 @@ pub async fn connect(url: &ServerUrl, tls: Option<&TlsConnector>) -> Result<Ws, 
     let target = format!("{}:{}", url.host, url.port);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(&target)
         .await
-        .map_err(|e| ClientError::Connect(format!("cannot resolve {target}: {e}")))?
+        .map_err(|source| ConnectError::Resolve {
+            target: target.clone(),
+            source,
+        })?
         .filter(|a| a.is_ipv4())
         .collect();
-    let addr = *addrs
-        .first()
-        .ok_or_else(|| ClientError::Connect(format!("{target} has no IPv4 address")))?;
+    let addr = *addrs.first().ok_or(ConnectError::NoIpv4 { target })?;
     let tcp = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
-        .map_err(|_| ClientError::Connect(format!("{addr}: connect timed out")))?
-        .map_err(|e| ClientError::Connect(format!("{addr}: {e}")))?;
+        .map_err(|_| ConnectError::Timeout {
+            addr,
+            stage: "connect",
+        })?
+        .map_err(|source| ConnectError::Tcp { addr, source })?;
     tcp.set_nodelay(true).ok();
     crate::sys::tcp::limit_unsent(&tcp);
     let stream = match tls {
         Some(connector) => {
-            let name = ServerName::try_from(url.host.clone()).map_err(|_| {
-                ClientError::Connect(format!("{} is not a valid TLS server name", url.host))
-            })?;
+            let name = ServerName::try_from(url.host.clone())
+                .map_err(|_| ConnectError::ServerName(url.host.clone()))?;
             let tls = connector
                 .connect(name, tcp)
                 .await
-                .map_err(|e| ClientError::Connect(format!("TLS with {addr}: {e}")))?;
+                .map_err(|source| ConnectError::TlsHandshake { addr, source })?;
             MaybeTls::Tls(Box::new(tls))
         }
         None => MaybeTls::Plain(tcp),
@@ -66,14 +69,20 @@ pub async fn connect(url: &ServerUrl, tls: Option<&TlsConnector>) -> Result<Ws, 
     let request = url
         .to_url()
         .into_client_request()
-        .map_err(|e| ClientError::Connect(format!("{}: {e}", url.to_url())))?;
+        .map_err(|source| ConnectError::Request {
+            url: url.to_url(),
+            source,
+        })?;
     let (ws, _) = timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config())),
     )
     .await
-    .map_err(|_| ClientError::Connect(format!("{addr}: WebSocket handshake timed out")))?
-    .map_err(|e| ClientError::Connect(format!("{addr}: WebSocket handshake: {e}")))?;
+    .map_err(|_| ConnectError::Timeout {
+        addr,
+        stage: "WebSocket handshake",
+    })?
+    .map_err(|source| ConnectError::WsHandshake { addr, source })?;
     Ok(ws)
 }
 
@@ -110,16 +119,11 @@ pub async fn login(
             send(ws, ExptTun::new(password, ask, unix_now()).encode()).await?;
             let reply = timeout(CONNECT_TIMEOUT, wait_for_grant(ws))
                 .await
-                .map_err(|_| {
-                    ClientError::Refused("no address from the server within 10 s".into())
-                })??;
+                .map_err(|_| Refusal::NoGrant(CONNECT_TIMEOUT))??;
             // Candy clients take the grant on trust; we check that the
             // server knows the password before using what it says.
             if !reply.verify(password) {
-                return Err(ClientError::Refused(
-                    "address grant carries a wrong hash: the server does not know our password"
-                        .into(),
-                ));
+                return Err(Refusal::BadGrant.into());
             }
             reply.cidr
         }
@@ -131,7 +135,7 @@ pub async fn login(
 async fn send(ws: &mut Ws, frame: Vec<u8>) -> Result<(), ClientError> {
     ws.send(Message::Binary(frame))
         .await
-        .map_err(|e| ClientError::Lost(format!("sending login: {e}")))
+        .map_err(|e| LinkLost::WebSocket(e).into())
 }
 
 async fn wait_for_grant(ws: &mut Ws) -> Result<ExptTun, ClientError> {
@@ -144,15 +148,11 @@ async fn wait_for_grant(ws: &mut Ws) -> Result<ExptTun, ClientError> {
             }
             Ok(Message::Close(reason)) => {
                 let why = reason.map(|r| r.reason.to_string()).unwrap_or_default();
-                return Err(ClientError::Refused(format!(
-                    "server closed the connection: {why}"
-                )));
+                return Err(Refusal::Closed(why).into());
             }
             Ok(_) => {}
-            Err(e) => return Err(ClientError::Lost(e.to_string())),
+            Err(e) => return Err(LinkLost::WebSocket(e).into()),
         }
     }
-    Err(ClientError::Refused(
-        "server closed the connection before granting an address (wrong password, or pool exhausted?)".into(),
-    ))
+    Err(Refusal::ClosedBeforeGrant.into())
 }

@@ -6,55 +6,15 @@
 //! them would buy nothing, while padding around the struct keeps two workers
 //! from bouncing a shared line.
 
-use std::ops::AddAssign;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 
-/// Declares `Counters` (atomics) and `CounterSnapshot` (plain copy) from
-/// one field list, so the two, the snapshot, the batch add and the sum can
-/// never disagree on a field.
-macro_rules! counters {
-    ($($(#[$doc:meta])* $field:ident,)*) => {
-        #[derive(Debug, Default)]
-        pub struct Counters {
-            $($(#[$doc])* pub $field: AtomicU64,)*
-        }
-
-        /// A plain copy of the counters, summable across workers.
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct CounterSnapshot {
-            $($(#[$doc])* pub $field: u64,)*
-        }
-
-        impl Counters {
-            pub fn snapshot(&self) -> CounterSnapshot {
-                CounterSnapshot {
-                    $($field: self.$field.load(Ordering::Relaxed),)*
-                }
-            }
-
-            /// Fold a batch's local tallies in: one atomic add per non-zero
-            /// field per batch instead of one per packet.
-            pub(crate) fn add(&self, batch: &CounterSnapshot) {
-                $(
-                    if batch.$field != 0 {
-                        self.$field.fetch_add(batch.$field, Ordering::Relaxed);
-                    }
-                )*
-            }
-        }
-
-        impl AddAssign for CounterSnapshot {
-            fn add_assign(&mut self, o: Self) {
-                $(self.$field += o.$field;)*
-            }
-        }
-    };
-}
+use crate::counters::counters;
 
 counters! {
+    /// One worker's (or the TUN writer's) counters.
+    atomic Counters => CounterSnapshot {
     /// Packets read from the TUN queue (before classification).
     tun_rx_packets,
     tun_rx_bytes,
@@ -107,6 +67,7 @@ counters! {
     /// they carried.
     tun_coalesced_writes,
     tun_coalesced_packets,
+    }
 }
 
 /// Shared handle to one counters block.
@@ -114,16 +75,6 @@ pub type SharedCounters = Arc<CachePadded<Counters>>;
 
 pub(crate) fn new_shared() -> SharedCounters {
     Arc::new(CachePadded::new(Counters::default()))
-}
-
-impl std::iter::Sum for CounterSnapshot {
-    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
-        let mut total = CounterSnapshot::default();
-        for s in iter {
-            total += s;
-        }
-        total
-    }
 }
 
 #[cfg(test)]

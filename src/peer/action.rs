@@ -28,14 +28,12 @@ pub enum Action {
     DiscoveryBroadcast,
     /// WS DISCOVERY {src = own VIP, dst = `peer`}, answering its broadcast.
     DiscoveryReply { peer: Ipv4Addr },
-    /// UDP DELAY {src = own VIP, dst = `peer`, ts = boot ms} to `to`.
-    DelayProbe { peer: Ipv4Addr, to: SocketAddrV4 },
     /// The peer entered CONNECTED: switch its data path to UDP via `path`.
     Connected { peer: Ipv4Addr, path: SocketAddrV4 },
     /// While CONNECTED, the path in use moved (typically public → LAN).
     PathChanged { peer: Ipv4Addr, path: SocketAddrV4 },
-    /// The peer left CONNECTED: send via relay again and, if route cost > 0,
-    /// withdraw every route through it.
+    /// The peer left CONNECTED: send via relay again and tell the router,
+    /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
 }
 

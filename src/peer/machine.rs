@@ -17,7 +17,6 @@ pub(crate) struct Env<'a> {
     /// P2P switched on *and* a STUN server configured: without STUN there is
     /// no public endpoint to offer, so Candy treats that as "no P2P".
     pub p2p: bool,
-    pub route_cost: u32,
     pub lan_p2p: bool,
     pub lan_candidate: Option<SocketAddrV4>,
 }
@@ -32,23 +31,13 @@ pub struct Peer {
     local: Option<SocketAddrV4>,
     real: Option<SocketAddrV4>,
     ack: bool,
-    rtt_ms: Option<i32>,
     retry: Duration,
     last_active: Instant,
     last_heartbeat: Option<Instant>,
-    tick_counter: u32,
 }
 
 impl Peer {
-    /// `probe_phase` is the random start of the per-peer tick counter that
-    /// spreads latency probes of many peers over the probe period.
-    pub(crate) fn new(
-        vip: Ipv4Addr,
-        now: Instant,
-        timers: &Timers,
-        probe_phase: u32,
-        eager: bool,
-    ) -> Self {
+    pub(crate) fn new(vip: Ipv4Addr, now: Instant, timers: &Timers, eager: bool) -> Self {
         Peer {
             vip,
             eager,
@@ -57,11 +46,9 @@ impl Peer {
             local: None,
             real: None,
             ack: false,
-            rtt_ms: None,
             retry: timers.retry_initial,
             last_active: now,
             last_heartbeat: None,
-            tick_counter: probe_phase,
         }
     }
 
@@ -79,12 +66,6 @@ impl Peer {
     }
     pub fn real(&self) -> Option<SocketAddrV4> {
         self.real
-    }
-    pub fn ack(&self) -> bool {
-        self.ack
-    }
-    pub fn rtt_ms(&self) -> Option<i32> {
-        self.rtt_ms
     }
     pub fn retry(&self) -> Duration {
         self.retry
@@ -120,7 +101,6 @@ impl Peer {
             self.local = None;
             self.real = None;
             self.ack = false;
-            self.rtt_ms = None;
         }
         self.state = next;
         // Re-assigning the same state still counts: that is how ack-heartbeats
@@ -146,11 +126,6 @@ impl Peer {
                 out.push_back(Action::Connected {
                     peer: self.vip,
                     path,
-                });
-                // v6 probes once on connect regardless of route cost.
-                out.push_back(Action::DelayProbe {
-                    peer: self.vip,
-                    to: path,
                 });
             }
         }
@@ -289,16 +264,10 @@ impl Peer {
         Outcome::Accepted
     }
 
-    /// A latency measurement for the direct link (kept only for status).
-    pub(crate) fn record_rtt(&mut self, rtt_ms: i32) {
-        self.rtt_ms = Some(rtt_ms);
-    }
-
     /// One 1-s tick. Returns true when this peer wants a STUN request; the
     /// manager sends at most one per tick for all peers.
     pub(crate) fn tick(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) -> bool {
         let t = env.timers;
-        self.tick_counter = self.tick_counter.wrapping_add(1);
         let in_state = now.saturating_duration_since(self.last_active);
         match self.state {
             PeerState::Init | PeerState::Failed => {}
@@ -325,11 +294,6 @@ impl Peer {
             PeerState::Connected => {
                 if in_state < t.connected_idle {
                     self.send_heartbeats(out);
-                    if env.route_cost > 0 && self.tick_counter.is_multiple_of(t.probe_every_ticks) {
-                        if let Some(to) = self.real {
-                            out.push_back(Action::DelayProbe { peer: self.vip, to });
-                        }
-                    }
                 } else {
                     self.set_state(PeerState::Init, now, t, out);
                 }

@@ -20,16 +20,12 @@ pub struct PeerConfig {
     pub stun: bool,
     /// `discovery=`: broadcast DISCOVERY every this many ticks; 0 = off.
     pub discovery_ticks: u32,
-    /// `route=` cost; > 0 enables periodic latency probes.
-    pub route_cost: u32,
     /// Own LAN candidate (`localhost=` or first interface, : UDP port).
     pub lan_candidate: Option<SocketAddrV4>,
     /// Upper bound on tracked peers: any member can make us create entries
     /// (relayed packets carry arbitrary source VIPs), so memory must be capped.
     pub max_peers: usize,
     pub timers: Timers,
-    /// Seeds the per-peer probe phases so runs are reproducible.
-    pub rng_seed: u64,
     /// Act on entering a state (STUN on PREPARING, heartbeats on CONNECTING
     /// and CONNECTED, an immediate ack to a first heartbeat) rather than on
     /// the next tick: about 3 s less to CONNECTED, same messages. Off gives
@@ -44,11 +40,9 @@ impl PeerConfig {
             p2p: true,
             stun: true,
             discovery_ticks: 0,
-            route_cost: 0,
             lan_candidate: None,
             max_peers: 16_384,
             timers: Timers::default(),
-            rng_seed: 0,
             eager: false,
         }
     }
@@ -67,7 +61,6 @@ pub struct PeerStatus {
     /// When the current state was (re-)assigned.
     pub since: Instant,
     pub retry: Duration,
-    pub rtt_ms: Option<i32>,
 }
 
 impl From<&Peer> for PeerStatus {
@@ -81,7 +74,6 @@ impl From<&Peer> for PeerStatus {
             last_heartbeat: p.last_heartbeat(),
             since: p.last_active(),
             retry: p.retry(),
-            rtt_ms: p.rtt_ms(),
         }
     }
 }
@@ -100,7 +92,6 @@ pub struct PeerManager {
     ticks: u64,
     lan_p2p: bool,
     own_public: Option<SocketAddrV4>,
-    rng: SplitMix64,
 }
 
 impl PeerManager {
@@ -109,7 +100,6 @@ impl PeerManager {
         cfg.timers.validate()?;
         Ok(PeerManager {
             next_tick: now + cfg.timers.tick,
-            rng: SplitMix64(cfg.rng_seed),
             cfg,
             peers: BTreeMap::new(),
             actions: VecDeque::new(),
@@ -183,11 +173,8 @@ impl PeerManager {
                 limit: self.cfg.max_peers,
             });
         }
-        let phase = (self.rng.next() % u64::from(self.cfg.timers.probe_every_ticks)) as u32;
-        self.peers.insert(
-            vip,
-            Peer::new(vip, now, &self.cfg.timers, phase, self.cfg.eager),
-        );
+        self.peers
+            .insert(vip, Peer::new(vip, now, &self.cfg.timers, self.cfg.eager));
         Ok(())
     }
 
@@ -296,46 +283,6 @@ impl PeerManager {
         self.lan_p2p = false;
     }
 
-    pub fn lan_p2p_enabled(&self) -> bool {
-        self.lan_p2p
-    }
-
-    pub fn set_lan_candidate(&mut self, lan: Option<SocketAddrV4>) {
-        self.cfg.lan_candidate = lan;
-    }
-
-    /// Stores a measured RTT for status display (routing keeps its own copy).
-    pub fn record_rtt(&mut self, vip: Ipv4Addr, rtt_ms: i32) -> Outcome {
-        self.with_peer(vip, |p, _, _| p.record_rtt(rtt_ms))
-            .map_or(Outcome::Ignored(Ignored::UnknownPeer), |_| {
-                Outcome::Accepted
-            })
-    }
-
-    /// Forgets one peer (e.g. the server reported it gone). Emits
-    /// `Disconnected` if it was CONNECTED so the data path falls back.
-    pub fn remove_peer(&mut self, vip: Ipv4Addr) -> bool {
-        match self.peers.remove(&vip) {
-            Some(p) => {
-                if p.state() == PeerState::Connected {
-                    self.actions.push_back(Action::Disconnected { peer: vip });
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Forgets every peer, as Candy does on a WS reconnect (new client instance).
-    pub fn clear(&mut self) {
-        let vips: Vec<_> = self.peers.keys().copied().collect();
-        for vip in vips {
-            self.remove_peer(vip);
-        }
-        self.own_public = None;
-        self.lan_p2p = true;
-    }
-
     pub fn peer(&self, vip: Ipv4Addr) -> Option<PeerStatus> {
         self.peers.get(&vip).map(PeerStatus::from)
     }
@@ -356,14 +303,6 @@ impl PeerManager {
         self.peers.get(&vip).map(Peer::state)
     }
 
-    /// Where to send data for `vip` directly, if it is CONNECTED.
-    pub fn direct_path(&self, vip: Ipv4Addr) -> Option<SocketAddrV4> {
-        let p = self.peers.get(&vip)?;
-        (p.state() == PeerState::Connected)
-            .then(|| p.real())
-            .flatten()
-    }
-
     pub fn own_public(&self) -> Option<SocketAddrV4> {
         self.own_public
     }
@@ -379,7 +318,6 @@ fn env_of(cfg: &PeerConfig, lan_p2p: bool) -> Env<'_> {
     Env {
         timers: &cfg.timers,
         p2p: cfg.p2p && cfg.stun,
-        route_cost: cfg.route_cost,
         lan_p2p,
         lan_candidate: cfg.lan_candidate,
     }
@@ -387,18 +325,4 @@ fn env_of(cfg: &PeerConfig, lan_p2p: bool) -> Env<'_> {
 
 fn endpoint_valid(ep: SocketAddrV4) -> bool {
     !ep.ip().is_unspecified() && ep.port() != 0
-}
-
-/// Small, dependency-free PRNG: only spreads probe phases, no security role.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
 }

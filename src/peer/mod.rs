@@ -13,12 +13,14 @@
 //!   [`PeerManager::handle_lan_info`] (after the src/dst checks of §2.4.4);
 //!   any WS ROUTE → [`PeerManager::disable_lan_p2p`]; STUN reply →
 //!   [`PeerManager::handle_stun_response`]; decrypted UDP HEARTBEAT →
-//!   [`PeerManager::handle_heartbeat`]; WS reconnect → [`PeerManager::clear`].
+//!   [`PeerManager::handle_heartbeat`]. Peers are kept across WS
+//!   reconnects: their direct paths do not depend on the server.
 //! * Count every [`Outcome::Ignored`]; none of them is an error for the node.
 //! * Sleep until `poll_timeout`, then `handle_timeout(now)`.
 //! * After each call, drain `poll_action` and execute: encode and send the
 //!   messages; on `Connected`/`PathChanged`/`Disconnected` republish the
 //!   dataplane snapshot (direct vs relay) and tell `route` (withdrawals).
+//!   Latency probes are the router's job, not this module's.
 
 mod action;
 mod addr;

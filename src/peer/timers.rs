@@ -21,8 +21,6 @@ pub struct Timers {
     pub retry_initial: Duration,
     /// Cap of the doubling WAITING interval.
     pub retry_max: Duration,
-    /// A CONNECTED peer is probed for latency every this many ticks (cost > 0).
-    pub probe_every_ticks: u32,
 }
 
 impl Default for Timers {
@@ -35,7 +33,6 @@ impl Default for Timers {
             connected_idle: Duration::from_secs(3),
             retry_initial: Duration::from_secs(30),
             retry_max: Duration::from_secs(3600),
-            probe_every_ticks: 60,
         }
     }
 }
@@ -46,14 +43,10 @@ impl Timers {
         current.saturating_mul(2).min(self.retry_max)
     }
 
-    /// A zero tick would make the manager spin; a zero probe period would
-    /// divide by zero.
+    /// A zero tick would make the manager spin.
     pub fn validate(&self) -> Result<(), TimersError> {
         if self.tick.is_zero() {
             return Err(TimersError::ZeroTick);
-        }
-        if self.probe_every_ticks == 0 {
-            return Err(TimersError::ZeroProbePeriod);
         }
         if self.retry_initial > self.retry_max {
             return Err(TimersError::RetryAboveCap);
@@ -67,8 +60,6 @@ impl Timers {
 pub enum TimersError {
     #[error("timers.tick must be greater than zero")]
     ZeroTick,
-    #[error("timers.probe_every_ticks must be greater than zero")]
-    ZeroProbePeriod,
     #[error("timers.retry_initial must not exceed timers.retry_max")]
     RetryAboveCap,
 }
@@ -97,11 +88,6 @@ mod tests {
             ..Timers::default()
         };
         assert_eq!(t.validate(), Err(TimersError::ZeroTick));
-        let t = Timers {
-            probe_every_ticks: 0,
-            ..Timers::default()
-        };
-        assert_eq!(t.validate(), Err(TimersError::ZeroProbePeriod));
         let t = Timers {
             retry_initial: Duration::from_secs(7200),
             ..Timers::default()

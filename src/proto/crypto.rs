@@ -136,10 +136,13 @@ pub struct IvSequence {
 
 impl IvSequence {
     pub fn new() -> Self {
-        Self {
-            prefix: rand::random(),
-            counter: 0,
-        }
+        Self::with_prefix(rand::random())
+    }
+
+    /// For callers that draw their randomness from a seeded source; the
+    /// prefix must differ between senders that share a key.
+    pub fn with_prefix(prefix: [u8; 8]) -> Self {
+        Self { prefix, counter: 0 }
     }
 
     pub fn next_iv(&mut self) -> [u8; IV_LEN] {

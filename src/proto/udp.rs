@@ -22,7 +22,7 @@ pub const FORWARD_MIN_LEN: usize = 21;
 /// Route metric meaning "withdrawn".
 pub const WITHDRAWN: i32 = i32::MAX;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerMessage<'a> {
     Heartbeat(Heartbeat),
     /// The IPv4 packet (possibly led by the sdwan pseudo-header).
@@ -45,6 +45,17 @@ impl<'a> PeerMessage<'a> {
             ty::ROUTE => PeerMessage::Route(RouteAdvert::decode(plain)?),
             other => PeerMessage::Unknown(other),
         })
+    }
+
+    /// The plaintext, type byte first. `Unknown` has no body to send.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            PeerMessage::Heartbeat(h) => h.encode().to_vec(),
+            PeerMessage::Forward(packet) => [&[ty::FORWARD], *packet].concat(),
+            PeerMessage::Delay(d) => d.encode().to_vec(),
+            PeerMessage::Route(r) => r.encode().to_vec(),
+            PeerMessage::Unknown(t) => vec![*t],
+        }
     }
 }
 
@@ -233,5 +244,28 @@ mod tests {
         }
         assert_eq!(PeerMessage::decode(&[3]).unwrap(), PeerMessage::Unknown(3));
         assert_eq!(PeerMessage::decode(&[]), Err(ProtoError::Empty));
+    }
+
+    #[test]
+    fn every_message_encodes_to_what_decodes_back() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let packet = [0x45u8; 20];
+        for m in [
+            PeerMessage::Heartbeat(Heartbeat::new(a, true)),
+            PeerMessage::Forward(&packet),
+            PeerMessage::Delay(Delay {
+                src: a,
+                dst: b,
+                timestamp_ms: -7,
+            }),
+            PeerMessage::Route(RouteAdvert {
+                dst: b,
+                next: a,
+                delay_ms: WITHDRAWN,
+            }),
+            PeerMessage::Unknown(9),
+        ] {
+            assert_eq!(PeerMessage::decode(&m.encode()), Ok(m));
+        }
     }
 }

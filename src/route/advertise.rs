@@ -10,7 +10,8 @@
 use std::net::Ipv4Addr;
 
 use super::table::Route;
-use super::{RouteMsg, MAX_METRIC, WITHDRAWN};
+use super::{MAX_METRIC, WITHDRAWN};
+use crate::proto::udp::RouteAdvert;
 
 /// The `delay` we advertise for `route` to `to`.
 pub(crate) fn delay_for(route: Option<Route>, to: Ipv4Addr, cost: u32) -> i32 {
@@ -37,11 +38,11 @@ pub(crate) fn message_for(
     dst: Ipv4Addr,
     route: Option<Route>,
     to: Ipv4Addr,
-) -> Option<RouteMsg> {
-    (to != dst).then(|| RouteMsg {
+) -> Option<RouteAdvert> {
+    (to != dst).then(|| RouteAdvert {
         dst,
         next: own,
-        delay: delay_for(route, to, cost),
+        delay_ms: delay_for(route, to, cost),
     })
 }
 
@@ -62,15 +63,15 @@ mod tests {
         });
         assert_eq!(
             message_for(ip(2), 5, ip(3), r, ip(1)),
-            Some(RouteMsg {
+            Some(RouteAdvert {
                 dst: ip(3),
                 next: ip(2),
-                delay: 25
+                delay_ms: 25
             })
         );
         assert_eq!(message_for(ip(2), 5, ip(3), r, ip(3)), None);
         assert_eq!(
-            message_for(ip(2), 5, ip(3), None, ip(1)).unwrap().delay,
+            message_for(ip(2), 5, ip(3), None, ip(1)).unwrap().delay_ms,
             WITHDRAWN
         );
     }

@@ -1,7 +1,7 @@
 //! DELAY probe bookkeeping and RTT smoothing.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Millisecond timestamps for DELAY probes, counted from the router's
 /// creation. Only we read our own timestamps back (PROTOCOL §1.1), so any
@@ -123,32 +123,6 @@ impl ProbeState {
     }
 }
 
-/// SplitMix64: tiny, seedable and stable across crate versions, which a
-/// reproducible simulation needs more than statistical quality.
-#[derive(Clone, Debug)]
-pub(crate) struct SplitMix(u64);
-
-impl SplitMix {
-    pub(crate) fn new(seed: u64) -> Self {
-        SplitMix(seed)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// A whole-ms offset in `1..=max`, used to spread first probes the way
-    /// Candy's random per-peer tick counter does.
-    pub(crate) fn spread(&mut self, max: Duration) -> Duration {
-        let ms = max.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
-        Duration::from_millis(1 + self.next_u64() % ms)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,16 +159,5 @@ mod tests {
         }
         assert_eq!(p.echoed(0, 20), Err(EchoError::Unsolicited));
         assert_eq!(p.echoed(9, 20), Ok(11));
-    }
-
-    #[test]
-    fn spread_is_seeded_and_in_range() {
-        let mut a = SplitMix::new(7);
-        let mut b = SplitMix::new(7);
-        for _ in 0..100 {
-            let d = a.spread(Duration::from_secs(60));
-            assert_eq!(d, b.spread(Duration::from_secs(60)));
-            assert!(d >= Duration::from_millis(1) && d <= Duration::from_secs(60));
-        }
     }
 }

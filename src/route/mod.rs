@@ -16,7 +16,7 @@
 //! senders use our key), so a ROUTE is trusted only as far as its `next` is
 //! a CONNECTED peer, and a DELAY echo only if it matches a probe we sent.
 //! When echoing, sending the received plaintext bytes verbatim keeps any
-//! trailing bytes intact (PROTOCOL §11); the queued `DelayMsg` is identical
+//! trailing bytes intact (PROTOCOL §11); the queued `Delay` is identical
 //! otherwise.
 //!
 //! Deviations from Candy that stay inside its wire semantics: metrics use a
@@ -39,14 +39,15 @@ mod table;
 
 use std::net::Ipv4Addr;
 
+use crate::proto::udp::PeerMessage;
+
 pub use config::{Hysteresis, RouteConfig, RouteConfigError};
 pub use latency::Srtt;
 pub use nexthop::{NextHop, NextHopTable, RouteStatus, TunRoute};
 pub use router::{DelayOutcome, RouteOutcome, RouteStats, Router};
 pub use subnet::{SubnetError, SubnetRoute, SubnetRoutes};
 
-/// Wire value of a ROUTE `delay` that withdraws the destination.
-pub const WITHDRAWN: i32 = 0x7FFF_FFFF;
+pub use crate::proto::udp::WITHDRAWN;
 
 /// Largest usable metric. Candy reads anything above it as a withdrawal, so
 /// a longer path cannot be expressed on the wire at all.
@@ -55,39 +56,11 @@ pub const MAX_METRIC: u32 = 1000;
 /// Largest accepted `route_cost`, as clamped by Candy's `route=` option.
 pub const MAX_ROUTE_COST: u32 = 1000;
 
-/// DELAY (UDP type 2) plaintext fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DelayMsg {
-    /// The prober's VIP.
-    pub src: Ipv4Addr,
-    /// The probed peer's VIP.
-    pub dst: Ipv4Addr,
-    /// The prober's monotonic clock in ms; only the prober interprets it.
-    pub ts_ms: i64,
-}
-
-/// ROUTE (UDP type 4) plaintext fields.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct RouteMsg {
-    /// Destination VIP.
-    pub dst: Ipv4Addr,
-    /// The advertiser's own VIP (Candy's rules make it the next hop).
-    pub next: Ipv4Addr,
-    /// Advertiser's metric plus its route cost, or [`WITHDRAWN`].
-    pub delay: i32,
-}
-
-/// A peer message the routing logic wants sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Message {
-    Delay(DelayMsg),
-    Route(RouteMsg),
-}
-
 /// One message to encrypt with `to`'s key and send over UDP to `to`'s
 /// current path. `to` is always a peer the caller reported as CONNECTED.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub to: Ipv4Addr,
-    pub msg: Message,
+    /// Always a DELAY or a ROUTE.
+    pub msg: PeerMessage<'static>,
 }

@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use super::advertise::message_for;
 use super::config::{RouteConfig, RouteConfigError};
-use super::latency::{BootClock, EchoError, ProbeState, SplitMix};
+use super::latency::{BootClock, EchoError, ProbeState};
 use super::nexthop::{NextHopTable, RouteStatus};
 use super::table::{AdvertReject, Change, Table};
-use super::{DelayMsg, Message, RouteMsg, Transmit};
+use super::Transmit;
+use crate::counters::counters;
+use crate::proto::udp::{Delay, PeerMessage, RouteAdvert};
+use crate::rng::SplitMix64;
 
 /// What happened to a received DELAY; for logs and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,22 +48,32 @@ pub enum RouteOutcome {
     TableFull,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouteStats {
-    pub probes_sent: u64,
-    pub echoes_sent: u64,
-    pub rtt_samples: u64,
-    pub delays_ignored: u64,
-    pub routes_sent: u64,
-    pub routes_applied: u64,
-    pub routes_ignored: u64,
-    pub table_overflows: u64,
+counters! {
+    /// What the router did and what it refused, for `ringlink status`.
+    plain RouteStats {
+        /// DELAY probes sent to CONNECTED peers.
+        probes_sent,
+        /// Peers' probes echoed back.
+        echoes_sent,
+        /// Echoes of our probes that gave an RTT.
+        rtt_samples,
+        /// DELAYs that matched no outstanding probe or had a bad timestamp.
+        delays_ignored,
+        /// ROUTE advertisements and withdrawals sent.
+        routes_sent,
+        routes_applied,
+        /// ROUTEs whose next hop is not CONNECTED, that name us, or that did
+        /// not fit the table.
+        routes_ignored,
+        /// Destinations refused because the table was full.
+        table_overflows,
+    }
 }
 
 pub struct Router {
     cfg: RouteConfig,
     clock: BootClock,
-    rng: SplitMix,
+    rng: SplitMix64,
     table: Table,
     connected: BTreeSet<Ipv4Addr>,
     probes: BTreeMap<Ipv4Addr, ProbeState>,
@@ -86,7 +99,7 @@ impl Router {
         );
         Ok(Router {
             clock: BootClock::new(now),
-            rng: SplitMix::new(cfg.seed),
+            rng: SplitMix64::new(cfg.seed),
             table,
             connected: BTreeSet::new(),
             probes: BTreeMap::new(),
@@ -119,10 +132,6 @@ impl Router {
             table_overflows: self.table.overflows,
             ..self.stats
         }
-    }
-
-    pub fn is_connected(&self, peer: Ipv4Addr) -> bool {
-        self.connected.contains(&peer)
     }
 
     /// Smoothed RTT to a CONNECTED peer, once one probe came back.
@@ -177,7 +186,7 @@ impl Router {
         self.advertise(&changes);
     }
 
-    pub fn handle_delay(&mut self, msg: DelayMsg, now: Instant) -> DelayOutcome {
+    pub fn handle_delay(&mut self, msg: Delay, now: Instant) -> DelayOutcome {
         let outcome = self.delay(msg, now);
         if !matches!(
             outcome,
@@ -188,7 +197,7 @@ impl Router {
         outcome
     }
 
-    fn delay(&mut self, msg: DelayMsg, now: Instant) -> DelayOutcome {
+    fn delay(&mut self, msg: Delay, now: Instant) -> DelayOutcome {
         if !self.enabled() {
             return DelayOutcome::Disabled;
         }
@@ -198,7 +207,7 @@ impl Router {
             let Some(st) = self.probes.get_mut(&peer) else {
                 return DelayOutcome::NotConnected;
             };
-            let rtt = match st.echoed(msg.ts_ms, self.clock.ms(now)) {
+            let rtt = match st.echoed(msg.timestamp_ms, self.clock.ms(now)) {
                 Ok(rtt) => rtt,
                 Err(EchoError::Unsolicited) => return DelayOutcome::Unsolicited,
                 Err(EchoError::BadTimestamp) => return DelayOutcome::BadTimestamp,
@@ -215,7 +224,7 @@ impl Router {
             }
             self.out.push_back(Transmit {
                 to: msg.src,
-                msg: Message::Delay(msg),
+                msg: PeerMessage::Delay(msg),
             });
             self.stats.echoes_sent += 1;
             // A probing Candy peer installs its entry for us when our echo
@@ -249,7 +258,7 @@ impl Router {
         }
     }
 
-    pub fn handle_route(&mut self, msg: RouteMsg, now: Instant) -> RouteOutcome {
+    pub fn handle_route(&mut self, msg: RouteAdvert, now: Instant) -> RouteOutcome {
         if !self.enabled() {
             self.stats.routes_ignored += 1;
             return RouteOutcome::Disabled;
@@ -257,7 +266,7 @@ impl Router {
         let mut changes = Vec::new();
         let res = self
             .table
-            .advert(msg.dst, msg.next, msg.delay, now, &mut changes);
+            .advert(msg.dst, msg.next, msg.delay_ms, now, &mut changes);
         self.advertise(&changes);
         match res {
             Ok(()) => {
@@ -381,7 +390,7 @@ impl Router {
                 {
                     self.out.push_back(Transmit {
                         to: p,
-                        msg: Message::Route(m),
+                        msg: PeerMessage::Route(m),
                     });
                     self.stats.routes_sent += 1;
                 }
@@ -395,7 +404,7 @@ impl Router {
             if let Some(m) = message_for(self.cfg.own_vip, self.cfg.route_cost, dst, Some(r), to) {
                 self.out.push_back(Transmit {
                     to,
-                    msg: Message::Route(m),
+                    msg: PeerMessage::Route(m),
                 });
                 self.stats.routes_sent += 1;
             }
@@ -422,10 +431,10 @@ fn probe(
     if st.sent(ts_ms) {
         out.push_back(Transmit {
             to: peer,
-            msg: Message::Delay(DelayMsg {
+            msg: PeerMessage::Delay(Delay {
                 src: cfg.own_vip,
                 dst: peer,
-                ts_ms,
+                timestamp_ms: ts_ms,
             }),
         });
         stats.probes_sent += 1;

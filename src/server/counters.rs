@@ -5,31 +5,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Live counters shared by every task of one server.
-        #[derive(Debug, Default)]
-        pub struct Counters {
-            $($(#[$doc])* pub $name: AtomicU64,)*
-        }
-
-        /// A point-in-time copy of [`Counters`].
-        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-        pub struct CounterSnapshot {
-            $($(#[$doc])* pub $name: u64,)*
-        }
-
-        impl Counters {
-            pub fn snapshot(&self) -> CounterSnapshot {
-                CounterSnapshot {
-                    $($name: self.$name.load(Ordering::Relaxed),)*
-                }
-            }
-        }
-    };
-}
+use crate::counters::counters;
 
 counters! {
+    /// Live counters shared by every task of one server.
+    atomic Counters => ServerCounterSnapshot {
     /// Gauge: authenticated sessions right now.
     clients,
     /// TCP connections accepted (before any handshake).
@@ -80,6 +60,7 @@ counters! {
     stun_answered,
     /// Datagrams on the STUN port that are not binding requests we can answer.
     stun_ignored,
+    }
 }
 
 impl Counters {

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::config::{PushedRoute, ServerConfig};
 use crate::proto::Ipv4Cidr;
 
-pub use counters::{CounterSnapshot, Counters};
+pub use counters::{Counters, ServerCounterSnapshot};
 pub use error::{CloseReason, ServerError};
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.

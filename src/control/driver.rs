@@ -1,0 +1,54 @@
+//! Carries out what the sans-IO [`Node`] asks for: the only place where its
+//! datagrams meet the UDP socket, its frames meet the server queue, its
+//! tables meet the dataplane and its routes meet the kernel.
+
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use super::iface::Interface;
+use super::node::{Node, Output};
+use super::status::ControlCounters;
+use crate::dataplane::{SharedSnapshot, UdpSender};
+
+/// A node and the handles its outputs go to.
+pub struct NodeDriver {
+    pub node: Node,
+    udp: UdpSender,
+    snapshot: SharedSnapshot,
+}
+
+impl NodeDriver {
+    pub fn new(node: Node, udp: UdpSender, snapshot: SharedSnapshot) -> Self {
+        Self {
+            node,
+            udp,
+            snapshot,
+        }
+    }
+
+    /// Drains the node's outputs; call after every call into the node.
+    pub async fn carry_out(
+        &mut self,
+        iface: &Interface,
+        to_server: &mpsc::Sender<Vec<u8>>,
+        counters: &mut ControlCounters,
+    ) {
+        while let Some(output) = self.node.poll_output() {
+            match output {
+                Output::Datagram { to, datagram } => {
+                    if let Err(e) = self.udp.send_to(&datagram, to) {
+                        counters.udp_send_errors += 1;
+                        debug!(error = %e, %to, "UDP send failed");
+                    }
+                }
+                Output::ServerFrame(frame) => {
+                    if to_server.try_send(frame).is_err() {
+                        counters.server_queue_full += 1;
+                    }
+                }
+                Output::Publish(snapshot) => self.snapshot.publish(snapshot),
+                Output::InstallRoutes(routes) => iface.install_routes(&routes).await,
+            }
+        }
+    }
+}

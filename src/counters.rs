@@ -1,0 +1,101 @@
+//! One way to declare event counters, for the dataplane, the server, the
+//! control node and the router: a counter is one line in a `counters!`
+//! list, and the struct, its snapshot, the sum across threads, serde
+//! (so `ringlink status --json` carries it) and the name/value listing
+//! (so the human form shows it) all follow.
+
+/// `counters!(plain Name { a, b, })` declares a `u64` struct owned by one
+/// thread. `counters!(atomic Live => Snapshot { a, b, })` declares relaxed
+/// atomics shared between threads plus their plain snapshot.
+macro_rules! counters {
+    ($(#[$meta:meta])* plain $snap:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        // A status from an older or newer client still parses.
+        #[serde(default)]
+        pub struct $snap {
+            $($(#[$doc])* pub $field: u64,)*
+        }
+
+        impl $snap {
+            /// Every counter with its name, in declaration order.
+            pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($field), self.$field),)*].into_iter()
+            }
+        }
+
+        impl std::ops::AddAssign for $snap {
+            fn add_assign(&mut self, o: Self) {
+                $(self.$field += o.$field;)*
+            }
+        }
+
+        impl std::iter::Sum for $snap {
+            fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+                let mut total = Self::default();
+                for s in iter {
+                    total += s;
+                }
+                total
+            }
+        }
+    };
+    ($(#[$meta:meta])* atomic $live:ident => $snap:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+        $crate::counters::counters! {
+            #[doc = concat!("A plain copy of [`", stringify!($live), "`].")]
+            plain $snap { $($(#[$doc])* $field,)* }
+        }
+
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $live {
+            $($(#[$doc])* pub $field: std::sync::atomic::AtomicU64,)*
+        }
+
+        impl $live {
+            pub fn snapshot(&self) -> $snap {
+                $snap {
+                    $($field: self.$field.load(std::sync::atomic::Ordering::Relaxed),)*
+                }
+            }
+
+            /// Folds a batch of local tallies in: one atomic add per non-zero
+            /// field instead of one per event.
+            pub fn add(&self, batch: &$snap) {
+                $(
+                    if batch.$field != 0 {
+                        self.$field.fetch_add(batch.$field, std::sync::atomic::Ordering::Relaxed);
+                    }
+                )*
+            }
+        }
+    };
+}
+
+pub(crate) use counters;
+
+#[cfg(test)]
+mod tests {
+    counters! {
+        atomic Live => Snap {
+            /// Documented.
+            a,
+            b,
+        }
+    }
+
+    #[test]
+    fn one_list_gives_struct_snapshot_sum_and_names() {
+        let live = Live::default();
+        live.add(&Snap { a: 2, b: 0 });
+        live.add(&Snap { a: 1, b: 5 });
+        let s = live.snapshot();
+        assert_eq!(s, Snap { a: 3, b: 5 });
+        let total: Snap = [s, s].into_iter().sum();
+        assert_eq!(total.fields().collect::<Vec<_>>(), [("a", 6), ("b", 10)]);
+        let json = serde_json::to_string(&total).unwrap();
+        assert_eq!(json, r#"{"a":6,"b":10}"#);
+        let back: Snap = serde_json::from_str(r#"{"b":1}"#).unwrap();
+        assert_eq!(back, Snap { a: 0, b: 1 });
+    }
+}

@@ -1,0 +1,508 @@
+//! Several sans-IO control nodes (`ringlink::control::node`) wired through a
+//! fake coordination server and a fake network on a simulated clock: every
+//! byte between them goes through the real codecs and the real ciphers. No
+//! sockets, no sleeping; the same run every time.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use ringlink::control::node::{Node, NodeConfig, Output};
+use ringlink::dataplane::Snapshot;
+use ringlink::peer::PeerConfig;
+use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey};
+use ringlink::proto::ws::{self, SysRoute, WsMessage};
+use ringlink::proto::{stun, Ipv4Cidr};
+use ringlink::rng::SplitMix64;
+use ringlink::route::RouteConfig;
+
+const PASSWORD: &[u8] = b"node sim password";
+const CIPHER: CipherKind = CipherKind::Aes256Gcm;
+const STUN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 3478);
+/// Bounds every loop: a node that keeps talking without time passing is a bug.
+const MAX_DELIVERIES: usize = 100_000;
+
+fn vip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, 2 + i as u8)
+}
+
+fn public(i: usize, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1 + i as u8), port)
+}
+
+/// Something in flight, delivered in order with no latency.
+enum Delivery {
+    Udp {
+        to: usize,
+        from: SocketAddrV4,
+        datagram: Vec<u8>,
+    },
+    Stun {
+        to: usize,
+        from: SocketAddrV4,
+        datagram: Vec<u8>,
+    },
+    Server {
+        to: usize,
+        frame: Vec<u8>,
+    },
+}
+
+struct Host {
+    node: Node,
+    vip: Ipv4Addr,
+    /// The NAT mapping peers and the STUN server see.
+    public: SocketAddrV4,
+    published: Vec<Snapshot>,
+    installs: Vec<Vec<SysRoute>>,
+}
+
+struct Sim {
+    now: Instant,
+    hosts: Vec<Host>,
+    queue: VecDeque<Delivery>,
+    /// Directed host pairs whose datagrams are dropped.
+    blocked: HashSet<(usize, usize)>,
+    loss: f64,
+    rng: SplitMix64,
+    /// The STUN server answers with a transaction id it was not asked for.
+    stun_wrong_txid: bool,
+    /// Datagrams that did not open with the receiver's own key.
+    open_failures: usize,
+    udp_delivered: usize,
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64, route_cost: u32) -> Self {
+        let t0 = Instant::now();
+        let hosts = (0..n)
+            .map(|i| {
+                let mut peer = PeerConfig::new(vip(i));
+                peer.eager = true;
+                let mut route = RouteConfig::new(vip(i));
+                route.route_cost = route_cost;
+                route.seed = seed ^ (i as u64);
+                let cfg = NodeConfig {
+                    own: Ipv4Cidr {
+                        addr: vip(i),
+                        prefix: 24,
+                    },
+                    password: PASSWORD.to_vec(),
+                    cipher: CIPHER,
+                    stun: Some(STUN),
+                    peer,
+                    route,
+                    seed: seed.wrapping_mul(31) ^ (i as u64),
+                };
+                Host {
+                    node: Node::new(cfg, t0).expect("valid node config"),
+                    vip: vip(i),
+                    public: public(i, 40_000),
+                    published: Vec::new(),
+                    installs: Vec::new(),
+                }
+            })
+            .collect();
+        let mut sim = Sim {
+            now: t0,
+            hosts,
+            queue: VecDeque::new(),
+            blocked: HashSet::new(),
+            loss: 0.0,
+            rng: SplitMix64::new(seed),
+            stun_wrong_txid: false,
+            open_failures: 0,
+            udp_delivered: 0,
+        };
+        for i in 0..n {
+            sim.hosts[i].node.set_server_up(true);
+            sim.collect(i);
+        }
+        sim.deliver_all();
+        sim
+    }
+
+    fn host_at(&self, endpoint: SocketAddrV4) -> Option<usize> {
+        self.hosts.iter().position(|h| h.public == endpoint)
+    }
+
+    fn host_with_vip(&self, v: Ipv4Addr) -> Option<usize> {
+        self.hosts.iter().position(|h| h.vip == v)
+    }
+
+    /// Takes everything host `i` asked for and puts it on the wire.
+    fn collect(&mut self, i: usize) {
+        while let Some(out) = self.hosts[i].node.poll_output() {
+            match out {
+                Output::Datagram { to, datagram } if to == STUN => self.answer_stun(i, &datagram),
+                Output::Datagram { to, datagram } => {
+                    let Some(j) = self.host_at(to) else { continue };
+                    let lost = self.loss > 0.0 && self.rng.next_f64() < self.loss;
+                    if !lost && !self.blocked.contains(&(i, j)) {
+                        let from = self.hosts[i].public;
+                        self.queue.push_back(Delivery::Udp {
+                            to: j,
+                            from,
+                            datagram,
+                        });
+                    }
+                }
+                Output::ServerFrame(frame) => self.relay(i, frame),
+                Output::Publish(s) => self.hosts[i].published.push(s),
+                Output::InstallRoutes(r) => self.hosts[i].installs.push(r),
+            }
+        }
+    }
+
+    fn answer_stun(&mut self, i: usize, request: &[u8]) {
+        let mut txid = stun::parse_binding_request(request)
+            .expect("node sent a STUN request")
+            .txid;
+        if self.stun_wrong_txid {
+            txid[0] ^= 0xff;
+        }
+        let datagram = stun::encode_binding_response(&txid, self.hosts[i].public).to_vec();
+        self.queue.push_back(Delivery::Stun {
+            to: i,
+            from: STUN,
+            datagram,
+        });
+    }
+
+    /// What the coordination server does with a frame that is not FORWARD:
+    /// relay it to its `dst`, or to every other member for a broadcast.
+    fn relay(&mut self, from: usize, frame: Vec<u8>) {
+        let (src, dst) = match WsMessage::decode(&frame).expect("node sent a valid frame") {
+            WsMessage::PeerConn(p) => (p.src, p.dst),
+            WsMessage::Discovery(d) => (d.src, d.dst),
+            WsMessage::General(g) => (g.src, g.dst),
+            other => panic!("node sent an unexpected frame {other:?}"),
+        };
+        assert_eq!(src, self.hosts[from].vip, "frames carry the sender's VIP");
+        let targets: Vec<usize> = if dst == ws::BROADCAST {
+            (0..self.hosts.len()).filter(|&j| j != from).collect()
+        } else {
+            self.host_with_vip(dst).into_iter().collect()
+        };
+        for to in targets {
+            self.queue.push_back(Delivery::Server {
+                to,
+                frame: frame.clone(),
+            });
+        }
+    }
+
+    /// The server's ROUTE push, as sent right after login.
+    fn push_routes(&mut self, to: usize, routes: &[SysRoute]) {
+        for frame in SysRoute::encode_list(routes) {
+            self.queue.push_back(Delivery::Server { to, frame });
+        }
+        self.deliver_all();
+    }
+
+    fn deliver_all(&mut self) {
+        let mut n = 0;
+        while let Some(d) = self.queue.pop_front() {
+            n += 1;
+            assert!(
+                n < MAX_DELIVERIES,
+                "nodes keep talking without time passing"
+            );
+            let now = self.now;
+            let to = match d {
+                Delivery::Udp { to, from, datagram } => {
+                    // The receiving dataplane opens with its own key K(own VIP).
+                    let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
+                    let mut buf = datagram;
+                    match key.open_in_place(&mut buf) {
+                        Ok(plain) => {
+                            self.udp_delivered += 1;
+                            self.hosts[to].node.on_peer_message(from, plain, now);
+                        }
+                        Err(_) => self.open_failures += 1,
+                    }
+                    to
+                }
+                Delivery::Stun { to, from, datagram } => {
+                    self.hosts[to].node.on_stun(from, &datagram, now);
+                    to
+                }
+                Delivery::Server { to, frame } => {
+                    self.hosts[to].node.on_server_frame(&frame, now);
+                    to
+                }
+            };
+            self.collect(to);
+        }
+    }
+
+    /// Runs timers and deliveries until `done` holds or `ms` of simulated
+    /// time have passed; says which.
+    fn run_until(&mut self, ms: u64, mut done: impl FnMut(&Sim) -> bool) -> bool {
+        let end = self.now + Duration::from_millis(ms);
+        loop {
+            self.deliver_all();
+            if done(self) {
+                return true;
+            }
+            let next = self
+                .hosts
+                .iter()
+                .filter_map(|h| h.node.next_deadline())
+                .min();
+            match next {
+                Some(t) if t <= end => self.now = self.now.max(t),
+                _ => {
+                    self.now = end;
+                    return false;
+                }
+            }
+            for i in 0..self.hosts.len() {
+                if self.hosts[i]
+                    .node
+                    .next_deadline()
+                    .is_some_and(|t| t <= self.now)
+                {
+                    self.hosts[i].node.on_timeout(self.now);
+                    self.collect(i);
+                }
+            }
+        }
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        self.run_until(ms, |_| false);
+    }
+
+    fn latest(&self, i: usize) -> &Snapshot {
+        self.hosts[i]
+            .published
+            .last()
+            .expect("a node publishes at start")
+    }
+
+    fn direct(&self, i: usize, j: usize) -> Option<SocketAddrV4> {
+        self.latest(i)
+            .direct
+            .get(&self.hosts[j].vip)
+            .map(|e| e.endpoint)
+    }
+
+    fn connected(&self, i: usize, j: usize) -> bool {
+        self.direct(i, j) == Some(self.hosts[j].public)
+    }
+
+    fn publishes(&self, i: usize) -> usize {
+        self.hosts[i].published.len()
+    }
+
+    /// Node `i` hears of `j` the way it does in production: a packet from
+    /// `j` came through the relay.
+    fn relayed(&mut self, i: usize, j: usize) {
+        let (v, now) = (self.hosts[j].vip, self.now);
+        self.hosts[i].node.on_relayed(v, now);
+        self.collect(i);
+        self.deliver_all();
+    }
+
+    fn connect(&mut self, a: usize, b: usize) {
+        self.relayed(a, b);
+        assert!(
+            self.run_until(20_000, |s| s.connected(a, b) && s.connected(b, a)),
+            "{} and {} never connected",
+            self.hosts[a].vip,
+            self.hosts[b].vip
+        );
+    }
+}
+
+fn opens_with(key: &PeerKey, datagram: &[u8]) -> bool {
+    key.open_in_place(&mut datagram.to_vec()).is_ok()
+}
+
+#[test]
+fn peers_connect_and_seal_with_the_receivers_key() {
+    let mut sim = Sim::new(2, 1, 0);
+    sim.connect(0, 1);
+    assert_eq!(
+        sim.open_failures, 0,
+        "every datagram opened at its receiver"
+    );
+    assert!(sim.udp_delivered >= 2, "heartbeats went both ways");
+    let own_key = |i: usize| PeerKey::for_vip(CIPHER, PASSWORD, sim.hosts[i].vip);
+    for (a, b) in [(0, 1), (1, 0)] {
+        let entry = &sim.latest(a).direct[&sim.hosts[b].vip];
+        // What a's workers will seal data with is b's key, not a's.
+        let sealed = entry
+            .key
+            .seal_to_vec(IvSequence::with_prefix([7; 8]).next_iv(), b"data");
+        assert!(opens_with(&own_key(b), &sealed));
+        assert!(!opens_with(&own_key(a), &sealed));
+        assert_eq!(sim.latest(a).own_vip, sim.hosts[a].vip);
+    }
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let trace = |seed| {
+        let mut sim = Sim::new(3, seed, 5);
+        sim.loss = 0.2;
+        sim.relayed(0, 1);
+        sim.relayed(2, 1);
+        sim.run_for(30_000);
+        let snapshots: Vec<String> = sim
+            .hosts
+            .iter()
+            .flat_map(|h| &h.published)
+            .map(|s| {
+                let mut direct: Vec<_> = s.direct.iter().map(|(v, e)| (*v, e.endpoint)).collect();
+                direct.sort();
+                let mut hops: Vec<_> = s
+                    .tun
+                    .iter()
+                    .map(|(d, h)| (*d, h.wrap_for, h.peer.as_ref().map(|p| p.endpoint)))
+                    .collect();
+                hops.sort();
+                format!("{} {direct:?} {hops:?}", s.generation)
+            })
+            .collect();
+        (snapshots, sim.udp_delivered)
+    };
+    assert_eq!(trace(5), trace(5));
+}
+
+#[test]
+fn snapshot_is_republished_on_every_change_and_only_then() {
+    let mut sim = Sim::new(2, 2, 0);
+    assert_eq!(sim.publishes(0), 1, "the first table");
+
+    // Connect: exactly one new table on each side.
+    sim.connect(0, 1);
+    assert_eq!((sim.publishes(0), sim.publishes(1)), (2, 2));
+
+    // Heartbeats, STUN and junk from the server change nothing.
+    sim.run_for(20_000);
+    let now = sim.now;
+    // An empty frame, and a HEARTBEAT cut short.
+    sim.hosts[0].node.on_server_frame(&[], now);
+    sim.hosts[0]
+        .node
+        .on_peer_message(public(1, 40_000), &[0], now);
+    sim.collect(0);
+    assert!(sim.connected(0, 1));
+    assert_eq!((sim.publishes(0), sim.publishes(1)), (2, 2));
+    assert_eq!(sim.hosts[0].node.stats.malformed, 2);
+
+    // Path change: b's NAT rebinds; a follows the new source port.
+    let moved = public(1, 41_000);
+    sim.hosts[1].public = moved;
+    assert!(sim.run_until(5_000, |s| s.direct(0, 1) == Some(moved)));
+    assert_eq!(sim.publishes(0), 3);
+
+    // Route push: one table carrying the subnet, and an install request.
+    let lan = SysRoute {
+        dst: Ipv4Cidr {
+            addr: Ipv4Addr::new(192, 168, 20, 0),
+            prefix: 24,
+        },
+        next: sim.hosts[1].vip,
+    };
+    sim.push_routes(0, &[lan]);
+    assert_eq!(sim.publishes(0), 4);
+    assert_eq!(sim.hosts[0].installs, [vec![lan]]);
+    let subnets = &sim.latest(0).subnets;
+    assert_eq!(subnets.len(), 1);
+    assert_eq!(
+        (subnets[0].net, subnets[0].mask),
+        (
+            Ipv4Addr::new(192, 168, 20, 0),
+            Ipv4Addr::new(255, 255, 255, 0)
+        )
+    );
+    assert_eq!(subnets[0].hop.wrap_for, Some(sim.hosts[1].vip));
+    // The same push again is nothing new for the table.
+    sim.push_routes(0, &[lan]);
+    assert_eq!(sim.publishes(0), 5, "a push is republished");
+    assert_eq!(sim.latest(0).subnets.len(), 1, "but not duplicated");
+
+    // Disconnect: the path goes quiet; one table without the peer.
+    sim.blocked.extend([(0, 1), (1, 0)]);
+    assert!(sim.run_until(10_000, |s| s.direct(0, 1).is_none()));
+    assert_eq!(sim.publishes(0), 6);
+    sim.run_for(5_000);
+    assert_eq!(
+        sim.publishes(0),
+        6,
+        "nothing changes while the path is down"
+    );
+
+    // Generations only move forward, one per table.
+    let gens: Vec<u64> = sim.hosts[0]
+        .published
+        .iter()
+        .map(|s| s.generation)
+        .collect();
+    assert!(gens.windows(2).all(|w| w[1] == w[0] + 1), "{gens:?}");
+}
+
+#[test]
+fn stun_responses_must_answer_our_request() {
+    let mut sim = Sim::new(2, 3, 0);
+    sim.stun_wrong_txid = true;
+    sim.relayed(0, 1);
+    sim.run_for(5_000);
+    assert!(sim.hosts[0].node.stats.stun_ignored >= 1);
+    assert_eq!(sim.direct(0, 1), None, "no public endpoint learned");
+
+    // A well-formed answer from a host that is not our STUN server.
+    let before = sim.hosts[0].node.stats.stun_ignored;
+    let forged = stun::encode_binding_response(&[1; 12], public(0, 40_000));
+    let now = sim.now;
+    sim.hosts[0].node.on_stun(public(1, 40_000), &forged, now);
+    assert_eq!(sim.hosts[0].node.stats.stun_ignored, before + 1);
+
+    // With honest answers the retry cycle gets there.
+    sim.stun_wrong_txid = false;
+    sim.relayed(0, 1);
+    assert!(sim.run_until(120_000, |s| s.connected(0, 1) && s.connected(1, 0)));
+}
+
+#[test]
+fn frames_for_a_down_server_are_dropped_not_queued() {
+    let mut sim = Sim::new(2, 4, 0);
+    sim.hosts[0].node.set_server_up(false);
+    sim.relayed(0, 1);
+    sim.run_for(3_000);
+    assert!(sim.hosts[0].node.stats.ws_dropped >= 1);
+    assert_eq!(sim.direct(0, 1), None);
+    sim.hosts[0].node.set_server_up(true);
+    sim.collect(0);
+    sim.relayed(1, 0);
+    assert!(sim.run_until(20_000, |s| s.connected(0, 1) && s.connected(1, 0)));
+}
+
+#[test]
+fn latency_routing_goes_around_a_blocked_link() {
+    // a — b — c, with a ↔ c blocked: a's table sends c's traffic via b.
+    let mut sim = Sim::new(3, 6, 5);
+    sim.blocked.extend([(0, 2), (2, 0)]);
+    sim.connect(0, 1);
+    sim.connect(1, 2);
+    let (b, c) = (sim.hosts[1].vip, sim.hosts[2].vip);
+    assert!(
+        sim.run_until(300_000, |s| {
+            let snap = s.latest(0);
+            let via_b = snap.direct.get(&b).map(|e| e.endpoint);
+            via_b.is_some()
+                && snap
+                    .tun
+                    .get(&c)
+                    .and_then(|h| h.peer.as_ref())
+                    .map(|p| p.endpoint)
+                    == via_b
+        }),
+        "a never learned the route to c via b"
+    );
+    assert_eq!(sim.open_failures, 0, "probes and adverts sealed right");
+    assert_eq!(sim.direct(0, 2), None);
+}
