@@ -11,4 +11,5 @@ pub mod peer;
 pub mod proto;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod sys;
