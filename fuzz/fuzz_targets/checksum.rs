@@ -12,7 +12,10 @@ fuzz_target!(|data: &[u8]| {
     // 0 and 0xffff are both zero in ones' complement: either spelling
     // of it is right.
     let got = checksum::fold(whole);
-    assert!(got == want || (got, want) == (0xffff, 0) || (got, want) == (0, 0xffff), "{got:#x} vs {want:#x}");
+    assert!(
+        got == want || (got, want) == (0xffff, 0) || (got, want) == (0, 0xffff),
+        "{got:#x} vs {want:#x}"
+    );
 
     // Summing in two parts split at an even offset gives the same sum.
     let cut = usize::from(*data.first().unwrap_or(&0)).min(data.len()) & !1;

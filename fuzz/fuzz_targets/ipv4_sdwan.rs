@@ -11,7 +11,10 @@ fuzz_target!(|packet: &[u8]| {
         assert_eq!(ipv4::addrs(packet).ok(), Some((meta.src, meta.dst)));
     }
     if let Ok(fwd) = sdwan::parse_forwarded(packet) {
-        assert!(fwd.inner.end <= packet.len(), "inner range outside the packet");
+        assert!(
+            fwd.inner.end <= packet.len(),
+            "inner range outside the packet"
+        );
         let _ = ipv4::classify(&packet[fwd.inner.clone()]);
     }
     if let Ok(inner) = sdwan::decapsulate(packet) {

@@ -42,7 +42,11 @@ fuzz_target!(|data: &[u8]| {
         highest: None,
     };
     for rec in data.chunks_exact(3) {
-        let n = counter(rec[0], u16::from_le_bytes([rec[1], rec[2]]), model.highest.unwrap_or(0));
+        let n = counter(
+            rec[0],
+            u16::from_le_bytes([rec[1], rec[2]]),
+            model.highest.unwrap_or(0),
+        );
         let expected = model.accepts(n);
         assert_eq!(window.check(n).is_ok(), expected, "check({n})");
         if rec[0] & 0x80 != 0 {
