@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build every fuzz target on the stable toolchain and run each for a bounded
-# time. Usage: fuzz/run.sh [seconds-per-target] [target...]
+# time. Usage: [FUZZ_RUNS=n] fuzz/run.sh [seconds-per-target] [target...]
+# FUZZ_RUNS also stops each target after n inputs, whichever comes first.
 #
 # Stable rustc refuses -Z flags; RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass the
 # ones it needs. `-s none`: every target runs safe Rust only (ring's C and
@@ -25,14 +26,17 @@ for t in "${targets[@]}"; do
     log="artifacts/$t/last-run.log"
     echo "==> $t for ${secs}s"
     # corpus-run/$t first: the one directory libFuzzer adds new inputs to.
-    if ! "$bin_dir/$t" -max_total_time="$secs" -timeout=10 -print_final_stats=1 \
-        -artifact_prefix="artifacts/$t/" "corpus-run/$t" "corpus/$t" >"$log" 2>&1; then
+    # Inputs that once crashed a target (regressions/$t) are run every time.
+    dirs=("corpus-run/$t" "corpus/$t")
+    [ -d "regressions/$t" ] && dirs+=("regressions/$t")
+    if ! "$bin_dir/$t" -max_total_time="$secs" -runs="${FUZZ_RUNS:--1}" -timeout=10 -print_final_stats=1 \
+        -artifact_prefix="artifacts/$t/" "${dirs[@]}" >"$log" 2>&1; then
         tail -n 40 "$log"
         echo "fuzz/run.sh: $t failed; the input is in fuzz/artifacts/$t/" >&2
         exit 1
     fi
-    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    summary+=("$(printf '%-14s %12s runs in %ss' "$t" "${runs:-?}" "$secs")")
+    done_line=$(grep -m1 '^Done ' "$log" || echo "Done ? runs")
+    summary+=("$(printf '%-14s %s' "$t" "$done_line")")
 done
 printf '%s\n' "${summary[@]}"
 echo "${#targets[@]} passed, 0 failed"
