@@ -15,4 +15,5 @@ pub mod proto;
 pub mod rng;
 pub mod route;
 pub mod server;
+pub mod session;
 pub mod sys;

@@ -57,8 +57,16 @@ pub fn clamp(packet: &mut [u8], max_mss: u16) -> bool {
                         return false;
                     }
                     tcp[i + 2..i + 4].copy_from_slice(&max_mss.to_be_bytes());
+                    // After an odd-length option (window scale is 3 bytes)
+                    // the field straddles two 16-bit checksum words, where
+                    // its bytes count swapped.
+                    let (old, new) = if i % 2 == 0 {
+                        (old, max_mss)
+                    } else {
+                        (old.swap_bytes(), max_mss.swap_bytes())
+                    };
                     let sum = u16::from_be_bytes([tcp[16], tcp[17]]);
-                    tcp[16..18].copy_from_slice(&adjust_checksum(sum, old, max_mss).to_be_bytes());
+                    tcp[16..18].copy_from_slice(&adjust_checksum(sum, old, new).to_be_bytes());
                     return true;
                 }
                 i += len;
@@ -95,9 +103,16 @@ mod tests {
     }
 
     fn syn(mss: u16, flags: u8) -> Vec<u8> {
-        let mut p = vec![0u8; 20 + 24];
+        syn_with_options(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8], flags)
+    }
+
+    /// A TCP segment with `options` (a multiple of 4 bytes) and a right
+    /// checksum.
+    fn syn_with_options(options: &[u8], flags: u8) -> Vec<u8> {
+        let len = 20 + 20 + options.len();
+        let mut p = vec![0u8; len];
         p[0] = 0x45;
-        p[2..4].copy_from_slice(&44u16.to_be_bytes());
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         p[8] = 64;
         p[9] = IPPROTO_TCP;
         p[12..16].copy_from_slice(&[192, 168, 20, 5]);
@@ -105,9 +120,9 @@ mod tests {
         let t = &mut p[20..];
         t[0..2].copy_from_slice(&40000u16.to_be_bytes());
         t[2..4].copy_from_slice(&80u16.to_be_bytes());
-        t[12] = 6 << 4;
+        t[12] = ((20 + options.len()) as u8 / 4) << 4;
         t[13] = flags;
-        t[20..24].copy_from_slice(&[OPT_MSS, 4, (mss >> 8) as u8, mss as u8]);
+        t[20..].copy_from_slice(options);
         let c = tcp_checksum(&p);
         p[36..38].copy_from_slice(&c.to_be_bytes());
         p
@@ -121,6 +136,19 @@ mod tests {
             assert_eq!(u16::from_be_bytes([p[42], p[43]]), 1360);
             assert_eq!(u16::from_be_bytes([p[36], p[37]]), tcp_checksum(&p));
         }
+    }
+
+    /// Found by fuzz/mss_clamp: window scale (3 bytes) without NOP padding
+    /// puts the MSS value at an odd offset, and the incremental update
+    /// used to break the checksum there.
+    #[test]
+    fn clamps_mss_at_an_odd_offset_and_keeps_checksum_valid() {
+        let wscale_then_mss = [3, 3, 7, OPT_MSS, 4, 0x05, 0xb4, OPT_END];
+        let mut p = syn_with_options(&wscale_then_mss, TCP_SYN);
+        assert_eq!(u16::from_be_bytes([p[36], p[37]]), tcp_checksum(&p));
+        assert!(clamp(&mut p, 1360));
+        assert_eq!(u16::from_be_bytes([p[45], p[46]]), 1360);
+        assert_eq!(u16::from_be_bytes([p[36], p[37]]), tcp_checksum(&p));
     }
 
     #[test]
