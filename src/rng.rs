@@ -1,4 +1,4 @@
-//! The one seeded random source of the sans-IO layers (`peer`, `route`, the
+//! The one seeded random source of the sans-IO layers (`route` and the
 //! control node). Callers seed it at construction, so a simulation replays
 //! exactly; production seeds it from the OS.
 

@@ -103,7 +103,7 @@ pub struct DataplaneConfig {
     pub pin_cpus: bool,
     /// `None`: no UDP path, every packet goes up for the relay.
     pub udp: Option<UdpConfig>,
-    /// Lower the MSS of TCP SYNs read from TUN to this (see `route::mss`).
+    /// Lower the MSS of TCP SYNs read from TUN to this (see `proto::mss`).
     pub mss_clamp: Option<u16>,
     /// TUN offloads: queues carry a `virtio_net_hdr` and reads may be
     /// TSO/USO super-packets of up to 64 KiB (see [`offload`]). Buffers
