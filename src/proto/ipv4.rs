@@ -73,7 +73,7 @@ pub fn addrs(packet: &[u8]) -> Result<(Ipv4Addr, Ipv4Addr), ProtoError> {
 }
 
 /// The address at `at..at + 4`; the caller has checked the length.
-pub(super) fn read_addr(packet: &[u8], at: usize) -> Ipv4Addr {
+pub fn read_addr(packet: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(packet[at], packet[at + 1], packet[at + 2], packet[at + 3])
 }
 

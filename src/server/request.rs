@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use crate::proto::ws::{self, ty, ExptTun, WsMessage};
-use crate::proto::ProtoError;
+use crate::proto::{ipv4, ProtoError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
@@ -37,8 +37,8 @@ impl Request {
                 // Fixed offsets rather than an IPv4 header parse: sdwan
                 // pseudo-headers have version 0 (PROTOCOL.md §7), and
                 // FORWARD_MIN_LEN guarantees both addresses are there.
-                saddr: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
-                daddr: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
+                saddr: ipv4::read_addr(packet, 12),
+                daddr: ipv4::read_addr(packet, 16),
             },
             WsMessage::PeerConn(m) => Request::control("UDP4CONN", m.src, m.dst, false),
             WsMessage::Discovery(m) => Request::control("DISCOVERY", m.src, m.dst, true),
