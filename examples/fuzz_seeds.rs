@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use ringlink::dataplane::offload::{gso, VnetHdr, F_NEEDS_CSUM, VNET_HDR_LEN};
 use ringlink::proto::crypto::{CipherKind, PeerKey};
-use ringlink::proto::udp::{Delay, Heartbeat, RouteAdvert, WITHDRAWN};
+use ringlink::proto::ext::Tail;
+use ringlink::proto::udp::{Delay, Heartbeat, Ping, Pong, RouteAdvert, NONCE_LEN, WITHDRAWN};
 use ringlink::proto::ws::{
     self, encode_forward, Auth, Discovery, ExptTun, PeerConn, SysRoute, Vmac,
 };
@@ -123,6 +124,7 @@ fn write_all(dir: &Path) -> io::Result<()> {
                     src: A,
                     dst: B,
                     endpoint: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000),
+                    tail: Some(Tail::OURS),
                 }
                 .encode(),
             ),
@@ -153,8 +155,27 @@ fn write_all(dir: &Path) -> io::Result<()> {
     s.target(
         "udp_message",
         &[
-            ("heartbeat", Heartbeat::new(A, false).encode().to_vec()),
-            ("heartbeat_ack", Heartbeat::new(A, true).encode().to_vec()),
+            ("heartbeat", Heartbeat::new(A, false).encode()),
+            ("heartbeat_ack", Heartbeat::ringlink(A, true).encode()),
+            (
+                "ping",
+                Ping {
+                    tunip: A,
+                    nonce: [3; NONCE_LEN],
+                }
+                .encode()
+                .to_vec(),
+            ),
+            (
+                "pong",
+                Pong {
+                    tunip: A,
+                    nonce: [3; NONCE_LEN],
+                    seen: SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000),
+                }
+                .encode()
+                .to_vec(),
+            ),
             (
                 "delay",
                 Delay {

@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ringlink::peer::{Action, PeerConfig, PeerManager, PeerState};
+use ringlink::proto::udp::Nonce;
 use ringlink::rng::SplitMix64;
 
 const UDP_DELAY: Duration = Duration::from_millis(10);
@@ -16,13 +17,28 @@ const WS_DELAY: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Udp {
-    Heartbeat { tunip: Ipv4Addr, ack: bool },
-    Data { src: Ipv4Addr, reply: bool },
+    Heartbeat {
+        tunip: Ipv4Addr,
+        ack: bool,
+        marked: bool,
+    },
+    Ping {
+        tunip: Ipv4Addr,
+        nonce: Nonce,
+    },
+    Pong {
+        tunip: Ipv4Addr,
+        nonce: Nonce,
+    },
+    Data {
+        src: Ipv4Addr,
+        reply: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Ws {
-    PublicInfo(SocketAddrV4),
+    PublicInfo { ep: SocketAddrV4, marked: bool },
     LanInfo(SocketAddrV4),
     Discovery { broadcast: bool },
     Forward { reply: bool },
@@ -52,6 +68,9 @@ struct Host {
     public: SocketAddrV4,
     lan: SocketAddrV4,
     lan_id: u32,
+    /// Marks its messages as ringlink's and reads marks; a stock Candy
+    /// host neither marks nor sees marks (trailing bytes it never reads).
+    ringlink: bool,
     /// (ms since t0, peer, state entered) for every change observed.
     history: Vec<(u64, Ipv4Addr, PeerState)>,
     notes: Vec<(u64, Action)>,
@@ -73,6 +92,9 @@ struct Sim {
     udp_cut: bool,
     /// (from, to, period, next) pings; replies come back on the same rules.
     pings: Vec<(usize, usize, Duration, Instant)>,
+    /// A third party that captures every peer-to-peer datagram and sends a
+    /// copy from its own address this much later.
+    replayer: Option<(SocketAddrV4, Duration)>,
 }
 
 fn vip(i: u8) -> Ipv4Addr {
@@ -97,6 +119,7 @@ impl Sim {
                     public,
                     lan,
                     lan_id: i as u32,
+                    ringlink: false,
                     history: Vec::new(),
                     notes: Vec::new(),
                     direct: BTreeMap::new(),
@@ -113,6 +136,7 @@ impl Sim {
             udp_loss: 0.0,
             udp_cut: false,
             pings: Vec::new(),
+            replayer: None,
         }
     }
 
@@ -160,6 +184,14 @@ impl Sim {
                     body,
                 },
             );
+            if let Some((eve, lag)) = self.replayer {
+                let copy = Msg::Udp {
+                    to: j,
+                    from: eve,
+                    body,
+                };
+                self.push(UDP_DELAY + lag, copy);
+            }
         }
     }
 
@@ -191,10 +223,20 @@ impl Sim {
                 }
                 Action::Heartbeat { to, ack, .. } => {
                     let tunip = self.hosts[i].vip;
-                    self.send_udp(i, to, Udp::Heartbeat { tunip, ack });
+                    let marked = self.hosts[i].ringlink;
+                    self.send_udp(i, to, Udp::Heartbeat { tunip, ack, marked });
+                }
+                Action::Ping { to, nonce, .. } => {
+                    let tunip = self.hosts[i].vip;
+                    self.send_udp(i, to, Udp::Ping { tunip, nonce });
+                }
+                Action::Pong { to, nonce, .. } => {
+                    let tunip = self.hosts[i].vip;
+                    self.send_udp(i, to, Udp::Pong { tunip, nonce });
                 }
                 Action::SendPublicInfo { peer, public } => {
-                    self.send_ws(i, peer, Ws::PublicInfo(public))
+                    let marked = self.hosts[i].ringlink;
+                    self.send_ws(i, peer, Ws::PublicInfo { ep: public, marked })
                 }
                 Action::SendLanInfo { peer, lan } => self.send_ws(i, peer, Ws::LanInfo(lan)),
                 Action::DiscoveryBroadcast => {
@@ -239,10 +281,22 @@ impl Sim {
         let target = match msg {
             Msg::Udp { to, .. } | Msg::Stun { to, .. } | Msg::Ws { to, .. } => to,
         };
+        let reads_marks = self.hosts[target].ringlink;
         match msg {
             Msg::Udp { to, from, body } => match body {
-                Udp::Heartbeat { tunip, ack } => {
-                    let _ = self.hosts[to].m.handle_heartbeat(from, tunip, ack, now);
+                Udp::Heartbeat { tunip, ack, marked } => {
+                    let marked = marked && reads_marks;
+                    let _ = self.hosts[to]
+                        .m
+                        .handle_heartbeat(from, tunip, ack, marked, now);
+                }
+                Udp::Ping { tunip, nonce } => {
+                    assert!(reads_marks, "a PING reached a stock Candy host");
+                    let _ = self.hosts[to].m.handle_ping(from, tunip, nonce, now);
+                }
+                Udp::Pong { tunip, nonce } => {
+                    assert!(reads_marks, "a PONG reached a stock Candy host");
+                    let _ = self.hosts[to].m.handle_pong(from, tunip, &nonce, now);
                 }
                 Udp::Data { src, reply } => {
                     if !reply {
@@ -256,8 +310,8 @@ impl Sim {
             Msg::Ws { to, src, body } => {
                 let m = &mut self.hosts[to].m;
                 match body {
-                    Ws::PublicInfo(ep) => {
-                        let _ = m.handle_public_info(src, ep, now);
+                    Ws::PublicInfo { ep, marked } => {
+                        let _ = m.handle_public_info(src, ep, marked && reads_marks, now);
                     }
                     Ws::LanInfo(ep) => {
                         let _ = m.handle_lan_info(src, ep, now);
@@ -685,4 +739,109 @@ fn eager_peers_still_connect_through_loss() {
             );
         }
     }
+}
+
+fn ringlink_sim(seed: u64) -> Sim {
+    let mut sim = Sim::new(2, seed, |_, c| c.eager = true);
+    for h in &mut sim.hosts {
+        h.ringlink = true;
+    }
+    sim
+}
+
+fn connected_at(sim: &Sim, i: usize, j: usize) -> Option<u64> {
+    sim.trace(i, j)
+        .iter()
+        .find(|&&(_, s)| s == Connected)
+        .map(|&(t, _)| t)
+}
+
+#[test]
+fn ringlink_pairs_connect_by_challenge_through_loss() {
+    for seed in [21u64, 22, 23, 24, 25, 26, 27, 28] {
+        let mut sim = ringlink_sim(seed);
+        sim.udp_loss = 0.2;
+        sim.ping(0, 1, 500, 1000);
+        sim.run_until(120_000);
+        for (i, j) in [(0, 1), (1, 0)] {
+            assert!(
+                connected_at(&sim, i, j).is_some(),
+                "seed {seed}: host {i} never connected: {:?}",
+                sim.trace(i, j)
+            );
+            let st = sim.hosts[i].m.peer(sim.hosts[j].vip).unwrap();
+            assert!(st.ringlink, "seed {seed}: host {i} did not see the mark");
+        }
+    }
+    // Without loss: direct in about one round of the exchange.
+    let mut sim = ringlink_sim(29);
+    sim.ping(0, 1, 500, 1000);
+    sim.run_until(10_000);
+    for (i, j) in [(0, 1), (1, 0)] {
+        let t = connected_at(&sim, i, j).expect("connected");
+        assert!(t < 2_000, "host {i} took until {t} ms");
+        assert_eq!(sim.state(i, j), Some(Connected), "and stays so");
+    }
+}
+
+#[test]
+fn ringlink_and_stock_candy_hosts_still_connect() {
+    for ringlink_side in [0, 1] {
+        let mut sim = Sim::new(2, 31, |_, c| c.eager = true);
+        sim.hosts[ringlink_side].ringlink = true;
+        sim.ping(0, 1, 500, 1000);
+        sim.run_until(10_000);
+        for (i, j) in [(0, 1), (1, 0)] {
+            assert_eq!(sim.state(i, j), Some(Connected), "host {i}");
+            let st = sim.hosts[i].m.peer(sim.hosts[j].vip).unwrap();
+            // Candy's rules on both sides: nobody is marked to the other.
+            assert!(!st.ringlink);
+        }
+    }
+}
+
+#[test]
+fn ringlink_pair_on_one_lan_takes_the_lan_path() {
+    let mut sim = ringlink_sim(32);
+    sim.hosts[1].lan_id = 0;
+    sim.ping(0, 1, 500, 1000);
+    sim.run_until(10_000);
+    let (a, b) = (sim.hosts[0].vip, sim.hosts[1].vip);
+    assert_eq!(sim.hosts[0].direct.get(&b).copied(), Some(sim.hosts[1].lan));
+    assert_eq!(sim.hosts[1].direct.get(&a).copied(), Some(sim.hosts[0].lan));
+}
+
+#[test]
+fn a_replaying_third_party_never_becomes_a_ringlink_path() {
+    let eve = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 66), 7000);
+    for lag_ms in [1u64, 300, 2_000] {
+        let mut sim = ringlink_sim(33);
+        sim.replayer = Some((eve, Duration::from_millis(lag_ms)));
+        sim.ping(0, 1, 500, 1000);
+        sim.run_until(30_000);
+        for (i, j) in [(0, 1), (1, 0)] {
+            assert_eq!(sim.state(i, j), Some(Connected), "lag {lag_ms}: host {i}");
+            let paths: Vec<_> = sim.hosts[i]
+                .notes
+                .iter()
+                .filter_map(|(_, a)| match a {
+                    Action::Connected { path, .. } | Action::PathChanged { path, .. } => {
+                        Some(*path)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(paths, [sim.hosts[j].public], "lag {lag_ms}: host {i}");
+        }
+    }
+    // The same replays against stock Candy hosts move the path, which is
+    // the weakness this proof closes.
+    let mut candy = Sim::new(2, 33, |_, c| c.eager = true);
+    candy.replayer = Some((eve, Duration::from_millis(300)));
+    candy.ping(0, 1, 500, 1000);
+    candy.run_until(30_000);
+    assert!(candy.hosts[0]
+        .notes
+        .iter()
+        .any(|(_, a)| matches!(a, Action::PathChanged { path, .. } if *path == eve)));
 }

@@ -547,6 +547,7 @@ async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
         src: ip("10.77.0.2"),
         dst: ip("10.77.0.20"),
         endpoint: "198.51.100.1:4000".parse().unwrap(),
+        tail: None,
     }
     .encode();
     send(&mut a, forged).await;
@@ -582,6 +583,7 @@ async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
         src: ip("10.77.0.1"),
         dst: ip("10.77.0.20"),
         endpoint: "198.51.100.1:4000".parse().unwrap(),
+        tail: None,
     }
     .encode();
     genuine.extend_from_slice(b"RL\x01\x00");

@@ -10,7 +10,9 @@ fuzz_target!(|plain: &[u8]| {
         return;
     };
     let encoded: Option<Vec<u8>> = match &msg {
-        PeerMessage::Heartbeat(m) => Some(m.encode().to_vec()),
+        PeerMessage::Heartbeat(m) => Some(m.encode()),
+        PeerMessage::Ping(m) => Some(m.encode().to_vec()),
+        PeerMessage::Pong(m) => Some(m.encode().to_vec()),
         PeerMessage::Delay(m) => Some(m.encode().to_vec()),
         PeerMessage::Route(m) => {
             let _ = m.is_withdrawal();

@@ -94,6 +94,7 @@ async fn new_node(
     peer.lan_candidate = lan;
     peer.timers = scaled_timers(cfg.test_time_divisor);
     peer.eager = true;
+    peer.seed = rand::random();
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
     route.seed = rand::random();

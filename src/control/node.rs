@@ -23,7 +23,8 @@ use crate::counters::counters;
 use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
 use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
-use crate::proto::udp::{Heartbeat, PeerMessage};
+use crate::proto::ext::Tail;
+use crate::proto::udp::{Heartbeat, PeerMessage, Ping, Pong};
 use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
 use crate::proto::{stun, Ipv4Cidr};
 use crate::rng::SplitMix64;
@@ -138,6 +139,7 @@ impl Node {
             discover_on_join,
             stats: NodeStats::default(),
         };
+        node.peers.set_tunnelled(node.tunnelled());
         node.publish();
         Ok(node)
     }
@@ -195,7 +197,10 @@ impl Node {
     pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
-                let outcome = self.peers.handle_public_info(pc.src, pc.endpoint, now);
+                let ringlink = pc.tail.is_some();
+                let outcome = self
+                    .peers
+                    .handle_public_info(pc.src, pc.endpoint, ringlink, now);
                 self.count(outcome);
             }
             Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
@@ -212,8 +217,6 @@ impl Node {
                 }
             }
             Ok(WsMessage::SysRoutes(list)) => {
-                // Candy turns LAN P2P off once sdwan routes exist (§5.4).
-                self.peers.disable_lan_p2p();
                 for r in &list {
                     match SubnetRoute::new(r.dst.network(), r.dst.netmask(), r.next) {
                         Ok(s) if !self.subnets.contains(&s) => self.subnets.push(s),
@@ -221,6 +224,7 @@ impl Node {
                         Err(e) => warn!(error = %e, "server pushed an unusable subnet route"),
                     }
                 }
+                self.peers.set_tunnelled(self.tunnelled());
                 self.dirty = true;
                 self.outputs.push_back(Output::InstallRoutes(list));
             }
@@ -237,7 +241,18 @@ impl Node {
     pub fn on_peer_message(&mut self, from: SocketAddrV4, plaintext: &[u8], now: Instant) {
         match PeerMessage::decode(plaintext) {
             Ok(PeerMessage::Heartbeat(hb)) => {
-                let outcome = self.peers.handle_heartbeat(from, hb.tunip, hb.ack, now);
+                let marked = hb.tail.is_some();
+                let outcome = self
+                    .peers
+                    .handle_heartbeat(from, hb.tunip, hb.ack, marked, now);
+                self.count(outcome);
+            }
+            Ok(PeerMessage::Ping(p)) => {
+                let outcome = self.peers.handle_ping(from, p.tunip, p.nonce, now);
+                self.count(outcome);
+            }
+            Ok(PeerMessage::Pong(p)) => {
+                let outcome = self.peers.handle_pong(from, p.tunip, &p.nonce, now);
                 self.count(outcome);
             }
             // The router counts what it ignores (`RouteStats`).
@@ -342,7 +357,24 @@ impl Node {
                 }
             }
             Action::Heartbeat { peer, to, ack } => {
-                let plain = Heartbeat::new(self.own, ack).encode();
+                let plain = Heartbeat::ringlink(self.own, ack).encode();
+                self.send_udp(peer, to, &plain);
+            }
+            Action::Ping { peer, to, nonce } => {
+                let plain = Ping {
+                    tunip: self.own,
+                    nonce,
+                }
+                .encode();
+                self.send_udp(peer, to, &plain);
+            }
+            Action::Pong { peer, to, nonce } => {
+                let plain = Pong {
+                    tunip: self.own,
+                    nonce,
+                    seen: to,
+                }
+                .encode();
                 self.send_udp(peer, to, &plain);
             }
             Action::SendPublicInfo { peer, public } => {
@@ -350,6 +382,7 @@ impl Node {
                     src: self.own,
                     dst: peer,
                     endpoint: public,
+                    tail: Some(Tail::OURS),
                 }
                 .encode();
                 self.send_server(frame);
@@ -416,6 +449,16 @@ impl Node {
         self.dirty = false;
     }
 
+    /// Where no direct path may lead: the virtual network and every subnet
+    /// the tunnel carries.
+    fn tunnelled(&self) -> Vec<Ipv4Cidr> {
+        let subnets = self
+            .subnets
+            .iter()
+            .filter_map(|s| Ipv4Cidr::new(s.dst, s.prefix_len() as u8).ok());
+        std::iter::once(self.network).chain(subnets).collect()
+    }
+
     /// The next-hop rule as it stands: what the dataplane is compiled from
     /// and what `ringlink status` reports.
     fn next_hop_rule(&self) -> NextHopTable {
@@ -468,6 +511,9 @@ impl Node {
                     tx_bytes: c.tx_bytes,
                     rx_bytes: c.rx_bytes,
                     retry_secs: p.retry.as_secs(),
+                    speaks: if p.ringlink { "ringlink" } else { "candy" }.to_string(),
+                    attempts: p.attempts,
+                    time_to_direct_secs: p.time_to_direct.map(|d| d.as_secs_f64()),
                 }
             })
             .collect();

@@ -43,6 +43,12 @@ pub struct PeerLine {
     pub rx_bytes: u64,
     /// Current WAITING back-off interval.
     pub retry_secs: u64,
+    /// "ringlink" (paths proven by challenge) or "candy" (Candy's rules).
+    pub speaks: String,
+    /// Attempts at a direct path so far.
+    pub attempts: u32,
+    /// How long the attempt that went direct took.
+    pub time_to_direct_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -183,19 +189,28 @@ pub fn render(s: &Status) -> String {
     render_counters(&mut out, "router", s.router.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
-            "\n{:<16} {:<14} {:<7} {:<22} {:>8} {:>12} {:>12}\n",
-            "PEER", "STATE", "PATH", "ENDPOINT", "HB AGE", "TX BYTES", "RX BYTES"
+            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:>9} {:>12} {:>12}\n",
+            "PEER",
+            "SPEAKS",
+            "STATE",
+            "PATH",
+            "ENDPOINT",
+            "HB AGE",
+            "TO DIRECT",
+            "TX BYTES",
+            "RX BYTES"
         ));
+        let secs = |v: Option<f64>| v.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
         for p in &s.peers {
             out.push_str(&format!(
-                "{:<16} {:<14} {:<7} {:<22} {:>8} {:>12} {:>12}\n",
+                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:>9} {:>12} {:>12}\n",
                 p.vip,
+                p.speaks,
                 p.state,
                 p.path,
                 p.endpoint.as_deref().unwrap_or("-"),
-                p.last_heartbeat_secs
-                    .map(|a| format!("{a:.1}s"))
-                    .unwrap_or_else(|| "-".into()),
+                secs(p.last_heartbeat_secs),
+                secs(p.time_to_direct_secs),
                 p.tx_bytes,
                 p.rx_bytes
             ));

@@ -2,6 +2,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::proto::udp::Nonce;
+
 use super::state::PeerState;
 
 /// One thing for the control thread to do. Wire encoding is the caller's job
@@ -16,6 +18,20 @@ pub enum Action {
         peer: Ipv4Addr,
         to: SocketAddrV4,
         ack: bool,
+    },
+    /// ringlink peers only: UDP PING to the candidate `to`. The path moves
+    /// there only when the PONG carrying this nonce comes back from `to`.
+    Ping {
+        peer: Ipv4Addr,
+        to: SocketAddrV4,
+        nonce: Nonce,
+    },
+    /// ringlink peers only: UDP PONG to `to`, where a PING with this nonce
+    /// came from.
+    Pong {
+        peer: Ipv4Addr,
+        to: SocketAddrV4,
+        nonce: Nonce,
     },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
@@ -61,8 +77,14 @@ pub enum Ignored {
     InvalidEndpoint,
     #[error("peer is in state {0}")]
     State(PeerState),
-    #[error("private-source heartbeat while LAN P2P is disabled")]
-    LanP2pDisabled,
+    #[error("source is inside the virtual network or a tunnelled subnet")]
+    TunnelledSource,
+    #[error("PONG answers no challenge of ours (replayed, late or forged)")]
+    UnknownNonce,
+    #[error("PONG from an address its challenge was not sent to")]
+    WrongSource,
+    #[error("answer budget for this peer spent")]
+    RateLimited,
     #[error("peer table is full ({limit} peers)")]
     TooManyPeers { limit: usize },
 }

@@ -1,13 +1,32 @@
-//! One remote VIP's state machine (PROTOCOL.md §5.1–§5.3).
+//! One remote VIP's state machine (PROTOCOL.md §5.1–§5.3), with
+//! ringlink's endpoint proof for peers that speak it (docs/protocol.md §11).
+//!
+//! A stock Candy peer gets Candy's rules: an authenticated heartbeat from
+//! an address makes it the path, and ack-heartbeats keep it alive. A
+//! ringlink peer (it marked its UDP4CONN or heartbeat) gets challenges
+//! instead: heartbeats and PINGs only name candidates, and the path moves
+//! to, or is kept alive on, an address only when a PONG answers a fresh
+//! challenge from it, so a replayed datagram can neither move the path nor
+//! hold a dead one open.
 
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use crate::proto::udp::Nonce;
+use crate::proto::Ipv4Cidr;
+
 use super::action::{Action, Ignored, Outcome};
 use super::addr::is_private;
+use super::challenge::Challenges;
+use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
+
+/// PONGs per peer: 8 at once, then 4 per second, so replayed PINGs cannot
+/// turn this node into a reflector.
+const ANSWER_BURST: u32 = 8;
+const ANSWER_EVERY: Duration = Duration::from_millis(250);
 
 /// Node-wide settings a peer consults; borrowed from the manager per call so
 /// one change (e.g. an sdwan push) applies to every peer at once.
@@ -17,8 +36,18 @@ pub(crate) struct Env<'a> {
     /// P2P switched on *and* a STUN server configured: without STUN there is
     /// no public endpoint to offer, so Candy treats that as "no P2P".
     pub p2p: bool,
-    pub lan_p2p: bool,
     pub lan_candidate: Option<SocketAddrV4>,
+    /// Sources no path may use: the virtual network and every subnet the
+    /// tunnel carries. A datagram from there came through the tunnel
+    /// itself, and a path over it would loop (the danger Candy meets by
+    /// ignoring every private source once subnet routes exist).
+    pub tunnelled: &'a [Ipv4Cidr],
+}
+
+impl Env<'_> {
+    fn tunnelled(&self, ip: Ipv4Addr) -> bool {
+        self.tunnelled.iter().any(|c| c.contains(ip))
+    }
 }
 
 /// Per-peer data of §5.1 plus what status reporting needs.
@@ -34,10 +63,26 @@ pub struct Peer {
     retry: Duration,
     last_active: Instant,
     last_heartbeat: Option<Instant>,
+    /// The peer marked a message as ringlink's: challenge its addresses.
+    ringlink: bool,
+    challenges: Challenges,
+    answers: TokenBucket,
+    /// Attempts at a direct path (entries into PREPARING from rest).
+    attempts: u32,
+    attempt_started: Option<Instant>,
+    /// From the start of the attempt that succeeded to CONNECTED.
+    time_to_direct: Option<Duration>,
+    connected_since: Option<Instant>,
 }
 
 impl Peer {
-    pub(crate) fn new(vip: Ipv4Addr, now: Instant, timers: &Timers, eager: bool) -> Self {
+    pub(crate) fn new(
+        vip: Ipv4Addr,
+        now: Instant,
+        timers: &Timers,
+        eager: bool,
+        seed: u64,
+    ) -> Self {
         Peer {
             vip,
             eager,
@@ -49,6 +94,13 @@ impl Peer {
             retry: timers.retry_initial,
             last_active: now,
             last_heartbeat: None,
+            ringlink: false,
+            challenges: Challenges::new(seed, now),
+            answers: TokenBucket::new(ANSWER_BURST, ANSWER_EVERY, now),
+            attempts: 0,
+            attempt_started: None,
+            time_to_direct: None,
+            connected_since: None,
         }
     }
 
@@ -76,6 +128,18 @@ impl Peer {
     pub fn last_heartbeat(&self) -> Option<Instant> {
         self.last_heartbeat
     }
+    pub fn ringlink(&self) -> bool {
+        self.ringlink
+    }
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+    pub fn time_to_direct(&self) -> Option<Duration> {
+        self.time_to_direct
+    }
+    pub fn pending_challenges(&self) -> usize {
+        self.challenges.len()
+    }
 
     /// The single place a state is assigned, so Reset, the retry rules,
     /// `lastActive` and the CONNECTED notifications can never diverge.
@@ -101,6 +165,17 @@ impl Peer {
             self.local = None;
             self.real = None;
             self.ack = false;
+            self.challenges.clear();
+        }
+        if next == PeerState::Preparing && prev.resets_on_entry() {
+            self.attempts += 1;
+            self.attempt_started = Some(now);
+        }
+        if next == PeerState::Connected && prev != PeerState::Connected {
+            self.time_to_direct = self
+                .attempt_started
+                .map(|t| now.saturating_duration_since(t));
+            self.connected_since = Some(now);
         }
         self.state = next;
         // Re-assigning the same state still counts: that is how ack-heartbeats
@@ -117,7 +192,7 @@ impl Peer {
         if self.eager && prev != next {
             match next {
                 PeerState::Preparing => out.push_back(Action::StunRequest),
-                PeerState::Connecting | PeerState::Connected => self.send_heartbeats(out),
+                PeerState::Connecting | PeerState::Connected => self.probe(now, timers, out),
                 _ => {}
             }
         }
@@ -143,14 +218,18 @@ impl Peer {
         }
     }
 
-    /// UDP4CONN from this peer.
+    /// UDP4CONN from this peer; `ringlink` when it carried our marker. The
+    /// server relays it from the peer's own session, so it is the one place
+    /// a peer can also say it is *not* ringlink (a node restarted as Candy).
     pub(crate) fn on_public_info(
         &mut self,
         public: SocketAddrV4,
+        ringlink: bool,
         now: Instant,
         env: Env<'_>,
         out: &mut VecDeque<Action>,
     ) {
+        self.ringlink = ringlink;
         self.wide = Some(public);
         match self.state {
             PeerState::Connected | PeerState::Connecting => {}
@@ -210,43 +289,27 @@ impl Peer {
         });
     }
 
-    /// A UDP heartbeat naming this peer arrived from `from`.
+    /// A UDP heartbeat naming this peer arrived from `from`; `marked` when
+    /// it carried ringlink's marker.
     pub(crate) fn on_heartbeat(
         &mut self,
         from: SocketAddrV4,
         their_ack: bool,
+        marked: bool,
         now: Instant,
         env: Env<'_>,
         out: &mut VecDeque<Action>,
     ) -> Outcome {
-        if self.state.ignores_heartbeats() {
-            return Outcome::Ignored(Ignored::State(self.state));
+        if let Err(why) = self.admit(from, env) {
+            return Outcome::Ignored(why);
         }
-        let private = is_private(*from.ip());
-        if !private {
-            self.wide = Some(from);
-        } else if env.lan_p2p {
-            self.local = Some(from);
-        } else {
-            // After an sdwan push a private source may be a routed subnet
-            // behind the peer rather than its LAN, so v6 distrusts it.
-            return Outcome::Ignored(Ignored::LanP2pDisabled);
+        self.ringlink |= marked;
+        if self.ringlink {
+            self.ack = true;
+            self.challenge_new(from, now, out);
+            return Outcome::Accepted;
         }
-        // A LAN path, once found, wins and sticks; a public one follows the
-        // latest source so NAT rebinding is tracked.
-        let replace = match self.real {
-            None => true,
-            Some(cur) => private || !is_private(*cur.ip()),
-        };
-        if replace && self.real != Some(from) {
-            self.real = Some(from);
-            if self.state == PeerState::Connected {
-                out.push_back(Action::PathChanged {
-                    peer: self.vip,
-                    path: from,
-                });
-            }
-        }
+        self.take_path(from, out);
         self.ack = true;
         self.last_heartbeat = Some(now);
         if their_ack {
@@ -264,6 +327,115 @@ impl Peer {
         Outcome::Accepted
     }
 
+    /// A PING naming this peer arrived from `from`: answer it from where it
+    /// came (that proves the path to the challenger, not to us), and
+    /// challenge the address in turn if it is new to us.
+    pub(crate) fn on_ping(
+        &mut self,
+        from: SocketAddrV4,
+        nonce: Nonce,
+        now: Instant,
+        env: Env<'_>,
+        out: &mut VecDeque<Action>,
+    ) -> Outcome {
+        if let Err(why) = self.admit(from, env) {
+            return Outcome::Ignored(why);
+        }
+        // Only ringlink nodes send PINGs.
+        self.ringlink = true;
+        self.ack = true;
+        if !self.answers.take(now) {
+            return Outcome::Ignored(Ignored::RateLimited);
+        }
+        out.push_back(Action::Pong {
+            peer: self.vip,
+            to: from,
+            nonce,
+        });
+        self.challenge_new(from, now, out);
+        Outcome::Accepted
+    }
+
+    /// A PONG naming this peer arrived from `from`. If it answers a
+    /// challenge we sent to `from`, that address is proven: it may become
+    /// the path, and if it is the path, the path is alive.
+    pub(crate) fn on_pong(
+        &mut self,
+        from: SocketAddrV4,
+        nonce: &Nonce,
+        now: Instant,
+        env: Env<'_>,
+        out: &mut VecDeque<Action>,
+    ) -> Outcome {
+        if let Err(why) = self.admit(from, env) {
+            return Outcome::Ignored(why);
+        }
+        if let Err(why) = self.challenges.answer(from, nonce, now) {
+            return Outcome::Ignored(why);
+        }
+        self.take_path(from, out);
+        if self.real == Some(from) {
+            self.last_heartbeat = Some(now);
+            self.set_state(PeerState::Connected, now, env.timers, out);
+        }
+        Outcome::Accepted
+    }
+
+    /// Whether a datagram from `from` may say anything about paths.
+    fn admit(&self, from: SocketAddrV4, env: Env<'_>) -> Result<(), Ignored> {
+        if self.state.ignores_heartbeats() {
+            return Err(Ignored::State(self.state));
+        }
+        if env.tunnelled(*from.ip()) {
+            return Err(Ignored::TunnelledSource);
+        }
+        Ok(())
+    }
+
+    /// Candy's path choice, applied to an address that is trusted (any
+    /// authenticated source for a Candy peer, a proven one for ringlink):
+    /// a LAN path, once found, wins and sticks; a public one follows the
+    /// latest source so NAT rebinding is tracked.
+    fn take_path(&mut self, from: SocketAddrV4, out: &mut VecDeque<Action>) {
+        let private = is_private(*from.ip());
+        if private {
+            self.local = Some(from);
+        } else {
+            self.wide = Some(from);
+        }
+        let replace = match self.real {
+            None => true,
+            Some(cur) => private || !is_private(*cur.ip()),
+        };
+        if replace && self.real != Some(from) {
+            self.real = Some(from);
+            if self.state == PeerState::Connected {
+                out.push_back(Action::PathChanged {
+                    peer: self.vip,
+                    path: from,
+                });
+            }
+        }
+    }
+
+    /// A ringlink peer was heard from `from`: challenge it unless it is
+    /// already the proven path (the tick keeps that one checked).
+    fn challenge_new(&mut self, from: SocketAddrV4, now: Instant, out: &mut VecDeque<Action>) {
+        if self.real != Some(from) || self.state != PeerState::Connected {
+            self.challenge(from, now, out);
+        }
+    }
+
+    fn challenge(&mut self, to: SocketAddrV4, now: Instant, out: &mut VecDeque<Action>) {
+        if let Some(nonce) = self.challenges.issue(to, now) {
+            out.push_back(Action::Ping {
+                peer: self.vip,
+                to,
+                nonce,
+            });
+        }
+    }
+
     /// One 1-s tick. Returns true when this peer wants a STUN request; the
     /// manager sends at most one per tick for all peers.
     pub(crate) fn tick(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) -> bool {
@@ -279,21 +451,21 @@ impl Peer {
             }
             PeerState::Synchronizing => {
                 if in_state < t.synchronizing {
-                    self.send_heartbeats(out);
+                    self.probe(now, t, out);
                 } else {
                     self.set_state(PeerState::Failed, now, t, out);
                 }
             }
             PeerState::Connecting => {
                 if in_state < t.connecting {
-                    self.send_heartbeats(out);
+                    self.probe(now, t, out);
                 } else {
                     self.set_state(PeerState::Waiting, now, t, out);
                 }
             }
             PeerState::Connected => {
                 if in_state < t.connected_idle {
-                    self.send_heartbeats(out);
+                    self.probe(now, t, out);
                 } else {
                     self.set_state(PeerState::Init, now, t, out);
                 }
@@ -307,8 +479,24 @@ impl Peer {
         false
     }
 
-    fn send_heartbeats(&self, out: &mut VecDeque<Action>) {
+    fn lan_worth_trying(&self, now: Instant, timers: &Timers) -> bool {
+        let young = self
+            .connected_since
+            .is_some_and(|t| now.saturating_duration_since(t) < timers.connecting);
+        young && self.local.is_some() && self.local != self.real
+    }
+
+    /// The tick's messages to the peer's candidates: Candy's heartbeats,
+    /// or challenges to a ringlink peer (whose PONGs are its heartbeats).
+    fn probe(&mut self, now: Instant, timers: &Timers, out: &mut VecDeque<Action>) {
         let (first, second) = match self.state {
+            // A ringlink peer connects on the first proven address, often
+            // the public one before the LAN candidate is known or answered,
+            // and only a proof moves the path; so for as long as Candy
+            // would try candidates, keep challenging the LAN one too.
+            PeerState::Connected if self.ringlink && self.lan_worth_trying(now, timers) => {
+                (self.real, self.local)
+            }
             PeerState::Connected => (self.real, None),
             PeerState::Connecting => (self.wide, self.local),
             // v6 sends nothing while PREPARING (its tick only asks for STUN).
@@ -316,11 +504,15 @@ impl Peer {
             _ => (None, None),
         };
         for to in [first, second].into_iter().flatten() {
-            out.push_back(Action::Heartbeat {
-                peer: self.vip,
-                to,
-                ack: self.ack,
-            });
+            if self.ringlink {
+                self.challenge(to, now, out);
+            } else {
+                out.push_back(Action::Heartbeat {
+                    peer: self.vip,
+                    to,
+                    ack: self.ack,
+                });
+            }
         }
     }
 }

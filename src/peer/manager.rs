@@ -4,6 +4,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use crate::proto::udp::Nonce;
+use crate::proto::Ipv4Cidr;
+use crate::rng::SplitMix64;
+
 use super::action::{Action, Ignored, Outcome};
 use super::machine::{Env, Peer};
 use super::state::PeerState;
@@ -31,6 +35,8 @@ pub struct PeerConfig {
     /// the next tick: about 3 s less to CONNECTED, same messages. Off gives
     /// Candy v6's exact timing.
     pub eager: bool,
+    /// Seeds the challenge nonces (production: from the OS).
+    pub seed: u64,
 }
 
 impl PeerConfig {
@@ -44,6 +50,7 @@ impl PeerConfig {
             max_peers: 16_384,
             timers: Timers::default(),
             eager: false,
+            seed: 0,
         }
     }
 }
@@ -61,6 +68,14 @@ pub struct PeerStatus {
     /// When the current state was (re-)assigned.
     pub since: Instant,
     pub retry: Duration,
+    /// The peer speaks ringlink's extensions (its paths are challenged).
+    pub ringlink: bool,
+    /// Attempts at a direct path so far.
+    pub attempts: u32,
+    /// How long the attempt that reached CONNECTED took.
+    pub time_to_direct: Option<Duration>,
+    /// Challenges sent and not yet answered.
+    pub pending_challenges: usize,
 }
 
 impl From<&Peer> for PeerStatus {
@@ -74,6 +89,10 @@ impl From<&Peer> for PeerStatus {
             last_heartbeat: p.last_heartbeat(),
             since: p.last_active(),
             retry: p.retry(),
+            ringlink: p.ringlink(),
+            attempts: p.attempts(),
+            time_to_direct: p.time_to_direct(),
+            pending_challenges: p.pending_challenges(),
         }
     }
 }
@@ -90,8 +109,9 @@ pub struct PeerManager {
     actions: VecDeque<Action>,
     next_tick: Instant,
     ticks: u64,
-    lan_p2p: bool,
+    tunnelled: Vec<Ipv4Cidr>,
     own_public: Option<SocketAddrV4>,
+    rng: SplitMix64,
 }
 
 impl PeerManager {
@@ -100,12 +120,13 @@ impl PeerManager {
         cfg.timers.validate()?;
         Ok(PeerManager {
             next_tick: now + cfg.timers.tick,
-            cfg,
             peers: BTreeMap::new(),
             actions: VecDeque::new(),
             ticks: 0,
-            lan_p2p: true,
+            tunnelled: Vec::new(),
             own_public: None,
+            rng: SplitMix64::new(cfg.seed),
+            cfg,
         })
     }
 
@@ -138,7 +159,7 @@ impl PeerManager {
 
     fn tick(&mut self, now: Instant) {
         self.ticks += 1;
-        let env = env_of(&self.cfg, self.lan_p2p);
+        let env = env_of(&self.cfg, &self.tunnelled);
         let mut want_stun = false;
         for peer in self.peers.values_mut() {
             want_stun |= peer.tick(now, env, &mut self.actions);
@@ -173,8 +194,11 @@ impl PeerManager {
                 limit: self.cfg.max_peers,
             });
         }
-        self.peers
-            .insert(vip, Peer::new(vip, now, &self.cfg.timers, self.cfg.eager));
+        let seed = self.rng.next_u64();
+        self.peers.insert(
+            vip,
+            Peer::new(vip, now, &self.cfg.timers, self.cfg.eager, seed),
+        );
         Ok(())
     }
 
@@ -183,7 +207,7 @@ impl PeerManager {
         vip: Ipv4Addr,
         f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> R,
     ) -> Option<R> {
-        let env = env_of(&self.cfg, self.lan_p2p);
+        let env = env_of(&self.cfg, &self.tunnelled);
         let peer = self.peers.get_mut(&vip)?;
         Some(f(peer, env, &mut self.actions))
     }
@@ -214,11 +238,13 @@ impl PeerManager {
     }
 
     /// WS UDP4CONN from `src` carrying its public endpoint (dst already
-    /// checked against own VIP by the caller).
+    /// checked against own VIP by the caller); `ringlink` when it carried
+    /// ringlink's marker.
     pub fn handle_public_info(
         &mut self,
         src: Ipv4Addr,
         public: SocketAddrV4,
+        ringlink: bool,
         now: Instant,
     ) -> Outcome {
         if !endpoint_valid(public) {
@@ -228,7 +254,9 @@ impl PeerManager {
         if let Err(why) = self.ensure_peer(src, now) {
             return Outcome::Ignored(why);
         }
-        self.with_peer(src, |p, env, out| p.on_public_info(public, now, env, out));
+        self.with_peer(src, |p, env, out| {
+            p.on_public_info(public, ringlink, now, env, out)
+        });
         Outcome::Accepted
     }
 
@@ -250,20 +278,62 @@ impl PeerManager {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
         self.own_public = Some(own_public);
-        let env = env_of(&self.cfg, self.lan_p2p);
+        let env = env_of(&self.cfg, &self.tunnelled);
         for peer in self.peers.values_mut() {
             peer.on_stun(own_public, now, env, &mut self.actions);
         }
         Outcome::Accepted
     }
 
-    /// A decrypted UDP HEARTBEAT naming `tunip` arrived from `from`.
+    /// A decrypted UDP HEARTBEAT naming `tunip` arrived from `from`;
+    /// `marked` when it carried ringlink's marker.
     pub fn handle_heartbeat(
         &mut self,
         from: SocketAddrV4,
         tunip: Ipv4Addr,
         ack: bool,
+        marked: bool,
         now: Instant,
+    ) -> Outcome {
+        self.with_known(from, tunip, |p, env, out| {
+            p.on_heartbeat(from, ack, marked, now, env, out)
+        })
+    }
+
+    /// A decrypted UDP PING from `tunip` arrived from `from`.
+    pub fn handle_ping(
+        &mut self,
+        from: SocketAddrV4,
+        tunip: Ipv4Addr,
+        nonce: Nonce,
+        now: Instant,
+    ) -> Outcome {
+        self.with_known(from, tunip, |p, env, out| {
+            p.on_ping(from, nonce, now, env, out)
+        })
+    }
+
+    /// A decrypted UDP PONG from `tunip` arrived from `from`.
+    pub fn handle_pong(
+        &mut self,
+        from: SocketAddrV4,
+        tunip: Ipv4Addr,
+        nonce: &Nonce,
+        now: Instant,
+    ) -> Outcome {
+        self.with_known(from, tunip, |p, env, out| {
+            p.on_pong(from, nonce, now, env, out)
+        })
+    }
+
+    /// The checks every datagram naming a peer passes before it reaches
+    /// that peer; datagrams never create peers (only the server's
+    /// introductions and relayed traffic do).
+    fn with_known(
+        &mut self,
+        from: SocketAddrV4,
+        tunip: Ipv4Addr,
+        f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> Outcome,
     ) -> Outcome {
         if tunip == self.cfg.vip {
             return Outcome::Ignored(Ignored::OwnVip);
@@ -271,16 +341,16 @@ impl PeerManager {
         if !endpoint_valid(from) {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
-        self.with_peer(tunip, |p, env, out| {
-            p.on_heartbeat(from, ack, now, env, out)
-        })
-        .unwrap_or(Outcome::Ignored(Ignored::UnknownPeer))
+        self.with_peer(tunip, f)
+            .unwrap_or(Outcome::Ignored(Ignored::UnknownPeer))
     }
 
-    /// The server pushed sdwan ROUTE entries: from now on private-source
-    /// heartbeats are ignored for the rest of this session (§5.4).
-    pub fn disable_lan_p2p(&mut self) {
-        self.lan_p2p = false;
+    /// No path may run over these: the virtual network and the subnets the
+    /// tunnel carries (set again whenever the server pushes routes). This
+    /// replaces Candy's rule of ignoring every private source once subnet
+    /// routes exist, which kept gateways on a private WAN from going direct.
+    pub fn set_tunnelled(&mut self, cidrs: Vec<Ipv4Cidr>) {
+        self.tunnelled = cidrs;
     }
 
     pub fn peer(&self, vip: Ipv4Addr) -> Option<PeerStatus> {
@@ -314,12 +384,12 @@ impl PeerManager {
 }
 
 // A free function so callers can borrow `cfg` while mutating `peers`.
-fn env_of(cfg: &PeerConfig, lan_p2p: bool) -> Env<'_> {
+fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr]) -> Env<'a> {
     Env {
         timers: &cfg.timers,
         p2p: cfg.p2p && cfg.stun,
-        lan_p2p,
         lan_candidate: cfg.lan_candidate,
+        tunnelled,
     }
 }
 

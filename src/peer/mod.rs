@@ -11,9 +11,11 @@
 //!   WS DISCOVERY → [`PeerManager::handle_discovery`]; UDP4CONN →
 //!   [`PeerManager::handle_public_info`]; GENERAL/0 →
 //!   [`PeerManager::handle_lan_info`] (after the src/dst checks of §2.4.4);
-//!   any WS ROUTE → [`PeerManager::disable_lan_p2p`]; STUN reply →
-//!   [`PeerManager::handle_stun_response`]; decrypted UDP HEARTBEAT →
-//!   [`PeerManager::handle_heartbeat`]. Peers are kept across WS
+//!   the virtual network and every pushed subnet route →
+//!   [`PeerManager::set_tunnelled`]; STUN reply →
+//!   [`PeerManager::handle_stun_response`]; decrypted UDP HEARTBEAT, PING,
+//!   PONG → [`PeerManager::handle_heartbeat`], [`PeerManager::handle_ping`],
+//!   [`PeerManager::handle_pong`]. Peers are kept across WS
 //!   reconnects: their direct paths do not depend on the server.
 //! * Count every [`Outcome::Ignored`]; none of them is an error for the node.
 //! * Sleep until `poll_timeout`, then `handle_timeout(now)`.
@@ -24,8 +26,10 @@
 
 mod action;
 mod addr;
+mod challenge;
 mod machine;
 mod manager;
+mod ratelimit;
 mod state;
 mod timers;
 

@@ -7,6 +7,7 @@ pub mod checksum;
 pub mod cidr;
 pub mod crypto;
 mod error;
+pub mod ext;
 pub mod ipv4;
 pub mod mss;
 pub mod mtu;

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::cidr::{mask_prefix, Ipv4Cidr};
 use super::error::need;
+use super::ext::{Tail, TAIL_LEN};
 use super::ProtoError;
 
 /// Largest frame payload a Candy peer can read, in either direction.
@@ -229,6 +230,8 @@ pub struct PeerConn {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub endpoint: SocketAddrV4,
+    /// ringlink's marker after the 15 bytes; servers forward it untouched.
+    pub tail: Option<Tail>,
 }
 
 impl PeerConn {
@@ -241,16 +244,20 @@ impl PeerConn {
                 ip_at(frame, 9),
                 u16::from_be_bytes([frame[13], frame[14]]),
             ),
+            tail: Tail::read(&frame[PEER_CONN_LEN..]),
         })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(PEER_CONN_LEN);
+        let mut out = Vec::with_capacity(PEER_CONN_LEN + TAIL_LEN);
         out.push(ty::PEER_CONN);
         out.extend_from_slice(&self.src.octets());
         out.extend_from_slice(&self.dst.octets());
         out.extend_from_slice(&self.endpoint.ip().octets());
         out.extend_from_slice(&self.endpoint.port().to_be_bytes());
+        if let Some(tail) = self.tail {
+            out.extend_from_slice(&tail.encode());
+        }
         out
     }
 }
@@ -524,7 +531,17 @@ mod tests {
             src: a,
             dst: b,
             endpoint: "1.2.3.4:5678".parse().unwrap(),
+            tail: None,
         };
+        let marked = PeerConn {
+            tail: Some(Tail::OURS),
+            ..pc
+        };
+        assert_eq!(marked.encode()[PEER_CONN_LEN..], *b"RL\x01\x00");
+        assert_eq!(
+            WsMessage::decode(&marked.encode()).unwrap(),
+            WsMessage::PeerConn(marked)
+        );
         let d = Discovery {
             src: a,
             dst: BROADCAST,
@@ -536,7 +553,7 @@ mod tests {
         ] {
             assert_eq!(WsMessage::decode(&frame).unwrap(), check);
             let mut longer = frame.clone();
-            longer.extend_from_slice(b"RL\x01\x00");
+            longer.extend_from_slice(b"junk");
             assert_eq!(WsMessage::decode(&longer).unwrap(), check);
         }
         let lc = encode_local_conn(a, b, lan);

@@ -105,6 +105,7 @@ mod tests {
             src: a,
             dst: b,
             endpoint: "203.0.113.7:40001".parse().unwrap(),
+            tail: None,
         };
         let discovery = Discovery {
             src: a,

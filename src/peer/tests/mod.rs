@@ -75,13 +75,13 @@ impl Node {
         self.m.try_p2p(B, self.now)
     }
     fn public(&mut self, ep: SocketAddrV4) -> Outcome {
-        self.m.handle_public_info(B, ep, self.now)
+        self.m.handle_public_info(B, ep, false, self.now)
     }
     fn stun(&mut self) -> Outcome {
         self.m.handle_stun_response(OWN_PUB, self.now)
     }
     fn hb(&mut self, from: SocketAddrV4, ack: bool) -> Outcome {
-        self.m.handle_heartbeat(from, B, ack, self.now)
+        self.m.handle_heartbeat(from, B, ack, false, self.now)
     }
 
     /// Public info then STUN: B in CONNECTING with wide = B_PUB.
@@ -176,7 +176,8 @@ fn p2p_disabled_goes_straight_to_failed() {
 fn stun_response_splits_preparing_peers_by_wide() {
     let mut n = Node::new(|_| {});
     assert!(n.try_p2p().is_accepted()); // B: no wide
-    n.m.handle_public_info(C, B_PUB2, n.now).is_accepted(); // C: wide known
+    n.m.handle_public_info(C, B_PUB2, false, n.now)
+        .is_accepted(); // C: wide known
     n.drain();
     n.advance(1_200);
     assert!(n.stun().is_accepted());
@@ -411,7 +412,7 @@ fn heartbeat_ignored_cases() {
         "an unknown heartbeat must not create a peer"
     );
     assert_eq!(
-        n.m.handle_heartbeat(B_PUB, ME, true, n.now),
+        n.m.handle_heartbeat(B_PUB, ME, true, false, n.now),
         Outcome::Ignored(Ignored::OwnVip)
     );
     // Created via LAN info: still INIT, so ignored.
@@ -423,7 +424,7 @@ fn heartbeat_ignored_cases() {
     assert!(n.m.try_p2p(C, n.now).is_accepted());
     n.advance(11_000);
     assert_eq!(
-        n.m.handle_heartbeat(B_PUB, C, true, n.now),
+        n.m.handle_heartbeat(B_PUB, C, true, false, n.now),
         Outcome::Ignored(Ignored::State(PeerState::Failed))
     );
     assert_eq!(n.state(C), PeerState::Failed);
@@ -636,18 +637,27 @@ fn public_path_follows_rebinding() {
 }
 
 #[test]
-fn sdwan_push_makes_private_heartbeats_ignored() {
+fn sources_inside_the_tunnel_are_refused_private_wans_are_not() {
     let mut n = Node::new(|_| {});
     n.reach_connecting();
-    n.m.disable_lan_p2p();
-    assert_eq!(n.hb(B_LAN, true), Outcome::Ignored(Ignored::LanP2pDisabled));
+    // The virtual network and a subnet the tunnel carries (a LAN behind
+    // some gateway): a path there would run through the tunnel itself.
+    n.m.set_tunnelled(vec![
+        "10.0.0.0/24".parse().unwrap(),
+        "192.168.0.0/24".parse().unwrap(),
+    ]);
+    let via_tunnel = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 9), 5000);
+    for from in [B_LAN, via_tunnel] {
+        assert_eq!(n.hb(from, true), Outcome::Ignored(Ignored::TunnelledSource));
+    }
     assert_eq!(n.state(B), PeerState::Connecting);
     assert_eq!(n.status(B).local, None);
-    // v6 still stores LAN info and still sends its own.
-    assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
-    assert_eq!(n.status(B).local, Some(B_LAN));
-    assert!(n.hb(B_PUB, true).is_accepted());
+    // Another private address (a private WAN, not carried by the tunnel)
+    // is a path like any other, with subnet routes or without.
+    let private_wan = SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 5000);
+    assert!(n.hb(private_wan, true).is_accepted());
     assert_eq!(n.state(B), PeerState::Connected);
+    assert_eq!(n.status(B).path, Some(private_wan));
 }
 
 #[test]
@@ -658,12 +668,12 @@ fn peer_table_is_capped() {
     let d = Ipv4Addr::new(10, 0, 0, 4);
     let full = Outcome::Ignored(Ignored::TooManyPeers { limit: 2 });
     assert_eq!(n.m.try_p2p(d, n.now), full);
-    assert_eq!(n.m.handle_public_info(d, B_PUB, n.now), full);
+    assert_eq!(n.m.handle_public_info(d, B_PUB, false, n.now), full);
     assert_eq!(n.m.handle_lan_info(d, B_LAN, n.now), full);
     assert_eq!(n.m.handle_discovery(d, false, n.now), full);
     assert_eq!(n.m.len(), 2);
     // Known peers keep working at the cap.
-    assert!(n.m.handle_public_info(B, B_PUB, n.now).is_accepted());
+    assert!(n.m.handle_public_info(B, B_PUB, false, n.now).is_accepted());
     // Repeats never add entries.
     for _ in 0..100 {
         assert!(n.m.try_p2p(B, n.now).is_accepted());
@@ -682,7 +692,7 @@ fn bogus_vips_never_create_peers() {
     ] {
         assert_eq!(n.m.try_p2p(vip, n.now), Outcome::Ignored(why));
         assert_eq!(
-            n.m.handle_public_info(vip, B_PUB, n.now),
+            n.m.handle_public_info(vip, B_PUB, false, n.now),
             Outcome::Ignored(why)
         );
     }
@@ -790,3 +800,5 @@ fn connected_boundary_is_exactly_three_seconds() {
     );
     assert_eq!(n.status(B).since, n.at(4_000));
 }
+
+mod proof;
