@@ -21,9 +21,11 @@ use super::ratelimit::TokenBucket;
 const MAX_PENDING: usize = 8;
 /// A PONG later than this answers nothing (a round trip is far shorter).
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
-/// Challenges per peer: 8 at once, then 4 per second, whatever arrives.
-const BURST: u32 = 8;
-const EVERY: Duration = Duration::from_millis(250);
+/// Challenges per peer: 8 at once, then 4 per tick (4 per second on
+/// Candy's timers), whatever arrives. A tick needs at most two (path and
+/// LAN candidate); the rest is for new sources heard between ticks.
+pub(crate) const BURST: u32 = 8;
+pub(crate) const PER_TICK: u32 = 4;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -43,11 +45,11 @@ pub(crate) struct Challenges {
 }
 
 impl Challenges {
-    pub fn new(seed: u64, now: Instant) -> Self {
+    pub fn new(seed: u64, tick: Duration, now: Instant) -> Self {
         Challenges {
             pending: Vec::new(),
             rng: SplitMix64::new(seed),
-            budget: TokenBucket::new(BURST, EVERY, now),
+            budget: TokenBucket::new(BURST, tick / PER_TICK, now),
         }
     }
 
@@ -118,7 +120,7 @@ mod tests {
     #[test]
     fn answer_must_match_nonce_and_address_once() {
         let t0 = Instant::now();
-        let mut c = Challenges::new(1, t0);
+        let mut c = Challenges::new(1, Duration::from_secs(1), t0);
         let (a, b) = (ep("198.51.100.1:4000"), ep("203.0.113.9:5000"));
         let na = c.issue(a, t0).unwrap();
         let nb = c.issue(b, t0).unwrap();
@@ -134,7 +136,7 @@ mod tests {
     #[test]
     fn answers_expire_and_the_budget_holds() {
         let t0 = Instant::now();
-        let mut c = Challenges::new(2, t0);
+        let mut c = Challenges::new(2, Duration::from_secs(1), t0);
         let a = ep("198.51.100.1:4000");
         let n = c.issue(a, t0).unwrap();
         assert_eq!(

@@ -18,15 +18,12 @@ use crate::proto::Ipv4Cidr;
 
 use super::action::{Action, Ignored, Outcome};
 use super::addr::is_private;
-use super::challenge::Challenges;
+// PONGs per peer get the budget challenges have (a peer challenges at most
+// that often), so replayed PINGs cannot turn this node into a reflector.
+use super::challenge::{Challenges, BURST as ANSWER_BURST, PER_TICK as ANSWERS_PER_TICK};
 use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
-
-/// PONGs per peer: 8 at once, then 4 per second, so replayed PINGs cannot
-/// turn this node into a reflector.
-const ANSWER_BURST: u32 = 8;
-const ANSWER_EVERY: Duration = Duration::from_millis(250);
 
 /// Node-wide settings a peer consults; borrowed from the manager per call so
 /// one change (e.g. an sdwan push) applies to every peer at once.
@@ -95,8 +92,8 @@ impl Peer {
             last_active: now,
             last_heartbeat: None,
             ringlink: false,
-            challenges: Challenges::new(seed, now),
-            answers: TokenBucket::new(ANSWER_BURST, ANSWER_EVERY, now),
+            challenges: Challenges::new(seed, timers.tick, now),
+            answers: TokenBucket::new(ANSWER_BURST, timers.tick / ANSWERS_PER_TICK, now),
             attempts: 0,
             attempt_started: None,
             time_to_direct: None,
