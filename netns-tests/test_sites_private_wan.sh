@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-# netns-test: pending
 # (issue 13's private-address rule: current main ignores private-source
 # heartbeats once subnet routes are pushed, so (a) and (b) fail; remove the
 # marker with the fix.)
