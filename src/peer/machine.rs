@@ -20,7 +20,7 @@ use super::action::{Action, Ignored, Outcome};
 use super::addr::is_private;
 // PONGs per peer get the budget challenges have (a peer challenges at most
 // that often), so replayed PINGs cannot turn this node into a reflector.
-use super::challenge::{Challenges, BURST as ANSWER_BURST, PER_TICK as ANSWERS_PER_TICK};
+use super::challenge::{Challenges, Reason, BURST as ANSWER_BURST, PER_TICK as ANSWERS_PER_TICK};
 use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
@@ -341,7 +341,9 @@ impl Peer {
         // Only ringlink nodes send PINGs.
         self.ringlink = true;
         self.ack = true;
-        if !self.answers.take(now) {
+        // The path's own PINGs are answered always (they come once a tick
+        // from a live peer); anyone else's within a budget.
+        if self.real != Some(from) && !self.answers.take(now) {
             return Outcome::Ignored(Ignored::RateLimited);
         }
         out.push_back(Action::Pong {
@@ -419,12 +421,18 @@ impl Peer {
     /// already the proven path (the tick keeps that one checked).
     fn challenge_new(&mut self, from: SocketAddrV4, now: Instant, out: &mut VecDeque<Action>) {
         if self.real != Some(from) || self.state != PeerState::Connected {
-            self.challenge(from, now, out);
+            self.challenge(from, Reason::Heard, now, out);
         }
     }
 
-    fn challenge(&mut self, to: SocketAddrV4, now: Instant, out: &mut VecDeque<Action>) {
-        if let Some(nonce) = self.challenges.issue(to, now) {
+    fn challenge(
+        &mut self,
+        to: SocketAddrV4,
+        reason: Reason,
+        now: Instant,
+        out: &mut VecDeque<Action>,
+    ) {
+        if let Some(nonce) = self.challenges.issue(to, reason, now) {
             out.push_back(Action::Ping {
                 peer: self.vip,
                 to,
@@ -502,7 +510,7 @@ impl Peer {
         };
         for to in [first, second].into_iter().flatten() {
             if self.ringlink {
-                self.challenge(to, now, out);
+                self.challenge(to, Reason::Tick, now, out);
             } else {
                 out.push_back(Action::Heartbeat {
                     peer: self.vip,

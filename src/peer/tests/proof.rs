@@ -229,3 +229,43 @@ fn attempts_and_time_to_direct_are_reported() {
     assert_eq!(s.attempts, 1);
     assert_eq!(s.time_to_direct, Some(n.now - n.t0));
 }
+
+#[test]
+fn a_replay_flood_does_not_starve_the_path() {
+    let mut n = Node::new(|_| {});
+    n.reach_ringlink_connected();
+    let start = n.now_ms();
+    let mut answered_b = 0;
+    for step in 1..=100u64 {
+        // Eve: ten replayed PINGs and heartbeats every 100 ms.
+        for k in 0..10u8 {
+            let _ = n.ping(EVE, [k; 12]);
+            let _ = n.marked_hb(EVE);
+        }
+        let mut acts: Vec<Action> = n
+            .advance(start + step * 100)
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        // B: its own PING once a tick; and our challenge to it answered.
+        if step % 10 == 0 {
+            assert!(n.ping(B_PUB, [step as u8; 12]).is_accepted());
+        }
+        acts.extend(n.drain());
+        for a in &acts {
+            match *a {
+                Action::Ping {
+                    to: B_PUB, nonce, ..
+                } => {
+                    assert!(n.pong(B_PUB, nonce).is_accepted());
+                }
+                Action::Pong { to: B_PUB, .. } => answered_b += 1,
+                Action::Disconnected { .. } => panic!("path lost at step {step}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(n.state(B), PeerState::Connected);
+    assert_eq!(n.status(B).path, Some(B_PUB));
+    assert_eq!(answered_b, 10, "every one of B's PINGs answered");
+}
