@@ -1,5 +1,5 @@
 //! One remote VIP's state machine (PROTOCOL.md §5.1–§5.3), with
-//! ringlink's endpoint proof for peers that speak it (docs/protocol.md §11).
+//! ringlink's endpoint proof for peers that speak it (docs/protocol.md §9.1).
 //!
 //! A stock Candy peer gets Candy's rules: an authenticated heartbeat from
 //! an address makes it the path, and ack-heartbeats keep it alive. A

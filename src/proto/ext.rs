@@ -1,4 +1,4 @@
-//! ringlink's marker on Candy messages (docs/protocol.md §11).
+//! ringlink's marker on Candy messages (docs/protocol.md §4.4, §5.2).
 //!
 //! Stock Candy receivers check only a message's minimum length, so bytes
 //! after the fixed fields reach them unharmed and unread. ringlink appends

@@ -13,7 +13,7 @@ pub mod ty {
     pub const FORWARD: u8 = 1;
     pub const DELAY: u8 = 2;
     pub const ROUTE: u8 = 4;
-    /// ringlink only: a challenge to a candidate address (docs/protocol.md §11.2).
+    /// ringlink only: a challenge to a candidate address (docs/protocol.md §5.6).
     pub const PING: u8 = 0xF0;
     /// ringlink only: the answer to a PING, from the address it reached.
     pub const PONG: u8 = 0xF1;
