@@ -230,6 +230,8 @@ impl Sim {
                     let tunip = self.hosts[i].vip;
                     self.send_udp(i, to, Udp::Ping { tunip, nonce });
                 }
+                // No host here advertises a NAT class, so nothing sprays.
+                Action::Spray { .. } => panic!("spray without a NAT class: {a:?}"),
                 Action::Pong { to, nonce, .. } => {
                     let tunip = self.hosts[i].vip;
                     self.send_udp(i, to, Udp::Pong { tunip, nonce });
@@ -311,7 +313,7 @@ impl Sim {
                 let m = &mut self.hosts[to].m;
                 match body {
                     Ws::PublicInfo { ep, marked } => {
-                        let _ = m.handle_public_info(src, ep, marked && reads_marks, now);
+                        let _ = m.handle_public_info(src, ep, marked && reads_marks, None, now);
                     }
                     Ws::LanInfo(ep) => {
                         let _ = m.handle_lan_info(src, ep, now);

@@ -16,7 +16,7 @@ mod tls;
 mod ws_client;
 
 use std::future::Future;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,7 +62,7 @@ async fn new_node(
     own: Ipv4Cidr,
     iface: &Interface,
     now: Instant,
-) -> Result<NodeDriver, ClientError> {
+) -> Result<(NodeDriver, Option<NatProbe>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
     let port = iface.udp_port().unwrap_or(0);
     let stun = match &cfg.stun {
@@ -126,7 +126,44 @@ async fn new_node(
         now,
     )
     .map_err(InterfaceError::from)?;
-    Ok(NodeDriver::new(node, udp, iface.snapshot()))
+    let probe = stun.map(|server| NatProbe {
+        server,
+        local: lan.map_or(Ipv4Addr::UNSPECIFIED, |l| *l.ip()),
+        every: NAT_EVERY / cfg.test_time_divisor.max(1),
+    });
+    Ok((NodeDriver::new(node, udp, iface.snapshot()), probe))
+}
+
+/// Where and how often this node classifies its NAT.
+struct NatProbe {
+    server: SocketAddrV4,
+    local: Ipv4Addr,
+    every: Duration,
+}
+
+/// Re-classification period: a NAT's behaviour rarely changes, and each run
+/// costs a handful of STUN transactions and router sessions.
+const NAT_EVERY: Duration = Duration::from_secs(300);
+/// Sockets per run: enough successive mappings to tell the port delta.
+const NAT_SOCKETS: usize = 4;
+
+/// Classifies the NAT now and then every `probe.every`, on sockets of its
+/// own (the NAT's behaviour is the router's, not the socket's; the data
+/// socket's own mapping comes from the peers' STUN exchange).
+async fn classify_forever(probe: NatProbe, tx: mpsc::Sender<crate::nat::Outcome>) {
+    loop {
+        match nat_run::classify_over_udp(probe.server, probe.local, NAT_SOCKETS, rand::random())
+            .await
+        {
+            Ok(outcome) => {
+                if tx.send(outcome).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => warn!(error = %e, "NAT classification could not run"),
+        }
+        tokio::time::sleep(probe.every).await;
+    }
 }
 
 /// Peer timers divided for tests (`test_time_divisor`); the tick never goes
@@ -181,6 +218,8 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
 
     let mut iface: Option<Interface> = None;
     let mut node: Option<NodeDriver> = None;
+    let (nat_tx, mut nat_rx) = mpsc::channel(4);
+    let mut nat_task = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut control = status::ControlCounters::default();
@@ -238,7 +277,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                     let i = iface.insert(Interface::create(&cfg, cidr).await?);
                                     tun_tx.send_replace(Some(i.writer()));
                                     update(&status, |s| s.workers = i.workers());
-                                    node = Some(new_node(&cfg, cidr, i, now).await?);
+                                    let (n, probe) = new_node(&cfg, cidr, i, now).await?;
+                                    node = Some(n);
+                                    nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
                                     crate::sys::service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
                                 }
                             }
@@ -268,6 +309,11 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         None => return Err(LinkLost::TaskEnded.into()),
                     }
                 }
+                Some(outcome) = nat_rx.recv() => {
+                    if let Some(n) = node.as_mut() {
+                        n.node.on_nat_outcome(outcome);
+                    }
+                }
                 _ = status_tick.tick() => {
                     control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
                     control.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
@@ -279,6 +325,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         if let Some(n) = node.as_ref() {
                             s.node = n.node.stats;
                             s.router = n.node.route_stats();
+                            let nat = n.node.nat_class();
+                            s.nat = nat.map(|c| c.kind.to_string());
+                            s.nat_mapped = nat.map(|c| c.mapped.to_string());
                         }
                         s.peers = peers;
                         s.routes = routes;
@@ -293,6 +342,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     link.abort();
     status_task.abort();
+    if let Some(t) = nat_task {
+        t.abort();
+    }
     tun_tx.send_replace(None);
     if let Some(i) = iface {
         i.shutdown();

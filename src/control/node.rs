@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::counters::counters;
 use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
+use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::ext::Tail;
@@ -105,6 +106,8 @@ pub struct Node {
     dirty: bool,
     server_up: bool,
     discover_on_join: bool,
+    /// This node's NAT classification, published after hysteresis.
+    nat: StableClass,
     pub stats: NodeStats,
 }
 
@@ -137,6 +140,7 @@ impl Node {
             dirty: true,
             server_up: false,
             discover_on_join,
+            nat: StableClass::default(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -198,9 +202,13 @@ impl Node {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
                 let ringlink = pc.tail.is_some();
-                let outcome = self
-                    .peers
-                    .handle_public_info(pc.src, pc.endpoint, ringlink, now);
+                let nat = pc
+                    .tail
+                    .and_then(|t| t.nat)
+                    .map(|a| Advertised::from_wire(&a));
+                let outcome =
+                    self.peers
+                        .handle_public_info(pc.src, pc.endpoint, ringlink, nat, now);
                 self.count(outcome);
             }
             Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
@@ -270,6 +278,23 @@ impl Node {
             }
         }
         self.flush(now);
+    }
+
+    /// One classification run finished. A changed class is used for the
+    /// attempts that start from now on, and told to peers in the next
+    /// UDP4CONN.
+    pub fn on_nat_outcome(&mut self, outcome: nat::Outcome) {
+        if self.nat.observe(outcome) {
+            if let Some(c) = self.nat.published() {
+                info!(nat = %c.kind, mapped = %c.mapped, "NAT classified");
+                self.peers.set_own_nat(Some(c.kind));
+            }
+        }
+    }
+
+    /// The published NAT classification, for `ringlink status`.
+    pub fn nat_class(&self) -> Option<NatClass> {
+        self.nat.published().copied()
     }
 
     /// A STUN datagram arrived on the data port.
@@ -368,6 +393,17 @@ impl Node {
                 .encode();
                 self.send_udp(peer, to, &plain);
             }
+            Action::Spray {
+                peer,
+                base,
+                step,
+                count,
+            } => {
+                let plain = Heartbeat::ringlink(self.own, false).encode();
+                for send in nat::schedule::prediction_spray(base, step, usize::from(count)) {
+                    self.send_udp(peer, send.target, &plain);
+                }
+            }
             Action::Pong { peer, to, nonce } => {
                 let plain = Pong {
                     tunip: self.own,
@@ -382,7 +418,10 @@ impl Node {
                     src: self.own,
                     dst: peer,
                     endpoint: public,
-                    tail: Some(Tail::OURS),
+                    tail: Some(Tail {
+                        nat: self.nat.published().map(|c| c.advert(false)),
+                        ..Tail::OURS
+                    }),
                 }
                 .encode();
                 self.send_server(frame);
@@ -514,6 +553,8 @@ impl Node {
                     speaks: if p.ringlink { "ringlink" } else { "candy" }.to_string(),
                     attempts: p.attempts,
                     time_to_direct_secs: p.time_to_direct.map(|d| d.as_secs_f64()),
+                    nat: p.nat.map(|n| n.kind.to_string()),
+                    method: p.method.map(|m| m.to_string()),
                 }
             })
             .collect();

@@ -49,6 +49,10 @@ pub struct PeerLine {
     pub attempts: u32,
     /// How long the attempt that went direct took.
     pub time_to_direct_secs: Option<f64>,
+    /// The peer's NAT as it described it ("cone/port-restricted", …).
+    pub nat: Option<String>,
+    /// The traversal method of the current or last attempt.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -70,6 +74,10 @@ pub struct Status {
     pub reconnects: u64,
     pub last_error: Option<String>,
     pub workers: usize,
+    /// This node's NAT as its last published classification saw it, and
+    /// its public mapping then.
+    pub nat: Option<String>,
+    pub nat_mapped: Option<String>,
     /// Every dataplane counter, summed over the workers and the TUN
     /// writer; top-level keys in the JSON.
     #[serde(flatten)]
@@ -182,7 +190,15 @@ pub fn render(s: &Status) -> String {
     if let Some(e) = &s.last_error {
         out.push_str(&format!("last error: {e}\n"));
     }
-    out.push_str(&format!("workers {}\n", s.workers));
+    out.push_str(&format!(
+        "workers {}  nat {}{}\n",
+        s.workers,
+        s.nat.as_deref().unwrap_or("not classified"),
+        s.nat_mapped
+            .as_deref()
+            .map(|m| format!(" (mapped {m})"))
+            .unwrap_or_default()
+    ));
     render_counters(&mut out, "dataplane", s.dataplane.fields());
     render_counters(&mut out, "control", s.control.fields());
     render_counters(&mut out, "node", s.node.fields());

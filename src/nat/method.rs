@@ -364,3 +364,16 @@ mod tests {
         );
     }
 }
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::ReverseConnect { .. } => "reverse connect",
+            Method::SimultaneousOpen => "simultaneous open",
+            Method::PortPrediction { .. } => "port prediction",
+            Method::Birthday { .. } => "birthday",
+            Method::PredictionAndBirthday { .. } => "prediction + birthday",
+            Method::Relay => "relay",
+        })
+    }
+}

@@ -17,7 +17,7 @@ pub mod stable;
 #[cfg(test)]
 mod sim;
 
-pub use class::{Delta, Filtering, Mapping, NatClass, NatKind};
+pub use class::{Advertised, Delta, Filtering, Mapping, NatClass, NatKind};
 pub use classify::{Classifier, ClassifierConfig, Outcome, Reply, Request};
 pub use method::{choose, Method, PeerNat, Predicted, Side};
 pub use stable::StableClass;

@@ -33,6 +33,17 @@ pub enum Action {
         to: SocketAddrV4,
         nonce: Nonce,
     },
+    /// ringlink peers only: marked heartbeats to `count` ports of `base`'s
+    /// address, `base.port + step·1 … + step·count` (port prediction: the
+    /// peer's NAT gives each new destination the next port, so one of
+    /// these is where its probes to us will come from, and sending there
+    /// opens our NAT to it).
+    Spray {
+        peer: Ipv4Addr,
+        base: SocketAddrV4,
+        step: i32,
+        count: u16,
+    },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
         peer: Ipv4Addr,

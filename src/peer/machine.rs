@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use crate::nat::{self, Advertised, Method, NatKind, PeerNat, Predicted};
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
@@ -24,6 +25,11 @@ use super::challenge::{Challenges, Reason, BURST as ANSWER_BURST, PER_TICK as AN
 use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
+
+/// Ports sprayed per tick in port prediction. CONNECTING lasts 10 ticks, so
+/// an attempt sends at most 640 datagrams at 64 per second: inside the
+/// budgets of `nat::schedule` (1024 per attempt, 200 per second).
+const SPRAY_WINDOW: u16 = 64;
 
 /// Node-wide settings a peer consults; borrowed from the manager per call so
 /// one change (e.g. an sdwan push) applies to every peer at once.
@@ -39,6 +45,8 @@ pub(crate) struct Env<'a> {
     /// itself, and a path over it would loop (the danger Candy meets by
     /// ignoring every private source once subnet routes exist).
     pub tunnelled: &'a [Ipv4Cidr],
+    /// This node's published NAT classification, if it has one.
+    pub own_nat: Option<NatKind>,
 }
 
 impl Env<'_> {
@@ -70,6 +78,10 @@ pub struct Peer {
     /// From the start of the attempt that succeeded to CONNECTED.
     time_to_direct: Option<Duration>,
     connected_since: Option<Instant>,
+    /// What the peer's UDP4CONN said about its NAT.
+    nat: Option<Advertised>,
+    /// The traversal method of the current (or last) attempt.
+    method: Option<Method>,
 }
 
 impl Peer {
@@ -98,6 +110,8 @@ impl Peer {
             attempt_started: None,
             time_to_direct: None,
             connected_since: None,
+            nat: None,
+            method: None,
         }
     }
 
@@ -137,6 +151,12 @@ impl Peer {
     pub fn pending_challenges(&self) -> usize {
         self.challenges.len()
     }
+    pub fn nat(&self) -> Option<Advertised> {
+        self.nat
+    }
+    pub fn method(&self) -> Option<Method> {
+        self.method
+    }
 
     /// The single place a state is assigned, so Reset, the retry rules,
     /// `lastActive` and the CONNECTED notifications can never diverge.
@@ -144,9 +164,10 @@ impl Peer {
         &mut self,
         next: PeerState,
         now: Instant,
-        timers: &Timers,
+        env: Env<'_>,
         out: &mut VecDeque<Action>,
     ) {
+        let timers = env.timers;
         let prev = self.state;
         if prev != next {
             match next {
@@ -167,6 +188,19 @@ impl Peer {
         if next == PeerState::Preparing && prev.resets_on_entry() {
             self.attempts += 1;
             self.attempt_started = Some(now);
+        }
+        if next == PeerState::Connecting && prev != PeerState::Connecting {
+            self.method = self.ringlink.then(|| {
+                let mine = PeerNat {
+                    kind: env.own_nat,
+                    reachable: false,
+                };
+                let peer = PeerNat {
+                    kind: self.nat.map(|n| n.kind),
+                    reachable: self.nat.is_some_and(|n| n.reachable),
+                };
+                nat::choose(mine, peer)
+            });
         }
         if next == PeerState::Connected && prev != PeerState::Connected {
             self.time_to_direct = self
@@ -211,7 +245,7 @@ impl Peer {
             } else {
                 PeerState::Failed
             };
-            self.set_state(next, now, env.timers, out);
+            self.set_state(next, now, env, out);
         }
     }
 
@@ -222,16 +256,18 @@ impl Peer {
         &mut self,
         public: SocketAddrV4,
         ringlink: bool,
+        nat: Option<Advertised>,
         now: Instant,
         env: Env<'_>,
         out: &mut VecDeque<Action>,
     ) {
         self.ringlink = ringlink;
+        self.nat = nat;
         self.wide = Some(public);
         match self.state {
             PeerState::Connected | PeerState::Connecting => {}
             PeerState::Synchronizing => {
-                self.set_state(PeerState::Connecting, now, env.timers, out);
+                self.set_state(PeerState::Connecting, now, env, out);
                 // Not in v6, which leaves LAN info to the "responder". When
                 // both ends initiate at once (each heard the other's
                 // DISCOVERY or relayed packet), both reach SYNCHRONIZING
@@ -247,7 +283,7 @@ impl Peer {
                 }
             }
             PeerState::Init | PeerState::Preparing | PeerState::Waiting | PeerState::Failed => {
-                self.set_state(PeerState::Preparing, now, env.timers, out);
+                self.set_state(PeerState::Preparing, now, env, out);
                 if let Some(lan) = env.lan_candidate {
                     out.push_back(Action::SendLanInfo {
                         peer: self.vip,
@@ -279,7 +315,7 @@ impl Peer {
         } else {
             PeerState::Synchronizing
         };
-        self.set_state(next, now, env.timers, out);
+        self.set_state(next, now, env, out);
         out.push_back(Action::SendPublicInfo {
             peer: self.vip,
             public: own_public,
@@ -310,7 +346,7 @@ impl Peer {
         self.ack = true;
         self.last_heartbeat = Some(now);
         if their_ack {
-            self.set_state(PeerState::Connected, now, env.timers, out);
+            self.set_state(PeerState::Connected, now, env, out);
         } else if self.eager && self.state != PeerState::Connected {
             // Answer a first heartbeat at once with our ack instead of on the
             // next tick; one reply per heartbeat received, so this cannot
@@ -375,7 +411,7 @@ impl Peer {
         self.take_path(from, out);
         if self.real == Some(from) {
             self.last_heartbeat = Some(now);
-            self.set_state(PeerState::Connected, now, env.timers, out);
+            self.set_state(PeerState::Connected, now, env, out);
         }
         Outcome::Accepted
     }
@@ -452,32 +488,32 @@ impl Peer {
                 if env.p2p && in_state < t.preparing {
                     return true;
                 }
-                self.set_state(PeerState::Failed, now, t, out);
+                self.set_state(PeerState::Failed, now, env, out);
             }
             PeerState::Synchronizing => {
                 if in_state < t.synchronizing {
                     self.probe(now, t, out);
                 } else {
-                    self.set_state(PeerState::Failed, now, t, out);
+                    self.set_state(PeerState::Failed, now, env, out);
                 }
             }
             PeerState::Connecting => {
                 if in_state < t.connecting {
                     self.probe(now, t, out);
                 } else {
-                    self.set_state(PeerState::Waiting, now, t, out);
+                    self.set_state(PeerState::Waiting, now, env, out);
                 }
             }
             PeerState::Connected => {
                 if in_state < t.connected_idle {
                     self.probe(now, t, out);
                 } else {
-                    self.set_state(PeerState::Init, now, t, out);
+                    self.set_state(PeerState::Init, now, env, out);
                 }
             }
             PeerState::Waiting => {
                 if in_state >= self.retry {
-                    self.set_state(PeerState::Init, now, t, out);
+                    self.set_state(PeerState::Init, now, env, out);
                 }
             }
         }
@@ -519,5 +555,41 @@ impl Peer {
                 });
             }
         }
+        if self.state == PeerState::Connecting {
+            self.spray_if_predicting(out);
+        }
+    }
+
+    /// Port prediction towards a peer whose NAT gives each new destination
+    /// the next port: its probes to us leave from a port after the last one
+    /// it saw allocated, so each tick we send to the window of ports after
+    /// it, which lets those probes through our NAT (and reaches the peer if
+    /// its mapping already exists).
+    fn spray_if_predicting(&self, out: &mut VecDeque<Action>) {
+        let predicting = matches!(
+            self.method,
+            Some(Method::PortPrediction {
+                predicted: Predicted::Peer | Predicted::Both
+            })
+        );
+        let (Some(nat), Some(wide), true) = (self.nat, self.wide, predicting) else {
+            return;
+        };
+        let step = nat::schedule::step_of(nat.kind.delta);
+        // The newer of the two mappings the peer told us about: the one its
+        // classification saw last, or the one its UDP4CONN carries.
+        let base = if nat.last_mapped.ip() != wide.ip() {
+            wide
+        } else if (i32::from(nat.last_mapped.port()) - i32::from(wide.port())) * step.signum() > 0 {
+            nat.last_mapped
+        } else {
+            wide
+        };
+        out.push_back(Action::Spray {
+            peer: self.vip,
+            base,
+            step,
+            count: SPRAY_WINDOW,
+        });
     }
 }

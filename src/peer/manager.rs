@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use crate::nat::{Advertised, Method, NatKind};
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 use crate::rng::SplitMix64;
@@ -76,6 +77,10 @@ pub struct PeerStatus {
     pub time_to_direct: Option<Duration>,
     /// Challenges sent and not yet answered.
     pub pending_challenges: usize,
+    /// What the peer said about its NAT.
+    pub nat: Option<Advertised>,
+    /// The method of the current or last attempt (ringlink peers).
+    pub method: Option<Method>,
 }
 
 impl From<&Peer> for PeerStatus {
@@ -93,6 +98,8 @@ impl From<&Peer> for PeerStatus {
             attempts: p.attempts(),
             time_to_direct: p.time_to_direct(),
             pending_challenges: p.pending_challenges(),
+            nat: p.nat(),
+            method: p.method(),
         }
     }
 }
@@ -110,6 +117,7 @@ pub struct PeerManager {
     next_tick: Instant,
     ticks: u64,
     tunnelled: Vec<Ipv4Cidr>,
+    own_nat: Option<NatKind>,
     own_public: Option<SocketAddrV4>,
     rng: SplitMix64,
 }
@@ -124,6 +132,7 @@ impl PeerManager {
             actions: VecDeque::new(),
             ticks: 0,
             tunnelled: Vec::new(),
+            own_nat: None,
             own_public: None,
             rng: SplitMix64::new(cfg.seed),
             cfg,
@@ -159,7 +168,7 @@ impl PeerManager {
 
     fn tick(&mut self, now: Instant) {
         self.ticks += 1;
-        let env = env_of(&self.cfg, &self.tunnelled);
+        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
         let mut want_stun = false;
         for peer in self.peers.values_mut() {
             want_stun |= peer.tick(now, env, &mut self.actions);
@@ -207,7 +216,7 @@ impl PeerManager {
         vip: Ipv4Addr,
         f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> R,
     ) -> Option<R> {
-        let env = env_of(&self.cfg, &self.tunnelled);
+        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
         let peer = self.peers.get_mut(&vip)?;
         Some(f(peer, env, &mut self.actions))
     }
@@ -245,6 +254,7 @@ impl PeerManager {
         src: Ipv4Addr,
         public: SocketAddrV4,
         ringlink: bool,
+        nat: Option<Advertised>,
         now: Instant,
     ) -> Outcome {
         if !endpoint_valid(public) {
@@ -255,7 +265,7 @@ impl PeerManager {
             return Outcome::Ignored(why);
         }
         self.with_peer(src, |p, env, out| {
-            p.on_public_info(public, ringlink, now, env, out)
+            p.on_public_info(public, ringlink, nat, now, env, out)
         });
         Outcome::Accepted
     }
@@ -278,7 +288,7 @@ impl PeerManager {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
         self.own_public = Some(own_public);
-        let env = env_of(&self.cfg, &self.tunnelled);
+        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
         for peer in self.peers.values_mut() {
             peer.on_stun(own_public, now, env, &mut self.actions);
         }
@@ -353,6 +363,12 @@ impl PeerManager {
         self.tunnelled = cidrs;
     }
 
+    /// This node's published NAT classification: the method for each
+    /// attempt from now on is chosen with it.
+    pub fn set_own_nat(&mut self, kind: Option<NatKind>) {
+        self.own_nat = kind;
+    }
+
     pub fn peer(&self, vip: Ipv4Addr) -> Option<PeerStatus> {
         self.peers.get(&vip).map(PeerStatus::from)
     }
@@ -384,12 +400,13 @@ impl PeerManager {
 }
 
 // A free function so callers can borrow `cfg` while mutating `peers`.
-fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr]) -> Env<'a> {
+fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr], own_nat: Option<NatKind>) -> Env<'a> {
     Env {
         timers: &cfg.timers,
         p2p: cfg.p2p && cfg.stun,
         lan_candidate: cfg.lan_candidate,
         tunnelled,
+        own_nat,
     }
 }
 

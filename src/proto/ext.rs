@@ -6,6 +6,12 @@
 //! UDP, UDP4CONN through the server): a peer carrying it speaks ringlink's
 //! extensions (endpoint challenges), a peer without it gets Candy's exact
 //! behaviour.
+//!
+//! After the marker come TLVs (type, length, value), which a receiver
+//! skips when it does not know the type. Type 1 is the sender's NAT
+//! classification (on UDP4CONN), so the peer can choose a traversal method.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 /// Bytes of the marker.
 pub const TAIL_LEN: usize = 4;
@@ -14,34 +20,111 @@ const MAGIC: [u8; 2] = *b"RL";
 /// or above 1: later versions only add messages, which it ignores.
 pub const VERSION: u8 = 1;
 
+const TLV_NAT: u8 = 1;
+
 /// What a peer's marker says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tail {
     pub version: u8,
     /// Reserved; sent as 0, ignored on receipt.
     pub flags: u8,
+    /// The sender's NAT classification, when it has one.
+    pub nat: Option<NatAdvert>,
+}
+
+/// TLV 1: a NAT classification in wire codes (`crate::nat` gives them
+/// meaning). 14 bytes:
+///
+/// | off | size | field |
+/// | --- | --- | --- |
+/// | 0 | 1 | mapping: 0 unknown, 1 endpoint-independent, 2 endpoint-dependent |
+/// | 1 | 1 | filtering: 0 unknown, 1 endpoint-independent, 2 address-dependent, 3 address-and-port-dependent, 4 not port-dependent |
+/// | 2 | 1 | delta: 0 unknown, 1 equal, 2 preserving, 3 independent, 4 dependent, 5 random |
+/// | 3 | 1 | flags: bit 0 behind a NAT, bit 1 reachable by anyone |
+/// | 4 | 4 | delta value, `i32` BE |
+/// | 8 | 6 | the latest mapping seen: IPv4, port BE |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatAdvert {
+    pub mapping: u8,
+    pub filtering: u8,
+    pub delta_kind: u8,
+    pub flags: u8,
+    pub delta: i32,
+    pub last_mapped: SocketAddrV4,
+}
+
+impl NatAdvert {
+    pub const LEN: usize = 14;
+    pub const BEHIND_NAT: u8 = 1;
+    pub const REACHABLE: u8 = 2;
+
+    fn decode(v: &[u8]) -> Option<Self> {
+        let v: &[u8; Self::LEN] = v.get(..Self::LEN)?.try_into().ok()?;
+        Some(NatAdvert {
+            mapping: v[0],
+            filtering: v[1],
+            delta_kind: v[2],
+            flags: v[3],
+            delta: i32::from_be_bytes([v[4], v[5], v[6], v[7]]),
+            last_mapped: SocketAddrV4::new(
+                Ipv4Addr::new(v[8], v[9], v[10], v[11]),
+                u16::from_be_bytes([v[12], v[13]]),
+            ),
+        })
+    }
+
+    fn encode(&self) -> [u8; Self::LEN] {
+        let mut v = [0u8; Self::LEN];
+        v[..4].copy_from_slice(&[self.mapping, self.filtering, self.delta_kind, self.flags]);
+        v[4..8].copy_from_slice(&self.delta.to_be_bytes());
+        v[8..12].copy_from_slice(&self.last_mapped.ip().octets());
+        v[12..].copy_from_slice(&self.last_mapped.port().to_be_bytes());
+        v
+    }
 }
 
 impl Tail {
     pub const OURS: Tail = Tail {
         version: VERSION,
         flags: 0,
+        nat: None,
     };
 
-    /// Reads the marker from the bytes after a message's fixed fields.
-    /// Anything else there (a stock peer's garbage, nothing) is no marker.
+    /// Reads the marker and its TLVs from the bytes after a message's fixed
+    /// fields. Anything else there (a stock peer's garbage, nothing) is no
+    /// marker; a TLV cut short ends the reading, unknown types are skipped.
     pub fn read(rest: &[u8]) -> Option<Tail> {
-        match rest {
-            [m0, m1, version, flags, ..] if [*m0, *m1] == MAGIC && *version >= 1 => Some(Tail {
-                version: *version,
-                flags: *flags,
-            }),
-            _ => None,
+        let [m0, m1, version, flags, ref tlvs @ ..] = *rest else {
+            return None;
+        };
+        if [m0, m1] != MAGIC || version < 1 {
+            return None;
         }
+        let mut tail = Tail {
+            version,
+            flags,
+            nat: None,
+        };
+        let mut at = tlvs;
+        while let [ty, len, ref more @ ..] = *at {
+            let Some(value) = more.get(..usize::from(len)) else {
+                break;
+            };
+            if ty == TLV_NAT {
+                tail.nat = NatAdvert::decode(value);
+            }
+            at = &more[usize::from(len)..];
+        }
+        Some(tail)
     }
 
-    pub fn encode(self) -> [u8; TAIL_LEN] {
-        [MAGIC[0], MAGIC[1], self.version, self.flags]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![MAGIC[0], MAGIC[1], self.version, self.flags];
+        if let Some(nat) = &self.nat {
+            out.extend_from_slice(&[TLV_NAT, NatAdvert::LEN as u8]);
+            out.extend_from_slice(&nat.encode());
+        }
+        out
     }
 }
 
@@ -51,13 +134,14 @@ mod tests {
 
     #[test]
     fn marker_round_trips_and_rejects_lookalikes() {
-        assert_eq!(Tail::OURS.encode(), *b"RL\x01\x00");
+        assert_eq!(Tail::OURS.encode(), b"RL\x01\x00");
         assert_eq!(Tail::read(&Tail::OURS.encode()), Some(Tail::OURS));
         assert_eq!(
             Tail::read(b"RL\x02\x05more"),
             Some(Tail {
                 version: 2,
-                flags: 5
+                flags: 5,
+                nat: None,
             })
         );
         for rest in [
@@ -69,5 +153,30 @@ mod tests {
         ] {
             assert_eq!(Tail::read(rest), None, "{rest:?}");
         }
+    }
+
+    #[test]
+    fn nat_tlv_vector_and_skipping() {
+        let nat = NatAdvert {
+            mapping: 2,
+            filtering: 3,
+            delta_kind: 3,
+            flags: NatAdvert::BEHIND_NAT,
+            delta: 1,
+            last_mapped: "198.51.100.7:20005".parse().unwrap(),
+        };
+        let tail = Tail {
+            nat: Some(nat),
+            ..Tail::OURS
+        };
+        let wire = tail.encode();
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "524c0100010e0203030100000001c63364074e25");
+        assert_eq!(Tail::read(&wire), Some(tail));
+        // An unknown TLV before it is skipped; a cut one ends the reading.
+        let mut skipping = b"RL\x01\x00\x09\x02ab".to_vec();
+        skipping.extend_from_slice(&wire[4..]);
+        assert_eq!(Tail::read(&skipping), Some(tail));
+        assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
     }
 }

@@ -75,7 +75,7 @@ impl Node {
         self.m.try_p2p(B, self.now)
     }
     fn public(&mut self, ep: SocketAddrV4) -> Outcome {
-        self.m.handle_public_info(B, ep, false, self.now)
+        self.m.handle_public_info(B, ep, false, None, self.now)
     }
     fn stun(&mut self) -> Outcome {
         self.m.handle_stun_response(OWN_PUB, self.now)
@@ -176,7 +176,7 @@ fn p2p_disabled_goes_straight_to_failed() {
 fn stun_response_splits_preparing_peers_by_wide() {
     let mut n = Node::new(|_| {});
     assert!(n.try_p2p().is_accepted()); // B: no wide
-    n.m.handle_public_info(C, B_PUB2, false, n.now)
+    n.m.handle_public_info(C, B_PUB2, false, None, n.now)
         .is_accepted(); // C: wide known
     n.drain();
     n.advance(1_200);
@@ -668,12 +668,15 @@ fn peer_table_is_capped() {
     let d = Ipv4Addr::new(10, 0, 0, 4);
     let full = Outcome::Ignored(Ignored::TooManyPeers { limit: 2 });
     assert_eq!(n.m.try_p2p(d, n.now), full);
-    assert_eq!(n.m.handle_public_info(d, B_PUB, false, n.now), full);
+    assert_eq!(n.m.handle_public_info(d, B_PUB, false, None, n.now), full);
     assert_eq!(n.m.handle_lan_info(d, B_LAN, n.now), full);
     assert_eq!(n.m.handle_discovery(d, false, n.now), full);
     assert_eq!(n.m.len(), 2);
     // Known peers keep working at the cap.
-    assert!(n.m.handle_public_info(B, B_PUB, false, n.now).is_accepted());
+    assert!(n
+        .m
+        .handle_public_info(B, B_PUB, false, None, n.now)
+        .is_accepted());
     // Repeats never add entries.
     for _ in 0..100 {
         assert!(n.m.try_p2p(B, n.now).is_accepted());
@@ -692,7 +695,7 @@ fn bogus_vips_never_create_peers() {
     ] {
         assert_eq!(n.m.try_p2p(vip, n.now), Outcome::Ignored(why));
         assert_eq!(
-            n.m.handle_public_info(vip, B_PUB, false, n.now),
+            n.m.handle_public_info(vip, B_PUB, false, None, n.now),
             Outcome::Ignored(why)
         );
     }

@@ -9,7 +9,7 @@ const EVE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 66), 7000);
 
 impl Node {
     fn public_ringlink(&mut self, ep: SocketAddrV4) -> Outcome {
-        self.m.handle_public_info(B, ep, true, self.now)
+        self.m.handle_public_info(B, ep, true, None, self.now)
     }
     fn marked_hb(&mut self, from: SocketAddrV4) -> Outcome {
         self.m.handle_heartbeat(from, B, true, true, self.now)
@@ -268,4 +268,107 @@ fn a_replay_flood_does_not_starve_the_path() {
     assert_eq!(n.state(B), PeerState::Connected);
     assert_eq!(n.status(B).path, Some(B_PUB));
     assert_eq!(answered_b, 10, "every one of B's PINGs answered");
+}
+
+mod prediction {
+    use super::*;
+    use crate::nat::{Advertised, Delta, Filtering, Mapping, NatKind};
+
+    fn kind(mapping: Mapping, filtering: Filtering, delta: Delta) -> NatKind {
+        NatKind {
+            behind_nat: true,
+            mapping,
+            filtering,
+            delta,
+        }
+    }
+
+    fn port_restricted() -> NatKind {
+        kind(
+            Mapping::EndpointIndependent,
+            Filtering::AddressAndPortDependent,
+            Delta::Equal,
+        )
+    }
+
+    fn sequential() -> NatKind {
+        kind(
+            Mapping::EndpointDependent,
+            Filtering::AddressAndPortDependent,
+            Delta::Independent(1),
+        )
+    }
+
+    /// B (ringlink, NAT `peer`, last mapping `last`) in CONNECTING, we
+    /// behind `own`; the actions of the next tick.
+    fn tick_actions(own: NatKind, peer: NatKind, last: SocketAddrV4) -> (Node, Vec<Action>) {
+        let mut n = Node::new(|_| {});
+        n.m.set_own_nat(Some(own));
+        let nat = Advertised {
+            kind: peer,
+            last_mapped: last,
+            reachable: false,
+        };
+        assert!(n
+            .m
+            .handle_public_info(B, B_PUB, true, Some(nat), n.now)
+            .is_accepted());
+        assert!(n.stun().is_accepted());
+        n.drain();
+        let t = n.now_ms() + 1000;
+        let acts = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        (n, acts)
+    }
+
+    #[test]
+    fn a_cone_sprays_the_window_after_a_sequential_peers_newest_mapping() {
+        let newer = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() + 7);
+        let (n, acts) = tick_actions(port_restricted(), sequential(), newer);
+        assert!(acts.contains(&Action::Spray {
+            peer: B,
+            base: newer,
+            step: 1,
+            count: 64
+        }));
+        assert_eq!(
+            n.status(B).method.map(|m| m.to_string()).as_deref(),
+            Some("port prediction")
+        );
+        // An older classification than the UDP4CONN: spray after the latter.
+        let older = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() - 7);
+        let (_, acts) = tick_actions(port_restricted(), sequential(), older);
+        assert!(acts.contains(&Action::Spray {
+            peer: B,
+            base: B_PUB,
+            step: 1,
+            count: 64
+        }));
+    }
+
+    #[test]
+    fn cones_and_the_predicted_side_do_not_spray() {
+        for (own, peer) in [
+            (port_restricted(), port_restricted()),
+            (sequential(), port_restricted()),
+        ] {
+            let (_, acts) = tick_actions(own, peer, B_PUB);
+            assert!(
+                !acts.iter().any(|a| matches!(a, Action::Spray { .. })),
+                "{own} with {peer}: {acts:?}"
+            );
+            assert!(pings(&acts).iter().any(|(to, _)| *to == B_PUB));
+        }
+    }
+
+    #[test]
+    fn after_connecting_the_spraying_stops() {
+        let (mut n, acts) = tick_actions(port_restricted(), sequential(), B_PUB);
+        let nonce = pings(&acts)[0].1;
+        assert!(n.pong(B_PUB, nonce).is_accepted());
+        let t = n.now_ms() + 3000;
+        assert!(!n
+            .advance(t)
+            .iter()
+            .any(|(_, a)| matches!(a, Action::Spray { .. })));
+    }
 }
