@@ -36,11 +36,13 @@ rl_init "$here/.."
 
 # ---------------------------------------------------------------- expectations
 # The pairs that go direct on current main (measured, perf/RESULTS.md
-# "issue 13: NAT matrix"), 12 of 21: every pair with a full or restricted
-# cone side (its filtering admits the other side from any port), and two
-# port-restricted cones. The 10 of 15 of the issue for the first five
-# kinds; a bare masquerade router pairs with the first two only (with a
-# port-restricted cone in 1 run of 9: which probe arrives first decides).
+# "issue 13: NAT matrix"), 13 of 21: every pair with a full or restricted
+# cone side (its filtering admits the other side from any port), two
+# port-restricted cones, and port-restricted <-> sequential by port
+# prediction (the cone sprays the window after the sequential side's
+# newest mapping). A bare masquerade router pairs with the first two only
+# (with a port-restricted cone in 1 run of 9: which probe arrives first
+# decides).
 #
 # Issue 13's targets, for a later change to move into this table: every
 # pair direct except random <-> random, bare-masquerade cones included;
@@ -59,6 +61,7 @@ EXPECTED_DIRECT=(
     "restricted random"
     "restricted masq"
     "portrestricted portrestricted"
+    "portrestricted seq"
 )
 # Deadlines per pair class, in seconds from the pair's first ping. Today
 # every direct pair is direct within 0.3-1.7 s; the margin is for a loaded
@@ -151,6 +154,20 @@ for me in "${NODES[@]}"; do
 done
 [ "$RL_FAILS" -eq 0 ] || rl_finish
 rl_pass "all 12 clients connected"
+
+# Each client classifies its NAT against the server's STUN responder (two
+# addresses, two ports) and shows the result in status; the methods the
+# pairs use are chosen from these.
+declare -A NAT_LABEL=([fullcone]=cone/full [restricted]=cone/restricted
+    [portrestricted]=cone/port-restricted [seq]=symmetric/+1
+    [random]=symmetric/random [masq]=cone/port-restricted)
+classified() { [ -n "$(rl_status_get "$1" 'd["nat"] or ""')" ]; }
+for me in "${NODES[@]}"; do
+    rl_wait_until 20 classified "$me" || true
+    got=$(rl_status_get "$me" 'd["nat"]')
+    check "$me (${KIND[$me]}) classifies its NAT as ${NAT_LABEL[${KIND[$me]}]} (status: $got)" \
+        test "$got" = "${NAT_LABEL[${KIND[$me]}]}"
+done
 
 # ---------------------------------------------------------------- the pairs
 # Pair (i, j) of kinds uses one node of each, alternating by i + j so every
