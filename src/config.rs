@@ -63,7 +63,11 @@ impl Ctx<'_> {
     }
 
     /// `metrics`: where `/metrics` is served; `""` turns it off.
-    fn metrics(&self, value: Option<&str>, default: u16) -> Result<Option<SocketAddr>, ConfigError> {
+    fn metrics(
+        &self,
+        value: Option<&str>,
+        default: u16,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
         match value {
             None => Ok(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, default)))),
             Some("") => Ok(None),
@@ -679,8 +683,18 @@ mod tests {
         .unwrap();
         assert_eq!(c.metrics, Some("[::]:9100".parse().unwrap()));
         assert!(c.metrics_per_peer);
-        assert_eq!(client(&format!("{CLIENT}metrics = \"\"\n")).unwrap().metrics, None);
-        assert_eq!(server(&format!("{SERVER}metrics = \"\"\n")).unwrap().metrics, None);
+        assert_eq!(
+            client(&format!("{CLIENT}metrics = \"\"\n"))
+                .unwrap()
+                .metrics,
+            None
+        );
+        assert_eq!(
+            server(&format!("{SERVER}metrics = \"\"\n"))
+                .unwrap()
+                .metrics,
+            None
+        );
         for bad in ["9586", "localhost:9586", "127.0.0.1"] {
             let e = client(&format!("{CLIENT}metrics = \"{bad}\"\n")).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("metrics"), "{bad}: {e}");

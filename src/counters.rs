@@ -129,7 +129,10 @@ mod tests {
         assert_eq!(json, r#"{"a":6,"b":10}"#);
         let back: Snap = serde_json::from_str(r#"{"b":1}"#).unwrap();
         assert_eq!(back, Snap { a: 0, b: 1 });
-        let described: Vec<_> = total.described().map(|d| (d.name, d.help(), d.value)).collect();
+        let described: Vec<_> = total
+            .described()
+            .map(|d| (d.name, d.help(), d.value))
+            .collect();
         assert_eq!(
             described,
             [

@@ -252,7 +252,10 @@ async fn scrape(addr: SocketAddr) -> (String, String) {
         .expect("scrape answered in time")
         .unwrap();
     let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 #[tokio::test]
@@ -290,7 +293,10 @@ async fn metrics_show_members_and_forwarded_frames() {
         let mut c = TcpStream::connect(metrics).await.unwrap();
         c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         let mut out = String::new();
-        timeout(WAIT, c.read_to_string(&mut out)).await.unwrap().unwrap();
+        timeout(WAIT, c.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
         (out.lines().next().unwrap_or("").to_string(), out)
     };
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");

@@ -135,11 +135,15 @@ mod tests {
         // What the traffic counters call "via": the peer is not the node
         // the packet is for (the destination, or the gateway it is wrapped for).
         let via = |a: Ipv4Addr| snap.route_tun(a).via;
-        assert!(via(ip(3)), "3 through 2");
         assert!(!via(ip(2)) && !via(ip(4)), "direct peers");
         assert!(!via(ip(65)), "a subnet behind direct 4");
         assert!(via(Ipv4Addr::new(172, 16, 2, 9)), "3's subnet through 2");
-        assert!(!via(ip(5)), "5's default route behind direct 2");
+        // The default subnet route wraps every other VIP for gateway 2.
+        assert!(!via(ip(3)) && !via(ip(5)), "wrapped for direct 2");
+        let plain = NextHopTable::new([(ip(3), ip(2))], [ip(2)]).with_own_vip(ip(1));
+        let snap_plain = compile(1, ip(1), &plain, direct.clone());
+        assert!(snap_plain.route_tun(ip(3)).via, "3 through 2");
+        assert!(!snap_plain.route_tun(ip(2)).via, "2 itself");
         let multicast = Ipv4Addr::new(224, 0, 0, 251);
         assert!(!via(ip(255)) && !via(multicast), "the relay is never via");
         // 5's hop is not direct, so the default route behind 2 catches it.

@@ -197,11 +197,20 @@ mod tests {
             (b"GET /metrics?x=1 HTTP/1.0\r\n\r\n", Some(Request::Metrics)),
             (b"GET /metrics HTTP/1.1\r\nHost:", None),
             (b"GET /", None),
-            (b"POST /metrics HTTP/1.1\r\n\r\n", Some(Request::MethodNotAllowed)),
-            (b"HEAD /metrics HTTP/1.1\r\n\r\n", Some(Request::MethodNotAllowed)),
+            (
+                b"POST /metrics HTTP/1.1\r\n\r\n",
+                Some(Request::MethodNotAllowed),
+            ),
+            (
+                b"HEAD /metrics HTTP/1.1\r\n\r\n",
+                Some(Request::MethodNotAllowed),
+            ),
             (b"GET / HTTP/1.1\r\n\r\n", Some(Request::NotFound)),
             (b"GET /metricsx HTTP/1.1\r\n\r\n", Some(Request::NotFound)),
-            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", Some(Request::BadRequest)),
+            (
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                Some(Request::BadRequest),
+            ),
         ];
         for (head, want) in cases {
             assert_eq!(classify(head), want, "{}", String::from_utf8_lossy(head));
@@ -218,17 +227,25 @@ mod tests {
         let render: Render = Arc::new(|| Ok("ringlink_x 1\n".to_string()));
         let ok = String::from_utf8(response(Request::Metrics, &render)).unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
-        assert!(ok.contains("Content-Type: text/plain; version=0.0.4"), "{ok}");
+        assert!(
+            ok.contains("Content-Type: text/plain; version=0.0.4"),
+            "{ok}"
+        );
         assert!(ok.contains("Content-Length: 13\r\n"), "{ok}");
         assert!(ok.contains("Connection: close\r\n"), "{ok}");
         assert!(ok.ends_with("\r\n\r\nringlink_x 1\n"), "{ok}");
         let no = String::from_utf8(response(Request::MethodNotAllowed, &render)).unwrap();
-        assert!(no.starts_with("HTTP/1.1 405 ") && no.contains("Allow: GET\r\n"), "{no}");
-        let failing: Render = Arc::new(|| {
-            Err(MetricsError(prometheus::Error::Msg("broken".into())))
-        });
+        assert!(
+            no.starts_with("HTTP/1.1 405 ") && no.contains("Allow: GET\r\n"),
+            "{no}"
+        );
+        let failing: Render =
+            Arc::new(|| Err(MetricsError(prometheus::Error::Msg("broken".into()))));
         let err = String::from_utf8(response(Request::Metrics, &failing)).unwrap();
-        assert!(err.starts_with("HTTP/1.1 500 ") && err.contains("broken"), "{err}");
+        assert!(
+            err.starts_with("HTTP/1.1 500 ") && err.contains("broken"),
+            "{err}"
+        );
     }
 
     /// A real exchange over loopback, a request split across writes

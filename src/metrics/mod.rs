@@ -453,7 +453,10 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
             kind: Kind::Gauge,
             labels: &["path"],
         },
-        tally(&["direct", "relay"], s.peers.iter().map(|p| p.path.as_str())),
+        tally(
+            &["direct", "relay"],
+            s.peers.iter().map(|p| p.path.as_str()),
+        ),
     )?;
     e.family(
         &Family {

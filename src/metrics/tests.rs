@@ -22,7 +22,9 @@ fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
         }
         let eq = rest.find('=').ok_or("label without =")?;
         let name = rest[..eq].to_string();
-        rest = rest[eq + 1..].strip_prefix('"').ok_or("unquoted label value")?;
+        rest = rest[eq + 1..]
+            .strip_prefix('"')
+            .ok_or("unquoted label value")?;
         let mut value = String::new();
         let mut chars = rest.char_indices();
         let end = loop {
@@ -146,7 +148,10 @@ fn numbered_status() -> Status {
     fill(&mut json, s.dataplane.fields().map(|f| f.0).collect());
     fill(&mut json, s.control.fields().map(|f| f.0).collect());
     fill(&mut json["node"], s.node.fields().map(|f| f.0).collect());
-    fill(&mut json["router"], s.router.fields().map(|f| f.0).collect());
+    fill(
+        &mut json["router"],
+        s.router.fields().map(|f| f.0).collect(),
+    );
     s = serde_json::from_value(json).unwrap();
     s.connected = true;
     s.reconnects = 3;
@@ -198,13 +203,22 @@ fn every_client_counter_is_exported_once() {
         }
     }
     let dp = &s.dataplane;
-    let bytes = |path, dir| value_of(&samples, "ringlink_traffic_bytes_total", &[("path", path), ("direction", dir)]);
+    let bytes = |path, dir| {
+        value_of(
+            &samples,
+            "ringlink_traffic_bytes_total",
+            &[("path", path), ("direction", dir)],
+        )
+    };
     let direct_tx = dp.direct_tx_bytes.to_string();
     let relay_rx = s.control.relay_rx_bytes.to_string();
     assert_eq!(bytes("direct", "tx"), Some(direct_tx.as_str()));
     assert_eq!(bytes("relay", "rx"), Some(relay_rx.as_str()));
     assert_eq!(value_of(&samples, "ringlink_link_up", &[]), Some("1"));
-    assert_eq!(value_of(&samples, "ringlink_link_reconnects_total", &[]), Some("3"));
+    assert_eq!(
+        value_of(&samples, "ringlink_link_reconnects_total", &[]),
+        Some("3")
+    );
     assert_eq!(types["ringlink_traffic_packets_total"], "counter");
 }
 
@@ -245,7 +259,12 @@ fn peers_by_bounded_labels_without_addresses() {
     let peer = |vip: &str, state: &str, speaks: &str, attempts, ttd| PeerLine {
         vip: vip.into(),
         state: state.into(),
-        path: if state == "CONNECTED" { "direct" } else { "relay" }.into(),
+        path: if state == "CONNECTED" {
+            "direct"
+        } else {
+            "relay"
+        }
+        .into(),
         speaks: speaks.into(),
         attempts,
         time_to_direct_secs: ttd,
@@ -279,17 +298,32 @@ fn peers_by_bounded_labels_without_addresses() {
     let (samples, types) = parse_exposition(&text);
     let v = |name, labels: &[(&str, &str)]| value_of(&samples, name, labels).map(str::to_string);
     let one = |n: &str| Some(n.to_string());
-    assert_eq!(v("ringlink_peers_by_state", &[("state", "CONNECTED")]), one("2"));
-    assert_eq!(v("ringlink_peers_by_state", &[("state", "WAITING")]), one("1"));
+    assert_eq!(
+        v("ringlink_peers_by_state", &[("state", "CONNECTED")]),
+        one("2")
+    );
+    assert_eq!(
+        v("ringlink_peers_by_state", &[("state", "WAITING")]),
+        one("1")
+    );
     // Every state is there, zeros included, and nothing else.
     let states: Vec<_> = samples
         .iter()
         .filter(|x| x.name == "ringlink_peers_by_state")
         .collect();
     assert_eq!(states.len(), PeerState::ALL.len());
-    assert_eq!(v("ringlink_peers_by_state", &[("state", "FAILED")]), one("0"));
-    assert_eq!(v("ringlink_peers_by_speaks", &[("speaks", "candy")]), one("2"));
-    assert_eq!(v("ringlink_peers_by_speaks", &[("speaks", "ringlink")]), one("1"));
+    assert_eq!(
+        v("ringlink_peers_by_state", &[("state", "FAILED")]),
+        one("0")
+    );
+    assert_eq!(
+        v("ringlink_peers_by_speaks", &[("speaks", "candy")]),
+        one("2")
+    );
+    assert_eq!(
+        v("ringlink_peers_by_speaks", &[("speaks", "ringlink")]),
+        one("1")
+    );
     assert_eq!(v("ringlink_peers_by_path", &[("path", "direct")]), one("2"));
     assert_eq!(v("ringlink_peers_by_path", &[("path", "relay")]), one("2"));
     assert_eq!(v("ringlink_direct_attempts_total", &[]), one("7"));
@@ -333,11 +367,19 @@ fn per_peer_traffic_only_when_asked_and_escaped() {
     assert_eq!(types["ringlink_peer_traffic_bytes_total"], "counter");
     let name = "ringlink_peer_traffic_bytes_total";
     assert_eq!(
-        value_of(&samples, name, &[("peer", "10.77.0.2"), ("direction", "rx")]),
+        value_of(
+            &samples,
+            name,
+            &[("peer", "10.77.0.2"), ("direction", "rx")]
+        ),
         Some("12")
     );
     assert_eq!(
-        value_of(&samples, name, &[("peer", "a\"b\\c\nd"), ("direction", "tx")]),
+        value_of(
+            &samples,
+            name,
+            &[("peer", "a\"b\\c\nd"), ("direction", "tx")]
+        ),
         Some("21")
     );
     assert!(
@@ -361,7 +403,10 @@ fn server_text_has_members_and_frames_by_reason() {
     let text = server_text(&c).unwrap();
     let (samples, types) = parse_exposition(&text);
     assert_eq!(types["ringlink_server_members"], "gauge");
-    assert_eq!(value_of(&samples, "ringlink_server_members", &[]), Some("2"));
+    assert_eq!(
+        value_of(&samples, "ringlink_server_members", &[]),
+        Some("2")
+    );
     for d in c.described() {
         let value = d.value.to_string();
         let holders: Vec<_> = samples.iter().filter(|x| x.value == value).collect();
