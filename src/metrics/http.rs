@@ -93,7 +93,7 @@ enum Request {
     Metrics,
     NotFound,
     MethodNotAllowed,
-    BadRequest,
+    Malformed,
     TooLarge,
 }
 
@@ -115,7 +115,7 @@ fn classify(buf: &[u8]) -> Option<Request> {
         Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST => Some(Request::TooLarge),
         Ok(httparse::Status::Partial) => None,
         Err(httparse::Error::TooManyHeaders) => Some(Request::TooLarge),
-        Err(_) => Some(Request::BadRequest),
+        Err(_) => Some(Request::Malformed),
     }
 }
 
@@ -143,7 +143,7 @@ fn response(req: Request, render: &Render) -> Vec<u8> {
             "text/plain; charset=utf-8",
             "only GET\n".to_string(),
         ),
-        Request::BadRequest => (
+        Request::Malformed => (
             "400 Bad Request",
             "",
             "text/plain; charset=utf-8",
@@ -209,7 +209,7 @@ mod tests {
             (b"GET /metricsx HTTP/1.1\r\n\r\n", Some(Request::NotFound)),
             (
                 b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
-                Some(Request::BadRequest),
+                Some(Request::Malformed),
             ),
         ];
         for (head, want) in cases {

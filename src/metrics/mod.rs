@@ -288,8 +288,11 @@ const SERVER_FOLDS: &[Fold] = &[
 struct Exposition {
     registry: Registry,
     /// Folded series waiting for their family, by family name.
-    folded: BTreeMap<&'static str, (&'static Family, Vec<(Vec<String>, u64)>)>,
+    folded: BTreeMap<&'static str, (&'static Family, Samples)>,
 }
+
+/// Series of one family: label values and value.
+type Samples = Vec<(Vec<String>, u64)>;
 
 fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

@@ -3,17 +3,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::*;
 use crate::control::status::{PeerLine, RouteLine};
 
+type Labels = Vec<(String, String)>;
+
 /// One sample line, parsed.
 #[derive(Debug)]
 struct Sample {
     name: String,
-    labels: Vec<(String, String)>,
+    labels: Labels,
     value: String,
 }
 
 /// Label values as the format writes them: `\\`, `\"` and `\n` are the
 /// only escapes.
-fn parse_labels(s: &str) -> Result<(Vec<(String, String)>, &str), String> {
+fn parse_labels(s: &str) -> Result<(Labels, &str), String> {
     let mut labels = Vec::new();
     let mut rest = s;
     loop {
