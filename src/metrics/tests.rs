@@ -486,3 +486,67 @@ fn an_idle_node_still_has_its_families() {
         assert_eq!(types.get(name).map(String::as_str), Some(ty), "{name}");
     }
 }
+
+/// Every metric name the shipped Grafana dashboard queries is one this
+/// code exports (a histogram's by its `_bucket`, `_sum` or `_count`).
+#[test]
+fn the_dashboard_queries_only_exported_names() {
+    let client = Status {
+        metrics_per_peer: true,
+        peers: vec![PeerLine::default()],
+        ..Default::default()
+    };
+    let mut types = parse_exposition(&client_text(&client).unwrap()).1;
+    types.extend(parse_exposition(&server_text(&ServerCounterSnapshot::default()).unwrap()).1);
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../dist/grafana/ringlink.json")).unwrap();
+    let mut queries = Vec::new();
+    let mut stack = vec![&dashboard];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr" | "definition", serde_json::Value::String(q)) => {
+                            queries.push(q.clone())
+                        }
+                        _ => stack.push(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    assert!(queries.len() > 20, "{} queries", queries.len());
+    let mut used = HashSet::new();
+    for q in &queries {
+        let mut rest = q.as_str();
+        while let Some(i) = rest.find("ringlink_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let known = types.contains_key(&name)
+                || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                    name.strip_suffix(s)
+                        .is_some_and(|f| types.get(f).is_some_and(|t| t == "histogram"))
+                });
+            assert!(
+                known,
+                "the dashboard queries {name}, which is not exported: {q}"
+            );
+            used.insert(name);
+        }
+    }
+    for family in [
+        "ringlink_traffic_bytes_total",
+        "ringlink_peers_by_state",
+        "ringlink_time_to_direct_seconds_bucket",
+        "ringlink_server_members",
+        "ringlink_server_frames_dropped_total",
+    ] {
+        assert!(used.contains(family), "the dashboard shows {family}");
+    }
+}
