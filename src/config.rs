@@ -62,6 +62,24 @@ impl Ctx<'_> {
         })
     }
 
+    /// `metrics`: where `/metrics` is served; `""` turns it off.
+    fn metrics(
+        &self,
+        value: Option<&str>,
+        default: u16,
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        match value {
+            None => Ok(Some(SocketAddr::from((Ipv4Addr::LOCALHOST, default)))),
+            Some("") => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|_| {
+                self.err(
+                    "metrics",
+                    format!("expected ip:port like 127.0.0.1:{default}, or \"\" for no /metrics, got {v:?}"),
+                )
+            }),
+        }
+    }
+
     fn socket(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
         value.parse().map_err(|_| {
             self.err(
@@ -124,7 +142,14 @@ pub struct ServerConfig {
     pub stun_alt_address: Option<IpAddr>,
     pub routes: Vec<PushedRoute>,
     pub max_clients: usize,
+    /// Where Prometheus text is served on `/metrics`; None = off.
+    pub metrics: Option<SocketAddr>,
 }
+
+/// Default `/metrics` ports: the client's and the server's differ so both
+/// fit on one host.
+pub const CLIENT_METRICS_PORT: u16 = 9586;
+pub const SERVER_METRICS_PORT: u16 = 9587;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +165,7 @@ struct RawServer {
     #[serde(default)]
     route: Vec<RawRoute>,
     max_clients: Option<usize>,
+    metrics: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -225,6 +251,7 @@ impl ServerConfig {
         if max_clients == 0 {
             return Err(c.err("max_clients", "must be at least 1"));
         }
+        let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
         Ok(Self {
             listen,
             password: raw.password,
@@ -235,6 +262,7 @@ impl ServerConfig {
             stun_alt_address,
             routes,
             max_clients,
+            metrics,
         })
     }
 }
@@ -448,6 +476,11 @@ pub struct ClientConfig {
     pub offload: bool,
     /// Test-only: every peer timer is divided by this (1 = real timings).
     pub test_time_divisor: u32,
+    /// Where Prometheus text is served on `/metrics`; None = off.
+    pub metrics: Option<SocketAddr>,
+    /// Export per-peer traffic with a `peer` label: one series per peer,
+    /// so for small networks only.
+    pub metrics_per_peer: bool,
 }
 
 #[derive(Deserialize)]
@@ -472,6 +505,8 @@ struct RawClient {
     cipher: Option<String>,
     offload: Option<bool>,
     pin_workers: Option<bool>,
+    metrics: Option<String>,
+    metrics_per_peer: Option<bool>,
 }
 
 fn in_range(c: &Ctx, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
@@ -576,6 +611,7 @@ impl ClientConfig {
             1,
             100,
         )? as u32;
+        let metrics = c.metrics(raw.metrics.as_deref(), CLIENT_METRICS_PORT)?;
         Ok(Self {
             control_socket: raw
                 .control_socket
@@ -597,6 +633,8 @@ impl ClientConfig {
             cipher,
             offload: raw.offload.unwrap_or(true),
             pin_workers: raw.pin_workers.unwrap_or(true),
+            metrics,
+            metrics_per_peer: raw.metrics_per_peer.unwrap_or(false),
         })
     }
 }
@@ -626,6 +664,46 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn metrics_address_loopback_by_default_off_with_empty() {
+        assert_eq!(
+            server(SERVER).unwrap().metrics,
+            Some("127.0.0.1:9587".parse().unwrap())
+        );
+        let c = client(CLIENT).unwrap();
+        assert_eq!(
+            (c.metrics, c.metrics_per_peer),
+            (Some("127.0.0.1:9586".parse().unwrap()), false)
+        );
+        let c = client(&format!(
+            "{CLIENT}metrics = \"[::]:9100\"\nmetrics_per_peer = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics, Some("[::]:9100".parse().unwrap()));
+        assert!(c.metrics_per_peer);
+        assert_eq!(
+            client(&format!("{CLIENT}metrics = \"\"\n"))
+                .unwrap()
+                .metrics,
+            None
+        );
+        assert_eq!(
+            server(&format!("{SERVER}metrics = \"\"\n"))
+                .unwrap()
+                .metrics,
+            None
+        );
+        for bad in ["9586", "localhost:9586", "127.0.0.1"] {
+            let e = client(&format!("{CLIENT}metrics = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("metrics"), "{bad}: {e}");
+            assert!(e.to_string().contains("127.0.0.1:9586"), "{e}");
+            let e = server(&format!("{SERVER}metrics = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("metrics"), "{bad}: {e}");
+        }
+        let e = client(&format!("{CLIENT}metrics_per_peer = \"yes\"\n")).unwrap_err();
+        assert!(e.to_string().contains("metrics_per_peer"), "{e}");
     }
 
     #[test]

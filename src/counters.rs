@@ -1,26 +1,40 @@
 //! One way to declare event counters, for the dataplane, the server, the
 //! control node and the router: a counter is one line in a `counters!`
 //! list, and the struct, its snapshot, the sum across threads, serde
-//! (so `ringlink status --json` carries it) and the name/value listing
-//! (so the human form shows it) all follow.
+//! (so `ringlink status --json` carries it), the name/value listing
+//! (so the human form shows it) and each counter's description (the
+//! `HELP` line of `/metrics`) all follow. Every counter needs a doc
+//! comment: the macro does not accept one without.
 
-/// `counters!(plain Name { a, b, })` declares a `u64` struct owned by one
-/// thread. `counters!(atomic Live => Snapshot { a, b, })` declares relaxed
-/// atomics shared between threads plus their plain snapshot.
+/// `counters!(plain Name { ... })` declares a `u64` struct owned by one
+/// thread. `counters!(atomic Live => Snapshot { ... })` declares relaxed
+/// atomics shared between threads plus their plain snapshot. Inside the
+/// braces, each counter is its doc comment, its name and a comma.
 macro_rules! counters {
-    ($(#[$meta:meta])* plain $snap:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+    ($(#[$meta:meta])* plain $snap:ident { $($(#[doc = $doc:literal])+ $field:ident,)* }) => {
         $(#[$meta])*
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
         // A status from an older or newer client still parses.
         #[serde(default)]
         pub struct $snap {
-            $($(#[$doc])* pub $field: u64,)*
+            $($(#[doc = $doc])+ pub $field: u64,)*
         }
 
         impl $snap {
             /// Every counter with its name, in declaration order.
             pub fn fields(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$((stringify!($field), self.$field),)*].into_iter()
+            }
+
+            /// Every counter with its name and its doc comment, in
+            /// declaration order.
+            pub fn described(&self) -> impl Iterator<Item = $crate::counters::Described> {
+                [$($crate::counters::Described {
+                    name: stringify!($field),
+                    doc: concat!($($doc, "\n"),+),
+                    value: self.$field,
+                },)*]
+                .into_iter()
             }
         }
 
@@ -40,16 +54,16 @@ macro_rules! counters {
             }
         }
     };
-    ($(#[$meta:meta])* atomic $live:ident => $snap:ident { $($(#[$doc:meta])* $field:ident,)* }) => {
+    ($(#[$meta:meta])* atomic $live:ident => $snap:ident { $($(#[doc = $doc:literal])+ $field:ident,)* }) => {
         $crate::counters::counters! {
             #[doc = concat!("A plain copy of [`", stringify!($live), "`].")]
-            plain $snap { $($(#[$doc])* $field,)* }
+            plain $snap { $($(#[doc = $doc])+ $field,)* }
         }
 
         $(#[$meta])*
         #[derive(Debug, Default)]
         pub struct $live {
-            $($(#[$doc])* pub $field: std::sync::atomic::AtomicU64,)*
+            $($(#[doc = $doc])+ pub $field: std::sync::atomic::AtomicU64,)*
         }
 
         impl $live {
@@ -74,12 +88,30 @@ macro_rules! counters {
 
 pub(crate) use counters;
 
+/// One counter as its `counters!` list declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    pub name: &'static str,
+    /// The doc comment as written, lines joined with newlines.
+    pub doc: &'static str,
+    pub value: u64,
+}
+
+impl Described {
+    /// The doc comment as one line (what a `HELP` line can hold).
+    pub fn help(&self) -> String {
+        self.doc.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     counters! {
         atomic Live => Snap {
-            /// Documented.
+            /// Documented,
+            /// over two lines.
             a,
+            /// B.
             b,
         }
     }
@@ -97,5 +129,16 @@ mod tests {
         assert_eq!(json, r#"{"a":6,"b":10}"#);
         let back: Snap = serde_json::from_str(r#"{"b":1}"#).unwrap();
         assert_eq!(back, Snap { a: 0, b: 1 });
+        let described: Vec<_> = total
+            .described()
+            .map(|d| (d.name, d.help(), d.value))
+            .collect();
+        assert_eq!(
+            described,
+            [
+                ("a", "Documented, over two lines.".to_string(), 6),
+                ("b", "B.".to_string(), 10)
+            ]
+        );
     }
 }

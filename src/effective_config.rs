@@ -28,6 +28,11 @@ fn int(v: impl Into<i64>) -> Value {
     Value::Integer(v.into())
 }
 
+/// "" is how the file turns `/metrics` off.
+fn metrics_value(addr: &Option<std::net::SocketAddr>) -> Value {
+    addr.map_or(string(""), string)
+}
+
 /// A comment naming the optional keys left unset and
 /// what that means (TOML has no null to print them with), then the TOML.
 fn render(file: &str, table: Table, unset: &[(&str, &str)]) -> String {
@@ -51,6 +56,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         stun_alt_address,
         routes,
         max_clients,
+        metrics,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -80,6 +86,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         "max_clients".into(),
         int(i64::try_from(*max_clients).unwrap_or(i64::MAX)),
     );
+    t.insert("metrics".into(), metrics_value(metrics));
     let route_table = |r: &PushedRoute| {
         let PushedRoute {
             dst,
@@ -121,6 +128,8 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         pin_workers,
         offload,
         test_time_divisor,
+        metrics,
+        metrics_per_peer,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -179,6 +188,8 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("pin_workers".into(), Value::Boolean(*pin_workers));
     t.insert("offload".into(), Value::Boolean(*offload));
     t.insert("test_time_divisor".into(), int(*test_time_divisor));
+    t.insert("metrics".into(), metrics_value(metrics));
+    t.insert("metrics_per_peer".into(), Value::Boolean(*metrics_per_peer));
     render(file, t, &unset)
 }
 
@@ -200,6 +211,7 @@ mod tests {
         let out = server_toml("server.toml", &cfg);
         assert!(out.contains("stun = \"10.91.0.1:3478\""), "{out}");
         assert!(out.contains("max_clients = 4096"), "{out}");
+        assert!(out.contains("metrics = \"127.0.0.1:9587\""), "{out}");
         assert!(out.contains("for = \"10.77.0.0/24\""), "{out}");
         assert!(out.contains("# tls_cert, tls_key: not set"), "{out}");
         assert!(!out.contains("s3cret"), "password leaked: {out}");
@@ -224,6 +236,8 @@ mod tests {
             "control_socket = \"/run/ringlink/rl0.sock\"",
             "cipher = \"aes-256-gcm\"",
             "offload = true",
+            "metrics = \"127.0.0.1:9586\"",
+            "metrics_per_peer = false",
             "# address: not set",
         ] {
             assert!(
@@ -240,7 +254,7 @@ mod tests {
 
     #[test]
     fn client_settings_round_trip() {
-        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\n";
+        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\n";
         let cfg = ClientConfig::parse("client.toml", text).unwrap();
         let out = client_toml("client.toml", &cfg);
         assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");

@@ -9,6 +9,7 @@ mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod effective_config;
+pub mod metrics;
 pub mod nat;
 pub mod peer;
 pub mod proto;

@@ -25,7 +25,8 @@ enum Command {
     /// peer introductions, subnet routes, STUN responder.
     Server {
         /// Path to server.toml (keys: listen, password, pool, tls_cert,
-        /// tls_key, stun, max_clients, [[route]]).
+        /// tls_key, stun, stun_alt_port, stun_alt_address, max_clients,
+        /// metrics, [[route]]).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -38,7 +39,8 @@ enum Command {
     Client {
         /// Path to client.toml (keys: server, password, tun, address, mtu,
         /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
-        /// control_socket, lan_address).
+        /// control_socket, lan_address, cipher, mss_clamp, offload,
+        /// pin_workers, metrics, metrics_per_peer).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -57,6 +59,16 @@ enum Command {
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a running client's metrics as Prometheus text: the same text
+    /// its /metrics serves, e.g. for node-exporter's textfile collector.
+    Metrics {
+        /// The client's control socket (default /run/ringlink/<tun>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Interface name used to find the default socket.
+        #[arg(long, default_value = "rl0")]
+        tun: String,
     },
     /// Build a demo network in namespaces (a server and two sites), run the
     /// real binaries, show ping and throughput through the tunnel, clean up.
@@ -170,6 +182,22 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ringlink status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Metrics { socket, tun } => {
+            let path = socket.unwrap_or_else(|| default_control_socket(&tun));
+            let text = ringlink::control::status::query(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|s| ringlink::metrics::client_text(&s).map_err(|e| e.to_string()));
+            match text {
+                Ok(t) => {
+                    print!("{t}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ringlink metrics: {e}");
                     ExitCode::FAILURE
                 }
             }

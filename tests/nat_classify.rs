@@ -36,6 +36,7 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         stun_alt_address: alt_address.map(|a| a.parse().unwrap()),
         routes: vec![],
         max_clients: 8,
+        metrics: None,
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());

@@ -45,6 +45,7 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         stun_alt_address: None,
         routes,
         max_clients: 64,
+        metrics: None,
     }
 }
 
@@ -236,6 +237,70 @@ async fn static_auth_then_unicast_and_broadcast_relay() {
     assert_eq!(recv(&mut a).await, d);
     assert_eq!(recv(&mut c).await, d);
     sync(&mut b, ip("10.77.0.11")).await;
+}
+
+/// One scrape of `/metrics`: the status line and the body.
+async fn scrape(addr: SocketAddr) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    timeout(WAIT, c.read_to_string(&mut out))
+        .await
+        .expect("scrape answered in time")
+        .unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[tokio::test]
+async fn metrics_show_members_and_forwarded_frames() {
+    let mut cfg = config(vec![]);
+    cfg.metrics = Some("127.0.0.1:0".parse().unwrap());
+    let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
+    let metrics = server.metrics_addr().expect("metrics bound");
+    let addr = server.local_addr();
+    let stop = server.shutdown_handle();
+    tokio::spawn(server.run());
+    let (status, body) = scrape(metrics).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("\nringlink_server_members 0\n"), "{body}");
+
+    let mut a = join(addr, "10.77.0.10", Some(0)).await;
+    let mut b = join(addr, "10.77.0.11", Some(1)).await;
+    let f = forward("10.77.0.10", "10.77.0.11", b"hello b");
+    send(&mut a, f.clone()).await;
+    assert_eq!(recv(&mut b).await, f);
+    send(&mut a, forward("10.77.0.10", "10.77.0.99", b"lost")).await;
+    sync(&mut a, ip("10.77.0.10")).await;
+    let (_, body) = scrape(metrics).await;
+    for line in [
+        "ringlink_server_members 2",
+        "ringlink_server_auth_ok_total 2",
+        "ringlink_server_frames_forwarded_total{kind=\"unicast\"} 1",
+        "ringlink_server_frames_dropped_total{reason=\"no_route\"} 1",
+        "# TYPE ringlink_server_members gauge",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} in:\n{body}");
+    }
+    let (status, _) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = TcpStream::connect(metrics).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        timeout(WAIT, c.read_to_string(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        (out.lines().next().unwrap_or("").to_string(), out)
+    };
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    stop.shutdown();
 }
 
 #[tokio::test]

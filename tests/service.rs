@@ -135,6 +135,7 @@ fn generate_writes_man_pages_for_the_visible_commands() {
         "ringlink-server.1",
         "ringlink-client.1",
         "ringlink-status.1",
+        "ringlink-metrics.1",
     ] {
         let body = std::fs::read_to_string(dir.0.join(page)).unwrap_or_default();
         assert!(body.contains(".TH "), "{page}: {body:.80}");

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
+use crate::metrics;
 use crate::peer::{PeerConfig, Timers};
 use crate::proto::Ipv4Cidr;
 use crate::route::RouteConfig;
@@ -192,12 +193,24 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
         server: cfg.server.to_url(),
+        metrics_per_peer: cfg.metrics_per_peer,
         ..Default::default()
     }));
     let status_task = tokio::task::spawn_local(status::serve(cfg.control_socket.clone(), {
         let status = status.clone();
         move || status.lock().map(|s| s.clone()).unwrap_or_default()
     }));
+    let metrics_task = match cfg.metrics {
+        Some(addr) => metrics::http::bind(addr, "client").await.map(|listener| {
+            let status = status.clone();
+            let render: metrics::http::Render = Arc::new(move || {
+                let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+                metrics::client_text(&s)
+            });
+            tokio::spawn(metrics::http::serve(listener, render))
+        }),
+        None => None,
+    };
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (to_server, outgoing) = mpsc::channel(RELAY_QUEUE);
     let (tun_tx, tun_rx) = watch::channel(None);
@@ -316,7 +329,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                 }
                 _ = status_tick.tick() => {
                     control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
+                    control.relay_tx_bytes = link_counters.relay_tx_bytes.load(Ordering::Relaxed);
                     control.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
+                    control.relay_rx_bytes = link_counters.relay_rx_bytes.load(Ordering::Relaxed);
                     let dataplane = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
                     let (peers, routes) = node.as_ref().map(|n| n.node.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {
@@ -342,7 +357,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
     };
     link.abort();
     status_task.abort();
-    if let Some(t) = nat_task {
+    for t in [nat_task, metrics_task].into_iter().flatten() {
         t.abort();
     }
     tun_tx.send_replace(None);

@@ -18,12 +18,22 @@ pub fn compile(
     direct: HashMap<Ipv4Addr, PeerEntry>,
 ) -> Snapshot {
     let peer = |n: Ipv4Addr| direct.get(&n).cloned();
-    let tun_hop = |r: TunRoute| TunHop {
-        wrap_for: r.wrap_for,
-        peer: match r.hop {
-            NextHop::Peer(n) => peer(n),
-            NextHop::Relay => None,
-        },
+    // `d` is the packet's destination; the node it is for is the gateway
+    // when the packet is wrapped, else `d` itself.
+    let tun_hop = |d: Ipv4Addr, r: TunRoute| {
+        let (peer, via) = match r.hop {
+            NextHop::Peer(n) => {
+                let p = peer(n);
+                let via = p.is_some() && n != r.wrap_for.unwrap_or(d);
+                (p, via)
+            }
+            NextHop::Relay => (None, false),
+        };
+        TunHop {
+            wrap_for: r.wrap_for,
+            peer,
+            via,
+        }
     };
     let mut tun = HashMap::new();
     let mut forward = HashMap::new();
@@ -31,7 +41,7 @@ pub fn compile(
         tun.insert(b, TunHop::RELAY);
     }
     for d in rule.destinations() {
-        let hop = tun_hop(rule.tun_route(d));
+        let hop = tun_hop(d, rule.tun_route(d));
         if hop != TunHop::RELAY {
             tun.insert(d, hop);
         }
@@ -44,7 +54,7 @@ pub fn compile(
         .map(|(r, decision)| SubnetHop {
             net: r.dst,
             mask: r.mask,
-            hop: tun_hop(decision),
+            hop: tun_hop(r.dst, decision),
         })
         .collect();
     Snapshot {
@@ -109,20 +119,33 @@ mod tests {
         ]);
         for a in addrs {
             let r = rule.tun_route(a);
-            let want = TunHop {
-                wrap_for: r.wrap_for,
-                peer: match r.hop {
-                    NextHop::Peer(n) => direct.get(&n).cloned(),
-                    NextHop::Relay => None,
-                },
+            let got = snap.route_tun(a);
+            assert_eq!(got.wrap_for, r.wrap_for, "tun {a}");
+            let want_peer = match r.hop {
+                NextHop::Peer(n) => direct.get(&n).cloned(),
+                NextHop::Relay => None,
             };
-            assert_eq!(snap.route_tun(a), &want, "tun {a}");
+            assert_eq!(got.peer, want_peer, "tun {a}");
             let fwd = rule.relay_lookup(a).and_then(|n| direct.get(&n));
             assert_eq!(snap.forward_hop(a), fwd, "forward {a}");
         }
         // The cases the rule is about, spelled out.
         let peer_of = |a: Ipv4Addr| snap.route_tun(a).peer.as_ref().map(|p| p.endpoint);
         assert_eq!(peer_of(ip(3)), Some(entry(2).endpoint), "via a peer");
+        // What the traffic counters call "via": the peer is not the node
+        // the packet is for (the destination, or the gateway it is wrapped for).
+        let via = |a: Ipv4Addr| snap.route_tun(a).via;
+        assert!(!via(ip(2)) && !via(ip(4)), "direct peers");
+        assert!(!via(ip(65)), "a subnet behind direct 4");
+        assert!(via(Ipv4Addr::new(172, 16, 2, 9)), "3's subnet through 2");
+        // The default subnet route wraps every other VIP for gateway 2.
+        assert!(!via(ip(3)) && !via(ip(5)), "wrapped for direct 2");
+        let plain = NextHopTable::new([(ip(3), ip(2))], [ip(2)]).with_own_vip(ip(1));
+        let snap_plain = compile(1, ip(1), &plain, direct.clone());
+        assert!(snap_plain.route_tun(ip(3)).via, "3 through 2");
+        assert!(!snap_plain.route_tun(ip(2)).via, "2 itself");
+        let multicast = Ipv4Addr::new(224, 0, 0, 251);
+        assert!(!via(ip(255)) && !via(multicast), "the relay is never via");
         // 5's hop is not direct, so the default route behind 2 catches it.
         assert_eq!(snap.forward_hop(ip(5)), None, "hop not direct");
         assert_eq!(snap.route_tun(ip(5)).wrap_for, Some(ip(2)));

@@ -26,7 +26,7 @@ use super::{ClientError, LinkLost};
 use crate::config::ClientConfig;
 use crate::dataplane::TunWriter;
 use crate::proto::sdwan::decapsulate;
-use crate::proto::ws::{encode_keepalive, WsMessage};
+use crate::proto::ws::{self, encode_keepalive, WsMessage};
 use crate::proto::{ipv4, Ipv4Cidr};
 
 /// Self-addressed GENERAL every so often: Cacao drops connections idle for
@@ -71,11 +71,14 @@ pub struct Link {
     pub counters: Arc<LinkCounters>,
 }
 
-/// Relay traffic through the server, for `ringlink status`.
+/// Relay traffic through the server (FORWARD frames and the bytes of the
+/// packets in them), for `ringlink status`.
 #[derive(Debug, Default)]
 pub struct LinkCounters {
     pub relay_tx: AtomicU64,
+    pub relay_tx_bytes: AtomicU64,
     pub relay_rx: AtomicU64,
+    pub relay_rx_bytes: AtomicU64,
 }
 
 impl Link {
@@ -164,6 +167,9 @@ impl Link {
                 match WsMessage::decode(&frame) {
                     Ok(WsMessage::Forward(packet)) => {
                         counters.relay_rx.fetch_add(1, Ordering::Relaxed);
+                        counters
+                            .relay_rx_bytes
+                            .fetch_add(packet.len() as u64, Ordering::Relaxed);
                         deliver(&tun, packet);
                         if let Ok((src, _)) = ipv4::addrs(packet) {
                             let now = Instant::now();
@@ -199,7 +205,14 @@ impl Link {
                         let Some(first) = first else { return LinkLost::Stopping };
                         let mut next = Some(first);
                         let mut n = 0;
+                        // The queue carries the node's control frames too;
+                        // only FORWARDs are relay traffic.
+                        let (mut forwards, mut forward_bytes) = (0u64, 0u64);
                         while let Some(frame) = next.take() {
+                            if frame.first() == Some(&ws::ty::FORWARD) {
+                                forwards += 1;
+                                forward_bytes += frame.len() as u64 - 1;
+                            }
                             if let Err(e) = sink.feed(Message::Binary(frame)).await {
                                 return e.into();
                             }
@@ -211,7 +224,8 @@ impl Link {
                         if let Err(e) = sink.flush().await {
                             return e.into();
                         }
-                        counters.relay_tx.fetch_add(n as u64, Ordering::Relaxed);
+                        counters.relay_tx.fetch_add(forwards, Ordering::Relaxed);
+                        counters.relay_tx_bytes.fetch_add(forward_bytes, Ordering::Relaxed);
                     }
                     _ = keepalive.tick() => {
                         if let Err(e) = sink.send(Message::Binary(encode_keepalive(own))).await {

@@ -19,9 +19,14 @@ use crate::route::RouteStats;
 counters! {
     /// The control loop's own counters.
     plain ControlCounters {
-        /// FORWARD frames to and from the server.
+        /// FORWARD frames (packets) sent to the server for the relay.
         relay_tx_frames,
+        /// Bytes of those packets (with any subnet pseudo-header).
+        relay_tx_bytes,
+        /// FORWARD frames (packets) the server relayed to this node.
         relay_rx_frames,
+        /// Bytes of those packets (with any subnet pseudo-header).
+        relay_rx_bytes,
         /// Packets for the relay dropped because the server queue was full.
         relay_dropped,
         /// Control datagrams (heartbeats, STUN, probes) the kernel refused.
@@ -88,6 +93,10 @@ pub struct Status {
     pub router: RouteStats,
     pub peers: Vec<PeerLine>,
     pub routes: Vec<RouteLine>,
+    /// The client's `metrics_per_peer`: its metrics text (`/metrics` and
+    /// `ringlink metrics`, both made from this document) has per-peer series.
+    #[serde(default)]
+    pub metrics_per_peer: bool,
 }
 
 /// Filled in by the control loop; read when someone asks.

@@ -17,6 +17,7 @@ counters! {
     atomic Counters => CounterSnapshot {
     /// Packets read from the TUN queue (before classification).
     tun_rx_packets,
+    /// Bytes read from the TUN queue.
     tun_rx_bytes,
     /// Packets handed to the control thread (relay, peer and STUN upcalls).
     upcalls,
@@ -25,9 +26,11 @@ counters! {
     /// Dropped because they were not IPv4 or shorter than a header (read
     /// from TUN, or found inside a FORWARD).
     dropped_malformed,
-    /// Packets written into the TUN device, and bytes (a coalesced write
-    /// counts its headers once).
+    /// Packets written into the TUN device (a coalesced write counts each
+    /// packet it carried).
     tun_written,
+    /// Bytes written into the TUN device (a coalesced write counts its
+    /// headers once).
     tun_written_bytes,
     /// Writes into the TUN device that failed or were refused.
     tun_write_errors,
@@ -35,10 +38,34 @@ counters! {
     read_rearms,
     /// Datagrams received on the UDP socket.
     udp_rx_packets,
+    /// Bytes of the datagrams received on the UDP socket.
     udp_rx_bytes,
     /// Datagrams the kernel accepted for sending (direct and forwarded).
     udp_tx_packets,
+    /// Bytes of the datagrams the kernel accepted for sending.
     udp_tx_bytes,
+    /// Packets from TUN sent over UDP to the node they are for (the
+    /// destination itself, or the gateway of its subnet).
+    direct_tx_packets,
+    /// Bytes of those packets (with any subnet pseudo-header, without the
+    /// UDP envelope).
+    direct_tx_bytes,
+    /// Packets from TUN sent over UDP to a peer that passes them on to the
+    /// node they are for (a latency route through another node).
+    via_tx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    via_tx_bytes,
+    /// Packets from UDP delivered to TUN that came straight from the node
+    /// that sent them (its direct path's endpoint).
+    direct_rx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    direct_rx_bytes,
+    /// Packets from UDP delivered to TUN that came from any other endpoint:
+    /// passed on by another node, or from a node whose direct path this
+    /// node does not know (yet).
+    via_rx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    via_rx_bytes,
     /// Datagrams that failed authentication or were shorter than the
     /// envelope.
     decrypt_failed,
@@ -57,15 +84,15 @@ counters! {
     send_errors,
     /// Times the multishot recvmsg ended and was re-armed.
     recv_rearms,
-    /// TSO/USO super-packets read from TUN, and the packets they were
-    /// split into.
+    /// TSO/USO super-packets read from TUN.
     tun_gso_packets,
+    /// The packets those super-packets were split into.
     tun_gso_segments,
     /// Receives that were a GRO run of several datagrams.
     udp_gro_receives,
-    /// TUN writes that were coalesced TCP super-packets, and the packets
-    /// they carried.
+    /// TUN writes that were coalesced TCP super-packets.
     tun_coalesced_writes,
+    /// The packets those coalesced writes carried.
     tun_coalesced_packets,
     }
 }

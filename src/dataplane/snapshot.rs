@@ -131,6 +131,9 @@ pub struct TunHop {
     pub wrap_for: Option<Ipv4Addr>,
     /// The peer for a direct UDP send, `None` for the relay.
     pub peer: Option<PeerEntry>,
+    /// `peer` passes the packet on to the node it is for (a latency route
+    /// through another node): what the traffic counters call "via".
+    pub via: bool,
 }
 
 impl TunHop {
@@ -138,6 +141,7 @@ impl TunHop {
     pub const RELAY: TunHop = TunHop {
         wrap_for: None,
         peer: None,
+        via: false,
     };
 }
 
@@ -186,6 +190,7 @@ impl Snapshot {
         let hop = TunHop {
             wrap_for: None,
             peer: Some(entry.clone()),
+            via: false,
         };
         self.tun.insert(vip, hop);
         if vip != self.own_vip {
@@ -244,6 +249,7 @@ mod tests {
         let via_gateway = TunHop {
             wrap_for: Some(ip(2)),
             peer: Some(entry(2)),
+            via: false,
         };
         s.subnets.push(SubnetHop {
             net: Ipv4Addr::new(172, 16, 2, 0),
@@ -256,6 +262,7 @@ mod tests {
             hop: TunHop {
                 wrap_for: Some(ip(6)),
                 peer: None,
+                via: false,
             },
         });
         s

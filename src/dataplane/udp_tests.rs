@@ -121,17 +121,18 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
     };
     snap.add_direct_peer(PEER, peer_entry.clone());
     // BEYOND is reached through PEER, as a latency route compiles.
-    let via_peer = |wrap_for| TunHop {
+    let through_peer = |wrap_for, via| TunHop {
         wrap_for,
         peer: Some(peer_entry.clone()),
+        via,
     };
-    snap.tun.insert(BEYOND, via_peer(None));
+    snap.tun.insert(BEYOND, through_peer(None, true));
     snap.forward.insert(BEYOND, peer_entry.clone());
     let mask = Ipv4Addr::new(255, 255, 255, 0);
     snap.subnets.push(SubnetHop {
         net: Ipv4Addr::new(172, 16, 5, 0),
         mask,
-        hop: via_peer(Some(PEER)),
+        hop: through_peer(Some(PEER), false),
     });
     snap.subnets.push(SubnetHop {
         net: Ipv4Addr::new(172, 16, 6, 0),
@@ -139,6 +140,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
         hop: TunHop {
             wrap_for: Some(UNKNOWN),
             peer: None,
+            via: false,
         },
     });
     dp.snapshot().publish(snap);
@@ -251,6 +253,8 @@ fn tun_packet_for_a_direct_peer_goes_out_sealed_and_recycles() {
     assert_eq!(c.upcalls + c.send_errors + c.dropped_malformed, 0);
     let pc = h.peer_counters.snapshot();
     assert_eq!(pc.tx_packets, 64);
+    assert_eq!((c.direct_tx_packets, c.direct_tx_bytes), (64, pc.tx_bytes));
+    assert_eq!(c.via_tx_packets, 0);
     assert!(h.rx.is_empty());
     h.dp.shutdown().unwrap();
 }
@@ -274,6 +278,11 @@ fn latency_route_and_subnet_route_pick_the_direct_hop() {
     assert_eq!(&got[21..], &lan[..]);
     let pc = h.peer_counters.snapshot();
     assert_eq!((pc.tx_packets, pc.tx_bytes), (2, 100 + 20 + 80));
+    // Through PEER to BEYOND is "via"; to PEER's own LAN is direct.
+    wait_for("send completions", || h.dp.counters().udp_tx_packets == 2);
+    let c = h.dp.counters();
+    assert_eq!((c.via_tx_packets, c.via_tx_bytes), (1, 100));
+    assert_eq!((c.direct_tx_packets, c.direct_tx_bytes), (1, 20 + 80));
     h.dp.shutdown().unwrap();
 }
 
@@ -338,7 +347,20 @@ fn forward_for_us_is_written_to_tun() {
     let c = h.dp.counters();
     assert_eq!(c.udp_rx_packets, 42);
     assert_eq!(c.decrypt_failed + c.tun_write_errors, 0);
-    assert_eq!(h.peer_counters.snapshot().rx_packets, 42);
+    let pc = h.peer_counters.snapshot();
+    assert_eq!(pc.rx_packets, 42);
+    assert_eq!((c.direct_rx_packets, c.direct_rx_bytes), (42, pc.rx_bytes));
+    assert_eq!(c.via_rx_packets, 0);
+    // From BEYOND, which has no direct path here, passed on by PEER.
+    let p = ipv4(BEYOND, OWN, 70, 100);
+    h.peer_send(&forward(&p));
+    assert_eq!(h.tun_recv(), p);
+    wait_for("tun write completions", || {
+        h.dp.counters().tun_written == 43
+    });
+    let c = h.dp.counters();
+    assert_eq!((c.via_rx_packets, c.via_rx_bytes), (1, 70));
+    assert_eq!(c.direct_rx_packets, 42);
     assert!(h.rx.is_empty());
     h.dp.shutdown().unwrap();
 }

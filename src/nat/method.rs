@@ -165,6 +165,19 @@ pub fn choose(mine: PeerNat, peer: PeerNat) -> Method {
     }
 }
 
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Method::ReverseConnect { .. } => "reverse connect",
+            Method::SimultaneousOpen => "simultaneous open",
+            Method::PortPrediction { .. } => "port prediction",
+            Method::Birthday { .. } => "birthday",
+            Method::PredictionAndBirthday { .. } => "prediction + birthday",
+            Method::Relay => "relay",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,18 +375,5 @@ mod tests {
                 reachable: Side::Peer
             }
         );
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Method::ReverseConnect { .. } => "reverse connect",
-            Method::SimultaneousOpen => "simultaneous open",
-            Method::PortPrediction { .. } => "port prediction",
-            Method::Birthday { .. } => "birthday",
-            Method::PredictionAndBirthday { .. } => "prediction + birthday",
-            Method::Relay => "relay",
-        })
     }
 }

@@ -61,6 +61,7 @@ counters! {
         delays_ignored,
         /// ROUTE advertisements and withdrawals sent.
         routes_sent,
+        /// ROUTE advertisements and withdrawals taken into the table.
         routes_applied,
         /// ROUTEs whose next hop is not CONNECTED, that name us, or that did
         /// not fit the table.

@@ -22,11 +22,18 @@ counters! {
     auth_ok,
     /// Older sessions closed because the same vmac re-authenticated.
     evicted_reconnect,
+    /// Logins (AUTH or an address request) refused for a wrong password.
     refused_bad_hash,
+    /// Logins refused because their timestamp was too far from the
+    /// server's clock.
     refused_stale_timestamp,
+    /// Logins refused for asking an address outside the pool.
     refused_outside_pool,
+    /// Logins refused for asking an address another live session holds.
     refused_address_in_use,
+    /// Logins refused because the pool had no free address left.
     refused_pool_exhausted,
+    /// A second AUTH on a session that has already authenticated.
     refused_second_auth,
     /// Relay messages sent before AUTH.
     refused_unauthenticated,
@@ -34,29 +41,39 @@ counters! {
     refused_malformed,
     /// Frames over `MAX_FRAME`, whether tungstenite or we caught them.
     refused_oversize,
+    /// Connections closed for not authenticating in time.
     timeout_auth,
+    /// Sessions closed after a silence longer than the idle timeout.
     timeout_idle,
+    /// Sessions closed because their socket accepted nothing for too long.
     write_stalls,
     /// Binary frames received.
     frames_in,
+    /// Text frames received and ignored.
     text_ignored,
     /// Frames of a type the server does not handle (7–254, or ROUTE from a client).
     unknown_ignored,
+    /// FORWARDs relayed to one client.
     forward_unicast,
     /// FORWARD broadcasts (counted once per frame, not per recipient).
     forward_broadcast,
+    /// FORWARDs dropped because no client holds their destination.
     forward_no_route,
     /// FORWARDs whose source is neither the sender's VIP nor a subnet it routes.
     forward_spoofed,
     /// UDP4CONN, DISCOVERY and GENERAL frames relayed (unicast or broadcast).
     control_relayed,
+    /// Control frames dropped because their source is not the sender's VIP.
     control_spoofed,
+    /// Control frames dropped because no client holds their destination.
     control_no_route,
     /// Frames dropped because the receiving session's send queue was full.
     queue_full,
+    /// EXPTTUN requests answered.
     expttun_granted,
     /// ROUTE frames pushed after AUTH.
     routes_pushed,
+    /// STUN binding requests answered.
     stun_answered,
     /// Datagrams on the STUN port that are not binding requests we can answer.
     stun_ignored,

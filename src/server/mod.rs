@@ -107,6 +107,8 @@ pub struct Server {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     stun: Option<stun::Responder>,
+    /// The `/metrics` listener, when configured and bound.
+    metrics: Option<TcpListener>,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: ShutdownHandle,
@@ -140,6 +142,10 @@ impl Server {
                 Some(stun::Responder::bind(addr, cfg.stun_alt_port, cfg.stun_alt_address).await?)
             }
         };
+        let metrics = match cfg.metrics {
+            Some(addr) => crate::metrics::http::bind(addr, "server").await,
+            None => None,
+        };
         // acquire_many takes a u32; more connections than that is not a
         // limit anyone means.
         let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
@@ -160,6 +166,7 @@ impl Server {
             tcp,
             tls,
             stun,
+            metrics,
             local_addr,
             shared,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
@@ -186,6 +193,11 @@ impl Server {
             let l = s.layout();
             l.roles().into_iter().map(|r| l.addr(r)).collect()
         })
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn is_tls(&self) -> bool {
@@ -222,6 +234,12 @@ impl Server {
         if stun_task.is_none() {
             info!("STUN responder disabled");
         }
+        let metrics_task = self.metrics.map(|listener| {
+            let counters = self.shared.counters.clone();
+            let render: crate::metrics::http::Render =
+                Arc::new(move || crate::metrics::server_text(&counters.snapshot()));
+            tokio::spawn(crate::metrics::http::serve(listener, render))
+        });
         listener::accept_loop(
             self.tcp,
             self.tls,
@@ -241,6 +259,9 @@ impl Server {
         }
         if let Some(t) = stun_task {
             let _ = t.await;
+        }
+        if let Some(t) = metrics_task {
+            t.abort();
         }
         info!("server stopped");
         Ok(())

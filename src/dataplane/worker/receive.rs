@@ -184,8 +184,17 @@ impl Receive<'_, '_, '_> {
         let bytes = plain.len().saturating_sub(1);
         match frame::inbound(self.snap, plain) {
             Inbound::Deliver { packet, src } => {
-                if let Some(peer) = self.snap.direct.get(&src) {
+                let peer = self.snap.direct.get(&src);
+                if let Some(peer) = peer {
                     self.tally.rx(&peer.counters, bytes);
+                }
+                // Straight from its sender's own path, or passed on.
+                if peer.is_some_and(|p| p.endpoint == from) {
+                    b.direct_rx_packets += 1;
+                    b.direct_rx_bytes += bytes as u64;
+                } else {
+                    b.via_rx_packets += 1;
+                    b.via_rx_bytes += bytes as u64;
                 }
                 self.deliver(plain_at + packet.start..plain_at + packet.end);
             }

@@ -157,6 +157,13 @@ impl Core {
         self.tun_refs[usize::from(bid)] = queued;
         let payload = all.len() - segs.count * FORWARD_OVERHEAD;
         tally.tx(&peer.counters, segs.count, payload);
+        let (packets, bytes) = if hop.via {
+            (&mut b.via_tx_packets, &mut b.via_tx_bytes)
+        } else {
+            (&mut b.direct_tx_packets, &mut b.direct_tx_bytes)
+        };
+        *packets += segs.count as u64;
+        *bytes += payload as u64;
         queued > 0
     }
 }
