@@ -474,6 +474,58 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
             s.peers.iter().map(|p| p.speaks.as_str()),
         ),
     )?;
+    // The method labels are the method table's outcomes (`nat::Method`'s
+    // names), plus "none" for Candy peers and attempts not yet chosen.
+    let method = |p: &crate::control::status::PeerLine| match p.method.as_deref() {
+        Some("simultaneous open") => "simultaneous_open",
+        Some("port prediction") => "port_prediction",
+        Some("birthday") => "birthday",
+        Some("prediction + birthday") => "prediction_and_birthday",
+        Some("reverse connect") => "reverse_connect",
+        Some("relay") => "relay",
+        _ => "none",
+    };
+    const METHODS: [&str; 7] = [
+        "simultaneous_open",
+        "port_prediction",
+        "birthday",
+        "prediction_and_birthday",
+        "reverse_connect",
+        "relay",
+        "none",
+    ];
+    e.family(
+        &Family {
+            name: "ringlink_peers_by_method",
+            help: "Peers by the traversal method of their current or last attempt.",
+            kind: Kind::Gauge,
+            labels: &["method"],
+        },
+        tally(&METHODS, s.peers.iter().map(method)),
+    )?;
+    e.family(
+        &Family {
+            name: "ringlink_direct_peers_by_method",
+            help: "Peers on a direct path, by the method that made it.",
+            kind: Kind::Gauge,
+            labels: &["method"],
+        },
+        tally(
+            &METHODS,
+            s.peers.iter().filter(|p| p.path == "direct").map(method),
+        ),
+    )?;
+    if let Some(nat) = s.nat.as_deref() {
+        e.family(
+            &Family {
+                name: "ringlink_nat_info",
+                help: "This node's NAT as its published classification names it (always 1).",
+                kind: Kind::Gauge,
+                labels: &["nat"],
+            },
+            vec![(vec![nat], 1)],
+        )?;
+    }
     // Peers are never forgotten while the node runs, so the sum only grows.
     e.counter(
         "ringlink_direct_attempts_total",

@@ -550,3 +550,74 @@ fn the_dashboard_queries_only_exported_names() {
         assert!(used.contains(family), "the dashboard shows {family}");
     }
 }
+
+#[test]
+fn every_method_has_its_own_label_and_direct_ones_are_counted() {
+    use crate::nat::{Method, Predicted, Side};
+    let methods = [
+        Method::SimultaneousOpen,
+        Method::PortPrediction {
+            predicted: Predicted::Peer,
+        },
+        Method::Birthday {
+            symmetric: Side::Mine,
+        },
+        Method::PredictionAndBirthday {
+            sequential: Side::Peer,
+        },
+        Method::ReverseConnect {
+            reachable: Side::Mine,
+        },
+        Method::Relay,
+    ];
+    let peers: Vec<PeerLine> = methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| PeerLine {
+            vip: format!("10.77.0.{}", i + 2),
+            method: Some(m.to_string()),
+            path: if i == 1 { "direct" } else { "relay" }.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let status = Status {
+        peers,
+        nat: Some("cone/port-restricted".into()),
+        ..Default::default()
+    };
+    let (samples, _) = parse_exposition(&client_text(&status).unwrap());
+    for label in [
+        "simultaneous_open",
+        "port_prediction",
+        "birthday",
+        "prediction_and_birthday",
+        "reverse_connect",
+        "relay",
+    ] {
+        assert_eq!(
+            value_of(&samples, "ringlink_peers_by_method", &[("method", label)]),
+            Some("1"),
+            "{label}"
+        );
+    }
+    assert_eq!(
+        value_of(&samples, "ringlink_peers_by_method", &[("method", "none")]),
+        Some("0")
+    );
+    assert_eq!(
+        value_of(
+            &samples,
+            "ringlink_direct_peers_by_method",
+            &[("method", "port_prediction")]
+        ),
+        Some("1")
+    );
+    assert_eq!(
+        value_of(
+            &samples,
+            "ringlink_nat_info",
+            &[("nat", "cone/port-restricted")]
+        ),
+        Some("1")
+    );
+}
