@@ -4,7 +4,7 @@
 //! it expects; `main` turns it into exit code 2.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -462,6 +462,11 @@ pub struct ClientConfig {
     pub control_socket: PathBuf,
     /// LAN candidate address announced to peers (Candy's `localhost`).
     pub lan_address: Option<Ipv4Addr>,
+    /// A public `ip:port` that reaches this node's UDP port whoever sends
+    /// (a port forward on the gateway in front of it): announced to peers
+    /// instead of the STUN mapping, and marks this node reachable, so
+    /// peers behind any NAT, symmetric ones included, open the path to it.
+    pub public_endpoint: Option<SocketAddrV4>,
     /// Clamp the MSS of TCP SYNs entering the tunnel to fit its MTU.
     pub mss_clamp: bool,
     /// Network-wide peer cipher; AES-256-GCM is the only one Candy speaks.
@@ -500,6 +505,7 @@ struct RawClient {
     tls_insecure: Option<bool>,
     control_socket: Option<PathBuf>,
     lan_address: Option<String>,
+    public_endpoint: Option<String>,
     test_time_divisor: Option<i64>,
     mss_clamp: Option<bool>,
     cipher: Option<String>,
@@ -594,6 +600,16 @@ impl ClientConfig {
             .lan_address
             .map(|a| c.ipv4("lan_address", &a))
             .transpose()?;
+        let public_endpoint = raw
+            .public_endpoint
+            .map(|e| match c.socket("public_endpoint", &e)? {
+                SocketAddr::V4(v4) if !v4.ip().is_unspecified() && v4.port() != 0 => Ok(v4),
+                _ => Err(c.err(
+                    "public_endpoint",
+                    format!("expected a public IPv4 ip:port like 203.0.113.7:41000, got {e:?}"),
+                )),
+            })
+            .transpose()?;
         let cipher = match raw.cipher.as_deref() {
             None | Some("aes-256-gcm") => CipherKind::Aes256Gcm,
             Some("chacha20-poly1305") => CipherKind::ChaCha20Poly1305,
@@ -628,6 +644,7 @@ impl ClientConfig {
             route_cost,
             server_tls,
             lan_address,
+            public_endpoint,
             test_time_divisor,
             mss_clamp: raw.mss_clamp.unwrap_or(true),
             cipher,

@@ -123,6 +123,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         server_tls,
         control_socket,
         lan_address,
+        public_endpoint,
         mss_clamp,
         cipher,
         pin_workers,
@@ -178,6 +179,12 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
             t.insert("lan_address".into(), string(a));
         }
         None => unset.push(("lan_address", "the first LAN address found at start")),
+    }
+    match public_endpoint {
+        Some(e) => {
+            t.insert("public_endpoint".into(), string(e));
+        }
+        None => unset.push(("public_endpoint", "none: peers are told the STUN mapping")),
     }
     t.insert("mss_clamp".into(), Value::Boolean(*mss_clamp));
     let cipher_name = match cipher {

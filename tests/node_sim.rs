@@ -90,6 +90,7 @@ impl Sim {
                     password: PASSWORD.to_vec(),
                     cipher: CIPHER,
                     stun: Some(STUN),
+                    public_endpoint: None,
                     peer,
                     route,
                     seed: seed.wrapping_mul(31) ^ (i as u64),

@@ -96,6 +96,7 @@ async fn new_node(
     peer.timers = scaled_timers(cfg.test_time_divisor);
     peer.eager = true;
     peer.seed = rand::random();
+    peer.reachable = cfg.public_endpoint.is_some();
     let mut route = RouteConfig::new(own.addr);
     route.route_cost = cfg.route_cost;
     route.seed = rand::random();
@@ -120,6 +121,7 @@ async fn new_node(
             password: cfg.password.as_bytes().to_vec(),
             cipher: cfg.cipher,
             stun,
+            public_endpoint: cfg.public_endpoint,
             peer,
             route,
             seed: rand::random(),

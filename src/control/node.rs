@@ -24,7 +24,7 @@ use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
 use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
-use crate::proto::ext::Tail;
+use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{Heartbeat, PeerMessage, Ping, Pong};
 use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
 use crate::proto::{stun, Ipv4Cidr};
@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub password: Vec<u8>,
     pub cipher: CipherKind,
     pub stun: Option<SocketAddrV4>,
+    /// `public_endpoint`: announced instead of the STUN mapping.
+    pub public_endpoint: Option<SocketAddrV4>,
     pub peer: PeerConfig,
     pub route: RouteConfig,
     /// Seeds STUN transaction ids and IV prefixes.
@@ -99,6 +101,7 @@ pub struct Node {
     rng: SplitMix64,
     ivs: IvSequence,
     stun: Option<SocketAddrV4>,
+    public_endpoint: Option<SocketAddrV4>,
     stun_txid: Option<stun::TransactionId>,
     outputs: VecDeque<Output>,
     generation: u64,
@@ -133,6 +136,7 @@ impl Node {
             rng,
             ivs,
             stun: cfg.stun,
+            public_endpoint: cfg.public_endpoint,
             stun_txid: None,
             outputs: VecDeque::new(),
             generation: 0,
@@ -292,6 +296,15 @@ impl Node {
         }
     }
 
+    fn nat_advert(&self) -> Option<NatAdvert> {
+        let reachable = self.public_endpoint.is_some();
+        match (self.nat.published(), self.public_endpoint) {
+            (Some(c), _) => Some(c.advert(reachable)),
+            (None, Some(public)) => Some(nat::reachable_advert(public)),
+            (None, None) => None,
+        }
+    }
+
     /// The published NAT classification, for `ringlink status`.
     pub fn nat_class(&self) -> Option<NatClass> {
         self.nat.published().copied()
@@ -417,9 +430,11 @@ impl Node {
                 let frame = PeerConn {
                     src: self.own,
                     dst: peer,
-                    endpoint: public,
+                    // A port forward reaches us whoever sends; the STUN
+                    // mapping only whoever we sent to first.
+                    endpoint: self.public_endpoint.unwrap_or(public),
                     tail: Some(Tail {
-                        nat: self.nat.published().map(|c| c.advert(false)),
+                        nat: self.nat_advert(),
                         ..Tail::OURS
                     }),
                 }

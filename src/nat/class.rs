@@ -133,6 +133,20 @@ impl NatClass {
     }
 }
 
+/// The advert of a node that has no classification yet but knows it is
+/// reachable at `public` (a configured port forward): every code unknown,
+/// the reachable flag set.
+pub fn reachable_advert(public: SocketAddrV4) -> NatAdvert {
+    NatAdvert {
+        mapping: 0,
+        filtering: 0,
+        delta_kind: 0,
+        flags: NatAdvert::REACHABLE,
+        delta: 0,
+        last_mapped: public,
+    }
+}
+
 impl Advertised {
     /// Codes this build does not know read as "unknown", which the method
     /// table treats as the strictest cone: still tried, never refused.

@@ -4,8 +4,11 @@
 //! callers pass STUN results and `now`, and get back requests to send,
 //! deadlines and plans.
 //!
-//! Not wired yet: `control` does not run the classifier and `peer` does not
-//! consult the method table (see README, "NAT traversal: what exists so far").
+//! Wired: `control` runs the classifier on a timer and publishes the class
+//! through [`StableClass`]; peers exchange classes in the UDP4CONN marker;
+//! `peer` chooses the method with [`choose`] and sprays prediction windows.
+//! Not wired yet: the schedules that need extra local sockets (birthday,
+//! prediction + birthday) (see README, "NAT traversal").
 
 pub mod class;
 pub mod classify;
@@ -17,7 +20,7 @@ pub mod stable;
 #[cfg(test)]
 mod sim;
 
-pub use class::{Advertised, Delta, Filtering, Mapping, NatClass, NatKind};
+pub use class::{reachable_advert, Advertised, Delta, Filtering, Mapping, NatClass, NatKind};
 pub use classify::{Classifier, ClassifierConfig, Outcome, Reply, Request};
 pub use method::{choose, Method, PeerNat, Predicted, Side};
 pub use stable::StableClass;

@@ -47,6 +47,7 @@ pub(crate) struct Env<'a> {
     pub tunnelled: &'a [Ipv4Cidr],
     /// This node's published NAT classification, if it has one.
     pub own_nat: Option<NatKind>,
+    pub own_reachable: bool,
 }
 
 impl Env<'_> {
@@ -193,7 +194,7 @@ impl Peer {
             self.method = self.ringlink.then(|| {
                 let mine = PeerNat {
                     kind: env.own_nat,
-                    reachable: false,
+                    reachable: env.own_reachable,
                 };
                 let peer = PeerNat {
                     kind: self.nat.map(|n| n.kind),

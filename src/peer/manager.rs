@@ -38,6 +38,9 @@ pub struct PeerConfig {
     pub eager: bool,
     /// Seeds the challenge nonces (production: from the OS).
     pub seed: u64,
+    /// Anyone can reach this node's UDP port (`public_endpoint`): the
+    /// method table then has peers open the path towards it.
+    pub reachable: bool,
 }
 
 impl PeerConfig {
@@ -52,6 +55,7 @@ impl PeerConfig {
             timers: Timers::default(),
             eager: false,
             seed: 0,
+            reachable: false,
         }
     }
 }
@@ -407,6 +411,7 @@ fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr], own_nat: Option<Na
         lan_candidate: cfg.lan_candidate,
         tunnelled,
         own_nat,
+        own_reachable: cfg.reachable,
     }
 }
 
