@@ -857,6 +857,18 @@ mod tests {
             (&format!("{CLIENT}stun = \"10.0.0.1:3478\"\n"), "stun"),
             (&format!("{CLIENT}route_cost = 1001\n"), "route_cost"),
             (&format!("{CLIENT}cipher = \"des\"\n"), "cipher"),
+            (
+                &format!("{CLIENT}public_endpoint = \"203.0.113.7\"\n"),
+                "public_endpoint",
+            ),
+            (
+                &format!("{CLIENT}public_endpoint = \"0.0.0.0:41000\"\n"),
+                "public_endpoint",
+            ),
+            (
+                &format!("{CLIENT}public_endpoint = \"[2001:db8::1]:41000\"\n"),
+                "public_endpoint",
+            ),
             ("server = \"ws://h\"\npassword = \"\"\n", "password"),
         ];
         for (text, key) in cases {
