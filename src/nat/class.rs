@@ -189,6 +189,12 @@ impl fmt::Display for NatKind {
     /// "cone/restricted", "cone/port-restricted", "symmetric/+1",
     /// "symmetric/random", …
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nothing_known = self.mapping == Mapping::Unknown
+            && self.filtering == Filtering::Unknown
+            && self.delta == Delta::Unknown;
+        if nothing_known {
+            return f.write_str("unknown");
+        }
         if !self.behind_nat {
             return f.write_str("none");
         }

@@ -26,6 +26,17 @@ use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
 
+/// The method this build can carry out for the table's choice. Birthday
+/// and prediction + birthday need many local sockets on the symmetric
+/// side, and the dataplane has one; until it has more, such a pair gets
+/// what a single socket can do (simultaneous open), and status says so.
+fn runnable(m: Method) -> Method {
+    match m {
+        Method::Birthday { .. } | Method::PredictionAndBirthday { .. } => Method::SimultaneousOpen,
+        other => other,
+    }
+}
+
 /// Ports sprayed per tick in port prediction. CONNECTING lasts 10 ticks, so
 /// an attempt sends at most 640 datagrams at 64 per second: inside the
 /// budgets of `nat::schedule` (1024 per attempt, 200 per second).
@@ -200,7 +211,7 @@ impl Peer {
                     kind: self.nat.map(|n| n.kind),
                     reachable: self.nat.is_some_and(|n| n.reachable),
                 };
-                nat::choose(mine, peer)
+                runnable(nat::choose(mine, peer))
             });
         }
         if next == PeerState::Connected && prev != PeerState::Connected {

@@ -361,6 +361,24 @@ mod prediction {
     }
 
     #[test]
+    fn birthday_pairs_get_what_one_socket_can_do_and_say_so() {
+        let random = kind(
+            Mapping::EndpointDependent,
+            Filtering::AddressAndPortDependent,
+            Delta::Random,
+        );
+        for (own, peer) in [(port_restricted(), random), (random, sequential())] {
+            let (n, acts) = tick_actions(own, peer, B_PUB);
+            assert!(!acts.iter().any(|a| matches!(a, Action::Spray { .. })));
+            assert_eq!(
+                n.status(B).method.map(|m| m.to_string()).as_deref(),
+                Some("simultaneous open"),
+                "{own} with {peer}"
+            );
+        }
+    }
+
+    #[test]
     fn after_connecting_the_spraying_stops() {
         let (mut n, acts) = tick_actions(port_restricted(), sequential(), B_PUB);
         let nonce = pings(&acts)[0].1;
