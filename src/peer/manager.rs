@@ -122,6 +122,8 @@ pub struct PeerManager {
     ticks: u64,
     tunnelled: Vec<Ipv4Cidr>,
     own_nat: Option<NatKind>,
+    /// The peer whose hard-NAT attempt is running, if any.
+    hard_attempt: Option<Ipv4Addr>,
     own_public: Option<SocketAddrV4>,
     rng: SplitMix64,
 }
@@ -137,6 +139,7 @@ impl PeerManager {
             ticks: 0,
             tunnelled: Vec::new(),
             own_nat: None,
+            hard_attempt: None,
             own_public: None,
             rng: SplitMix64::new(cfg.seed),
             cfg,
@@ -155,7 +158,31 @@ impl PeerManager {
 
     /// Next queued action, oldest first.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        loop {
+            let action = self.actions.pop_front()?;
+            match action {
+                Action::Spray { peer, .. } if !self.hard_attempt_for(peer) => continue,
+                _ => return Some(action),
+            }
+        }
+    }
+
+    /// One hard-NAT attempt (a prediction spray) per node at a time: a
+    /// router's session table is shared by everything behind it, so the
+    /// window for a second peer waits until the first attempt has ended
+    /// (its peer left CONNECTING, direct or not).
+    fn hard_attempt_for(&mut self, peer: Ipv4Addr) -> bool {
+        let busy = self.hard_attempt.is_some_and(|holder| {
+            holder != peer
+                && self
+                    .peers
+                    .get(&holder)
+                    .is_some_and(|p| p.state() == PeerState::Connecting)
+        });
+        if !busy {
+            self.hard_attempt = Some(peer);
+        }
+        !busy
     }
 
     /// Runs the tick if it is due. A late call runs one tick and skips the

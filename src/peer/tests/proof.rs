@@ -379,6 +379,46 @@ mod prediction {
     }
 
     #[test]
+    fn one_hard_attempt_at_a_time() {
+        let mut n = Node::new(|_| {});
+        n.m.set_own_nat(Some(port_restricted()));
+        let nat = |last| Advertised {
+            kind: sequential(),
+            last_mapped: last,
+            reachable: false,
+        };
+        let c_pub = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 3), 6000);
+        assert!(n
+            .m
+            .handle_public_info(B, B_PUB, true, Some(nat(B_PUB)), n.now)
+            .is_accepted());
+        assert!(n
+            .m
+            .handle_public_info(C, c_pub, true, Some(nat(c_pub)), n.now)
+            .is_accepted());
+        assert!(n.stun().is_accepted());
+        n.drain();
+        let sprayed = |acts: &[(u64, Action)]| -> Vec<Ipv4Addr> {
+            acts.iter()
+                .filter_map(|(_, a)| match a {
+                    Action::Spray { peer, .. } => Some(*peer),
+                    _ => None,
+                })
+                .collect()
+        };
+        let first = n.advance(1000);
+        assert_eq!(sprayed(&first), [B], "only B's window; C waits");
+        // B's attempt ends (direct): C's window goes out on the next tick.
+        let nonce = pings(&first.iter().map(|(_, a)| *a).collect::<Vec<_>>())
+            .into_iter()
+            .find(|(to, _)| *to == B_PUB)
+            .unwrap()
+            .1;
+        assert!(n.pong(B_PUB, nonce).is_accepted());
+        assert_eq!(sprayed(&n.advance(2000)), [C]);
+    }
+
+    #[test]
     fn after_connecting_the_spraying_stops() {
         let (mut n, acts) = tick_actions(port_restricted(), sequential(), B_PUB);
         let nonce = pings(&acts)[0].1;
