@@ -70,6 +70,8 @@ struct Sim {
     /// Datagrams that did not open with the receiver's own key.
     open_failures: usize,
     udp_delivered: usize,
+    /// Datagrams to endpoints no host has: (sender, destination).
+    stray: Vec<(usize, SocketAddrV4)>,
 }
 
 impl Sim {
@@ -114,6 +116,7 @@ impl Sim {
             stun_wrong_txid: false,
             open_failures: 0,
             udp_delivered: 0,
+            stray: Vec::new(),
         };
         for i in 0..n {
             sim.hosts[i].node.set_server_up(true);
@@ -137,7 +140,10 @@ impl Sim {
             match out {
                 Output::Datagram { to, datagram } if to == STUN => self.answer_stun(i, &datagram),
                 Output::Datagram { to, datagram } => {
-                    let Some(j) = self.host_at(to) else { continue };
+                    let Some(j) = self.host_at(to) else {
+                        self.stray.push((i, to));
+                        continue;
+                    };
                     let lost = self.loss > 0.0 && self.rng.next_f64() < self.loss;
                     if !lost && !self.blocked.contains(&(i, j)) {
                         let from = self.hosts[i].public;
@@ -506,4 +512,55 @@ fn latency_routing_goes_around_a_blocked_link() {
     );
     assert_eq!(sim.open_failures, 0, "probes and adverts sealed right");
     assert_eq!(sim.direct(0, 2), None);
+}
+
+#[test]
+fn nat_classes_travel_with_the_endpoint_and_choose_port_prediction() {
+    use ringlink::nat::{Delta, Filtering, Mapping, NatClass, NatKind, Outcome};
+    let class = |i: usize, mapping, delta| {
+        Outcome::Classified(NatClass {
+            mapped: public(i, 40_000),
+            last_mapped: public(i, 40_000),
+            kind: NatKind {
+                behind_nat: true,
+                mapping,
+                filtering: Filtering::AddressAndPortDependent,
+                delta,
+            },
+        })
+    };
+    let mut sim = Sim::new(2, 5, 0);
+    // Host 0 behind a port-restricted cone, host 1 behind a sequential
+    // symmetric NAT, each classified before they meet.
+    sim.hosts[0]
+        .node
+        .on_nat_outcome(class(0, Mapping::EndpointIndependent, Delta::Equal));
+    sim.hosts[1]
+        .node
+        .on_nat_outcome(class(1, Mapping::EndpointDependent, Delta::Independent(1)));
+    sim.connect(0, 1);
+    let now = sim.now;
+    let line = |i: usize, j: usize| {
+        let (peers, _) = sim.hosts[i].node.status(now);
+        peers
+            .into_iter()
+            .find(|p| p.vip == sim.hosts[j].vip.to_string())
+            .expect("peer listed")
+    };
+    let (a, b) = (line(0, 1), line(1, 0));
+    assert_eq!(a.nat.as_deref(), Some("symmetric/+1"));
+    assert_eq!(b.nat.as_deref(), Some("cone/port-restricted"));
+    assert_eq!(a.method.as_deref(), Some("port prediction"));
+    assert_eq!(b.method.as_deref(), Some("port prediction"));
+    // The cone side sprayed the window after host 1's mapping; the
+    // sequential side sprayed nothing.
+    let window: HashSet<u16> = sim
+        .stray
+        .iter()
+        .filter(|(from, to)| *from == 0 && to.ip() == sim.hosts[1].public.ip())
+        .map(|(_, to)| to.port())
+        .collect();
+    let expected: HashSet<u16> = (40_001..=40_064).collect();
+    assert!(expected.is_subset(&window), "sprayed {window:?}");
+    assert!(!sim.stray.iter().any(|(from, _)| *from == 1));
 }
