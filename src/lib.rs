@@ -11,6 +11,7 @@ pub mod demo;
 pub mod effective_config;
 pub mod metrics;
 pub mod nat;
+pub mod netcheck;
 pub mod peer;
 pub mod proto;
 pub mod rng;

@@ -39,8 +39,8 @@ enum Command {
     Client {
         /// Path to client.toml (keys: server, password, tun, address, mtu,
         /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
-        /// control_socket, lan_address, cipher, mss_clamp, offload,
-        /// pin_workers, metrics, metrics_per_peer).
+        /// control_socket, lan_address, public_endpoint, cipher, mss_clamp,
+        /// offload, pin_workers, metrics, metrics_per_peer).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -69,6 +69,15 @@ enum Command {
         /// Interface name used to find the default socket.
         #[arg(long, default_value = "rl0")]
         tun: String,
+    },
+    /// Check what this node sees of the network, without starting it: the
+    /// server over TCP, the STUN server over UDP and the NAT class it
+    /// shows, io_uring, the tunnel MTU. Exit 0: works; 1: cannot work;
+    /// 3: works only through the relay (UDP gets no answer).
+    Netcheck {
+        /// Path to the client.toml the node would run with.
+        #[arg(long, short)]
+        config: PathBuf,
     },
     /// Build a demo network in namespaces (a server and two sites), run the
     /// real binaries, show ping and throughput through the tunnel, clean up.
@@ -201,6 +210,20 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Netcheck { config } => {
+            let cfg = match ClientConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let findings = rt.block_on(ringlink::netcheck::run(&cfg));
+            let (verdict, text) = ringlink::netcheck::judge(&findings);
+            print!("{text}");
+            ExitCode::from(verdict.exit_code())
         }
         Command::Demo => report(ringlink::demo::run()),
         Command::Generate {

@@ -244,6 +244,29 @@ pub fn explain(step: Step, err: &std::io::Error) -> Option<Refusal> {
     diagnose(step, &observe(err.raw_os_error()?))
 }
 
+/// Sets up a small ring the way the dataplane does and probes for its
+/// newest opcode: `Ok` when this process may run the dataplane, else why
+/// not. For `ringlink netcheck`; the dataplane reports the same causes when
+/// its own setup fails.
+pub fn check() -> Result<(), String> {
+    let ring: io_uring::IoUring = io_uring::IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(8)
+        .map_err(|e| match explain(Step::Setup, &e) {
+            Some(refusal) => refusal.to_string(),
+            None => format!("io_uring_setup failed: {e}"),
+        })?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring register_probe failed: {e}"))?;
+    if !probe.is_supported(io_uring::opcode::ReadMulti::CODE) {
+        return Err(missing(Step::MultishotRead).to_string());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
