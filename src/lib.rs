@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod nat;
 pub mod netcheck;
 pub mod peer;
+pub mod ping;
 pub mod proto;
 pub mod rng;
 pub mod route;

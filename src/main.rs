@@ -70,6 +70,23 @@ enum Command {
         #[arg(long, default_value = "rl0")]
         tun: String,
     },
+    /// Ping a VIP through the tunnel and say which path each reply took
+    /// (direct with the endpoint, via another node, or the relay); stops
+    /// at the first reply over a direct path, or after --count echoes.
+    /// Needs root (raw ICMP socket) and a running client.
+    Ping {
+        /// The VIP to ping.
+        vip: std::net::Ipv4Addr,
+        /// Echoes to send at most.
+        #[arg(long, short, default_value_t = 10)]
+        count: u16,
+        /// The client's control socket (default /run/ringlink/<tun>.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Interface name used to find the default socket.
+        #[arg(long, default_value = "rl0")]
+        tun: String,
+    },
     /// Check what this node sees of the network, without starting it: the
     /// server over TCP, the STUN server over UDP and the NAT class it
     /// shows, io_uring, the tunnel MTU. Exit 0: works; 1: cannot work;
@@ -207,6 +224,22 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ringlink metrics: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ping {
+            vip,
+            count,
+            socket,
+            tun,
+        } => {
+            let path = socket.unwrap_or_else(|| default_control_socket(&tun));
+            match ringlink::ping::run(&path, vip, count.max(1), std::time::Duration::from_secs(1)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("ringlink ping: {e}");
                     ExitCode::FAILURE
                 }
             }
