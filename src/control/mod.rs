@@ -131,7 +131,8 @@ async fn new_node(
     .map_err(InterfaceError::from)?;
     let probe = stun.map(|server| NatProbe {
         server,
-        local: lan.map_or(Ipv4Addr::UNSPECIFIED, |l| *l.ip()),
+        fixed_local: cfg.lan_address,
+        tun: cfg.tun.clone(),
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
     Ok((NodeDriver::new(node, udp, iface.snapshot()), probe))
@@ -140,8 +141,19 @@ async fn new_node(
 /// Where and how often this node classifies its NAT.
 struct NatProbe {
     server: SocketAddrV4,
-    local: Ipv4Addr,
+    /// `lan_address`, when configured; else the first LAN address, looked
+    /// up again before every run.
+    fixed_local: Option<Ipv4Addr>,
+    tun: String,
     every: Duration,
+}
+
+impl NatProbe {
+    fn local(&self) -> Ipv4Addr {
+        self.fixed_local
+            .or_else(|| first_lan_ipv4(&self.tun))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
 }
 
 /// Re-classification period: a NAT's behaviour rarely changes, and each run
@@ -149,15 +161,18 @@ struct NatProbe {
 const NAT_EVERY: Duration = Duration::from_secs(300);
 /// Sockets per run: enough successive mappings to tell the port delta.
 const NAT_SOCKETS: usize = 4;
+/// How often the local address is looked at between runs: a new address
+/// (DHCP, a moved uplink) usually means a new NAT, so it runs at once.
+const NAT_ADDRESS_CHECK: Duration = Duration::from_secs(10);
 
-/// Classifies the NAT now and then every `probe.every`, on sockets of its
-/// own (the NAT's behaviour is the router's, not the socket's; the data
-/// socket's own mapping comes from the peers' STUN exchange).
+/// Classifies the NAT now, then every `probe.every` and whenever the local
+/// address changes, on sockets of its own (the NAT's behaviour is the
+/// router's, not the socket's; the data socket's own mapping comes from the
+/// peers' STUN exchange).
 async fn classify_forever(probe: NatProbe, tx: mpsc::Sender<crate::nat::Outcome>) {
     loop {
-        match nat_run::classify_over_udp(probe.server, probe.local, NAT_SOCKETS, rand::random())
-            .await
-        {
+        let local = probe.local();
+        match nat_run::classify_over_udp(probe.server, local, NAT_SOCKETS, rand::random()).await {
             Ok(outcome) => {
                 if tx.send(outcome).await.is_err() {
                     return;
@@ -165,7 +180,16 @@ async fn classify_forever(probe: NatProbe, tx: mpsc::Sender<crate::nat::Outcome>
             }
             Err(e) => warn!(error = %e, "NAT classification could not run"),
         }
-        tokio::time::sleep(probe.every).await;
+        let next_run = tokio::time::Instant::now() + probe.every;
+        while tokio::time::Instant::now() < next_run {
+            tokio::time::sleep_until(next_run.min(tokio::time::Instant::now() + NAT_ADDRESS_CHECK))
+                .await;
+            let now_local = probe.local();
+            if now_local != local {
+                info!(from = %local, to = %now_local, "local address changed; classifying the NAT again");
+                break;
+            }
+        }
     }
 }
 
