@@ -101,6 +101,7 @@ pub enum Ignored {
 }
 
 impl Outcome {
+    #[cfg(test)]
     pub fn is_accepted(self) -> bool {
         matches!(self, Outcome::Accepted)
     }

@@ -124,7 +124,6 @@ pub struct PeerManager {
     own_nat: Option<NatKind>,
     /// The peer whose hard-NAT attempt is running, if any.
     hard_attempt: Option<Ipv4Addr>,
-    own_public: Option<SocketAddrV4>,
     rng: SplitMix64,
 }
 
@@ -140,7 +139,6 @@ impl PeerManager {
             tunnelled: Vec::new(),
             own_nat: None,
             hard_attempt: None,
-            own_public: None,
             rng: SplitMix64::new(cfg.seed),
             cfg,
         })
@@ -318,7 +316,6 @@ impl PeerManager {
         if !endpoint_valid(own_public) {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
-        self.own_public = Some(own_public);
         let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
         for peer in self.peers.values_mut() {
             peer.on_stun(own_public, now, env, &mut self.actions);
@@ -420,11 +417,8 @@ impl PeerManager {
         self.peers.get(&vip).map(Peer::state)
     }
 
-    pub fn own_public(&self) -> Option<SocketAddrV4> {
-        self.own_public
-    }
-
     /// Ticks run so far (discovery counts these).
+    #[cfg(test)]
     pub fn ticks(&self) -> u64 {
         self.ticks
     }

@@ -114,10 +114,6 @@ impl Router {
         })
     }
 
-    pub fn config(&self) -> &RouteConfig {
-        &self.cfg
-    }
-
     pub fn enabled(&self) -> bool {
         self.cfg.enabled()
     }
