@@ -45,6 +45,12 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         stun_alt_address: None,
         routes,
         max_clients: 64,
+        max_unauthenticated: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED,
+        max_unauthenticated_per_ip: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+        broadcast_rate: ringlink::config::DEFAULT_BROADCAST_RATE,
+        broadcast_burst: ringlink::config::DEFAULT_BROADCAST_BURST,
+        general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
+        general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
     }
 }
