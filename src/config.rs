@@ -744,6 +744,40 @@ mod tests {
     }
 
     #[test]
+    fn server_admission_and_rate_limits() {
+        let s = server(SERVER).unwrap();
+        assert_eq!(
+            (s.max_unauthenticated, s.max_unauthenticated_per_ip),
+            (DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_IP)
+        );
+        assert_eq!(
+            (s.broadcast_rate, s.broadcast_burst, s.general_rate, s.general_burst),
+            (20, 40, 100, 400)
+        );
+        let s = server(&format!(
+            "{SERVER}max_unauthenticated = 10\nmax_unauthenticated_per_ip = 2\nbroadcast_rate = 5\nbroadcast_burst = 6\ngeneral_rate = 7\ngeneral_burst = 8\n"
+        ))
+        .unwrap();
+        assert_eq!((s.max_unauthenticated, s.max_unauthenticated_per_ip), (10, 2));
+        assert_eq!(
+            (s.broadcast_rate, s.broadcast_burst, s.general_rate, s.general_burst),
+            (5, 6, 7, 8)
+        );
+        for key in [
+            "max_unauthenticated",
+            "max_unauthenticated_per_ip",
+            "broadcast_rate",
+            "broadcast_burst",
+            "general_rate",
+            "general_burst",
+        ] {
+            let e = server(&format!("{SERVER}{key} = 0\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+        assert!(server(&format!("{SERVER}broadcast_rate = -1\n")).is_err());
+    }
+
+    #[test]
     fn metrics_address_loopback_by_default_off_with_empty() {
         assert_eq!(
             server(SERVER).unwrap().metrics,
