@@ -748,19 +748,35 @@ mod tests {
         let s = server(SERVER).unwrap();
         assert_eq!(
             (s.max_unauthenticated, s.max_unauthenticated_per_ip),
-            (DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_IP)
+            (
+                DEFAULT_MAX_UNAUTHENTICATED,
+                DEFAULT_MAX_UNAUTHENTICATED_PER_IP
+            )
         );
         assert_eq!(
-            (s.broadcast_rate, s.broadcast_burst, s.general_rate, s.general_burst),
+            (
+                s.broadcast_rate,
+                s.broadcast_burst,
+                s.general_rate,
+                s.general_burst
+            ),
             (20, 40, 100, 400)
         );
         let s = server(&format!(
             "{SERVER}max_unauthenticated = 10\nmax_unauthenticated_per_ip = 2\nbroadcast_rate = 5\nbroadcast_burst = 6\ngeneral_rate = 7\ngeneral_burst = 8\n"
         ))
         .unwrap();
-        assert_eq!((s.max_unauthenticated, s.max_unauthenticated_per_ip), (10, 2));
         assert_eq!(
-            (s.broadcast_rate, s.broadcast_burst, s.general_rate, s.general_burst),
+            (s.max_unauthenticated, s.max_unauthenticated_per_ip),
+            (10, 2)
+        );
+        assert_eq!(
+            (
+                s.broadcast_rate,
+                s.broadcast_burst,
+                s.general_rate,
+                s.general_burst
+            ),
             (5, 6, 7, 8)
         );
         for key in [

@@ -541,7 +541,11 @@ async fn second_auth_with_another_address_is_refused_and_frees_the_first() {
     for (vip, tag) in [("10.77.0.7", 5), ("10.77.0.8", 6)] {
         let mut y = connect(s.addr).await;
         send(&mut y, Vmac::new(PW.as_bytes(), vmac(tag), now()).encode()).await;
-        send(&mut y, Auth::new(PW.as_bytes(), ip(vip), now() + 1).encode()).await;
+        send(
+            &mut y,
+            Auth::new(PW.as_bytes(), ip(vip), now() + 1).encode(),
+        )
+        .await;
         sync(&mut y, ip(vip)).await;
     }
 }
@@ -1072,7 +1076,11 @@ async fn takeover_needs_a_newer_login() {
     assert_eq!(load(&s.counters, |c| &c.refused_not_newer), 2);
     sync(&mut holder, vip).await;
     let mut again = connect(s.addr).await;
-    send(&mut again, Vmac::new(PW.as_bytes(), vmac(0), ts + 1).encode()).await;
+    send(
+        &mut again,
+        Vmac::new(PW.as_bytes(), vmac(0), ts + 1).encode(),
+    )
+    .await;
     send(&mut again, Auth::new(PW.as_bytes(), vip, ts + 1).encode()).await;
     sync(&mut again, vip).await;
     assert!(closed(&mut holder).await.contains("reconnect"));
@@ -1134,7 +1142,11 @@ async fn broadcasts_and_general_frames_are_rate_limited_per_member() {
     let got_b = count_until(&mut b, &marker_b).await;
     let slack = started.elapsed().as_secs() as usize + 1;
     assert!((5..=5 + slack).contains(&got_c), "c got {got_c} broadcasts");
-    assert_eq!(got_b, got_c + 50, "b: the same broadcasts plus every unicast");
+    assert_eq!(
+        got_b,
+        got_c + 50,
+        "b: the same broadcasts plus every unicast"
+    );
     let limited = load(&s.counters, |c| &c.rate_limited_broadcast) as usize;
     assert_eq!(limited + got_c, 40);
 
@@ -1224,7 +1236,10 @@ async fn unauthenticated_connections_are_limited_per_source() {
             sync(&mut ws, ip("10.77.0.4")).await;
             break ws;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the freed place never became usable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place never became usable"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let again = TcpStream::connect(s.addr).await.unwrap();

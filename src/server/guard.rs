@@ -3,8 +3,8 @@
 //! connections that have not logged in, and log lines that summarise a
 //! flood instead of repeating it.
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -312,12 +312,20 @@ mod tests {
         let x: IpAddr = "192.0.2.1".parse().unwrap();
         let y: IpAddr = "192.0.2.2".parse().unwrap();
         let z: IpAddr = "192.0.2.3".parse().unwrap();
-        let (Admit::Yes(x1), false) = a.admit(x) else { panic!() };
-        let (Admit::Yes(_x2), false) = a.admit(x) else { panic!() };
+        let (Admit::Yes(x1), false) = a.admit(x) else {
+            panic!()
+        };
+        let (Admit::Yes(_x2), false) = a.admit(x) else {
+            panic!()
+        };
         assert!(matches!(a.admit(x), (Admit::PerIp, false)));
-        let (Admit::Yes(_y1), false) = a.admit(y) else { panic!() };
+        let (Admit::Yes(_y1), false) = a.admit(y) else {
+            panic!()
+        };
         // At the cap: the oldest (x1) is told to go, z gets its place.
-        let (Admit::Yes(_z1), true) = a.admit(z) else { panic!() };
+        let (Admit::Yes(_z1), true) = a.admit(z) else {
+            panic!()
+        };
         assert_eq!(a.pending(), 3);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -332,6 +340,8 @@ mod tests {
         // drop after eviction must not free someone else's place.
         drop(x1);
         assert_eq!(a.pending(), 3);
-        let (Admit::Yes(_), true) = a.admit(x) else { panic!() };
+        let (Admit::Yes(_), true) = a.admit(x) else {
+            panic!()
+        };
     }
 }

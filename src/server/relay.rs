@@ -81,7 +81,9 @@ impl Relay {
 
     /// Who holds `vip`: session, login timestamp and vmac.
     pub fn holder(&self, vip: Ipv4Addr) -> Option<(SessionId, i64, Option<Vmac>)> {
-        self.read().get(&vip).map(|e| (e.session, e.auth_ts, e.vmac))
+        self.read()
+            .get(&vip)
+            .map(|e| (e.session, e.auth_ts, e.vmac))
     }
 
     /// Unbinds `vip` only if `session` still owns it: a session replaced by
