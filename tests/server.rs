@@ -362,7 +362,12 @@ async fn expttun_distinct_addresses_and_sticky_vmac() {
         assert!(!seen.contains(&cidr.addr) || cidr.addr == addr0);
     }
     let mut back = back.expect("same vmac got its address back");
-    join_with(&mut back, addr0, None).await;
+    // A fresh login: within the same second it would repeat the first one.
+    send(
+        &mut back,
+        Auth::new(PW.as_bytes(), addr0, now() + 1).encode(),
+    )
+    .await;
     sync(&mut back, addr0).await;
 
     // Reconnect while the old session is still open: same vmac may take
@@ -788,8 +793,15 @@ async fn unauthenticated_and_idle_sessions_time_out() {
     assert!(closed(&mut idle).await.contains("no frame"));
     assert_eq!(load(&s.counters, |c| &c.timeout_auth), 1);
     assert_eq!(load(&s.counters, |c| &c.timeout_idle), 1);
-    // The address is free again.
-    let _again = join(s.addr, "10.77.0.3", Some(1)).await;
+    // The address is free again, for a fresh login (a second later: the
+    // first one's frame is used).
+    let mut again = connect(s.addr).await;
+    send(
+        &mut again,
+        Auth::new(PW.as_bytes(), ip("10.77.0.3"), now() + 1).encode(),
+    )
+    .await;
+    sync(&mut again, ip("10.77.0.3")).await;
 }
 
 #[tokio::test]
