@@ -30,7 +30,9 @@ rl_attach b 10.91.0.11/24
 rl_attach x "$X/24"
 
 # a's login, captured off its ws:// connection from the start.
-rl_spawn cap a tcpdump -i eth0 -U -w "$RL_TMP/a.pcap" tcp port "$RL_SERVER_PORT"
+# --immediate-mode: each packet is written when it arrives, not when a
+# kernel buffer block fills or times out.
+rl_spawn cap a tcpdump --immediate-mode -i eth0 -U -w "$RL_TMP/a.pcap" tcp port "$RL_SERVER_PORT"
 rl_wait_until 10 rl_log_has cap "listening on" || rl_fail "tcpdump started"
 rl_client_conf a >/dev/null; rl_start_client a a
 rl_client_conf b >/dev/null; rl_start_client b b
@@ -39,8 +41,10 @@ check "client b connected" rl_wait_until 20 rl_ready b
 va=$(rl_vip a); vb=$(rl_vip b)
 echo "  a = ${va:-?}, b = ${vb:-?}"
 check "first ping a -> b over the relay" rl_wait_until 15 rl_ping_once a "${vb:-none}"
+login_captured() { python3 "$PY" extract "$RL_TMP/a.pcap" 10.91.0.10 "$RL_TMP/a.login"; }
+rl_wait_until 10 login_captured
 rl_stop cap
-frames=$(python3 "$PY" extract "$RL_TMP/a.pcap" 10.91.0.10 "$RL_TMP/a.login" 2>&1)
+frames=$(login_captured 2>&1)
 echo "  captured from a's connection: $frames"
 check "a's AUTH frame was captured" grep -q AUTH <<<"$frames"
 
