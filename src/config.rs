@@ -142,9 +142,30 @@ pub struct ServerConfig {
     pub stun_alt_address: Option<IpAddr>,
     pub routes: Vec<PushedRoute>,
     pub max_clients: usize,
+    /// Connections that have not logged in yet, counted apart from
+    /// members; at the cap the oldest is dropped for the newcomer.
+    pub max_unauthenticated: usize,
+    /// Of those, how many one source address may hold.
+    pub max_unauthenticated_per_ip: usize,
+    /// Per member: broadcasts (FORWARD to a broadcast or multicast
+    /// address, DISCOVERY or GENERAL to 255.255.255.255) per second, and
+    /// the burst allowed above that rate.
+    pub broadcast_rate: u32,
+    pub broadcast_burst: u32,
+    /// Per member: unicast GENERAL frames per second, and the burst.
+    pub general_rate: u32,
+    pub general_burst: u32,
     /// Where Prometheus text is served on `/metrics`; None = off.
     pub metrics: Option<SocketAddr>,
 }
+
+/// Defaults of the server's admission and rate limits.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_IP: usize = 64;
+pub const DEFAULT_BROADCAST_RATE: u32 = 20;
+pub const DEFAULT_BROADCAST_BURST: u32 = 40;
+pub const DEFAULT_GENERAL_RATE: u32 = 100;
+pub const DEFAULT_GENERAL_BURST: u32 = 400;
 
 /// Default `/metrics` ports: the client's and the server's differ so both
 /// fit on one host.
@@ -165,6 +186,12 @@ struct RawServer {
     #[serde(default)]
     route: Vec<RawRoute>,
     max_clients: Option<usize>,
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_ip: Option<usize>,
+    broadcast_rate: Option<u32>,
+    broadcast_burst: Option<u32>,
+    general_rate: Option<u32>,
+    general_burst: Option<u32>,
     metrics: Option<String>,
 }
 
@@ -251,6 +278,33 @@ impl ServerConfig {
         if max_clients == 0 {
             return Err(c.err("max_clients", "must be at least 1"));
         }
+        let at_least_one = |key: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(c.err(key, "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        let as_u64 = |v: Option<usize>| v.map(|v| v as u64);
+        let max_unauthenticated = at_least_one(
+            "max_unauthenticated",
+            as_u64(raw.max_unauthenticated),
+            DEFAULT_MAX_UNAUTHENTICATED as u64,
+        )? as usize;
+        let max_unauthenticated_per_ip = at_least_one(
+            "max_unauthenticated_per_ip",
+            as_u64(raw.max_unauthenticated_per_ip),
+            DEFAULT_MAX_UNAUTHENTICATED_PER_IP as u64,
+        )? as usize;
+        let rate = |key: &str, v: Option<u32>, default: u32| {
+            at_least_one(key, v.map(u64::from), u64::from(default)).map(|v| v as u32)
+        };
+        let broadcast_rate = rate("broadcast_rate", raw.broadcast_rate, DEFAULT_BROADCAST_RATE)?;
+        let broadcast_burst = rate(
+            "broadcast_burst",
+            raw.broadcast_burst,
+            DEFAULT_BROADCAST_BURST,
+        )?;
+        let general_rate = rate("general_rate", raw.general_rate, DEFAULT_GENERAL_RATE)?;
+        let general_burst = rate("general_burst", raw.general_burst, DEFAULT_GENERAL_BURST)?;
         let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
         Ok(Self {
             listen,
@@ -262,6 +316,12 @@ impl ServerConfig {
             stun_alt_address,
             routes,
             max_clients,
+            max_unauthenticated,
+            max_unauthenticated_per_ip,
+            broadcast_rate,
+            broadcast_burst,
+            general_rate,
+            general_burst,
             metrics,
         })
     }
@@ -681,6 +741,56 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_admission_and_rate_limits() {
+        let s = server(SERVER).unwrap();
+        assert_eq!(
+            (s.max_unauthenticated, s.max_unauthenticated_per_ip),
+            (
+                DEFAULT_MAX_UNAUTHENTICATED,
+                DEFAULT_MAX_UNAUTHENTICATED_PER_IP
+            )
+        );
+        assert_eq!(
+            (
+                s.broadcast_rate,
+                s.broadcast_burst,
+                s.general_rate,
+                s.general_burst
+            ),
+            (20, 40, 100, 400)
+        );
+        let s = server(&format!(
+            "{SERVER}max_unauthenticated = 10\nmax_unauthenticated_per_ip = 2\nbroadcast_rate = 5\nbroadcast_burst = 6\ngeneral_rate = 7\ngeneral_burst = 8\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            (s.max_unauthenticated, s.max_unauthenticated_per_ip),
+            (10, 2)
+        );
+        assert_eq!(
+            (
+                s.broadcast_rate,
+                s.broadcast_burst,
+                s.general_rate,
+                s.general_burst
+            ),
+            (5, 6, 7, 8)
+        );
+        for key in [
+            "max_unauthenticated",
+            "max_unauthenticated_per_ip",
+            "broadcast_rate",
+            "broadcast_burst",
+            "general_rate",
+            "general_burst",
+        ] {
+            let e = server(&format!("{SERVER}{key} = 0\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{e}");
+        }
+        assert!(server(&format!("{SERVER}broadcast_rate = -1\n")).is_err());
     }
 
     #[test]

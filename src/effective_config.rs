@@ -56,6 +56,12 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         stun_alt_address,
         routes,
         max_clients,
+        max_unauthenticated,
+        max_unauthenticated_per_ip,
+        broadcast_rate,
+        broadcast_burst,
+        general_rate,
+        general_burst,
         metrics,
     } = cfg;
     let mut t = Table::new();
@@ -86,6 +92,20 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         "max_clients".into(),
         int(i64::try_from(*max_clients).unwrap_or(i64::MAX)),
     );
+    for (key, v) in [
+        ("max_unauthenticated", *max_unauthenticated),
+        ("max_unauthenticated_per_ip", *max_unauthenticated_per_ip),
+    ] {
+        t.insert(key.into(), int(i64::try_from(v).unwrap_or(i64::MAX)));
+    }
+    for (key, v) in [
+        ("broadcast_rate", broadcast_rate),
+        ("broadcast_burst", broadcast_burst),
+        ("general_rate", general_rate),
+        ("general_burst", general_burst),
+    ] {
+        t.insert(key.into(), int(*v));
+    }
     t.insert("metrics".into(), metrics_value(metrics));
     let route_table = |r: &PushedRoute| {
         let PushedRoute {

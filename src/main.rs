@@ -26,7 +26,8 @@ enum Command {
     Server {
         /// Path to server.toml (keys: listen, password, pool, tls_cert,
         /// tls_key, stun, stun_alt_port, stun_alt_address, max_clients,
-        /// metrics, [[route]]).
+        /// max_unauthenticated, max_unauthenticated_per_ip, broadcast_rate,
+        /// broadcast_burst, general_rate, general_burst, metrics, [[route]]).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration

@@ -36,6 +36,12 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         stun_alt_address: alt_address.map(|a| a.parse().unwrap()),
         routes: vec![],
         max_clients: 8,
+        max_unauthenticated: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED,
+        max_unauthenticated_per_ip: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+        broadcast_rate: ringlink::config::DEFAULT_BROADCAST_RATE,
+        broadcast_burst: ringlink::config::DEFAULT_BROADCAST_BURST,
+        general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
+        general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();

@@ -45,6 +45,12 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         stun_alt_address: None,
         routes,
         max_clients: 64,
+        max_unauthenticated: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED,
+        max_unauthenticated_per_ip: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
+        broadcast_rate: ringlink::config::DEFAULT_BROADCAST_RATE,
+        broadcast_burst: ringlink::config::DEFAULT_BROADCAST_BURST,
+        general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
+        general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
     }
 }
@@ -356,16 +362,26 @@ async fn expttun_distinct_addresses_and_sticky_vmac() {
         assert!(!seen.contains(&cidr.addr) || cidr.addr == addr0);
     }
     let mut back = back.expect("same vmac got its address back");
-    join_with(&mut back, addr0, None).await;
+    // A fresh login: within the same second it would repeat the first one.
+    send(
+        &mut back,
+        Auth::new(PW.as_bytes(), addr0, now() + 1).encode(),
+    )
+    .await;
     sync(&mut back, addr0).await;
 
     // Reconnect while the old session is still open: same vmac may take
     // over, and the old session is closed.
+    // The login must be newer than the live session's (a second later).
     let (mut old, addr1) = clients.remove(0);
     let mut new = connect(s.addr).await;
     send(&mut new, Vmac::new(PW.as_bytes(), vmac(1), now()).encode()).await;
     assert_eq!(expttun(&mut new, &format!("{addr1}/24")).await.addr, addr1);
-    join_with(&mut new, addr1, None).await;
+    send(
+        &mut new,
+        Auth::new(PW.as_bytes(), addr1, now() + 1).encode(),
+    )
+    .await;
     sync(&mut new, addr1).await;
     assert!(closed(&mut old).await.contains("reconnect"));
     assert_eq!(load(&s.counters, |c| &c.evicted_reconnect), 1);
@@ -477,10 +493,18 @@ async fn duplicate_address_refuses_the_newcomer() {
     let s = start(vec![]).await;
     let mut holder = join(s.addr, "10.77.0.5", Some(0)).await;
     let mut peer = join(s.addr, "10.77.0.6", None).await;
-    // Different vmac, and no vmac at all: both refused.
-    for tag in [Some(9), None] {
+    // Different vmac, and no vmac at all: both refused. Their logins are
+    // later than the holder's, so not a copy of its frame (a replay).
+    for (tag, later) in [(Some(9), 1), (None, 2)] {
         let mut x = connect(s.addr).await;
-        join_with(&mut x, ip("10.77.0.5"), tag).await;
+        if let Some(t) = tag {
+            send(&mut x, Vmac::new(PW.as_bytes(), vmac(t), now()).encode()).await;
+        }
+        send(
+            &mut x,
+            Auth::new(PW.as_bytes(), ip("10.77.0.5"), now() + later).encode(),
+        )
+        .await;
         assert!(closed(&mut x).await.contains("in use"));
     }
     assert_eq!(load(&s.counters, |c| &c.refused_address_in_use), 2);
@@ -517,9 +541,18 @@ async fn second_auth_with_another_address_is_refused_and_frees_the_first() {
     )
     .await;
     assert!(closed(&mut x).await.contains("second AUTH"));
-    // Neither address is left behind.
-    let _a = join(s.addr, "10.77.0.7", Some(5)).await;
-    let _b = join(s.addr, "10.77.0.8", Some(6)).await;
+    // Neither address is left behind. Fresh logins (a second later), as a
+    // client makes on every connect: the frames above are used.
+    for (vip, tag) in [("10.77.0.7", 5), ("10.77.0.8", 6)] {
+        let mut y = connect(s.addr).await;
+        send(&mut y, Vmac::new(PW.as_bytes(), vmac(tag), now()).encode()).await;
+        send(
+            &mut y,
+            Auth::new(PW.as_bytes(), ip(vip), now() + 1).encode(),
+        )
+        .await;
+        sync(&mut y, ip(vip)).await;
+    }
 }
 
 #[tokio::test]
@@ -760,25 +793,29 @@ async fn unauthenticated_and_idle_sessions_time_out() {
     assert!(closed(&mut idle).await.contains("no frame"));
     assert_eq!(load(&s.counters, |c| &c.timeout_auth), 1);
     assert_eq!(load(&s.counters, |c| &c.timeout_idle), 1);
-    // The address is free again.
-    let _again = join(s.addr, "10.77.0.3", Some(1)).await;
+    // The address is free again, for a fresh login (a second later: the
+    // first one's frame is used).
+    let mut again = connect(s.addr).await;
+    send(
+        &mut again,
+        Auth::new(PW.as_bytes(), ip("10.77.0.3"), now() + 1).encode(),
+    )
+    .await;
+    sync(&mut again, ip("10.77.0.3")).await;
 }
 
 #[tokio::test]
-async fn connection_cap() {
+async fn member_cap_counts_members_only() {
     let mut cfg = config(vec![]);
     cfg.max_clients = 2;
     let s = start_with(cfg, Tuning::default()).await;
     let _a = join(s.addr, "10.77.0.1", None).await;
     let _b = join(s.addr, "10.77.0.2", None).await;
-    let tcp = TcpStream::connect(s.addr).await.unwrap();
-    let r = timeout(
-        WAIT,
-        tokio_tungstenite::client_async(format!("ws://{}/", s.addr), tcp),
-    )
-    .await
-    .unwrap();
-    assert!(r.is_err(), "third connection refused");
+    // A third connection is admitted (strangers are counted apart) but
+    // its login is refused.
+    let mut x = connect(s.addr).await;
+    join_with(&mut x, ip("10.77.0.3"), None).await;
+    assert!(closed(&mut x).await.contains("server full"));
     assert_eq!(load(&s.counters, |c| &c.refused_capacity), 1);
 }
 
@@ -994,4 +1031,233 @@ async fn relay_throughput() {
         "relayed {got}/{N} frames of {len} bytes in {secs:.2} s: {gbit:.2} Gbit/s, queue drops {}",
         dropped()
     );
+}
+
+/// A login captured off the wire (VMAC and AUTH frames, byte for byte) and
+/// replayed by someone without the password.
+#[tokio::test]
+async fn replayed_auth_is_refused_and_the_live_session_kept() {
+    let s = start(vec![]).await;
+    let vip = ip("10.77.0.5");
+    let ts = now();
+    let captured_vmac = Vmac::new(PW.as_bytes(), vmac(0), ts).encode();
+    let captured_auth = Auth::new(PW.as_bytes(), vip, ts).encode();
+    let mut holder = connect(s.addr).await;
+    send(&mut holder, captured_vmac.clone()).await;
+    send(&mut holder, captured_auth.clone()).await;
+    sync(&mut holder, vip).await;
+    let mut peer = join(s.addr, "10.77.0.6", None).await;
+    // With the VMAC (which would pass as a reconnect) and without.
+    for with_vmac in [true, false] {
+        let mut x = connect(s.addr).await;
+        if with_vmac {
+            send(&mut x, captured_vmac.clone()).await;
+        }
+        send(&mut x, captured_auth.clone()).await;
+        let why = closed(&mut x).await;
+        assert!(why.contains("replayed AUTH"), "{why}");
+    }
+    assert_eq!(load(&s.counters, |c| &c.refused_replayed_auth), 2);
+    assert_eq!(load(&s.counters, |c| &c.evicted_reconnect), 0);
+    let f = forward("10.77.0.6", "10.77.0.5", b"holder still works");
+    send(&mut peer, f.clone()).await;
+    assert_eq!(recv(&mut holder).await, f);
+    assert_eq!(load(&s.counters, |c| &c.clients), 2);
+}
+
+/// A login this server has not seen (captured before a restart, or sent to
+/// another server) with the live session's vmac but not a newer timestamp
+/// does not evict it; a newer one is a reconnect and does.
+#[tokio::test]
+async fn takeover_needs_a_newer_login() {
+    let s = start(vec![]).await;
+    let vip = ip("10.77.0.5");
+    let ts = now();
+    let mut holder = connect(s.addr).await;
+    send(&mut holder, Vmac::new(PW.as_bytes(), vmac(0), ts).encode()).await;
+    send(&mut holder, Auth::new(PW.as_bytes(), vip, ts).encode()).await;
+    sync(&mut holder, vip).await;
+    // The holder's own frame would be a replay; these are unseen.
+    for older in [ts - 1, ts - 60] {
+        let mut x = connect(s.addr).await;
+        send(&mut x, Vmac::new(PW.as_bytes(), vmac(0), older).encode()).await;
+        send(&mut x, Auth::new(PW.as_bytes(), vip, older).encode()).await;
+        let why = closed(&mut x).await;
+        assert!(why.contains("not newer"), "{why}");
+    }
+    assert_eq!(load(&s.counters, |c| &c.refused_not_newer), 2);
+    sync(&mut holder, vip).await;
+    let mut again = connect(s.addr).await;
+    send(
+        &mut again,
+        Vmac::new(PW.as_bytes(), vmac(0), ts + 1).encode(),
+    )
+    .await;
+    send(&mut again, Auth::new(PW.as_bytes(), vip, ts + 1).encode()).await;
+    sync(&mut again, vip).await;
+    assert!(closed(&mut holder).await.contains("reconnect"));
+    assert_eq!(load(&s.counters, |c| &c.evicted_reconnect), 1);
+}
+
+/// Reads frames until `marker`, returning how many came before it.
+async fn count_until(ws: &mut Ws, marker: &[u8]) -> usize {
+    let mut n = 0;
+    loop {
+        let f = recv(ws).await;
+        if f == marker {
+            return n;
+        }
+        n += 1;
+    }
+}
+
+#[tokio::test]
+async fn broadcasts_and_general_frames_are_rate_limited_per_member() {
+    let mut cfg = config(vec![]);
+    // One token a second: the whole test runs well inside a few seconds,
+    // so a sender gets its burst plus at most a few more.
+    cfg.broadcast_rate = 1;
+    cfg.broadcast_burst = 5;
+    cfg.general_rate = 1;
+    cfg.general_burst = 3;
+    let s = start_with(cfg, Tuning::default()).await;
+    let mut a = join(s.addr, "10.77.0.1", None).await;
+    let mut b = join(s.addr, "10.77.0.2", None).await;
+    let mut c = join(s.addr, "10.77.0.3", None).await;
+    let started = std::time::Instant::now();
+    let disc = Discovery {
+        src: ip("10.77.0.1"),
+        dst: ws::BROADCAST,
+    }
+    .encode();
+    // DISCOVERY and FORWARD broadcasts share the one bucket.
+    for i in 0..40 {
+        let f = if i % 2 == 0 {
+            disc.clone()
+        } else {
+            forward("10.77.0.1", "10.77.0.255", b"flood")
+        };
+        a.feed(Message::Binary(f)).await.unwrap();
+    }
+    // Unicast FORWARDs are not limited.
+    for _ in 0..50 {
+        a.feed(Message::Binary(forward("10.77.0.1", "10.77.0.2", b"u")))
+            .await
+            .unwrap();
+    }
+    a.flush().await.unwrap();
+    let marker = forward("10.77.0.1", "10.77.0.3", b"end");
+    send(&mut a, marker.clone()).await;
+    let got_c = count_until(&mut c, &marker).await;
+    let marker_b = forward("10.77.0.1", "10.77.0.2", b"end");
+    send(&mut a, marker_b.clone()).await;
+    let got_b = count_until(&mut b, &marker_b).await;
+    let slack = started.elapsed().as_secs() as usize + 1;
+    assert!((5..=5 + slack).contains(&got_c), "c got {got_c} broadcasts");
+    assert_eq!(
+        got_b,
+        got_c + 50,
+        "b: the same broadcasts plus every unicast"
+    );
+    let limited = load(&s.counters, |c| &c.rate_limited_broadcast) as usize;
+    assert_eq!(limited + got_c, 40);
+
+    // GENERAL unicast has its own bucket; b's is untouched by a's.
+    let g = General {
+        subtype: 0,
+        extra: 0,
+        src: ip("10.77.0.2"),
+        dst: ip("10.77.0.3"),
+        body: &[1, 2, 3, 4, 5, 6],
+    }
+    .encode();
+    for _ in 0..20 {
+        b.feed(Message::Binary(g.clone())).await.unwrap();
+    }
+    b.flush().await.unwrap();
+    let marker = forward("10.77.0.2", "10.77.0.3", b"end");
+    send(&mut b, marker.clone()).await;
+    let got = count_until(&mut c, &marker).await;
+    let slack = started.elapsed().as_secs() as usize + 1;
+    // b spent one token on the keepalive that proved its login.
+    assert!((2..=2 + slack).contains(&got), "c got {got} GENERALs");
+    assert_eq!(
+        load(&s.counters, |c| &c.rate_limited_general) as usize + got,
+        20
+    );
+    // The members are still served.
+    sync(&mut a, ip("10.77.0.1")).await;
+}
+
+/// Idle TCP connections that never say a word.
+async fn idle_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(TcpStream::connect(addr).await.unwrap());
+    }
+    v
+}
+
+/// True once the server has closed `tcp` (EOF or reset on read).
+async fn dropped_by_server(tcp: &mut TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    matches!(timeout(WAIT, tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn a_member_joins_within_2s_while_idle_connections_fill_the_cap() {
+    let mut cfg = config(vec![]);
+    cfg.max_unauthenticated = 16;
+    cfg.max_unauthenticated_per_ip = 1000;
+    let s = start_with(cfg, Tuning::default()).await;
+    let mut flood = idle_connections(s.addr, 200).await;
+    let started = std::time::Instant::now();
+    let mut m = timeout(Duration::from_secs(2), join(s.addr, "10.77.0.9", Some(1)))
+        .await
+        .expect("a member joins within 2 s");
+    let joined_in = started.elapsed();
+    // The oldest idle ones made room: the first is closed by the server.
+    assert!(dropped_by_server(&mut flood[0]).await);
+    assert!(load(&s.counters, |c| &c.evicted_unauthenticated) >= 200 - 16);
+    // More strangers arriving never evict a member.
+    let _more = idle_connections(s.addr, 100).await;
+    sync(&mut m, ip("10.77.0.9")).await;
+    println!("joined in {joined_in:?} with 200 idle connections");
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_limited_per_source() {
+    let mut cfg = config(vec![]);
+    cfg.max_unauthenticated_per_ip = 3;
+    let s = start_with(cfg, Tuning::default()).await;
+    let mut idle = idle_connections(s.addr, 3).await;
+    let mut fourth = TcpStream::connect(s.addr).await.unwrap();
+    assert!(dropped_by_server(&mut fourth).await);
+    assert_eq!(load(&s.counters, |c| &c.refused_per_source), 1);
+    // Closing one frees its place; a member that has logged in no longer
+    // counts, so the place is free again afterwards.
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let m = loop {
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
+        let addr = s.addr;
+        let hs = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp);
+        if let Ok(Ok((mut ws, _))) = timeout(WAIT, hs).await {
+            join_with(&mut ws, ip("10.77.0.4"), None).await;
+            sync(&mut ws, ip("10.77.0.4")).await;
+            break ws;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed place never became usable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let again = TcpStream::connect(s.addr).await.unwrap();
+    let hs = tokio_tungstenite::client_async(format!("ws://{}/", s.addr), again);
+    let r = timeout(WAIT, hs).await.unwrap();
+    assert!(r.is_ok(), "a place was free after the member logged in");
+    assert_eq!(load(&s.counters, |c| &c.clients), 1);
+    drop(m);
 }

@@ -14,8 +14,14 @@ counters! {
     clients,
     /// TCP connections accepted (before any handshake).
     connections,
-    /// Connections turned away because `max_clients` were already open.
+    /// Logins turned away because `max_clients` members were already connected.
     refused_capacity,
+    /// Connections refused at accept because their source address already
+    /// held `max_unauthenticated_per_ip` connections that had not logged in.
+    refused_per_source,
+    /// Connections that had not logged in, dropped (oldest first) to admit
+    /// a newer one once `max_unauthenticated` were open.
+    evicted_unauthenticated,
     /// TLS or WebSocket handshakes that failed or timed out.
     handshake_failed,
     /// Successful AUTHs.
@@ -35,6 +41,12 @@ counters! {
     refused_pool_exhausted,
     /// A second AUTH on a session that has already authenticated.
     refused_second_auth,
+    /// AUTHs refused because the same frame (same hash) already logged in:
+    /// a replay.
+    refused_replayed_auth,
+    /// AUTHs with a live session's vmac and address whose timestamp is not
+    /// newer than that session's login: a replay, which must not evict it.
+    refused_not_newer,
     /// Relay messages sent before AUTH.
     refused_unauthenticated,
     /// Frames shorter than their type's minimum (or empty).
@@ -69,6 +81,11 @@ counters! {
     control_no_route,
     /// Frames dropped because the receiving session's send queue was full.
     queue_full,
+    /// Broadcasts (FORWARD to a broadcast or multicast address, DISCOVERY
+    /// or GENERAL to 255.255.255.255) dropped over the sender's rate limit.
+    rate_limited_broadcast,
+    /// Unicast GENERAL frames dropped over the sender's rate limit.
+    rate_limited_general,
     /// EXPTTUN requests answered.
     expttun_granted,
     /// ROUTE frames pushed after AUTH.

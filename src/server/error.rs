@@ -51,6 +51,16 @@ pub enum CloseReason {
     AddressInUse(Ipv4Addr),
     #[error("address pool {0} exhausted")]
     PoolExhausted(Ipv4Cidr),
+    #[error("replayed AUTH for {0}: this exact login was already used")]
+    ReplayedAuth(Ipv4Addr),
+    #[error("AUTH for {ip} (timestamp {timestamp}) is not newer than the live session's login ({live}); it is kept")]
+    NotNewer {
+        ip: Ipv4Addr,
+        timestamp: i64,
+        live: i64,
+    },
+    #[error("server full: {0} members connected (max_clients)")]
+    ServerFull(usize),
     #[error("second AUTH for {new} on a session already bound to {old}")]
     SecondAuth { old: Ipv4Addr, new: Ipv4Addr },
     #[error("{0} before AUTH")]
@@ -65,6 +75,8 @@ pub enum CloseReason {
     Idle(Duration),
     #[error("send to client stalled")]
     WriteStall,
+    #[error("dropped for a newer connection before logging in")]
+    Evicted,
     #[error("replaced by a newer session with the same vmac (reconnect)")]
     Replaced,
     #[error("server shutting down")]
@@ -85,6 +97,7 @@ impl CloseReason {
                 | CloseReason::Lost(_)
                 | CloseReason::Shutdown
                 | CloseReason::Replaced
+                | CloseReason::Evicted
                 | CloseReason::Idle(_)
                 | CloseReason::WriteStall
         )
@@ -98,6 +111,7 @@ impl CloseReason {
             CloseReason::Oversize(_) => Some(CloseCode::Size),
             CloseReason::Shutdown => Some(CloseCode::Away),
             CloseReason::Replaced | CloseReason::Idle(_) => Some(CloseCode::Normal),
+            CloseReason::ServerFull(_) | CloseReason::Evicted => Some(CloseCode::Again),
             _ => Some(CloseCode::Policy),
         }
     }

@@ -1,4 +1,5 @@
-//! Accepting connections: the connection cap, TLS and the WebSocket
+//! Accepting connections: admission of connections that have not logged
+//! in (per source, and a cap that drops the oldest), TLS and the WebSocket
 //! handshake, then handing the stream to a session.
 
 use std::fs::File;
@@ -9,17 +10,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::TlsFiles;
 use crate::proto::ws::MAX_FRAME;
 
 use super::counters::Counters;
 use super::error::ServerError;
+use super::guard::{Admit, LogEvery, Pending};
 use super::session;
 use super::Shared;
 
@@ -83,9 +86,11 @@ pub(crate) async fn accept_loop(
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // A flood is summarised, not logged connection by connection.
+    let mut per_ip_log = LogEvery::default();
+    let mut evicted_log = LogEvery::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -100,21 +105,36 @@ pub(crate) async fn accept_loop(
             },
         };
         Counters::inc(&shared.counters.connections);
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            Counters::inc(&shared.counters.refused_capacity);
-            warn!(
-                "refused from={peer} reason=connection limit of {} reached",
-                shared.max_clients
-            );
-            drop(stream);
-            continue;
+        let (admit, evicted) = shared.admission.admit(peer.ip());
+        if evicted {
+            Counters::inc(&shared.counters.evicted_unauthenticated);
+            if let Some(n) = evicted_log.hit(Instant::now()) {
+                info!(
+                    "dropped {n} oldest connection(s) that had not logged in, to admit new ones ({})",
+                    shared.admission.describe()
+                );
+            }
+        }
+        let pending = match admit {
+            Admit::Yes(p) => p,
+            Admit::PerIp => {
+                Counters::inc(&shared.counters.refused_per_source);
+                if let Some(n) = per_ip_log.hit(Instant::now()) {
+                    warn!(
+                        "refused from={peer} reason=too many connections not logged in from {} ({n} refused since the last line)",
+                        peer.ip()
+                    );
+                }
+                drop(stream);
+                continue;
+            }
         };
         tokio::spawn(connection(
             stream,
             peer,
             tls.clone(),
             shared.clone(),
-            permit,
+            pending,
             shutdown.clone(),
         ));
     }
@@ -125,7 +145,7 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
-    permit: OwnedSemaphorePermit,
+    pending: Pending,
     shutdown: watch::Receiver<bool>,
 ) {
     // Relayed packets are latency-sensitive and writes are already batched.
@@ -143,10 +163,10 @@ async fn connection(
     match tls {
         None => {
             let hs = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, config);
-            match tokio::time::timeout(deadline, hs).await {
-                Ok(Ok(ws)) => session::serve(ws, peer, shared, shutdown, permit).await,
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e.to_string()),
-                Err(_) => handshake_failed(&shared, peer, "handshake timed out"),
+            let hs = async { hs.await.map_err(|e| e.to_string()) };
+            match handshake(&pending, deadline, hs).await {
+                Ok(ws) => session::serve(ws, peer, shared, shutdown, pending).await,
+                Err(e) => handshake_failed(&shared, peer, &e),
             }
         }
         Some(acceptor) => {
@@ -159,12 +179,24 @@ async fn connection(
                     .await
                     .map_err(|e| e.to_string())
             };
-            match tokio::time::timeout(deadline, hs).await {
-                Ok(Ok(ws)) => session::serve(ws, peer, shared, shutdown, permit).await,
-                Ok(Err(e)) => handshake_failed(&shared, peer, &e),
-                Err(_) => handshake_failed(&shared, peer, "handshake timed out"),
+            match handshake(&pending, deadline, hs).await {
+                Ok(ws) => session::serve(ws, peer, shared, shutdown, pending).await,
+                Err(e) => handshake_failed(&shared, peer, &e),
             }
         }
+    }
+}
+
+/// The handshake, bounded by the login deadline and ended early when
+/// admission drops this connection for a newer one.
+async fn handshake<T>(
+    pending: &Pending,
+    deadline: Duration,
+    hs: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = tokio::time::timeout(deadline, hs) => r.unwrap_or_else(|_| Err("handshake timed out".into())),
+        _ = pending.evicted() => Err("dropped for a newer connection (not logged in)".into()),
     }
 }
 

@@ -9,6 +9,7 @@
 mod auth;
 mod counters;
 mod error;
+mod guard;
 mod listener;
 mod pool;
 mod relay;
@@ -49,6 +50,9 @@ pub struct Tuning {
     pub timestamp_window: i64,
     /// How many vmac → last address pairs the pool remembers.
     pub remembered_vmacs: usize,
+    /// How many used AUTH hashes are remembered (each for the timestamp
+    /// window), to refuse a replayed login.
+    pub seen_auths: usize,
 }
 
 impl Default for Tuning {
@@ -60,6 +64,7 @@ impl Default for Tuning {
             write_stall: Duration::from_secs(30),
             timestamp_window: auth::TIMESTAMP_WINDOW,
             remembered_vmacs: 16384,
+            seen_auths: 65536,
         }
     }
 }
@@ -70,6 +75,12 @@ pub(crate) struct Shared {
     pool_net: Ipv4Cidr,
     routes: Vec<PushedRoute>,
     max_clients: usize,
+    /// One permit per member (authenticated session).
+    members: Arc<Semaphore>,
+    /// Connections that have not logged in, counted apart from members.
+    admission: Arc<guard::Admission>,
+    seen_auths: Mutex<guard::SeenAuths>,
+    rates: Rates,
     pool: Mutex<pool::Pool>,
     relay: relay::Relay,
     counters: Arc<Counters>,
@@ -87,6 +98,18 @@ impl Shared {
     fn lock_pool(&self) -> MutexGuard<'_, pool::Pool> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    // One insert or a few removals at a time: consistent after a panic.
+    fn lock_seen_auths(&self) -> MutexGuard<'_, guard::SeenAuths> {
+        self.seen_auths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Per-member frame rates (frames per second, burst).
+#[derive(Debug, Clone, Copy)]
+struct Rates {
+    broadcast: (u32, u32),
+    general: (u32, u32),
 }
 
 /// Stops a running [`Server`]: the listener and STUN responder stop and
@@ -112,7 +135,6 @@ pub struct Server {
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: ShutdownHandle,
-    limit: Arc<Semaphore>,
     permits: u32,
 }
 
@@ -155,6 +177,16 @@ impl Server {
             pool_net: cfg.pool,
             routes: cfg.routes.clone(),
             max_clients: permits as usize,
+            members: Arc::new(Semaphore::new(permits as usize)),
+            admission: guard::Admission::new(guard::AdmissionLimits {
+                max: cfg.max_unauthenticated,
+                per_ip: cfg.max_unauthenticated_per_ip,
+            }),
+            seen_auths: Mutex::new(guard::SeenAuths::new(tuning.seen_auths)),
+            rates: Rates {
+                broadcast: (cfg.broadcast_rate, cfg.broadcast_burst),
+                general: (cfg.general_rate, cfg.general_burst),
+            },
             pool: Mutex::new(pool),
             relay: relay::Relay::new(cfg.pool),
             counters: Arc::new(Counters::default()),
@@ -170,7 +202,6 @@ impl Server {
             local_addr,
             shared,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
-            limit: Arc::new(Semaphore::new(permits as usize)),
             permits,
         })
     }
@@ -218,11 +249,12 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         info!(
-            "server listening on {scheme}://{} pool={} routes={} max_clients={}",
+            "server listening on {scheme}://{} pool={} routes={} max_clients={} {}",
             self.local_addr,
             self.shared.pool_net,
             self.shared.routes.len(),
-            self.shared.max_clients
+            self.shared.max_clients,
+            self.shared.admission.describe(),
         );
         let stun_addrs = self.stun_addrs();
         let stun_task = self.stun.map(|responder| {
@@ -244,14 +276,13 @@ impl Server {
             self.tcp,
             self.tls,
             self.shared.clone(),
-            self.limit.clone(),
             self.shutdown.tx.subscribe(),
         )
         .await;
-        // Every session holds a permit until it has said goodbye.
+        // Every member holds a permit until it has said goodbye.
         let drained = tokio::time::timeout(
             Duration::from_secs(5),
-            self.limit.acquire_many(self.permits),
+            self.shared.members.acquire_many(self.permits),
         )
         .await;
         if drained.is_err() {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::proto::ipv4;
 use crate::proto::Ipv4Cidr;
 
-use super::pool::SessionId;
+use super::pool::{SessionId, Vmac};
 
 /// How to reach one authenticated session.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct Entry {
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Woken to close the session when a reconnect replaces it.
     pub kick: Arc<Notify>,
+    /// The timestamp of the AUTH that bound it: a reconnect must be newer.
+    pub auth_ts: i64,
+    pub vmac: Option<Vmac>,
 }
 
 /// Where a frame went.
@@ -74,6 +77,13 @@ impl Relay {
     /// Binds `vip` to a session and returns the entry it replaced.
     pub fn insert(&self, vip: Ipv4Addr, entry: Entry) -> Option<Entry> {
         self.write().insert(vip, entry)
+    }
+
+    /// Who holds `vip`: session, login timestamp and vmac.
+    pub fn holder(&self, vip: Ipv4Addr) -> Option<(SessionId, i64, Option<Vmac>)> {
+        self.read()
+            .get(&vip)
+            .map(|e| (e.session, e.auth_ts, e.vmac))
     }
 
     /// Unbinds `vip` only if `session` still owns it: a session replaced by
@@ -164,6 +174,8 @@ mod tests {
                 session,
                 tx,
                 kick: Arc::new(Notify::new()),
+                auth_ts: 0,
+                vmac: None,
             },
             rx,
         )

@@ -7,6 +7,10 @@ use std::net::Ipv4Addr;
 use crate::proto::ws::{self, ty, ExptTun, WsMessage};
 use crate::proto::{ipv4, ProtoError};
 
+/// The name a GENERAL frame goes by in `Request::Control`; GENERAL frames
+/// have a rate limit of their own.
+pub const GENERAL: &str = "GENERAL";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request {
     /// FORWARD: relay the packet to `daddr` (or broadcast it).
@@ -42,7 +46,7 @@ impl Request {
             },
             WsMessage::PeerConn(m) => Request::control("UDP4CONN", m.src, m.dst, false),
             WsMessage::Discovery(m) => Request::control("DISCOVERY", m.src, m.dst, true),
-            WsMessage::General(m) => Request::control("GENERAL", m.src, m.dst, true),
+            WsMessage::General(m) => Request::control(GENERAL, m.src, m.dst, true),
             WsMessage::Auth(m) => Request::Auth(m),
             WsMessage::ExptTun(m) => Request::ExptTun(m),
             WsMessage::Vmac(m) => Request::Vmac(m),

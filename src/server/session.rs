@@ -23,9 +23,10 @@ use crate::proto::Ipv4Cidr;
 use super::auth::{self, AuthStep};
 use super::counters::Counters;
 use super::error::CloseReason;
+use super::guard::{Bucket, LogEvery, Pending};
 use super::pool::{Claim, PoolError, SessionId, Vmac};
-use super::relay::{Delivery, Entry};
-use super::request::Request;
+use super::relay::{self, Delivery, Entry};
+use super::request::{self, Request};
 use super::routes;
 use super::Shared;
 
@@ -40,7 +41,7 @@ pub(crate) async fn serve<S>(
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    pending: Pending,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -54,9 +55,16 @@ pub(crate) async fn serve<S>(
         shared.tuning.write_stall,
         shared.counters.clone(),
     ));
+    let now = Instant::now();
+    let rates = shared.rates;
     let mut s = Session {
         id: shared.new_session_id(),
         peer,
+        evict: pending.notifier(),
+        pending: Some(pending),
+        member: None,
+        broadcast: Limited::new(rates.broadcast, now),
+        general: Limited::new(rates.general, now),
         shared,
         tx,
         kick: Arc::new(Notify::new()),
@@ -71,9 +79,32 @@ pub(crate) async fn serve<S>(
     s.finish(reason, close_tx, writer).await;
 }
 
+/// A per-session rate limit and the summary of what it dropped.
+struct Limited {
+    bucket: Bucket,
+    log: LogEvery,
+}
+
+impl Limited {
+    fn new((rate, burst): (u32, u32), now: Instant) -> Self {
+        Self {
+            bucket: Bucket::new(rate, burst, now),
+            log: LogEvery::default(),
+        }
+    }
+}
+
 struct Session {
     id: SessionId,
     peer: SocketAddr,
+    /// Until AUTH: this connection's place among those not logged in.
+    pending: Option<Pending>,
+    /// Woken when admission drops this connection for a newer one.
+    evict: Arc<Notify>,
+    /// After AUTH: this member's place under `max_clients`.
+    member: Option<OwnedSemaphorePermit>,
+    broadcast: Limited,
+    general: Limited,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Vec<u8>>,
     kick: Arc<Notify>,
@@ -107,6 +138,11 @@ impl Session {
                 biased;
                 _ = shutdown.changed() => return (CloseReason::Shutdown, Some(writer)),
                 _ = self.kick.notified() => return (CloseReason::Replaced, Some(writer)),
+                // A login racing the eviction wins: a member is never dropped
+                // as a stranger.
+                _ = self.evict.notified(), if self.vip.is_none() => {
+                    return (CloseReason::Evicted, Some(writer));
+                }
                 end = &mut writer => {
                     let reason = end.unwrap_or_else(|e| CloseReason::Lost(format!("writer task: {e}")));
                     return (reason, None);
@@ -222,6 +258,10 @@ impl Session {
             }
             return;
         }
+        if relay::forward_is_broadcast(self.shared.pool_net, daddr) && !self.allow_broadcast(vip) {
+            return;
+        }
+        let c = &self.shared.counters;
         match self.shared.relay.forward(vip, daddr, frame) {
             Delivery::Sent => Counters::inc(&c.forward_unicast),
             Delivery::NoRoute => {
@@ -261,7 +301,19 @@ impl Session {
             }
             return;
         }
-        let delivery = if broadcast_ok && dst == ws::BROADCAST {
+        let broadcast = broadcast_ok && dst == ws::BROADCAST;
+        let allowed = if broadcast {
+            self.allow_broadcast(vip)
+        } else if what == request::GENERAL {
+            self.allow_general(vip)
+        } else {
+            true
+        };
+        if !allowed {
+            return;
+        }
+        let c = &self.shared.counters;
+        let delivery = if broadcast {
             self.shared.relay.broadcast(vip, &frame)
         } else {
             self.shared.relay.send_to(dst, frame)
@@ -278,6 +330,39 @@ impl Session {
             }
             Delivery::QueueFull => Counters::inc(&c.queue_full),
         }
+    }
+
+    /// Takes a token from the broadcast limit; a drop is counted, and
+    /// logged once per interval.
+    fn allow_broadcast(&mut self, vip: Ipv4Addr) -> bool {
+        let now = Instant::now();
+        if self.broadcast.bucket.take(now) {
+            return true;
+        }
+        Counters::inc(&self.shared.counters.rate_limited_broadcast);
+        if let Some(n) = self.broadcast.log.hit(now) {
+            warn!(
+                "vip={vip} from={} over its broadcast limit ({}/s, burst {}): {n} dropped since the last line",
+                self.peer, self.shared.rates.broadcast.0, self.shared.rates.broadcast.1
+            );
+        }
+        false
+    }
+
+    /// The same for unicast GENERAL frames.
+    fn allow_general(&mut self, vip: Ipv4Addr) -> bool {
+        let now = Instant::now();
+        if self.general.bucket.take(now) {
+            return true;
+        }
+        Counters::inc(&self.shared.counters.rate_limited_general);
+        if let Some(n) = self.general.log.hit(now) {
+            warn!(
+                "vip={vip} from={} over its GENERAL limit ({}/s, burst {}): {n} dropped since the last line",
+                self.peer, self.shared.rates.general.0, self.shared.rates.general.1
+            );
+        }
+        false
     }
 
     fn on_vmac(&mut self, m: ws::Vmac) -> Result<(), CloseReason> {
@@ -364,10 +449,37 @@ impl Session {
             }
             Ok(AuthStep::First) => {}
         }
+        // The frame verified, so it carries the password: remember it until
+        // its timestamp leaves the window, and refuse it if it was used.
+        let expires = m.timestamp.saturating_add(sh.tuning.timestamp_window);
+        if !sh
+            .lock_seen_auths()
+            .first_use(m.hash, expires, auth::now_unix())
+        {
+            Counters::inc(&sh.counters.refused_replayed_auth);
+            return Err(CloseReason::ReplayedAuth(m.ip));
+        }
+        let Ok(member) = sh.members.clone().try_acquire_owned() else {
+            Counters::inc(&sh.counters.refused_capacity);
+            return Err(CloseReason::ServerFull(sh.max_clients));
+        };
         {
             // Pool and table change together under the pool lock, so the
             // holder of an address and the session it routes to never differ.
             let mut pool = sh.lock_pool();
+            if let Some((live, live_ts, live_vmac)) = sh.relay.holder(m.ip) {
+                // Only a takeover (same vmac) is decided here; another vmac
+                // is refused by the pool below.
+                let takeover = live != self.id && self.vmac.is_some() && live_vmac == self.vmac;
+                if takeover && m.timestamp <= live_ts {
+                    Counters::inc(&sh.counters.refused_not_newer);
+                    return Err(CloseReason::NotNewer {
+                        ip: m.ip,
+                        timestamp: m.timestamp,
+                        live: live_ts,
+                    });
+                }
+            }
             let claim = pool.claim(self.id, self.vmac, m.ip).map_err(|e| {
                 let r = match e {
                     PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
@@ -381,6 +493,8 @@ impl Session {
                 session: self.id,
                 tx: self.tx.clone(),
                 kick: self.kick.clone(),
+                auth_ts: m.timestamp,
+                vmac: self.vmac,
             };
             if let Some(old) = sh.relay.insert(m.ip, entry) {
                 if old.session != self.id {
@@ -397,6 +511,9 @@ impl Session {
                 Counters::inc(&sh.counters.evicted_reconnect);
             }
         }
+        // A member now: its place among strangers is free.
+        self.pending = None;
+        self.member = Some(member);
         self.vip = Some(m.ip);
         self.gateway_for = routes::gateway_subnets(&sh.routes, m.ip);
         Counters::inc(&sh.counters.auth_ok);
