@@ -13,7 +13,7 @@ use ringlink::proto::ws::{
     self, Auth, Discovery, ExptTun, General, PeerConn, SysRoute, Vmac, WsMessage,
 };
 use ringlink::proto::Ipv4Cidr;
-use ringlink::server::{Counters, Server, ShutdownHandle, Tuning};
+use ringlink::server::{Server, ServerCounters, ShutdownHandle, Tuning};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
@@ -59,7 +59,7 @@ struct Running {
     addr: SocketAddr,
     stun: Option<SocketAddr>,
     stop: ShutdownHandle,
-    counters: Arc<Counters>,
+    counters: Arc<ServerCounters>,
 }
 
 impl Drop for Running {
@@ -204,7 +204,7 @@ async fn expttun<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-fn load(c: &Counters, f: impl Fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+fn load(c: &ServerCounters, f: impl Fn(&ServerCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
     f(c).load(Ordering::Relaxed)
 }
 

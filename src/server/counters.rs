@@ -9,7 +9,7 @@ use crate::counters::counters;
 
 counters! {
     /// Live counters shared by every task of one server.
-    atomic Counters => ServerCounterSnapshot {
+    atomic ServerCounters => ServerCounterSnapshot {
     /// Gauge: authenticated sessions right now.
     clients,
     /// TCP connections accepted (before any handshake).
@@ -97,7 +97,7 @@ counters! {
     }
 }
 
-impl Counters {
+impl ServerCounters {
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

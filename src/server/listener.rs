@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::config::TlsFiles;
 use crate::proto::ws::MAX_FRAME;
 
-use super::counters::Counters;
+use super::counters::ServerCounters;
 use super::error::ServerError;
 use super::guard::{Admit, LogEvery, Pending};
 use super::session;
@@ -104,10 +104,10 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
-        Counters::inc(&shared.counters.connections);
+        ServerCounters::inc(&shared.counters.connections);
         let (admit, evicted) = shared.admission.admit(peer.ip());
         if evicted {
-            Counters::inc(&shared.counters.evicted_unauthenticated);
+            ServerCounters::inc(&shared.counters.evicted_unauthenticated);
             if let Some(n) = evicted_log.hit(Instant::now()) {
                 info!(
                     "dropped {n} oldest connection(s) that had not logged in, to admit new ones ({})",
@@ -118,7 +118,7 @@ pub(crate) async fn accept_loop(
         let pending = match admit {
             Admit::Yes(p) => p,
             Admit::PerIp => {
-                Counters::inc(&shared.counters.refused_per_source);
+                ServerCounters::inc(&shared.counters.refused_per_source);
                 if let Some(n) = per_ip_log.hit(Instant::now()) {
                     warn!(
                         "refused from={peer} reason=too many connections not logged in from {} ({n} refused since the last line)",
@@ -201,6 +201,6 @@ async fn handshake<T>(
 }
 
 fn handshake_failed(shared: &Shared, peer: SocketAddr, why: &str) {
-    Counters::inc(&shared.counters.handshake_failed);
+    ServerCounters::inc(&shared.counters.handshake_failed);
     debug!("handshake failed from={peer}: {why}");
 }

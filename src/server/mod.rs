@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::config::{PushedRoute, ServerConfig};
 use crate::proto::Ipv4Cidr;
 
-pub use counters::{Counters, ServerCounterSnapshot};
+pub use counters::{ServerCounterSnapshot, ServerCounters};
 pub use error::{CloseReason, ServerError};
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
     rates: Rates,
     pool: Mutex<pool::Pool>,
     relay: relay::Relay,
-    counters: Arc<Counters>,
+    counters: Arc<ServerCounters>,
     tuning: Tuning,
     next_id: AtomicU64,
 }
@@ -189,7 +189,7 @@ impl Server {
             },
             pool: Mutex::new(pool),
             relay: relay::Relay::new(cfg.pool),
-            counters: Arc::new(Counters::default()),
+            counters: Arc::new(ServerCounters::default()),
             tuning,
             next_id: AtomicU64::new(1),
         });
@@ -240,7 +240,7 @@ impl Server {
     }
 
     /// Live counters; they stay readable after the server stops.
-    pub fn counters(&self) -> Arc<Counters> {
+    pub fn counters(&self) -> Arc<ServerCounters> {
         self.shared.counters.clone()
     }
 

@@ -21,7 +21,7 @@ use crate::proto::ws::{self, ExptTun, EXPTTUN_LEN, MAX_FRAME};
 use crate::proto::Ipv4Cidr;
 
 use super::auth::{self, AuthStep};
-use super::counters::Counters;
+use super::counters::ServerCounters;
 use super::error::CloseReason;
 use super::guard::{Bucket, LogEvery, Pending};
 use super::pool::{Claim, PoolError, SessionId, Vmac};
@@ -149,12 +149,12 @@ impl Session {
                 }
                 _ = &mut timer => {
                     if self.vip.is_none() {
-                        Counters::inc(&self.shared.counters.timeout_auth);
+                        ServerCounters::inc(&self.shared.counters.timeout_auth);
                         return (CloseReason::AuthTimeout(auth_timeout), Some(writer));
                     }
                     let due = self.last_rx + idle;
                     if due <= Instant::now() {
-                        Counters::inc(&self.shared.counters.timeout_idle);
+                        ServerCounters::inc(&self.shared.counters.timeout_idle);
                         return (CloseReason::Idle(idle), Some(writer));
                     }
                     timer.as_mut().reset(due);
@@ -182,7 +182,7 @@ impl Session {
     fn read_error(&self, e: WsError) -> CloseReason {
         match e {
             WsError::Capacity(CapacityError::MessageTooLong { size, .. }) => {
-                Counters::inc(&self.shared.counters.refused_oversize);
+                ServerCounters::inc(&self.shared.counters.refused_oversize);
                 CloseReason::Oversize(size)
             }
             WsError::ConnectionClosed | WsError::AlreadyClosed => CloseReason::ClientClosed,
@@ -194,7 +194,7 @@ impl Session {
         match msg {
             Message::Binary(frame) => self.on_frame(frame),
             Message::Text(_) => {
-                Counters::inc(&self.shared.counters.text_ignored);
+                ServerCounters::inc(&self.shared.counters.text_ignored);
                 Ok(())
             }
             // tungstenite queues the Pong itself; the next poll of the
@@ -206,20 +206,20 @@ impl Session {
 
     fn on_frame(&mut self, frame: Vec<u8>) -> Result<(), CloseReason> {
         let c = &self.shared.counters;
-        Counters::inc(&c.frames_in);
+        ServerCounters::inc(&c.frames_in);
         if frame.len() > MAX_FRAME {
-            Counters::inc(&c.refused_oversize);
+            ServerCounters::inc(&c.refused_oversize);
             return Err(CloseReason::Oversize(frame.len()));
         }
         let request = match Request::decode(&frame) {
             Ok(r) => r,
             Err(e) => {
-                Counters::inc(&c.refused_malformed);
+                ServerCounters::inc(&c.refused_malformed);
                 return Err(CloseReason::Malformed(e));
             }
         };
         if let (Some(what), None) = (request.needs_auth(), self.vip) {
-            Counters::inc(&c.refused_unauthenticated);
+            ServerCounters::inc(&c.refused_unauthenticated);
             return Err(CloseReason::NotAuthenticated(what));
         }
         match request {
@@ -240,7 +240,7 @@ impl Session {
             Request::ExptTun(m) => self.on_expttun(m, frame),
             Request::Vmac(m) => self.on_vmac(m),
             Request::Ignored(kind) => {
-                Counters::inc(&c.unknown_ignored);
+                ServerCounters::inc(&c.unknown_ignored);
                 debug!("ignoring frame type {kind} from={}", self.peer);
                 Ok(())
             }
@@ -251,7 +251,7 @@ impl Session {
         let c = &self.shared.counters;
         let Some(vip) = self.vip else { return };
         if !routes::source_allowed(vip, &self.gateway_for, saddr) {
-            Counters::inc(&c.forward_spoofed);
+            ServerCounters::inc(&c.forward_spoofed);
             if !self.warned_forward_spoof {
                 self.warned_forward_spoof = true;
                 warn!("dropping FORWARD with spoofed source {saddr} from vip={vip} (further drops not logged)");
@@ -263,14 +263,14 @@ impl Session {
         }
         let c = &self.shared.counters;
         match self.shared.relay.forward(vip, daddr, frame) {
-            Delivery::Sent => Counters::inc(&c.forward_unicast),
+            Delivery::Sent => ServerCounters::inc(&c.forward_unicast),
             Delivery::NoRoute => {
-                Counters::inc(&c.forward_no_route);
+                ServerCounters::inc(&c.forward_no_route);
                 debug!("no route for FORWARD {saddr} -> {daddr} from vip={vip}");
             }
-            Delivery::QueueFull => Counters::inc(&c.queue_full),
+            Delivery::QueueFull => ServerCounters::inc(&c.queue_full),
             Delivery::Broadcast { full, .. } => {
-                Counters::inc(&c.forward_broadcast);
+                ServerCounters::inc(&c.forward_broadcast);
                 add(&c.queue_full, full);
             }
         }
@@ -290,7 +290,7 @@ impl Session {
         let c = &self.shared.counters;
         let Some(vip) = self.vip else { return };
         if src != vip {
-            Counters::inc(&c.control_spoofed);
+            ServerCounters::inc(&c.control_spoofed);
             if self.warned_control_spoof {
                 debug!("dropping {what} with src {src} from vip={vip}");
             } else {
@@ -319,16 +319,16 @@ impl Session {
             self.shared.relay.send_to(dst, frame)
         };
         match delivery {
-            Delivery::Sent => Counters::inc(&c.control_relayed),
+            Delivery::Sent => ServerCounters::inc(&c.control_relayed),
             Delivery::Broadcast { full, .. } => {
-                Counters::inc(&c.control_relayed);
+                ServerCounters::inc(&c.control_relayed);
                 add(&c.queue_full, full);
             }
             Delivery::NoRoute => {
-                Counters::inc(&c.control_no_route);
+                ServerCounters::inc(&c.control_no_route);
                 debug!("no session for {what} {src} -> {dst}");
             }
-            Delivery::QueueFull => Counters::inc(&c.queue_full),
+            Delivery::QueueFull => ServerCounters::inc(&c.queue_full),
         }
     }
 
@@ -339,7 +339,7 @@ impl Session {
         if self.broadcast.bucket.take(now) {
             return true;
         }
-        Counters::inc(&self.shared.counters.rate_limited_broadcast);
+        ServerCounters::inc(&self.shared.counters.rate_limited_broadcast);
         if let Some(n) = self.broadcast.log.hit(now) {
             warn!(
                 "vip={vip} from={} over its broadcast limit ({}/s, burst {}): {n} dropped since the last line",
@@ -355,7 +355,7 @@ impl Session {
         if self.general.bucket.take(now) {
             return true;
         }
-        Counters::inc(&self.shared.counters.rate_limited_general);
+        ServerCounters::inc(&self.shared.counters.rate_limited_general);
         if let Some(n) = self.general.log.hit(now) {
             warn!(
                 "vip={vip} from={} over its GENERAL limit ({}/s, burst {}): {n} dropped since the last line",
@@ -415,7 +415,7 @@ impl Session {
         // client appended come back unchanged (§11).
         let reply = ExptTun::new(&sh.password, cidr, now).encode();
         frame[..EXPTTUN_LEN].copy_from_slice(&reply);
-        Counters::inc(&sh.counters.expttun_granted);
+        ServerCounters::inc(&sh.counters.expttun_granted);
         debug!(
             "granted {cidr} to from={} vmac={} (requested {})",
             self.peer,
@@ -423,7 +423,7 @@ impl Session {
             m.cidr
         );
         if self.tx.try_send(frame).is_err() {
-            Counters::inc(&sh.counters.queue_full);
+            ServerCounters::inc(&sh.counters.queue_full);
         }
         Ok(())
     }
@@ -456,11 +456,11 @@ impl Session {
             .lock_seen_auths()
             .first_use(m.hash, expires, auth::now_unix())
         {
-            Counters::inc(&sh.counters.refused_replayed_auth);
+            ServerCounters::inc(&sh.counters.refused_replayed_auth);
             return Err(CloseReason::ReplayedAuth(m.ip));
         }
         let Ok(member) = sh.members.clone().try_acquire_owned() else {
-            Counters::inc(&sh.counters.refused_capacity);
+            ServerCounters::inc(&sh.counters.refused_capacity);
             return Err(CloseReason::ServerFull(sh.max_clients));
         };
         {
@@ -472,7 +472,7 @@ impl Session {
                 // is refused by the pool below.
                 let takeover = live != self.id && self.vmac.is_some() && live_vmac == self.vmac;
                 if takeover && m.timestamp <= live_ts {
-                    Counters::inc(&sh.counters.refused_not_newer);
+                    ServerCounters::inc(&sh.counters.refused_not_newer);
                     return Err(CloseReason::NotNewer {
                         ip: m.ip,
                         timestamp: m.timestamp,
@@ -499,7 +499,7 @@ impl Session {
             if let Some(old) = sh.relay.insert(m.ip, entry) {
                 if old.session != self.id {
                     old.kick.notify_one();
-                    Counters::inc(&sh.counters.evicted_reconnect);
+                    ServerCounters::inc(&sh.counters.evicted_reconnect);
                     info!(
                         "vip={} reconnected from={}: closing the older session",
                         m.ip, self.peer
@@ -508,7 +508,7 @@ impl Session {
             } else if let Claim::Took { .. } = claim {
                 // The older session had only reserved the address; it keeps
                 // running unbound and will be refused if it tries to AUTH.
-                Counters::inc(&sh.counters.evicted_reconnect);
+                ServerCounters::inc(&sh.counters.evicted_reconnect);
             }
         }
         // A member now: its place among strangers is free.
@@ -516,8 +516,8 @@ impl Session {
         self.member = Some(member);
         self.vip = Some(m.ip);
         self.gateway_for = routes::gateway_subnets(&sh.routes, m.ip);
-        Counters::inc(&sh.counters.auth_ok);
-        Counters::inc(&sh.counters.clients);
+        ServerCounters::inc(&sh.counters.auth_ok);
+        ServerCounters::inc(&sh.counters.clients);
         info!(
             "client joined vip={} from={} vmac={}",
             m.ip,
@@ -526,9 +526,9 @@ impl Session {
         );
         for f in routes::route_frames(&sh.routes, m.ip) {
             if self.tx.try_send(f).is_ok() {
-                Counters::inc(&sh.counters.routes_pushed);
+                ServerCounters::inc(&sh.counters.routes_pushed);
             } else {
-                Counters::inc(&sh.counters.queue_full);
+                ServerCounters::inc(&sh.counters.queue_full);
             }
         }
         Ok(())
@@ -577,7 +577,7 @@ fn add(counter: &std::sync::atomic::AtomicU64, n: usize) {
     }
 }
 
-fn count_refusal(c: &Counters, r: &CloseReason) {
+fn count_refusal(c: &ServerCounters, r: &CloseReason) {
     let counter = match r {
         CloseReason::BadHash(_) => &c.refused_bad_hash,
         CloseReason::StaleTimestamp { .. } => &c.refused_stale_timestamp,
@@ -587,7 +587,7 @@ fn count_refusal(c: &Counters, r: &CloseReason) {
         CloseReason::SecondAuth { .. } => &c.refused_second_auth,
         _ => return,
     };
-    Counters::inc(counter);
+    ServerCounters::inc(counter);
 }
 
 async fn write_loop<S>(
@@ -595,7 +595,7 @@ async fn write_loop<S>(
     mut rx: mpsc::Receiver<Vec<u8>>,
     mut close_rx: oneshot::Receiver<CloseReason>,
     stall: Duration,
-    counters: Arc<Counters>,
+    counters: Arc<ServerCounters>,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -629,7 +629,7 @@ where
             Ok(Ok(())) => {}
             Ok(Err(e)) => return CloseReason::Lost(format!("write failed: {e}")),
             Err(_) => {
-                Counters::inc(&counters.write_stalls);
+                ServerCounters::inc(&counters.write_stalls);
                 return CloseReason::WriteStall;
             }
         }

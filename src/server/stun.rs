@@ -16,7 +16,7 @@ use crate::proto::stun::{
     encode_binding_response, encode_binding_response_other, parse_binding_request, ChangeRequest,
 };
 
-use super::counters::Counters;
+use super::counters::ServerCounters;
 use super::error::ServerError;
 
 /// Which of the responder's sockets: primary or alternate IP and port.
@@ -172,7 +172,11 @@ impl Responder {
     }
 
     /// Serves every socket until shutdown.
-    pub(crate) async fn serve(self, counters: Arc<Counters>, shutdown: watch::Receiver<bool>) {
+    pub(crate) async fn serve(
+        self,
+        counters: Arc<ServerCounters>,
+        shutdown: watch::Receiver<bool>,
+    ) {
         let all = Arc::new(self.sockets);
         let layout = Arc::new(self.layout);
         let tasks: Vec<_> = all
@@ -197,7 +201,7 @@ async fn serve_socket(
     at: Role,
     all: Arc<Vec<(Role, Arc<UdpSocket>)>>,
     layout: Arc<Layout>,
-    counters: Arc<Counters>,
+    counters: Arc<ServerCounters>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let socket_for = |role: Role| all.iter().find(|(r, _)| *r == role).map(|(_, s)| s.clone());
@@ -219,14 +223,14 @@ async fn serve_socket(
             },
         };
         let Some((role, resp)) = answer(&buf[..n], from, &layout, at) else {
-            Counters::inc(&counters.stun_ignored);
+            ServerCounters::inc(&counters.stun_ignored);
             trace!("stun: ignored {n} bytes from {from}");
             continue;
         };
         let reply_sock = socket_for(role).unwrap_or_else(|| sock.clone());
         match reply_sock.send_to(&resp, from).await {
             Ok(_) => {
-                Counters::inc(&counters.stun_answered);
+                ServerCounters::inc(&counters.stun_answered);
                 trace!("stun: answered {from} from {}", layout.addr(role));
             }
             Err(e) => debug!("stun: cannot answer {from}: {e}"),
