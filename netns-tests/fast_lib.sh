@@ -53,13 +53,17 @@ rl_has_workers() {
     [ "$(rl_status_get "$1" 'd["workers"]')" = "$2" ] && rl_workers_alive "$1" "$2"
 }
 
-# rl_udp_sockets <name> <node> : UDP sockets process <name> has open in
+# rl_udp_sockets <name> <node> : UDP sockets process <name> has open on its data port in
 # <node> (one per worker; the control thread's sender is a dup of worker 0's
 # socket and shares its line).
 rl_udp_sockets() {
-    local pid=${RL_PID[$1]:-}
+    local pid=${RL_PID[$1]:-} port
     [ -n "$pid" ] || { echo 0; return 1; }
-    rl_exec "$2" ss -Huanp 2>/dev/null | grep -c "pid=$pid,"
+    # The data port, from the client's log: the NAT classifier's own
+    # sockets (4, for a few seconds after start) are on other ports.
+    port=$(grep -o 'udp_port=[0-9]*' "$(rl_log_file "$1")" 2>/dev/null | head -1 | cut -d= -f2)
+    [ -n "$port" ] || { echo 0; return 1; }
+    rl_exec "$2" ss -Huanp "sport = :$port" 2>/dev/null | grep -c "pid=$pid,"
 }
 
 # rl_worker_cpu <name> <n> : "rl-dp0=<ticks> rl-dp1=<ticks> ..." for <n> workers.
