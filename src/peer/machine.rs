@@ -235,7 +235,7 @@ impl Peer {
         if self.eager && prev != next {
             match next {
                 PeerState::Preparing => out.push_back(Action::StunRequest),
-                PeerState::Connecting | PeerState::Connected => self.probe(now, timers, out),
+                PeerState::Connecting | PeerState::Connected => self.probe(now, env, out),
                 _ => {}
             }
         }
@@ -504,21 +504,21 @@ impl Peer {
             }
             PeerState::Synchronizing => {
                 if in_state < t.synchronizing {
-                    self.probe(now, t, out);
+                    self.probe(now, env, out);
                 } else {
                     self.set_state(PeerState::Failed, now, env, out);
                 }
             }
             PeerState::Connecting => {
                 if in_state < t.connecting {
-                    self.probe(now, t, out);
+                    self.probe(now, env, out);
                 } else {
                     self.set_state(PeerState::Waiting, now, env, out);
                 }
             }
             PeerState::Connected => {
                 if in_state < t.connected_idle {
-                    self.probe(now, t, out);
+                    self.probe(now, env, out);
                 } else {
                     self.set_state(PeerState::Init, now, env, out);
                 }
@@ -541,7 +541,8 @@ impl Peer {
 
     /// The tick's messages to the peer's candidates: Candy's heartbeats,
     /// or challenges to a ringlink peer (whose PONGs are its heartbeats).
-    fn probe(&mut self, now: Instant, timers: &Timers, out: &mut VecDeque<Action>) {
+    fn probe(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
+        let timers = env.timers;
         let (first, second) = match self.state {
             // A ringlink peer connects on the first proven address, often
             // the public one before the LAN candidate is known or answered,
@@ -556,7 +557,11 @@ impl Peer {
             PeerState::Synchronizing => (self.local, None),
             _ => (None, None),
         };
-        for to in [first, second].into_iter().flatten() {
+        // A candidate inside the tunnel (a LAN address the peer announced
+        // that is also a subnet the tunnel carries) would be reached
+        // through the tunnel itself: never probe there.
+        let outside = |to: &SocketAddrV4| !env.tunnelled(*to.ip());
+        for to in [first, second].into_iter().flatten().filter(outside) {
             if self.ringlink {
                 self.challenge(to, Reason::Tick, now, out);
             } else {

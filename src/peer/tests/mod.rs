@@ -804,3 +804,21 @@ fn connected_boundary_is_exactly_three_seconds() {
 }
 
 mod proof;
+
+#[test]
+fn candidates_inside_the_tunnel_are_never_probed() {
+    let mut n = Node::new(|_| {});
+    assert!(n.m.handle_lan_info(B, B_LAN, n.now).is_accepted());
+    n.reach_connecting();
+    // B's LAN is a subnet the tunnel carries (B is its gateway).
+    n.m.set_tunnelled(vec!["192.168.0.0/24".parse().unwrap()]);
+    let to: Vec<SocketAddrV4> = n
+        .advance(1000)
+        .into_iter()
+        .filter_map(|(_, a)| match a {
+            Action::Heartbeat { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to, [B_PUB]);
+}
