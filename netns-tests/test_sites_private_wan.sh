@@ -15,10 +15,13 @@
 # Every counter that decides is on the switch (nftables bridge family), not
 # in ringlink; status is only asked which path each end believes in.
 #
-# Every gateway relays at route_cost 50 (as b does in test_sites_via_peer):
-# on veth every RTT is ~0 ms, so 50 ms stands for a detour, and a busy host's
-# RTT spikes never make a detour through a third gateway look faster than
-# the direct path that phase (a) checks.
+# Every gateway relays at route_cost 400: on veth every RTT is ~0 ms, but a
+# CI host running four tests at once shows RTT spikes of tens of ms, and
+# with a small cost latency routing then (rightly) sends a pair's traffic
+# through the third gateway, which phase (a), about the direct paths,
+# would count against them. A detour now wins only over a direct RTT above
+# 400 ms, and the one route phase (b) needs stays under Candy's 1000 ms
+# withdrawal line.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -33,7 +36,7 @@ SIZE=1200
 echo "test_sites_private_wan: gateways on WAN $RL_SITES_NET.0/24 with subnet routes go direct; a->c blocked goes via b"
 
 rl_sites_server || { rl_fail "server listens"; rl_finish; }
-common=("test_time_divisor = 5" "discovery = 10" "route_cost = 50")
+common=("test_time_divisor = 5" "discovery = 10" "route_cost = 400")
 rl_site a "${common[@]}"
 rl_site b "${common[@]}"
 rl_site c "${common[@]}"
@@ -149,7 +152,7 @@ done
 # ------------------------------------------------------------------ (b)
 rl_block_udp_pair "${WAN[a]}" "${WAN[c]}"
 t0=$(rl_now_ms)
-echo "  the switch now drops UDP ${WAN[a]} <-> ${WAN[c]} (b relays at route cost 50)"
+echo "  the switch now drops UDP ${WAN[a]} <-> ${WAN[c]} (b relays at route cost 400)"
 rl_spawn ping-ac2 lan-a ping -n -i 0.2 -s "$SIZE" -W 1 -w $((DEADLINE + 5)) "${HOST[c]}"
 via_b() { rl_route_via gw-a "${VIP[c]}" "${VIP[b]}" && rl_route_via gw-c "${VIP[a]}" "${VIP[b]}"; }
 if rl_wait_until "$DEADLINE" via_b; then
