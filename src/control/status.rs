@@ -214,13 +214,15 @@ pub fn render(s: &Status) -> String {
     render_counters(&mut out, "router", s.router.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
-            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:>9} {:>12} {:>12}\n",
+            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:>12} {:>12}\n",
             "PEER",
             "SPEAKS",
             "STATE",
             "PATH",
             "ENDPOINT",
             "HB AGE",
+            "NAT",
+            "METHOD",
             "TO DIRECT",
             "TX BYTES",
             "RX BYTES"
@@ -228,13 +230,15 @@ pub fn render(s: &Status) -> String {
         let secs = |v: Option<f64>| v.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
         for p in &s.peers {
             out.push_str(&format!(
-                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:>9} {:>12} {:>12}\n",
+                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:>12} {:>12}\n",
                 p.vip,
                 p.speaks,
                 p.state,
                 p.path,
                 p.endpoint.as_deref().unwrap_or("-"),
                 secs(p.last_heartbeat_secs),
+                p.nat.as_deref().unwrap_or("-"),
+                p.method.as_deref().unwrap_or("-"),
                 secs(p.time_to_direct_secs),
                 p.tx_bytes,
                 p.rx_bytes
@@ -306,6 +310,23 @@ mod tests {
         });
         assert_eq!(got.unwrap(), want);
         assert!(render(&want).contains("CONNECTED"));
+        let mut peer = want.peers[0].clone();
+        peer.nat = Some("symmetric/+1".into());
+        peer.method = Some("port prediction".into());
+        peer.time_to_direct_secs = Some(0.42);
+        let shown = render(&Status {
+            peers: vec![peer],
+            nat: Some("cone/port-restricted".into()),
+            ..want.clone()
+        });
+        for word in [
+            "symmetric/+1",
+            "port prediction",
+            "0.4s",
+            "nat cone/port-restricted",
+        ] {
+            assert!(shown.contains(word), "{word} in {shown}");
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 
