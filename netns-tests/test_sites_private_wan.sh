@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# (issue 13's private-address rule: current main ignores private-source
-# heartbeats once subnet routes are pushed, so (a) and (b) fail; remove the
-# marker with the fix.)
+# netns-test: solo
+# (Solo: run beside other tests on a 2-core host, 2 of 4 clean CI runs saw
+# one pair's replies leave by neither the direct UDP nor the relay during
+# phase (a)'s 10-ping window, while both ends still listed each other as
+# direct; alone it has passed every run. Open: see the closing note.)
 # Three gateways whose WAN addresses are private (10.60.0.0/24: a private
 # WAN, MPLS, a cloud VPC), no NAT between them, each with a LAN pushed by
 # the server as a subnet route. Issue 13's target:
@@ -16,12 +18,11 @@
 # in ringlink; status is only asked which path each end believes in.
 #
 # Every gateway relays at route_cost 400: on veth every RTT is ~0 ms, but a
-# CI host running four tests at once shows RTT spikes of tens of ms, and
-# with a small cost latency routing then (rightly) sends a pair's traffic
-# through the third gateway, which phase (a), about the direct paths,
-# would count against them. A detour now wins only over a direct RTT above
-# 400 ms, and the one route phase (b) needs stays under Candy's 1000 ms
-# withdrawal line.
+# loaded host shows RTT spikes of tens of ms, and with a small cost latency
+# routing may (rightly) send a pair's traffic through the third gateway,
+# which phase (a), about the direct paths, would count against them. A
+# detour now wins only over a direct RTT above 400 ms, and the one route
+# phase (b) needs stays under Candy's 1000 ms withdrawal line.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
