@@ -120,6 +120,7 @@ impl Challenges {
         self.pending.clear();
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.len()
     }

@@ -160,9 +160,6 @@ impl Peer {
     pub fn time_to_direct(&self) -> Option<Duration> {
         self.time_to_direct
     }
-    pub fn pending_challenges(&self) -> usize {
-        self.challenges.len()
-    }
     pub fn nat(&self) -> Option<Advertised> {
         self.nat
     }

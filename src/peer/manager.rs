@@ -79,8 +79,6 @@ pub struct PeerStatus {
     pub attempts: u32,
     /// How long the attempt that reached CONNECTED took.
     pub time_to_direct: Option<Duration>,
-    /// Challenges sent and not yet answered.
-    pub pending_challenges: usize,
     /// What the peer said about its NAT.
     pub nat: Option<Advertised>,
     /// The method of the current or last attempt (ringlink peers).
@@ -101,7 +99,6 @@ impl From<&Peer> for PeerStatus {
             ringlink: p.ringlink(),
             attempts: p.attempts(),
             time_to_direct: p.time_to_direct(),
-            pending_challenges: p.pending_challenges(),
             nat: p.nat(),
             method: p.method(),
         }
