@@ -818,7 +818,14 @@ fn probes_are_periodic_and_spread() {
     for d in 10..20 {
         r.peer_connected(pv(d), t0);
     }
-    drain(&mut r);
+    // Each peer echoes the probe on connect: measured links probe from a
+    // random phase (unmeasured ones retry on their own schedule).
+    for t in drain(&mut r) {
+        if let PeerMessage::Delay(d) = t.msg {
+            r.handle_delay(d, t0);
+        }
+    }
+    assert!((10..20).all(|d| r.peer_rtt(pv(d)).is_some()));
     let mut first_probe_at = BTreeMap::new();
     let mut count = 0;
     let mut now = t0;
@@ -943,4 +950,84 @@ fn first_to_connect_measures_when_the_peer_probes() {
     assert!(drain(&mut ra)
         .iter()
         .all(|t| !matches!(t.msg, PeerMessage::Delay(d) if d.src == a)));
+}
+
+/// Every DELAY `r` has queued, in order.
+fn delays(r: &mut Router) -> Vec<Delay> {
+    std::iter::from_fn(|| r.poll_transmit())
+        .map(|t| match t.msg {
+            PeerMessage::Delay(d) => d,
+            other => panic!("expected only DELAY, got {other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_connecting_within_one_ms_both_measure_the_link() {
+    // The race seen between gateways on one switch: A counts B as CONNECTED
+    // and probes it; B, not yet CONNECTED, drops the probe; within the same
+    // millisecond B connects and probes A. A's answer to that must include
+    // a probe of its own that B now accepts, or A's link to B stays
+    // unmeasured (and unusable for routes) until a later probe.
+    let t0 = Instant::now();
+    let mut a = Router::new(test_cfg(vip(A)), t0).unwrap();
+    let mut b = Router::new(test_cfg(vip(B)), t0).unwrap();
+    a.peer_connected(vip(B), t0);
+    for d in delays(&mut a) {
+        assert_eq!(b.handle_delay(d, t0), DelayOutcome::NotConnected);
+    }
+    b.peer_connected(vip(A), t0);
+    let mut to_a = delays(&mut b);
+    let mut rounds = 0;
+    while !to_a.is_empty() {
+        rounds += 1;
+        assert!(rounds < 10, "A and B keep exchanging DELAYs");
+        let mut to_b = Vec::new();
+        for d in to_a.drain(..) {
+            a.handle_delay(d, t0);
+            to_b.extend(delays(&mut a));
+        }
+        for d in to_b {
+            b.handle_delay(d, t0);
+            to_a.extend(delays(&mut b));
+        }
+    }
+    assert_eq!(a.peer_rtt(vip(B)), Some(0), "A measured B without waiting");
+    assert_eq!(b.peer_rtt(vip(A)), Some(0), "B measured A without waiting");
+}
+
+#[test]
+fn an_unmeasured_link_is_probed_again_within_seconds_then_backs_off() {
+    // Every probe A sends is lost until `heal`: A retries after 1 s, 2 s,
+    // 4 s, … up to the probe interval, not one interval after the first.
+    let t0 = Instant::now();
+    let mut cfg = test_cfg(vip(A));
+    cfg.probe_interval = Duration::from_secs(60);
+    let mut a = Router::new(cfg, t0).unwrap();
+    let mut b = Router::new(test_cfg(vip(B)), t0).unwrap();
+    b.peer_connected(vip(A), t0);
+    delays(&mut b);
+    a.peer_connected(vip(B), t0);
+    let mut sent_at = vec![0u64];
+    delays(&mut a);
+    let heal = Duration::from_secs(100);
+    let mut now = t0;
+    while a.peer_rtt(vip(B)).is_none() {
+        now = a.poll_timeout().expect("A keeps a probe timer");
+        assert!(now <= t0 + Duration::from_secs(300), "A never measured B");
+        a.handle_timeout(now);
+        for d in delays(&mut a) {
+            sent_at.push((now - t0).as_secs());
+            if now - t0 >= heal {
+                b.handle_delay(d, now);
+                for echo in delays(&mut b) {
+                    a.handle_delay(echo, now);
+                }
+            }
+        }
+    }
+    assert_eq!(sent_at, [0, 1, 3, 7, 15, 31, 63, 123]);
+    // Measured: back to one probe per interval from a random phase.
+    let next = a.poll_timeout().unwrap();
+    assert!(next > now && next <= now + Duration::from_secs(60));
 }

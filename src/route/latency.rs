@@ -1,7 +1,7 @@
 //! DELAY probe bookkeeping and RTT smoothing.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Millisecond timestamps for DELAY probes, counted from the router's
 /// creation. Only we read our own timestamps back (PROTOCOL §1.1), so any
@@ -65,11 +65,19 @@ const MAX_OUTSTANDING: usize = 4;
 /// metric ceiling is 1 s; anything this slow was queued, not routed).
 const MAX_RTT_MS: i64 = 10_000;
 
+/// A link without an RTT sample cannot carry routes, so a lost first probe
+/// (or one the peer dropped because it did not yet count us as CONNECTED)
+/// is retried this soon, doubling up to the probe interval.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 pub(crate) struct ProbeState {
     pub(crate) next_probe: Instant,
     outstanding: VecDeque<i64>,
     pub(crate) srtt: Option<Srtt>,
+    /// Probes sent since the link came up that have had no echo yet, while
+    /// `srtt` is still `None`.
+    unmeasured_retries: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +94,23 @@ impl ProbeState {
             next_probe,
             outstanding: VecDeque::with_capacity(MAX_OUTSTANDING),
             srtt: None,
+            unmeasured_retries: 0,
         }
     }
 
+    /// When to probe again after a probe sent at `now` while the link has
+    /// no sample yet: 1 s, 2 s, 4 s, … never later than `interval`.
+    pub(crate) fn unmeasured_retry_at(&mut self, now: Instant, interval: Duration) -> Instant {
+        let wait = FIRST_RETRY
+            .saturating_mul(1 << self.unmeasured_retries.min(16))
+            .min(interval);
+        self.unmeasured_retries = self.unmeasured_retries.saturating_add(1);
+        now + wait
+    }
+
     /// Records a probe; returns false if one with the same timestamp is
-    /// already in flight (two probes in one ms would be indistinguishable).
+    /// already in flight (two probes in one ms are the same probe: either
+    /// echo answers it, once).
     pub(crate) fn sent(&mut self, ts_ms: i64) -> bool {
         if self.outstanding.contains(&ts_ms) {
             return false;

@@ -147,9 +147,10 @@ impl Router {
         }
         self.table.neighbor_up(peer);
         // Candy probes once on the transition, then every interval from a
-        // random phase; we do the same so a fresh peer gets a metric fast
-        // and periodic probes from many peers do not bunch up.
-        let mut st = ProbeState::new(now + self.rng.spread(self.cfg.probe_interval));
+        // random phase; we do the same so periodic probes from many peers
+        // do not bunch up, but the phase is drawn only once the link has
+        // its first sample: until then it is retried within seconds.
+        let mut st = ProbeState::new(now);
         probe(
             &self.cfg,
             &self.clock,
@@ -159,6 +160,7 @@ impl Router {
             &mut self.out,
             &mut self.stats,
         );
+        st.next_probe = st.unmeasured_retry_at(now, self.cfg.probe_interval);
         self.probes.insert(peer, st);
         // A ringlink peer stores what we say at once. A stock Candy peer
         // drops it until it has measured us, hence the second dump in
@@ -204,11 +206,15 @@ impl Router {
             let Some(st) = self.probes.get_mut(&peer) else {
                 return DelayOutcome::NotConnected;
             };
+            let first = st.srtt.is_none();
             let rtt = match st.echoed(msg.timestamp_ms, self.clock.ms(now)) {
                 Ok(rtt) => rtt,
                 Err(EchoError::Unsolicited) => return DelayOutcome::Unsolicited,
                 Err(EchoError::BadTimestamp) => return DelayOutcome::BadTimestamp,
             };
+            if first {
+                st.next_probe = now + self.rng.spread(self.cfg.probe_interval);
+            }
             let srtt = st.srtt.map_or(rtt, |s| s.ms());
             self.stats.rtt_samples += 1;
             let mut changes = Vec::new();
@@ -312,6 +318,10 @@ impl Router {
                     &mut self.out,
                     &mut self.stats,
                 );
+                if st.srtt.is_none() {
+                    st.next_probe = st.unmeasured_retry_at(now, interval);
+                    continue;
+                }
                 // Keep the phase unless we fell behind (a stalled caller),
                 // in which case do not fire a burst of catch-up probes.
                 st.next_probe += interval;
@@ -425,15 +435,17 @@ fn probe(
     stats: &mut super::RouteStats,
 ) {
     let ts_ms = clock.ms(now);
-    if st.sent(ts_ms) {
-        out.push_back(Transmit {
-            to: peer,
-            msg: PeerMessage::Delay(Delay {
-                src: cfg.own_vip,
-                dst: peer,
-                timestamp_ms: ts_ms,
-            }),
-        });
-        stats.probes_sent += 1;
-    }
+    // A probe in the same ms as one in flight is sent again as that probe:
+    // the first copy may be the one the peer dropped (two nodes coming up
+    // within a ms of each other on a LAN do exactly that).
+    st.sent(ts_ms);
+    out.push_back(Transmit {
+        to: peer,
+        msg: PeerMessage::Delay(Delay {
+            src: cfg.own_vip,
+            dst: peer,
+            timestamp_ms: ts_ms,
+        }),
+    });
+    stats.probes_sent += 1;
 }
