@@ -54,7 +54,12 @@ check "a <-> b still direct, route to $vb kept" eval 'rl_peer_direct gw-a "$vb" 
 
 wait "$ping_pid" 2>/dev/null
 recv=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' "$ping_log")
-echo "  ping LAN a -> LAN b across the kill: ${recv:-0} of 120 replies"
+sent=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$ping_log")
+missing=$(python3 -c '
+import re, sys
+got = {int(m) for m in re.findall(r"icmp_seq=(\d+)", open(sys.argv[1]).read())}
+print(" ".join(str(i) for i in range(1, 121) if i not in got) or "none")' "$ping_log")
+echo "  ping LAN a -> LAN b across the kill: ${recv:-0} of ${sent:-?} sent (120 asked) replied; missing icmp_seq: $missing"
 check "ping LAN a -> LAN b across the kill: >= 114 of 120 replies" rl_ge "${recv:-0}" 114
 check "ping LAN a -> LAN c fails now (its gateway is dead)" eval '! rl_ping lan-a "$hc" 2'
 check "ping LAN b -> LAN a (5 of 5)" rl_ping lan-b "$ha" 5
