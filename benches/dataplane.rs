@@ -26,6 +26,7 @@ fn snapshot(peers: u32) -> Snapshot {
         .map(|i| {
             let entry = PeerEntry {
                 endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, (i % 250) as u8), 40000),
+                socket: None,
                 key: key.clone(),
                 counters: Default::default(),
             };

@@ -192,6 +192,7 @@ fn entry(endpoint: SocketAddrV4, vip: Ipv4Addr) -> (PeerEntry, Arc<PeerCounters>
     (
         PeerEntry {
             endpoint,
+            socket: None,
             key: Arc::new(key(vip)),
             counters: counters.clone(),
         },
@@ -263,6 +264,7 @@ fn scenario() {
     peer.send_plain(&hb);
     let want = Upcall::Peer {
         from: peer.addr(),
+        local: 0,
         plaintext: hb.to_vec(),
     };
     next_upcall(&rx, "heartbeat upcall", |u| *u == want);
@@ -272,6 +274,7 @@ fn scenario() {
     peer.sock.send_to(&req, peer.to).unwrap();
     let want = Upcall::Stun {
         from: peer.addr(),
+        local: 0,
         datagram: req.to_vec(),
     };
     next_upcall(&rx, "stun upcall", |u| *u == want);
@@ -299,7 +302,7 @@ fn scenario() {
     // The control thread's sends leave from the dataplane's port.
     let sender = dp.udp_sender().expect("sender");
     let probe = key(PEER).seal_to_vec([9; 12], &Heartbeat::new(OWN, false).encode());
-    sender.send_to(&probe, peer.addr()).unwrap();
+    sender.send_to(&probe, peer.addr(), None).unwrap();
     assert_eq!(peer.recv_opened(PEER), Heartbeat::new(OWN, false).encode());
 
     multi_flow(&dp, port);

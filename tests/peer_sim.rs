@@ -230,8 +230,10 @@ impl Sim {
                     let tunip = self.hosts[i].vip;
                     self.send_udp(i, to, Udp::Ping { tunip, nonce });
                 }
-                // No host here advertises a NAT class, so nothing sprays.
-                Action::Spray { .. } => panic!("spray without a NAT class: {a:?}"),
+                // No host here advertises a NAT class, so no hard-NAT method runs.
+                Action::Spray { .. } | Action::Birthday { .. } => {
+                    panic!("hard-NAT method without a NAT class: {a:?}")
+                }
                 Action::Pong { to, nonce, .. } => {
                     let tunip = self.hosts[i].vip;
                     self.send_udp(i, to, Udp::Pong { tunip, nonce });

@@ -3,7 +3,7 @@
 //! tables meet the dataplane and its routes meet the kernel.
 
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::iface::Interface;
 use super::node::{Node, Output};
@@ -35,11 +35,24 @@ impl NodeDriver {
     ) {
         while let Some(output) = self.node.poll_output() {
             match output {
-                Output::Datagram { to, datagram } => {
-                    if let Err(e) = self.udp.send_to(&datagram, to) {
+                Output::Datagram { to, via, datagram } => {
+                    if let Err(e) = self.udp.send_to(&datagram, to, via.as_ref()) {
                         counters.udp_send_errors += 1;
                         debug!(error = %e, %to, "UDP send failed");
                     }
+                }
+                Output::OpenSockets { count } => {
+                    let mut fds = Vec::with_capacity(count);
+                    for _ in 0..count {
+                        match self.udp.open_socket() {
+                            Ok(fd) => fds.push(fd),
+                            Err(e) => {
+                                warn!(error = %e, opened = fds.len(), wanted = count, "opening hard-NAT attempt sockets");
+                                break;
+                            }
+                        }
+                    }
+                    self.node.on_sockets_opened(fds, std::time::Instant::now());
                 }
                 Output::ServerFrame(frame) => {
                     if to_server.try_send(frame).is_err() {

@@ -9,6 +9,7 @@ mod iface;
 pub mod nat_run;
 pub mod node;
 pub mod publish;
+mod punch;
 mod server_link;
 pub mod status;
 mod stream;
@@ -285,15 +286,15 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                 control.relay_dropped += 1;
                             }
                         }
-                        Some(Upcall::Peer { from, plaintext }) => {
+                        Some(Upcall::Peer { from, local, plaintext }) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
-                                n.node.on_peer_message(from, &plaintext, now);
+                                n.node.on_peer_message(from, local, &plaintext, now);
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
-                        Some(Upcall::Stun { from, datagram }) => {
+                        Some(Upcall::Stun { from, local, datagram }) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
-                                n.node.on_stun(from, &datagram, now);
+                                n.node.on_stun(from, local, &datagram, now);
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }

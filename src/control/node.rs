@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,9 +21,9 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::counters::counters;
-use crate::dataplane::{PeerCounters, PeerEntry, Snapshot};
+use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET};
 use crate::nat::{self, Advertised, NatClass, StableClass};
-use crate::peer::{Action, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
+use crate::peer::{Action, BirthdayRole, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{Heartbeat, PeerMessage, Ping, Pong};
@@ -32,6 +33,7 @@ use crate::rng::SplitMix64;
 use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
 
 use super::publish;
+use super::punch::Punch;
 use super::status::{PeerLine, RouteLine};
 
 /// What the node was built with.
@@ -59,9 +61,16 @@ pub enum NodeError {
 /// One thing for the caller to do, in the order the node decided it.
 #[derive(Debug)]
 pub enum Output {
-    /// Send `datagram` from the data socket to `to`. Peer messages are
-    /// already sealed; STUN requests go as they are.
-    Datagram { to: SocketAddrV4, datagram: Vec<u8> },
+    /// Send `datagram` to `to`, from the shared data port or from `via`.
+    /// Peer messages are already sealed; STUN requests go as they are.
+    Datagram {
+        to: SocketAddrV4,
+        via: Option<LocalSocket>,
+        datagram: Vec<u8>,
+    },
+    /// Open `count` fresh UDP sockets on ephemeral ports for a hard-NAT
+    /// attempt and hand them to [`Node::on_sockets_opened`].
+    OpenSockets { count: usize },
     /// Send this frame to the server (only emitted while the link is up).
     ServerFrame(Vec<u8>),
     /// Publish this table to the dataplane workers.
@@ -111,6 +120,8 @@ pub struct Node {
     discover_on_join: bool,
     /// This node's NAT classification, published after hysteresis.
     nat: StableClass,
+    /// Extra sockets and paced probes of hard-NAT attempts.
+    punch: Punch,
     pub stats: NodeStats,
 }
 
@@ -145,6 +156,7 @@ impl Node {
             server_up: false,
             discover_on_join,
             nat: StableClass::default(),
+            punch: Punch::default(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -173,10 +185,14 @@ impl Node {
 
     /// The earliest instant something is due.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.peers.poll_timeout(), self.router.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.peers.poll_timeout(),
+            self.router.poll_timeout(),
+            self.punch.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn on_timeout(&mut self, now: Instant) {
@@ -185,6 +201,32 @@ impl Node {
         }
         if self.router.poll_timeout().is_some_and(|t| t <= now) {
             self.router.handle_timeout(now);
+        }
+        if self.punch.poll_timeout().is_some_and(|t| t <= now) {
+            let plain = Heartbeat::ringlink(self.own, false).encode();
+            for (probe, via) in self.punch.due(now) {
+                let key = self.key(probe.peer);
+                let datagram = key.seal_to_vec(self.ivs.next_iv(), &plain);
+                self.outputs.push_back(Output::Datagram {
+                    to: probe.to,
+                    via,
+                    datagram,
+                });
+            }
+            if self.punch.release_idle(now, self.direct.values().copied()) {
+                self.dirty = true;
+            }
+        }
+        self.flush(now);
+    }
+
+    /// The sockets an [`Output::OpenSockets`] asked for; fewer than asked
+    /// (the caller ran out of descriptors) is fine.
+    pub fn on_sockets_opened(&mut self, fds: Vec<OwnedFd>, now: Instant) {
+        let n = fds.len();
+        if self.punch.opened(fds, now, nat::schedule::open_sockets) {
+            debug!(sockets = n, "hard-NAT attempt sockets open");
+            self.dirty = true;
         }
         self.flush(now);
     }
@@ -249,9 +291,26 @@ impl Node {
         self.flush(now);
     }
 
-    /// A decrypted peer message that is not data.
-    pub fn on_peer_message(&mut self, from: SocketAddrV4, plaintext: &[u8], now: Instant) {
-        match PeerMessage::decode(plaintext) {
+    /// A decrypted peer message that is not data, received on socket
+    /// `local` (`dataplane::MAIN_SOCKET` or an attempt's socket).
+    pub fn on_peer_message(
+        &mut self,
+        from: SocketAddrV4,
+        local: u16,
+        plaintext: &[u8],
+        now: Instant,
+    ) {
+        let decoded = PeerMessage::decode(plaintext);
+        if let Ok(m) = &decoded {
+            // It opened with our key: answers to `from` leave from where
+            // it came in, the only socket whose NAT mapping `from` reaches.
+            let fresh = matches!(m, PeerMessage::Pong(_));
+            let moved = self.punch.heard(from, local, fresh);
+            if moved && self.direct.values().any(|&p| p == from) {
+                self.dirty = true;
+            }
+        }
+        match decoded {
             Ok(PeerMessage::Heartbeat(hb)) => {
                 let marked = hb.tail.is_some();
                 let outcome = self
@@ -310,9 +369,10 @@ impl Node {
         self.nat.published().copied()
     }
 
-    /// A STUN datagram arrived on the data port.
-    pub fn on_stun(&mut self, from: SocketAddrV4, datagram: &[u8], now: Instant) {
-        if Some(from) != self.stun {
+    /// A STUN datagram arrived on socket `local`; only the shared data
+    /// port asks the STUN server anything.
+    pub fn on_stun(&mut self, from: SocketAddrV4, local: u16, datagram: &[u8], now: Instant) {
+        if Some(from) != self.stun || local != MAIN_SOCKET {
             self.stats.stun_ignored += 1;
             debug!(%from, "STUN datagram from a host that is not our STUN server");
             return;
@@ -352,7 +412,9 @@ impl Node {
     fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
         let key = self.key(peer);
         let datagram = key.seal_to_vec(self.ivs.next_iv(), plaintext);
-        self.outputs.push_back(Output::Datagram { to, datagram });
+        let via = self.punch.via(to);
+        self.outputs
+            .push_back(Output::Datagram { to, via, datagram });
     }
 
     /// Frames for a link that is down would only be stale when it is back.
@@ -390,6 +452,7 @@ impl Node {
                     self.stun_txid = Some(txid);
                     self.outputs.push_back(Output::Datagram {
                         to: server,
+                        via: None,
                         datagram: stun::encode_binding_request(&txid).to_vec(),
                     });
                 }
@@ -412,11 +475,24 @@ impl Node {
                 step,
                 count,
             } => {
-                let plain = Heartbeat::ringlink(self.own, false).encode();
-                for send in nat::schedule::prediction_spray(base, step, usize::from(count)) {
-                    self.send_udp(peer, send.target, &plain);
-                }
+                let sends = nat::schedule::prediction_spray(base, step, usize::from(count));
+                self.punch.spray(peer, now, sends);
             }
+            Action::Birthday { peer, role } => match role {
+                BirthdayRole::Sockets { target, count } => {
+                    info!(%peer, %target, sockets = count, "birthday attempt: opening sockets");
+                    self.punch.want_sockets(peer, target);
+                    self.outputs.push_back(Output::OpenSockets {
+                        count: usize::from(count),
+                    });
+                }
+                BirthdayRole::Spray { ip, count } => {
+                    info!(%peer, %ip, probes = count, "birthday attempt: spraying ports");
+                    let seed = self.rng.next_u64();
+                    let sends = nat::schedule::birthday_spray(ip, usize::from(count), seed);
+                    self.punch.spray(peer, now, sends);
+                }
+            },
             Action::Pong { peer, to, nonce } => {
                 let plain = Pong {
                     tunip: self.own,
@@ -463,6 +539,7 @@ impl Node {
             }
             Action::Connected { peer, path } => {
                 info!(%peer, %path, "direct path up");
+                self.punch.stop(peer);
                 self.direct.insert(peer, path);
                 self.router.peer_connected(peer, now);
                 self.dirty = true;
@@ -492,12 +569,15 @@ impl Node {
                 vip,
                 PeerEntry {
                     endpoint,
+                    socket: self.punch.via(endpoint),
                     key,
                     counters,
                 },
             );
         }
-        let snapshot = publish::compile(self.generation, self.own, &self.next_hop_rule(), direct);
+        let mut snapshot =
+            publish::compile(self.generation, self.own, &self.next_hop_rule(), direct);
+        snapshot.sockets = self.punch.sockets();
         self.outputs.push_back(Output::Publish(snapshot));
         self.published_router_gen = self.router.generation();
         self.dirty = false;

@@ -64,6 +64,7 @@ pub fn compile(
         tun,
         forward,
         subnets,
+        sockets: Vec::new(),
     }
 }
 
@@ -82,6 +83,7 @@ mod tests {
     fn entry(d: u8) -> PeerEntry {
         PeerEntry {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, d), 4000),
+            socket: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[d; 32])),
             counters: Arc::default(),
         }

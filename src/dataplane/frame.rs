@@ -296,6 +296,7 @@ mod tests {
             PEER,
             PeerEntry {
                 endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+                socket: None,
                 key: Arc::new(key(PEER)),
                 counters: Arc::default(),
             },

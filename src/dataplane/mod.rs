@@ -37,7 +37,8 @@ use tokio::sync::Notify;
 pub use bufring::BufRingError;
 pub use counters::{CounterSnapshot, Counters, SharedCounters};
 pub use snapshot::{
-    PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, SubnetHop, TunHop,
+    LocalSocket, PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, SubnetHop,
+    TunHop, MAIN_SOCKET,
 };
 pub use writer::{TunWriter, WriteError};
 
@@ -218,13 +219,17 @@ pub enum Upcall {
     RelayFrame(Vec<u8>),
     /// A decrypted peer message other than a FORWARD (heartbeat, delay,
     /// route, unknown types), type byte first.
+    /// `local` is the socket it arrived on ([`MAIN_SOCKET`] or the id of a
+    /// [`LocalSocket`]).
     Peer {
         from: SocketAddrV4,
+        local: u16,
         plaintext: Vec<u8>,
     },
     /// A datagram that looks like STUN, as received.
     Stun {
         from: SocketAddrV4,
+        local: u16,
         datagram: Vec<u8>,
     },
 }
@@ -238,12 +243,35 @@ pub enum Upcall {
 #[derive(Debug, Clone)]
 pub struct UdpSender {
     fd: Arc<OwnedFd>,
+    /// Workers receive runs of datagrams (UDP GRO); sockets opened for
+    /// them must hand over the same.
+    runs: bool,
 }
 
 impl UdpSender {
-    /// Send one datagram, already sealed (or STUN) by the caller.
-    pub fn send_to(&self, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
-        udp::send_to(self.fd.as_fd(), datagram, to)
+    /// Send one datagram, already sealed (or STUN) by the caller, from the
+    /// shared port or from `via`.
+    pub fn send_to(
+        &self,
+        datagram: &[u8],
+        to: SocketAddrV4,
+        via: Option<&LocalSocket>,
+    ) -> io::Result<()> {
+        let fd = via.map_or(self.fd.as_fd(), |s| s.fd.as_fd());
+        udp::send_to(fd, datagram, to)
+    }
+
+    /// A fresh socket on an ephemeral port (its own NAT mapping), for a
+    /// hard-NAT attempt: workers receive on it once a snapshot lists it.
+    pub fn open_socket(&self) -> Result<OwnedFd, UdpError> {
+        let fd = udp::bind_reuseport(0, udp::SOCKET_BUFFER_BYTES)?;
+        if self.runs {
+            udp::enable_gro(&fd).map_err(|source| UdpError::SetOption {
+                option: "UDP_GRO",
+                source,
+            })?;
+        }
+        Ok(fd)
     }
 }
 
@@ -368,6 +396,7 @@ impl Dataplane {
         let udp_sender = match sockets.first() {
             Some(s) => Some(UdpSender {
                 fd: Arc::new(s.try_clone().map_err(DataplaneError::SenderDup)?),
+                runs: config.offload,
             }),
             None => None,
         };

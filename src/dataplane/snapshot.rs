@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,6 +61,29 @@ impl PeerCounters {
     }
 }
 
+/// A UDP socket of this node's besides the workers' own (which share one
+/// port): opened for one hard-NAT attempt. Its NAT mapping is its own, so a
+/// path punched through it must send from it, and every worker receives on
+/// every socket a snapshot lists.
+#[derive(Debug, Clone)]
+pub struct LocalSocket {
+    /// Nonzero, unique among the sockets of one node; what upcalls name.
+    pub id: u16,
+    pub fd: Arc<OwnedFd>,
+}
+
+impl PartialEq for LocalSocket {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id && Arc::ptr_eq(&self.fd, &o.fd)
+    }
+}
+
+impl Eq for LocalSocket {}
+
+/// Upcalls name the socket a datagram arrived on: this one is every
+/// worker's own, on the shared port.
+pub const MAIN_SOCKET: u16 = 0;
+
 /// A peer with a direct (CONNECTED) path.
 ///
 /// The key is derived once, when the control thread learns the peer, and
@@ -68,6 +92,8 @@ impl PeerCounters {
 #[derive(Debug, Clone)]
 pub struct PeerEntry {
     pub endpoint: SocketAddrV4,
+    /// The socket the path was punched from; `None`: the shared port.
+    pub socket: Option<LocalSocket>,
     /// The peer's own key, `K(peer VIP)`: what we seal with.
     pub key: Arc<PeerKey>,
     pub counters: Arc<PeerCounters>,
@@ -77,6 +103,7 @@ impl PartialEq for PeerEntry {
     /// Keys have no observable value; the same key object is the same peer.
     fn eq(&self, o: &Self) -> bool {
         self.endpoint == o.endpoint
+            && self.socket == o.socket
             && Arc::ptr_eq(&self.key, &o.key)
             && Arc::ptr_eq(&self.counters, &o.counters)
     }
@@ -108,6 +135,8 @@ pub struct Snapshot {
     /// For TUN destinations not in `tun`: subnet routes, longest prefix
     /// first, each with its gateway's decision.
     pub subnets: Vec<SubnetHop>,
+    /// Sockets besides the shared port that workers receive on.
+    pub sockets: Vec<LocalSocket>,
 }
 
 impl Default for Snapshot {
@@ -119,6 +148,7 @@ impl Default for Snapshot {
             tun: HashMap::new(),
             forward: HashMap::new(),
             subnets: Vec::new(),
+            sockets: Vec::new(),
         }
     }
 }
@@ -232,6 +262,7 @@ mod tests {
     fn entry(port: u16) -> PeerEntry {
         PeerEntry {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), port),
+            socket: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[7; 32])),
             counters: Arc::default(),
         }

@@ -116,6 +116,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
     };
     let peer_entry = PeerEntry {
         endpoint: peer_addr,
+        socket: None,
         key: Arc::new(key(PEER)),
         counters: peer_counters.clone(),
     };
@@ -390,6 +391,7 @@ fn control_messages_go_up_and_garbage_is_counted() {
         h.upcall(),
         Upcall::Peer {
             from: h.peer_addr,
+            local: 0,
             plaintext: hb.to_vec()
         }
     );
@@ -399,6 +401,7 @@ fn control_messages_go_up_and_garbage_is_counted() {
         h.upcall(),
         Upcall::Peer {
             from: h.peer_addr,
+            local: 0,
             plaintext: unknown.to_vec()
         }
     );
@@ -408,6 +411,7 @@ fn control_messages_go_up_and_garbage_is_counted() {
         h.upcall(),
         Upcall::Stun {
             from: h.peer_addr,
+            local: 0,
             datagram: req.to_vec()
         }
     );
@@ -434,12 +438,12 @@ fn udp_sender_uses_the_dataplane_port() {
     let h = harness(16);
     let sender = h.dp.udp_sender().expect("sender");
     let d = key(PEER).seal_to_vec([1; 12], &Heartbeat::new(OWN, false).encode());
-    sender.send_to(&d, h.peer_addr).unwrap();
+    sender.send_to(&d, h.peer_addr, None).unwrap();
     let plain = h.peer_recv();
     assert_eq!(plain, Heartbeat::new(OWN, false).encode());
     h.dp.shutdown().unwrap();
     // The sender's socket outlives the workers.
-    sender.send_to(b"late", h.peer_addr).unwrap();
+    sender.send_to(b"late", h.peer_addr, None).unwrap();
 }
 
 #[test]
@@ -472,6 +476,7 @@ fn oversize_packets_are_dropped_not_sent() {
         PEER,
         PeerEntry {
             endpoint: peer_addr,
+            socket: None,
             key: Arc::new(key(PEER)),
             counters: Arc::default(),
         },
@@ -507,6 +512,7 @@ fn the_snapshot_is_followed_from_the_next_batch() {
         UNKNOWN,
         PeerEntry {
             endpoint: h.peer_addr,
+            socket: None,
             key: Arc::new(key(UNKNOWN)),
             counters: Arc::default(),
         },

@@ -30,7 +30,9 @@ use super::counters::{CounterSnapshot, SharedCounters};
 use super::frame::RECVMSG_PREFIX;
 use super::offload::VNET_HDR_LEN;
 use super::sendmsg::SendSlot;
-use super::snapshot::{PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot};
+use super::snapshot::{
+    LocalSocket, PeerCounterSnapshot, PeerCounters, SharedSnapshot, Snapshot, MAIN_SOCKET,
+};
 use super::{DataplaneError, Upcall};
 use crate::proto::crypto::{IvSequence, PeerKey};
 use crate::proto::mtu::MAX_DATAGRAM;
@@ -198,6 +200,78 @@ struct UdpPath {
     refs: Box<[u8]>,
     armed: bool,
     armed_once: bool,
+    /// The snapshot's extra sockets, each with its own multishot receive
+    /// into the same buffer group, and the generation they were read from.
+    extras: Vec<ExtraRecv>,
+    extras_generation: Option<u64>,
+}
+
+/// A multishot receive on one of the snapshot's [`LocalSocket`]s.
+struct ExtraRecv {
+    socket: LocalSocket,
+    armed: bool,
+    /// Still in the snapshot. Once it is not, the receive is cancelled and
+    /// the entry, with this worker's hold on the fd, goes at its last
+    /// completion: the kernel must be done with the fd before it closes.
+    wanted: bool,
+    /// Ended with an error re-arming cannot cure: left alone until the
+    /// socket leaves the snapshot.
+    failed: bool,
+}
+
+impl UdpPath {
+    /// A completion of the receive on extra socket `id`.
+    fn extra_done(&mut self, id: u16, ended: bool, res: i32) {
+        let Some(i) = self.extras.iter().position(|e| e.socket.id == id) else {
+            return;
+        };
+        let e = &mut self.extras[i];
+        if !ended {
+            return;
+        }
+        e.armed = false;
+        if res < 0 && !rearmable(res) && e.wanted {
+            e.failed = true;
+            tracing::warn!(
+                socket = id,
+                errno = -res,
+                "receive on an extra UDP socket failed; not re-armed"
+            );
+        }
+        if !e.wanted {
+            self.extras.swap_remove(i);
+        }
+    }
+
+    /// Brings `extras` in line with the snapshot's sockets: new ones are
+    /// added unarmed, gone ones are marked unwanted and returned if their
+    /// receive must be cancelled.
+    fn sync_extras(&mut self, snap: &Snapshot) -> Vec<u16> {
+        if self.extras_generation == Some(snap.generation) {
+            return Vec::new();
+        }
+        self.extras_generation = Some(snap.generation);
+        let mut cancel = Vec::new();
+        for e in &mut self.extras {
+            let wanted = snap.sockets.iter().any(|s| *s == e.socket);
+            if e.wanted && !wanted && e.armed {
+                cancel.push(e.socket.id);
+            }
+            e.wanted = wanted;
+        }
+        self.extras.retain(|e| e.wanted || e.armed);
+        for s in &snap.sockets {
+            if !self.extras.iter().any(|e| e.socket == *s) {
+                self.extras.push(ExtraRecv {
+                    socket: s.clone(),
+                    armed: false,
+                    wanted: true,
+                    failed: false,
+                });
+            }
+        }
+        cancel
+    }
 }
 
 /// Why a multishot operation ended the worker.
@@ -329,6 +403,10 @@ struct Worker {
     counters: SharedCounters,
     stop: Arc<AtomicBool>,
     snapshot: SharedSnapshot,
+    /// The snapshot the last batch worked with, kept until the next one:
+    /// the sends it queued name fds of its sockets, and the kernel takes
+    /// its own reference to those only when they are submitted.
+    held: Option<Arc<Snapshot>>,
 }
 
 fn ring_err(queue: usize, op: &'static str) -> impl FnOnce(std::io::Error) -> DataplaneError {
@@ -438,6 +516,8 @@ impl Worker {
                     refs: vec![0; entries].into_boxed_slice(),
                     armed: false,
                     armed_once: false,
+                    extras: Vec::new(),
+                    extras_generation: None,
                 })
             }
             None => None,
@@ -475,6 +555,7 @@ impl Worker {
             counters: spec.counters,
             stop: spec.stop,
             snapshot: spec.snapshot,
+            held: None,
         })
     }
 
@@ -538,7 +619,51 @@ impl Worker {
                 return Err(sq_full(self.queue));
             }
         }
+        self.arm_extras()?;
         self.counters.add(&batch);
+        Ok(())
+    }
+
+    /// Receives on the snapshot's extra sockets: armed when they appear,
+    /// re-armed when they end, cancelled when the socket is gone.
+    fn arm_extras(&mut self) -> Result<(), DataplaneError> {
+        if self.core.closing {
+            return Ok(());
+        }
+        let snap = self.snapshot.load();
+        let (submitter, sq, _) = self.ring.split();
+        let mut sq = Sq { sq, submitter };
+        let Some(u) = self.core.udp.as_mut() else {
+            return Ok(());
+        };
+        for id in u.sync_extras(&snap) {
+            let cancel = opcode::AsyncCancel::new(send_user_data(Op::UdpRecv, 0, id))
+                .build()
+                .user_data(user_data(Op::Cancel, 0));
+            // SAFETY: a cancellation references no memory.
+            if !unsafe { sq.push(&cancel) } {
+                return Err(sq_full(self.queue));
+            }
+        }
+        for e in u
+            .extras
+            .iter_mut()
+            .filter(|e| e.wanted && !e.armed && !e.failed)
+        {
+            let sqe = opcode::RecvMsgMulti::new(
+                types::Fd(e.socket.fd.as_raw_fd()),
+                &*u.msghdr as *const libc::msghdr,
+                UDP_BGID,
+            )
+            .build()
+            .user_data(send_user_data(Op::UdpRecv, 0, e.socket.id));
+            // SAFETY: as for the main socket; the fd stays open while the
+            // entry holds it, which is until the last completion.
+            if !unsafe { sq.push(&sqe) } {
+                return Err(sq_full(self.queue));
+            }
+            e.armed = true;
+        }
         Ok(())
     }
 
@@ -609,6 +734,8 @@ impl Worker {
         if batch.counts.upcalls > 0 {
             self.notify.notify_one();
         }
+        drop(batch);
+        self.held = Some(snap);
         fatal
     }
 }
@@ -674,12 +801,19 @@ impl Core {
                 }
             }
             Op::UdpRecv => {
+                // The send index of a receive is the socket it is on.
+                let local = send;
                 let u = self.udp.as_mut()?;
-                if !cqueue::more(flags) {
-                    u.armed = false;
+                let ended = !cqueue::more(flags);
+                if local == MAIN_SOCKET {
+                    if ended {
+                        u.armed = false;
+                    }
+                } else {
+                    u.extra_done(local, ended, res);
                 }
                 if let Some(bid) = cqueue::buffer_select(flags) {
-                    let keep = res > 0 && self.datagrams(bid, res as usize, batch);
+                    let keep = res > 0 && self.datagrams(bid, res as usize, local, batch);
                     if !keep {
                         if let Some(u) = self.udp.as_mut() {
                             u.bufs.push(bid);
@@ -687,7 +821,7 @@ impl Core {
                     }
                 }
                 match res {
-                    r if r >= 0 || rearmable(r) => None,
+                    r if r >= 0 || rearmable(r) || local != MAIN_SOCKET => None,
                     r => Some(Fatal::UdpRecv(-r)),
                 }
             }
@@ -780,7 +914,11 @@ impl Worker {
     fn busy(&self) -> bool {
         self.core.tun_armed
             || self.core.inflight > 0
-            || self.core.udp.as_ref().is_some_and(|u| u.armed)
+            || self
+                .core
+                .udp
+                .as_ref()
+                .is_some_and(|u| u.armed || u.extras.iter().any(|e| e.armed))
     }
 
     /// Cancel the multishots, let in-flight sends and writes finish (or
@@ -788,17 +926,30 @@ impl Worker {
     /// True if the kernel has confirmed that nothing references the buffers.
     fn quiesce(&mut self) -> bool {
         self.core.closing = true;
-        for (armed, op) in [
-            (self.core.tun_armed, Op::TunRead),
-            (self.core.udp.as_ref().is_some_and(|u| u.armed), Op::UdpRecv),
-        ] {
-            if armed {
-                let cancel = opcode::AsyncCancel::new(user_data(op, 0))
-                    .build()
-                    .user_data(user_data(Op::Cancel, 0));
-                if self.push(&cancel).is_err() {
-                    return false;
-                }
+        let extras: Vec<u64> = self.core.udp.as_ref().map_or(Vec::new(), |u| {
+            u.extras
+                .iter()
+                .filter(|e| e.armed)
+                .map(|e| send_user_data(Op::UdpRecv, 0, e.socket.id))
+                .collect()
+        });
+        let main = [
+            (self.core.tun_armed, user_data(Op::TunRead, 0)),
+            (
+                self.core.udp.as_ref().is_some_and(|u| u.armed),
+                user_data(Op::UdpRecv, 0),
+            ),
+        ];
+        let armed = main
+            .into_iter()
+            .filter_map(|(armed, ud)| armed.then_some(ud))
+            .chain(extras);
+        for ud in armed {
+            let cancel = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(user_data(Op::Cancel, 0));
+            if self.push(&cancel).is_err() {
+                return false;
             }
         }
         let start = Instant::now();

@@ -44,6 +44,12 @@ pub enum Action {
         step: i32,
         count: u16,
     },
+    /// ringlink peers only: one birthday attempt (a random symmetric NAT on
+    /// one side, `nat::schedule` has the numbers). Marked heartbeats, paced
+    /// by the caller, either from `count` fresh sockets to the peer's
+    /// mapping or from the data socket to `count` random ports of the
+    /// symmetric peer's address.
+    Birthday { peer: Ipv4Addr, role: BirthdayRole },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
         peer: Ipv4Addr,
@@ -62,6 +68,16 @@ pub enum Action {
     /// The peer left CONNECTED: send via relay again and tell the router,
     /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
+}
+
+/// Which half of a birthday attempt this node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BirthdayRole {
+    /// Behind the random symmetric NAT: each fresh socket gets a mapping
+    /// of its own, one of which the peer's random ports may hit.
+    Sockets { target: SocketAddrV4, count: u16 },
+    /// The other side: opens its NAT to random ports of `ip`.
+    Spray { ip: Ipv4Addr, count: u16 },
 }
 
 /// The verdict on one input event, so the caller can count what it drops.

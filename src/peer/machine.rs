@@ -13,11 +13,11 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::nat::{self, Advertised, Method, NatKind, PeerNat, Predicted};
+use crate::nat::{self, Advertised, Method, NatKind, PeerNat, Predicted, Side};
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
-use super::action::{Action, Ignored, Outcome};
+use super::action::{Action, BirthdayRole, Ignored, Outcome};
 use super::addr::is_private;
 // PONGs per peer get the budget challenges have (a peer challenges at most
 // that often), so replayed PINGs cannot turn this node into a reflector.
@@ -26,13 +26,13 @@ use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
 
-/// The method this build can carry out for the table's choice. Birthday
-/// and prediction + birthday need many local sockets on the symmetric
-/// side, and the dataplane has one; until it has more, such a pair gets
-/// what a single socket can do (simultaneous open), and status says so.
+/// The method this build carries out for the table's choice. Prediction
+/// and birthday (sequential ↔ random) would need fresh sockets on both
+/// sides in step and wins about 1.5 % of attempts (`nat::schedule`); such a
+/// pair gets simultaneous open instead, and status says so.
 fn runnable(m: Method) -> Method {
     match m {
-        Method::Birthday { .. } | Method::PredictionAndBirthday { .. } => Method::SimultaneousOpen,
+        Method::PredictionAndBirthday { .. } => Method::SimultaneousOpen,
         other => other,
     }
 }
@@ -210,6 +210,7 @@ impl Peer {
                 };
                 runnable(nat::choose(mine, peer))
             });
+            self.start_birthday(out);
         }
         if next == PeerState::Connected && prev != PeerState::Connected {
             self.time_to_direct = self
@@ -572,6 +573,28 @@ impl Peer {
         if self.state == PeerState::Connecting {
             self.spray_if_predicting(out);
         }
+    }
+
+    /// A birthday attempt starts with CONNECTING and runs once, paced by
+    /// the caller over a few seconds (CONNECTING lasts ten).
+    fn start_birthday(&self, out: &mut VecDeque<Action>) {
+        let (Some(Method::Birthday { symmetric }), Some(wide)) = (self.method, self.wide) else {
+            return;
+        };
+        let role = match symmetric {
+            Side::Mine => BirthdayRole::Sockets {
+                target: wide,
+                count: nat::schedule::BIRTHDAY_SOCKETS as u16,
+            },
+            Side::Peer => BirthdayRole::Spray {
+                ip: *wide.ip(),
+                count: nat::schedule::BIRTHDAY_PROBES as u16,
+            },
+        };
+        out.push_back(Action::Birthday {
+            peer: self.vip,
+            role,
+        });
     }
 
     /// Port prediction towards a peer whose NAT gives each new destination

@@ -156,13 +156,18 @@ impl PeerManager {
         loop {
             let action = self.actions.pop_front()?;
             match action {
-                Action::Spray { peer, .. } if !self.hard_attempt_for(peer) => continue,
+                Action::Spray { peer, .. } | Action::Birthday { peer, .. }
+                    if !self.hard_attempt_for(peer) =>
+                {
+                    continue
+                }
                 _ => return Some(action),
             }
         }
     }
 
-    /// One hard-NAT attempt (a prediction spray) per node at a time: a
+    /// One hard-NAT attempt (a prediction spray or a birthday) per node at
+    /// a time: a
     /// router's session table is shared by everything behind it, so the
     /// window for a second peer waits until the first attempt has ended
     /// (its peer left CONNECTING, direct or not).

@@ -21,7 +21,7 @@ use crate::dataplane::counters::CounterSnapshot;
 use crate::dataplane::frame::{self, Inbound, RecvError};
 use crate::dataplane::offload::VNET_HDR_LEN;
 use crate::dataplane::sendmsg::SendSlot;
-use crate::dataplane::snapshot::Snapshot;
+use crate::dataplane::snapshot::{PeerEntry, Snapshot, MAIN_SOCKET};
 use crate::dataplane::Upcall;
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::mtu::MAX_DATAGRAM;
@@ -45,7 +45,11 @@ struct Receive<'a, 's, 'r> {
     sq: &'a mut Sq<'r>,
     b: &'a mut CounterSnapshot,
     tally: &'a mut PeerTally<'s>,
+    /// The shared-port socket, which passed-on FORWARDs leave from unless
+    /// their next hop was punched from a socket of its own.
     sock: RawFd,
+    /// The socket this buffer was received on.
+    local: u16,
     tun_fd: RawFd,
     /// TUN writes carry a virtio header, and may be super-packets.
     offload: bool,
@@ -56,9 +60,9 @@ struct Receive<'a, 's, 'r> {
     /// The TUN write being collected and the index of its first iovec.
     run: Option<(Run, usize)>,
     iovs_used: usize,
-    /// Resealed datagrams being collected for one send: where to, which
-    /// bytes, how many.
-    relay: Option<(SocketAddrV4, Range<usize>, usize)>,
+    /// Resealed datagrams being collected for one send: from which socket
+    /// to where, which bytes, how many.
+    relay: Option<(RawFd, SocketAddrV4, Range<usize>, usize)>,
     sends_used: usize,
     queued: usize,
 }
@@ -67,7 +71,13 @@ impl Core {
     /// A receive on the socket: one datagram, or with GRO a run of them.
     /// Returns true if the buffer is now owned by queued TUN writes or
     /// sends (and goes back to its ring when the last completes).
-    pub(super) fn datagrams(&mut self, bid: u16, res: usize, batch: &mut Batch<'_, '_>) -> bool {
+    pub(super) fn datagrams(
+        &mut self,
+        bid: u16,
+        res: usize,
+        local: u16,
+        batch: &mut Batch<'_, '_>,
+    ) -> bool {
         let Batch {
             snap,
             sq,
@@ -126,6 +136,7 @@ impl Core {
             b,
             tally,
             sock: u.sock.as_raw_fd(),
+            local,
             tun_fd: self.tun_fd,
             offload: self.offload,
             udp_gso: self.udp_gso,
@@ -164,8 +175,10 @@ impl Receive<'_, '_, '_> {
         let b = &mut *self.b;
         if looks_like_stun(&self.buf[d.clone()]) {
             let datagram = &self.buf[d];
+            let local = self.local;
             if upcall(self.upcalls, b, || Upcall::Stun {
                 from,
+                local,
                 datagram: datagram.to_vec(),
             }) {
                 b.stun_upcalls += 1;
@@ -189,7 +202,7 @@ impl Receive<'_, '_, '_> {
                     self.tally.rx(&peer.counters, bytes);
                 }
                 // Straight from its sender's own path, or passed on.
-                if peer.is_some_and(|p| p.endpoint == from) {
+                if peer.is_some_and(|p| p.endpoint == from && socket_id(p) == self.local) {
                     b.direct_rx_packets += 1;
                     b.direct_rx_bytes += bytes as u64;
                 } else {
@@ -212,12 +225,15 @@ impl Receive<'_, '_, '_> {
                     return;
                 }
                 self.tally.tx(&peer.counters, 1, bytes);
-                self.relay(d, peer.endpoint);
+                let sock = peer.socket.as_ref().map_or(self.sock, |s| s.fd.as_raw_fd());
+                self.relay(d, sock, peer.endpoint);
             }
             Inbound::NoRoute => b.no_route += 1,
             Inbound::Upcall => {
+                let local = self.local;
                 if upcall(self.upcalls, b, || Upcall::Peer {
                     from,
+                    local,
                     plaintext: plain.to_vec(),
                 }) {
                     b.peer_upcalls += 1;
@@ -285,9 +301,10 @@ impl Receive<'_, '_, '_> {
 
     /// The resealed datagram at `buf[d]` goes to `to`: in the same send as
     /// the ones before it if they lie just in front and go there too.
-    fn relay(&mut self, d: Range<usize>, to: SocketAddrV4) {
-        if let Some((dest, bytes, n)) = self.relay.as_mut() {
+    fn relay(&mut self, d: Range<usize>, sock: RawFd, to: SocketAddrV4) {
+        if let Some((from, dest, bytes, n)) = self.relay.as_mut() {
             let joins = self.udp_gso
+                && *from == sock
                 && *dest == to
                 && bytes.end == d.start
                 && *n < GSO_MAX_SEGMENTS
@@ -299,17 +316,17 @@ impl Receive<'_, '_, '_> {
             }
             self.flush_relay();
         }
-        self.relay = Some((to, d, 1));
+        self.relay = Some((sock, to, d, 1));
     }
 
     fn flush_relay(&mut self) {
-        let Some((to, bytes, n)) = self.relay.take() else {
+        let Some((sock, to, bytes, n)) = self.relay.take() else {
             return;
         };
         let index = self.sends_used;
         let slot = &mut self.sends[index];
         let msg = slot.prepare(&self.buf[bytes], to, (n > 1).then_some(self.segment as u16));
-        let sqe = opcode::SendMsg::new(types::Fd(self.sock), msg)
+        let sqe = opcode::SendMsg::new(types::Fd(sock), msg)
             .build()
             .user_data(send_user_data(Op::SendUdp, self.bid, index as u16));
         // SAFETY: the slot and the bytes stay untouched until this send's
@@ -322,4 +339,9 @@ impl Receive<'_, '_, '_> {
             self.b.send_errors += n as u64;
         }
     }
+}
+
+/// The socket a peer's path uses, as upcalls name it.
+fn socket_id(p: &PeerEntry) -> u16 {
+    p.socket.as_ref().map_or(MAIN_SOCKET, |s| s.id)
 }

@@ -142,7 +142,11 @@ impl Core {
             let gso = (per_send > 1).then_some(stride as u16);
             let slot = &mut self.sends[first_slot + i];
             let msg = slot.prepare(data, peer.endpoint, gso);
-            let sqe = opcode::SendMsg::new(types::Fd(u.sock.as_raw_fd()), msg)
+            let sock = peer
+                .socket
+                .as_ref()
+                .map_or(u.sock.as_raw_fd(), |s| s.fd.as_raw_fd());
+            let sqe = opcode::SendMsg::new(types::Fd(sock), msg)
                 .build()
                 .user_data(send_user_data(Op::SendTun, bid, i as u16));
             // SAFETY: the buffer stays out of the ring and the slot is not

@@ -273,6 +273,7 @@ fn a_replay_flood_does_not_starve_the_path() {
 mod prediction {
     use super::*;
     use crate::nat::{Advertised, Delta, Filtering, Mapping, NatKind};
+    use crate::peer::BirthdayRole;
 
     fn kind(mapping: Mapping, filtering: Filtering, delta: Delta) -> NatKind {
         NatKind {
@@ -360,22 +361,86 @@ mod prediction {
         }
     }
 
-    #[test]
-    fn birthday_pairs_get_what_one_socket_can_do_and_say_so() {
-        let random = kind(
+    /// Our actions from B's UDP4CONN (NAT `peer`) through the STUN answer
+    /// that puts B in CONNECTING and one tick after, we behind `own`.
+    fn attempt_actions(own: NatKind, peer: NatKind) -> (Node, Vec<Action>) {
+        let mut n = Node::new(|_| {});
+        n.m.set_own_nat(Some(own));
+        let nat = Advertised {
+            kind: peer,
+            last_mapped: B_PUB,
+            reachable: false,
+        };
+        assert!(n
+            .m
+            .handle_public_info(B, B_PUB, true, Some(nat), n.now)
+            .is_accepted());
+        assert!(n.stun().is_accepted());
+        let mut acts = n.drain();
+        let t = n.now_ms() + 1000;
+        acts.extend(n.advance(t).into_iter().map(|(_, a)| a));
+        (n, acts)
+    }
+
+    fn random() -> NatKind {
+        kind(
             Mapping::EndpointDependent,
             Filtering::AddressAndPortDependent,
             Delta::Random,
+        )
+    }
+
+    #[test]
+    fn birthday_pairs_run_birthday_once_per_attempt_each_side_its_half() {
+        let (n, acts) = attempt_actions(port_restricted(), random());
+        let birthdays: Vec<_> = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Birthday { .. }))
+            .collect();
+        assert_eq!(
+            birthdays,
+            [&Action::Birthday {
+                peer: B,
+                role: BirthdayRole::Spray {
+                    ip: *B_PUB.ip(),
+                    count: 768
+                }
+            }]
         );
-        for (own, peer) in [(port_restricted(), random), (random, sequential())] {
-            let (n, acts) = tick_actions(own, peer, B_PUB);
-            assert!(!acts.iter().any(|a| matches!(a, Action::Spray { .. })));
-            assert_eq!(
-                n.status(B).method.map(|m| m.to_string()).as_deref(),
-                Some("simultaneous open"),
-                "{own} with {peer}"
-            );
-        }
+        assert_eq!(
+            n.status(B).method.map(|m| m.to_string()).as_deref(),
+            Some("birthday")
+        );
+        let (_, acts) = attempt_actions(random(), port_restricted());
+        let birthdays: Vec<_> = acts
+            .iter()
+            .filter(|a| matches!(a, Action::Birthday { .. }))
+            .collect();
+        assert_eq!(
+            birthdays,
+            [&Action::Birthday {
+                peer: B,
+                role: BirthdayRole::Sockets {
+                    target: B_PUB,
+                    count: 256
+                }
+            }]
+        );
+        // Challenges to the peer's mapping still go out from the shared
+        // port each tick, which is all a cone-side hit needs.
+        assert!(pings(&acts).iter().any(|(to, _)| *to == B_PUB));
+    }
+
+    #[test]
+    fn prediction_and_birthday_pairs_get_simultaneous_open_and_say_so() {
+        let (n, acts) = attempt_actions(random(), sequential());
+        assert!(!acts
+            .iter()
+            .any(|a| matches!(a, Action::Spray { .. } | Action::Birthday { .. })));
+        assert_eq!(
+            n.status(B).method.map(|m| m.to_string()).as_deref(),
+            Some("simultaneous open")
+        );
     }
 
     #[test]

@@ -1,0 +1,334 @@
+//! The node's side of hard-NAT attempts: the extra sockets it holds, which
+//! peer endpoint each one has heard from, and the attempt's probes, paced.
+//!
+//! Sans-IO like the node: the caller opens sockets when asked and hands
+//! them in; this only holds them (every worker receives on the sockets it
+//! lists) and decides which datagram leaves from which socket, and when.
+//! A socket stays while a direct path uses it, else until its attempt is
+//! over.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dataplane::{LocalSocket, MAIN_SOCKET};
+use crate::nat::schedule::Send;
+
+/// How long an attempt's sockets outlive their opening when no path uses
+/// them: the attempt's probes take under 4 s, CONNECTING lasts 10, and a
+/// late answer to the last probe may still arrive after that.
+const SOCKET_LIFETIME: Duration = Duration::from_secs(15);
+
+/// Peer endpoints remembered as heard on an extra socket. Only datagrams
+/// that opened with our key count, so this is a bound, not a filter.
+const MAX_HEARD: usize = 4096;
+
+/// A probe of the running attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub peer: Ipv4Addr,
+    pub to: SocketAddrV4,
+}
+
+struct Held {
+    socket: LocalSocket,
+    until: Instant,
+}
+
+struct Queued {
+    due: Instant,
+    /// [`MAIN_SOCKET`] or an extra socket's id.
+    local: u16,
+    probe: Probe,
+}
+
+/// Sockets asked of the caller and not handed in yet.
+struct Wanted {
+    peer: Ipv4Addr,
+    target: SocketAddrV4,
+}
+
+#[derive(Default)]
+pub struct Punch {
+    sockets: BTreeMap<u16, Held>,
+    heard: HashMap<SocketAddrV4, u16>,
+    queue: VecDeque<Queued>,
+    wanted: Option<Wanted>,
+    next_id: u16,
+    /// Probes handed out, for status.
+    pub probes_sent: u64,
+}
+
+impl Punch {
+    /// Sockets for a birthday attempt towards `peer`'s mapping `target`;
+    /// the caller opens them and hands them to [`Punch::opened`]. A newer
+    /// request replaces one not yet served.
+    pub fn want_sockets(&mut self, peer: Ipv4Addr, target: SocketAddrV4) {
+        self.wanted = Some(Wanted { peer, target });
+    }
+
+    /// The sockets asked for are open: each sends one probe to the target,
+    /// paced as `schedule` says (socket k ≥ 1 of the schedule is the k-th
+    /// of `fds`). False if nothing was asked for (the fds just close).
+    pub fn opened(
+        &mut self,
+        fds: Vec<OwnedFd>,
+        now: Instant,
+        schedule: impl FnOnce(SocketAddrV4, usize) -> Vec<Send>,
+    ) -> bool {
+        let Some(w) = self.wanted.take() else {
+            return false;
+        };
+        let ids: Vec<u16> = fds
+            .into_iter()
+            .filter_map(|fd| {
+                let id = self.fresh_id()?;
+                let socket = LocalSocket {
+                    id,
+                    fd: Arc::new(fd),
+                };
+                let until = now + SOCKET_LIFETIME;
+                self.sockets.insert(id, Held { socket, until });
+                Some(id)
+            })
+            .collect();
+        let sends = schedule(w.target, ids.len());
+        self.enqueue(
+            w.peer,
+            now,
+            sends.into_iter().filter_map(|s| {
+                let local = *ids.get(s.socket.checked_sub(1)?)?;
+                Some((local, s))
+            }),
+        );
+        true
+    }
+
+    /// Probes from the shared port (a spray), paced as `sends` say.
+    pub fn spray(&mut self, peer: Ipv4Addr, now: Instant, sends: Vec<Send>) {
+        self.enqueue(peer, now, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
+    }
+
+    fn enqueue(&mut self, peer: Ipv4Addr, now: Instant, sends: impl Iterator<Item = (u16, Send)>) {
+        for (local, s) in sends {
+            self.queue.push_back(Queued {
+                due: now + s.at,
+                local,
+                probe: Probe { peer, to: s.target },
+            });
+        }
+        self.queue.make_contiguous().sort_by_key(|q| q.due);
+    }
+
+    /// The attempt towards `peer` is over (it connected): its probes not
+    /// sent yet are dropped.
+    pub fn stop(&mut self, peer: Ipv4Addr) {
+        self.queue.retain(|q| q.probe.peer != peer);
+    }
+
+    /// An id no held socket has; none once 65535 are held (never, with
+    /// attempts of 256 that are released within seconds).
+    fn fresh_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.sockets.contains_key(&self.next_id) {
+                return Some(self.next_id);
+            }
+        }
+        None
+    }
+
+    /// A datagram from `from` opened with our key on socket `local`:
+    /// replies to `from` leave from there. Back to the shared port only on
+    /// `fresh` evidence (a PONG to a challenge of ours), so a replayed
+    /// datagram cannot take a punched path off the socket it needs. Returns
+    /// whether the socket for `from` changed.
+    pub fn heard(&mut self, from: SocketAddrV4, local: u16, fresh: bool) -> bool {
+        let before = self.heard.get(&from).copied();
+        if local == MAIN_SOCKET {
+            if fresh {
+                self.heard.remove(&from);
+            }
+        } else if self.sockets.contains_key(&local)
+            && (self.heard.len() < MAX_HEARD || before.is_some())
+        {
+            self.heard.insert(from, local);
+        }
+        self.heard.get(&from).copied() != before
+    }
+
+    /// The socket datagrams to `to` leave from; `None`: the shared port.
+    pub fn via(&self, to: SocketAddrV4) -> Option<LocalSocket> {
+        let id = self.heard.get(&to)?;
+        self.sockets.get(id).map(|h| h.socket.clone())
+    }
+
+    /// Every socket held, for the workers to receive on.
+    pub fn sockets(&self) -> Vec<LocalSocket> {
+        self.sockets.values().map(|h| h.socket.clone()).collect()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let probe = self.queue.front().map(|q| q.due);
+        let expiry = self.sockets.values().map(|h| h.until).min();
+        probe.into_iter().chain(expiry).min()
+    }
+
+    /// The probes due by `now`, each with the socket it leaves from.
+    pub fn due(&mut self, now: Instant) -> Vec<(Probe, Option<LocalSocket>)> {
+        let mut out = Vec::new();
+        while self.queue.front().is_some_and(|q| q.due <= now) {
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            let via = self.sockets.get(&q.local).map(|h| h.socket.clone());
+            if q.local != MAIN_SOCKET && via.is_none() {
+                continue;
+            }
+            out.push((q.probe, via));
+        }
+        self.probes_sent += out.len() as u64;
+        out
+    }
+
+    /// Lets go of sockets past their time that no path in `paths` uses;
+    /// true if any went (the workers' list changes).
+    pub fn release_idle(
+        &mut self,
+        now: Instant,
+        paths: impl Iterator<Item = SocketAddrV4>,
+    ) -> bool {
+        let used: Vec<u16> = paths.filter_map(|p| self.heard.get(&p).copied()).collect();
+        let before = self.sockets.len();
+        for (id, h) in self.sockets.iter_mut() {
+            if used.contains(id) && h.until <= now {
+                h.until = now + SOCKET_LIFETIME;
+            }
+        }
+        self.sockets.retain(|_, h| h.until > now);
+        let sockets = &self.sockets;
+        self.heard.retain(|_, id| sockets.contains_key(id));
+        self.queue
+            .retain(|q| q.local == MAIN_SOCKET || sockets.contains_key(&q.local));
+        self.sockets.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::schedule;
+
+    fn ep(last: u8, port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port)
+    }
+
+    fn fds(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+                OwnedFd::from(s)
+            })
+            .collect()
+    }
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+    #[test]
+    fn each_socket_sends_one_paced_probe_to_the_target() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let target = ep(2, 40_000);
+        assert!(
+            !p.opened(fds(1), t0, schedule::open_sockets),
+            "nothing asked"
+        );
+        p.want_sockets(PEER, target);
+        assert!(p.opened(fds(8), t0, schedule::open_sockets));
+        assert_eq!(p.sockets().len(), 8);
+        let mut sent = Vec::new();
+        let mut now = t0;
+        while let Some(t) = p
+            .poll_timeout()
+            .filter(|&t| t < t0 + Duration::from_secs(5))
+        {
+            now = t;
+            sent.extend(p.due(now));
+        }
+        assert_eq!(sent.len(), 8);
+        assert!(sent
+            .iter()
+            .all(|(probe, _)| probe.to == target && probe.peer == PEER));
+        let mut ids: Vec<u16> = sent
+            .iter()
+            .map(|(_, via)| via.as_ref().unwrap().id)
+            .collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 8, "one probe per socket");
+        // 200 per second: the eighth leaves 35 ms after the first.
+        assert_eq!(now - t0, Duration::from_millis(35));
+    }
+
+    #[test]
+    fn replies_leave_from_the_socket_the_peer_was_heard_on() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        p.want_sockets(PEER, ep(2, 40_000));
+        p.opened(fds(4), t0, schedule::open_sockets);
+        let id = p.sockets()[2].id;
+        let peer = ep(2, 40_000);
+        assert_eq!(p.via(peer), None);
+        assert!(p.heard(peer, id, false));
+        assert_eq!(p.via(peer).map(|s| s.id), Some(id));
+        // A heartbeat on the shared port may be a replay: no move.
+        assert!(!p.heard(peer, MAIN_SOCKET, false));
+        assert_eq!(p.via(peer).map(|s| s.id), Some(id));
+        // A PONG there is fresh: replies go back to the shared port.
+        assert!(p.heard(peer, MAIN_SOCKET, true));
+        assert_eq!(p.via(peer), None);
+        // An id that is not ours is never recorded.
+        assert!(!p.heard(peer, 999, true));
+        assert_eq!(p.via(peer), None);
+    }
+
+    #[test]
+    fn idle_sockets_go_after_their_time_and_a_used_one_stays() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let peer = ep(2, 40_000);
+        p.want_sockets(PEER, peer);
+        p.opened(fds(4), t0, schedule::open_sockets);
+        let id = p.sockets()[1].id;
+        p.heard(peer, id, false);
+        assert!(!p.release_idle(t0 + Duration::from_secs(1), std::iter::once(peer)));
+        let later = t0 + SOCKET_LIFETIME;
+        assert!(p.release_idle(later, std::iter::once(peer)));
+        assert_eq!(p.sockets().iter().map(|s| s.id).collect::<Vec<_>>(), [id]);
+        // The path moved away: the last one goes at its next expiry.
+        assert!(p.release_idle(later + SOCKET_LIFETIME, std::iter::empty()));
+        assert!(p.sockets().is_empty());
+        assert_eq!(p.via(peer), None);
+        assert_eq!(p.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_spray_leaves_from_the_shared_port_at_the_budgeted_rate() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let ip = Ipv4Addr::new(198, 51, 100, 9);
+        p.spray(PEER, t0, schedule::birthday_spray(ip, 768, 7));
+        let first_second = p.due(t0 + Duration::from_millis(999));
+        assert_eq!(first_second.len(), 200);
+        assert!(first_second
+            .iter()
+            .all(|(pr, via)| via.is_none() && *pr.to.ip() == ip));
+        let rest = p.due(t0 + Duration::from_millis(1999));
+        assert_eq!(rest.len(), 200);
+        // The peer connected: the rest of the spray stays home.
+        p.stop(PEER);
+        assert!(p.due(t0 + Duration::from_secs(10)).is_empty());
+        assert_eq!(p.probes_sent, 400);
+    }
+}
