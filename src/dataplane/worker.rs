@@ -253,7 +253,7 @@ impl UdpPath {
         self.extras_generation = Some(snap.generation);
         let mut cancel = Vec::new();
         for e in &mut self.extras {
-            let wanted = snap.sockets.iter().any(|s| *s == e.socket);
+            let wanted = snap.sockets.contains(&e.socket);
             if e.wanted && !wanted && e.armed {
                 cancel.push(e.socket.id);
             }
