@@ -62,6 +62,7 @@ EXPECTED_DIRECT=(
     "restricted masq"
     "portrestricted portrestricted"
     "portrestricted seq"
+    "portrestricted random"
 )
 # Deadlines per pair class, in seconds from the pair's first ping. Today
 # every direct pair is direct within 0.3-1.7 s; the margin is for a loaded

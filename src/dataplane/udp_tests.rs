@@ -814,3 +814,75 @@ fn offload_gro_run_with_a_damaged_datagram_loses_only_that_one() {
     assert_eq!(c.tun_write_errors + c.dropped_malformed, 0);
     h.dp.shutdown().unwrap();
 }
+
+#[test]
+fn an_extra_socket_receives_sends_for_its_peer_and_is_let_go() {
+    let mut h = harness(16);
+    let sender = h.dp.udp_sender().expect("sender");
+    let extra = LocalSocket {
+        id: 7,
+        fd: Arc::new(sender.open_socket().expect("extra socket")),
+    };
+    let extra_addr = SocketAddrV4::new(
+        Ipv4Addr::LOCALHOST,
+        udp::local_addr(extra.fd.as_fd()).unwrap().port(),
+    );
+    assert_ne!(extra_addr.port(), h.port, "a port of its own");
+    let mut s = (*h.dp.snapshot().load()).clone();
+    s.generation += 1;
+    s.sockets = vec![extra.clone()];
+    let entry = PeerEntry {
+        socket: Some(extra.clone()),
+        ..s.direct[&PEER].clone()
+    };
+    s.add_direct_peer(PEER, entry);
+    h.dp.snapshot().publish(s);
+
+    // What reaches the extra socket goes up naming it.
+    let hb = Heartbeat::new(PEER, false).encode();
+    let sealed = key(OWN).seal_to_vec(h.ivs.next_iv(), &hb);
+    wait_for("the workers to receive on the extra socket", || {
+        h.peer.send_to(&sealed, extra_addr).unwrap();
+        h.rx.recv_timeout(Duration::from_millis(20)).is_ok_and(|u| {
+            u == Upcall::Peer {
+                from: h.peer_addr,
+                local: 7,
+                plaintext: hb.to_vec(),
+            }
+        })
+    });
+    // Data for the peer leaves from it, and data from it is delivered.
+    let p = ipv4(OWN, PEER, 200, 1);
+    h.tun.send(&p).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = h.peer.recv_from(&mut buf).unwrap();
+    assert_eq!(from, SocketAddr::V4(extra_addr), "sent from the extra socket");
+    assert_eq!(key(PEER).open_in_place(&mut buf[..n]).unwrap(), &forward(&p)[..]);
+    let q = ipv4(PEER, OWN, 300, 2);
+    let d = key(OWN).seal_to_vec(h.ivs.next_iv(), &forward(&q));
+    h.peer.send_to(&d, extra_addr).unwrap();
+    assert_eq!(h.tun_recv(), q);
+    wait_for("the delivery to count as direct", || {
+        h.dp.counters().direct_rx_packets == 1
+    });
+
+    // Out of the snapshot: the receive is cancelled and the workers let go
+    // of the fd, so ours is the last reference.
+    let mut s = (*h.dp.snapshot().load()).clone();
+    s.generation += 1;
+    s.sockets.clear();
+    s.direct.clear();
+    s.tun.clear();
+    s.forward.clear();
+    s.subnets.clear();
+    h.dp.snapshot().publish(s);
+    wait_for("the workers to drop the extra socket", || {
+        Arc::strong_count(&extra.fd) == 1
+    });
+    // (The wait above may have sent more heartbeats than it needed.)
+    while h.rx.try_recv().is_ok() {}
+    h.peer.send_to(&sealed, extra_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(h.rx.is_empty(), "nothing received on a socket let go");
+    h.dp.shutdown().unwrap();
+}
