@@ -856,8 +856,15 @@ fn an_extra_socket_receives_sends_for_its_peer_and_is_let_go() {
     h.tun.send(&p).unwrap();
     let mut buf = [0u8; 2048];
     let (n, from) = h.peer.recv_from(&mut buf).unwrap();
-    assert_eq!(from, SocketAddr::V4(extra_addr), "sent from the extra socket");
-    assert_eq!(key(PEER).open_in_place(&mut buf[..n]).unwrap(), &forward(&p)[..]);
+    assert_eq!(
+        from,
+        SocketAddr::V4(extra_addr),
+        "sent from the extra socket"
+    );
+    assert_eq!(
+        key(PEER).open_in_place(&mut buf[..n]).unwrap(),
+        &forward(&p)[..]
+    );
     let q = ipv4(PEER, OWN, 300, 2);
     let d = key(OWN).seal_to_vec(h.ivs.next_iv(), &forward(&q));
     h.peer.send_to(&d, extra_addr).unwrap();

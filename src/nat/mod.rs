@@ -6,9 +6,9 @@
 //!
 //! Wired: `control` runs the classifier on a timer and publishes the class
 //! through [`StableClass`]; peers exchange classes in the UDP4CONN marker;
-//! `peer` chooses the method with [`choose`] and sprays prediction windows.
-//! Not wired yet: the schedules that need extra local sockets (birthday,
-//! prediction + birthday) (see README, "NAT traversal").
+//! `peer` chooses the method with [`choose`]; `control::punch` carries out
+//! prediction sprays and birthday attempts. Prediction + birthday is not
+//! run (see `peer::machine::runnable`).
 
 pub mod class;
 pub mod classify;
