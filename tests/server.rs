@@ -52,6 +52,9 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
         general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
+        // Servers started in tests serve no control socket (only `server::run` does).
+        control_socket: "/nonexistent/ringlink-test.sock".into(),
+        log: "info".into(),
     }
 }
 
