@@ -445,7 +445,8 @@ mod tests {
             &client("tun = \"rl9\"\nport = 5000\nmtu = 1300\nlog = \"warn\"\n"),
         );
         assert_eq!(plan.apply, [Apply::Log("warn".into())]);
-        assert_eq!(plan.restart, ["tun", "mtu", "port"]);
+        // The default control socket is named after the interface.
+        assert_eq!(plan.restart, ["tun", "mtu", "port", "control_socket"]);
         let plan = client_plan(
             &client(""),
             &ClientConfig::parse(

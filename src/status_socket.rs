@@ -13,18 +13,24 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 
-/// Serves `document()` until the task is dropped. Each connection gets one
-/// document and is closed, so a stuck reader cannot pile up.
-pub async fn serve<T: Serialize>(
-    path: PathBuf,
-    document: impl Fn() -> T + 'static,
-) -> std::io::Result<()> {
+/// Binds the socket at `path` (its directory made if need be). Bound
+/// before the process says it is ready, so `ringlink status` works as
+/// soon as systemd reports the service up.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
     // A socket file left by a crashed run would make bind fail.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}
+
+/// Serves `document()` until the task is dropped. Each connection gets one
+/// document and is closed, so a stuck reader cannot pile up.
+pub async fn serve<T: Serialize>(
+    listener: UnixListener,
+    document: impl Fn() -> T + 'static,
+) -> std::io::Result<()> {
     loop {
         let (mut conn, _) = listener.accept().await?;
         let body = serde_json::to_vec(&document()).unwrap_or_default();
@@ -99,22 +105,13 @@ mod tests {
             .build()
             .unwrap();
         let got = rt.block_on(async {
-            let server = tokio::spawn(serve(path.clone(), || vec![1, 2, 3]));
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            let got = loop {
-                let p = path.clone();
-                let r = tokio::task::spawn_blocking(move || {
-                    query::<std::collections::HashMap<String, u8>>(&p, "client")
-                })
-                .await
-                .unwrap();
-                match r {
-                    Err(QueryError::Connect { .. }) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    other => break other,
-                }
-            };
+            let server = tokio::spawn(serve(bind(&path).unwrap(), || vec![1, 2, 3]));
+            let p = path.clone();
+            let got = tokio::task::spawn_blocking(move || {
+                query::<std::collections::HashMap<String, u8>>(&p, "client")
+            })
+            .await
+            .unwrap();
             server.abort();
             got
         });

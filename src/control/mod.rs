@@ -266,10 +266,19 @@ pub async fn run(
         metrics_per_peer: cfg.metrics_per_peer,
         ..Default::default()
     }));
-    let status_task = tokio::task::spawn_local(status_socket::serve(cfg.control_socket.clone(), {
-        let status = status.clone();
-        move || status.lock().map(|s| s.clone()).unwrap_or_default()
-    }));
+    let status_task = match status_socket::bind(&cfg.control_socket) {
+        Ok(listener) => Some(tokio::task::spawn_local(status_socket::serve(listener, {
+            let status = status.clone();
+            move || status.lock().map(|s| s.clone()).unwrap_or_default()
+        }))),
+        Err(e) => {
+            warn!(
+                "cannot serve `ringlink status` on {}: {e}",
+                cfg.control_socket.display()
+            );
+            None
+        }
+    };
     let mut metrics = Endpoint::new("client", {
         let status = status.clone();
         Arc::new(move || {
@@ -427,7 +436,9 @@ pub async fn run(
         _ = shutdown => { info!("shutting down"); Ok(()) }
     };
     link.abort();
-    status_task.abort();
+    if let Some(t) = status_task {
+        t.abort();
+    }
     if let Some(t) = nat_task {
         t.abort();
     }

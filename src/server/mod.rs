@@ -435,18 +435,19 @@ pub async fn run(cfg: ServerConfig, reload: Reload) -> Result<(), ServerError> {
     let server = Server::bind(cfg.clone()).await?;
     let control = server.control();
     let _socket_file = SocketFile(cfg.control_socket.clone());
-    let socket = tokio::spawn({
-        let control = control.clone();
-        let path = cfg.control_socket.clone();
-        async move {
-            if let Err(e) = status_socket::serve(path.clone(), move || control.status()).await {
-                warn!(
-                    "cannot serve `ringlink status --server` on {}: {e}",
-                    path.display()
-                );
-            }
+    let socket = match status_socket::bind(&cfg.control_socket) {
+        Ok(listener) => Some(tokio::spawn({
+            let control = control.clone();
+            status_socket::serve(listener, move || control.status())
+        })),
+        Err(e) => {
+            warn!(
+                "cannot serve `ringlink status --server` on {}: {e}",
+                cfg.control_socket.display()
+            );
+            None
         }
-    });
+    };
     let listening = format!("listening on {}", server.local_addr());
     service_manager::ready(&listening);
     let reloads = tokio::spawn(async move {
@@ -461,6 +462,8 @@ pub async fn run(cfg: ServerConfig, reload: Reload) -> Result<(), ServerError> {
     });
     let result = server.run().await;
     reloads.abort();
-    socket.abort();
+    if let Some(t) = socket {
+        t.abort();
+    }
     result
 }
