@@ -84,6 +84,23 @@ sys.exit(0 if "ringlink_link_up 1" in t.splitlines() else 1)' "$2" 2>/dev/null
 }
 check "gw-a's /metrics answers on 9586" scrape gw-a 9586
 
+# A STUN datagram from a stranger to gw-a's data port: counted in
+# node.stun_ignored, and logged at debug. It tells the log level apart.
+udp_port=$(sed -En 's/.*peer-to-peer on udp_port=([0-9]+).*/\1/p' "$(rl_log_file gw-a)" | head -1)
+stray_stun() {
+    local before
+    before=$(rl_status_get gw-a 'd["node"]["stun_ignored"]')
+    rl_exec gw-a python3 -c '
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"\x01\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), ("127.0.0.1", int(sys.argv[1])))' "${udp_port:-9}"
+    stun_counted() { rl_ge "$(rl_status_get gw-a 'd["node"]["stun_ignored"]')" $(( ${before:-0} + 1 )); }
+    rl_wait_until 5 stun_counted
+}
+stray_line='DEBUG.*STUN datagram from a host that is not our STUN server'
+check "a stray STUN datagram to gw-a's port ${udp_port:-?} is counted" stray_stun
+check_not "at log level info it is not logged" rl_log_has gw-a "$stray_line"
+
 rl_spawn longping lan-a ping -n -i 0.05 -W 2 -c "$COUNT" "$hc"
 check "the long ping is answered" rl_wait_until 10 rl_log_has longping "icmp_seq=5 "
 
@@ -112,7 +129,8 @@ check "gw-a: mtu named as needing a restart" \
 check "gw-a's /metrics answers on 9600" rl_wait_until 5 scrape gw-a 9600
 check_not "and no longer on 9586" scrape gw-a 9586
 check "rl0 in gw-a keeps MTU 1400" eval 'ip -n "$(rl_ns gw-a)" link show rl0 | grep -q "mtu 1400 "'
-check "debug lines follow the reload" rl_wait_until 10 rl_log_has gw-a ' DEBUG '
+check "another stray STUN datagram is counted" stray_stun
+check "at log level debug it is logged" rl_log_has gw-a "$stray_line"
 
 # 3. Broken files are refused; both keep running with what they had.
 printf 'server = "ws://%s:%s"\npassword =\n' "$RL_SERVER_IP" "$RL_SERVER_PORT" >"$RL_TMP/gw-a.toml"
