@@ -113,9 +113,11 @@ pub(crate) fn render_block(
 ) {
     out.push_str(&format!("\n{title}:\n"));
     let fields: Vec<_> = fields.collect();
+    // Columns as wide as the block's longest name, so they line up.
+    let width = fields.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     for line in fields.chunks(4) {
         for (name, value) in line {
-            out.push_str(&format!("  {name:<22} {value:>12}"));
+            out.push_str(&format!("  {name:<width$} {value:>12}"));
         }
         out.push('\n');
     }
