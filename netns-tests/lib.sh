@@ -370,7 +370,8 @@ rl_ge() { [ "${1:-x}" -ge "${2:-x}" ] 2>/dev/null; }
 
 # ------------------------------------------------------------------ configs
 
-# rl_server_conf <name> [extra toml lines...] : writes $RL_TMP/<name>.toml.
+# rl_server_conf <name> [extra toml lines...] : writes $RL_TMP/<name>.toml,
+# with the control socket (`ringlink status --server`) at $RL_TMP/<name>.sock.
 rl_server_conf() {
     local name=$1; shift
     local f="$RL_TMP/$name.toml" line
@@ -378,6 +379,7 @@ rl_server_conf() {
         printf 'listen = "%s:%s"\n' "$RL_SERVER_IP" "$RL_SERVER_PORT"
         printf 'password = "%s"\n' "$RL_PASSWORD"
         printf 'pool = "%s"\n' "$RL_POOL"
+        printf 'control_socket = "%s"\n' "$(rl_sock "$name")"
         for line in "$@"; do printf '%s\n' "$line"; done
     } >"$f"
     printf '%s' "$f"
@@ -442,6 +444,25 @@ elif isinstance(v, (dict, list)):
 else:
     print(v)
 ' "$2" 2>/dev/null
+}
+
+# rl_server_status_get <name> <python expr over d> : like rl_status_get, over
+# the server's `ringlink status --server --json`.
+rl_server_status_get() {
+    local json
+    json=$(timeout --foreground 10 "$RINGLINK" status --server --socket "$(rl_sock "$1")" --json 2>/dev/null) || return 1
+    printf '%s' "$json" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+v = eval(sys.argv[1], {"d": d})
+print(json.dumps(v) if isinstance(v, (bool, dict, list)) or v is None else v)
+' "$2" 2>/dev/null
+}
+
+# rl_member_get <server name> <vip> <field> : one field of a member's line in
+# the server's status (empty if it is not a member).
+rl_member_get() {
+    rl_server_status_get "$1" "next((m[\"$3\"] for m in d[\"members\"] if m[\"vip\"] == \"$2\"), \"\")"
 }
 
 rl_connected() { [ "$(rl_status_get "$1" 'd["connected"]')" = true ]; }

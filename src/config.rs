@@ -107,6 +107,44 @@ fn parse_toml<T: for<'de> Deserialize<'de>>(file: &str, text: &str) -> Result<T,
     })
 }
 
+/// The `log` key's default, and `--log`'s.
+pub const DEFAULT_LOG: &str = "info";
+
+/// The tracing filter for a `log` value (or `--log`, or `RUST_LOG`).
+/// netlink-packet-route warns about every kernel attribute newer than
+/// itself, which says nothing about ringlink, so it is quieted unless the
+/// filter names it.
+pub fn log_filter(log: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let directives = if log.contains("netlink_packet_route") {
+        log.to_string()
+    } else {
+        format!("{log},netlink_packet_route=error")
+    };
+    tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| e.to_string())
+}
+
+impl Ctx<'_> {
+    /// `log`: a tracing filter such as "info" or "info,ringlink=debug".
+    fn log(&self, value: Option<String>) -> Result<String, ConfigError> {
+        let log = value.unwrap_or_else(|| DEFAULT_LOG.to_string());
+        if log.trim().is_empty() {
+            return Err(self.err(
+                "log",
+                "expected a filter like \"info\" or \"info,ringlink=debug\", got \"\"",
+            ));
+        }
+        log_filter(&log).map_err(|e| {
+            self.err(
+                "log",
+                format!(
+                    "expected a filter like \"info\" or \"info,ringlink=debug\", got {log:?}: {e}"
+                ),
+            )
+        })?;
+        Ok(log)
+    }
+}
+
 // ---------------------------------------------------------------- server
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +195,15 @@ pub struct ServerConfig {
     pub general_burst: u32,
     /// Where Prometheus text is served on `/metrics`; None = off.
     pub metrics: Option<SocketAddr>,
+    /// Unix socket where `ringlink status --server` finds this server.
+    pub control_socket: PathBuf,
+    /// Log filter (`--log` and `RUST_LOG` take precedence).
+    pub log: String,
 }
+
+/// Where `ringlink status --server` looks by default: the unit's
+/// RuntimeDirectory, the one place under /run it may write.
+pub const DEFAULT_SERVER_SOCKET: &str = "/run/ringlink-server/server.sock";
 
 /// Defaults of the server's admission and rate limits.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
@@ -193,6 +239,8 @@ struct RawServer {
     general_rate: Option<u32>,
     general_burst: Option<u32>,
     metrics: Option<String>,
+    control_socket: Option<PathBuf>,
+    log: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +354,7 @@ impl ServerConfig {
         let general_rate = rate("general_rate", raw.general_rate, DEFAULT_GENERAL_RATE)?;
         let general_burst = rate("general_burst", raw.general_burst, DEFAULT_GENERAL_BURST)?;
         let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
+        let log = c.log(raw.log)?;
         Ok(Self {
             listen,
             password: raw.password,
@@ -323,6 +372,10 @@ impl ServerConfig {
             general_rate,
             general_burst,
             metrics,
+            control_socket: raw
+                .control_socket
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET)),
+            log,
         })
     }
 }
@@ -546,6 +599,8 @@ pub struct ClientConfig {
     /// Export per-peer traffic with a `peer` label: one series per peer,
     /// so for small networks only.
     pub metrics_per_peer: bool,
+    /// Log filter (`--log` and `RUST_LOG` take precedence).
+    pub log: String,
 }
 
 #[derive(Deserialize)]
@@ -573,6 +628,7 @@ struct RawClient {
     pin_workers: Option<bool>,
     metrics: Option<String>,
     metrics_per_peer: Option<bool>,
+    log: Option<String>,
 }
 
 fn in_range(c: &Ctx, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
@@ -688,6 +744,7 @@ impl ClientConfig {
             100,
         )? as u32;
         let metrics = c.metrics(raw.metrics.as_deref(), CLIENT_METRICS_PORT)?;
+        let log = c.log(raw.log)?;
         Ok(Self {
             control_socket: raw
                 .control_socket
@@ -712,6 +769,7 @@ impl ClientConfig {
             pin_workers: raw.pin_workers.unwrap_or(true),
             metrics,
             metrics_per_peer: raw.metrics_per_peer.unwrap_or(false),
+            log,
         })
     }
 }
@@ -831,6 +889,39 @@ mod tests {
         }
         let e = client(&format!("{CLIENT}metrics_per_peer = \"yes\"\n")).unwrap_err();
         assert!(e.to_string().contains("metrics_per_peer"), "{e}");
+    }
+
+    #[test]
+    fn log_filter_key() {
+        assert_eq!(client(CLIENT).unwrap().log, "info");
+        assert_eq!(server(SERVER).unwrap().log, "info");
+        let c = client(&format!("{CLIENT}log = \"warn,ringlink=debug\"\n")).unwrap();
+        assert_eq!(c.log, "warn,ringlink=debug");
+        for bad in ["", "info,ringlink=loud", "ringlink=[{"] {
+            let e = client(&format!("{CLIENT}log = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("log"), "{bad:?}: {e}");
+            let e = server(&format!("{SERVER}log = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("log"), "{bad:?}: {e}");
+        }
+        // The netlink noise is quieted unless the filter asks for it.
+        assert!(log_filter("debug")
+            .unwrap()
+            .to_string()
+            .contains("netlink_packet_route=error"));
+        assert!(!log_filter("netlink_packet_route=debug")
+            .unwrap()
+            .to_string()
+            .contains("=error"));
+    }
+
+    #[test]
+    fn server_control_socket() {
+        assert_eq!(
+            server(SERVER).unwrap().control_socket,
+            PathBuf::from("/run/ringlink-server/server.sock")
+        );
+        let s = server(&format!("{SERVER}control_socket = \"/tmp/x.sock\"\n")).unwrap();
+        assert_eq!(s.control_socket, PathBuf::from("/tmp/x.sock"));
     }
 
     #[test]

@@ -104,6 +104,25 @@ impl Described {
     }
 }
 
+/// One titled block of `name value` pairs, four to a line; every counter is
+/// shown, zero or not, so an operator can grep for one by name.
+pub(crate) fn render_block(
+    out: &mut String,
+    title: &str,
+    fields: impl Iterator<Item = (&'static str, u64)>,
+) {
+    out.push_str(&format!("\n{title}:\n"));
+    let fields: Vec<_> = fields.collect();
+    // Columns as wide as the block's longest name, so they line up.
+    let width = fields.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
+    for line in fields.chunks(4) {
+        for (name, value) in line {
+            out.push_str(&format!("  {name:<width$} {value:>12}"));
+        }
+        out.push('\n');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     counters! {

@@ -63,6 +63,8 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         general_rate,
         general_burst,
         metrics,
+        control_socket,
+        log,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -107,6 +109,8 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         t.insert(key.into(), int(*v));
     }
     t.insert("metrics".into(), metrics_value(metrics));
+    t.insert("control_socket".into(), path(control_socket));
+    t.insert("log".into(), string(log));
     let route_table = |r: &PushedRoute| {
         let PushedRoute {
             dst,
@@ -151,6 +155,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         test_time_divisor,
         metrics,
         metrics_per_peer,
+        log,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -217,6 +222,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("test_time_divisor".into(), int(*test_time_divisor));
     t.insert("metrics".into(), metrics_value(metrics));
     t.insert("metrics_per_peer".into(), Value::Boolean(*metrics_per_peer));
+    t.insert("log".into(), string(log));
     render(file, t, &unset)
 }
 
@@ -240,6 +246,11 @@ mod tests {
         assert!(out.contains("max_clients = 4096"), "{out}");
         assert!(out.contains("metrics = \"127.0.0.1:9587\""), "{out}");
         assert!(out.contains("for = \"10.77.0.0/24\""), "{out}");
+        assert!(out.contains("log = \"info\""), "{out}");
+        assert!(
+            out.contains("control_socket = \"/run/ringlink-server/server.sock\""),
+            "{out}"
+        );
         assert!(out.contains("# tls_cert, tls_key: not set"), "{out}");
         assert!(!out.contains("s3cret"), "password leaked: {out}");
         assert_eq!(
@@ -265,6 +276,7 @@ mod tests {
             "offload = true",
             "metrics = \"127.0.0.1:9586\"",
             "metrics_per_peer = false",
+            "log = \"info\"",
             "# address: not set",
         ] {
             assert!(
@@ -281,7 +293,7 @@ mod tests {
 
     #[test]
     fn client_settings_round_trip() {
-        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\n";
+        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\nlog = \"debug\"\n";
         let cfg = ClientConfig::parse("client.toml", text).unwrap();
         let out = client_toml("client.toml", &cfg);
         assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");

@@ -2,19 +2,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
+use serde::Serialize;
+use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
-use ringlink::config::{default_control_socket, ClientConfig, ServerConfig};
+use ringlink::config::{
+    default_control_socket, log_filter, ClientConfig, ServerConfig, DEFAULT_LOG,
+    DEFAULT_SERVER_SOCKET,
+};
 use ringlink::effective_config;
+use ringlink::reload::{LogControl, Reload, SetFilter};
+use ringlink::status_socket::QueryError;
 
 /// ringlink: a peer-to-peer mesh VPN and site-to-site tunnel for Linux
 /// gateways, wire-compatible with Candy.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Log filter, e.g. "info", "debug", "ringlink=debug" (RUST_LOG also works).
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log filter, e.g. "info", "debug", "ringlink=debug" (RUST_LOG also
+    /// works, and wins). Given, it overrides the config file's `log`, on
+    /// reloads too. [default: the file's `log`, else info]
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -22,12 +31,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordination server: authentication, address pool, relay,
-    /// peer introductions, subnet routes, STUN responder.
+    /// peer introductions, subnet routes, STUN responder. SIGHUP re-reads
+    /// the config: log, metrics and [[route]] apply at once (added routes
+    /// are pushed to connected members), other changed keys are logged as
+    /// needing a restart; a file that does not load is refused.
     Server {
         /// Path to server.toml (keys: listen, password, pool, tls_cert,
         /// tls_key, stun, stun_alt_port, stun_alt_address, max_clients,
         /// max_unauthenticated, max_unauthenticated_per_ip, broadcast_rate,
-        /// broadcast_burst, general_rate, general_burst, metrics, [[route]]).
+        /// broadcast_burst, general_rate, general_burst, metrics,
+        /// control_socket, log, [[route]]).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -36,12 +49,15 @@ enum Command {
         check: bool,
     },
     /// Run a node: joins the network, creates the TUN device and carries
-    /// traffic (needs root or CAP_NET_ADMIN).
+    /// traffic (needs root or CAP_NET_ADMIN). SIGHUP re-reads the config:
+    /// log, metrics and metrics_per_peer apply at once, without touching
+    /// tunnels; other changed keys are logged as needing a restart; a file
+    /// that does not load is refused.
     Client {
         /// Path to client.toml (keys: server, password, tun, address, mtu,
         /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
         /// control_socket, lan_address, public_endpoint, cipher, mss_clamp,
-        /// offload, pin_workers, metrics, metrics_per_peer).
+        /// offload, pin_workers, metrics, metrics_per_peer, log).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -49,14 +65,20 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
-    /// Show a running client's peers, paths and counters.
+    /// Show a running client's peers, paths and counters, or with
+    /// --server a running server's members and their traffic.
     Status {
-        /// The client's control socket (default /run/ringlink/<tun>.sock).
+        /// The control socket (default /run/ringlink/<tun>.sock, with
+        /// --server /run/ringlink-server/server.sock).
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Interface name used to find the default socket.
+        /// Interface name used to find a client's default socket.
         #[arg(long, default_value = "rl0")]
         tun: String,
+        /// Ask a server: members (VIP, VMAC, instance, remote address,
+        /// connected since, frames and bytes in and out) and its counters.
+        #[arg(long)]
+        server: bool,
         /// Print JSON for scripts.
         #[arg(long)]
         json: bool,
@@ -116,18 +138,61 @@ enum Generated {
     Completions { shell: clap_complete::Shell },
 }
 
-fn init_logs(filter: &str) {
+/// The filter from RUST_LOG or `--log`: it wins over a config file's `log`.
+fn pinned_log(cli: &Option<String>) -> Option<String> {
+    std::env::var("RUST_LOG").ok().or_else(|| cli.clone())
+}
+
+/// Starts logging with `log` as the filter; returns how to change it later.
+fn init_logs(log: &str) -> SetFilter {
     use std::io::IsTerminal;
-    // netlink-packet-route warns about every kernel attribute newer than
-    // itself, which says nothing about ringlink.
-    let filter = std::env::var("RUST_LOG")
-        .unwrap_or_else(|_| format!("{filter},netlink_packet_route=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+    let (filter, refused) = match log_filter(log) {
+        Ok(f) => (f, None),
+        Err(e) => (EnvFilter::new(DEFAULT_LOG), Some(e)),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter_reloading();
+    let handle = builder.reload_handle();
+    builder.init();
+    if let Some(e) = refused {
+        warn!("log filter {log:?} refused ({e}); logging at {DEFAULT_LOG}");
+    }
+    Box::new(move |f| handle.reload(f).map_err(|e| e.to_string()))
+}
+
+/// Logging for a long-running process: its file's `log` unless pinned.
+fn process_logs(file_log: &mut String, cli: &Option<String>, path: PathBuf) -> Reload {
+    let pinned = pinned_log(cli);
+    let set = init_logs(pinned.as_deref().unwrap_or(file_log));
+    let log = LogControl::new(set, pinned);
+    *file_log = log.effective(file_log);
+    Reload { path, log }
+}
+
+/// `ringlink status`: the document as JSON or as the table `human` makes.
+fn show<T: Serialize>(
+    got: Result<T, QueryError>,
+    json: bool,
+    human: impl Fn(&T) -> String,
+) -> ExitCode {
+    match got {
+        Ok(s) if json => {
+            println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(s) => {
+            print!("{}", human(&s));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringlink status: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -149,10 +214,14 @@ async fn terminated() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log);
+    // The long-running processes start logging once their file is read.
+    if !matches!(cli.command, Command::Server { .. } | Command::Client { .. }) {
+        // A short command's filter never changes: no handle to keep.
+        let _ = init_logs(pinned_log(&cli.log).as_deref().unwrap_or(DEFAULT_LOG));
+    }
     match cli.command {
         Command::Server { config, check } => {
-            let cfg = match ServerConfig::load(&config) {
+            let mut cfg = match ServerConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
@@ -163,16 +232,17 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::SUCCESS;
             }
+            let reload = process_logs(&mut cfg.log, &cli.log, config);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
             report(rt.block_on(async {
                 tokio::select! {
-                    r = ringlink::server::run(cfg) => r.map_err(|e| e.to_string()),
+                    r = ringlink::server::run(cfg, reload) => r.map_err(|e| e.to_string()),
                     _ = terminated() => Ok(()),
                 }
             }))
         }
         Command::Client { config, check } => {
-            let cfg = match ClientConfig::load(&config) {
+            let mut cfg = match ClientConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
@@ -183,6 +253,7 @@ fn main() -> ExitCode {
                 );
                 return ExitCode::SUCCESS;
             }
+            let reload = process_logs(&mut cfg.log, &cli.log, config);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -192,26 +263,36 @@ fn main() -> ExitCode {
             let local = tokio::task::LocalSet::new();
             report(
                 local
-                    .block_on(&rt, ringlink::control::run(cfg, terminated()))
+                    .block_on(&rt, ringlink::control::run(cfg, terminated(), reload))
                     .map_err(|e| e.to_string()),
             )
         }
-        Command::Status { socket, tun, json } => {
+        Command::Status {
+            socket,
+            tun: _,
+            server: true,
+            json,
+        } => {
+            let path = socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET));
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            show(ringlink::status_socket::query(&path, "server"), json, |s| {
+                ringlink::server::render_status(s, now)
+            })
+        }
+        Command::Status {
+            socket,
+            tun,
+            server: false,
+            json,
+        } => {
             let path = socket.unwrap_or_else(|| default_control_socket(&tun));
-            match ringlink::control::status::query(&path) {
-                Ok(s) if json => {
-                    println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Ok(s) => {
-                    print!("{}", ringlink::control::status::render(&s));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ringlink status: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            show(
+                ringlink::control::status::query(&path),
+                json,
+                ringlink::control::status::render,
+            )
         }
         Command::Metrics { socket, tun } => {
             let path = socket.unwrap_or_else(|| default_control_socket(&tun));

@@ -43,6 +43,9 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
         general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
+        // Servers started in tests serve no control socket (only `server::run` does).
+        control_socket: "/nonexistent/ringlink-test.sock".into(),
+        log: "info".into(),
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());

@@ -13,7 +13,8 @@ use ringlink::proto::ws::{
     self, Auth, Discovery, ExptTun, General, PeerConn, SysRoute, Vmac, WsMessage,
 };
 use ringlink::proto::Ipv4Cidr;
-use ringlink::server::{Server, ServerCounters, ShutdownHandle, Tuning};
+use ringlink::reload::LogControl;
+use ringlink::server::{Control, Server, ServerCounters, ShutdownHandle, Tuning};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
@@ -52,6 +53,9 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
         general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
+        // Servers started in tests serve no control socket (only `server::run` does).
+        control_socket: "/nonexistent/ringlink-test.sock".into(),
+        log: "info".into(),
     }
 }
 
@@ -60,6 +64,8 @@ struct Running {
     stun: Option<SocketAddr>,
     stop: ShutdownHandle,
     counters: Arc<ServerCounters>,
+    control: Control,
+    cfg: ServerConfig,
 }
 
 impl Drop for Running {
@@ -74,15 +80,21 @@ async fn start_with(cfg: ServerConfig, tuning: Tuning) -> Running {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let server = Server::bind_with(cfg, tuning).await.unwrap();
-    let r = Running {
+    let server = Server::bind_with(cfg.clone(), tuning).await.unwrap();
+    let r = handles(&server, cfg);
+    tokio::spawn(server.run());
+    r
+}
+
+fn handles(server: &Server, cfg: ServerConfig) -> Running {
+    Running {
         addr: server.local_addr(),
         stun: server.stun_addr(),
         stop: server.shutdown_handle(),
         counters: server.counters(),
-    };
-    tokio::spawn(server.run());
-    r
+        control: server.control(),
+        cfg,
+    }
 }
 
 async fn start(routes: Vec<PushedRoute>) -> Running {
@@ -716,16 +728,155 @@ async fn forged_sources_are_dropped_but_gateways_may_relay_their_subnets() {
     sync(&mut b, ip("10.77.0.2")).await;
 }
 
+fn route(dst: &str, via: &str) -> PushedRoute {
+    PushedRoute {
+        dst: dst.parse().unwrap(),
+        via: ip(via),
+        for_clients: "10.77.0.0/24".parse().unwrap(),
+    }
+}
+
+/// A reload adds a route: members get it at once, on their live session,
+/// and its gateway may send from the new subnet; removing one ends that
+/// permission. The other members' traffic goes on throughout.
+#[tokio::test]
+async fn reload_pushes_added_routes_and_withdraws_removed_sources() {
+    let lan1 = route("192.168.20.0/24", "10.77.0.20");
+    let lan2 = route("192.168.21.0/24", "10.77.0.20");
+    let s = start(vec![lan1]).await;
+    let mut a = connect(s.addr).await;
+    let mut gw = connect(s.addr).await;
+    for (ws, vip) in [(&mut a, "10.77.0.1"), (&mut gw, "10.77.0.20")] {
+        join_with(ws, ip(vip), None).await;
+        assert_eq!(recv(ws).await[0], ws::ty::SYS_ROUTE);
+        sync(ws, ip(vip)).await;
+    }
+    // Before: the second LAN is not the gateway's to send from.
+    send(&mut gw, forward("192.168.21.5", "10.77.0.1", b"early")).await;
+    sync(&mut gw, ip("10.77.0.20")).await;
+    assert_eq!(load(&s.counters, |c| &c.forward_spoofed), 1);
+
+    let mut two = s.cfg.clone();
+    two.routes = vec![lan1, lan2];
+    let report = s.control.reload(two.clone(), &LogControl::detached()).await;
+    assert_eq!(
+        report.applied,
+        ["routes +192.168.21.0/24 via 10.77.0.20 for 10.77.0.0/24 (sent to 2 members)"]
+    );
+    assert!(report.restart.is_empty(), "{report:?}");
+    let added = WsMessage::SysRoutes(vec![SysRoute {
+        dst: lan2.dst,
+        next: lan2.via,
+    }]);
+    for (ws, vip) in [(&mut a, "10.77.0.1"), (&mut gw, "10.77.0.20")] {
+        assert_eq!(WsMessage::decode(&recv(ws).await).unwrap(), added, "{vip}");
+        sync(ws, ip(vip)).await;
+    }
+    let f = forward("192.168.21.5", "10.77.0.1", b"from the new LAN");
+    send(&mut gw, f.clone()).await;
+    assert_eq!(recv(&mut a).await, f);
+    // A newcomer gets both at login, in order.
+    let mut late = connect(s.addr).await;
+    join_with(&mut late, ip("10.77.0.3"), None).await;
+    match WsMessage::decode(&recv(&mut late).await).unwrap() {
+        WsMessage::SysRoutes(list) => assert_eq!(list.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    sync(&mut late, ip("10.77.0.3")).await;
+
+    // The same file again: nothing.
+    let again = s.control.reload(two, &LogControl::detached()).await;
+    assert!(
+        again.applied.is_empty() && again.restart.is_empty(),
+        "{again:?}"
+    );
+
+    // Removing the first LAN: nothing to push, and its sources are refused.
+    let mut one = s.cfg.clone();
+    one.routes = vec![lan2];
+    one.broadcast_rate += 1;
+    let report = s.control.reload(one, &LogControl::detached()).await;
+    assert_eq!(report.restart, ["broadcast_rate"]);
+    assert!(
+        report.applied[0].starts_with("routes -192.168.20.0/24"),
+        "{report:?}"
+    );
+    let spoofed = load(&s.counters, |c| &c.forward_spoofed);
+    send(&mut gw, forward("192.168.20.5", "10.77.0.1", b"late")).await;
+    sync(&mut gw, ip("10.77.0.20")).await;
+    assert_eq!(load(&s.counters, |c| &c.forward_spoofed), spoofed + 1);
+    sync(&mut a, ip("10.77.0.1")).await;
+}
+
+/// `ringlink status --server`'s document: every member with its VIP, VMAC,
+/// remote address and the frames it sent and was sent.
+#[tokio::test]
+async fn status_lists_members_and_their_traffic() {
+    let s = start(vec![]).await;
+    assert!(s.control.status().members.is_empty());
+    let mut a = join(s.addr, "10.77.0.10", Some(0)).await;
+    let mut b = join(s.addr, "10.77.0.11", None).await;
+    let before = s.control.status();
+    let f = forward("10.77.0.10", "10.77.0.11", &[7u8; 100]);
+    for _ in 0..5 {
+        send(&mut a, f.clone()).await;
+        assert_eq!(recv(&mut b).await, f);
+    }
+    sync(&mut a, ip("10.77.0.10")).await;
+    let st = s.control.status();
+    assert_eq!(st.pool, "10.77.0.0/24");
+    assert_eq!(st.listen, format!("ws://{}", s.addr));
+    let vips: Vec<&str> = st.members.iter().map(|m| m.vip.as_str()).collect();
+    assert_eq!(vips, ["10.77.0.10", "10.77.0.11"]);
+    let (ma, mb) = (&st.members[0], &st.members[1]);
+    assert_eq!(ma.vmac.as_deref(), Some("0123456789abcdea"));
+    assert_eq!(mb.vmac, None);
+    assert!(ma.remote.starts_with("127.0.0.1:"), "{ma:?}");
+    assert_eq!(ma.instance, st.instance);
+    let frame = f.len() as u64;
+    let was = |vip: &str| {
+        before
+            .members
+            .iter()
+            .find(|m| m.vip == vip)
+            .unwrap()
+            .traffic
+    };
+    // a sent five forwards and a keepalive (echoed back to it); b got the five.
+    assert_eq!(ma.traffic.frames_in - was("10.77.0.10").frames_in, 6);
+    assert!(ma.traffic.bytes_in - was("10.77.0.10").bytes_in >= 5 * frame);
+    assert_eq!(mb.traffic.frames_out - was("10.77.0.11").frames_out, 5);
+    assert_eq!(
+        mb.traffic.bytes_out - was("10.77.0.11").bytes_out,
+        5 * frame
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(ma.connected_since <= now && ma.connected_since + 60 > now);
+    assert_eq!(st.counters.forward_unicast, 5);
+    drop(a);
+    // A member that left is no longer listed.
+    timeout(WAIT, async {
+        while s.control.status().members.len() != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a's session is gone from the status");
+}
+
 #[tokio::test]
 async fn routes_pushed_only_to_covered_clients() {
-    let route = |dst: &str, via: &str, f: &str| PushedRoute {
+    let routed = |dst: &str, via: &str, f: &str| PushedRoute {
         dst: dst.parse().unwrap(),
         via: ip(via),
         for_clients: f.parse().unwrap(),
     };
-    let r1 = route("192.168.20.0/24", "10.77.0.20", "10.77.0.0/25");
-    let r2 = route("192.168.30.0/24", "10.77.0.130", "10.77.0.128/25");
-    let r3 = route("172.16.0.0/16", "10.77.0.20", "10.77.0.64/26");
+    let r1 = routed("192.168.20.0/24", "10.77.0.20", "10.77.0.0/25");
+    let r2 = routed("192.168.30.0/24", "10.77.0.130", "10.77.0.128/25");
+    let r3 = routed("172.16.0.0/16", "10.77.0.20", "10.77.0.64/26");
     let s = start(vec![r1, r2, r3]).await;
     let as_sys = |r: &PushedRoute| SysRoute {
         dst: r.dst,
@@ -753,7 +904,7 @@ async fn routes_pushed_only_to_covered_clients() {
     assert_eq!(load(&s.counters, |c| &c.routes_pushed), 3);
 
     // A server without routes for this client sends none.
-    let s2 = start(vec![route(
+    let s2 = start(vec![routed(
         "192.168.40.0/24",
         "10.77.0.20",
         "10.77.0.128/25",
@@ -876,14 +1027,11 @@ async fn stun_binding_request_answered_with_the_senders_address() {
 async fn stun_change_request_answered_from_the_other_port_and_address() {
     let mut cfg = config(vec![]);
     cfg.stun_alt_address = Some("127.0.0.2".parse().unwrap());
-    let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
+    let server = Server::bind_with(cfg.clone(), Tuning::default())
+        .await
+        .unwrap();
     let addrs = server.stun_addrs();
-    let s = Running {
-        addr: server.local_addr(),
-        stun: server.stun_addr(),
-        stop: server.shutdown_handle(),
-        counters: server.counters(),
-    };
+    let s = handles(&server, cfg);
     tokio::spawn(server.run());
     assert_eq!(addrs.len(), 4, "{addrs:?}");
     let (primary, alt_port, alt_ip, alt_both) = (addrs[0], addrs[1], addrs[2], addrs[3]);

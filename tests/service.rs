@@ -184,7 +184,10 @@ fn server_sends_ready_once_listening() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     let cfg = dir.file(
         "server.toml",
-        "listen = \"127.0.0.1:0\"\npassword = \"p\"\npool = \"10.77.0.0/24\"\nstun = \"\"\n",
+        &format!(
+            "listen = \"127.0.0.1:0\"\npassword = \"p\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"\"\ncontrol_socket = \"{}\"\n",
+            dir.0.join("server.sock").display()
+        ),
     );
     let child = Command::new(BIN)
         .args(["server", "--config", cfg.to_str().unwrap()])
@@ -227,4 +230,129 @@ fn receive_within(sock: &UnixDatagram, limit: Duration) -> Option<String> {
             Err(_) => return None,
         }
     }
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for one notification and returns its lines.
+fn notified(sock: &UnixDatagram) -> Vec<String> {
+    receive_within(sock, Duration::from_secs(30))
+        .expect("no notification within 30 s")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// SIGHUP as `systemctl reload` sends it: RELOADING=1, the live keys
+/// applied (the metrics port moves, the log line says what changed and
+/// what needs a restart), READY=1; a broken file is refused and the server
+/// keeps running with what it had. `ringlink status --server` answers on
+/// the configured control socket throughout.
+#[test]
+fn server_reloads_on_sighup() {
+    let dir = Scratch::new("reload");
+    let notify_path = dir.0.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    let sock = dir.0.join("server.sock");
+    let (old_port, new_port) = (free_port(), free_port());
+    let file = |metrics: u16, extra: &str| {
+        format!(
+            "listen = \"127.0.0.1:0\"\npassword = \"p\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"127.0.0.1:{metrics}\"\ncontrol_socket = \"{}\"\n{extra}",
+            sock.display()
+        )
+    };
+    let cfg = dir.file("server.toml", &file(old_port, ""));
+    let child = Command::new(BIN)
+        .args(["server", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Running(child);
+    let pid = server.0.id() as libc::pid_t;
+    assert!(notified(&notify).contains(&"READY=1".to_string()));
+    TcpStream::connect(("127.0.0.1", old_port)).expect("metrics on the first port");
+
+    let status = ringlink(&[
+        "status",
+        "--server",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(status.status.success(), "{status:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(doc["pool"], "10.77.0.0/24");
+    assert_eq!(doc["members"].as_array().map(Vec::len), Some(0));
+    let table = ringlink(&["status", "--server", "--socket", sock.to_str().unwrap()]);
+    assert!(text(&table.stdout).contains("no members"), "{table:?}");
+
+    dir.file(
+        "server.toml",
+        &file(
+            new_port,
+            "log = \"debug\"\nmax_clients = 10\n[[route]]\ndst = \"192.168.21.0/24\"\nvia = \"10.77.0.20\"\n",
+        ),
+    );
+    // SAFETY: signals our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let reloading = notified(&notify);
+    assert!(
+        reloading.contains(&"RELOADING=1".to_string()),
+        "{reloading:?}"
+    );
+    assert!(
+        reloading.iter().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    assert!(notified(&notify).contains(&"READY=1".to_string()));
+    assert!(
+        TcpStream::connect(("127.0.0.1", old_port)).is_err(),
+        "the old metrics port still answers"
+    );
+    TcpStream::connect(("127.0.0.1", new_port)).expect("metrics on the new port");
+
+    dir.file("server.toml", "listen = \"127.0.0.1:0\"\npassword =\n");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    assert!(notified(&notify).contains(&"RELOADING=1".to_string()));
+    assert!(notified(&notify).contains(&"READY=1".to_string()));
+    assert!(matches!(server.0.try_wait(), Ok(None)), "the server exited");
+    TcpStream::connect(("127.0.0.1", new_port)).expect("metrics stay where they were");
+    let again = ringlink(&[
+        "status",
+        "--server",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(again.status.success(), "{again:?}");
+
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let mut log = String::new();
+    if let Some(e) = server.0.stderr.as_mut() {
+        let _ = e.read_to_string(&mut log);
+    }
+    let applied = format!(
+        "reload: applied log=\"debug\", metrics=127.0.0.1:{new_port}, routes +192.168.21.0/24 via 10.77.0.20 for 10.77.0.0/24 (sent to 0 members)"
+    );
+    assert!(log.contains(&applied), "{applied} in:\n{log}");
+    assert!(
+        log.contains("reload: changed but needs a restart to take effect: max_clients"),
+        "{log}"
+    );
+    assert!(
+        log.contains("reload rejected, keeping the running configuration"),
+        "{log}"
+    );
 }

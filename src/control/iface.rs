@@ -18,7 +18,7 @@ use crate::proto::ws::SysRoute;
 use crate::proto::Ipv4Cidr;
 use crate::sys::netlink::{Netlink, NetlinkError, RouteV4};
 use crate::sys::udp::GSO_MAX_SEGMENTS;
-use crate::sys::{affinity, sysctl};
+use crate::sys::{affinity, signals, sysctl};
 
 /// Packets between the workers and the control loop; short for the same
 /// reason as the relay queue behind it.
@@ -68,11 +68,15 @@ impl Interface {
             },
             ..DataplaneConfig::default()
         };
+        // The workers start here; they must never take SIGHUP (a reload),
+        // SIGINT or SIGTERM meant for this thread.
         let (dataplane, upcalls) =
-            Dataplane::open(&cfg.tun, &dp_cfg).map_err(|source| InterfaceError::Open {
-                tun: cfg.tun.clone(),
-                source,
-            })?;
+            signals::with_process_signals_blocked(|| Dataplane::open(&cfg.tun, &dp_cfg)).map_err(
+                |source| InterfaceError::Open {
+                    tun: cfg.tun.clone(),
+                    source,
+                },
+            )?;
         let nl = Netlink::new().map_err(netlink_err("netlink"))?;
         nl.set_mtu(&cfg.tun, u32::from(cfg.mtu))
             .await

@@ -27,11 +27,14 @@ use tracing::{info, warn};
 
 use crate::config::ClientConfig;
 use crate::dataplane::Upcall;
-use crate::metrics;
+use crate::metrics::{self, http::Endpoint};
 use crate::peer::{PeerConfig, Timers};
 use crate::proto::Ipv4Cidr;
+use crate::reload::{apply_log, apply_metrics, Apply, Hangups, Reload, Report};
 use crate::route::RouteConfig;
+use crate::status_socket;
 use crate::sys::ifaddr::first_lan_ipv4;
+use crate::sys::service_manager;
 use driver::NodeDriver;
 pub use error::{ClientError, ConnectError, InterfaceError, LinkLost, Refusal, TlsError};
 use iface::Interface;
@@ -213,9 +216,50 @@ fn scaled_timers(divisor: u32) -> Timers {
     }
 }
 
+/// SIGHUP: the file again, and what of it applies without touching the
+/// interface, the workers or the server link (log filter, `/metrics`).
+async fn reload_client(
+    reload: &Reload,
+    running: &mut ClientConfig,
+    metrics: &mut Endpoint,
+    status: &SharedStatus,
+) {
+    service_manager::reloading();
+    if let Some(mut new) = reload.reread(ClientConfig::load) {
+        new.log = reload.log.effective(&new.log);
+        let plan = crate::reload::client_plan(running, &new);
+        let mut report = Report {
+            restart: plan.restart,
+            ..Report::default()
+        };
+        for change in plan.apply {
+            report.applied.push(match change {
+                Apply::Log(filter) => apply_log(&reload.log, &filter, &mut running.log),
+                Apply::Metrics(addr) => apply_metrics(metrics, addr, &mut running.metrics).await,
+                Apply::MetricsPerPeer(on) => {
+                    update(status, |s| s.metrics_per_peer = on);
+                    running.metrics_per_peer = on;
+                    change.to_string()
+                }
+                // A client's file has no routes; client_plan never plans this.
+                Apply::Routes { .. } => continue,
+            });
+        }
+        report.log();
+    }
+    service_manager::reloaded(&format!("{} up; configuration reloaded", running.tun));
+}
+
 /// Runs the client until `shutdown` resolves. Only local failures (TLS
 /// setup, the interface) end it; everything about the server is retried.
-pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Result<(), ClientError> {
+/// SIGHUP re-reads `reload.path` (see [`crate::reload`]).
+pub async fn run(
+    cfg: ClientConfig,
+    shutdown: impl Future<Output = ()>,
+    reload: Reload,
+) -> Result<(), ClientError> {
+    // First, so a SIGHUP from here on reloads instead of ending the process.
+    let mut hangups = Hangups::new();
     let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
@@ -223,21 +267,28 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         metrics_per_peer: cfg.metrics_per_peer,
         ..Default::default()
     }));
-    let status_task = tokio::task::spawn_local(status::serve(cfg.control_socket.clone(), {
-        let status = status.clone();
-        move || status.lock().map(|s| s.clone()).unwrap_or_default()
-    }));
-    let metrics_task = match cfg.metrics {
-        Some(addr) => metrics::http::bind(addr, "client").await.map(|listener| {
+    let status_task = match status_socket::bind(&cfg.control_socket) {
+        Ok(listener) => Some(tokio::task::spawn_local(status_socket::serve(listener, {
             let status = status.clone();
-            let render: metrics::http::Render = Arc::new(move || {
-                let s = status.lock().map(|s| s.clone()).unwrap_or_default();
-                metrics::client_text(&s)
-            });
-            tokio::spawn(metrics::http::serve(listener, render))
-        }),
-        None => None,
+            move || status.lock().map(|s| s.clone()).unwrap_or_default()
+        }))),
+        Err(e) => {
+            warn!(
+                "cannot serve `ringlink status` on {}: {e}",
+                cfg.control_socket.display()
+            );
+            None
+        }
     };
+    let mut metrics = Endpoint::new("client", {
+        let status = status.clone();
+        Arc::new(move || {
+            let s = status.lock().map(|s| s.clone()).unwrap_or_default();
+            metrics::client_text(&s)
+        })
+    });
+    metrics.rebind(cfg.metrics).await;
+    let mut running = cfg.clone();
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let (to_server, outgoing) = mpsc::channel(RELAY_QUEUE);
     let (tun_tx, tun_rx) = watch::channel(None);
@@ -320,7 +371,7 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                                     let (n, probe) = new_node(&cfg, cidr, i, now).await?;
                                     node = Some(n);
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
-                                    crate::sys::service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
+                                    service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
                                 }
                             }
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
@@ -354,6 +405,9 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
                         n.node.on_nat_outcome(outcome);
                     }
                 }
+                _ = hangups.recv() => {
+                    reload_client(&reload, &mut running, &mut metrics, &status).await;
+                }
                 _ = status_tick.tick() => {
                     control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);
                     control.relay_tx_bytes = link_counters.relay_tx_bytes.load(Ordering::Relaxed);
@@ -383,10 +437,13 @@ pub async fn run(cfg: ClientConfig, shutdown: impl Future<Output = ()>) -> Resul
         _ = shutdown => { info!("shutting down"); Ok(()) }
     };
     link.abort();
-    status_task.abort();
-    for t in [nat_task, metrics_task].into_iter().flatten() {
+    if let Some(t) = status_task {
         t.abort();
     }
+    if let Some(t) = nat_task {
+        t.abort();
+    }
+    drop(metrics);
     tun_tx.send_replace(None);
     if let Some(i) = iface {
         i.shutdown();

@@ -1,20 +1,17 @@
-//! `ringlink status`: the running client answers on a unix socket with one
-//! JSON document; the CLI prints it as a table or passes it through.
+//! `ringlink status`: the running client answers on its control socket
+//! (`status_socket`) with one JSON document; the CLI prints it as a table
+//! or passes it through.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
-use tokio::net::UnixListener;
 
 use super::node::NodeStats;
-use crate::counters::counters;
+use crate::counters::{counters, render_block};
 use crate::dataplane::CounterSnapshot;
 use crate::route::RouteStats;
+use crate::status_socket::{self, QueryError};
 
 counters! {
     /// The control loop's own counters.
@@ -108,77 +105,9 @@ pub fn update(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
     }
 }
 
-/// Serves status requests until the task is dropped. Each connection gets
-/// one JSON document and is closed, so a stuck reader cannot pile up.
-pub async fn serve(path: PathBuf, status: impl Fn() -> Status + 'static) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    // A socket file left by a crashed run would make bind fail.
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let body = serde_json::to_vec(&status()).unwrap_or_default();
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.write_all(&body)).await;
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum QueryError {
-    #[error("cannot reach a running client at {}: {source} (is `ringlink client` running?)", path.display())]
-    Connect {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("reading status from {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("malformed status from {}: {source}", path.display())]
-    Malformed {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
-}
-
 /// The CLI side: fetch the document from a running client.
 pub fn query(path: &Path) -> Result<Status, QueryError> {
-    let path_buf = || path.to_owned();
-    let mut conn = UnixStream::connect(path).map_err(|source| QueryError::Connect {
-        path: path_buf(),
-        source,
-    })?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    conn.flush().ok();
-    let mut body = Vec::new();
-    conn.read_to_end(&mut body)
-        .map_err(|source| QueryError::Read {
-            path: path_buf(),
-            source,
-        })?;
-    serde_json::from_slice(&body).map_err(|source| QueryError::Malformed {
-        path: path_buf(),
-        source,
-    })
-}
-
-/// One titled block of `name value` pairs, four to a line; every counter is
-/// shown, zero or not, so an operator can grep for one by name.
-fn render_counters(
-    out: &mut String,
-    title: &str,
-    fields: impl Iterator<Item = (&'static str, u64)>,
-) {
-    out.push_str(&format!("\n{title}:\n"));
-    let fields: Vec<_> = fields.collect();
-    for line in fields.chunks(4) {
-        for (name, value) in line {
-            out.push_str(&format!("  {name:<22} {value:>12}"));
-        }
-        out.push('\n');
-    }
+    status_socket::query(path, "client")
 }
 
 /// Human-readable form for the terminal.
@@ -208,10 +137,10 @@ pub fn render(s: &Status) -> String {
             .map(|m| format!(" (mapped {m})"))
             .unwrap_or_default()
     ));
-    render_counters(&mut out, "dataplane", s.dataplane.fields());
-    render_counters(&mut out, "control", s.control.fields());
-    render_counters(&mut out, "node", s.node.fields());
-    render_counters(&mut out, "router", s.router.fields());
+    render_block(&mut out, "dataplane", s.dataplane.fields());
+    render_block(&mut out, "control", s.control.fields());
+    render_block(&mut out, "node", s.node.fields());
+    render_block(&mut out, "router", s.router.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
             "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:>12} {:>12}\n",
@@ -292,19 +221,11 @@ mod tests {
         let served = want.clone();
         let p2 = path.clone();
         let got = rt.block_on(async move {
-            let server = tokio::spawn(serve(p2.clone(), move || served.clone()));
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            let got = loop {
-                let p = p2.clone();
-                match tokio::task::spawn_blocking(move || query(&p))
-                    .await
-                    .unwrap()
-                {
-                    Ok(s) => break Ok(s),
-                    Err(e) if tokio::time::Instant::now() > deadline => break Err(e),
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            };
+            let listener = status_socket::bind(&p2).unwrap();
+            let server = tokio::spawn(status_socket::serve(listener, move || served.clone()));
+            let got = tokio::task::spawn_blocking(move || query(&p2))
+                .await
+                .unwrap();
             server.abort();
             got
         });

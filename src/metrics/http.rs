@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
 use super::{MetricsError, CONTENT_TYPE};
@@ -53,6 +53,70 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Option<TcpListener> {
             error!("cannot serve metrics on {addr}: {e}; running without /metrics");
             None
         }
+    }
+}
+
+/// `/metrics` where the configuration says, moved by a reload.
+pub struct Endpoint {
+    what: &'static str,
+    render: Render,
+    live: Option<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Endpoint {
+    /// Serves nowhere yet.
+    pub fn new(what: &'static str, render: Render) -> Self {
+        Self {
+            what,
+            render,
+            live: None,
+        }
+    }
+
+    /// Serves on a listener already bound (with [`bind`]).
+    pub fn serve(&mut self, listener: TcpListener) {
+        self.stop_now();
+        if let Ok(at) = listener.local_addr() {
+            let task = tokio::spawn(serve(listener, self.render.clone()));
+            self.live = Some((at, task));
+        }
+    }
+
+    /// Stops serving where it does and serves at `addr` instead (`None`:
+    /// nowhere). The old port is closed before the new one is bound, so
+    /// the same port on another address works. Returns where it serves
+    /// now: `None` also when the bind failed, which [`bind`] logged.
+    pub async fn rebind(&mut self, addr: Option<SocketAddr>) -> Option<SocketAddr> {
+        if let Some((at, task)) = self.live.take() {
+            task.abort();
+            // Only a finished task has dropped its listener.
+            let _ = task.await;
+            info!("{} metrics on http://{at}/metrics stopped", self.what);
+        }
+        if let Some(listener) = match addr {
+            Some(a) => bind(a, self.what).await,
+            None => None,
+        } {
+            self.serve(listener);
+        }
+        self.addr()
+    }
+
+    /// Where `/metrics` is served now.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.live.as_ref().map(|(at, _)| *at)
+    }
+
+    fn stop_now(&mut self) {
+        if let Some((_, task)) = self.live.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop_now();
     }
 }
 
@@ -246,6 +310,45 @@ mod tests {
             err.starts_with("HTTP/1.1 500 ") && err.contains("broken"),
             "{err}"
         );
+    }
+
+    /// A rebind closes the old port before it answers on the new one, and
+    /// `None` turns `/metrics` off.
+    #[test]
+    fn endpoint_moves_and_stops() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let render: Render = Arc::new(|| Ok("ringlink_up 1\n".to_string()));
+        rt.block_on(async {
+            let mut ep = Endpoint::new("test", render);
+            let first = ep
+                .rebind(Some("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap();
+            assert_eq!(ep.addr(), Some(first));
+            assert!(TcpStream::connect(first).await.is_ok());
+            let second = ep
+                .rebind(Some("127.0.0.1:0".parse().unwrap()))
+                .await
+                .unwrap();
+            assert_ne!(first, second);
+            assert!(
+                TcpStream::connect(first).await.is_err(),
+                "old port still open"
+            );
+            assert!(TcpStream::connect(second).await.is_ok());
+            // The same port again: free once the old listener is gone.
+            assert_eq!(ep.rebind(Some(second)).await, Some(second));
+            assert_eq!(ep.rebind(None).await, None);
+            assert!(TcpStream::connect(second).await.is_err());
+            // A port that cannot be bound leaves it off.
+            let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let busy = taken.local_addr().unwrap();
+            assert_eq!(ep.rebind(Some(busy)).await, None);
+            assert_eq!(ep.addr(), None);
+        });
     }
 
     /// A real exchange over loopback, a request split across writes

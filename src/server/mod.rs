@@ -16,23 +16,31 @@ mod relay;
 mod request;
 mod routes;
 mod session;
+mod status;
 mod stun;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::config::{PushedRoute, ServerConfig};
+use crate::metrics::http::Endpoint;
 use crate::proto::Ipv4Cidr;
+use crate::reload::{apply_log, apply_metrics, Apply, Hangups, LogControl, Reload, Report};
+use crate::status_socket;
+use crate::sys::service_manager;
 
 pub use counters::{ServerCounterSnapshot, ServerCounters};
 pub use error::{CloseReason, ServerError};
+pub use status::{render as render_status, MemberLine, ServerStatus, TrafficSnapshot};
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -73,7 +81,13 @@ impl Default for Tuning {
 pub(crate) struct Shared {
     password: Vec<u8>,
     pool_net: Ipv4Cidr,
-    routes: Vec<PushedRoute>,
+    /// Swapped whole by a reload; sessions read it at login and for the
+    /// source check of gateway traffic.
+    routes: ArcSwap<Vec<PushedRoute>>,
+    /// This process, as `ringlink status --server` names it.
+    instance: String,
+    /// `ws://` or `wss://` and the bound address.
+    listen_url: String,
     max_clients: usize,
     /// One permit per member (authenticated session).
     members: Arc<Semaphore>,
@@ -130,8 +144,7 @@ pub struct Server {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
     stun: Option<stun::Responder>,
-    /// The `/metrics` listener, when configured and bound.
-    metrics: Option<TcpListener>,
+    live: Arc<tokio::sync::Mutex<Live>>,
     local_addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: ShutdownHandle,
@@ -164,10 +177,12 @@ impl Server {
                 Some(stun::Responder::bind(addr, cfg.stun_alt_port, cfg.stun_alt_address).await?)
             }
         };
-        let metrics = match cfg.metrics {
-            Some(addr) => crate::metrics::http::bind(addr, "server").await,
-            None => None,
-        };
+        let counters = Arc::new(ServerCounters::default());
+        let mut metrics = Endpoint::new("server", {
+            let counters = counters.clone();
+            Arc::new(move || crate::metrics::server_text(&counters.snapshot()))
+        });
+        metrics.rebind(cfg.metrics).await;
         // acquire_many takes a u32; more connections than that is not a
         // limit anyone means.
         let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
@@ -175,7 +190,12 @@ impl Server {
         let shared = Arc::new(Shared {
             password: cfg.password.clone().into_bytes(),
             pool_net: cfg.pool,
-            routes: cfg.routes.clone(),
+            routes: ArcSwap::from_pointee(cfg.routes.clone()),
+            instance: status::instance_name(),
+            listen_url: format!(
+                "{}://{local_addr}",
+                if tls.is_some() { "wss" } else { "ws" }
+            ),
             max_clients: permits as usize,
             members: Arc::new(Semaphore::new(permits as usize)),
             admission: guard::Admission::new(guard::AdmissionLimits {
@@ -189,7 +209,7 @@ impl Server {
             },
             pool: Mutex::new(pool),
             relay: relay::Relay::new(cfg.pool),
-            counters: Arc::new(ServerCounters::default()),
+            counters,
             tuning,
             next_id: AtomicU64::new(1),
         });
@@ -198,7 +218,10 @@ impl Server {
             tcp,
             tls,
             stun,
-            metrics,
+            live: Arc::new(tokio::sync::Mutex::new(Live {
+                running: cfg,
+                metrics,
+            })),
             local_addr,
             shared,
             shutdown: ShutdownHandle { tx: Arc::new(tx) },
@@ -228,7 +251,15 @@ impl Server {
 
     /// Where `/metrics` is served, if it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
+        self.live.try_lock().ok().and_then(|l| l.metrics.addr())
+    }
+
+    /// Status and reloads, from other tasks while it runs.
+    pub fn control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+            live: self.live.clone(),
+        }
     }
 
     pub fn is_tls(&self) -> bool {
@@ -252,7 +283,7 @@ impl Server {
             "server listening on {scheme}://{} pool={} routes={} max_clients={} {}",
             self.local_addr,
             self.shared.pool_net,
-            self.shared.routes.len(),
+            self.shared.routes.load().len(),
             self.shared.max_clients,
             self.shared.admission.describe(),
         );
@@ -266,12 +297,6 @@ impl Server {
         if stun_task.is_none() {
             info!("STUN responder disabled");
         }
-        let metrics_task = self.metrics.map(|listener| {
-            let counters = self.shared.counters.clone();
-            let render: crate::metrics::http::Render =
-                Arc::new(move || crate::metrics::server_text(&counters.snapshot()));
-            tokio::spawn(crate::metrics::http::serve(listener, render))
-        });
         listener::accept_loop(
             self.tcp,
             self.tls,
@@ -291,18 +316,154 @@ impl Server {
         if let Some(t) = stun_task {
             let _ = t.await;
         }
-        if let Some(t) = metrics_task {
-            t.abort();
-        }
+        self.live.lock().await.metrics.rebind(None).await;
         info!("server stopped");
         Ok(())
     }
 }
 
+/// What a reload may change while the server runs: the configuration it
+/// runs with (live keys follow reloads) and the `/metrics` endpoint.
+struct Live {
+    running: ServerConfig,
+    metrics: Endpoint,
+}
+
+/// A running server's status and reloads.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+    live: Arc<tokio::sync::Mutex<Live>>,
+}
+
+impl Control {
+    /// The members now, for `ringlink status --server`.
+    pub fn status(&self) -> ServerStatus {
+        let sh = &self.shared;
+        let members = sh
+            .relay
+            .members()
+            .into_iter()
+            .map(|(vip, e)| MemberLine {
+                vip: vip.to_string(),
+                vmac: e.vmac.map(|v| auth::vmac_display(Some(v))),
+                instance: sh.instance.clone(),
+                remote: e.remote.to_string(),
+                connected_since: status::unix_secs(e.since),
+                traffic: e.traffic.snapshot(),
+            })
+            .collect();
+        ServerStatus {
+            instance: sh.instance.clone(),
+            listen: sh.listen_url.clone(),
+            pool: sh.pool_net.to_string(),
+            members,
+            counters: sh.counters.snapshot(),
+        }
+    }
+
+    /// Applies what `new` changes that can change without a restart (see
+    /// [`crate::reload::server_plan`]) and says what it did.
+    pub async fn reload(&self, mut new: ServerConfig, log: &LogControl) -> Report {
+        let mut live = self.live.lock().await;
+        let Live { running, metrics } = &mut *live;
+        new.log = log.effective(&new.log);
+        let plan = crate::reload::server_plan(running, &new);
+        let mut report = Report {
+            restart: plan.restart,
+            ..Report::default()
+        };
+        for change in plan.apply {
+            report.applied.push(match change {
+                Apply::Log(filter) => apply_log(log, &filter, &mut running.log),
+                Apply::Metrics(addr) => apply_metrics(metrics, addr, &mut running.metrics).await,
+                Apply::Routes { ref added, .. } => {
+                    self.shared.routes.store(Arc::new(new.routes.clone()));
+                    running.routes.clone_from(&new.routes);
+                    let reached = self.push_routes(added);
+                    if added.is_empty() {
+                        change.to_string()
+                    } else {
+                        format!("{change} (sent to {reached} members)")
+                    }
+                }
+                // Server files have no such key; server_plan never plans it.
+                Apply::MetricsPerPeer(_) => continue,
+            });
+        }
+        report
+    }
+
+    /// Sends `added` to every member it covers, as the login push does;
+    /// returns how many members got at least one route.
+    fn push_routes(&self, added: &[PushedRoute]) -> usize {
+        let sh = &self.shared;
+        let mut reached = 0;
+        for (vip, entry) in sh.relay.members() {
+            let frames = routes::route_frames(added, vip);
+            if frames.is_empty() {
+                continue;
+            }
+            reached += 1;
+            for f in frames {
+                if entry.tx.try_send(f).is_ok() {
+                    ServerCounters::inc(&sh.counters.routes_pushed);
+                } else {
+                    ServerCounters::inc(&sh.counters.queue_full);
+                }
+            }
+        }
+        reached
+    }
+}
+
+/// Removes the control socket when the server stops, however it stops.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Runs the server described by `cfg` until the future is dropped (the CLI
-/// races it against a signal) or a fatal error.
-pub async fn run(cfg: ServerConfig) -> Result<(), ServerError> {
-    let server = Server::bind(cfg).await?;
-    crate::sys::service_manager::ready(&format!("listening on {}", server.local_addr()));
-    server.run().await
+/// races it against a signal) or a fatal error: its control socket for
+/// `ringlink status --server`, and a reload of `reload.path` on SIGHUP.
+pub async fn run(cfg: ServerConfig, reload: Reload) -> Result<(), ServerError> {
+    // First, so a SIGHUP from here on reloads instead of ending the process.
+    let mut hangups = Hangups::new();
+    let server = Server::bind(cfg.clone()).await?;
+    let control = server.control();
+    let _socket_file = SocketFile(cfg.control_socket.clone());
+    let socket = match status_socket::bind(&cfg.control_socket) {
+        Ok(listener) => Some(tokio::spawn({
+            let control = control.clone();
+            status_socket::serve(listener, move || control.status())
+        })),
+        Err(e) => {
+            warn!(
+                "cannot serve `ringlink status --server` on {}: {e}",
+                cfg.control_socket.display()
+            );
+            None
+        }
+    };
+    let listening = format!("listening on {}", server.local_addr());
+    service_manager::ready(&listening);
+    let reloads = tokio::spawn(async move {
+        loop {
+            hangups.recv().await;
+            service_manager::reloading();
+            if let Some(new) = reload.reread(ServerConfig::load) {
+                control.reload(new, &reload.log).await.log();
+            }
+            service_manager::reloaded(&format!("{listening}; configuration reloaded"));
+        }
+    });
+    let result = server.run().await;
+    reloads.abort();
+    if let Some(t) = socket {
+        t.abort();
+    }
+    result
 }

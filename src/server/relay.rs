@@ -5,8 +5,9 @@
 //! the sender nothing but a counter.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
@@ -15,6 +16,7 @@ use crate::proto::ipv4;
 use crate::proto::Ipv4Cidr;
 
 use super::pool::{SessionId, Vmac};
+use super::status::SessionTraffic;
 
 /// How to reach one authenticated session.
 #[derive(Debug, Clone)]
@@ -26,6 +28,11 @@ pub struct Entry {
     /// The timestamp of the AUTH that bound it: a reconnect must be newer.
     pub auth_ts: i64,
     pub vmac: Option<Vmac>,
+    /// Where the connection comes from, since when it is a member, and
+    /// its traffic: for `ringlink status --server`.
+    pub remote: SocketAddr,
+    pub since: SystemTime,
+    pub traffic: Arc<SessionTraffic>,
 }
 
 /// Where a frame went.
@@ -96,6 +103,13 @@ impl Relay {
         } else {
             false
         }
+    }
+
+    /// Every member now, by VIP.
+    pub fn members(&self) -> Vec<(Ipv4Addr, Entry)> {
+        let mut all: Vec<_> = self.read().iter().map(|(v, e)| (*v, e.clone())).collect();
+        all.sort_by_key(|(v, _)| *v);
+        all
     }
 
     #[cfg(test)]
@@ -176,6 +190,9 @@ mod tests {
                 kick: Arc::new(Notify::new()),
                 auth_ts: 0,
                 vmac: None,
+                remote: "127.0.0.1:1".parse().unwrap(),
+                since: SystemTime::UNIX_EPOCH,
+                traffic: Arc::default(),
             },
             rx,
         )
@@ -230,5 +247,22 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert!(r.remove_if(ip("10.77.0.1"), 2));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn members_by_vip() {
+        let r = Relay::new("10.77.0.0/24".parse().unwrap());
+        for (session, vip) in [(1, "10.77.0.30"), (2, "10.77.0.4"), (3, "10.77.0.12")] {
+            r.insert(ip(vip), entry(session, 1).0);
+        }
+        let got: Vec<_> = r.members().iter().map(|(v, e)| (*v, e.session)).collect();
+        assert_eq!(
+            got,
+            [
+                (ip("10.77.0.4"), 2),
+                (ip("10.77.0.12"), 3),
+                (ip("10.77.0.30"), 1)
+            ]
+        );
     }
 }

@@ -5,7 +5,6 @@ use std::net::Ipv4Addr;
 
 use crate::config::PushedRoute;
 use crate::proto::ws::SysRoute;
-use crate::proto::Ipv4Cidr;
 
 /// Every configured route whose `for` covers `vip`, in configuration order
 /// (clients match first-fit, so order is meaningful).
@@ -29,26 +28,19 @@ pub fn route_frames(routes: &[PushedRoute], vip: Ipv4Addr) -> Vec<Vec<u8>> {
     SysRoute::encode_list(&list)
 }
 
-/// The subnets a gateway at `vip` forwards for: packets it relays from
-/// them legitimately carry a source address that is not its VIP.
-pub fn gateway_subnets(routes: &[PushedRoute], vip: Ipv4Addr) -> Vec<Ipv4Cidr> {
-    routes
-        .iter()
-        .filter(|r| r.via == vip)
-        .map(|r| r.dst)
-        .collect()
-}
-
-/// Source check for FORWARD (fixes §10.8): the session's own VIP, or an
-/// address in a subnet it is the gateway of.
-pub fn source_allowed(vip: Ipv4Addr, subnets: &[Ipv4Cidr], saddr: Ipv4Addr) -> bool {
-    saddr == vip || subnets.iter().any(|n| n.contains(saddr))
+/// Source check for FORWARD (fixes §10.8) beyond the sender's own VIP:
+/// `vip` is the gateway of a subnet holding `saddr`, so packets it relays
+/// from there legitimately carry that source. Read against the live route
+/// list, so a reload that removes a route also ends the permission.
+pub fn gateway_covers(routes: &[PushedRoute], vip: Ipv4Addr, saddr: Ipv4Addr) -> bool {
+    routes.iter().any(|r| r.via == vip && r.dst.contains(saddr))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::ws::{WsMessage, ROUTES_PER_FRAME};
+    use crate::proto::Ipv4Cidr;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -110,13 +102,11 @@ mod tests {
             route("192.168.30.0/24", "10.77.0.30", "10.77.0.0/24"),
         ];
         let gw = ip("10.77.0.20");
-        let nets = gateway_subnets(&rs, gw);
-        assert_eq!(nets.len(), 2);
-        assert!(source_allowed(gw, &nets, gw));
-        assert!(source_allowed(gw, &nets, ip("192.168.20.7")));
-        assert!(source_allowed(gw, &nets, ip("172.16.9.9")));
-        assert!(!source_allowed(gw, &nets, ip("192.168.30.7")));
-        assert!(!source_allowed(gw, &nets, ip("10.77.0.30")));
-        assert!(!source_allowed(ip("10.77.0.5"), &[], ip("10.77.0.6")));
+        assert!(gateway_covers(&rs, gw, ip("192.168.20.7")));
+        assert!(gateway_covers(&rs, gw, ip("172.16.9.9")));
+        assert!(!gateway_covers(&rs, gw, ip("192.168.30.7")));
+        assert!(!gateway_covers(&rs, gw, ip("10.77.0.30")));
+        assert!(gateway_covers(&rs, ip("10.77.0.30"), ip("192.168.30.7")));
+        assert!(!gateway_covers(&[], ip("10.77.0.5"), ip("10.77.0.6")));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -28,6 +28,7 @@ use super::pool::{Claim, PoolError, SessionId, Vmac};
 use super::relay::{self, Delivery, Entry};
 use super::request::{self, Request};
 use super::routes;
+use super::status::{SessionTraffic, TrafficSnapshot};
 use super::Shared;
 
 /// Frames fed to tungstenite before one flush: enough to amortise the
@@ -48,12 +49,14 @@ pub(crate) async fn serve<S>(
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(shared.tuning.send_queue.max(1));
     let (close_tx, close_rx) = oneshot::channel();
+    let traffic = Arc::new(SessionTraffic::default());
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
         close_rx,
         shared.tuning.write_stall,
         shared.counters.clone(),
+        traffic.clone(),
     ));
     let now = Instant::now();
     let rates = shared.rates;
@@ -70,7 +73,7 @@ pub(crate) async fn serve<S>(
         kick: Arc::new(Notify::new()),
         vmac: None,
         vip: None,
-        gateway_for: Vec::new(),
+        traffic,
         warned_forward_spoof: false,
         warned_control_spoof: false,
         last_rx: Instant::now(),
@@ -110,8 +113,8 @@ struct Session {
     kick: Arc<Notify>,
     vmac: Option<Vmac>,
     vip: Option<Ipv4Addr>,
-    /// Subnets this client is the gateway of: legitimate FORWARD sources.
-    gateway_for: Vec<Ipv4Cidr>,
+    /// What `ringlink status --server` shows of this session's traffic.
+    traffic: Arc<SessionTraffic>,
     warned_forward_spoof: bool,
     warned_control_spoof: bool,
     last_rx: Instant,
@@ -207,6 +210,7 @@ impl Session {
     fn on_frame(&mut self, frame: Vec<u8>) -> Result<(), CloseReason> {
         let c = &self.shared.counters;
         ServerCounters::inc(&c.frames_in);
+        self.traffic.add(&TrafficSnapshot::inbound(frame.len()));
         if frame.len() > MAX_FRAME {
             ServerCounters::inc(&c.refused_oversize);
             return Err(CloseReason::Oversize(frame.len()));
@@ -250,7 +254,9 @@ impl Session {
     fn on_forward(&mut self, saddr: Ipv4Addr, daddr: Ipv4Addr, frame: Vec<u8>) {
         let c = &self.shared.counters;
         let Some(vip) = self.vip else { return };
-        if !routes::source_allowed(vip, &self.gateway_for, saddr) {
+        // The live route list is read only for a source other than the
+        // sender's own VIP: a gateway's LAN traffic.
+        if saddr != vip && !routes::gateway_covers(&self.shared.routes.load(), vip, saddr) {
             ServerCounters::inc(&c.forward_spoofed);
             if !self.warned_forward_spoof {
                 self.warned_forward_spoof = true;
@@ -495,6 +501,9 @@ impl Session {
                 kick: self.kick.clone(),
                 auth_ts: m.timestamp,
                 vmac: self.vmac,
+                remote: self.peer,
+                since: SystemTime::now(),
+                traffic: self.traffic.clone(),
             };
             if let Some(old) = sh.relay.insert(m.ip, entry) {
                 if old.session != self.id {
@@ -515,7 +524,6 @@ impl Session {
         self.pending = None;
         self.member = Some(member);
         self.vip = Some(m.ip);
-        self.gateway_for = routes::gateway_subnets(&sh.routes, m.ip);
         ServerCounters::inc(&sh.counters.auth_ok);
         ServerCounters::inc(&sh.counters.clients);
         info!(
@@ -524,7 +532,9 @@ impl Session {
             self.peer,
             auth::vmac_display(self.vmac)
         );
-        for f in routes::route_frames(&sh.routes, m.ip) {
+        // Read after the relay entry went in: a reload that adds a route
+        // either is seen here or sees this member (and pushes it itself).
+        for f in routes::route_frames(&sh.routes.load(), m.ip) {
             if self.tx.try_send(f).is_ok() {
                 ServerCounters::inc(&sh.counters.routes_pushed);
             } else {
@@ -596,6 +606,7 @@ async fn write_loop<S>(
     mut close_rx: oneshot::Receiver<CloseReason>,
     stall: Duration,
     counters: Arc<ServerCounters>,
+    traffic: Arc<SessionTraffic>,
 ) -> CloseReason
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -615,11 +626,16 @@ where
                 None => return CloseReason::Shutdown,
             },
         };
+        let out = |f: &Vec<u8>| traffic.add(&TrafficSnapshot::outbound(f.len()));
         let batch = async {
+            out(&first);
             sink.feed(Message::Binary(first)).await?;
             for _ in 1..WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(f) => sink.feed(Message::Binary(f)).await?,
+                    Ok(f) => {
+                        out(&f);
+                        sink.feed(Message::Binary(f)).await?
+                    }
                     Err(_) => break,
                 }
             }
