@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # public_endpoint (issue 13, reverse connect): b's gateway forwards public
-# UDP port 50000 to b's ringlink port 41000; a sits behind a random
-# symmetric NAT, which no punching crosses towards a port-restricted cone.
+# UDP port 50000 to b's ringlink port 41000; a and b both sit behind random
+# symmetric NATs, which no punching crosses (the pair stays on the relay
+# by design).
 # Without the key, b announces its STUN mapping (port 41000, which the
 # forward does not cover) and the pair stays on the relay. With
 # `public_endpoint = "<rb>:50000"`, b announces the forward and says it is
@@ -17,7 +18,7 @@ PORT=41000
 FWD=50000
 echo "test_p2p_public_endpoint: a random symmetric NAT reaches a gateway's port forward once it is announced"
 
-rl_world_p2p random plain "test_time_divisor = 5" "port = $PORT" "discovery = 0" || rl_finish
+rl_world_p2p random random "test_time_divisor = 5" "port = $PORT" "discovery = 0" || rl_finish
 rl_exec rb nft -f - <<EOF2 || rl_die "port forward on rb"
 table ip rl_fwd {
     chain pre {
