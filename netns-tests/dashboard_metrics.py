@@ -61,8 +61,9 @@ def expressions(dashboard):
         query = var.get("query")
         if isinstance(query, dict):
             query = query.get("query")
-        if isinstance(query, str) and query.strip():
-            found.append(("variable $" + var.get("name", "?"), grafana_query(query)))
+        promql = grafana_query(query) if isinstance(query, str) else ""
+        if promql.strip():
+            found.append(("variable $" + var.get("name", "?"), promql))
     return found
 
 
