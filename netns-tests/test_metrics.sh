@@ -7,7 +7,9 @@
 # least the bytes sent and at most what a's router forwarded as UDP to b's
 # router (an independent witness), while the relay counters stay flat. The
 # server's /metrics (127.0.0.1:9587 in its namespace) shows 2 members.
-# `ringlink metrics` prints the same families. Finally UDP between the
+# `ringlink metrics` prints the same families, and every metric the Grafana
+# dashboard queries is in the client's or the server's text (a misspelt
+# copy of it must fail that check). Finally UDP between the
 # routers is cut: pings then take the relay, and the relay counter, flat
 # until then, moves (so "flat" was not a dead counter).
 set -uo pipefail
@@ -151,11 +153,34 @@ cli="$RL_TMP/metrics-cli.txt"
 timeout 10 "$RINGLINK" metrics --socket "$(rl_sock a)" >"$cli" 2>"$RL_TMP/metrics-cli.err"
 check "ringlink metrics exits 0" test $? -eq 0
 families() { grep '^# TYPE ' | sort; }
-http_families=$(rl_exec a timeout 10 python3 -c 'import urllib.request; print(urllib.request.urlopen("http://127.0.0.1:9586/metrics", timeout=5).read().decode(), end="")' | families)
+# scrape <node> <port> : the whole /metrics text in <node>.
+scrape() {
+    rl_exec "$1" timeout 10 python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end="")' "http://127.0.0.1:$2/metrics"
+}
+http_families=$(scrape a 9586 | families)
 check "ringlink metrics has the same TYPE lines as /metrics ($(families <"$cli" | wc -l) families)" \
     test -n "$http_families" -a "$http_families" = "$(families <"$cli")"
 cli_d=$(python3 -c "$RL_PY_METRIC" - ringlink_traffic_bytes_total path=direct direction=tx <"$cli")
 check "ringlink metrics shows the direct tx bytes (${cli_d:-?})" rl_ge "${cli_d:-0}" "$a_d1"
+
+# The Grafana dashboard queries only names that the client or the server
+# exports (dashboard_metrics.py), checked on these scrapes: every family is
+# there by now, the direct path and the time-to-direct histogram included.
+dash="$here/../dist/grafana/ringlink.json"
+scrape a 9586 >"$RL_TMP/client.prom"
+scrape srv 9587 >"$RL_TMP/server.prom"
+check "every metric and matcher label of the Grafana dashboard is in a's or the server's /metrics" \
+    python3 "$here/dashboard_metrics.py" "$dash" "$RL_TMP/client.prom" "$RL_TMP/server.prom"
+# The same check on a copy with one name misspelt must fail, naming it:
+# otherwise the check above proves nothing.
+sed 's/ringlink_link_reconnects_total/ringlink_link_reconnect_total/' "$dash" >"$RL_TMP/misspelt.json"
+python3 "$here/dashboard_metrics.py" "$RL_TMP/misspelt.json" "$RL_TMP/client.prom" "$RL_TMP/server.prom" \
+    >"$RL_TMP/misspelt.out" 2>&1
+misspelt_rc=$?
+check "a dashboard querying ringlink_link_reconnect_total (no such metric) fails the check" \
+    test "$misspelt_rc" = 1
+check "and the failure names that metric" \
+    grep -q 'ringlink_link_reconnect_total is not exported' "$RL_TMP/misspelt.out"
 
 # Cut UDP between the routers: b falls back to the relay, and the relay
 # counters move.
