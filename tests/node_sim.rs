@@ -4,7 +4,8 @@
 //! sockets, no sleeping; the same run every time.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use ringlink::control::node::{Node, NodeConfig, Output};
@@ -30,15 +31,24 @@ fn public(i: usize, port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1 + i as u8), port)
 }
 
-/// Something in flight, delivered in order with no latency.
+/// The public mapping of a host's extra socket `id`: each extra socket
+/// gets a port of its own, as behind any NAT.
+fn extra_public(i: usize, id: u16) -> SocketAddrV4 {
+    public(i, 50_000 + id)
+}
+
+/// Something in flight, delivered in order with no latency. `local` is the
+/// receiving host's socket (`MAIN_SOCKET` or an extra socket's id).
 enum Delivery {
     Udp {
         to: usize,
+        local: u16,
         from: SocketAddrV4,
         datagram: Vec<u8>,
     },
     Stun {
         to: usize,
+        local: u16,
         from: SocketAddrV4,
         datagram: Vec<u8>,
     },
@@ -55,6 +65,8 @@ struct Host {
     public: SocketAddrV4,
     published: Vec<Snapshot>,
     installs: Vec<Vec<SysRoute>>,
+    /// Extra sockets its latest table lists.
+    extra: Vec<u16>,
 }
 
 struct Sim {
@@ -63,6 +75,9 @@ struct Sim {
     queue: VecDeque<Delivery>,
     /// Directed host pairs whose datagrams are dropped.
     blocked: HashSet<(usize, usize)>,
+    /// Directed host pairs whose datagrams to the receiver's main socket
+    /// are dropped (a mapping taken by an early probe).
+    blocked_main: HashSet<(usize, usize)>,
     loss: f64,
     rng: SplitMix64,
     /// The STUN server answers with a transaction id it was not asked for.
@@ -103,6 +118,7 @@ impl Sim {
                     public: public(i, 40_000),
                     published: Vec::new(),
                     installs: Vec::new(),
+                    extra: Vec::new(),
                 }
             })
             .collect();
@@ -111,6 +127,7 @@ impl Sim {
             hosts,
             queue: VecDeque::new(),
             blocked: HashSet::new(),
+            blocked_main: HashSet::new(),
             loss: 0.0,
             rng: SplitMix64::new(seed),
             stun_wrong_txid: false,
@@ -126,8 +143,17 @@ impl Sim {
         sim
     }
 
-    fn host_at(&self, endpoint: SocketAddrV4) -> Option<usize> {
-        self.hosts.iter().position(|h| h.public == endpoint)
+    /// The host and socket a datagram to `endpoint` reaches.
+    fn host_at(&self, endpoint: SocketAddrV4) -> Option<(usize, u16)> {
+        if let Some(i) = self.hosts.iter().position(|h| h.public == endpoint) {
+            return Some((i, MAIN_SOCKET));
+        }
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.public.ip() == endpoint.ip())?;
+        let id = endpoint.port().checked_sub(50_000)?;
+        self.hosts[i].extra.contains(&id).then_some((i, id))
     }
 
     fn host_with_vip(&self, v: Ipv4Addr) -> Option<usize> {
@@ -138,43 +164,60 @@ impl Sim {
     fn collect(&mut self, i: usize) {
         while let Some(out) = self.hosts[i].node.poll_output() {
             match out {
-                Output::Datagram { to, datagram, .. } if to == STUN => {
-                    self.answer_stun(i, &datagram)
+                Output::Datagram { to, datagram, via } if to == STUN => {
+                    self.answer_stun(i, via.map_or(MAIN_SOCKET, |s| s.id), &datagram)
                 }
-                Output::Datagram { to, datagram, .. } => {
-                    let Some(j) = self.host_at(to) else {
+                Output::Datagram { to, datagram, via } => {
+                    let from = via.map_or(self.hosts[i].public, |s| extra_public(i, s.id));
+                    let Some((j, local)) = self.host_at(to) else {
                         self.stray.push((i, to));
                         continue;
                     };
                     let lost = self.loss > 0.0 && self.rng.next_f64() < self.loss;
-                    if !lost && !self.blocked.contains(&(i, j)) {
-                        let from = self.hosts[i].public;
+                    let main_blocked = local == MAIN_SOCKET && self.blocked_main.contains(&(i, j));
+                    if !lost && !self.blocked.contains(&(i, j)) && !main_blocked {
                         self.queue.push_back(Delivery::Udp {
                             to: j,
+                            local,
                             from,
                             datagram,
                         });
                     }
                 }
                 Output::ServerFrame(frame) => self.relay(i, frame),
-                Output::Publish(s) => self.hosts[i].published.push(s),
                 Output::InstallRoutes(r) => self.hosts[i].installs.push(r),
                 // Only the birthday test models extra sockets.
-                Output::OpenSockets { count } => panic!("{count} sockets asked for"),
+                Output::OpenSockets { count } => {
+                    let fds: Vec<OwnedFd> = (0..count)
+                        .map(|_| OwnedFd::from(UdpSocket::bind("127.0.0.1:0").expect("socket")))
+                        .collect();
+                    let now = self.now;
+                    self.hosts[i].node.on_sockets_opened(fds, now);
+                }
+                Output::Publish(s) => {
+                    self.hosts[i].extra = s.sockets.iter().map(|x| x.id).collect();
+                    self.hosts[i].published.push(s);
+                }
             }
         }
     }
 
-    fn answer_stun(&mut self, i: usize, request: &[u8]) {
+    fn answer_stun(&mut self, i: usize, local: u16, request: &[u8]) {
         let mut txid = stun::parse_binding_request(request)
             .expect("node sent a STUN request")
             .txid;
         if self.stun_wrong_txid {
             txid[0] ^= 0xff;
         }
-        let datagram = stun::encode_binding_response(&txid, self.hosts[i].public).to_vec();
+        let mapped = if local == MAIN_SOCKET {
+            self.hosts[i].public
+        } else {
+            extra_public(i, local)
+        };
+        let datagram = stun::encode_binding_response(&txid, mapped).to_vec();
         self.queue.push_back(Delivery::Stun {
             to: i,
+            local,
             from: STUN,
             datagram,
         });
@@ -221,25 +264,31 @@ impl Sim {
             );
             let now = self.now;
             let to = match d {
-                Delivery::Udp { to, from, datagram } => {
+                Delivery::Udp {
+                    to,
+                    local,
+                    from,
+                    datagram,
+                } => {
                     // The receiving dataplane opens with its own key K(own VIP).
                     let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
                     let mut buf = datagram;
                     match key.open_in_place(&mut buf) {
                         Ok(plain) => {
                             self.udp_delivered += 1;
-                            self.hosts[to]
-                                .node
-                                .on_peer_message(from, MAIN_SOCKET, plain, now);
+                            self.hosts[to].node.on_peer_message(from, local, plain, now);
                         }
                         Err(_) => self.open_failures += 1,
                     }
                     to
                 }
-                Delivery::Stun { to, from, datagram } => {
-                    self.hosts[to]
-                        .node
-                        .on_stun(from, MAIN_SOCKET, &datagram, now);
+                Delivery::Stun {
+                    to,
+                    local,
+                    from,
+                    datagram,
+                } => {
+                    self.hosts[to].node.on_stun(from, local, &datagram, now);
                     to
                 }
                 Delivery::Server { to, frame } => {
@@ -579,4 +628,46 @@ fn nat_classes_travel_with_the_endpoint_and_choose_port_prediction() {
     let expected: HashSet<u16> = (40_001..=40_064).collect();
     assert!(expected.is_subset(&window), "sprayed {window:?}");
     assert!(!sim.stray.iter().any(|(from, _)| *from == 1));
+}
+
+#[test]
+fn a_port_filtering_cone_whose_mapping_was_taken_gets_through_from_a_fresh_port() {
+    use ringlink::nat::{Delta, Filtering, Mapping, NatClass, NatKind, Outcome};
+    let cone = |i: usize| {
+        Outcome::Classified(NatClass {
+            mapped: public(i, 40_000),
+            last_mapped: public(i, 40_000),
+            kind: NatKind {
+                behind_nat: true,
+                mapping: Mapping::EndpointIndependent,
+                filtering: Filtering::AddressAndPortDependent,
+                delta: Delta::Equal,
+            },
+        })
+    };
+    let mut sim = Sim::new(2, 9, 0);
+    sim.hosts[0].node.on_nat_outcome(cone(0));
+    sim.hosts[1].node.on_nat_outcome(cone(1));
+    // Nothing from host 1 reaches host 0's main socket: what a bare
+    // masquerade does once host 1's first probe has claimed the mapping.
+    sim.blocked_main.insert((1, 0));
+    sim.relayed(0, 1);
+    assert!(
+        sim.run_until(20_000, |s| s.direct(1, 0).is_some()
+            && s.direct(0, 1).is_some()),
+        "never connected around the taken mapping"
+    );
+    let entry = sim.latest(0).direct[&sim.hosts[1].vip].clone();
+    let socket = entry.socket.expect("host 0 sends from its fresh port");
+    assert_eq!(entry.endpoint, sim.hosts[1].public);
+    assert_eq!(
+        sim.direct(1, 0),
+        Some(extra_public(0, socket.id)),
+        "host 1's path is host 0's fresh port, learned by STUN and announced"
+    );
+    assert!(
+        sim.latest(0).sockets.contains(&socket),
+        "workers receive on it"
+    );
+    assert_eq!(sim.open_failures, 0);
 }

@@ -231,7 +231,7 @@ impl Sim {
                     self.send_udp(i, to, Udp::Ping { tunip, nonce });
                 }
                 // No host here advertises a NAT class, so no hard-NAT method runs.
-                Action::Spray { .. } | Action::Birthday { .. } => {
+                Action::Spray { .. } | Action::Birthday { .. } | Action::FreshPort { .. } => {
                     panic!("hard-NAT method without a NAT class: {a:?}")
                 }
                 Action::Pong { to, nonce, .. } => {

@@ -33,7 +33,7 @@ use crate::rng::SplitMix64;
 use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
 
 use super::publish;
-use super::punch::Punch;
+use super::punch::{Opened, Punch, Wanted};
 use super::status::{PeerLine, RouteLine};
 
 /// What the node was built with.
@@ -223,10 +223,40 @@ impl Node {
     /// The sockets an [`Output::OpenSockets`] asked for; fewer than asked
     /// (the caller ran out of descriptors) is fine.
     pub fn on_sockets_opened(&mut self, fds: Vec<OwnedFd>, now: Instant) {
-        let n = fds.len();
-        if self.punch.opened(fds, now, nat::schedule::open_sockets) {
-            debug!(sockets = n, "hard-NAT attempt sockets open");
-            self.dirty = true;
+        match self.punch.opened(fds, now, nat::schedule::open_sockets) {
+            Opened::Unasked => {}
+            Opened::Birthday { sockets } => {
+                debug!(sockets, "birthday attempt sockets open");
+                self.dirty = true;
+            }
+            Opened::FreshPort {
+                peer,
+                target,
+                socket,
+            } => {
+                // Workers receive on it before anything can answer.
+                self.dirty = true;
+                self.flush(now);
+                // The peer first: our router has the session towards it
+                // before anyone learns the port.
+                let plain = Heartbeat::ringlink(self.own, false).encode();
+                let datagram = self.key(peer).seal_to_vec(self.ivs.next_iv(), &plain);
+                self.outputs.push_back(Output::Datagram {
+                    to: target,
+                    via: Some(socket.clone()),
+                    datagram,
+                });
+                if let Some(server) = self.stun {
+                    let mut txid: stun::TransactionId = Default::default();
+                    self.rng.fill(&mut txid);
+                    self.punch.asked_stun(socket.id, peer, txid);
+                    self.outputs.push_back(Output::Datagram {
+                        to: server,
+                        via: Some(socket),
+                        datagram: stun::encode_binding_request(&txid).to_vec(),
+                    });
+                }
+            }
         }
         self.flush(now);
     }
@@ -372,7 +402,11 @@ impl Node {
     /// A STUN datagram arrived on socket `local`; only the shared data
     /// port asks the STUN server anything.
     pub fn on_stun(&mut self, from: SocketAddrV4, local: u16, datagram: &[u8], now: Instant) {
-        if Some(from) != self.stun || local != MAIN_SOCKET {
+        if Some(from) == self.stun && local != MAIN_SOCKET {
+            self.on_fresh_port_stun(local, datagram, now);
+            return;
+        }
+        if Some(from) != self.stun {
             self.stats.stun_ignored += 1;
             debug!(%from, "STUN datagram from a host that is not our STUN server");
             return;
@@ -392,6 +426,36 @@ impl Node {
             }
         }
         self.flush(now);
+    }
+
+    /// The STUN answer for an attempt's fresh port: its mapping goes to
+    /// the peer, which probes it next.
+    fn on_fresh_port_stun(&mut self, local: u16, datagram: &[u8], now: Instant) {
+        let answered = stun::parse_binding_response(datagram)
+            .ok()
+            .and_then(|(txid, mapped)| Some((self.punch.stun_answered(local, &txid)?, mapped)));
+        match answered {
+            Some((peer, mapped)) => {
+                info!(%peer, %mapped, "fresh port mapped; announcing it to the peer");
+                self.send_public_info(peer, mapped);
+            }
+            None => self.stats.stun_ignored += 1,
+        }
+        self.flush(now);
+    }
+
+    fn send_public_info(&mut self, peer: Ipv4Addr, endpoint: SocketAddrV4) {
+        let frame = PeerConn {
+            src: self.own,
+            dst: peer,
+            endpoint,
+            tail: Some(Tail {
+                nat: self.nat_advert(),
+                ..Tail::OURS
+            }),
+        }
+        .encode();
+        self.send_server(frame);
     }
 
     fn count(&mut self, outcome: Outcome) {
@@ -481,7 +545,7 @@ impl Node {
             Action::Birthday { peer, role } => match role {
                 BirthdayRole::Sockets { target, count } => {
                     info!(%peer, %target, sockets = count, "birthday attempt: opening sockets");
-                    self.punch.want_sockets(peer, target);
+                    self.punch.want(Wanted::Birthday { peer, target });
                     self.outputs.push_back(Output::OpenSockets {
                         count: usize::from(count),
                     });
@@ -503,19 +567,14 @@ impl Node {
                 self.send_udp(peer, to, &plain);
             }
             Action::SendPublicInfo { peer, public } => {
-                let frame = PeerConn {
-                    src: self.own,
-                    dst: peer,
-                    // A port forward reaches us whoever sends; the STUN
-                    // mapping only whoever we sent to first.
-                    endpoint: self.public_endpoint.unwrap_or(public),
-                    tail: Some(Tail {
-                        nat: self.nat_advert(),
-                        ..Tail::OURS
-                    }),
-                }
-                .encode();
-                self.send_server(frame);
+                // A port forward reaches us whoever sends; the STUN
+                // mapping only whoever we sent to first.
+                let endpoint = self.public_endpoint.unwrap_or(public);
+                self.send_public_info(peer, endpoint);
+            }
+            Action::FreshPort { peer, target } => {
+                self.punch.want(Wanted::FreshPort { peer, target });
+                self.outputs.push_back(Output::OpenSockets { count: 1 });
             }
             Action::SendLanInfo { peer, lan } => {
                 let frame = encode_local_conn(self.own, peer, lan);

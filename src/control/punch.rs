@@ -6,6 +6,12 @@
 //! lists) and decides which datagram leaves from which socket, and when.
 //! A socket stays while a direct path uses it, else until its attempt is
 //! over.
+//!
+//! Two kinds of attempt open sockets: birthday (many, each probing the
+//! peer once) and a fresh port (one, whose mapping is learned by STUN and
+//! announced to the peer only after it has sent to the peer: a router that
+//! lets unsolicited datagrams create conntrack entries, such as a bare
+//! Linux masquerade, then has nothing in the way of the peer's answer).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -45,9 +51,41 @@ struct Queued {
 }
 
 /// Sockets asked of the caller and not handed in yet.
-struct Wanted {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// A birthday attempt's sockets, each probing `target` once.
+    Birthday {
+        peer: Ipv4Addr,
+        target: SocketAddrV4,
+    },
+    /// One fresh port for the attempt towards `peer`, whose mapping is
+    /// `target`.
+    FreshPort {
+        peer: Ipv4Addr,
+        target: SocketAddrV4,
+    },
+}
+
+/// What [`Punch::opened`] did with the sockets handed in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing was asked for: the fds just close.
+    Unasked,
+    /// A birthday attempt's probes are queued.
+    Birthday { sockets: usize },
+    /// The fresh port for `peer`; the caller probes `target` from it and
+    /// asks the STUN server for its mapping.
+    FreshPort {
+        peer: Ipv4Addr,
+        target: SocketAddrV4,
+        socket: LocalSocket,
+    },
+}
+
+/// A fresh port waiting for its STUN answer.
+struct Fresh {
     peer: Ipv4Addr,
-    target: SocketAddrV4,
+    txid: [u8; 12],
 }
 
 #[derive(Default)]
@@ -55,31 +93,35 @@ pub struct Punch {
     sockets: BTreeMap<u16, Held>,
     heard: HashMap<SocketAddrV4, u16>,
     queue: VecDeque<Queued>,
-    wanted: Option<Wanted>,
+    /// In the order the caller was asked.
+    wanted: VecDeque<Wanted>,
+    /// Per peer, the fresh port of its running attempt: what sprays to it
+    /// leave from.
+    attempt: HashMap<Ipv4Addr, u16>,
+    stun: HashMap<u16, Fresh>,
     next_id: u16,
     /// Probes handed out, for status.
     pub probes_sent: u64,
 }
 
 impl Punch {
-    /// Sockets for a birthday attempt towards `peer`'s mapping `target`;
-    /// the caller opens them and hands them to [`Punch::opened`]. A newer
-    /// request replaces one not yet served.
-    pub fn want_sockets(&mut self, peer: Ipv4Addr, target: SocketAddrV4) {
-        self.wanted = Some(Wanted { peer, target });
+    /// Records what the next sockets the caller opens are for; they come
+    /// back, in the order asked, to [`Punch::opened`].
+    pub fn want(&mut self, w: Wanted) {
+        self.wanted.push_back(w);
     }
 
-    /// The sockets asked for are open: each sends one probe to the target,
-    /// paced as `schedule` says (socket k ≥ 1 of the schedule is the k-th
-    /// of `fds`). False if nothing was asked for (the fds just close).
+    /// The sockets asked for first are open. Birthday: each sends one probe
+    /// to the target, paced as `schedule` says (socket k ≥ 1 of the
+    /// schedule is the k-th of `fds`).
     pub fn opened(
         &mut self,
         fds: Vec<OwnedFd>,
         now: Instant,
         schedule: impl FnOnce(SocketAddrV4, usize) -> Vec<Send>,
-    ) -> bool {
-        let Some(w) = self.wanted.take() else {
-            return false;
+    ) -> Opened {
+        let Some(w) = self.wanted.pop_front() else {
+            return Opened::Unasked;
         };
         let ids: Vec<u16> = fds
             .into_iter()
@@ -94,21 +136,53 @@ impl Punch {
                 Some(id)
             })
             .collect();
-        let sends = schedule(w.target, ids.len());
-        self.enqueue(
-            w.peer,
-            now,
-            sends.into_iter().filter_map(|s| {
-                let local = *ids.get(s.socket.checked_sub(1)?)?;
-                Some((local, s))
-            }),
-        );
-        true
+        match w {
+            Wanted::Birthday { peer, target } => {
+                let sends = schedule(target, ids.len());
+                self.enqueue(
+                    peer,
+                    now,
+                    sends.into_iter().filter_map(|s| {
+                        let local = *ids.get(s.socket.checked_sub(1)?)?;
+                        Some((local, s))
+                    }),
+                );
+                Opened::Birthday { sockets: ids.len() }
+            }
+            Wanted::FreshPort { peer, target } => {
+                let Some(held) = ids.first().and_then(|id| self.sockets.get(id)) else {
+                    return Opened::Unasked;
+                };
+                let socket = held.socket.clone();
+                self.attempt.insert(peer, socket.id);
+                Opened::FreshPort {
+                    peer,
+                    target,
+                    socket,
+                }
+            }
+        }
     }
 
-    /// Probes from the shared port (a spray), paced as `sends` say.
+    /// The STUN request `txid` left from fresh port `socket`.
+    pub fn asked_stun(&mut self, socket: u16, peer: Ipv4Addr, txid: [u8; 12]) {
+        self.stun.insert(socket, Fresh { peer, txid });
+    }
+
+    /// A STUN answer `txid` arrived on `socket`: the peer whose fresh port
+    /// it maps, if it answers our request (once).
+    pub fn stun_answered(&mut self, socket: u16, txid: &[u8; 12]) -> Option<Ipv4Addr> {
+        let f = self.stun.get(&socket).filter(|f| f.txid == *txid)?;
+        let peer = f.peer;
+        self.stun.remove(&socket);
+        Some(peer)
+    }
+
+    /// A spray, paced as `sends` say: from the attempt's fresh port when
+    /// it has one, else from the shared port.
     pub fn spray(&mut self, peer: Ipv4Addr, now: Instant, sends: Vec<Send>) {
-        self.enqueue(peer, now, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
+        let local = self.attempt.get(&peer).copied().unwrap_or(MAIN_SOCKET);
+        self.enqueue(peer, now, sends.into_iter().map(|s| (local, s)));
     }
 
     fn enqueue(&mut self, peer: Ipv4Addr, now: Instant, sends: impl Iterator<Item = (u16, Send)>) {
@@ -123,9 +197,10 @@ impl Punch {
     }
 
     /// The attempt towards `peer` is over (it connected): its probes not
-    /// sent yet are dropped.
+    /// sent yet are dropped, and later sprays leave from the shared port.
     pub fn stop(&mut self, peer: Ipv4Addr) {
         self.queue.retain(|q| q.probe.peer != peer);
+        self.attempt.remove(&peer);
     }
 
     /// An id no held socket has; none once 65535 are held (never, with
@@ -210,6 +285,8 @@ impl Punch {
         self.sockets.retain(|_, h| h.until > now);
         let sockets = &self.sockets;
         self.heard.retain(|_, id| sockets.contains_key(id));
+        self.attempt.retain(|_, id| sockets.contains_key(id));
+        self.stun.retain(|id, _| sockets.contains_key(id));
         self.queue
             .retain(|q| q.local == MAIN_SOCKET || sockets.contains_key(&q.local));
         self.sockets.len() != before
@@ -241,12 +318,15 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let target = ep(2, 40_000);
-        assert!(
-            !p.opened(fds(1), t0, schedule::open_sockets),
-            "nothing asked"
+        assert_eq!(
+            p.opened(fds(1), t0, schedule::open_sockets),
+            Opened::Unasked
         );
-        p.want_sockets(PEER, target);
-        assert!(p.opened(fds(8), t0, schedule::open_sockets));
+        p.want(Wanted::Birthday { peer: PEER, target });
+        assert_eq!(
+            p.opened(fds(8), t0, schedule::open_sockets),
+            Opened::Birthday { sockets: 8 }
+        );
         assert_eq!(p.sockets().len(), 8);
         let mut sent = Vec::new();
         let mut now = t0;
@@ -275,7 +355,10 @@ mod tests {
     fn replies_leave_from_the_socket_the_peer_was_heard_on() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        p.want_sockets(PEER, ep(2, 40_000));
+        p.want(Wanted::Birthday {
+            peer: PEER,
+            target: ep(2, 40_000),
+        });
         p.opened(fds(4), t0, schedule::open_sockets);
         let id = p.sockets()[2].id;
         let peer = ep(2, 40_000);
@@ -298,7 +381,10 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let peer = ep(2, 40_000);
-        p.want_sockets(PEER, peer);
+        p.want(Wanted::Birthday {
+            peer: PEER,
+            target: peer,
+        });
         p.opened(fds(4), t0, schedule::open_sockets);
         let id = p.sockets()[1].id;
         p.heard(peer, id, false);
@@ -330,5 +416,73 @@ mod tests {
         p.stop(PEER);
         assert!(p.due(t0 + Duration::from_secs(10)).is_empty());
         assert_eq!(p.probes_sent, 400);
+    }
+}
+
+#[cfg(test)]
+mod fresh_port_tests {
+    use super::*;
+    use crate::nat::schedule;
+
+    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+    fn fd() -> Vec<OwnedFd> {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+        vec![OwnedFd::from(s)]
+    }
+
+    #[test]
+    fn a_fresh_port_carries_the_sprays_and_learns_its_mapping_once() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let last = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        p.want(Wanted::FreshPort {
+            peer: PEER,
+            target: last,
+        });
+        let Opened::FreshPort {
+            peer,
+            target,
+            socket,
+        } = p.opened(fd(), t0, schedule::open_sockets)
+        else {
+            panic!("a fresh port was asked for");
+        };
+        assert_eq!((peer, target), (PEER, last));
+        // Sprays towards the peer now leave from it.
+        p.spray(PEER, t0, schedule::prediction_spray(last, 1, 4));
+        let sent = p.due(t0 + Duration::from_secs(1));
+        assert_eq!(sent.len(), 4);
+        assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
+        // Only the answer to our own request, on that socket, counts.
+        p.asked_stun(socket.id, PEER, [7; 12]);
+        assert_eq!(p.stun_answered(socket.id, &[8; 12]), None);
+        assert_eq!(p.stun_answered(socket.id + 1, &[7; 12]), None);
+        assert_eq!(p.stun_answered(socket.id, &[7; 12]), Some(PEER));
+        assert_eq!(p.stun_answered(socket.id, &[7; 12]), None, "answered once");
+        // Connected: sprays go back to the shared port.
+        p.stop(PEER);
+        p.spray(PEER, t0, schedule::prediction_spray(last, 1, 1));
+        let sent = p.due(t0 + Duration::from_secs(2));
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].1.is_none());
+    }
+
+    #[test]
+    fn sockets_come_back_in_the_order_they_were_asked_for() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        p.want(Wanted::FreshPort { peer: PEER, target });
+        p.want(Wanted::Birthday { peer: PEER, target });
+        assert!(matches!(
+            p.opened(fd(), t0, schedule::open_sockets),
+            Opened::FreshPort { .. }
+        ));
+        assert_eq!(
+            p.opened(fd(), t0, schedule::open_sockets),
+            Opened::Birthday { sockets: 1 }
+        );
+        assert_eq!(p.opened(fd(), t0, schedule::open_sockets), Opened::Unasked);
     }
 }

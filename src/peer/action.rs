@@ -50,6 +50,16 @@ pub enum Action {
     /// mapping or from the data socket to `count` random ports of the
     /// symmetric peer's address.
     Birthday { peer: Ipv4Addr, role: BirthdayRole },
+    /// ringlink peers only: open one fresh socket for this attempt, probe
+    /// `target` from it, then announce its mapping to the peer in a second
+    /// UDP4CONN. Behind a router where an unsolicited datagram claims a
+    /// port (a bare Linux masquerade), the peer's early probes have taken
+    /// our main mapping towards it; this port is shown to nobody before it
+    /// has sent to the peer.
+    FreshPort {
+        peer: Ipv4Addr,
+        target: SocketAddrV4,
+    },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
         peer: Ipv4Addr,

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::nat::{self, Advertised, Method, NatKind, PeerNat, Predicted, Side};
+use crate::nat::{self, Advertised, Filtering, Method, NatKind, PeerNat, Predicted, Side};
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
@@ -211,6 +211,7 @@ impl Peer {
                 runnable(nat::choose(mine, peer))
             });
             self.start_birthday(out);
+            self.start_fresh_port(env, out);
         }
         if next == PeerState::Connected && prev != PeerState::Connected {
             self.time_to_direct = self
@@ -595,6 +596,31 @@ impl Peer {
             peer: self.vip,
             role,
         });
+    }
+
+    /// A port-filtering cone (a bare Linux masquerade classifies as one)
+    /// also tries from a fresh port when the method is one a cone runs from
+    /// its own mapping; both halves are cheap (one socket, one STUN, one
+    /// UDP4CONN per attempt).
+    fn start_fresh_port(&self, env: Env<'_>, out: &mut VecDeque<Action>) {
+        let port_filtered_cone = env.own_nat.is_some_and(|k| {
+            k.behind_nat && k.is_cone() && k.filtering == Filtering::AddressAndPortDependent
+        });
+        let from_own_mapping = matches!(
+            self.method,
+            Some(
+                Method::SimultaneousOpen
+                    | Method::PortPrediction {
+                        predicted: Predicted::Peer
+                    }
+            )
+        );
+        if let (true, true, Some(target)) = (port_filtered_cone, from_own_mapping, self.wide) {
+            out.push_back(Action::FreshPort {
+                peer: self.vip,
+                target,
+            });
+        }
     }
 
     /// Port prediction towards a peer whose NAT gives each new destination
