@@ -33,7 +33,7 @@ use crate::rng::SplitMix64;
 use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
 
 use super::publish;
-use super::punch::{Opened, Punch, Wanted};
+use super::punch::{Opened, ProbeKind, Punch, Wanted};
 use super::status::{PeerLine, RouteLine};
 
 /// What the node was built with.
@@ -205,8 +205,19 @@ impl Node {
         if self.punch.poll_timeout().is_some_and(|t| t <= now) {
             let plain = Heartbeat::ringlink(self.own, false).encode();
             for (probe, via) in self.punch.due(now) {
-                let key = self.key(probe.peer);
-                let datagram = key.seal_to_vec(self.ivs.next_iv(), &plain);
+                let datagram = match (probe.kind, &via) {
+                    (ProbeKind::Heartbeat, _) => {
+                        let key = self.key(probe.peer);
+                        key.seal_to_vec(self.ivs.next_iv(), &plain)
+                    }
+                    (ProbeKind::Stun, Some(socket)) => {
+                        let mut txid: stun::TransactionId = Default::default();
+                        self.rng.fill(&mut txid);
+                        self.punch.asked_stun(socket.id, probe.peer, txid);
+                        stun::encode_binding_request(&txid).to_vec()
+                    }
+                    (ProbeKind::Stun, None) => continue,
+                };
                 self.outputs.push_back(Output::Datagram {
                     to: probe.to,
                     via,
@@ -232,30 +243,16 @@ impl Node {
             Opened::FreshPort {
                 peer,
                 target,
+                window,
                 socket,
             } => {
                 // Workers receive on it before anything can answer.
                 self.dirty = true;
-                self.flush(now);
-                // The peer first: our router has the session towards it
-                // before anyone learns the port.
-                let plain = Heartbeat::ringlink(self.own, false).encode();
-                let datagram = self.key(peer).seal_to_vec(self.ivs.next_iv(), &plain);
-                self.outputs.push_back(Output::Datagram {
-                    to: target,
-                    via: Some(socket.clone()),
-                    datagram,
+                let spray = window.map_or_else(Vec::new, |w| {
+                    nat::schedule::prediction_spray(w.base, w.step, usize::from(w.count))
                 });
-                if let Some(server) = self.stun {
-                    let mut txid: stun::TransactionId = Default::default();
-                    self.rng.fill(&mut txid);
-                    self.punch.asked_stun(socket.id, peer, txid);
-                    self.outputs.push_back(Output::Datagram {
-                        to: server,
-                        via: Some(socket),
-                        datagram: stun::encode_binding_request(&txid).to_vec(),
-                    });
-                }
+                self.punch
+                    .fresh_port_probes(peer, socket.id, target, spray, self.stun, now);
             }
         }
         self.flush(now);
@@ -572,8 +569,16 @@ impl Node {
                 let endpoint = self.public_endpoint.unwrap_or(public);
                 self.send_public_info(peer, endpoint);
             }
-            Action::FreshPort { peer, target } => {
-                self.punch.want(Wanted::FreshPort { peer, target });
+            Action::FreshPort {
+                peer,
+                target,
+                window,
+            } => {
+                self.punch.want(Wanted::FreshPort {
+                    peer,
+                    target,
+                    window,
+                });
                 self.outputs.push_back(Output::OpenSockets { count: 1 });
             }
             Action::SendLanInfo { peer, lan } => {

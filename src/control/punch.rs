@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::{LocalSocket, MAIN_SOCKET};
-use crate::nat::schedule::Send;
+use crate::nat::schedule::{self, Send};
+use crate::peer::SprayWindow;
 
 /// How long an attempt's sockets outlive their opening when no path uses
 /// them: the attempt's probes take under 4 s, CONNECTING lasts 10, and a
@@ -36,6 +37,16 @@ const MAX_HEARD: usize = 4096;
 pub struct Probe {
     pub peer: Ipv4Addr,
     pub to: SocketAddrV4,
+    pub kind: ProbeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// A marked HEARTBEAT sealed for the peer.
+    Heartbeat,
+    /// A STUN binding request to `to`, the STUN server: the fresh port
+    /// learns its mapping, then announces it.
+    Stun,
 }
 
 struct Held {
@@ -63,6 +74,7 @@ pub enum Wanted {
     FreshPort {
         peer: Ipv4Addr,
         target: SocketAddrV4,
+        window: Option<SprayWindow>,
     },
 }
 
@@ -78,6 +90,7 @@ pub enum Opened {
     FreshPort {
         peer: Ipv4Addr,
         target: SocketAddrV4,
+        window: Option<SprayWindow>,
         socket: LocalSocket,
     },
 }
@@ -149,7 +162,11 @@ impl Punch {
                 );
                 Opened::Birthday { sockets: ids.len() }
             }
-            Wanted::FreshPort { peer, target } => {
+            Wanted::FreshPort {
+                peer,
+                target,
+                window,
+            } => {
                 let Some(held) = ids.first().and_then(|id| self.sockets.get(id)) else {
                     return Opened::Unasked;
                 };
@@ -158,6 +175,7 @@ impl Punch {
                 Opened::FreshPort {
                     peer,
                     target,
+                    window,
                     socket,
                 }
             }
@@ -190,10 +208,60 @@ impl Punch {
             self.queue.push_back(Queued {
                 due: now + s.at,
                 local,
-                probe: Probe { peer, to: s.target },
+                probe: Probe {
+                    peer,
+                    to: s.target,
+                    kind: ProbeKind::Heartbeat,
+                },
             });
         }
+        // Stable: what was queued for one instant leaves in that order.
         self.queue.make_contiguous().sort_by_key(|q| q.due);
+    }
+
+    /// A fresh port's probes, in this order: one to the peer's mapping
+    /// `target`, the `spray` (a prediction window, if the method has one),
+    /// and only then the STUN request whose answer is announced to the
+    /// peer. Every session the peer's answers need exists on our router
+    /// before the peer learns the port, so none of its datagrams arrives
+    /// unsolicited (which on a bare masquerade would claim the port).
+    pub fn fresh_port_probes(
+        &mut self,
+        peer: Ipv4Addr,
+        socket: u16,
+        target: SocketAddrV4,
+        spray: Vec<Send>,
+        stun: Option<SocketAddrV4>,
+        now: Instant,
+    ) {
+        let first = Send {
+            socket: 0,
+            target,
+            at: Duration::ZERO,
+        };
+        let gap = Duration::from_secs(1) / schedule::PACKETS_PER_SECOND;
+        let last = spray.iter().map(|s| s.at).max().unwrap_or_default();
+        let spray = spray.into_iter().map(|s| Send {
+            at: s.at + gap,
+            ..s
+        });
+        self.enqueue(
+            peer,
+            now,
+            std::iter::once(first).chain(spray).map(|s| (socket, s)),
+        );
+        if let Some(server) = stun {
+            self.queue.push_back(Queued {
+                due: now + last + 2 * gap,
+                local: socket,
+                probe: Probe {
+                    peer,
+                    to: server,
+                    kind: ProbeKind::Stun,
+                },
+            });
+            self.queue.make_contiguous().sort_by_key(|q| q.due);
+        }
     }
 
     /// The attempt towards `peer` is over (it connected): its probes not
@@ -296,7 +364,6 @@ impl Punch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nat::schedule;
 
     fn ep(last: u8, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port)
@@ -422,7 +489,6 @@ mod tests {
 #[cfg(test)]
 mod fresh_port_tests {
     use super::*;
-    use crate::nat::schedule;
 
     const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
@@ -439,11 +505,13 @@ mod fresh_port_tests {
         p.want(Wanted::FreshPort {
             peer: PEER,
             target: last,
+            window: None,
         });
         let Opened::FreshPort {
             peer,
             target,
             socket,
+            ..
         } = p.opened(fd(), t0, schedule::open_sockets)
         else {
             panic!("a fresh port was asked for");
@@ -473,7 +541,11 @@ mod fresh_port_tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
-        p.want(Wanted::FreshPort { peer: PEER, target });
+        p.want(Wanted::FreshPort {
+            peer: PEER,
+            target,
+            window: None,
+        });
         p.want(Wanted::Birthday { peer: PEER, target });
         assert!(matches!(
             p.opened(fd(), t0, schedule::open_sockets),
@@ -484,5 +556,34 @@ mod fresh_port_tests {
             Opened::Birthday { sockets: 1 }
         );
         assert_eq!(p.opened(fd(), t0, schedule::open_sockets), Opened::Unasked);
+    }
+
+    #[test]
+    fn a_fresh_port_announces_itself_only_after_its_spray() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let peer = Ipv4Addr::new(10, 77, 0, 2);
+        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
+        p.want(Wanted::FreshPort {
+            peer,
+            target,
+            window: None,
+        });
+        let fd = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
+        let Opened::FreshPort { socket, .. } =
+            p.opened(vec![OwnedFd::from(fd)], t0, schedule::open_sockets)
+        else {
+            panic!("a fresh port was asked for");
+        };
+        let window = schedule::prediction_spray(target, 1, 8);
+        p.fresh_port_probes(peer, socket.id, target, window, Some(stun), t0);
+        let sent = p.due(t0 + Duration::from_secs(1));
+        let kinds: Vec<_> = sent.iter().map(|(pr, _)| (pr.kind, pr.to.port())).collect();
+        let mut want = vec![(ProbeKind::Heartbeat, 40_000)];
+        want.extend((40_001..=40_008).map(|port| (ProbeKind::Heartbeat, port)));
+        want.push((ProbeKind::Stun, 3478));
+        assert_eq!(kinds, want);
+        assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
     }
 }

@@ -56,9 +56,12 @@ pub enum Action {
     /// port (a bare Linux masquerade), the peer's early probes have taken
     /// our main mapping towards it; this port is shown to nobody before it
     /// has sent to the peer.
+    /// `window`: the prediction window to spray from it before the
+    /// announcement, when the method sprays.
     FreshPort {
         peer: Ipv4Addr,
         target: SocketAddrV4,
+        window: Option<SprayWindow>,
     },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
@@ -78,6 +81,15 @@ pub enum Action {
     /// The peer left CONNECTED: send via relay again and tell the router,
     /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
+}
+
+/// Port prediction's window: `count` ports of `base`'s address, `base.port
+/// + step·1 … + step·count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SprayWindow {
+    pub base: SocketAddrV4,
+    pub step: i32,
+    pub count: u16,
 }
 
 /// Which half of a birthday attempt this node runs.

@@ -17,7 +17,7 @@ use crate::nat::{self, Advertised, Filtering, Method, NatKind, PeerNat, Predicte
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
-use super::action::{Action, BirthdayRole, Ignored, Outcome};
+use super::action::{Action, BirthdayRole, Ignored, Outcome, SprayWindow};
 use super::addr::is_private;
 // PONGs per peer get the budget challenges have (a peer challenges at most
 // that often), so replayed PINGs cannot turn this node into a reflector.
@@ -619,6 +619,7 @@ impl Peer {
             out.push_back(Action::FreshPort {
                 peer: self.vip,
                 target,
+                window: self.spray_window(),
             });
         }
     }
@@ -629,6 +630,18 @@ impl Peer {
     /// it, which lets those probes through our NAT (and reaches the peer if
     /// its mapping already exists).
     fn spray_if_predicting(&self, out: &mut VecDeque<Action>) {
+        if let Some(w) = self.spray_window() {
+            out.push_back(Action::Spray {
+                peer: self.vip,
+                base: w.base,
+                step: w.step,
+                count: w.count,
+            });
+        }
+    }
+
+    /// The window to spray this tick, when we predict the peer's ports.
+    fn spray_window(&self) -> Option<SprayWindow> {
         let predicting = matches!(
             self.method,
             Some(Method::PortPrediction {
@@ -636,7 +649,7 @@ impl Peer {
             })
         );
         let (Some(nat), Some(wide), true) = (self.nat, self.wide, predicting) else {
-            return;
+            return None;
         };
         let step = nat::schedule::step_of(nat.kind.delta);
         // The newer of the two mappings the peer told us about: the one its
@@ -648,11 +661,10 @@ impl Peer {
         } else {
             wide
         };
-        out.push_back(Action::Spray {
-            peer: self.vip,
+        Some(SprayWindow {
             base,
             step,
             count: SPRAY_WINDOW,
-        });
+        })
     }
 }

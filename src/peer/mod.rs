@@ -33,7 +33,7 @@ mod ratelimit;
 mod state;
 mod timers;
 
-pub use action::{Action, BirthdayRole, Ignored, Outcome};
+pub use action::{Action, BirthdayRole, Ignored, Outcome, SprayWindow};
 pub use addr::is_private;
 pub use machine::Peer;
 pub use manager::{PeerConfig, PeerManager, PeerStatus};
