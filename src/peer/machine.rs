@@ -274,8 +274,16 @@ impl Peer {
     ) {
         self.ringlink = ringlink;
         self.nat = nat;
+        let moved = self.wide.is_some_and(|w| w != public);
         self.wide = Some(public);
         match self.state {
+            // A ringlink peer announces a second endpoint mid-attempt (its
+            // fresh port): challenge it now, not a tick later, before more
+            // sessions on a sequential NAT move our next port out of the
+            // window the peer sprayed.
+            PeerState::Connecting if moved && self.ringlink && !env.tunnelled(*public.ip()) => {
+                self.challenge(public, Reason::Tick, now, out);
+            }
             PeerState::Connected | PeerState::Connecting => {}
             PeerState::Synchronizing => {
                 self.set_state(PeerState::Connecting, now, env, out);

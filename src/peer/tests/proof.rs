@@ -67,6 +67,36 @@ fn only_ping_to(actions: &[(u64, Action)], to: SocketAddrV4) -> Nonce {
 }
 
 #[test]
+fn a_second_endpoint_announced_mid_attempt_is_challenged_at_once() {
+    let mut n = Node::new(|_| {});
+    assert!(n
+        .m
+        .handle_public_info(B, B_PUB, true, None, n.now)
+        .is_accepted());
+    assert!(n.stun().is_accepted());
+    assert_eq!(n.state(B), PeerState::Connecting);
+    n.drain();
+    // The peer's fresh port: a challenge leaves now, not on the next tick.
+    assert!(n
+        .m
+        .handle_public_info(B, B_PUB2, true, None, n.now)
+        .is_accepted());
+    assert_eq!(
+        pings(&n.drain())
+            .iter()
+            .map(|(to, _)| *to)
+            .collect::<Vec<_>>(),
+        [B_PUB2]
+    );
+    // The same endpoint again is no news.
+    assert!(n
+        .m
+        .handle_public_info(B, B_PUB2, true, None, n.now)
+        .is_accepted());
+    assert!(pings(&n.drain()).is_empty());
+}
+
+#[test]
 fn a_ringlink_path_needs_an_answered_challenge() {
     let mut n = Node::new(|_| {});
     n.reach_ringlink_connecting();
