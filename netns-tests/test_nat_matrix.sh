@@ -63,6 +63,7 @@ EXPECTED_DIRECT=(
     "portrestricted portrestricted"
     "portrestricted seq"
     "portrestricted random"
+    "portrestricted masq"
 )
 # Deadlines per pair class, in seconds from the pair's first ping. Today
 # every direct pair is direct within 0.3-1.7 s; the margin is for a loaded
