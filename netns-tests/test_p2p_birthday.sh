@@ -56,6 +56,11 @@ echo "  direct after $(rl_secs_since "$t0") s; a's method: $(rl_peer_eval a "${v
      "a held up to $most UDP sockets besides its data port while punching"
 check "a ran birthday" test "$(rl_peer_eval a "${vb:-none}" 'p["method"]')" = birthday
 check "a opened the attempt's sockets (>= 200 seen besides the data port)" rl_ge "$most" 200
+ps=$(rl_status_get a 'd["node"]["punch_sockets"]'); pp=$(rl_status_get a 'd["node"]["punch_probes"]')
+pb=$(rl_status_get b 'd["node"]["punch_probes"]')
+echo "  status: a opened ${ps:-?} attempt sockets and sent ${pp:-?} probes; b sent ${pb:-?}"
+check "status counts a's 256 sockets and at least as many probes" eval 'rl_ge "${ps:-0}" 256 && rl_ge "${pp:-0}" 256'
+check "b's spray stays within one attempt's budget (768)" eval 'rl_ge "${pb:-0}" 1 && rl_ge 768 "${pb:-0}"' 
 rl_stop traffic
 
 m0=$(rl_counted ra main packets); x0=$(rl_counted ra extra packets); s0=$(rl_if_total srv eth0)

@@ -80,7 +80,8 @@ pub enum Output {
 }
 
 counters! {
-    /// What the node dropped, for `ringlink status`.
+    /// What the node dropped, and what its hard-NAT attempts spent, for
+    /// `ringlink status` and `/metrics`.
     plain NodeStats {
         /// Peer events the state machines refused (`peer::Ignored`).
         ignored_events,
@@ -90,6 +91,12 @@ counters! {
         ws_dropped,
         /// STUN responses from another host or for no request of ours.
         stun_ignored,
+        /// Probes of hard-NAT attempts sent (birthday, prediction sprays,
+        /// fresh ports), paced at 200/s.
+        punch_probes,
+        /// Sockets opened for hard-NAT attempts (256 per birthday, one per
+        /// fresh port).
+        punch_sockets,
     }
 }
 
@@ -204,7 +211,9 @@ impl Node {
         }
         if self.punch.poll_timeout().is_some_and(|t| t <= now) {
             let plain = Heartbeat::ringlink(self.own, false).encode();
-            for (probe, via) in self.punch.due(now) {
+            let due = self.punch.due(now);
+            self.stats.punch_probes += due.len() as u64;
+            for (probe, via) in due {
                 let datagram = match (probe.kind, &via) {
                     (ProbeKind::Heartbeat, _) => {
                         let key = self.key(probe.peer);
@@ -234,6 +243,7 @@ impl Node {
     /// The sockets an [`Output::OpenSockets`] asked for; fewer than asked
     /// (the caller ran out of descriptors) is fine.
     pub fn on_sockets_opened(&mut self, fds: Vec<OwnedFd>, now: Instant) {
+        self.stats.punch_sockets += fds.len() as u64;
         match self.punch.opened(fds, now, nat::schedule::open_sockets) {
             Opened::Unasked => {}
             Opened::Birthday { sockets } => {
