@@ -157,7 +157,28 @@ pub struct ServerConfig {
     pub general_burst: u32,
     /// Where Prometheus text is served on `/metrics`; None = off.
     pub metrics: Option<SocketAddr>,
+    /// `[cluster]`: share leases and relay with other instances over NATS;
+    /// None = this process alone, all in memory.
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// `[cluster]` of server.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (any of them will do; the client follows
+    /// the cluster's own list once connected).
+    pub nats: Vec<String>,
+    /// This instance's name, unique among the instances: it marks the
+    /// leases it holds.
+    pub name: String,
+    /// Replicas of the lease bucket (JetStream); 3 in a three-node NATS
+    /// cluster lets the bucket outlive one node.
+    pub replicas: usize,
+    /// How long a lease outlives its holder's last renewal.
+    pub lease_seconds: u32,
+}
+
+pub const DEFAULT_LEASE_SECONDS: u32 = 15;
 
 /// Defaults of the server's admission and rate limits.
 pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 1024;
@@ -193,6 +214,33 @@ struct RawServer {
     general_rate: Option<u32>,
     general_burst: Option<u32>,
     metrics: Option<String>,
+    cluster: Option<RawCluster>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: OneOrMany,
+    name: String,
+    replicas: Option<i64>,
+    lease_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +354,7 @@ impl ServerConfig {
         let general_rate = rate("general_rate", raw.general_rate, DEFAULT_GENERAL_RATE)?;
         let general_burst = rate("general_burst", raw.general_burst, DEFAULT_GENERAL_BURST)?;
         let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
+        let cluster = raw.cluster.map(|r| cluster(&c, r)).transpose()?;
         Ok(Self {
             listen,
             password: raw.password,
@@ -323,8 +372,66 @@ impl ServerConfig {
             general_rate,
             general_burst,
             metrics,
+            cluster,
         })
     }
+}
+
+/// A name that may stand in a NATS subject or key-value key: letters,
+/// digits, '-' and '_'.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cluster(c: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let nats = raw.nats.into_vec();
+    if nats.is_empty() {
+        return Err(c.err(
+            "cluster.nats",
+            "expected at least one NATS server, like \"nats://10.0.0.1:4222\"",
+        ));
+    }
+    for url in &nats {
+        // ws:// and wss:// parse too, but this build speaks plain and TLS only.
+        let scheme_ok = url.starts_with("nats://") || url.starts_with("tls://");
+        let parsed = url.parse::<async_nats::ServerAddr>();
+        if !scheme_ok || parsed.is_err() {
+            let why = parsed.err().map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(c.err(
+                "cluster.nats",
+                format!(
+                    "expected a URL like nats://host:4222 or tls://host:4222, got {url:?}{why}"
+                ),
+            ));
+        }
+    }
+    if !is_token(&raw.name, 64) {
+        return Err(c.err(
+            "cluster.name",
+            format!(
+                "expected 1-64 letters, digits, '-' or '_' (unique per instance), got {:?}",
+                raw.name
+            ),
+        ));
+    }
+    let replicas = in_range(c, "cluster.replicas", raw.replicas.unwrap_or(1), 1, 5)? as usize;
+    let lease_seconds = in_range(
+        c,
+        "cluster.lease_seconds",
+        raw.lease_seconds
+            .unwrap_or(i64::from(DEFAULT_LEASE_SECONDS)),
+        3,
+        3600,
+    )? as u32;
+    Ok(ClusterConfig {
+        nats,
+        name: raw.name,
+        replicas,
+        lease_seconds,
+    })
 }
 
 /// `stun_alt_port` (default: the STUN port + 1) and `stun_alt_address`
@@ -741,6 +848,54 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_cluster_section() {
+        assert_eq!(server(SERVER).unwrap().cluster, None);
+        let one = server(&format!(
+            "{SERVER}[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"srv-a\"\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(one.nats, ["nats://10.0.0.1:4222"]);
+        assert_eq!(
+            (one.replicas, one.lease_seconds),
+            (1, DEFAULT_LEASE_SECONDS)
+        );
+        let many = server(&format!(
+            "{SERVER}[cluster]\nnats = [\"nats://a:4222\", \"nats://b:4222\"]\nname = \"b_2\"\nreplicas = 3\nlease_seconds = 9\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (many.nats.len(), many.replicas, many.lease_seconds),
+            (2, 3, 9)
+        );
+        for (bad, key) in [
+            ("nats = []\nname = \"a\"", "cluster.nats"),
+            ("nats = \"http://a:4222\"\nname = \"a\"", "cluster.nats"),
+            (
+                "nats = [\"nats://a\", \"a b\"]\nname = \"a\"",
+                "cluster.nats",
+            ),
+            ("nats = \"nats://a:4222\"\nname = \"a.b\"", "cluster.name"),
+            ("nats = \"nats://a:4222\"\nname = \"\"", "cluster.name"),
+            (
+                "nats = \"nats://a:4222\"\nname = \"a\"\nreplicas = 0",
+                "cluster.replicas",
+            ),
+            (
+                "nats = \"nats://a:4222\"\nname = \"a\"\nlease_seconds = 1",
+                "cluster.lease_seconds",
+            ),
+        ] {
+            let e = server(&format!("{SERVER}[cluster]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        assert!(server(&format!("{SERVER}[cluster]\nname = \"a\"\n")).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use crate::config::{ClientConfig, PushedRoute, ServerConfig, ServerTrust};
+use crate::config::{ClientConfig, ClusterConfig, PushedRoute, ServerConfig, ServerTrust};
 use crate::proto::crypto::CipherKind;
 
 /// Stands in for the password, which `--check` output must not leak into
@@ -63,6 +63,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         general_rate,
         general_burst,
         metrics,
+        cluster,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -124,6 +125,28 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
             "route".into(),
             Value::Array(routes.iter().map(route_table).collect()),
         );
+    }
+    match cluster {
+        Some(ClusterConfig {
+            nats,
+            name,
+            replicas,
+            lease_seconds,
+        }) => {
+            let mut ct = Table::new();
+            ct.insert(
+                "nats".into(),
+                Value::Array(nats.iter().map(string).collect()),
+            );
+            ct.insert("name".into(), string(name));
+            ct.insert(
+                "replicas".into(),
+                int(i64::try_from(*replicas).unwrap_or(i64::MAX)),
+            );
+            ct.insert("lease_seconds".into(), int(*lease_seconds));
+            t.insert("cluster".into(), Value::Table(ct));
+        }
+        None => unset.push(("[cluster]", "one instance, state in memory")),
     }
     render(file, t, &unset)
 }
@@ -242,6 +265,18 @@ mod tests {
         assert!(out.contains("for = \"10.77.0.0/24\""), "{out}");
         assert!(out.contains("# tls_cert, tls_key: not set"), "{out}");
         assert!(!out.contains("s3cret"), "password leaked: {out}");
+        assert_eq!(
+            ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn server_cluster_is_printed_and_round_trips() {
+        let text = format!("{SERVER}[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"a\"\n");
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(out.contains("lease_seconds = 15"), "{out}");
         assert_eq!(
             ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
             cfg

@@ -52,6 +52,7 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
         general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
+        cluster: None,
     }
 }
 

@@ -7,10 +7,12 @@
 //! [`ShutdownHandle`].
 
 mod auth;
+mod cluster;
 mod counters;
 mod error;
 mod guard;
 mod listener;
+mod network;
 mod pool;
 mod relay;
 mod request;
@@ -28,11 +30,15 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::config::{PushedRoute, ServerConfig};
-use crate::proto::Ipv4Cidr;
+use crate::config::ServerConfig;
+
+use network::Network;
 
 pub use counters::{ServerCounterSnapshot, ServerCounters};
 pub use error::{CloseReason, ServerError};
+
+/// The network of the top-level `password`, `pool` and `[[route]]`s.
+const DEFAULT_NETWORK: &str = "default";
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -71,9 +77,10 @@ impl Default for Tuning {
 
 /// State shared by every task of one server.
 pub(crate) struct Shared {
-    password: Vec<u8>,
-    pool_net: Ipv4Cidr,
-    routes: Vec<PushedRoute>,
+    /// The networks served; a connection picks one by its URL path.
+    networks: Vec<Arc<Network>>,
+    /// With `[cluster]`: the NATS connection the networks share.
+    cluster: Option<Arc<cluster::Engine>>,
     max_clients: usize,
     /// One permit per member (authenticated session).
     members: Arc<Semaphore>,
@@ -81,8 +88,6 @@ pub(crate) struct Shared {
     admission: Arc<guard::Admission>,
     seen_auths: Mutex<guard::SeenAuths>,
     rates: Rates,
-    pool: Mutex<pool::Pool>,
-    relay: relay::Relay,
     counters: Arc<ServerCounters>,
     tuning: Tuning,
     next_id: AtomicU64,
@@ -93,10 +98,9 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    // Pool updates are single-step and leave it consistent even if a
-    // holder panicked, so a poisoned lock is still usable.
-    fn lock_pool(&self) -> MutexGuard<'_, pool::Pool> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    /// The network a WebSocket request for `path` joins.
+    fn network_for(&self, _path: &str) -> Option<Arc<Network>> {
+        self.networks.first().cloned()
     }
 
     // One insert or a few removals at a time: consistent after a panic.
@@ -171,11 +175,23 @@ impl Server {
         // acquire_many takes a u32; more connections than that is not a
         // limit anyone means.
         let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
-        let pool = pool::Pool::new(cfg.pool, rand::random(), tuning.remembered_vmacs);
+        let counters = Arc::new(ServerCounters::default());
+        let engine = match &cfg.cluster {
+            Some(c) => Some(cluster::Engine::connect(c, counters.clone()).await?),
+            None => None,
+        };
+        let networks = vec![Arc::new(Network::new(
+            DEFAULT_NETWORK,
+            &cfg.password,
+            cfg.pool,
+            cfg.routes.clone(),
+            tuning.remembered_vmacs,
+            counters.clone(),
+            engine.as_ref().map(|e| e.network(DEFAULT_NETWORK)),
+        ))];
         let shared = Arc::new(Shared {
-            password: cfg.password.clone().into_bytes(),
-            pool_net: cfg.pool,
-            routes: cfg.routes.clone(),
+            networks,
+            cluster: engine,
             max_clients: permits as usize,
             members: Arc::new(Semaphore::new(permits as usize)),
             admission: guard::Admission::new(guard::AdmissionLimits {
@@ -187,9 +203,7 @@ impl Server {
                 broadcast: (cfg.broadcast_rate, cfg.broadcast_burst),
                 general: (cfg.general_rate, cfg.general_burst),
             },
-            pool: Mutex::new(pool),
-            relay: relay::Relay::new(cfg.pool),
-            counters: Arc::new(ServerCounters::default()),
+            counters,
             tuning,
             next_id: AtomicU64::new(1),
         });
@@ -249,13 +263,22 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         info!(
-            "server listening on {scheme}://{} pool={} routes={} max_clients={} {}",
+            "server listening on {scheme}://{} max_clients={} {}",
             self.local_addr,
-            self.shared.pool_net,
-            self.shared.routes.len(),
             self.shared.max_clients,
             self.shared.admission.describe(),
         );
+        for n in &self.shared.networks {
+            info!(
+                "network {} pool={} routes={}",
+                n.name,
+                n.pool_net,
+                n.routes.len()
+            );
+        }
+        let cluster_tasks = self.shared.cluster.as_ref().map_or_else(Vec::new, |e| {
+            e.spawn(self.shared.networks.clone(), self.shutdown.tx.subscribe())
+        });
         let stun_addrs = self.stun_addrs();
         let stun_task = self.stun.map(|responder| {
             info!("STUN responder listening on udp {stun_addrs:?}");
@@ -294,6 +317,7 @@ impl Server {
         if let Some(t) = metrics_task {
             t.abort();
         }
+        cluster::stop(&self.shared.networks, cluster_tasks);
         info!("server stopped");
         Ok(())
     }
