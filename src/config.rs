@@ -607,7 +607,12 @@ pub struct StunServer {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
+    /// The first server listed in `server`.
     pub server: ServerUrl,
+    /// The others, when `server` lists several instances of one cluster:
+    /// the client keeps to one of them (chosen by its vmac) and fails over
+    /// to the next.
+    pub more_servers: Vec<ServerUrl>,
     pub password: String,
     pub tun: String,
     pub address: Option<Ipv4Cidr>,
@@ -658,7 +663,7 @@ pub struct ClientConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    server: String,
+    server: OneOrMany,
     password: String,
     tun: Option<String>,
     address: Option<String>,
@@ -705,15 +710,32 @@ impl ClientConfig {
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         let c = Ctx { file };
         let raw: RawClient = parse_toml(file, text)?;
-        let server = ServerUrl::parse(&raw.server).ok_or_else(|| {
-            c.err(
+        let mut servers = Vec::new();
+        for url in raw.server.into_vec() {
+            servers.push(ServerUrl::parse(&url).ok_or_else(|| {
+                c.err(
+                    "server",
+                    format!(
+                        "expected ws://host[:port][/path] or wss://host[:port][/path], got {url:?}"
+                    ),
+                )
+            })?);
+        }
+        if servers.is_empty() {
+            return Err(c.err("server", "expected a server URL, or a list of them"));
+        }
+        let server = servers.remove(0);
+        // One trust setting covers them all, so they all speak alike.
+        if let Some(odd) = servers.iter().find(|u| u.tls != server.tls) {
+            return Err(c.err(
                 "server",
                 format!(
-                    "expected ws://host[:port][/path] or wss://host[:port][/path], got {:?}",
-                    raw.server
+                    "{} and {} mix ws:// and wss://; list servers of one kind",
+                    server.to_url(),
+                    odd.to_url()
                 ),
-            )
-        })?;
+            ));
+        }
         let server_tls =
             ServerTrust::decide(&c, &server, raw.tls_ca, raw.tls_insecure.unwrap_or(false))?;
         if raw.password.is_empty() {
@@ -800,6 +822,7 @@ impl ClientConfig {
                 .control_socket
                 .unwrap_or_else(|| default_control_socket(&tun)),
             server,
+            more_servers: servers,
             password: raw.password,
             tun,
             address,
@@ -1070,6 +1093,31 @@ mod tests {
             (None, 0, 60, 5)
         );
         assert_eq!(c.control_socket, PathBuf::from("/run/ringlink/rl0.sock"));
+        assert!(c.more_servers.is_empty());
+    }
+
+    #[test]
+    fn client_server_list() {
+        let c = client(
+            "server = [\"ws://10.91.0.1:7443\", \"ws://10.91.0.2:7443/net\"]\npassword = \"s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.to_url(), "ws://10.91.0.1:7443/");
+        assert_eq!(
+            c.more_servers
+                .iter()
+                .map(|u| u.to_url())
+                .collect::<Vec<_>>(),
+            ["ws://10.91.0.2:7443/net"]
+        );
+        for bad in [
+            "server = []",
+            "server = [\"ws://a\", \"wss://b\"]",
+            "server = [\"ws://a\", \"http://b\"]",
+        ] {
+            let e = client(&format!("{bad}\npassword = \"s\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("server"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
 pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     let ClientConfig {
         server,
+        more_servers,
         password: _,
         tun,
         address,
@@ -177,7 +178,17 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
-    t.insert("server".into(), string(server.to_url()));
+    let server_value = if more_servers.is_empty() {
+        string(server.to_url())
+    } else {
+        Value::Array(
+            std::iter::once(server)
+                .chain(more_servers)
+                .map(|u| string(u.to_url()))
+                .collect(),
+        )
+    };
+    t.insert("server".into(), server_value);
     t.insert("password".into(), string(HIDDEN_PASSWORD));
     t.insert("tun".into(), string(tun));
     match address {
@@ -279,6 +290,22 @@ mod tests {
         assert!(out.contains("lease_seconds = 15"), "{out}");
         assert_eq!(
             ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn client_server_list_round_trips() {
+        let text =
+            "server = [\"ws://10.91.0.1:7443\", \"ws://10.91.0.2:7443\"]\npassword = \"s3cret\"\n";
+        let cfg = ClientConfig::parse("client.toml", text).unwrap();
+        let out = client_toml("client.toml", &cfg);
+        assert!(
+            out.contains("server = [\"ws://10.91.0.1:7443/\", \"ws://10.91.0.2:7443/\"]"),
+            "{out}"
+        );
+        assert_eq!(
+            ClientConfig::parse("printed", &reparsed(&out)).unwrap(),
             cfg
         );
     }

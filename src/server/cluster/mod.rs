@@ -129,6 +129,9 @@ impl Engine {
             .name(format!("ringlink-server {}", cfg.name))
             // Our own broadcasts must not come back to us.
             .no_echo()
+            // The configured order is a preference (an instance lists the
+            // NATS node next to it first), not a set to pick from at random.
+            .retain_servers_order()
             .subscription_capacity(SUB_QUEUE)
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(OP_TIMEOUT))
