@@ -160,6 +160,22 @@ pub struct ServerConfig {
     /// `[cluster]`: share leases and relay with other instances over NATS;
     /// None = this process alone, all in memory.
     pub cluster: Option<ClusterConfig>,
+    /// `[[network]]`: more networks on this server, each chosen by its URL
+    /// path. The top-level `password`, `pool` and `[[route]]`s are the
+    /// default network, which answers every other path.
+    pub networks: Vec<NetworkConfig>,
+}
+
+/// A `[[network]]` of server.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// In logs, lease keys and NATS subjects.
+    pub name: String,
+    /// The URL path clients name it by, like "/lab" (no trailing '/').
+    pub path: String,
+    pub password: String,
+    pub pool: Ipv4Cidr,
+    pub routes: Vec<PushedRoute>,
 }
 
 /// `[cluster]` of server.toml.
@@ -215,6 +231,19 @@ struct RawServer {
     general_burst: Option<u32>,
     metrics: Option<String>,
     cluster: Option<RawCluster>,
+    #[serde(default)]
+    network: Vec<RawNetwork>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: String,
+    path: String,
+    password: String,
+    pool: String,
+    #[serde(default)]
+    route: Vec<RawRoute>,
 }
 
 /// A key that takes one string or a list of them.
@@ -266,13 +295,7 @@ impl ServerConfig {
         if raw.password.is_empty() {
             return Err(c.err("password", "must not be empty"));
         }
-        let pool = c.cidr("pool", &raw.pool)?;
-        if !pool.is_network() || pool.prefix > 30 || pool.prefix < 8 {
-            return Err(c.err(
-                "pool",
-                format!("expected a network address with a prefix from /8 to /30, like 10.77.0.0/24, got {pool}"),
-            ));
-        }
+        let pool = pool(&c, "pool", &raw.pool)?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -296,32 +319,8 @@ impl ServerConfig {
         };
         let (stun_alt_port, stun_alt_address) =
             stun_alternates(&c, stun, raw.stun_alt_port, raw.stun_alt_address.as_deref())?;
-        let mut routes = Vec::new();
-        for r in raw.route {
-            let dst = c.cidr("route.dst", &r.dst)?;
-            if !dst.is_network() {
-                return Err(c.err(
-                    "route.dst",
-                    format!("expected a network address (host bits zero), got {dst}"),
-                ));
-            }
-            let via = c.ipv4("route.via", &r.via)?;
-            if !pool.is_usable_host(via) {
-                return Err(c.err(
-                    "route.via",
-                    format!("{via} is not a host address inside pool {pool}"),
-                ));
-            }
-            let for_clients = match r.for_clients {
-                Some(f) => c.cidr("route.for", &f)?,
-                None => pool,
-            };
-            routes.push(PushedRoute {
-                dst,
-                via,
-                for_clients,
-            });
-        }
+        let routes = routes(&c, "route", raw.route, pool)?;
+        let networks = networks(&c, raw.network, &raw.password)?;
         let max_clients = raw.max_clients.unwrap_or(4096);
         if max_clients == 0 {
             return Err(c.err("max_clients", "must be at least 1"));
@@ -373,7 +372,127 @@ impl ServerConfig {
             general_burst,
             metrics,
             cluster,
+            networks,
         })
+    }
+}
+
+fn pool(c: &Ctx, key: &str, value: &str) -> Result<Ipv4Cidr, ConfigError> {
+    let pool = c.cidr(key, value)?;
+    if !pool.is_network() || pool.prefix > 30 || pool.prefix < 8 {
+        return Err(c.err(
+            key,
+            format!("expected a network address with a prefix from /8 to /30, like 10.77.0.0/24, got {pool}"),
+        ));
+    }
+    Ok(pool)
+}
+
+/// `[[route]]` (or a network's `[[network.route]]`, `key` says which).
+fn routes(
+    c: &Ctx,
+    key: &str,
+    raw: Vec<RawRoute>,
+    pool: Ipv4Cidr,
+) -> Result<Vec<PushedRoute>, ConfigError> {
+    let mut routes = Vec::new();
+    for r in raw {
+        let dst = c.cidr(&format!("{key}.dst"), &r.dst)?;
+        if !dst.is_network() {
+            return Err(c.err(
+                &format!("{key}.dst"),
+                format!("expected a network address (host bits zero), got {dst}"),
+            ));
+        }
+        let via = c.ipv4(&format!("{key}.via"), &r.via)?;
+        if !pool.is_usable_host(via) {
+            return Err(c.err(
+                &format!("{key}.via"),
+                format!("{via} is not a host address inside pool {pool}"),
+            ));
+        }
+        let for_clients = match r.for_clients {
+            Some(f) => c.cidr(&format!("{key}.for"), &f)?,
+            None => pool,
+        };
+        routes.push(PushedRoute {
+            dst,
+            via,
+            for_clients,
+        });
+    }
+    Ok(routes)
+}
+
+/// The name of the network of the top-level keys; no `[[network]]` may
+/// take it.
+pub const DEFAULT_NETWORK: &str = "default";
+
+fn networks(
+    c: &Ctx,
+    raw: Vec<RawNetwork>,
+    default_password: &str,
+) -> Result<Vec<NetworkConfig>, ConfigError> {
+    let mut out: Vec<NetworkConfig> = Vec::new();
+    for n in raw {
+        if !is_token(&n.name, 64) || n.name == DEFAULT_NETWORK {
+            return Err(c.err(
+                "network.name",
+                format!(
+                    "expected 1-64 letters, digits, '-' or '_', other than {DEFAULT_NETWORK:?}, got {:?}",
+                    n.name
+                ),
+            ));
+        }
+        let path = normalize_path(&n.path);
+        let path_ok = path.len() > 1
+            && path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !path_ok {
+            return Err(c.err(
+                "network.path",
+                format!("expected a URL path like \"/lab\" (not \"/\", which is the default network's), got {:?}", n.path),
+            ));
+        }
+        if out.iter().any(|o| o.name == n.name) {
+            return Err(c.err("network.name", format!("{:?} is used twice", n.name)));
+        }
+        if out.iter().any(|o| o.path == path) {
+            return Err(c.err("network.path", format!("{path:?} is used twice")));
+        }
+        if n.password.is_empty() {
+            return Err(c.err("network.password", "must not be empty"));
+        }
+        if n.password == default_password {
+            // A member could then log in to either network; the path is
+            // meant to choose, the password to keep out.
+            return Err(c.err(
+                "network.password",
+                format!("network {:?} must not share the top-level password", n.name),
+            ));
+        }
+        let pool = pool(c, "network.pool", &n.pool)?;
+        let routes = routes(c, "network.route", n.route, pool)?;
+        out.push(NetworkConfig {
+            name: n.name,
+            path,
+            password: n.password,
+            pool,
+            routes,
+        });
+    }
+    Ok(out)
+}
+
+/// A request path as networks are matched: no trailing '/' (but "/" stays).
+pub fn normalize_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
     }
 }
 
@@ -871,6 +990,38 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_networks() {
+        assert!(server(SERVER).unwrap().networks.is_empty());
+        let lab = "[[network]]\nname = \"lab\"\npath = \"/lab/\"\npassword = \"other\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n";
+        let s = server(&format!("{SERVER}{lab}")).unwrap();
+        assert_eq!(s.networks.len(), 1);
+        let n = &s.networks[0];
+        assert_eq!((n.name.as_str(), n.path.as_str()), ("lab", "/lab"));
+        assert_eq!(n.routes[0].for_clients.to_string(), "10.78.0.0/24");
+        let net = |body: &str| server(&format!("{SERVER}[[network]]\n{body}\n"));
+        for (bad, key) in [
+            ("name = \"default\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.name"),
+            ("name = \"a.b\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.name"),
+            ("name = \"x\"\npath = \"/\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.path"),
+            ("name = \"x\"\npath = \"lab\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.path"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"secret\"\npool = \"10.78.0.0/24\"", "network.password"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"\"\npool = \"10.78.0.0/24\"", "network.password"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.1/24\"", "network.pool"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.77.0.9\"", "network.route.via"),
+        ] {
+            let e = net(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        let twice = format!("{SERVER}{lab}{}", lab.replace("\"lab\"", "\"lab2\""));
+        assert_eq!(
+            server(&twice).unwrap_err().key.as_deref(),
+            Some("network.path")
+        );
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("/a//"), "/a");
     }
 
     #[test]

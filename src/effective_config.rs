@@ -9,7 +9,9 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use crate::config::{ClientConfig, ClusterConfig, PushedRoute, ServerConfig, ServerTrust};
+use crate::config::{
+    ClientConfig, ClusterConfig, NetworkConfig, PushedRoute, ServerConfig, ServerTrust,
+};
 use crate::proto::crypto::CipherKind;
 
 /// Stands in for the password, which `--check` output must not leak into
@@ -64,6 +66,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         general_burst,
         metrics,
         cluster,
+        networks,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -124,6 +127,33 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         t.insert(
             "route".into(),
             Value::Array(routes.iter().map(route_table).collect()),
+        );
+    }
+    if !networks.is_empty() {
+        let network_table = |n: &NetworkConfig| {
+            let NetworkConfig {
+                name,
+                path,
+                password: _,
+                pool,
+                routes,
+            } = n;
+            let mut nt = Table::new();
+            nt.insert("name".into(), string(name));
+            nt.insert("path".into(), string(path));
+            nt.insert("password".into(), string(HIDDEN_PASSWORD));
+            nt.insert("pool".into(), string(pool));
+            if !routes.is_empty() {
+                nt.insert(
+                    "route".into(),
+                    Value::Array(routes.iter().map(route_table).collect()),
+                );
+            }
+            Value::Table(nt)
+        };
+        t.insert(
+            "network".into(),
+            Value::Array(networks.iter().map(network_table).collect()),
         );
     }
     match cluster {
@@ -280,6 +310,18 @@ mod tests {
             ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
             cfg
         );
+    }
+
+    #[test]
+    fn server_networks_are_printed_and_round_trip() {
+        let text = format!("{SERVER}[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"s3cret2\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n");
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(!out.contains("s3cret2"), "password leaked: {out}");
+        let back =
+            out.replacen(HIDDEN_PASSWORD, "s3cret", 1)
+                .replacen(HIDDEN_PASSWORD, "s3cret2", 1);
+        assert_eq!(ServerConfig::parse("printed", &back).unwrap(), cfg);
     }
 
     #[test]

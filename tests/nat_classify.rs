@@ -44,6 +44,7 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
         metrics: None,
         cluster: None,
+        networks: vec![],
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());

@@ -30,15 +30,12 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::config::ServerConfig;
+use crate::config::{NetworkConfig, ServerConfig, DEFAULT_NETWORK};
 
 use network::Network;
 
 pub use counters::{ServerCounterSnapshot, ServerCounters};
 pub use error::{CloseReason, ServerError};
-
-/// The network of the top-level `password`, `pool` and `[[route]]`s.
-const DEFAULT_NETWORK: &str = "default";
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -98,9 +95,17 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The network a WebSocket request for `path` joins.
-    fn network_for(&self, _path: &str) -> Option<Arc<Network>> {
-        self.networks.first().cloned()
+    /// The network a WebSocket request for `path` joins: the `[[network]]`
+    /// with that path, else the default one (the first), which answers any
+    /// path as Candy's server does.
+    fn network_for(&self, path: &str) -> Option<Arc<Network>> {
+        let path = crate::config::normalize_path(path);
+        self.networks
+            .iter()
+            .skip(1)
+            .find(|n| n.path == path)
+            .or_else(|| self.networks.first())
+            .cloned()
     }
 
     // One insert or a few removals at a time: consistent after a panic.
@@ -180,15 +185,24 @@ impl Server {
             Some(c) => Some(cluster::Engine::connect(c, counters.clone()).await?),
             None => None,
         };
-        let networks = vec![Arc::new(Network::new(
-            DEFAULT_NETWORK,
-            &cfg.password,
-            cfg.pool,
-            cfg.routes.clone(),
-            tuning.remembered_vmacs,
-            counters.clone(),
-            engine.as_ref().map(|e| e.network(DEFAULT_NETWORK)),
-        ))];
+        let default = NetworkConfig {
+            name: DEFAULT_NETWORK.into(),
+            path: "/".into(),
+            password: cfg.password.clone(),
+            pool: cfg.pool,
+            routes: cfg.routes.clone(),
+        };
+        let networks = std::iter::once(&default)
+            .chain(&cfg.networks)
+            .map(|n| {
+                Arc::new(Network::new(
+                    n,
+                    tuning.remembered_vmacs,
+                    counters.clone(),
+                    engine.as_ref().map(|e| e.network(&n.name)),
+                ))
+            })
+            .collect();
         let shared = Arc::new(Shared {
             networks,
             cluster: engine,
@@ -270,8 +284,13 @@ impl Server {
         );
         for n in &self.shared.networks {
             info!(
-                "network {} pool={} routes={}",
+                "network {} path={} pool={} routes={}",
                 n.name,
+                if n.name == DEFAULT_NETWORK {
+                    "(any other)"
+                } else {
+                    &n.path
+                },
                 n.pool_net,
                 n.routes.len()
             );

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::config::PushedRoute;
+use crate::config::{NetworkConfig, PushedRoute};
 use crate::proto::Ipv4Cidr;
 
 use super::cluster;
@@ -15,6 +15,8 @@ use super::relay::Relay;
 pub(crate) struct Network {
     /// Names the network in logs, lease keys and NATS subjects.
     pub name: String,
+    /// The URL path that selects it.
+    pub path: String,
     pub password: Vec<u8>,
     pub pool_net: Ipv4Cidr,
     pub routes: Vec<PushedRoute>,
@@ -27,21 +29,19 @@ pub(crate) struct Network {
 
 impl Network {
     pub fn new(
-        name: &str,
-        password: &str,
-        pool_net: Ipv4Cidr,
-        routes: Vec<PushedRoute>,
+        cfg: &NetworkConfig,
         remembered_vmacs: usize,
         counters: Arc<ServerCounters>,
         cluster: Option<cluster::Net>,
     ) -> Self {
         Self {
-            name: name.to_string(),
-            password: password.as_bytes().to_vec(),
-            pool_net,
-            routes,
-            pool: Mutex::new(Pool::new(pool_net, rand::random(), remembered_vmacs)),
-            relay: Relay::new(pool_net),
+            name: cfg.name.clone(),
+            path: cfg.path.clone(),
+            password: cfg.password.as_bytes().to_vec(),
+            pool_net: cfg.pool,
+            routes: cfg.routes.clone(),
+            pool: Mutex::new(Pool::new(cfg.pool, rand::random(), remembered_vmacs)),
+            relay: Relay::new(cfg.pool),
             counters,
             cluster,
         }

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
+use crate::config::DEFAULT_NETWORK;
 use crate::proto::ws::{self, ExptTun, EXPTTUN_LEN, MAX_FRAME};
 use crate::proto::Ipv4Cidr;
 
@@ -608,22 +609,22 @@ impl Session {
         self.gateway_for = routes::gateway_subnets(&net.routes, m.ip);
         ServerCounters::inc(&sh.counters.auth_ok);
         ServerCounters::inc(&sh.counters.clients);
-        match &net.cluster {
-            None => info!(
-                "client joined vip={} from={} vmac={}",
-                m.ip,
-                self.peer,
-                auth::vmac_display(self.vmac)
-            ),
-            Some(c) => info!(
-                "client joined vip={} from={} vmac={} network={} instance={}",
-                m.ip,
-                self.peer,
-                auth::vmac_display(self.vmac),
-                net.name,
-                c.instance()
-            ),
-        }
+        // Which network and instance hold a member, where that is a question.
+        let network = match (&net.cluster, net.name.as_str()) {
+            (None, DEFAULT_NETWORK) => String::new(),
+            _ => format!(" network={}", net.name),
+        };
+        let instance = net
+            .cluster
+            .as_ref()
+            .map(|c| format!(" instance={}", c.instance()))
+            .unwrap_or_default();
+        info!(
+            "client joined vip={} from={} vmac={}{network}{instance}",
+            m.ip,
+            self.peer,
+            auth::vmac_display(self.vmac)
+        );
         for f in routes::route_frames(&net.routes, m.ip) {
             if self.tx.try_send(f).is_ok() {
                 ServerCounters::inc(&sh.counters.routes_pushed);
