@@ -73,6 +73,12 @@ for x in a b c d; do check "client $x connected as ${VIP[$x]}" rl_wait_until 30 
 on_server() { [ "$(rl_status_get "$1" 'd["server"]')" = "ws://$(srv_ip "$2"):$RL_SERVER_PORT/" ]; }
 for x in a b c d; do check "client $x is on its own instance s${HOME_OF[$x]}" on_server "$x" "${HOME_OF[$x]}"; done
 for x in a b c d; do check "client $x has its address ${VIP[$x]}" test "$(rl_vip "$x")" = "${VIP[$x]}"; done
+members() { rl_exec "s$1" python3 -c 'import re, sys, urllib.request
+t = urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode()
+m = re.search(r"^ringlink_server_cluster_members\{[^}]*instance=\"%s\"[^}]*\} (\d+)" % sys.argv[1], t, re.M)
+print(m.group(1) if m else "")' "$2" 2>/dev/null; }
+members_are() { [ "$(members "$1" s1)/$(members "$1" s2)/$(members "$1" s3)" = "$2" ]; }
+check "s3's /metrics: members held by s1/s2/s3 are 2/1/1" rl_wait_until 10 members_are 3 2/1/1
 
 # Relayed pings across instances (a:s1 b:s2 c:s3 d:s1).
 check "first ping a -> b (s1 -> s2) within 15 s" rl_wait_until 15 rl_ping_once a "${VIP[b]}"

@@ -310,8 +310,24 @@ impl Server {
         }
         let metrics_task = self.metrics.map(|listener| {
             let counters = self.shared.counters.clone();
-            let render: crate::metrics::http::Render =
-                Arc::new(move || crate::metrics::server_text(&counters.snapshot()));
+            let render: crate::metrics::http::Render = match &self.shared.cluster {
+                None => Arc::new(move || crate::metrics::server_text(&counters.snapshot())),
+                Some(_) => {
+                    let networks = self.shared.networks.clone();
+                    Arc::new(move || {
+                        let members: Vec<(String, String, u64)> = networks
+                            .iter()
+                            .filter_map(|n| n.cluster.as_ref().map(|c| (n, c)))
+                            .flat_map(|(n, c)| {
+                                c.members_by_instance(n.relay.members())
+                                    .into_iter()
+                                    .map(|(instance, count)| (n.name.clone(), instance, count))
+                            })
+                            .collect();
+                        crate::metrics::server_text_cluster(&counters.snapshot(), &members)
+                    })
+                }
+            };
             tokio::spawn(crate::metrics::http::serve(listener, render))
         });
         listener::accept_loop(

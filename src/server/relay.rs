@@ -112,6 +112,11 @@ impl Relay {
         }
     }
 
+    /// Sessions bound here.
+    pub fn members(&self) -> usize {
+        self.read().len()
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.read().len()

@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
 use async_nats::jetstream::stream;
 use async_nats::{Client, ConnectOptions, Event, ServerAddr, Subject};
@@ -87,6 +88,13 @@ pub enum Acquired {
     /// The same client holds it live on another instance; its AUTH here
     /// will take it (an address request alone never moves a lease).
     Deferred,
+}
+
+/// A lease of another instance, as last seen.
+#[derive(Debug, Clone)]
+struct Remote {
+    lease: Lease,
+    revision: u64,
 }
 
 /// What this instance knows of one lease it holds.
@@ -245,7 +253,7 @@ pub struct Net {
     /// Leases this instance holds.
     held: Mutex<HashMap<Ipv4Addr, Held>>,
     /// Live leases of other instances, from the watch.
-    remote: RwLock<HashMap<Ipv4Addr, Lease>>,
+    remote: RwLock<HashMap<Ipv4Addr, Remote>>,
     /// A subscription per address with a member here.
     subs: Mutex<HashMap<Ipv4Addr, JoinHandle<()>>>,
 }
@@ -261,11 +269,11 @@ impl Net {
         self.subs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remote(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ipv4Addr, Lease>> {
+    fn remote(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Ipv4Addr, Remote>> {
         self.remote.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remote_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, Lease>> {
+    fn remote_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Ipv4Addr, Remote>> {
         self.remote.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -282,9 +290,9 @@ impl Net {
     /// other than `vmac`'s, so offering it would only fail.
     pub fn taken_elsewhere(&self, ip: Ipv4Addr, vmac: Option<Vmac>) -> bool {
         let now = lease::now_ms();
-        self.remote()
-            .get(&ip)
-            .is_some_and(|l| !l.is_expired(&self.engine.me, now) && !l.same_client(vmac))
+        self.remote().get(&ip).is_some_and(|r| {
+            !r.lease.is_expired(&self.engine.me, now) && !r.lease.same_client(vmac)
+        })
     }
 
     /// Takes (or renews) the lease of `ip` for a client with `vmac`.
@@ -324,7 +332,13 @@ impl Net {
             match (verdict, purpose, &current) {
                 (Verdict::Busy, _, Some(l)) => {
                     let holder = l.holder.clone();
-                    self.remote_mut().insert(ip, l.clone());
+                    self.remote_mut().insert(
+                        ip,
+                        Remote {
+                            lease: l.clone(),
+                            revision,
+                        },
+                    );
                     return Err(LeaseError::Busy { holder });
                 }
                 (Verdict::SameClient, Purpose::Reserve, _) => return Ok(Acquired::Deferred),
@@ -480,6 +494,22 @@ impl Net {
         self.engine.queue(self.broadcast_subject(), payload.into());
     }
 
+    /// Members per instance: `local` here, the others' from the leases
+    /// seen on the bucket (reservations included: a lease is a lease).
+    pub fn members_by_instance(&self, local: usize) -> Vec<(String, u64)> {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        counts.insert(self.engine.me.name.clone(), local as u64);
+        let now = lease::now_ms();
+        for r in self.remote().values() {
+            if !r.lease.is_expired(&self.engine.me, now) {
+                *counts.entry(r.lease.holder.clone()).or_default() += 1;
+            }
+        }
+        let mut v: Vec<(String, u64)> = counts.into_iter().collect();
+        v.sort();
+        v
+    }
+
     /// Another instance took a lease this one held: its session here ends.
     fn lost(&self, network: &Network, ip: Ipv4Addr, holder: &str) {
         if self.held().remove(&ip).is_none() {
@@ -509,7 +539,7 @@ impl Net {
                     self.lost(network, ip, &l.holder);
                 }
                 debug!("cluster: vip={ip} held by instance {}", l.holder);
-                self.remote_mut().insert(ip, l);
+                self.remote_mut().insert(ip, Remote { lease: l, revision });
             }
             None => {
                 self.remote_mut().remove(&ip);
@@ -612,6 +642,16 @@ async fn renewer(
         }
         for n in &networks {
             let Some(c) = &n.cluster else { continue };
+            if engine.client.connection_state() != State::Connected {
+                // Each would only wait out its timeout; the leases stay
+                // ours until they expire, and the next round renews them.
+                let held = c.held().len() as u64;
+                engine
+                    .counters
+                    .cluster_renew_failed
+                    .fetch_add(held, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            }
             let stale: Vec<(Ipv4Addr, u64)> = {
                 let pool = n.lock_pool();
                 let mut held = c.held();
@@ -631,6 +671,20 @@ async fn renewer(
             futures_util::stream::iter(ips)
                 .for_each_concurrent(RENEW_CONCURRENCY, |ip| renew_one(n, ip))
                 .await;
+            // Leases of instances that died and whose clients never came
+            // back: long expired, they go (whichever instance's delete
+            // lands first; the others expect a revision that is gone).
+            let now = lease::now_ms();
+            let ttl_ms = engine.ttl.as_millis() as u64;
+            let dead: Vec<(Ipv4Addr, u64)> = c
+                .remote()
+                .iter()
+                .filter(|(_, r)| r.lease.is_expired(&engine.me, now.saturating_sub(ttl_ms)))
+                .map(|(ip, r)| (*ip, r.revision))
+                .collect();
+            for (ip, revision) in dead {
+                c.delete(ip, revision);
+            }
         }
     }
 }
