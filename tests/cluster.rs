@@ -121,9 +121,12 @@ impl Drop for Running {
     }
 }
 
+const LAB_PW: &str = "lab secret";
+
 fn config(nats: &Nats, name: &str) -> ServerConfig {
+    // A second network with the same pool: its leases and subjects are its own.
     let text = format!(
-        "listen = \"127.0.0.1:0\"\npassword = \"{PW}\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"\"\n[cluster]\nnats = \"{}\"\nname = \"{name}\"\n",
+        "listen = \"127.0.0.1:0\"\npassword = \"{PW}\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"\"\n[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"{LAB_PW}\"\npool = \"10.77.0.0/24\"\n[cluster]\nnats = \"{}\"\nname = \"{name}\"\n",
         nats.url()
     );
     ServerConfig::parse("test", &text).unwrap()
@@ -249,6 +252,11 @@ async fn deliver_eventually(from: &mut Ws, to: &mut Ws, frame: &[u8]) -> usize {
         send(from, frame.to_vec()).await;
         if let Some(got) = recv_within(to, Duration::from_millis(200)).await {
             assert_eq!(got, frame, "byte-for-byte");
+            // An earlier send may still be on its way: only copies of this
+            // frame may follow.
+            while let Some(late) = recv_within(to, Duration::from_millis(300)).await {
+                assert_eq!(late, frame, "only late copies of the probe");
+            }
             return n;
         }
         assert!(Instant::now() < deadline, "frame never crossed instances");
@@ -439,4 +447,52 @@ async fn without_nats_members_keep_relaying_and_joins_fail_clearly() {
     let f = forward("10.77.0.1", "10.77.0.2", b"still here");
     send(&mut x, f.clone()).await;
     assert_eq!(recv(&mut y).await, f);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (apt-get install nats-server)"]
+async fn networks_stay_apart_across_instances() {
+    let nats = Nats::start();
+    let a = start(&nats, "a").await;
+    let b = start(&nats, "b").await;
+    let lab = |addr: SocketAddr, vip: &'static str, tag: u8| async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/lab"), tcp)
+            .await
+            .unwrap();
+        send(
+            &mut ws,
+            Vmac::new(LAB_PW.as_bytes(), vmac(tag), now()).encode(),
+        )
+        .await;
+        send(
+            &mut ws,
+            Auth::new(LAB_PW.as_bytes(), ip(vip), now()).encode(),
+        )
+        .await;
+        outcome(&mut ws, ip(vip)).await.expect("lab login");
+        ws
+    };
+    // The same two addresses in both networks, spread over both instances.
+    let mut d1 = member(a.addr, "10.77.0.1", 1).await;
+    let mut l1 = lab(b.addr, "10.77.0.1", 2).await;
+    let mut d2 = member(b.addr, "10.77.0.2", 3).await;
+    let mut l2 = lab(a.addr, "10.77.0.2", 4).await;
+    let f = forward("10.77.0.1", "10.77.0.2", b"default, a to b");
+    deliver_eventually(&mut d1, &mut d2, &f).await;
+    let g = forward("10.77.0.1", "10.77.0.2", b"lab, b to a");
+    deliver_eventually(&mut l1, &mut l2, &g).await;
+    let bc = forward("10.77.0.1", "10.77.0.255", b"lab broadcast");
+    send(&mut l1, bc.clone()).await;
+    assert_eq!(recv(&mut l2).await, bc);
+    // Nothing crossed networks: each member's next frame is its own echo.
+    for (ws, vip) in [
+        (&mut d1, "10.77.0.1"),
+        (&mut d2, "10.77.0.2"),
+        (&mut l1, "10.77.0.1"),
+        (&mut l2, "10.77.0.2"),
+    ] {
+        send(ws, ws::encode_keepalive(ip(vip))).await;
+        assert_eq!(recv(ws).await, ws::encode_keepalive(ip(vip)), "{vip}");
+    }
 }
