@@ -308,7 +308,7 @@ impl Net {
             Purpose::Reserve => 0,
             Purpose::Auth(ts) => ts,
         };
-        for _ in 0..TAKE_TRIES {
+        for attempt in 0..TAKE_TRIES {
             let entry = match timeout(OP_TIMEOUT, e.kv.entry(key.clone())).await {
                 Ok(Ok(entry)) => entry,
                 Ok(Err(err)) => return Err(unavailable(&e.counters, err)),
@@ -366,8 +366,12 @@ impl Net {
                     }
                     return Ok(Acquired::Held);
                 }
-                // Someone wrote in between: read again and decide again.
-                Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => continue,
+                // Someone wrote in between (or the read came from a lagging
+                // replica): read again, a moment later, and decide again.
+                Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {
+                    tokio::time::sleep(Duration::from_millis(10 << attempt)).await;
+                    continue;
+                }
                 Ok(Err(err)) => return Err(unavailable(&e.counters, err)),
                 Err(_) => return Err(unavailable(&e.counters, "lease write timed out")),
             }
@@ -716,17 +720,33 @@ async fn renew_one(network: &Network, ip: Ipv4Addr) {
         }
         Ok(Err(err)) if err.kind() == UpdateErrorKind::WrongLastRevision => {
             // Either a write of ours overtook this one, or someone took it.
+            // A read may come from a replica that lags: only a revision
+            // newer than ours says who has it now.
             match timeout(OP_TIMEOUT, e.kv.entry(key.clone())).await {
-                Ok(Ok(Some(en))) => match Lease::decode(&en.value) {
-                    Some(l) if l.is_mine(&e.me) && en.operation == Operation::Put => {
-                        if let Some(cur) = c.held().get_mut(&ip) {
-                            cur.revision = cur.revision.max(en.revision);
+                Ok(Ok(Some(en))) if en.revision > h.revision => {
+                    match (en.operation, Lease::decode(&en.value)) {
+                        (Operation::Put, Some(l)) if l.is_mine(&e.me) => {
+                            if let Some(cur) = c.held().get_mut(&ip) {
+                                cur.revision = cur.revision.max(en.revision);
+                            }
                         }
+                        (Operation::Put, Some(l)) => c.lost(network, ip, &l.holder),
+                        _ => c.lost(network, ip, "(none: lease deleted)"),
                     }
-                    Some(l) => c.lost(network, ip, &l.holder),
-                    None => c.lost(network, ip, "(none: lease deleted)"),
-                },
-                Ok(Ok(None)) => c.lost(network, ip, "(none: lease deleted)"),
+                }
+                // The bucket forgot it (its storage was wiped): written
+                // again, if nobody has meanwhile.
+                Ok(Ok(None)) => {
+                    let again = e.kv.update(key.as_str(), value.encode().into(), 0);
+                    match timeout(OP_TIMEOUT, again).await {
+                        Ok(Ok(rev)) => {
+                            if let Some(cur) = c.held().get_mut(&ip) {
+                                cur.revision = rev;
+                            }
+                        }
+                        _ => ServerCounters::inc(&e.counters.cluster_renew_failed),
+                    }
+                }
                 _ => ServerCounters::inc(&e.counters.cluster_renew_failed),
             }
         }
