@@ -87,20 +87,23 @@ check "ping b -> c, s2 -> s3 (5 of 5)" rl_wait_until 15 rl_ping b "${VIP[c]}" 5
 check "ping c -> a, s3 -> s1 (5 of 5)" rl_wait_until 15 rl_ping c "${VIP[a]}" 5
 check "ping a -> d, same instance (5 of 5)" rl_wait_until 15 rl_ping a "${VIP[d]}" 5
 
-# A checked TCP transfer from a (s1) to c (s3).
+# Checked TCP transfers from a (s1): to c (s3, across instances) and to d
+# (s1, the same instance), one after the other, for the throughput of each.
 MB=8
 head -c $((MB << 20)) /dev/urandom >"$RL_TMP/payload"
 want=$(sha256sum "$RL_TMP/payload" | cut -d' ' -f1)
-out="$RL_TMP/sink.out"
-rl_spawn sink c python3 -c "$RL_PY_SINK" "${VIP[c]}" 5001 "$out"
-check "sink listening in c" rl_wait_until 10 rl_file_exists "$out.ready"
-sent=$(timeout --foreground 120 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "${VIP[c]}" 5001 "$RL_TMP/payload" 2>"$RL_TMP/source.log")
-check "sender finished" test -n "$sent"
-check "sink reported" rl_wait_until 30 rl_file_exists "$out"
-read -r got_n got_sha got_s <"$out" 2>/dev/null || { got_n=0; got_sha=none; got_s=0; }
-read -r sent_n sent_sha sent_s <<<"${sent:-0 none 0}"
-echo "  $MB MB a (s1) -> c (s3): received $got_n bytes in ${got_s}s"
-check "TCP transfer s1 -> s3: $((MB << 20)) bytes, sha256 matches" test "$got_n" = "$((MB << 20))" -a "$got_sha" = "$want" -a "$sent_sha" = "$want"
+transfer() {
+    local to=$1 port=$2 out="$RL_TMP/sink-$1.out" sent got_n got_sha got_s
+    rl_spawn "sink-$to" "$to" python3 -c "$RL_PY_SINK" "${VIP[$to]}" "$port" "$out"
+    check "sink listening in $to" rl_wait_until 10 rl_file_exists "$out.ready"
+    sent=$(timeout --foreground 120 ip netns exec "$(rl_ns a)" python3 -c "$RL_PY_SOURCE" "${VIP[$to]}" "$port" "$RL_TMP/payload" 2>>"$RL_TMP/source.log")
+    check "sink in $to reported" rl_wait_until 30 rl_file_exists "$out"
+    read -r got_n got_sha got_s <"$out" 2>/dev/null || { got_n=0; got_sha=none; got_s=0; }
+    python3 -c 'import sys; n,s=int(sys.argv[1]),float(sys.argv[2]); print("  %d MB a -> %s (%s): %.1f Mbit/s" % (n >> 20, sys.argv[3], sys.argv[4], n*8/s/1e6 if s > 0 else 0))' "$got_n" "${got_s:-0}" "$to" "$3"
+    check "TCP transfer a -> $to ($3): $((MB << 20)) bytes, sha256 matches" test "$got_n" = "$((MB << 20))" -a "$got_sha" = "$want" -a "${sent#* }" != "$sent" -a "$(echo "$sent" | cut -d' ' -f2)" = "$want"
+}
+transfer c 5001 "s1 -> s3, across instances"
+transfer d 5002 "s1, same instance"
 metric() { rl_exec "s$1" python3 -c 'import sys, urllib.request
 for l in urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode().splitlines():
     if l.startswith(sys.argv[1] + " "): print(l.split()[1])' "$2" 2>/dev/null; }
