@@ -56,6 +56,8 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         // Servers started in tests serve no control socket (only `server::run` does).
         control_socket: "/nonexistent/ringlink-test.sock".into(),
         log: "info".into(),
+        cluster: None,
+        networks: vec![],
     }
 }
 
@@ -824,7 +826,12 @@ async fn status_lists_members_and_their_traffic() {
     }
     sync(&mut a, ip("10.77.0.10")).await;
     let st = s.control.status();
-    assert_eq!(st.pool, "10.77.0.0/24");
+    assert_eq!(st.networks.len(), 1);
+    assert_eq!(
+        (st.networks[0].name.as_str(), st.networks[0].pool.as_str()),
+        ("default", "10.77.0.0/24")
+    );
+    assert_eq!(st.networks[0].members, 2);
     assert_eq!(st.listen, format!("ws://{}", s.addr));
     let vips: Vec<&str> = st.members.iter().map(|m| m.vip.as_str()).collect();
     assert_eq!(vips, ["10.77.0.10", "10.77.0.11"]);
@@ -1408,4 +1415,90 @@ async fn unauthenticated_connections_are_limited_per_source() {
     assert!(r.is_ok(), "a place was free after the member logged in");
     assert_eq!(load(&s.counters, |c| &c.clients), 1);
     drop(m);
+}
+
+async fn connect_path(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+#[tokio::test]
+async fn networks_on_one_port_are_isolated() {
+    const LAB_PW: &str = "lab password";
+    let mut cfg = config(vec![]);
+    cfg.networks = vec![ringlink::config::NetworkConfig {
+        name: "lab".into(),
+        path: "/lab".into(),
+        password: LAB_PW.into(),
+        // The same addresses as the default network: nothing is shared.
+        pool: "10.77.0.0/24".parse().unwrap(),
+        routes: vec![],
+    }];
+    let s = start_with(cfg, Tuning::default()).await;
+    let lab_join = |path: &'static str, vip: &'static str, tag: u8| async move {
+        let mut ws = connect_path(s.addr, path).await;
+        send(
+            &mut ws,
+            Vmac::new(LAB_PW.as_bytes(), vmac(tag), now()).encode(),
+        )
+        .await;
+        send(
+            &mut ws,
+            Auth::new(LAB_PW.as_bytes(), ip(vip), now()).encode(),
+        )
+        .await;
+        send(&mut ws, keepalive(ip(vip))).await;
+        assert_eq!(recv(&mut ws).await, keepalive(ip(vip)), "{path} {vip}");
+        ws
+    };
+    let mut d1 = join(s.addr, "10.77.0.1", Some(1)).await;
+    let mut d2 = join(s.addr, "10.77.0.2", Some(2)).await;
+    // Same addresses, other network: not "in use".
+    let mut l1 = lab_join("/lab", "10.77.0.1", 3).await;
+    let mut l2 = lab_join("/lab/", "10.77.0.2", 4).await;
+
+    let f = forward("10.77.0.1", "10.77.0.2", b"default only");
+    send(&mut d1, f.clone()).await;
+    assert_eq!(recv(&mut d2).await, f);
+    let g = forward("10.77.0.1", "10.77.0.2", b"lab only");
+    send(&mut l1, g.clone()).await;
+    assert_eq!(recv(&mut l2).await, g);
+    let b = forward("10.77.0.2", "10.77.0.255", b"lab broadcast");
+    send(&mut l2, b.clone()).await;
+    assert_eq!(recv(&mut l1).await, b);
+    let d = Discovery {
+        src: ip("10.77.0.1"),
+        dst: ws::BROADCAST,
+    }
+    .encode();
+    send(&mut d1, d.clone()).await;
+    assert_eq!(recv(&mut d2).await, d);
+    // Nothing leaked: each member's next frame is its own echo.
+    for (ws, vip) in [
+        (&mut d1, "10.77.0.1"),
+        (&mut d2, "10.77.0.2"),
+        (&mut l1, "10.77.0.1"),
+        (&mut l2, "10.77.0.2"),
+    ] {
+        sync(ws, ip(vip)).await;
+    }
+    // The default password does not open the lab, nor the lab's the default.
+    let mut wrong = connect_path(s.addr, "/lab").await;
+    send(
+        &mut wrong,
+        Auth::new(PW.as_bytes(), ip("10.77.0.9"), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut wrong).await.contains("wrong password"));
+    let mut wrong = connect_path(s.addr, "/elsewhere").await;
+    send(
+        &mut wrong,
+        Auth::new(LAB_PW.as_bytes(), ip("10.77.0.9"), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut wrong).await.contains("wrong password"));
+    assert_eq!(load(&s.counters, |c| &c.clients), 4);
 }
