@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use ringlink::config::{ClusterConfig, ServerConfig};
 use ringlink::proto::ws::{self, Auth, Discovery, ExptTun, Vmac, WsMessage};
-use ringlink::server::{Server, ServerCounters, ShutdownHandle, Tuning};
+use ringlink::reload::LogControl;
+use ringlink::server::{Control, Server, ServerCounters, ShutdownHandle, Tuning};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -113,6 +114,8 @@ struct Running {
     addr: SocketAddr,
     stop: ShutdownHandle,
     counters: Arc<ServerCounters>,
+    control: Control,
+    cfg: ServerConfig,
 }
 
 impl Drop for Running {
@@ -133,17 +136,24 @@ fn config(nats: &Nats, name: &str) -> ServerConfig {
 }
 
 async fn start(nats: &Nats, name: &str) -> Running {
+    start_with(config(nats, name)).await
+}
+
+async fn start_with(cfg: ServerConfig) -> Running {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let cfg = config(nats, name);
     assert!(matches!(cfg.cluster, Some(ClusterConfig { .. })));
-    let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
+    let server = Server::bind_with(cfg.clone(), Tuning::default())
+        .await
+        .unwrap();
     let r = Running {
         addr: server.local_addr(),
         stop: server.shutdown_handle(),
         counters: server.counters(),
+        control: server.control(),
+        cfg,
     };
     tokio::spawn(server.run());
     r
@@ -495,4 +505,105 @@ async fn networks_stay_apart_across_instances() {
         send(ws, ws::encode_keepalive(ip(vip))).await;
         assert_eq!(recv(ws).await, ws::encode_keepalive(ip(vip)), "{vip}");
     }
+}
+
+/// The body of one `/metrics` scrape.
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    timeout(WAIT, c.read_to_string(&mut out))
+        .await
+        .expect("scrape answered in time")
+        .unwrap();
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// Scrapes `addr` until the body has `line`, within WAIT.
+async fn scrape_until(addr: SocketAddr, line: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body = scrape(addr).await;
+        if body.lines().any(|l| l == line) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "no {line:?} in:\n{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster instance's status names it by its cluster name; its /metrics,
+/// moved by a reload, still counts members per instance and network; a
+/// reload applies a network's routes live and names cluster changes as
+/// needing a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (apt-get install nats-server)"]
+async fn status_metrics_and_reload_on_a_cluster_instance() {
+    let nats = Nats::start();
+    let mut cfg = config(&nats, "a");
+    cfg.metrics = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let a = start_with(cfg).await;
+    let b = start(&nats, "b").await;
+    let mut x = member(a.addr, "10.77.0.1", 1).await;
+    let _y = member(b.addr, "10.77.0.2", 2).await;
+    let _z = member(b.addr, "10.77.0.3", 3).await;
+
+    let st = a.control.status();
+    assert_eq!(st.instance, "a");
+    let names: Vec<&str> = st.networks.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["default", "lab"]);
+    assert_eq!(st.members.len(), 1, "only a's own members: {st:?}");
+    let m = &st.members[0];
+    assert_eq!(
+        (m.vip.as_str(), m.network.as_str(), m.instance.as_str()),
+        ("10.77.0.1", "default", "a")
+    );
+
+    let first = a.cfg.metrics.unwrap();
+    scrape_until(
+        first,
+        "ringlink_server_cluster_members{instance=\"b\",network=\"default\"} 2",
+    )
+    .await;
+
+    // Reload: /metrics moves, lab gets a route, the lease time would need
+    // a restart.
+    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut new = a.cfg.clone();
+    new.metrics = Some(second);
+    new.networks[0].routes = vec![ringlink::config::PushedRoute {
+        dst: "192.168.9.0/24".parse().unwrap(),
+        via: ip("10.77.0.9"),
+        for_clients: "10.77.0.0/24".parse().unwrap(),
+    }];
+    new.cluster.as_mut().unwrap().lease_seconds += 1;
+    let report = a.control.reload(new, &LogControl::detached()).await;
+    assert_eq!(
+        report.applied,
+        [
+            format!("metrics={second}"),
+            "network lab routes +192.168.9.0/24 via 10.77.0.9 for 10.77.0.0/24 (sent to 0 members)"
+                .to_string()
+        ]
+    );
+    assert_eq!(report.restart, ["cluster.lease_seconds"]);
+    assert!(TcpStream::connect(first).await.is_err(), "old port closed");
+    let body = scrape_until(
+        second,
+        "ringlink_server_cluster_members{instance=\"a\",network=\"default\"} 1",
+    )
+    .await;
+    assert!(
+        body.lines()
+            .any(|l| l == "ringlink_server_cluster_members{instance=\"b\",network=\"default\"} 2"),
+        "{body}"
+    );
+    // The default network's members got nothing from lab's reload.
+    send(&mut x, ws::encode_keepalive(ip("10.77.0.1"))).await;
+    assert_eq!(recv(&mut x).await, ws::encode_keepalive(ip("10.77.0.1")));
 }
