@@ -2,7 +2,8 @@
 # Three ringlink server instances on a three-node NATS cluster (Debian's
 # nats-server, started here). Clients list all three servers and spread
 # over them by their addresses; relayed pings and a sha256-checked TCP
-# transfer cross instances. One instance is killed: its client is back on
+# transfer cross instances; an instance's `ringlink status --server` names it
+# by its cluster name. One instance is killed: its client is back on
 # another within 5 s with the same address while a pair on the others loses
 # no ping. One NATS node is killed: relaying and joins go on. The killed
 # instance returns, and its client moves back to it by itself.
@@ -79,6 +80,12 @@ m = re.search(r"^ringlink_server_cluster_members\{[^}]*instance=\"%s\"[^}]*\} (\
 print(m.group(1) if m else "")' "$2" 2>/dev/null; }
 members_are() { [ "$(members "$1" s1)/$(members "$1" s2)/$(members "$1" s3)" = "$2" ]; }
 check "s3's /metrics: members held by s1/s2/s3 are 2/1/1" rl_wait_until 10 members_are 3 2/1/1
+# status --server on s1: named by its cluster name, listing its own members.
+s1_members=$(rl_server_status_get server1 'sorted(m["network"] + ":" + m["vip"] + "@" + m["instance"] for m in d["members"])')
+want_s1=$(python3 -c 'import json, sys; print(json.dumps(sorted("default:%s@s1" % v for v in sys.argv[1:])))' "${VIP[a]}" "${VIP[d]}")
+echo "  s1 status --server members: ${s1_members:-none}"
+check "s1's status --server is instance s1" test "$(rl_server_status_get server1 'd["instance"]')" = s1
+check "s1's status --server lists a and d, network default, instance s1" test "$s1_members" = "$want_s1"
 
 # Relayed pings across instances (a:s1 b:s2 c:s3 d:s1).
 check "first ping a -> b (s1 -> s2) within 15 s" rl_wait_until 15 rl_ping_once a "${VIP[b]}"

@@ -2,7 +2,8 @@
 # Two networks on one server port ([[network]] chosen by URL path), with
 # the same addresses in both: pings work inside each, and no frame of one
 # reaches a member of the other (the relay counters of the other side stay
-# still). A client with the wrong network's password is refused.
+# still). `ringlink status --server` lists each member with its network. A
+# client with the wrong network's password is refused.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -28,6 +29,15 @@ RL_CLIENT_SERVER=$lab_url RL_CLIENT_PASSWORD=$LAB_PW rl_client_conf d 'address =
 for x in a b c d; do rl_start_client "$x" "$x"; done
 for x in a b c d; do check "client $x connected" rl_wait_until 20 rl_ready "$x"; done
 check "the server logs c in network lab" rl_log_has server "joined vip=10.77.0.10 .*network=lab"
+# status --server: every network, and each member with the network it joined.
+by_network=$(rl_server_status_get server 'sorted(m["network"] + ":" + m["vip"] for m in d["members"])')
+echo "  status --server members: ${by_network:-none}"
+check "status --server lists a, b in default and c, d in lab" \
+    test "$by_network" = '["default:10.77.0.10", "default:10.77.0.11", "lab:10.77.0.10", "lab:10.77.0.11"]'
+check "status --server counts two members in each network" \
+    test "$(rl_server_status_get server '[n["name"] + "=" + str(n["members"]) for n in d["networks"]]')" = '["default=2", "lab=2"]'
+lab_rows() { timeout --foreground 10 "$RINGLINK" status --server --socket "$(rl_sock server)" 2>/dev/null | grep -c '^10\.77\.0\.1[01] \+lab '; }
+check "the human table shows two rows in network lab" test "$(lab_rows)" = 2
 
 rx() { rl_status_get "$1" 'd["relay_rx_frames"]'; }
 settled_rx() { local r; r=$(rx "$1"); sleep 1; [ "$(rx "$1")" = "$r" ]; }
