@@ -115,6 +115,9 @@ pub struct Engine {
     out: mpsc::Sender<(Subject, Bytes)>,
     out_rx: Mutex<Option<mpsc::Receiver<(Subject, Bytes)>>>,
     counters: Arc<ServerCounters>,
+    /// Bumped on every (re)connection to NATS: the bucket watch starts
+    /// afresh then.
+    connections: watch::Sender<u64>,
 }
 
 impl Engine {
@@ -133,6 +136,8 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| err(format!("NATS URL: {e}")))?;
         let events = counters.clone();
+        let (connections, _) = watch::channel(0u64);
+        let connected = connections.clone();
         let client = ConnectOptions::new()
             .name(format!("ringlink-server {}", cfg.name))
             // Our own broadcasts must not come back to us.
@@ -145,11 +150,15 @@ impl Engine {
             .request_timeout(Some(OP_TIMEOUT))
             .event_callback(move |event| {
                 let c = events.clone();
+                let connected = connected.clone();
                 async move {
                     match event {
                         Event::SlowConsumer(_) => ServerCounters::inc(&c.cluster_in_slow),
                         Event::Disconnected => warn!("cluster: NATS connection lost; reconnecting"),
-                        Event::Connected => info!("cluster: connected to NATS"),
+                        Event::Connected => {
+                            connected.send_modify(|n| *n += 1);
+                            info!("cluster: connected to NATS");
+                        }
                         other => info!("cluster: NATS {other}"),
                     }
                 }
@@ -187,6 +196,7 @@ impl Engine {
             ttl: Duration::from_secs(cfg.lease_seconds.into()),
             out,
             out_rx: Mutex::new(Some(out_rx)),
+            connections,
             counters,
         }))
     }
@@ -759,7 +769,11 @@ async fn renew_one(network: &Network, ip: Ipv4Addr) {
 }
 
 /// Follows the bucket: every lease as it is now, then every change. A
-/// watch that fails (NATS away) is started again, from the current state.
+/// watch that fails (NATS away) is started again, from the current state,
+/// and so is one that outlived a reconnection: the client library would
+/// recreate its consumer itself, but after a lost JetStream leader its
+/// retries back off to 10 s apart, and meanwhile no lease taken elsewhere
+/// is seen here (so frames towards those members are dropped).
 async fn watcher(
     engine: Arc<Engine>,
     networks: Vec<Arc<Network>>,
@@ -767,9 +781,12 @@ async fn watcher(
 ) {
     let by_name: HashMap<String, Arc<Network>> =
         networks.into_iter().map(|n| (n.name.clone(), n)).collect();
+    let mut connections = engine.connections.subscribe();
     loop {
         match engine.kv.watch_with_history(">").await {
             Ok(mut w) => {
+                // This watch is newer than any connection so far.
+                connections.borrow_and_update();
                 for n in by_name.values() {
                     if let Some(c) = &n.cluster {
                         c.remote_mut().clear();
@@ -778,6 +795,10 @@ async fn watcher(
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.changed() => return,
+                        Ok(()) = connections.changed() => {
+                            info!("cluster: reconnected to NATS; watching the lease bucket afresh");
+                            break;
+                        }
                         n = w.next() => n,
                     };
                     let entry = match next {
