@@ -54,6 +54,8 @@ check "b (same address, default network) got none of them" test "$(rx b)" = "$b0
 d1=$(rx d)
 check "ping a -> 10.77.0.11 (20 of 20)" rl_ping a 10.77.0.11 20
 check "d (lab) got none of a's" test "$(rx d)" = "$d1"
+echo "  ringlink status --server:"
+timeout --foreground 10 "$RINGLINK" status --server --socket "$(rl_sock server)" 2>/dev/null | sed 's/^/    /'
 
 rl_attach e 10.91.0.20/24
 RL_CLIENT_SERVER=$lab_url rl_client_conf e 'address = "10.77.0.12/24"' >/dev/null
