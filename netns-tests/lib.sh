@@ -388,12 +388,17 @@ rl_server_conf() {
 # rl_client_conf <name> [extra toml lines...] : writes $RL_TMP/<name>.toml.
 # Defaults: ws://server, the run's password, tun rl0, control socket
 # $RL_TMP/<name>.sock. Extra lines may override server/password via
-# RL_CLIENT_SERVER / RL_CLIENT_PASSWORD.
+# RL_CLIENT_SERVER / RL_CLIENT_PASSWORD; RL_CLIENT_SERVERS (a TOML list's
+# inside, like '"ws://a:1", "ws://b:1"') gives several servers instead.
 rl_client_conf() {
     local name=$1; shift
     local f="$RL_TMP/$name.toml" line
     {
-        printf 'server = "%s"\n' "${RL_CLIENT_SERVER:-ws://$RL_SERVER_IP:$RL_SERVER_PORT}"
+        if [ -n "${RL_CLIENT_SERVERS:-}" ]; then
+            printf 'server = [%s]\n' "$RL_CLIENT_SERVERS"
+        else
+            printf 'server = "%s"\n' "${RL_CLIENT_SERVER:-ws://$RL_SERVER_IP:$RL_SERVER_PORT}"
+        fi
         printf 'password = "%s"\n' "${RL_CLIENT_PASSWORD:-$RL_PASSWORD}"
         printf 'tun = "rl0"\n'
         printf 'control_socket = "%s"\n' "$(rl_sock "$name")"

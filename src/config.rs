@@ -199,7 +199,44 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     /// Log filter (`--log` and `RUST_LOG` take precedence).
     pub log: String,
+    /// `[cluster]`: share leases and relay with other instances over NATS;
+    /// None = this process alone, all in memory.
+    pub cluster: Option<ClusterConfig>,
+    /// `[[network]]`: more networks on this server, each chosen by its URL
+    /// path. The top-level `password`, `pool` and `[[route]]`s are the
+    /// default network, which answers every other path.
+    pub networks: Vec<NetworkConfig>,
 }
+
+/// A `[[network]]` of server.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// In logs, lease keys and NATS subjects.
+    pub name: String,
+    /// The URL path clients name it by, like "/lab" (no trailing '/').
+    pub path: String,
+    pub password: String,
+    pub pool: Ipv4Cidr,
+    pub routes: Vec<PushedRoute>,
+}
+
+/// `[cluster]` of server.toml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (any of them will do; the client follows
+    /// the cluster's own list once connected).
+    pub nats: Vec<String>,
+    /// This instance's name, unique among the instances: it marks the
+    /// leases it holds.
+    pub name: String,
+    /// Replicas of the lease bucket (JetStream); 3 in a three-node NATS
+    /// cluster lets the bucket outlive one node.
+    pub replicas: usize,
+    /// How long a lease outlives its holder's last renewal.
+    pub lease_seconds: u32,
+}
+
+pub const DEFAULT_LEASE_SECONDS: u32 = 15;
 
 /// Where `ringlink status --server` looks by default: the unit's
 /// RuntimeDirectory, the one place under /run it may write.
@@ -241,6 +278,46 @@ struct RawServer {
     metrics: Option<String>,
     control_socket: Option<PathBuf>,
     log: Option<String>,
+    cluster: Option<RawCluster>,
+    #[serde(default)]
+    network: Vec<RawNetwork>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: String,
+    path: String,
+    password: String,
+    pool: String,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+/// A key that takes one string or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    nats: OneOrMany,
+    name: String,
+    replicas: Option<i64>,
+    lease_seconds: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +336,29 @@ impl ServerConfig {
         Self::parse(&path.display().to_string(), &read(path)?)
     }
 
+    /// The routes of the network named `network`: the top-level
+    /// `[[route]]`s for [`DEFAULT_NETWORK`], else its `[[network.route]]`s.
+    pub fn routes_of(&self, network: &str) -> Option<&Vec<PushedRoute>> {
+        if network == DEFAULT_NETWORK {
+            return Some(&self.routes);
+        }
+        self.networks
+            .iter()
+            .find(|n| n.name == network)
+            .map(|n| &n.routes)
+    }
+
+    /// Like [`ServerConfig::routes_of`], to change them.
+    pub fn routes_of_mut(&mut self, network: &str) -> Option<&mut Vec<PushedRoute>> {
+        if network == DEFAULT_NETWORK {
+            return Some(&mut self.routes);
+        }
+        self.networks
+            .iter_mut()
+            .find(|n| n.name == network)
+            .map(|n| &mut n.routes)
+    }
+
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         let c = Ctx { file };
         let raw: RawServer = parse_toml(file, text)?;
@@ -266,13 +366,7 @@ impl ServerConfig {
         if raw.password.is_empty() {
             return Err(c.err("password", "must not be empty"));
         }
-        let pool = c.cidr("pool", &raw.pool)?;
-        if !pool.is_network() || pool.prefix > 30 || pool.prefix < 8 {
-            return Err(c.err(
-                "pool",
-                format!("expected a network address with a prefix from /8 to /30, like 10.77.0.0/24, got {pool}"),
-            ));
-        }
+        let pool = pool(&c, "pool", &raw.pool)?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -296,32 +390,8 @@ impl ServerConfig {
         };
         let (stun_alt_port, stun_alt_address) =
             stun_alternates(&c, stun, raw.stun_alt_port, raw.stun_alt_address.as_deref())?;
-        let mut routes = Vec::new();
-        for r in raw.route {
-            let dst = c.cidr("route.dst", &r.dst)?;
-            if !dst.is_network() {
-                return Err(c.err(
-                    "route.dst",
-                    format!("expected a network address (host bits zero), got {dst}"),
-                ));
-            }
-            let via = c.ipv4("route.via", &r.via)?;
-            if !pool.is_usable_host(via) {
-                return Err(c.err(
-                    "route.via",
-                    format!("{via} is not a host address inside pool {pool}"),
-                ));
-            }
-            let for_clients = match r.for_clients {
-                Some(f) => c.cidr("route.for", &f)?,
-                None => pool,
-            };
-            routes.push(PushedRoute {
-                dst,
-                via,
-                for_clients,
-            });
-        }
+        let routes = routes(&c, "route", raw.route, pool)?;
+        let networks = networks(&c, raw.network, &raw.password)?;
         let max_clients = raw.max_clients.unwrap_or(4096);
         if max_clients == 0 {
             return Err(c.err("max_clients", "must be at least 1"));
@@ -355,6 +425,7 @@ impl ServerConfig {
         let general_burst = rate("general_burst", raw.general_burst, DEFAULT_GENERAL_BURST)?;
         let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
         let log = c.log(raw.log)?;
+        let cluster = raw.cluster.map(|r| cluster(&c, r)).transpose()?;
         Ok(Self {
             listen,
             password: raw.password,
@@ -376,8 +447,186 @@ impl ServerConfig {
                 .control_socket
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET)),
             log,
+            cluster,
+            networks,
         })
     }
+}
+
+fn pool(c: &Ctx, key: &str, value: &str) -> Result<Ipv4Cidr, ConfigError> {
+    let pool = c.cidr(key, value)?;
+    if !pool.is_network() || pool.prefix > 30 || pool.prefix < 8 {
+        return Err(c.err(
+            key,
+            format!("expected a network address with a prefix from /8 to /30, like 10.77.0.0/24, got {pool}"),
+        ));
+    }
+    Ok(pool)
+}
+
+/// `[[route]]` (or a network's `[[network.route]]`, `key` says which).
+fn routes(
+    c: &Ctx,
+    key: &str,
+    raw: Vec<RawRoute>,
+    pool: Ipv4Cidr,
+) -> Result<Vec<PushedRoute>, ConfigError> {
+    let mut routes = Vec::new();
+    for r in raw {
+        let dst = c.cidr(&format!("{key}.dst"), &r.dst)?;
+        if !dst.is_network() {
+            return Err(c.err(
+                &format!("{key}.dst"),
+                format!("expected a network address (host bits zero), got {dst}"),
+            ));
+        }
+        let via = c.ipv4(&format!("{key}.via"), &r.via)?;
+        if !pool.is_usable_host(via) {
+            return Err(c.err(
+                &format!("{key}.via"),
+                format!("{via} is not a host address inside pool {pool}"),
+            ));
+        }
+        let for_clients = match r.for_clients {
+            Some(f) => c.cidr(&format!("{key}.for"), &f)?,
+            None => pool,
+        };
+        routes.push(PushedRoute {
+            dst,
+            via,
+            for_clients,
+        });
+    }
+    Ok(routes)
+}
+
+/// The name of the network of the top-level keys; no `[[network]]` may
+/// take it.
+pub const DEFAULT_NETWORK: &str = "default";
+
+fn networks(
+    c: &Ctx,
+    raw: Vec<RawNetwork>,
+    default_password: &str,
+) -> Result<Vec<NetworkConfig>, ConfigError> {
+    let mut out: Vec<NetworkConfig> = Vec::new();
+    for n in raw {
+        if !is_token(&n.name, 64) || n.name == DEFAULT_NETWORK {
+            return Err(c.err(
+                "network.name",
+                format!(
+                    "expected 1-64 letters, digits, '-' or '_', other than {DEFAULT_NETWORK:?}, got {:?}",
+                    n.name
+                ),
+            ));
+        }
+        let path = normalize_path(&n.path);
+        let path_ok = path.len() > 1
+            && path.starts_with('/')
+            && path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+        if !path_ok {
+            return Err(c.err(
+                "network.path",
+                format!("expected a URL path like \"/lab\" (not \"/\", which is the default network's), got {:?}", n.path),
+            ));
+        }
+        if out.iter().any(|o| o.name == n.name) {
+            return Err(c.err("network.name", format!("{:?} is used twice", n.name)));
+        }
+        if out.iter().any(|o| o.path == path) {
+            return Err(c.err("network.path", format!("{path:?} is used twice")));
+        }
+        if n.password.is_empty() {
+            return Err(c.err("network.password", "must not be empty"));
+        }
+        if n.password == default_password {
+            // A member could then log in to either network; the path is
+            // meant to choose, the password to keep out.
+            return Err(c.err(
+                "network.password",
+                format!("network {:?} must not share the top-level password", n.name),
+            ));
+        }
+        let pool = pool(c, "network.pool", &n.pool)?;
+        let routes = routes(c, "network.route", n.route, pool)?;
+        out.push(NetworkConfig {
+            name: n.name,
+            path,
+            password: n.password,
+            pool,
+            routes,
+        });
+    }
+    Ok(out)
+}
+
+/// A request path as networks are matched: no trailing '/' (but "/" stays).
+pub fn normalize_path(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_string()
+    } else {
+        trimmed.to_string()
+    }
+}
+
+/// A name that may stand in a NATS subject or key-value key: letters,
+/// digits, '-' and '_'.
+fn is_token(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn cluster(c: &Ctx, raw: RawCluster) -> Result<ClusterConfig, ConfigError> {
+    let nats = raw.nats.into_vec();
+    if nats.is_empty() {
+        return Err(c.err(
+            "cluster.nats",
+            "expected at least one NATS server, like \"nats://10.0.0.1:4222\"",
+        ));
+    }
+    for url in &nats {
+        // ws:// and wss:// parse too, but this build speaks plain and TLS only.
+        let scheme_ok = url.starts_with("nats://") || url.starts_with("tls://");
+        let parsed = url.parse::<async_nats::ServerAddr>();
+        if !scheme_ok || parsed.is_err() {
+            let why = parsed.err().map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(c.err(
+                "cluster.nats",
+                format!(
+                    "expected a URL like nats://host:4222 or tls://host:4222, got {url:?}{why}"
+                ),
+            ));
+        }
+    }
+    if !is_token(&raw.name, 64) {
+        return Err(c.err(
+            "cluster.name",
+            format!(
+                "expected 1-64 letters, digits, '-' or '_' (unique per instance), got {:?}",
+                raw.name
+            ),
+        ));
+    }
+    let replicas = in_range(c, "cluster.replicas", raw.replicas.unwrap_or(1), 1, 5)? as usize;
+    let lease_seconds = in_range(
+        c,
+        "cluster.lease_seconds",
+        raw.lease_seconds
+            .unwrap_or(i64::from(DEFAULT_LEASE_SECONDS)),
+        3,
+        3600,
+    )? as u32;
+    Ok(ClusterConfig {
+        nats,
+        name: raw.name,
+        replicas,
+        lease_seconds,
+    })
 }
 
 /// `stun_alt_port` (default: the STUN port + 1) and `stun_alt_address`
@@ -553,7 +802,12 @@ pub struct StunServer {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
+    /// The first server listed in `server`.
     pub server: ServerUrl,
+    /// The others, when `server` lists several instances of one cluster:
+    /// the client keeps to one of them (chosen by its vmac) and fails over
+    /// to the next.
+    pub more_servers: Vec<ServerUrl>,
     pub password: String,
     pub tun: String,
     pub address: Option<Ipv4Cidr>,
@@ -606,7 +860,7 @@ pub struct ClientConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    server: String,
+    server: OneOrMany,
     password: String,
     tun: Option<String>,
     address: Option<String>,
@@ -654,15 +908,32 @@ impl ClientConfig {
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
         let c = Ctx { file };
         let raw: RawClient = parse_toml(file, text)?;
-        let server = ServerUrl::parse(&raw.server).ok_or_else(|| {
-            c.err(
+        let mut servers = Vec::new();
+        for url in raw.server.into_vec() {
+            servers.push(ServerUrl::parse(&url).ok_or_else(|| {
+                c.err(
+                    "server",
+                    format!(
+                        "expected ws://host[:port][/path] or wss://host[:port][/path], got {url:?}"
+                    ),
+                )
+            })?);
+        }
+        if servers.is_empty() {
+            return Err(c.err("server", "expected a server URL, or a list of them"));
+        }
+        let server = servers.remove(0);
+        // One trust setting covers them all, so they all speak alike.
+        if let Some(odd) = servers.iter().find(|u| u.tls != server.tls) {
+            return Err(c.err(
                 "server",
                 format!(
-                    "expected ws://host[:port][/path] or wss://host[:port][/path], got {:?}",
-                    raw.server
+                    "{} and {} mix ws:// and wss://; list servers of one kind",
+                    server.to_url(),
+                    odd.to_url()
                 ),
-            )
-        })?;
+            ));
+        }
         let server_tls =
             ServerTrust::decide(&c, &server, raw.tls_ca, raw.tls_insecure.unwrap_or(false))?;
         if raw.password.is_empty() {
@@ -750,6 +1021,7 @@ impl ClientConfig {
                 .control_socket
                 .unwrap_or_else(|| default_control_socket(&tun)),
             server,
+            more_servers: servers,
             password: raw.password,
             tun,
             address,
@@ -799,6 +1071,86 @@ mod tests {
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
         assert_eq!(off.stun, None);
+    }
+
+    #[test]
+    fn server_networks() {
+        assert!(server(SERVER).unwrap().networks.is_empty());
+        let lab = "[[network]]\nname = \"lab\"\npath = \"/lab/\"\npassword = \"other\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n";
+        let s = server(&format!("{SERVER}{lab}")).unwrap();
+        assert_eq!(s.networks.len(), 1);
+        let n = &s.networks[0];
+        assert_eq!((n.name.as_str(), n.path.as_str()), ("lab", "/lab"));
+        assert_eq!(n.routes[0].for_clients.to_string(), "10.78.0.0/24");
+        let net = |body: &str| server(&format!("{SERVER}[[network]]\n{body}\n"));
+        for (bad, key) in [
+            ("name = \"default\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.name"),
+            ("name = \"a.b\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.name"),
+            ("name = \"x\"\npath = \"/\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.path"),
+            ("name = \"x\"\npath = \"lab\"\npassword = \"o\"\npool = \"10.78.0.0/24\"", "network.path"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"secret\"\npool = \"10.78.0.0/24\"", "network.password"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"\"\npool = \"10.78.0.0/24\"", "network.password"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.1/24\"", "network.pool"),
+            ("name = \"x\"\npath = \"/x\"\npassword = \"o\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.77.0.9\"", "network.route.via"),
+        ] {
+            let e = net(bad).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        let twice = format!("{SERVER}{lab}{}", lab.replace("\"lab\"", "\"lab2\""));
+        assert_eq!(
+            server(&twice).unwrap_err().key.as_deref(),
+            Some("network.path")
+        );
+        assert_eq!(normalize_path(""), "/");
+        assert_eq!(normalize_path("/a//"), "/a");
+    }
+
+    #[test]
+    fn server_cluster_section() {
+        assert_eq!(server(SERVER).unwrap().cluster, None);
+        let one = server(&format!(
+            "{SERVER}[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"srv-a\"\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(one.nats, ["nats://10.0.0.1:4222"]);
+        assert_eq!(
+            (one.replicas, one.lease_seconds),
+            (1, DEFAULT_LEASE_SECONDS)
+        );
+        let many = server(&format!(
+            "{SERVER}[cluster]\nnats = [\"nats://a:4222\", \"nats://b:4222\"]\nname = \"b_2\"\nreplicas = 3\nlease_seconds = 9\n"
+        ))
+        .unwrap()
+        .cluster
+        .unwrap();
+        assert_eq!(
+            (many.nats.len(), many.replicas, many.lease_seconds),
+            (2, 3, 9)
+        );
+        for (bad, key) in [
+            ("nats = []\nname = \"a\"", "cluster.nats"),
+            ("nats = \"http://a:4222\"\nname = \"a\"", "cluster.nats"),
+            (
+                "nats = [\"nats://a\", \"a b\"]\nname = \"a\"",
+                "cluster.nats",
+            ),
+            ("nats = \"nats://a:4222\"\nname = \"a.b\"", "cluster.name"),
+            ("nats = \"nats://a:4222\"\nname = \"\"", "cluster.name"),
+            (
+                "nats = \"nats://a:4222\"\nname = \"a\"\nreplicas = 0",
+                "cluster.replicas",
+            ),
+            (
+                "nats = \"nats://a:4222\"\nname = \"a\"\nlease_seconds = 1",
+                "cluster.lease_seconds",
+            ),
+        ] {
+            let e = server(&format!("{SERVER}[cluster]\n{bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        assert!(server(&format!("{SERVER}[cluster]\nname = \"a\"\n")).is_err());
     }
 
     #[test]
@@ -1006,6 +1358,31 @@ mod tests {
             (None, 0, 60, 5)
         );
         assert_eq!(c.control_socket, PathBuf::from("/run/ringlink/rl0.sock"));
+        assert!(c.more_servers.is_empty());
+    }
+
+    #[test]
+    fn client_server_list() {
+        let c = client(
+            "server = [\"ws://10.91.0.1:7443\", \"ws://10.91.0.2:7443/net\"]\npassword = \"s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.to_url(), "ws://10.91.0.1:7443/");
+        assert_eq!(
+            c.more_servers
+                .iter()
+                .map(|u| u.to_url())
+                .collect::<Vec<_>>(),
+            ["ws://10.91.0.2:7443/net"]
+        );
+        for bad in [
+            "server = []",
+            "server = [\"ws://a\", \"wss://b\"]",
+            "server = [\"ws://a\", \"http://b\"]",
+        ] {
+            let e = client(&format!("{bad}\npassword = \"s\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("server"), "{bad}: {e}");
+        }
     }
 
     #[test]

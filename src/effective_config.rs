@@ -9,7 +9,9 @@ use std::path::Path;
 
 use toml::{Table, Value};
 
-use crate::config::{ClientConfig, PushedRoute, ServerConfig, ServerTrust};
+use crate::config::{
+    ClientConfig, ClusterConfig, NetworkConfig, PushedRoute, ServerConfig, ServerTrust,
+};
 use crate::proto::crypto::CipherKind;
 
 /// Stands in for the password, which `--check` output must not leak into
@@ -65,6 +67,8 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         metrics,
         control_socket,
         log,
+        cluster,
+        networks,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -129,12 +133,62 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
             Value::Array(routes.iter().map(route_table).collect()),
         );
     }
+    if !networks.is_empty() {
+        let network_table = |n: &NetworkConfig| {
+            let NetworkConfig {
+                name,
+                path,
+                password: _,
+                pool,
+                routes,
+            } = n;
+            let mut nt = Table::new();
+            nt.insert("name".into(), string(name));
+            nt.insert("path".into(), string(path));
+            nt.insert("password".into(), string(HIDDEN_PASSWORD));
+            nt.insert("pool".into(), string(pool));
+            if !routes.is_empty() {
+                nt.insert(
+                    "route".into(),
+                    Value::Array(routes.iter().map(route_table).collect()),
+                );
+            }
+            Value::Table(nt)
+        };
+        t.insert(
+            "network".into(),
+            Value::Array(networks.iter().map(network_table).collect()),
+        );
+    }
+    match cluster {
+        Some(ClusterConfig {
+            nats,
+            name,
+            replicas,
+            lease_seconds,
+        }) => {
+            let mut ct = Table::new();
+            ct.insert(
+                "nats".into(),
+                Value::Array(nats.iter().map(string).collect()),
+            );
+            ct.insert("name".into(), string(name));
+            ct.insert(
+                "replicas".into(),
+                int(i64::try_from(*replicas).unwrap_or(i64::MAX)),
+            );
+            ct.insert("lease_seconds".into(), int(*lease_seconds));
+            t.insert("cluster".into(), Value::Table(ct));
+        }
+        None => unset.push(("[cluster]", "one instance, state in memory")),
+    }
     render(file, t, &unset)
 }
 
 pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     let ClientConfig {
         server,
+        more_servers,
         password: _,
         tun,
         address,
@@ -159,7 +213,17 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
-    t.insert("server".into(), string(server.to_url()));
+    let server_value = if more_servers.is_empty() {
+        string(server.to_url())
+    } else {
+        Value::Array(
+            std::iter::once(server)
+                .chain(more_servers)
+                .map(|u| string(u.to_url()))
+                .collect(),
+        )
+    };
+    t.insert("server".into(), server_value);
     t.insert("password".into(), string(HIDDEN_PASSWORD));
     t.insert("tun".into(), string(tun));
     match address {
@@ -255,6 +319,46 @@ mod tests {
         assert!(!out.contains("s3cret"), "password leaked: {out}");
         assert_eq!(
             ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn server_networks_are_printed_and_round_trip() {
+        let text = format!("{SERVER}[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"s3cret2\"\npool = \"10.78.0.0/24\"\n[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n");
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(!out.contains("s3cret2"), "password leaked: {out}");
+        let back =
+            out.replacen(HIDDEN_PASSWORD, "s3cret", 1)
+                .replacen(HIDDEN_PASSWORD, "s3cret2", 1);
+        assert_eq!(ServerConfig::parse("printed", &back).unwrap(), cfg);
+    }
+
+    #[test]
+    fn server_cluster_is_printed_and_round_trips() {
+        let text = format!("{SERVER}[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"a\"\n");
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(out.contains("lease_seconds = 15"), "{out}");
+        assert_eq!(
+            ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
+    fn client_server_list_round_trips() {
+        let text =
+            "server = [\"ws://10.91.0.1:7443\", \"ws://10.91.0.2:7443\"]\npassword = \"s3cret\"\n";
+        let cfg = ClientConfig::parse("client.toml", text).unwrap();
+        let out = client_toml("client.toml", &cfg);
+        assert!(
+            out.contains("server = [\"ws://10.91.0.1:7443/\", \"ws://10.91.0.2:7443/\"]"),
+            "{out}"
+        );
+        assert_eq!(
+            ClientConfig::parse("printed", &reparsed(&out)).unwrap(),
             cfg
         );
     }

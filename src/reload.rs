@@ -15,7 +15,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{log_filter, ClientConfig, ConfigError, PushedRoute, ServerConfig};
+use crate::config::{
+    log_filter, ClientConfig, ClusterConfig, ConfigError, NetworkConfig, PushedRoute, ServerConfig,
+    DEFAULT_NETWORK,
+};
 use crate::metrics::http::Endpoint;
 
 /// One change a running process takes without a restart.
@@ -27,12 +30,15 @@ pub enum Apply {
     Metrics(Option<SocketAddr>),
     /// The client's per-peer metric series on or off.
     MetricsPerPeer(bool),
-    /// The server's `[[route]]` list. Added routes are pushed to the
-    /// members they cover at once; removed ones stop being pushed at login
-    /// and stop entitling their gateway to the subnet's source addresses,
-    /// but a connected client keeps them until it reconnects: the protocol
-    /// has no message that withdraws a pushed route.
+    /// The route list of one of the server's networks: the top-level
+    /// `[[route]]`s of the default network, or a `[[network.route]]` list.
+    /// Added routes are pushed to the network's members they cover at
+    /// once; removed ones stop being pushed at login and stop entitling
+    /// their gateway to the subnet's source addresses, but a connected
+    /// client keeps them until it reconnects: the protocol has no message
+    /// that withdraws a pushed route.
     Routes {
+        network: String,
         added: Vec<PushedRoute>,
         removed: Vec<PushedRoute>,
     },
@@ -49,11 +55,21 @@ impl fmt::Display for Apply {
             Apply::Metrics(Some(addr)) => write!(f, "metrics={addr}"),
             Apply::Metrics(None) => write!(f, "metrics=off"),
             Apply::MetricsPerPeer(on) => write!(f, "metrics_per_peer={on}"),
-            Apply::Routes { added, removed } if added.is_empty() && removed.is_empty() => write!(
-                f,
-                "routes reordered (for new logins; connected clients keep the order they got)"
-            ),
-            Apply::Routes { added, removed } => {
+            Apply::Routes {
+                network,
+                added,
+                removed,
+            } => {
+                // The default network's routes are the file's top-level ones.
+                if network != DEFAULT_NETWORK {
+                    write!(f, "network {network} ")?;
+                }
+                if added.is_empty() && removed.is_empty() {
+                    return write!(
+                        f,
+                        "routes reordered (for new logins; connected clients keep the order they got)"
+                    );
+                }
                 let mut parts: Vec<String> = added
                     .iter()
                     .map(|r| format!("+{}", route_text(r)))
@@ -77,12 +93,94 @@ impl fmt::Display for Apply {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
     pub apply: Vec<Apply>,
-    /// Keys as the file spells them, in the file's documented order.
-    pub restart: Vec<&'static str>,
+    /// Keys as the file spells them, in the file's documented order; a key
+    /// of a `[[network]]` names the network too ("network lab pool").
+    pub restart: Vec<String>,
 }
 
-fn changed(keys: &[(&'static str, bool)]) -> Vec<&'static str> {
-    keys.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect()
+fn changed(keys: &[(&str, bool)]) -> Vec<String> {
+    keys.iter()
+        .filter(|(_, c)| *c)
+        .map(|(k, _)| k.to_string())
+        .collect()
+}
+
+/// A network's route list from `old` to `new`, live unless its pool
+/// changed too: a new pool makes every route's validity moot until the
+/// restart that applies it, so the routes are held back with it.
+fn routes_change(
+    network: &str,
+    old: &[PushedRoute],
+    new: &[PushedRoute],
+    same_pool: bool,
+) -> Option<Apply> {
+    (old != new && same_pool).then(|| Apply::Routes {
+        network: network.to_string(),
+        added: new.iter().filter(|r| !old.contains(r)).copied().collect(),
+        removed: old.iter().filter(|r| !new.contains(r)).copied().collect(),
+    })
+}
+
+/// The `[[network]]` sections, matched by name. Only their routes change
+/// live; a network added or removed, or its path, password or pool
+/// changed, waits for a restart (sessions hold their network, and the
+/// cluster's leases and subjects are named after it).
+fn networks_plan(old: &[NetworkConfig], new: &[NetworkConfig], plan: &mut Plan) {
+    for n in new {
+        let NetworkConfig {
+            name,
+            path,
+            password,
+            pool,
+            routes,
+        } = n;
+        let Some(o) = old.iter().find(|o| o.name == *name) else {
+            plan.restart.push(format!("network {name} (added)"));
+            continue;
+        };
+        plan.apply
+            .extend(routes_change(name, &o.routes, routes, *pool == o.pool));
+        plan.restart.extend(
+            changed(&[
+                ("path", *path != o.path),
+                ("password", *password != o.password),
+                ("pool", *pool != o.pool),
+                ("route", *routes != o.routes && *pool != o.pool),
+            ])
+            .into_iter()
+            .map(|key| format!("network {name} {key}")),
+        );
+    }
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name) {
+            plan.restart.push(format!("network {} (removed)", o.name));
+        }
+    }
+}
+
+/// `[cluster]`: nothing of it changes without a restart (the NATS
+/// connection, the instance's name on its leases and the bucket are set
+/// up once).
+fn cluster_restart(old: Option<&ClusterConfig>, new: Option<&ClusterConfig>) -> Vec<String> {
+    match (old, new) {
+        (None, None) => Vec::new(),
+        (None, Some(_)) => vec!["[cluster] (added)".to_string()],
+        (Some(_), None) => vec!["[cluster] (removed)".to_string()],
+        (Some(o), Some(n)) => {
+            let ClusterConfig {
+                nats,
+                name,
+                replicas,
+                lease_seconds,
+            } = n;
+            changed(&[
+                ("cluster.nats", *nats != o.nats),
+                ("cluster.name", *name != o.name),
+                ("cluster.replicas", *replicas != o.replicas),
+                ("cluster.lease_seconds", *lease_seconds != o.lease_seconds),
+            ])
+        }
+    }
 }
 
 /// The client's plan. Every field is named here (the destructuring does
@@ -90,6 +188,7 @@ fn changed(keys: &[(&'static str, bool)]) -> Vec<&'static str> {
 pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
     let ClientConfig {
         server,
+        more_servers,
         password,
         tun,
         address,
@@ -123,7 +222,10 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         apply.push(Apply::MetricsPerPeer(*metrics_per_peer));
     }
     let restart = changed(&[
-        ("server", *server != old.server),
+        (
+            "server",
+            *server != old.server || *more_servers != old.more_servers,
+        ),
         ("password", *password != old.password),
         ("tun", *tun != old.tun),
         ("address", *address != old.address),
@@ -170,6 +272,8 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         metrics,
         control_socket,
         log,
+        cluster,
+        networks,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -178,23 +282,12 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
     if *metrics != old.metrics {
         apply.push(Apply::Metrics(*metrics));
     }
-    // A pool change makes every route's validity moot until the restart
-    // that applies it, so routes are held back with it.
-    if *routes != old.routes && *pool == old.pool {
-        apply.push(Apply::Routes {
-            added: routes
-                .iter()
-                .filter(|r| !old.routes.contains(r))
-                .copied()
-                .collect(),
-            removed: old
-                .routes
-                .iter()
-                .filter(|r| !routes.contains(r))
-                .copied()
-                .collect(),
-        });
-    }
+    apply.extend(routes_change(
+        DEFAULT_NETWORK,
+        &old.routes,
+        routes,
+        *pool == old.pool,
+    ));
     let restart = changed(&[
         ("listen", *listen != old.listen),
         ("password", *password != old.password),
@@ -222,7 +315,11 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         ("general_burst", *general_burst != old.general_burst),
         ("control_socket", *control_socket != old.control_socket),
     ]);
-    Plan { apply, restart }
+    let mut plan = Plan { apply, restart };
+    networks_plan(&old.networks, networks, &mut plan);
+    plan.restart
+        .extend(cluster_restart(old.cluster.as_ref(), cluster.as_ref()));
+    plan
 }
 
 /// What a reload did, in the two lines an operator reads.
@@ -231,7 +328,7 @@ pub struct Report {
     /// Each applied change as it turned out (a metrics address that could
     /// not be bound says so).
     pub applied: Vec<String>,
-    pub restart: Vec<&'static str>,
+    pub restart: Vec<String>,
 }
 
 impl Report {
@@ -468,6 +565,7 @@ mod tests {
         assert_eq!(
             plan.apply,
             [Apply::Routes {
+                network: DEFAULT_NETWORK.into(),
                 added: vec![route("192.168.21.0/24", "10.77.0.11")],
                 removed: vec![],
             }]
@@ -483,6 +581,7 @@ mod tests {
         assert_eq!(
             back.apply,
             [Apply::Routes {
+                network: DEFAULT_NETWORK.into(),
                 added: vec![],
                 removed: vec![route("192.168.21.0/24", "10.77.0.11")],
             }]
@@ -495,6 +594,7 @@ mod tests {
         assert_eq!(
             plan.apply,
             [Apply::Routes {
+                network: DEFAULT_NETWORK.into(),
                 added: moved.routes.clone(),
                 removed: old.routes.clone(),
             }]
@@ -536,6 +636,173 @@ mod tests {
         assert_eq!(plan.restart, ["pool", "route"]);
     }
 
+    const LAB: &str = "[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"other\"\npool = \"10.78.0.0/24\"\n";
+
+    /// `server("")` with [[network]] sections appended (after its route).
+    fn server_with(tables: &str) -> ServerConfig {
+        let base = server("");
+        let text = format!(
+            "listen = \"10.91.0.1:7443\"\npassword = \"secret\"\npool = \"10.77.0.0/24\"\n{ROUTE}{tables}"
+        );
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        assert_eq!(cfg.routes, base.routes);
+        cfg
+    }
+
+    fn lab_route(dst: &str, via: &str) -> PushedRoute {
+        PushedRoute {
+            dst: dst.parse().unwrap(),
+            via: via.parse().unwrap(),
+            for_clients: "10.78.0.0/24".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn network_routes_apply_to_their_network() {
+        let old = server_with(LAB);
+        let mut new = old.clone();
+        new.networks[0]
+            .routes
+            .push(lab_route("192.168.9.0/24", "10.78.0.9"));
+        let plan = server_plan(&old, &new);
+        assert_eq!(
+            plan.apply,
+            [Apply::Routes {
+                network: "lab".into(),
+                added: vec![lab_route("192.168.9.0/24", "10.78.0.9")],
+                removed: vec![],
+            }]
+        );
+        assert!(plan.restart.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.apply[0].to_string(),
+            "network lab routes +192.168.9.0/24 via 10.78.0.9 for 10.78.0.0/24"
+        );
+        // Both the default network's and lab's change: one change each.
+        new.routes.clear();
+        let plan = server_plan(&old, &new);
+        let networks: Vec<&str> = plan
+            .apply
+            .iter()
+            .map(|a| match a {
+                Apply::Routes { network, .. } => network.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(networks, [DEFAULT_NETWORK, "lab"]);
+        // Reordered within lab only.
+        let mut two = old.clone();
+        two.networks[0].routes = vec![
+            lab_route("192.168.9.0/24", "10.78.0.9"),
+            lab_route("192.168.10.0/24", "10.78.0.9"),
+        ];
+        let mut swapped = two.clone();
+        swapped.networks[0].routes.reverse();
+        let plan = server_plan(&two, &swapped);
+        assert_eq!(plan.apply.len(), 1);
+        assert!(
+            plan.apply[0]
+                .to_string()
+                .starts_with("network lab routes reordered"),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn network_keys_need_a_restart() {
+        let old = server_with(LAB);
+        let mut new = old.clone();
+        let n = &mut new.networks[0];
+        n.path = "/lab2".into();
+        n.password = "third".into();
+        n.pool = "10.79.0.0/24".parse().unwrap();
+        n.routes.push(PushedRoute {
+            dst: "192.168.9.0/24".parse().unwrap(),
+            via: "10.79.0.9".parse().unwrap(),
+            for_clients: "10.79.0.0/24".parse().unwrap(),
+        });
+        let plan = server_plan(&old, &new);
+        // A new pool holds the network's routes back, as at the top level.
+        assert!(plan.apply.is_empty(), "{plan:?}");
+        assert_eq!(
+            plan.restart,
+            [
+                "network lab path",
+                "network lab password",
+                "network lab pool",
+                "network lab route"
+            ]
+        );
+        // Added, removed, renamed (one removed, one added).
+        let plan = server_plan(&server(""), &old);
+        assert_eq!(plan.restart, ["network lab (added)"]);
+        assert!(plan.apply.is_empty());
+        let plan = server_plan(&old, &server(""));
+        assert_eq!(plan.restart, ["network lab (removed)"]);
+        let renamed = server_with(&LAB.replace("\"lab\"", "\"lab2\""));
+        let plan = server_plan(&old, &renamed);
+        assert_eq!(
+            plan.restart,
+            ["network lab2 (added)", "network lab (removed)"]
+        );
+        // Order alone changes nothing: networks are matched by name.
+        let both = server_with(&format!(
+            "{LAB}{}",
+            LAB.replace("\"lab\"", "\"lab2\"")
+                .replace("/lab", "/lab2")
+                .replace("other", "fourth")
+                .replace("10.78.", "10.79.")
+        ));
+        let mut reversed = both.clone();
+        reversed.networks.reverse();
+        assert_eq!(server_plan(&both, &reversed), Plan::default());
+    }
+
+    #[test]
+    fn cluster_keys_need_a_restart() {
+        const CLUSTER: &str = "[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"a\"\n";
+        let alone = server("");
+        let one = server_with(CLUSTER);
+        assert_eq!(server_plan(&one, &one.clone()), Plan::default());
+        assert_eq!(server_plan(&alone, &one).restart, ["[cluster] (added)"]);
+        assert_eq!(server_plan(&one, &alone).restart, ["[cluster] (removed)"]);
+        let other = server_with(
+            "[cluster]\nnats = [\"nats://10.0.0.1:4222\", \"nats://10.0.0.2:4222\"]\nname = \"b\"\nreplicas = 3\nlease_seconds = 9\n",
+        );
+        let plan = server_plan(&one, &other);
+        assert!(plan.apply.is_empty());
+        assert_eq!(
+            plan.restart,
+            [
+                "cluster.nats",
+                "cluster.name",
+                "cluster.replicas",
+                "cluster.lease_seconds"
+            ]
+        );
+        // Alongside a live change, in the file's order: networks, then cluster.
+        let mut both = server_with(&format!("{LAB}{CLUSTER}"));
+        let plan = server_plan(&one, &both);
+        assert_eq!(plan.restart, ["network lab (added)"]);
+        both.log = "debug".into();
+        both.cluster.as_mut().unwrap().lease_seconds = 30;
+        let plan = server_plan(&server_with(&format!("{LAB}{CLUSTER}")), &both);
+        assert_eq!(plan.apply, [Apply::Log("debug".into())]);
+        assert_eq!(plan.restart, ["cluster.lease_seconds"]);
+    }
+
+    #[test]
+    fn client_server_list_needs_a_restart() {
+        let one = client("");
+        let two = ClientConfig::parse(
+            "client.toml",
+            "server = [\"ws://10.91.0.1:7443\", \"ws://10.91.0.2:7443\"]\npassword = \"secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(one.server, two.server);
+        assert_eq!(client_plan(&one, &two).restart, ["server"]);
+    }
+
     #[test]
     fn report_lines() {
         let r = Report::default();
@@ -543,7 +810,7 @@ mod tests {
         assert_eq!(r.restart_line(), None);
         let r = Report {
             applied: vec!["log=\"debug\"".into(), "metrics=off".into()],
-            restart: vec!["tun", "port"],
+            restart: vec!["tun".into(), "port".into()],
         };
         assert_eq!(
             r.applied_line(),

@@ -46,6 +46,8 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         // Servers started in tests serve no control socket (only `server::run` does).
         control_socket: "/nonexistent/ringlink-test.sock".into(),
         log: "info".into(),
+        cluster: None,
+        networks: vec![],
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());

@@ -56,6 +56,8 @@ fn config(routes: Vec<PushedRoute>) -> ServerConfig {
         // Servers started in tests serve no control socket (only `server::run` does).
         control_socket: "/nonexistent/ringlink-test.sock".into(),
         log: "info".into(),
+        cluster: None,
+        networks: vec![],
     }
 }
 
@@ -824,7 +826,12 @@ async fn status_lists_members_and_their_traffic() {
     }
     sync(&mut a, ip("10.77.0.10")).await;
     let st = s.control.status();
-    assert_eq!(st.pool, "10.77.0.0/24");
+    assert_eq!(st.networks.len(), 1);
+    assert_eq!(
+        (st.networks[0].name.as_str(), st.networks[0].pool.as_str()),
+        ("default", "10.77.0.0/24")
+    );
+    assert_eq!(st.networks[0].members, 2);
     assert_eq!(st.listen, format!("ws://{}", s.addr));
     let vips: Vec<&str> = st.members.iter().map(|m| m.vip.as_str()).collect();
     assert_eq!(vips, ["10.77.0.10", "10.77.0.11"]);
@@ -1408,4 +1415,189 @@ async fn unauthenticated_connections_are_limited_per_source() {
     assert!(r.is_ok(), "a place was free after the member logged in");
     assert_eq!(load(&s.counters, |c| &c.clients), 1);
     drop(m);
+}
+
+async fn connect_path(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
+        .await
+        .unwrap();
+    ws
+}
+
+const LAB_PW: &str = "lab password";
+
+/// The default network plus "lab" at /lab, on the same addresses: nothing
+/// is shared.
+fn config_with_lab(lab_routes: Vec<PushedRoute>) -> ServerConfig {
+    let mut cfg = config(vec![]);
+    cfg.networks = vec![ringlink::config::NetworkConfig {
+        name: "lab".into(),
+        path: "/lab".into(),
+        password: LAB_PW.into(),
+        pool: "10.77.0.0/24".parse().unwrap(),
+        routes: lab_routes,
+    }];
+    cfg
+}
+
+/// Logs in to the lab network through `path`, without waiting for the
+/// echo (a route push may come first).
+async fn lab_login(addr: SocketAddr, path: &str, vip: &str, tag: u8) -> Ws {
+    let mut ws = connect_path(addr, path).await;
+    send(
+        &mut ws,
+        Vmac::new(LAB_PW.as_bytes(), vmac(tag), now()).encode(),
+    )
+    .await;
+    send(
+        &mut ws,
+        Auth::new(LAB_PW.as_bytes(), ip(vip), now()).encode(),
+    )
+    .await;
+    ws
+}
+
+#[tokio::test]
+async fn networks_on_one_port_are_isolated() {
+    let s = start_with(config_with_lab(vec![]), Tuning::default()).await;
+    let lab_join = |path: &'static str, vip: &'static str, tag: u8| async move {
+        let mut ws = lab_login(s.addr, path, vip, tag).await;
+        send(&mut ws, keepalive(ip(vip))).await;
+        assert_eq!(recv(&mut ws).await, keepalive(ip(vip)), "{path} {vip}");
+        ws
+    };
+    let mut d1 = join(s.addr, "10.77.0.1", Some(1)).await;
+    let mut d2 = join(s.addr, "10.77.0.2", Some(2)).await;
+    // Same addresses, other network: not "in use".
+    let mut l1 = lab_join("/lab", "10.77.0.1", 3).await;
+    let mut l2 = lab_join("/lab/", "10.77.0.2", 4).await;
+
+    let f = forward("10.77.0.1", "10.77.0.2", b"default only");
+    send(&mut d1, f.clone()).await;
+    assert_eq!(recv(&mut d2).await, f);
+    let g = forward("10.77.0.1", "10.77.0.2", b"lab only");
+    send(&mut l1, g.clone()).await;
+    assert_eq!(recv(&mut l2).await, g);
+    let b = forward("10.77.0.2", "10.77.0.255", b"lab broadcast");
+    send(&mut l2, b.clone()).await;
+    assert_eq!(recv(&mut l1).await, b);
+    let d = Discovery {
+        src: ip("10.77.0.1"),
+        dst: ws::BROADCAST,
+    }
+    .encode();
+    send(&mut d1, d.clone()).await;
+    assert_eq!(recv(&mut d2).await, d);
+    // Nothing leaked: each member's next frame is its own echo.
+    for (ws, vip) in [
+        (&mut d1, "10.77.0.1"),
+        (&mut d2, "10.77.0.2"),
+        (&mut l1, "10.77.0.1"),
+        (&mut l2, "10.77.0.2"),
+    ] {
+        sync(ws, ip(vip)).await;
+    }
+    // The default password does not open the lab, nor the lab's the default.
+    let mut wrong = connect_path(s.addr, "/lab").await;
+    send(
+        &mut wrong,
+        Auth::new(PW.as_bytes(), ip("10.77.0.9"), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut wrong).await.contains("wrong password"));
+    let mut wrong = connect_path(s.addr, "/elsewhere").await;
+    send(
+        &mut wrong,
+        Auth::new(LAB_PW.as_bytes(), ip("10.77.0.9"), now()).encode(),
+    )
+    .await;
+    assert!(closed(&mut wrong).await.contains("wrong password"));
+    assert_eq!(load(&s.counters, |c| &c.clients), 4);
+}
+
+/// A reload of one network's routes reaches that network's members only,
+/// and only that network's gateway may send from the new subnet; the
+/// status lists the members of both networks, each with its network.
+#[tokio::test]
+async fn reload_of_a_network_route_stays_in_that_network() {
+    let s = start_with(config_with_lab(vec![]), Tuning::default()).await;
+    // The same VIPs in both networks: a default member at the gateway's
+    // address must not inherit the lab gateway's subnet.
+    let mut d_gw = join(s.addr, "10.77.0.20", Some(1)).await;
+    let mut d_a = join(s.addr, "10.77.0.1", Some(2)).await;
+    let mut l_gw = lab_login(s.addr, "/lab", "10.77.0.20", 3).await;
+    sync(&mut l_gw, ip("10.77.0.20")).await;
+    let mut l_a = lab_login(s.addr, "/lab", "10.77.0.1", 4).await;
+    sync(&mut l_a, ip("10.77.0.1")).await;
+
+    let lan = route("192.168.9.0/24", "10.77.0.20");
+    let mut new = s.cfg.clone();
+    new.networks[0].routes = vec![lan];
+    let report = s.control.reload(new.clone(), &LogControl::detached()).await;
+    assert_eq!(
+        report.applied,
+        ["network lab routes +192.168.9.0/24 via 10.77.0.20 for 10.77.0.0/24 (sent to 2 members)"]
+    );
+    assert!(report.restart.is_empty(), "{report:?}");
+    let added = WsMessage::SysRoutes(vec![SysRoute {
+        dst: lan.dst,
+        next: lan.via,
+    }]);
+    for (ws, vip) in [(&mut l_gw, "10.77.0.20"), (&mut l_a, "10.77.0.1")] {
+        assert_eq!(WsMessage::decode(&recv(ws).await).unwrap(), added, "{vip}");
+        sync(ws, ip(vip)).await;
+    }
+    // The default network's members got nothing: their next frame is their echo.
+    sync(&mut d_gw, ip("10.77.0.20")).await;
+    sync(&mut d_a, ip("10.77.0.1")).await;
+
+    let f = forward("192.168.9.5", "10.77.0.1", b"lab LAN");
+    send(&mut l_gw, f.clone()).await;
+    assert_eq!(recv(&mut l_a).await, f);
+    send(&mut d_gw, forward("192.168.9.5", "10.77.0.1", b"not yours")).await;
+    sync(&mut d_gw, ip("10.77.0.20")).await;
+    sync(&mut d_a, ip("10.77.0.1")).await;
+    assert_eq!(load(&s.counters, |c| &c.forward_spoofed), 1);
+    // A newcomer to the lab gets the route at login; one to the default does not.
+    let mut l_late = lab_login(s.addr, "/lab", "10.77.0.3", 5).await;
+    assert_eq!(WsMessage::decode(&recv(&mut l_late).await).unwrap(), added);
+    sync(&mut l_late, ip("10.77.0.3")).await;
+    let mut d_late = join(s.addr, "10.77.0.3", Some(6)).await;
+    sync(&mut d_late, ip("10.77.0.3")).await;
+
+    // A new lab pool holds its routes back and needs a restart.
+    let mut moved = new.clone();
+    moved.networks[0].pool = "10.78.0.0/24".parse().unwrap();
+    moved.networks[0].routes = vec![];
+    let report = s.control.reload(moved, &LogControl::detached()).await;
+    assert!(report.applied.is_empty(), "{report:?}");
+    assert_eq!(report.restart, ["network lab pool", "network lab route"]);
+    send(&mut l_gw, f.clone()).await;
+    assert_eq!(recv(&mut l_a).await, f, "the lab's route still holds");
+
+    let st = s.control.status();
+    let nets: Vec<(&str, &str, usize)> = st
+        .networks
+        .iter()
+        .map(|n| (n.name.as_str(), n.path.as_str(), n.members))
+        .collect();
+    assert_eq!(nets, [("default", "/", 3), ("lab", "/lab", 3)]);
+    let members: Vec<(&str, &str)> = st
+        .members
+        .iter()
+        .map(|m| (m.network.as_str(), m.vip.as_str()))
+        .collect();
+    assert_eq!(
+        members,
+        [
+            ("default", "10.77.0.1"),
+            ("default", "10.77.0.3"),
+            ("default", "10.77.0.20"),
+            ("lab", "10.77.0.1"),
+            ("lab", "10.77.0.3"),
+            ("lab", "10.77.0.20"),
+        ]
+    );
+    assert!(st.members.iter().all(|m| m.instance == st.instance));
 }

@@ -268,7 +268,9 @@ fn server_reloads_on_sighup() {
             sock.display()
         )
     };
-    let cfg = dir.file("server.toml", &file(old_port, ""));
+    const LAB: &str =
+        "[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"q\"\npool = \"10.78.0.0/24\"\n";
+    let cfg = dir.file("server.toml", &file(old_port, LAB));
     let child = Command::new(BIN)
         .args(["server", "--config", cfg.to_str().unwrap()])
         .env("NOTIFY_SOCKET", &notify_path)
@@ -291,7 +293,8 @@ fn server_reloads_on_sighup() {
     ]);
     assert!(status.status.success(), "{status:?}");
     let doc: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(doc["pool"], "10.77.0.0/24");
+    assert_eq!(doc["networks"][0]["pool"], "10.77.0.0/24");
+    assert_eq!(doc["networks"][1]["name"], "lab");
     assert_eq!(doc["members"].as_array().map(Vec::len), Some(0));
     let table = ringlink(&["status", "--server", "--socket", sock.to_str().unwrap()]);
     assert!(text(&table.stdout).contains("no members"), "{table:?}");
@@ -300,7 +303,9 @@ fn server_reloads_on_sighup() {
         "server.toml",
         &file(
             new_port,
-            "log = \"debug\"\nmax_clients = 10\n[[route]]\ndst = \"192.168.21.0/24\"\nvia = \"10.77.0.20\"\n",
+            &format!(
+                "log = \"debug\"\nmax_clients = 10\n[[route]]\ndst = \"192.168.21.0/24\"\nvia = \"10.77.0.20\"\n{LAB}[[network.route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n[cluster]\nnats = \"nats://127.0.0.1:4222\"\nname = \"a\"\n"
+            ),
         ),
     );
     // SAFETY: signals our own child.
@@ -344,11 +349,13 @@ fn server_reloads_on_sighup() {
         let _ = e.read_to_string(&mut log);
     }
     let applied = format!(
-        "reload: applied log=\"debug\", metrics=127.0.0.1:{new_port}, routes +192.168.21.0/24 via 10.77.0.20 for 10.77.0.0/24 (sent to 0 members)"
+        "reload: applied log=\"debug\", metrics=127.0.0.1:{new_port}, routes +192.168.21.0/24 via 10.77.0.20 for 10.77.0.0/24 (sent to 0 members), network lab routes +192.168.9.0/24 via 10.78.0.9 for 10.78.0.0/24 (sent to 0 members)"
     );
     assert!(log.contains(&applied), "{applied} in:\n{log}");
     assert!(
-        log.contains("reload: changed but needs a restart to take effect: max_clients"),
+        log.contains(
+            "reload: changed but needs a restart to take effect: max_clients, [cluster] (added)"
+        ),
         "{log}"
     );
     assert!(

@@ -86,6 +86,10 @@ pub enum LinkLost {
     Stopping,
     #[error("server link task ended")]
     TaskEnded,
+    /// Connected to another server of the list, and the client's own one
+    /// answers again: the link moves back.
+    #[error("moving back to the client's own server")]
+    GoingHome,
 }
 
 /// Building the TLS client configuration.

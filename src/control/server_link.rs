@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use tokio_rustls::TlsConnector;
@@ -23,7 +24,7 @@ use super::backoff::Backoff;
 use super::status::{update, SharedStatus};
 use super::ws_client::{self, Wanted, Ws};
 use super::{ClientError, LinkLost};
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, ServerUrl};
 use crate::dataplane::TunWriter;
 use crate::proto::sdwan::decapsulate;
 use crate::proto::ws::{self, encode_keepalive, WsMessage};
@@ -40,6 +41,10 @@ const SILENCE: Duration = Duration::from_secs(35);
 const BATCH: usize = 64;
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(15);
+/// Away from its own server, the first look back after 15-30 s, then ever
+/// further apart, up to 5-10 min.
+const HOME_BASE: Duration = Duration::from_secs(30);
+const HOME_CAP: Duration = Duration::from_secs(600);
 /// A relayed packet from a VIP is reported to the peer logic at most this
 /// often: the report only matters when the peer is idle (INIT), and one per
 /// packet would flood the control loop.
@@ -83,15 +88,19 @@ pub struct LinkCounters {
 
 impl Link {
     pub async fn run(mut self) {
+        let order = server_order(&self.cfg, self.vmac);
+        let mut at = 0;
         let mut backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
+        let mut home_backoff = Backoff::new(HOME_BASE, HOME_CAP);
         let mut previous = None;
         loop {
+            let url = order[at % order.len()].clone();
             let wanted = match self.cfg.address {
                 Some(a) => Wanted::Static(a),
                 None => Wanted::Pool(previous),
             };
             let attempt = async {
-                let mut ws = ws_client::connect(&self.cfg.server, self.tls.as_ref()).await?;
+                let mut ws = ws_client::connect(&url, self.tls.as_ref()).await?;
                 let cidr =
                     ws_client::login(&mut ws, self.cfg.password.as_bytes(), self.vmac, wanted)
                         .await?;
@@ -100,18 +109,27 @@ impl Link {
             match attempt.await {
                 Ok((ws, cidr)) => {
                     previous = Some(cidr);
-                    info!(address = %cidr, server = %self.cfg.server.to_url(), "logged in");
+                    info!(address = %cidr, server = %url.to_url(), "logged in");
                     update(&self.status, |s| {
                         s.address = Some(cidr.to_string());
+                        s.server = url.to_url();
                         s.connected = true;
                         s.last_error = None;
                     });
                     if self.events.send(LinkEvent::Up(cidr)).await.is_err() {
                         return;
                     }
-                    let why = self.session(ws, cidr.addr).await;
+                    // Away from its own server, a client looks in on it now
+                    // and then, and goes back once it answers.
+                    let home = match at % order.len() {
+                        0 => {
+                            home_backoff.reset();
+                            None
+                        }
+                        _ => Some((&order[0], &mut home_backoff)),
+                    };
+                    let why = self.session(ws, cidr.addr, home).await;
                     backoff.reset();
-                    warn!(reason = %why, "server connection lost; reconnecting");
                     update(&self.status, |s| {
                         s.connected = false;
                         s.reconnects += 1;
@@ -122,25 +140,39 @@ impl Link {
                     if self.events.send(LinkEvent::Down).await.is_err() {
                         return;
                     }
+                    if let LinkLost::GoingHome = why {
+                        info!(server = %order[0].to_url(), "own server answers again; moving back to it");
+                        at = 0;
+                        continue;
+                    }
+                    warn!(reason = %why, "server connection lost; reconnecting");
                 }
                 Err(e @ ClientError::Tls(_)) => {
                     let _ = self.events.send(LinkEvent::Fatal(e)).await;
                     return;
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot join the network");
+                    warn!(error = %e, server = %url.to_url(), "cannot join the network");
                     update(&self.status, |s| s.last_error = Some(e.to_string()));
                 }
             }
+            // With several servers, the next attempt goes to the next one.
+            at = (at + 1) % order.len();
             let delay = backoff.next_delay(rand::random());
-            info!(delay_ms = delay.as_millis() as u64, "retrying");
+            info!(delay_ms = delay.as_millis() as u64, server = %order[at].to_url(), "retrying");
             tokio::time::sleep(delay).await;
         }
     }
 
-    /// One connection, until it fails; returns why. Reading and writing are
+    /// One connection, until it fails (or, with `home`, until the client's
+    /// own server answers again); returns why. Reading and writing are
     /// separate futures so a congested send never delays what we receive.
-    async fn session(&mut self, ws: Ws, own: Ipv4Addr) -> LinkLost {
+    async fn session(
+        &mut self,
+        ws: Ws,
+        own: Ipv4Addr,
+        home: Option<(&ServerUrl, &mut Backoff)>,
+    ) -> LinkLost {
         let (mut sink, mut stream) = ws.split();
         let events = self.events.clone();
         let tun = self.tun.clone();
@@ -236,11 +268,50 @@ impl Link {
             }
         };
 
+        // Probes are spread by jitter and spaced by backoff, so the members
+        // of a server that comes back return over a while, not at once.
+        let tls = self.tls.as_ref();
+        let divisor = self.cfg.test_time_divisor.max(1);
+        let homecoming = async move {
+            let Some((url, backoff)) = home else {
+                return std::future::pending().await;
+            };
+            loop {
+                tokio::time::sleep(backoff.next_delay(rand::random()) / divisor).await;
+                match ws_client::connect(url, tls).await {
+                    // The probe only shows the server is there; the login
+                    // follows on a fresh connection.
+                    Ok(_) => return LinkLost::GoingHome,
+                    Err(e) => debug!(error = %e, server = %url.to_url(), "own server still away"),
+                }
+            }
+        };
+
         tokio::select! {
             why = reader => why,
             why = writer => why,
+            why = homecoming => why,
         }
     }
+}
+
+/// The servers in the order this client tries them: its own first, then
+/// the rest as listed, wrapping around. Its own is picked by a hash of its
+/// static address or, without one, of its vmac, so the members of a network
+/// spread over a cluster's instances and each keeps to one.
+fn server_order(cfg: &ClientConfig, vmac: [u8; 16]) -> Vec<ServerUrl> {
+    let all: Vec<ServerUrl> = std::iter::once(&cfg.server)
+        .chain(&cfg.more_servers)
+        .cloned()
+        .collect();
+    let digest = match cfg.address {
+        Some(a) => Sha256::digest(a.addr.octets()),
+        None => Sha256::digest(vmac),
+    };
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    let own = (u64::from_be_bytes(first) % all.len() as u64) as usize;
+    all[own..].iter().chain(&all[..own]).cloned().collect()
 }
 
 /// Writes a relayed packet to the interface, without the sdwan
@@ -258,5 +329,48 @@ fn deliver(tun: &watch::Receiver<Option<TunWriter>>, packet: &[u8]) {
             }
         }
         Err(e) => debug!(error = %e, "relayed packet dropped"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> ClientConfig {
+        let text = format!(
+            "server = [\"ws://10.0.0.1:1\", \"ws://10.0.0.2:1\", \"ws://10.0.0.3:1\"]\npassword = \"p\"\n{extra}"
+        );
+        ClientConfig::parse("test", &text).unwrap()
+    }
+
+    fn hosts(order: &[ServerUrl]) -> Vec<&str> {
+        order.iter().map(|u| u.host.as_str()).collect()
+    }
+
+    #[test]
+    fn own_server_first_then_the_rest_in_turn() {
+        let c = cfg("");
+        let mut own = [0usize; 3];
+        for i in 0..600u32 {
+            let mut vmac = [b'0'; 16];
+            vmac[..4].copy_from_slice(&i.to_be_bytes());
+            let order = server_order(&c, vmac);
+            assert_eq!(order, server_order(&c, vmac), "stable");
+            let h = hosts(&order);
+            let first = usize::from(h[0].as_bytes()[7] - b'1');
+            // A rotation of the list: every server once, in listed order.
+            assert_eq!(h[1].as_bytes()[7] - b'1', ((first + 1) % 3) as u8);
+            assert_eq!(h[2].as_bytes()[7] - b'1', ((first + 2) % 3) as u8);
+            own[first] += 1;
+        }
+        // Members spread: each server is someone's own (600 / 3 = 200 each
+        // on average).
+        assert!(own.iter().all(|&n| (140..=260).contains(&n)), "{own:?}");
+        // A static address decides, whatever the vmac.
+        let s = cfg("address = \"10.77.0.9/24\"\n");
+        assert_eq!(server_order(&s, [1; 16]), server_order(&s, [2; 16]));
+        // One server: itself.
+        let one = ClientConfig::parse("t", "server = \"ws://h:1\"\npassword = \"p\"\n").unwrap();
+        assert_eq!(hosts(&server_order(&one, [0; 16])), ["h"]);
     }
 }

@@ -583,9 +583,32 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
 
 /// The server's text: every server counter.
 pub fn server_text(c: &ServerCounterSnapshot) -> Result<String, MetricsError> {
+    server_text_cluster(c, &[])
+}
+
+/// A cluster member's text: every server counter, and how many members
+/// each instance holds, per network, as this instance sees them.
+/// `members` is (network, instance, members).
+pub fn server_text_cluster(
+    c: &ServerCounterSnapshot,
+    members: &[(String, String, u64)],
+) -> Result<String, MetricsError> {
     let mut e = Exposition::new();
     info(&e, "server")?;
     e.group("ringlink_server_", c.described(), SERVER_FOLDS)?;
+    if !members.is_empty() {
+        e.family(
+            &Family {
+                name: "ringlink_server_cluster_members",
+                help: "Members held by each server instance of the cluster, per network, as this instance sees them (its own from its sessions, the others' from the lease bucket).",
+                kind: Kind::Gauge,
+                labels: &["network", "instance"],
+            },
+            members
+                .iter()
+                .map(|(n, i, v)| (vec![n.as_str(), i.as_str()], *v)),
+        )?;
+    }
     e.text()
 }
 

@@ -621,3 +621,25 @@ fn every_method_has_its_own_label_and_direct_ones_are_counted() {
         Some("1")
     );
 }
+
+#[test]
+fn cluster_members_per_instance_are_a_labelled_gauge() {
+    let c = ServerCounterSnapshot::default();
+    let members = [
+        ("default".to_string(), "s1".to_string(), 2),
+        ("default".to_string(), "s2".to_string(), 1),
+        ("lab".to_string(), "s1".to_string(), 0),
+    ];
+    let text = server_text_cluster(&c, &members).unwrap();
+    let (samples, types) = parse_exposition(&text);
+    let name = "ringlink_server_cluster_members";
+    assert_eq!(types[name], "gauge");
+    for (net, inst, v) in &members {
+        assert_eq!(
+            value_of(&samples, name, &[("network", net), ("instance", inst)]),
+            Some(v.to_string().as_str())
+        );
+    }
+    // Without a cluster the family is absent.
+    assert!(!server_text(&c).unwrap().contains(name));
+}

@@ -94,6 +94,36 @@ counters! {
     stun_answered,
     /// Datagrams on the STUN port that are not binding requests we can answer.
     stun_ignored,
+    /// `[cluster]`: frames handed to NATS for a member on another instance
+    /// (a broadcast counts once).
+    cluster_frames_out,
+    /// `[cluster]`: frames from another instance delivered to a member here
+    /// (a broadcast counts once per member).
+    cluster_frames_in,
+    /// `[cluster]`: frames for another instance dropped because the queue
+    /// towards NATS was full (NATS slow or away) or the publish failed.
+    cluster_out_dropped,
+    /// `[cluster]`: frames from another instance dropped because the
+    /// member's send queue here was full.
+    cluster_in_queue_full,
+    /// `[cluster]`: frames from another instance for an address no member
+    /// here holds any more.
+    cluster_in_no_member,
+    /// `[cluster]`: frames NATS had for this instance that the client
+    /// library dropped because they were not read fast enough.
+    cluster_in_slow,
+    /// `[cluster]`: leases taken from another instance: its lease had
+    /// expired, or the same client reconnected here.
+    cluster_takeovers,
+    /// `[cluster]`: leases another instance took from this one (the
+    /// member's session here is closed).
+    cluster_lease_lost,
+    /// `[cluster]`: lease operations that failed because NATS did not
+    /// answer; a login that needed one was refused.
+    cluster_unavailable,
+    /// `[cluster]`: lease renewals that failed (NATS away); the lease stays
+    /// ours until it expires, and the next renewal tries again.
+    cluster_renew_failed,
     }
 }
 

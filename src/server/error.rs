@@ -31,6 +31,9 @@ pub enum ServerError {
     TlsFile { file: PathBuf, reason: String },
     #[error("TLS configuration: {0}")]
     TlsConfig(String),
+    /// `[cluster]`: NATS or the lease bucket cannot be used.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Why the server ended one session. `Display` is both the logged reason and
@@ -49,6 +52,10 @@ pub enum CloseReason {
     OutsidePool { ip: Ipv4Addr, pool: Ipv4Cidr },
     #[error("address {0} in use by another client")]
     AddressInUse(Ipv4Addr),
+    #[error("address {ip} in use by another client (on server instance {instance})")]
+    HeldElsewhere { ip: Ipv4Addr, instance: String },
+    #[error("cluster unavailable, try again later: {0}")]
+    ClusterUnavailable(String),
     #[error("address pool {0} exhausted")]
     PoolExhausted(Ipv4Cidr),
     #[error("replayed AUTH for {0}: this exact login was already used")]
@@ -111,7 +118,9 @@ impl CloseReason {
             CloseReason::Oversize(_) => Some(CloseCode::Size),
             CloseReason::Shutdown => Some(CloseCode::Away),
             CloseReason::Replaced | CloseReason::Idle(_) => Some(CloseCode::Normal),
-            CloseReason::ServerFull(_) | CloseReason::Evicted => Some(CloseCode::Again),
+            CloseReason::ServerFull(_)
+            | CloseReason::Evicted
+            | CloseReason::ClusterUnavailable(_) => Some(CloseCode::Again),
             _ => Some(CloseCode::Policy),
         }
     }

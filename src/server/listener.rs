@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tracing::{debug, info, warn};
 
@@ -23,6 +24,7 @@ use crate::proto::ws::MAX_FRAME;
 use super::counters::ServerCounters;
 use super::error::ServerError;
 use super::guard::{Admit, LogEvery, Pending};
+use super::network::Network;
 use super::session;
 use super::Shared;
 
@@ -152,22 +154,32 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     crate::sys::tcp::limit_unsent(&stream);
     let deadline = shared.tuning.auth_timeout;
+    // The handshake's request path picks the network; the callback leaves
+    // its choice here.
+    let chosen: std::sync::Mutex<Option<Arc<Network>>> = std::sync::Mutex::new(None);
     // The signature is tungstenite's `Callback`; its error type is not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        // Any path is accepted, as Candy does; it is only worth a debug line.
-        debug!("ws upgrade from={peer} path={}", req.uri().path());
-        Ok(resp)
+        let path = req.uri().path();
+        match shared.network_for(path) {
+            Some(n) => {
+                debug!("ws upgrade from={peer} path={path} network={}", n.name);
+                *chosen.lock().unwrap_or_else(|e| e.into_inner()) = Some(n);
+                Ok(resp)
+            }
+            None => {
+                let mut refusal = ErrorResponse::new(Some(format!("no network at {path}\n")));
+                *refusal.status_mut() = StatusCode::NOT_FOUND;
+                Err(refusal)
+            }
+        }
     };
     let config = Some(ws_config());
-    match tls {
+    let ws = match tls {
         None => {
             let hs = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, config);
             let hs = async { hs.await.map_err(|e| e.to_string()) };
-            match handshake(&pending, deadline, hs).await {
-                Ok(ws) => session::serve(ws, peer, shared, shutdown, pending).await,
-                Err(e) => handshake_failed(&shared, peer, &e),
-            }
+            handshake(&pending, deadline, hs).await.map(Either::Plain)
         }
         Some(acceptor) => {
             let hs = async {
@@ -179,12 +191,27 @@ async fn connection(
                     .await
                     .map_err(|e| e.to_string())
             };
-            match handshake(&pending, deadline, hs).await {
-                Ok(ws) => session::serve(ws, peer, shared, shutdown, pending).await,
-                Err(e) => handshake_failed(&shared, peer, &e),
-            }
+            handshake(&pending, deadline, hs).await.map(Either::Tls)
         }
+    };
+    let net = chosen.into_inner().unwrap_or_else(|e| e.into_inner());
+    match (ws, net) {
+        (Ok(Either::Plain(ws)), Some(net)) => {
+            session::serve(ws, peer, shared, net, shutdown, pending).await
+        }
+        (Ok(Either::Tls(ws)), Some(net)) => {
+            session::serve(ws, peer, shared, net, shutdown, pending).await
+        }
+        // A handshake completes only through the callback, which chose.
+        (Ok(_), None) => handshake_failed(&shared, peer, "no network chosen"),
+        (Err(e), _) => handshake_failed(&shared, peer, &e),
     }
+}
+
+/// The stream a finished handshake gives, with or without TLS.
+enum Either<P, T> {
+    Plain(P),
+    Tls(T),
 }
 
 /// The handshake, bounded by the login deadline and ended early when

@@ -7,10 +7,12 @@
 //! [`ShutdownHandle`].
 
 mod auth;
+mod cluster;
 mod counters;
 mod error;
 mod guard;
 mod listener;
+mod network;
 mod pool;
 mod relay;
 mod request;
@@ -25,22 +27,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::config::{PushedRoute, ServerConfig};
-use crate::metrics::http::Endpoint;
-use crate::proto::Ipv4Cidr;
+use crate::config::{NetworkConfig, PushedRoute, ServerConfig, DEFAULT_NETWORK};
+use crate::metrics::http::{Endpoint, Render};
 use crate::reload::{apply_log, apply_metrics, Apply, Hangups, LogControl, Reload, Report};
 use crate::status_socket;
 use crate::sys::service_manager;
 
+use network::Network;
+
 pub use counters::{ServerCounterSnapshot, ServerCounters};
 pub use error::{CloseReason, ServerError};
-pub use status::{render as render_status, MemberLine, ServerStatus, TrafficSnapshot};
+pub use status::{render as render_status, MemberLine, NetworkLine, ServerStatus, TrafficSnapshot};
 
 /// Timeouts and queue sizes; the defaults suit production, tests shorten them.
 #[derive(Debug, Clone)]
@@ -79,12 +81,12 @@ impl Default for Tuning {
 
 /// State shared by every task of one server.
 pub(crate) struct Shared {
-    password: Vec<u8>,
-    pool_net: Ipv4Cidr,
-    /// Swapped whole by a reload; sessions read it at login and for the
-    /// source check of gateway traffic.
-    routes: ArcSwap<Vec<PushedRoute>>,
-    /// This process, as `ringlink status --server` names it.
+    /// The networks served; a connection picks one by its URL path.
+    networks: Vec<Arc<Network>>,
+    /// With `[cluster]`: the NATS connection the networks share.
+    cluster: Option<Arc<cluster::Engine>>,
+    /// This process, as `ringlink status --server` names it: the cluster
+    /// name with `[cluster]`, else the host name.
     instance: String,
     /// `ws://` or `wss://` and the bound address.
     listen_url: String,
@@ -95,8 +97,6 @@ pub(crate) struct Shared {
     admission: Arc<guard::Admission>,
     seen_auths: Mutex<guard::SeenAuths>,
     rates: Rates,
-    pool: Mutex<pool::Pool>,
-    relay: relay::Relay,
     counters: Arc<ServerCounters>,
     tuning: Tuning,
     next_id: AtomicU64,
@@ -107,10 +107,17 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    // Pool updates are single-step and leave it consistent even if a
-    // holder panicked, so a poisoned lock is still usable.
-    fn lock_pool(&self) -> MutexGuard<'_, pool::Pool> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    /// The network a WebSocket request for `path` joins: the `[[network]]`
+    /// with that path, else the default one (the first), which answers any
+    /// path as Candy's server does.
+    fn network_for(&self, path: &str) -> Option<Arc<Network>> {
+        let path = crate::config::normalize_path(path);
+        self.networks
+            .iter()
+            .skip(1)
+            .find(|n| n.path == path)
+            .or_else(|| self.networks.first())
+            .cloned()
     }
 
     // One insert or a few removals at a time: consistent after a panic.
@@ -177,21 +184,40 @@ impl Server {
                 Some(stun::Responder::bind(addr, cfg.stun_alt_port, cfg.stun_alt_address).await?)
             }
         };
-        let counters = Arc::new(ServerCounters::default());
-        let mut metrics = Endpoint::new("server", {
-            let counters = counters.clone();
-            Arc::new(move || crate::metrics::server_text(&counters.snapshot()))
-        });
-        metrics.rebind(cfg.metrics).await;
         // acquire_many takes a u32; more connections than that is not a
         // limit anyone means.
         let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
-        let pool = pool::Pool::new(cfg.pool, rand::random(), tuning.remembered_vmacs);
+        let counters = Arc::new(ServerCounters::default());
+        let engine = match &cfg.cluster {
+            Some(c) => Some(cluster::Engine::connect(c, counters.clone()).await?),
+            None => None,
+        };
+        let default = NetworkConfig {
+            name: DEFAULT_NETWORK.into(),
+            path: "/".into(),
+            password: cfg.password.clone(),
+            pool: cfg.pool,
+            routes: cfg.routes.clone(),
+        };
+        let networks = std::iter::once(&default)
+            .chain(&cfg.networks)
+            .map(|n| {
+                Arc::new(Network::new(
+                    n,
+                    tuning.remembered_vmacs,
+                    counters.clone(),
+                    engine.as_ref().map(|e| e.network(&n.name)),
+                ))
+            })
+            .collect::<Vec<_>>();
+        let mut metrics = Endpoint::new("server", metrics_render(&counters, &networks));
+        metrics.rebind(cfg.metrics).await;
         let shared = Arc::new(Shared {
-            password: cfg.password.clone().into_bytes(),
-            pool_net: cfg.pool,
-            routes: ArcSwap::from_pointee(cfg.routes.clone()),
-            instance: status::instance_name(),
+            networks,
+            instance: engine
+                .as_ref()
+                .map_or_else(status::instance_name, |e| e.name().to_string()),
+            cluster: engine,
             listen_url: format!(
                 "{}://{local_addr}",
                 if tls.is_some() { "wss" } else { "ws" }
@@ -207,8 +233,6 @@ impl Server {
                 broadcast: (cfg.broadcast_rate, cfg.broadcast_burst),
                 general: (cfg.general_rate, cfg.general_burst),
             },
-            pool: Mutex::new(pool),
-            relay: relay::Relay::new(cfg.pool),
             counters,
             tuning,
             next_id: AtomicU64::new(1),
@@ -280,13 +304,27 @@ impl Server {
     pub async fn run(self) -> Result<(), ServerError> {
         let scheme = if self.tls.is_some() { "wss" } else { "ws" };
         info!(
-            "server listening on {scheme}://{} pool={} routes={} max_clients={} {}",
+            "server listening on {scheme}://{} max_clients={} {}",
             self.local_addr,
-            self.shared.pool_net,
-            self.shared.routes.load().len(),
             self.shared.max_clients,
             self.shared.admission.describe(),
         );
+        for n in &self.shared.networks {
+            info!(
+                "network {} path={} pool={} routes={}",
+                n.name,
+                if n.name == DEFAULT_NETWORK {
+                    "(any other)"
+                } else {
+                    &n.path
+                },
+                n.pool_net,
+                n.routes.load().len()
+            );
+        }
+        let cluster_tasks = self.shared.cluster.as_ref().map_or_else(Vec::new, |e| {
+            e.spawn(self.shared.networks.clone(), self.shutdown.tx.subscribe())
+        });
         let stun_addrs = self.stun_addrs();
         let stun_task = self.stun.map(|responder| {
             info!("STUN responder listening on udp {stun_addrs:?}");
@@ -317,6 +355,7 @@ impl Server {
             let _ = t.await;
         }
         self.live.lock().await.metrics.rebind(None).await;
+        cluster::stop(&self.shared.networks, cluster_tasks);
         info!("server stopped");
         Ok(())
     }
@@ -337,26 +376,35 @@ pub struct Control {
 }
 
 impl Control {
-    /// The members now, for `ringlink status --server`.
+    /// The members of every network now, for `ringlink status --server`.
+    /// With `[cluster]` these are the members this instance holds; each
+    /// instance answers for its own.
     pub fn status(&self) -> ServerStatus {
         let sh = &self.shared;
-        let members = sh
-            .relay
-            .members()
-            .into_iter()
-            .map(|(vip, e)| MemberLine {
+        let mut networks = Vec::new();
+        let mut members = Vec::new();
+        for n in &sh.networks {
+            let held = n.relay.members();
+            networks.push(NetworkLine {
+                name: n.name.clone(),
+                path: n.path.clone(),
+                pool: n.pool_net.to_string(),
+                members: held.len(),
+            });
+            members.extend(held.into_iter().map(|(vip, e)| MemberLine {
                 vip: vip.to_string(),
+                network: n.name.clone(),
                 vmac: e.vmac.map(|v| auth::vmac_display(Some(v))),
                 instance: sh.instance.clone(),
                 remote: e.remote.to_string(),
                 connected_since: status::unix_secs(e.since),
                 traffic: e.traffic.snapshot(),
-            })
-            .collect();
+            }));
+        }
         ServerStatus {
             instance: sh.instance.clone(),
             listen: sh.listen_url.clone(),
-            pool: sh.pool_net.to_string(),
+            networks,
             members,
             counters: sh.counters.snapshot(),
         }
@@ -377,16 +425,11 @@ impl Control {
             report.applied.push(match change {
                 Apply::Log(filter) => apply_log(log, &filter, &mut running.log),
                 Apply::Metrics(addr) => apply_metrics(metrics, addr, &mut running.metrics).await,
-                Apply::Routes { ref added, .. } => {
-                    self.shared.routes.store(Arc::new(new.routes.clone()));
-                    running.routes.clone_from(&new.routes);
-                    let reached = self.push_routes(added);
-                    if added.is_empty() {
-                        change.to_string()
-                    } else {
-                        format!("{change} (sent to {reached} members)")
-                    }
-                }
+                Apply::Routes {
+                    ref network,
+                    ref added,
+                    ..
+                } => self.apply_routes(running, &new, network, added, &change),
                 // Server files have no such key; server_plan never plans it.
                 Apply::MetricsPerPeer(_) => continue,
             });
@@ -394,27 +437,78 @@ impl Control {
         report
     }
 
-    /// Sends `added` to every member it covers, as the login push does;
-    /// returns how many members got at least one route.
-    fn push_routes(&self, added: &[PushedRoute]) -> usize {
-        let sh = &self.shared;
-        let mut reached = 0;
-        for (vip, entry) in sh.relay.members() {
-            let frames = routes::route_frames(added, vip);
-            if frames.is_empty() {
-                continue;
-            }
-            reached += 1;
-            for f in frames {
-                if entry.tx.try_send(f).is_ok() {
-                    ServerCounters::inc(&sh.counters.routes_pushed);
-                } else {
-                    ServerCounters::inc(&sh.counters.queue_full);
-                }
+    /// Carries out [`Apply::Routes`] for `network`: its routes become
+    /// `new`'s, and the added ones go to the members they cover.
+    fn apply_routes(
+        &self,
+        running: &mut ServerConfig,
+        new: &ServerConfig,
+        network: &str,
+        added: &[PushedRoute],
+        change: &Apply,
+    ) -> String {
+        // server_plan plans routes only for a network in both files, and
+        // the running file's networks are the ones served.
+        let served = self.shared.networks.iter().find(|n| n.name == network);
+        let (Some(net), Some(routes), Some(now)) = (
+            served,
+            new.routes_of(network),
+            running.routes_of_mut(network),
+        ) else {
+            return format!("{change} not applied (network {network} is not served)");
+        };
+        net.routes.store(Arc::new(routes.clone()));
+        now.clone_from(routes);
+        let reached = push_routes(net, &self.shared.counters, added);
+        if added.is_empty() {
+            change.to_string()
+        } else {
+            format!("{change} (sent to {reached} members)")
+        }
+    }
+}
+
+/// Sends `added` to every member of `net` it covers, as the login push
+/// does; returns how many members got at least one route.
+fn push_routes(net: &Network, counters: &ServerCounters, added: &[PushedRoute]) -> usize {
+    let mut reached = 0;
+    for (vip, entry) in net.relay.members() {
+        let frames = routes::route_frames(added, vip);
+        if frames.is_empty() {
+            continue;
+        }
+        reached += 1;
+        for f in frames {
+            if entry.tx.try_send(f).is_ok() {
+                ServerCounters::inc(&counters.routes_pushed);
+            } else {
+                ServerCounters::inc(&counters.queue_full);
             }
         }
-        reached
     }
+    reached
+}
+
+/// What `/metrics` serves: every counter, and with `[cluster]` the members
+/// each instance holds, per network.
+fn metrics_render(counters: &Arc<ServerCounters>, networks: &[Arc<Network>]) -> Render {
+    let counters = counters.clone();
+    if networks.iter().all(|n| n.cluster.is_none()) {
+        return Arc::new(move || crate::metrics::server_text(&counters.snapshot()));
+    }
+    let networks = networks.to_vec();
+    Arc::new(move || {
+        let members: Vec<(String, String, u64)> = networks
+            .iter()
+            .filter_map(|n| n.cluster.as_ref().map(|c| (n, c)))
+            .flat_map(|(n, c)| {
+                c.members_by_instance(n.relay.len())
+                    .into_iter()
+                    .map(|(instance, count)| (n.name.clone(), instance, count))
+            })
+            .collect();
+        crate::metrics::server_text_cluster(&counters.snapshot(), &members)
+    })
 }
 
 /// Removes the control socket when the server stops, however it stops.

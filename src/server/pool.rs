@@ -16,6 +16,9 @@ use crate::proto::Ipv4Cidr;
 pub type SessionId = u64;
 /// A vmac as sent in VMAC (4); `None` stands for absent or all zeros.
 pub type Vmac = [u8; 16];
+/// Says whether an address (asked for by a client with this vmac) is held
+/// outside the pool, by another server instance.
+pub type Elsewhere<'a> = &'a dyn Fn(Ipv4Addr, Option<Vmac>) -> bool;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holder {
@@ -95,9 +98,13 @@ impl Pool {
         self.held.get(&ip).copied()
     }
 
-    #[cfg(test)]
     pub fn held_by(&self, session: SessionId) -> Option<Ipv4Addr> {
         self.by_session.get(&session).copied()
+    }
+
+    /// Some session here holds `ip` (bound or reserved).
+    pub fn is_held(&self, ip: Ipv4Addr) -> bool {
+        self.held.contains_key(&ip)
     }
 
     #[cfg(test)]
@@ -105,9 +112,16 @@ impl Pool {
         self.held.len()
     }
 
-    /// May `session` (with `vmac`) be given `ip`?
-    fn available(&self, ip: Ipv4Addr, session: SessionId, vmac: Option<Vmac>) -> bool {
-        if !self.net.is_usable_host(ip) {
+    /// May `session` (with `vmac`) be given `ip`? `elsewhere` says an
+    /// address is held outside this pool (by another server instance).
+    fn available(
+        &self,
+        ip: Ipv4Addr,
+        session: SessionId,
+        vmac: Option<Vmac>,
+        elsewhere: Elsewhere,
+    ) -> bool {
+        if !self.net.is_usable_host(ip) || elsewhere(ip, vmac) {
             return false;
         }
         match self.held.get(&ip) {
@@ -127,13 +141,25 @@ impl Pool {
         vmac: Option<Vmac>,
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, PoolError> {
+        self.grant_except(session, vmac, requested, &|_, _| false)
+    }
+
+    /// `grant`, skipping the addresses `elsewhere` says are held outside
+    /// this pool.
+    pub fn grant_except(
+        &mut self,
+        session: SessionId,
+        vmac: Option<Vmac>,
+        requested: Option<Ipv4Addr>,
+        elsewhere: Elsewhere,
+    ) -> Result<Ipv4Addr, PoolError> {
         let remembered = vmac.and_then(|v| self.remembered.get(&v)).map(|r| r.0);
         let ip = [requested, remembered]
             .into_iter()
             .flatten()
-            .find(|&ip| self.available(ip, session, vmac))
-            .or_else(|| self.walk(vmac, true))
-            .or_else(|| self.walk(vmac, false))
+            .find(|&ip| self.available(ip, session, vmac, elsewhere))
+            .or_else(|| self.walk(vmac, true, elsewhere))
+            .or_else(|| self.walk(vmac, false, elsewhere))
             .ok_or(PoolError::Exhausted(self.net))?;
         match self.held.get(&ip) {
             Some(h) if h.session != session => {
@@ -148,14 +174,14 @@ impl Pool {
     /// Walks the pool from the cursor for an address nobody holds. The
     /// first pass also avoids addresses remembered for another vmac, so a
     /// client coming back after a short outage usually finds its old one.
-    fn walk(&mut self, vmac: Option<Vmac>, polite: bool) -> Option<Ipv4Addr> {
+    fn walk(&mut self, vmac: Option<Vmac>, polite: bool, elsewhere: Elsewhere) -> Option<Ipv4Addr> {
         let size = self.net.size();
         let base = u64::from(u32::from(self.net.network()));
         for i in 0..size {
             let off = (self.cursor + i) % size;
             // base + off stays inside the /N network, so it fits in a u32.
             let ip = Ipv4Addr::from((base + off) as u32);
-            if !self.net.is_usable_host(ip) || self.held.contains_key(&ip) {
+            if !self.net.is_usable_host(ip) || self.held.contains_key(&ip) || elsewhere(ip, vmac) {
                 continue;
             }
             if polite {
@@ -377,6 +403,28 @@ mod tests {
         assert_ne!(r, ip("10.77.0.7"));
         assert_eq!(p.holder(r), None, "the reservation was released");
         assert_eq!(p.held_count(), 1);
+        p.check_consistent();
+    }
+
+    #[test]
+    fn grant_skips_addresses_held_elsewhere() {
+        let mut p = pool("10.0.0.0/29");
+        let taken = |ip: Ipv4Addr, v: Option<Vmac>| ip.octets()[3] % 2 == 1 && v != A;
+        for s in 1..=3 {
+            let a = p
+                .grant_except(s, None, Some(ip("10.0.0.1")), &taken)
+                .unwrap();
+            assert_eq!(a.octets()[3] % 2, 0, "{a}");
+        }
+        assert!(matches!(
+            p.grant_except(4, None, None, &taken),
+            Err(PoolError::Exhausted(_))
+        ));
+        // The client holding it elsewhere may have it here.
+        assert_eq!(
+            p.grant_except(4, A, Some(ip("10.0.0.5")), &taken).unwrap(),
+            ip("10.0.0.5")
+        );
         p.check_consistent();
     }
 

@@ -43,6 +43,9 @@ pub enum Delivery {
     NoRoute,
     /// The destination's send queue was full; the frame is dropped.
     QueueFull,
+    /// Bound for another instance, and the queue towards it was full: the
+    /// frame is dropped (counted as `cluster_out_dropped`).
+    Dropped,
     /// Broadcast: how many recipients took it and how many were full.
     Broadcast {
         sent: usize,
@@ -112,7 +115,18 @@ impl Relay {
         all
     }
 
-    #[cfg(test)]
+    /// Closes the session bound to `vip`, if there is one here.
+    pub fn kick(&self, vip: Ipv4Addr) -> bool {
+        match self.read().get(&vip) {
+            Some(e) => {
+                e.kick.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sessions bound here.
     pub fn len(&self) -> usize {
         self.read().len()
     }
@@ -124,10 +138,16 @@ impl Relay {
 
     /// Unicast: the whole frame, unchanged, to the session holding `dst`.
     pub fn send_to(&self, dst: Ipv4Addr, frame: Vec<u8>) -> Delivery {
+        self.send_local(dst, frame).unwrap_or(Delivery::NoRoute)
+    }
+
+    /// The same, but a frame no session here takes comes back, for the
+    /// cluster to carry to another instance.
+    pub fn send_local(&self, dst: Ipv4Addr, frame: Vec<u8>) -> Result<Delivery, Vec<u8>> {
         let t = self.read();
         match t.get(&dst) {
-            Some(e) => push(&e.tx, frame),
-            None => Delivery::NoRoute,
+            Some(e) => Ok(push(&e.tx, frame)),
+            None => Err(frame),
         }
     }
 

@@ -2,7 +2,7 @@
 //! frames, and a writer task that drains its bounded send queue.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -17,14 +17,17 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, info, warn};
 
+use crate::config::DEFAULT_NETWORK;
 use crate::proto::ws::{self, ExptTun, EXPTTUN_LEN, MAX_FRAME};
 use crate::proto::Ipv4Cidr;
 
 use super::auth::{self, AuthStep};
+use super::cluster::{self, LeaseError};
 use super::counters::ServerCounters;
 use super::error::CloseReason;
 use super::guard::{Bucket, LogEvery, Pending};
-use super::pool::{Claim, PoolError, SessionId, Vmac};
+use super::network::Network;
+use super::pool::{Claim, Pool, PoolError, SessionId, Vmac};
 use super::relay::{self, Delivery, Entry};
 use super::request::{self, Request};
 use super::routes;
@@ -36,11 +39,30 @@ use super::Shared;
 const WRITE_BATCH: usize = 64;
 /// How long a closing session waits for its Close frame to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// With `[cluster]`: addresses offered for one EXPTTUN before giving up,
+/// each one found taken by another instance in the meantime.
+const GRANT_TRIES: usize = 4;
+/// With `[cluster]`: the longest a login waits for the lease bucket.
+const LEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// A login step that waits for the cluster's lease bucket.
+enum LeaseJob {
+    Grant {
+        m: ExptTun,
+        frame: Vec<u8>,
+    },
+    Auth {
+        m: ws::Auth,
+        member: OwnedSemaphorePermit,
+        claim: Claim,
+    },
+}
 
 pub(crate) async fn serve<S>(
     ws: WebSocketStream<S>,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    net: Arc<Network>,
     shutdown: watch::Receiver<bool>,
     pending: Pending,
 ) where
@@ -69,6 +91,8 @@ pub(crate) async fn serve<S>(
         broadcast: Limited::new(rates.broadcast, now),
         general: Limited::new(rates.general, now),
         shared,
+        net,
+        lease_job: None,
         tx,
         kick: Arc::new(Notify::new()),
         vmac: None,
@@ -109,6 +133,10 @@ struct Session {
     broadcast: Limited,
     general: Limited,
     shared: Arc<Shared>,
+    /// The network this connection chose by its URL path.
+    net: Arc<Network>,
+    /// Set by a login frame that must wait for the cluster; taken by `run`.
+    lease_job: Option<LeaseJob>,
     tx: mpsc::Sender<Vec<u8>>,
     kick: Arc<Notify>,
     vmac: Option<Vmac>,
@@ -165,11 +193,26 @@ impl Session {
                 m = stream.next() => {
                     self.last_rx = Instant::now();
                     let was_authed = self.vip.is_some();
-                    let r = match m {
+                    let mut r = match m {
                         None => Err(CloseReason::ClientClosed),
                         Some(Err(e)) => Err(self.read_error(e)),
                         Some(Ok(msg)) => self.on_message(msg),
                     };
+                    if let Some(job) = self.lease_job.take() {
+                        // Only logins get here, and only with [cluster]:
+                        // the relay path never waits. Boxed so the wait's
+                        // state does not sit in every session's future.
+                        let net = self.net.clone();
+                        if let (Ok(()), Some(c)) = (&r, &net.cluster) {
+                            r = tokio::time::timeout(LEASE_WAIT, Box::pin(self.lease_step(c, job)))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(CloseReason::ClusterUnavailable(format!(
+                                        "no lease decision within {LEASE_WAIT:?}"
+                                    )))
+                                });
+                        }
+                    }
                     if let Err(reason) = r {
                         return (reason, Some(writer));
                     }
@@ -256,7 +299,7 @@ impl Session {
         let Some(vip) = self.vip else { return };
         // The live route list is read only for a source other than the
         // sender's own VIP: a gateway's LAN traffic.
-        if saddr != vip && !routes::gateway_covers(&self.shared.routes.load(), vip, saddr) {
+        if saddr != vip && !routes::gateway_covers(&self.net.routes.load(), vip, saddr) {
             ServerCounters::inc(&c.forward_spoofed);
             if !self.warned_forward_spoof {
                 self.warned_forward_spoof = true;
@@ -264,17 +307,23 @@ impl Session {
             }
             return;
         }
-        if relay::forward_is_broadcast(self.shared.pool_net, daddr) && !self.allow_broadcast(vip) {
+        if relay::forward_is_broadcast(self.net.pool_net, daddr) && !self.allow_broadcast(vip) {
             return;
         }
         let c = &self.shared.counters;
-        match self.shared.relay.forward(vip, daddr, frame) {
+        let delivery = match &self.net.cluster {
+            None => self.net.relay.forward(vip, daddr, frame),
+            Some(cl) => forward_clustered(&self.net, cl, vip, daddr, frame),
+        };
+        match delivery {
             Delivery::Sent => ServerCounters::inc(&c.forward_unicast),
             Delivery::NoRoute => {
                 ServerCounters::inc(&c.forward_no_route);
                 debug!("no route for FORWARD {saddr} -> {daddr} from vip={vip}");
             }
             Delivery::QueueFull => ServerCounters::inc(&c.queue_full),
+            // Counted where it was dropped.
+            Delivery::Dropped => {}
             Delivery::Broadcast { full, .. } => {
                 ServerCounters::inc(&c.forward_broadcast);
                 add(&c.queue_full, full);
@@ -319,10 +368,18 @@ impl Session {
             return;
         }
         let c = &self.shared.counters;
-        let delivery = if broadcast {
-            self.shared.relay.broadcast(vip, &frame)
-        } else {
-            self.shared.relay.send_to(dst, frame)
+        let relay = &self.net.relay;
+        let delivery = match (&self.net.cluster, broadcast) {
+            (None, true) => relay.broadcast(vip, &frame),
+            (None, false) => relay.send_to(dst, frame),
+            (Some(cl), true) => {
+                cl.broadcast(vip, &frame);
+                relay.broadcast(vip, &frame)
+            }
+            (Some(cl), false) => match relay.send_local(dst, frame) {
+                Ok(d) => d,
+                Err(frame) => cl.send_remote(dst, frame).unwrap_or(Delivery::NoRoute),
+            },
         };
         match delivery {
             Delivery::Sent => ServerCounters::inc(&c.control_relayed),
@@ -335,6 +392,7 @@ impl Session {
                 debug!("no session for {what} {src} -> {dst}");
             }
             Delivery::QueueFull => ServerCounters::inc(&c.queue_full),
+            Delivery::Dropped => {}
         }
     }
 
@@ -375,7 +433,7 @@ impl Session {
         let sh = &self.shared;
         auth::verify_vmac(
             &m,
-            &sh.password,
+            &self.net.password,
             auth::now_unix(),
             sh.tuning.timestamp_window,
         )
@@ -389,37 +447,40 @@ impl Session {
         Ok(())
     }
 
-    fn on_expttun(&mut self, m: ExptTun, mut frame: Vec<u8>) -> Result<(), CloseReason> {
+    fn on_expttun(&mut self, m: ExptTun, frame: Vec<u8>) -> Result<(), CloseReason> {
         let sh = &self.shared;
         let now = auth::now_unix();
-        auth::verify_expttun(&m, &sh.password, now, sh.tuning.timestamp_window)
+        auth::verify_expttun(&m, &self.net.password, now, sh.tuning.timestamp_window)
             .inspect_err(|r| count_refusal(&sh.counters, r))?;
         let granted = match self.vip {
             // Already bound: the only honest answer is the bound address.
             Some(vip) => vip,
+            None if self.net.cluster.is_some() => {
+                // The lease is asked of NATS; the session loop awaits it.
+                self.lease_job = Some(LeaseJob::Grant { m, frame });
+                return Ok(());
+            }
             None => {
                 let requested = auth::requested_address(m.cidr);
-                let mut pool = sh.lock_pool();
-                pool.grant(self.id, self.vmac, requested).map_err(|e| {
-                    let r = match e {
-                        PoolError::Exhausted(net) => CloseReason::PoolExhausted(net),
-                        PoolError::OutsidePool { ip, pool } => {
-                            CloseReason::OutsidePool { ip, pool }
-                        }
-                        PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
-                    };
-                    count_refusal(&sh.counters, &r);
-                    r
-                })?
+                let mut pool = self.net.lock_pool();
+                pool.grant(self.id, self.vmac, requested)
+                    .map_err(|e| refusal(&sh.counters, pool_refusal(e)))?
             }
         };
+        self.reply_grant(granted, &m, frame);
+        Ok(())
+    }
+
+    /// Answers EXPTTUN with `granted`, rewriting the request in place, as
+    /// Candy does: trailing bytes the client appended come back unchanged
+    /// (§11).
+    fn reply_grant(&mut self, granted: Ipv4Addr, m: &ExptTun, mut frame: Vec<u8>) {
+        let sh = &self.shared;
         let cidr = Ipv4Cidr {
             addr: granted,
-            prefix: sh.pool_net.prefix,
+            prefix: self.net.pool_net.prefix,
         };
-        // Rewrite the request in place, as Candy does: trailing bytes the
-        // client appended come back unchanged (§11).
-        let reply = ExptTun::new(&sh.password, cidr, now).encode();
+        let reply = ExptTun::new(&self.net.password, cidr, auth::now_unix()).encode();
         frame[..EXPTTUN_LEN].copy_from_slice(&reply);
         ServerCounters::inc(&sh.counters.expttun_granted);
         debug!(
@@ -431,18 +492,18 @@ impl Session {
         if self.tx.try_send(frame).is_err() {
             ServerCounters::inc(&sh.counters.queue_full);
         }
-        Ok(())
     }
 
     fn on_auth(&mut self, m: ws::Auth) -> Result<(), CloseReason> {
         let sh = self.shared.clone();
+        let net = self.net.clone();
         let checks = auth::verify_auth(
             &m,
-            &sh.password,
+            &net.password,
             auth::now_unix(),
             sh.tuning.timestamp_window,
         )
-        .and_then(|()| auth::check_vip(sh.pool_net, m.ip))
+        .and_then(|()| auth::check_vip(net.pool_net, m.ip))
         .and_then(|()| auth::auth_step(self.vip, m.ip));
         match checks {
             Err(r) => {
@@ -469,43 +530,67 @@ impl Session {
             ServerCounters::inc(&sh.counters.refused_capacity);
             return Err(CloseReason::ServerFull(sh.max_clients));
         };
-        {
-            // Pool and table change together under the pool lock, so the
-            // holder of an address and the session it routes to never differ.
-            let mut pool = sh.lock_pool();
-            if let Some((live, live_ts, live_vmac)) = sh.relay.holder(m.ip) {
-                // Only a takeover (same vmac) is decided here; another vmac
-                // is refused by the pool below.
-                let takeover = live != self.id && self.vmac.is_some() && live_vmac == self.vmac;
-                if takeover && m.timestamp <= live_ts {
-                    ServerCounters::inc(&sh.counters.refused_not_newer);
-                    return Err(CloseReason::NotNewer {
-                        ip: m.ip,
-                        timestamp: m.timestamp,
-                        live: live_ts,
-                    });
-                }
+        // Pool and table change together under the pool lock, so the
+        // holder of an address and the session it routes to never differ.
+        let mut pool = net.lock_pool();
+        let claim = self.claim(&mut pool, &m)?;
+        if let Some(c) = &net.cluster {
+            // The same client again on an address this instance leases:
+            // nothing for other instances to decide.
+            let known = c.leased(m.ip) && matches!(claim, Claim::Kept | Claim::Took { .. });
+            if !known {
+                drop(pool);
+                self.lease_job = Some(LeaseJob::Auth { m, member, claim });
+                return Ok(());
             }
-            let claim = pool.claim(self.id, self.vmac, m.ip).map_err(|e| {
-                let r = match e {
-                    PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
-                    PoolError::OutsidePool { ip, pool } => CloseReason::OutsidePool { ip, pool },
-                    PoolError::Exhausted(net) => CloseReason::PoolExhausted(net),
-                };
-                count_refusal(&sh.counters, &r);
-                r
-            })?;
-            let entry = Entry {
-                session: self.id,
-                tx: self.tx.clone(),
-                kick: self.kick.clone(),
-                auth_ts: m.timestamp,
-                vmac: self.vmac,
-                remote: self.peer,
-                since: SystemTime::now(),
-                traffic: self.traffic.clone(),
-            };
-            if let Some(old) = sh.relay.insert(m.ip, entry) {
+            cluster::Net::note_auth(&net, m.ip, self.vmac, m.timestamp);
+        }
+        self.bind(&m, member, claim, pool);
+        Ok(())
+    }
+
+    /// The local half of AUTH: this instance's pool and relay table.
+    fn claim(&self, pool: &mut Pool, m: &ws::Auth) -> Result<Claim, CloseReason> {
+        let sh = &self.shared;
+        if let Some((live, live_ts, live_vmac)) = self.net.relay.holder(m.ip) {
+            // Only a takeover (same vmac) is decided here; another vmac
+            // is refused by the pool below.
+            let takeover = live != self.id && self.vmac.is_some() && live_vmac == self.vmac;
+            if takeover && m.timestamp <= live_ts {
+                ServerCounters::inc(&sh.counters.refused_not_newer);
+                return Err(CloseReason::NotNewer {
+                    ip: m.ip,
+                    timestamp: m.timestamp,
+                    live: live_ts,
+                });
+            }
+        }
+        pool.claim(self.id, self.vmac, m.ip)
+            .map_err(|e| refusal(&sh.counters, pool_refusal(e)))
+    }
+
+    /// AUTH succeeded: the session becomes the member at `m.ip`.
+    fn bind(
+        &mut self,
+        m: &ws::Auth,
+        member: OwnedSemaphorePermit,
+        claim: Claim,
+        pool: MutexGuard<'_, Pool>,
+    ) {
+        let sh = self.shared.clone();
+        let net = self.net.clone();
+        let entry = Entry {
+            session: self.id,
+            tx: self.tx.clone(),
+            kick: self.kick.clone(),
+            auth_ts: m.timestamp,
+            vmac: self.vmac,
+            remote: self.peer,
+            since: SystemTime::now(),
+            traffic: self.traffic.clone(),
+        };
+        match net.relay.insert(m.ip, entry) {
+            Some(old) => {
                 if old.session != self.id {
                     old.kick.notify_one();
                     ServerCounters::inc(&sh.counters.evicted_reconnect);
@@ -514,34 +599,137 @@ impl Session {
                         m.ip, self.peer
                     );
                 }
-            } else if let Claim::Took { .. } = claim {
-                // The older session had only reserved the address; it keeps
-                // running unbound and will be refused if it tries to AUTH.
-                ServerCounters::inc(&sh.counters.evicted_reconnect);
+            }
+            None => {
+                if let Claim::Took { .. } = claim {
+                    // The older session had only reserved the address; it
+                    // keeps running unbound and will be refused if it
+                    // tries to AUTH.
+                    ServerCounters::inc(&sh.counters.evicted_reconnect);
+                }
+                cluster::Net::bound(&net, m.ip);
             }
         }
+        drop(pool);
         // A member now: its place among strangers is free.
         self.pending = None;
         self.member = Some(member);
         self.vip = Some(m.ip);
         ServerCounters::inc(&sh.counters.auth_ok);
         ServerCounters::inc(&sh.counters.clients);
+        // Which network and instance hold a member, where that is a question.
+        let network = match (&net.cluster, net.name.as_str()) {
+            (None, DEFAULT_NETWORK) => String::new(),
+            _ => format!(" network={}", net.name),
+        };
+        let instance = net
+            .cluster
+            .as_ref()
+            .map(|c| format!(" instance={}", c.instance()))
+            .unwrap_or_default();
         info!(
-            "client joined vip={} from={} vmac={}",
+            "client joined vip={} from={} vmac={}{network}{instance}",
             m.ip,
             self.peer,
             auth::vmac_display(self.vmac)
         );
         // Read after the relay entry went in: a reload that adds a route
         // either is seen here or sees this member (and pushes it itself).
-        for f in routes::route_frames(&sh.routes.load(), m.ip) {
+        for f in routes::route_frames(&net.routes.load(), m.ip) {
             if self.tx.try_send(f).is_ok() {
                 ServerCounters::inc(&sh.counters.routes_pushed);
             } else {
                 ServerCounters::inc(&sh.counters.queue_full);
             }
         }
-        Ok(())
+    }
+
+    /// What a login waits for from the cluster (only with `[cluster]`).
+    async fn lease_step(&mut self, c: &cluster::Net, job: LeaseJob) -> Result<(), CloseReason> {
+        match job {
+            LeaseJob::Grant { m, frame } => {
+                let ip = self.grant_clustered(c, &m).await?;
+                self.reply_grant(ip, &m, frame);
+                Ok(())
+            }
+            LeaseJob::Auth { m, member, claim } => {
+                let sh = self.shared.clone();
+                let acquired = c
+                    .acquire(m.ip, self.vmac, cluster::Purpose::Auth(m.timestamp))
+                    .await;
+                let net = self.net.clone();
+                let pool = net.lock_pool();
+                if let Err(e) = acquired {
+                    let mut pool = pool;
+                    if pool.held_by(self.id) == Some(m.ip) {
+                        pool.release(self.id);
+                    }
+                    return Err(match e {
+                        LeaseError::Busy { holder } => refusal(
+                            &sh.counters,
+                            CloseReason::HeldElsewhere {
+                                ip: m.ip,
+                                instance: holder,
+                            },
+                        ),
+                        LeaseError::NotNewer { live } => {
+                            ServerCounters::inc(&sh.counters.refused_not_newer);
+                            CloseReason::NotNewer {
+                                ip: m.ip,
+                                timestamp: m.timestamp,
+                                live,
+                            }
+                        }
+                        LeaseError::Unavailable(why) => CloseReason::ClusterUnavailable(why),
+                    });
+                }
+                // A newer session of the same client may have taken the
+                // address here while this one waited.
+                if pool.held_by(self.id) != Some(m.ip) {
+                    return Err(CloseReason::Replaced);
+                }
+                self.bind(&m, member, claim, pool);
+                Ok(())
+            }
+        }
+    }
+
+    /// EXPTTUN with `[cluster]`: an address free here and leased to this
+    /// client across the cluster. An address another instance turns out
+    /// to hold is skipped and the next one tried.
+    async fn grant_clustered(
+        &mut self,
+        c: &cluster::Net,
+        m: &ExptTun,
+    ) -> Result<Ipv4Addr, CloseReason> {
+        let sh = self.shared.clone();
+        let requested = auth::requested_address(m.cidr);
+        for _ in 0..GRANT_TRIES {
+            let ip = self
+                .net
+                .lock_pool()
+                .grant_except(self.id, self.vmac, requested, &|ip, v| {
+                    c.taken_elsewhere(ip, v)
+                })
+                .map_err(|e| refusal(&sh.counters, pool_refusal(e)))?;
+            if c.leased(ip) {
+                return Ok(ip);
+            }
+            match c.acquire(ip, self.vmac, cluster::Purpose::Reserve).await {
+                Ok(_) => return Ok(ip),
+                // Now known to be taken: the next grant skips it.
+                Err(LeaseError::Busy { .. } | LeaseError::NotNewer { .. }) => {
+                    self.net.lock_pool().release(self.id);
+                }
+                Err(LeaseError::Unavailable(why)) => {
+                    self.net.lock_pool().release(self.id);
+                    return Err(CloseReason::ClusterUnavailable(why));
+                }
+            }
+        }
+        Err(CloseReason::ClusterUnavailable(format!(
+            "{GRANT_TRIES} addresses offered here were all taken on other instances meanwhile"
+        )))
     }
 
     async fn finish(
@@ -553,14 +741,23 @@ impl Session {
         // Free the address before the goodbye, so a client that reconnects
         // at once is not refused for its own previous session.
         {
-            let mut pool = self.shared.lock_pool();
-            pool.release(self.id);
+            let mut pool = self.net.lock_pool();
+            let released = pool.release(self.id);
             if let Some(vip) = self.vip {
-                self.shared.relay.remove_if(vip, self.id);
+                if self.net.relay.remove_if(vip, self.id) {
+                    if let Some(c) = &self.net.cluster {
+                        c.unbound(vip);
+                    }
+                }
                 self.shared
                     .counters
                     .clients
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let (Some(c), Some(ip)) = (&self.net.cluster, released) {
+                if !pool.is_held(ip) {
+                    c.release(ip);
+                }
             }
         }
         match (self.vip, reason.is_refusal()) {
@@ -581,6 +778,45 @@ impl Session {
     }
 }
 
+/// FORWARD with `[cluster]`, in Candy's order: a session here holding
+/// `dst`, else the instance holding it, else a broadcast (here and to every
+/// other instance), else nowhere.
+fn forward_clustered(
+    net: &Network,
+    c: &cluster::Net,
+    from: Ipv4Addr,
+    dst: Ipv4Addr,
+    frame: Vec<u8>,
+) -> Delivery {
+    let frame = match net.relay.send_local(dst, frame) {
+        Ok(d) => return d,
+        Err(f) => f,
+    };
+    let frame = match c.send_remote(dst, frame) {
+        Ok(d) => return d,
+        Err(f) => f,
+    };
+    if relay::forward_is_broadcast(net.pool_net, dst) {
+        c.broadcast(from, &frame);
+        net.relay.broadcast(from, &frame)
+    } else {
+        Delivery::NoRoute
+    }
+}
+
+fn pool_refusal(e: PoolError) -> CloseReason {
+    match e {
+        PoolError::Exhausted(net) => CloseReason::PoolExhausted(net),
+        PoolError::OutsidePool { ip, pool } => CloseReason::OutsidePool { ip, pool },
+        PoolError::InUse(ip) => CloseReason::AddressInUse(ip),
+    }
+}
+
+fn refusal(c: &ServerCounters, r: CloseReason) -> CloseReason {
+    count_refusal(c, &r);
+    r
+}
+
 fn add(counter: &std::sync::atomic::AtomicU64, n: usize) {
     if n > 0 {
         counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
@@ -592,7 +828,9 @@ fn count_refusal(c: &ServerCounters, r: &CloseReason) {
         CloseReason::BadHash(_) => &c.refused_bad_hash,
         CloseReason::StaleTimestamp { .. } => &c.refused_stale_timestamp,
         CloseReason::OutsidePool { .. } => &c.refused_outside_pool,
-        CloseReason::AddressInUse(_) => &c.refused_address_in_use,
+        CloseReason::AddressInUse(_) | CloseReason::HeldElsewhere { .. } => {
+            &c.refused_address_in_use
+        }
         CloseReason::PoolExhausted(_) => &c.refused_pool_exhausted,
         CloseReason::SecondAuth { .. } => &c.refused_second_auth,
         _ => return,

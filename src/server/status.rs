@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::counters::ServerCounterSnapshot;
+use crate::config::DEFAULT_NETWORK;
 use crate::counters::{counters, render_block};
 
 counters! {
@@ -46,6 +47,8 @@ impl TrafficSnapshot {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct MemberLine {
     pub vip: String,
+    /// The network it joined (`default` for the top-level one).
+    pub network: String,
     /// The VMAC the member sent (Candy's device identity), if it sent one.
     pub vmac: Option<String>,
     /// The server instance holding the session.
@@ -60,15 +63,28 @@ pub struct MemberLine {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServerStatus {
-    /// This server process: the host it runs on. Every member is held by
-    /// it for now; servers that share a network will each name their own.
+    /// This server process: its `[cluster]` name, else the host it runs
+    /// on. The members listed are the ones it holds; other instances of a
+    /// cluster list their own.
     pub instance: String,
     /// `ws://` or `wss://` and the bound address.
     pub listen: String,
-    pub pool: String,
-    /// Sorted by VIP.
+    /// Every network served, the default one first.
+    pub networks: Vec<NetworkLine>,
+    /// By network (in the order of `networks`), then by VIP.
     pub members: Vec<MemberLine>,
     pub counters: ServerCounterSnapshot,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NetworkLine {
+    pub name: String,
+    /// The URL path that selects it; the default network also answers
+    /// every path no other network has.
+    pub path: String,
+    pub pool: String,
+    /// How many members it has here.
+    pub members: usize,
 }
 
 /// The host name, which names this server instance.
@@ -123,20 +139,39 @@ fn age(secs: u64) -> String {
 /// The human form; `now` (seconds since the epoch) dates the ages.
 pub fn render(s: &ServerStatus, now: u64) -> String {
     let mut out = format!(
-        "server {}  listening {}  pool {}  members {}\n",
+        "server {}  listening {}  members {}\n",
         s.instance,
         s.listen,
-        s.pool,
         s.members.len()
     );
+    for n in &s.networks {
+        let path = if n.name == DEFAULT_NETWORK {
+            format!("{} (and any other)", n.path)
+        } else {
+            n.path.clone()
+        };
+        out.push_str(&format!(
+            "network {}  path {path}  pool {}  members {}\n",
+            n.name, n.pool, n.members
+        ));
+    }
     render_block(&mut out, "counters", s.counters.fields());
     if s.members.is_empty() {
         out.push_str("\nno members\n");
         return out;
     }
+    // Network names run to 64 characters; the column fits the longest.
+    let nw = s
+        .members
+        .iter()
+        .map(|m| m.network.len())
+        .max()
+        .unwrap_or(0)
+        .max("NETWORK".len());
     out.push_str(&format!(
-        "\n{:<16} {:<16} {:<16} {:<22} {:<29} {:>10} {:>14} {:>10} {:>14}\n",
+        "\n{:<16} {:<nw$} {:<16} {:<16} {:<22} {:<29} {:>10} {:>14} {:>10} {:>14}\n",
         "VIP",
+        "NETWORK",
         "VMAC",
         "INSTANCE",
         "REMOTE",
@@ -153,8 +188,9 @@ pub fn render(s: &ServerStatus, now: u64) -> String {
             age(now.saturating_sub(m.connected_since))
         );
         out.push_str(&format!(
-            "{:<16} {:<16} {:<16} {:<22} {:<29} {:>10} {:>14} {:>10} {:>14}\n",
+            "{:<16} {:<nw$} {:<16} {:<16} {:<22} {:<29} {:>10} {:>14} {:>10} {:>14}\n",
             m.vip,
+            m.network,
             m.vmac.as_deref().unwrap_or("-"),
             m.instance,
             m.remote,
@@ -197,9 +233,23 @@ mod tests {
         let s = ServerStatus {
             instance: "relay-1".into(),
             listen: "ws://10.91.0.1:7443".into(),
-            pool: "10.77.0.0/24".into(),
+            networks: vec![
+                NetworkLine {
+                    name: "default".into(),
+                    path: "/".into(),
+                    pool: "10.77.0.0/24".into(),
+                    members: 1,
+                },
+                NetworkLine {
+                    name: "lab".into(),
+                    path: "/lab".into(),
+                    pool: "10.78.0.0/24".into(),
+                    members: 0,
+                },
+            ],
             members: vec![MemberLine {
                 vip: "10.77.0.11".into(),
+                network: "default".into(),
                 vmac: Some("0123456789abcdef".into()),
                 instance: "relay-1".into(),
                 remote: "10.91.0.11:40000".into(),
@@ -223,6 +273,7 @@ mod tests {
             .find(|l| l.starts_with("10.77.0.11"))
             .unwrap_or_else(|| panic!("no member row in\n{text}"));
         for word in [
+            "default",
             "0123456789abcdef",
             "relay-1",
             "10.91.0.11:40000",
@@ -235,9 +286,16 @@ mod tests {
             assert!(row.contains(word), "{word} in {row}");
         }
         assert!(text.contains("forward_unicast"), "{text}");
+        assert!(
+            text.contains("network lab  path /lab  pool 10.78.0.0/24  members 0"),
+            "{text}"
+        );
+        assert!(text.contains("path / (and any other)"), "{text}");
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["members"][0]["bytes_out"], 1_004);
         assert_eq!(json["members"][0]["vip"], "10.77.0.11");
+        assert_eq!(json["members"][0]["network"], "default");
+        assert_eq!(json["networks"][1]["pool"], "10.78.0.0/24");
         assert_eq!(json["counters"]["forward_unicast"], 77);
         let back: ServerStatus = serde_json::from_value(json).unwrap();
         assert_eq!(back, s);
