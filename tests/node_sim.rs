@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use ringlink::control::node::{Node, NodeConfig, Output};
+use ringlink::control::secure::Identity;
 use ringlink::dataplane::{Snapshot, MAIN_SOCKET};
 use ringlink::peer::PeerConfig;
 use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey};
@@ -15,6 +16,9 @@ use ringlink::proto::ws::{self, SysRoute, WsMessage};
 use ringlink::proto::{stun, Ipv4Cidr};
 use ringlink::rng::SplitMix64;
 use ringlink::route::RouteConfig;
+use ringlink::session::keys::NodeKey;
+use ringlink::session::pins::PinStore;
+use ringlink::session::timers::HandshakeTimers;
 
 const PASSWORD: &[u8] = b"node sim password";
 const CIPHER: CipherKind = CipherKind::Aes256Gcm;
@@ -55,6 +59,36 @@ struct Host {
     public: SocketAddrV4,
     published: Vec<Snapshot>,
     installs: Vec<Vec<SysRoute>>,
+    /// Pins files the node asked to be written, oldest first.
+    saved_pins: Vec<String>,
+}
+
+/// Node `i`'s configuration; `key` is the seed of its node key.
+fn node_config(i: usize, seed: u64, route_cost: u32, key: u8) -> NodeConfig {
+    let mut peer = PeerConfig::new(vip(i));
+    peer.eager = true;
+    let mut route = RouteConfig::new(vip(i));
+    route.route_cost = route_cost;
+    route.seed = seed ^ (i as u64);
+    NodeConfig {
+        own: Ipv4Cidr {
+            addr: vip(i),
+            prefix: 24,
+        },
+        password: PASSWORD.to_vec(),
+        cipher: CIPHER,
+        stun: Some(STUN),
+        public_endpoint: None,
+        peer,
+        route,
+        seed: seed.wrapping_mul(31) ^ (i as u64),
+        identity: Identity {
+            key: NodeKey::from_private([key; 32]),
+            pins: PinStore::default(),
+            timers: HandshakeTimers::default(),
+            wall_clock: Duration::from_secs(1_700_000_000),
+        },
+    }
 }
 
 struct Sim {
@@ -79,30 +113,14 @@ impl Sim {
         let t0 = Instant::now();
         let hosts = (0..n)
             .map(|i| {
-                let mut peer = PeerConfig::new(vip(i));
-                peer.eager = true;
-                let mut route = RouteConfig::new(vip(i));
-                route.route_cost = route_cost;
-                route.seed = seed ^ (i as u64);
-                let cfg = NodeConfig {
-                    own: Ipv4Cidr {
-                        addr: vip(i),
-                        prefix: 24,
-                    },
-                    password: PASSWORD.to_vec(),
-                    cipher: CIPHER,
-                    stun: Some(STUN),
-                    public_endpoint: None,
-                    peer,
-                    route,
-                    seed: seed.wrapping_mul(31) ^ (i as u64),
-                };
+                let cfg = node_config(i, seed, route_cost, 1 + i as u8);
                 Host {
                     node: Node::new(cfg, t0).expect("valid node config"),
                     vip: vip(i),
                     public: public(i, 40_000),
                     published: Vec::new(),
                     installs: Vec::new(),
+                    saved_pins: Vec::new(),
                 }
             })
             .collect();
@@ -159,6 +177,7 @@ impl Sim {
                 Output::ServerFrame(frame) => self.relay(i, frame),
                 Output::Publish(s) => self.hosts[i].published.push(s),
                 Output::InstallRoutes(r) => self.hosts[i].installs.push(r),
+                Output::SavePins(text) => self.hosts[i].saved_pins.push(text),
                 // Only the birthday test models extra sockets.
                 Output::OpenSockets { count } => panic!("{count} sockets asked for"),
             }
@@ -579,4 +598,90 @@ fn nat_classes_travel_with_the_endpoint_and_choose_port_prediction() {
     let expected: HashSet<u16> = (40_001..=40_064).collect();
     assert!(expected.is_subset(&window), "sprayed {window:?}");
     assert!(!sim.stray.iter().any(|(from, _)| *from == 1));
+}
+
+/// The status line node `i` shows for node `j`.
+fn peer_line(sim: &Sim, i: usize, j: usize) -> ringlink::control::status::PeerLine {
+    let (peers, _) = sim.hosts[i].node.status(sim.now);
+    let v = sim.hosts[j].vip.to_string();
+    peers
+        .into_iter()
+        .find(|p| p.vip == v)
+        .expect("the peer is listed")
+}
+
+#[test]
+fn ringlink_nodes_pin_keys_and_complete_a_handshake() {
+    let mut sim = Sim::new(2, 3, 0);
+    sim.relayed(0, 1);
+    let done = sim.run_until(20_000, |s| {
+        peer_line(s, 0, 1).handshake_secs.is_some() && peer_line(s, 1, 0).handshake_secs.is_some()
+    });
+    assert!(
+        done,
+        "no handshake: {:?} / {:?}",
+        peer_line(&sim, 0, 1),
+        peer_line(&sim, 1, 0)
+    );
+    for (i, j) in [(0, 1), (1, 0)] {
+        let key = sim.hosts[j].node.public_key();
+        let line = peer_line(&sim, i, j);
+        let shown = line.key.expect("a pinned key");
+        assert_eq!(
+            (shown.fingerprint, shown.source.as_str()),
+            (key.fingerprint(), "tofu")
+        );
+        // The pins file the driver would write names the peer's key.
+        let saved = sim.hosts[i].saved_pins.last().expect("pins saved");
+        assert!(
+            saved.contains(&format!("{} {}", sim.hosts[j].vip, key.to_base64())),
+            "{saved}"
+        );
+        assert_eq!(sim.hosts[i].saved_pins.len(), 1, "pinned once, saved once");
+    }
+    let (a, b) = (
+        sim.hosts[0].node.handshake_stats(),
+        sim.hosts[1].node.handshake_stats(),
+    );
+    // One handshake, not two: the lower VIP initiated, the other answered.
+    assert_eq!((a.initiations_sent, b.initiations_sent), (1, 0));
+    assert_eq!((a.handshakes_completed, b.handshakes_completed), (1, 1));
+    assert_eq!(
+        b.transport_opened, 1,
+        "the initiator's keepalive confirmed it"
+    );
+    // Rekeys on time keep it going.
+    sim.run_for(300_000);
+    let line = peer_line(&sim, 0, 1);
+    assert!(line.handshake_secs.is_some_and(|s| s < 120.0), "{line:?}");
+    assert!(line.handshakes >= 3, "{line:?}");
+}
+
+#[test]
+fn a_node_back_with_another_key_is_refused() {
+    let mut sim = Sim::new(2, 4, 0);
+    sim.relayed(0, 1);
+    assert!(sim.run_until(20_000, |s| peer_line(s, 0, 1).handshake_secs.is_some()));
+    let pinned = sim.hosts[1].node.public_key();
+    // Node 1 restarts with a new key on the same VIP.
+    let t = sim.now;
+    sim.hosts[1].node = Node::new(node_config(1, 4, 0, 99), t).unwrap();
+    sim.hosts[1].node.set_server_up(true);
+    sim.collect(1);
+    let new_key = sim.hosts[1].node.public_key();
+    assert_ne!(pinned, new_key);
+    sim.relayed(1, 0);
+    sim.relayed(0, 1);
+    sim.run_for(200_000);
+    let a = sim.hosts[0].node.handshake_stats();
+    assert!(a.keys_refused >= 1, "{a:?}");
+    assert_eq!(
+        a.handshakes_completed, 1,
+        "nothing completed with the new key: {a:?}"
+    );
+    let line = peer_line(&sim, 0, 1);
+    assert_eq!(line.key.unwrap().fingerprint, pinned.fingerprint());
+    // The old session expired and no new one was made.
+    assert_eq!(line.handshake_secs, None);
+    assert!(a.sessions_expired >= 1);
 }

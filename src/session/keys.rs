@@ -141,47 +141,55 @@ pub enum KeyOrigin {
     Created,
 }
 
+/// Reads the key at `path`; `None` if there is no file.
+pub fn load(path: &Path) -> Result<Option<NodeKey>, KeyFileError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeyFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let malformed = |why: String| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| malformed(e.to_string()))?;
+    let private = decode_key(&text).map_err(|e| malformed(e.to_string()))?;
+    Ok(Some(NodeKey::from_private(private)))
+}
+
 /// Reads the key at `path`, or creates one there (mode 0600) if there is
 /// no file. Never overwrites: a file that cannot be used is an error.
 pub fn load_or_create(path: &Path) -> Result<(NodeKey, KeyOrigin), KeyFileError> {
+    if let Some(key) = load(path)? {
+        return Ok((key, KeyOrigin::Loaded));
+    }
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            let mode = meta.permissions().mode() & 0o7777;
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(|e| KeyFileError::Malformed {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?;
-            let private = decode_key(&text).map_err(|e| KeyFileError::Malformed {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })?;
-            Ok((NodeKey::from_private(private), KeyOrigin::Loaded))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let key = NodeKey::generate();
-            // create_new: two processes starting at once never both write.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            writeln!(file, "{}", STANDARD.encode(key.private)).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok((key, KeyOrigin::Created))
-        }
-        Err(e) => Err(io(e)),
-    }
+    let key = NodeKey::generate();
+    // create_new: two processes starting at once never both write.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    writeln!(file, "{}", STANDARD.encode(key.private)).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok((key, KeyOrigin::Created))
 }
 
 #[cfg(test)]
@@ -223,6 +231,7 @@ mod tests {
     fn created_once_with_mode_0600_then_loaded() {
         let dir = temp_dir("create");
         let path = dir.join("node.key");
+        assert!(load(&path).unwrap().is_none());
         let (created, how) = load_or_create(&path).unwrap();
         assert_eq!(how, KeyOrigin::Created);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;

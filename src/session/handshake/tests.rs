@@ -496,14 +496,14 @@ fn garbage_never_panics_and_every_error_is_typed() {
         };
         let mut m = base;
         // Flip a byte, cut or extend, sometimes all three.
-        if !m.is_empty() && rng.next_u64() % 2 == 0 {
+        if !m.is_empty() && rng.next_u64().is_multiple_of(2) {
             let at = (rng.next_u64() as usize) % m.len();
             m[at] ^= 1 << (rng.next_u64() % 8);
         }
-        if rng.next_u64() % 3 == 0 {
+        if rng.next_u64().is_multiple_of(3) {
             m.truncate((rng.next_u64() as usize) % (m.len() + 1));
         }
-        if rng.next_u64() % 5 == 0 {
+        if rng.next_u64().is_multiple_of(5) {
             m.push(rng.next_u64() as u8);
         }
         for target in [&mut a, &mut b] {
