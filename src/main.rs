@@ -273,11 +273,15 @@ fn main() -> ExitCode {
             // The control thread is single-threaded by design: its tasks
             // share state without locks, so they run on one LocalSet.
             let local = tokio::task::LocalSet::new();
-            report(
-                local
-                    .block_on(&rt, ringlink::control::run(cfg, terminated(), reload))
-                    .map_err(|e| e.to_string()),
-            )
+            match local.block_on(&rt, ringlink::control::run(cfg, terminated(), reload)) {
+                // Like a config error, a key file that cannot be used does
+                // not fix itself: exit 2, which the unit does not restart.
+                Err(e @ ringlink::control::ClientError::Identity(_)) => {
+                    eprintln!("ringlink: {e}");
+                    ExitCode::from(2)
+                }
+                r => report(r.map_err(|e| e.to_string())),
+            }
         }
         Command::Status {
             socket,

@@ -106,6 +106,10 @@ struct Sim {
     udp_delivered: usize,
     /// Datagrams to endpoints no host has: (sender, destination).
     stray: Vec<(usize, SocketAddrV4)>,
+    /// Sealed GENERAL frames (handshakes through the relay): (src, dst).
+    sealed_generals: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The datagrams counted in `stray`, in the same order.
+    stray_datagrams: Vec<Vec<u8>>,
 }
 
 impl Sim {
@@ -135,6 +139,8 @@ impl Sim {
             open_failures: 0,
             udp_delivered: 0,
             stray: Vec::new(),
+            sealed_generals: Vec::new(),
+            stray_datagrams: Vec::new(),
         };
         for i in 0..n {
             sim.hosts[i].node.set_server_up(true);
@@ -162,6 +168,7 @@ impl Sim {
                 Output::Datagram { to, datagram, .. } => {
                     let Some(j) = self.host_at(to) else {
                         self.stray.push((i, to));
+                        self.stray_datagrams.push(datagram);
                         continue;
                     };
                     let lost = self.loss > 0.0 && self.rng.next_f64() < self.loss;
@@ -205,7 +212,12 @@ impl Sim {
         let (src, dst) = match WsMessage::decode(&frame).expect("node sent a valid frame") {
             WsMessage::PeerConn(p) => (p.src, p.dst),
             WsMessage::Discovery(d) => (d.src, d.dst),
-            WsMessage::General(g) => (g.src, g.dst),
+            WsMessage::General(g) => {
+                if g.subtype == ws::general::SEALED {
+                    self.sealed_generals.push((g.src, g.dst));
+                }
+                (g.src, g.dst)
+            }
             other => panic!("node sent an unexpected frame {other:?}"),
         };
         assert_eq!(src, self.hosts[from].vip, "frames carry the sender's VIP");
@@ -684,4 +696,75 @@ fn a_node_back_with_another_key_is_refused() {
     // The old session expired and no new one was made.
     assert_eq!(line.handshake_secs, None);
     assert!(a.sessions_expired >= 1);
+}
+
+#[test]
+fn a_peer_that_announced_no_key_is_sent_no_handshake() {
+    let mut sim = Sim::new(2, 5, 0);
+    // A stock Candy node at .50: its UDP4CONN has no marker and no key.
+    let candy = Ipv4Addr::new(10, 77, 0, 50);
+    let frame = ringlink::proto::ws::PeerConn {
+        src: candy,
+        dst: sim.hosts[0].vip,
+        endpoint: public(9, 40_000),
+        tail: None,
+    }
+    .encode();
+    let now = sim.now;
+    sim.hosts[0].node.on_server_frame(&frame, now);
+    sim.collect(0);
+    sim.relayed(0, 1);
+    sim.run_for(60_000);
+    // The two ringlink nodes did handshake through the relay or directly...
+    assert!(sim.hosts[0].node.handshake_stats().handshakes_completed >= 1);
+    // ...and nothing of it went to the Candy node.
+    assert!(
+        sim.sealed_generals.iter().all(|&(_, dst)| dst != candy),
+        "{:?}",
+        sim.sealed_generals
+    );
+    // Whatever went to its address over UDP (Candy's heartbeats) was no
+    // handshake or session message.
+    let candy_key = PeerKey::for_vip(CIPHER, PASSWORD, candy);
+    let mut to_candy = 0;
+    for (&(_, to), d) in sim.stray.iter().zip(&sim.stray_datagrams) {
+        if to == public(9, 40_000) {
+            let mut buf = d.clone();
+            let plain = candy_key
+                .open_in_place(&mut buf)
+                .expect("sealed for the Candy node");
+            assert!(
+                !(0xF0..=0xF4).contains(&plain[0]),
+                "type {:#x} sent to a Candy peer",
+                plain[0]
+            );
+            to_candy += 1;
+        }
+    }
+    assert!(to_candy > 0, "the Candy peer was tried over UDP at all");
+    let (peers, _) = sim.hosts[0].node.status(sim.now);
+    let line = peers
+        .iter()
+        .find(|p| p.vip == candy.to_string())
+        .expect("listed");
+    assert_eq!((line.key.is_none(), line.handshake_secs), (true, None));
+    assert_eq!(line.speaks, "candy");
+}
+
+#[test]
+fn without_a_direct_path_the_handshake_goes_through_the_relay() {
+    let mut sim = Sim::new(2, 6, 0);
+    sim.blocked.insert((0, 1));
+    sim.blocked.insert((1, 0));
+    sim.relayed(0, 1);
+    let done = sim.run_until(20_000, |s| {
+        peer_line(s, 0, 1).handshake_secs.is_some() && peer_line(s, 1, 0).handshake_secs.is_some()
+    });
+    assert!(done, "no handshake over the relay");
+    assert!(!sim.connected(0, 1), "UDP is blocked: no direct path");
+    let (v0, v1) = (sim.hosts[0].vip, sim.hosts[1].vip);
+    // Initiation and keepalive one way, the response the other.
+    assert!(sim.sealed_generals.contains(&(v0, v1)));
+    assert!(sim.sealed_generals.contains(&(v1, v0)));
+    assert_eq!(sim.hosts[1].node.handshake_stats().transport_opened, 1);
 }

@@ -559,6 +559,19 @@ fn wire_layout_and_lengths() {
         assert!(Message::decode(&v).is_err());
     }
     assert!(Message::decode(&bytes[..28]).is_err());
+    // docs/protocol.md §5.7: the psk for the password "secret".
+    let psk: String = psk_from_password(b"secret")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        psk,
+        "60621547ebd0726437ad06da075fdccf6937967da861c4b9a9a0c187b3d00e89"
+    );
+    assert_eq!(
+        prologue(A, B),
+        b"ringlink handshake v1\x0a\x4d\x00\x02\x0a\x4d\x00\x03"
+    );
     assert_eq!(
         tai64n(Duration::new(1, 2)),
         [0x40, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]
