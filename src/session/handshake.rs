@@ -286,6 +286,9 @@ struct Peer {
     newest_initiation: Option<Timestamp>,
     budget: TokenBucket,
     completed: u32,
+    /// No initiation before this: the last one could not even be built
+    /// (no randomness), and trying again at once would spin.
+    hold_until: Option<Instant>,
 }
 
 impl Peer {
@@ -393,6 +396,7 @@ impl Handshakes {
                 newest_initiation: None,
                 budget: InitiationLimiter::peer_budget(now),
                 completed: 0,
+                hold_until: None,
             },
         );
         // A key that changed under a configured pin cannot get here (the
@@ -469,9 +473,14 @@ impl Handshakes {
         let state = match built {
             Ok(s) => s,
             Err(e) => {
-                // Only a key snow cannot use gets here; counted, retried.
+                // snow fails here only without randomness for the
+                // ephemeral key; counted, and tried again after a backoff.
                 self.stats.handshake_failures += 1;
                 tracing::warn!(peer = %vip, error = %e, "cannot start a handshake");
+                if let Some(p) = self.peers.get_mut(&vip) {
+                    p.hold_until = Some(now + p.backoff);
+                    p.backoff = self.timers.next_retry(p.backoff);
+                }
                 return;
             }
         };
@@ -775,11 +784,12 @@ impl Handshakes {
                             Role::Responder => t.responder_rekey(),
                         }
                 });
+                let held = |d: Instant| d.max(p.hold_until.unwrap_or(d));
                 let expiry = p
                     .sessions()
                     .map(|s| s.established + t.reject_after_time)
                     .min();
-                [retry, first, rekey, expiry]
+                [retry, first.map(held), rekey.map(held), expiry]
             })
             .flatten()
             .min()
@@ -801,6 +811,9 @@ impl Handshakes {
                         self.stats.sessions_expired += 1;
                     }
                 }
+            }
+            if p.hold_until.is_some_and(|h| now < h) {
+                continue;
             }
             if let Some(q) = &p.pending {
                 if now >= q.retry_at {
