@@ -16,6 +16,9 @@ use ringlink::proto::ws::{
     self, encode_forward, Auth, Discovery, ExptTun, PeerConn, SysRoute, Vmac,
 };
 use ringlink::proto::{checksum, sdwan, stun, Ipv4Cidr};
+use ringlink::session::handshake::{psk_from_password, HandshakeConfig, Handshakes};
+use ringlink::session::keys::NodeKey;
+use ringlink::session::timers::HandshakeTimers;
 
 const PW: &[u8] = b"secret";
 const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -344,6 +347,48 @@ fn write_all(dir: &Path) -> io::Result<()> {
         &[
             ("server", b"listen = \"10.91.0.1:7443\"\npassword = \"secret\"\npool = \"10.77.0.0/24\"\nstun = \"10.91.0.1:3478\"\n\n[[route]]\ndst = \"192.168.20.0/24\"\nvia = \"10.77.0.20\"\n".to_vec()),
             ("client", b"server = \"ws://10.91.0.1:7443/ring\"\npassword = \"secret\"\ntun = \"rl0\"\naddress = \"10.77.0.20/24\"\nmtu = 1400\nstun = \"stun://10.91.0.1:3478\"\ndiscovery = 60\nroute_cost = 5\ncipher = \"chacha20-poly1305\"\n".to_vec()),
+        ],
+    )?;
+
+    // Handshake target: a receiver byte (0: B, the responder; 1: A, the
+    // initiator), then a message. A's genuine initiation to B, and a
+    // response and a transport message of the right shapes.
+    let t0 = std::time::Instant::now();
+    let hs = |own, key: u8, peer, peer_key: u8| {
+        let mut h = Handshakes::new(
+            HandshakeConfig {
+                own,
+                key: NodeKey::from_private([key; 32]),
+                psk: psk_from_password(PW),
+                timers: HandshakeTimers::default(),
+                seed: 1,
+                wall_clock: std::time::Duration::from_secs(TS as u64),
+            },
+            t0,
+        );
+        h.peer_key(peer, NodeKey::from_private([peer_key; 32]).public(), t0);
+        h
+    };
+    let (mut a, mut b) = (hs(A, 1, B, 2), hs(B, 2, A, 1));
+    a.handle_timeout(t0);
+    let (_, init) = a.poll_transmit().expect("A initiates at once");
+    let response = b
+        .handle(&init, t0)
+        .ok()
+        .and_then(|h| h.reply)
+        .expect("B answers A");
+    let keepalive = a
+        .handle(&response, t0)
+        .ok()
+        .and_then(|h| h.reply)
+        .expect("A confirms");
+    let to = |who: u8, m: &[u8]| [&[who][..], m].concat();
+    s.target(
+        "handshake",
+        &[
+            ("initiation", to(0, &init)),
+            ("response", to(1, &response)),
+            ("transport", to(0, &keepalive)),
         ],
     )?;
 

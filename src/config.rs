@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::proto::crypto::CipherKind;
 use crate::proto::mtu;
 use crate::proto::Ipv4Cidr;
+use crate::session::keys::PublicKey;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -855,6 +856,26 @@ pub struct ClientConfig {
     pub metrics_per_peer: bool,
     /// Log filter (`--log` and `RUST_LOG` take precedence).
     pub log: String,
+    /// This node's X25519 private key; created (0600) on first start.
+    pub key_file: PathBuf,
+    /// Peer keys pinned on first use, one `VIP key` a line.
+    pub pins_file: PathBuf,
+    /// `peers = [{ vip, key }]`: keys pinned up front, never learnt.
+    pub peers: Vec<PinnedPeer>,
+}
+
+/// One entry of the client's `peers = [...]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PinnedPeer {
+    pub vip: Ipv4Addr,
+    pub key: PublicKey,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    vip: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -883,6 +904,38 @@ struct RawClient {
     metrics: Option<String>,
     metrics_per_peer: Option<bool>,
     log: Option<String>,
+    key_file: Option<PathBuf>,
+    pins_file: Option<PathBuf>,
+    peers: Option<Vec<RawPeer>>,
+}
+
+/// `peers`: each VIP once, never our own, each key 32 bytes of base64.
+fn pinned_peers(
+    c: &Ctx,
+    raw: Vec<RawPeer>,
+    own: Option<Ipv4Cidr>,
+) -> Result<Vec<PinnedPeer>, ConfigError> {
+    let mut out: Vec<PinnedPeer> = Vec::with_capacity(raw.len());
+    for (i, p) in raw.into_iter().enumerate() {
+        let vip = c.ipv4(&format!("peers[{i}].vip"), &p.vip)?;
+        if own.is_some_and(|o| o.addr == vip) {
+            return Err(c.err(
+                &format!("peers[{i}].vip"),
+                format!("{vip} is this node's own address"),
+            ));
+        }
+        if out.iter().any(|q| q.vip == vip) {
+            return Err(c.err(&format!("peers[{i}].vip"), format!("{vip} is pinned twice")));
+        }
+        let key = PublicKey::from_base64(&p.key).map_err(|e| {
+            c.err(
+                &format!("peers[{i}].key"),
+                format!("expected a base64 X25519 public key (as `ringlink client --check` prints it): {e}"),
+            )
+        })?;
+        out.push(PinnedPeer { vip, key });
+    }
+    Ok(out)
 }
 
 fn in_range(c: &Ctx, key: &str, v: i64, lo: i64, hi: i64) -> Result<i64, ConfigError> {
@@ -1016,7 +1069,21 @@ impl ClientConfig {
         )? as u32;
         let metrics = c.metrics(raw.metrics.as_deref(), CLIENT_METRICS_PORT)?;
         let log = c.log(raw.log)?;
+        let peers = pinned_peers(&c, raw.peers.unwrap_or_default(), address)?;
+        // Beside the config by default: one key per node, one node per file.
+        let key_file = raw
+            .key_file
+            .unwrap_or_else(|| Path::new(file).with_extension("key"));
+        let pins_file = raw
+            .pins_file
+            .unwrap_or_else(|| key_file.with_extension("pins"));
+        if pins_file == key_file {
+            return Err(c.err("pins_file", "must not be the key file"));
+        }
         Ok(Self {
+            key_file,
+            pins_file,
+            peers,
             control_socket: raw
                 .control_socket
                 .unwrap_or_else(|| default_control_socket(&tun)),
@@ -1457,6 +1524,58 @@ mod tests {
         assert!(e.to_string().contains("password"), "{e}");
         let e = client(&format!("{CLIENT}bogus = 1\n")).unwrap_err();
         assert!(e.to_string().contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn client_key_files_default_beside_the_config() {
+        let c = ClientConfig::parse("/etc/ringlink/site-a.toml", CLIENT).unwrap();
+        assert_eq!(c.key_file, PathBuf::from("/etc/ringlink/site-a.key"));
+        assert_eq!(c.pins_file, PathBuf::from("/etc/ringlink/site-a.pins"));
+        assert!(c.peers.is_empty());
+        let c = client(&format!("{CLIENT}key_file = \"/var/lib/rl/node.key\"\n")).unwrap();
+        assert_eq!(c.pins_file, PathBuf::from("/var/lib/rl/node.pins"));
+        let e = client(&format!("{CLIENT}key_file = \"k\"\npins_file = \"k\"\n")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pins_file"));
+    }
+
+    #[test]
+    fn client_pinned_peers() {
+        let k1 = PublicKey([1; 32]).to_base64();
+        let k2 = PublicKey([2; 32]).to_base64();
+        let c = client(&format!(
+            "{CLIENT}peers = [{{ vip = \"10.77.0.3\", key = \"{k1}\" }}, {{ vip = \"10.77.0.4\", key = \"{k2}\" }}]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.peers,
+            vec![
+                PinnedPeer {
+                    vip: Ipv4Addr::new(10, 77, 0, 3),
+                    key: PublicKey([1; 32])
+                },
+                PinnedPeer {
+                    vip: Ipv4Addr::new(10, 77, 0, 4),
+                    key: PublicKey([2; 32])
+                },
+            ]
+        );
+        let cases = [
+            (format!("peers = [{{ vip = \"10.77.0.300\", key = \"{k1}\" }}]"), "peers[0].vip", "IPv4"),
+            (format!("peers = [{{ vip = \"10.77.0.3\", key = \"{k1}\" }}, {{ vip = \"10.77.0.3\", key = \"{k2}\" }}]"), "peers[1].vip", "twice"),
+            ("peers = [{ vip = \"10.77.0.3\", key = \"AAAA\" }]".to_string(), "peers[0].key", "3 bytes"),
+            ("peers = [{ vip = \"10.77.0.3\", key = \"not base64!\" }]".to_string(), "peers[0].key", "base64"),
+            (format!("address = \"10.77.0.3/24\"\npeers = [{{ vip = \"10.77.0.3\", key = \"{k1}\" }}]"), "peers[0].vip", "own address"),
+        ];
+        for (extra, key, why) in cases {
+            let e = client(&format!("{CLIENT}{extra}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+            assert!(e.to_string().contains(why), "{extra}: {e}");
+        }
+        let e = client(&format!(
+            "{CLIENT}peers = [{{ vip = \"10.77.0.3\", key = \"{k1}\", name = \"x\" }}]\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
     }
 
     #[test]

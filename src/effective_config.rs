@@ -10,7 +10,7 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use crate::config::{
-    ClientConfig, ClusterConfig, NetworkConfig, PushedRoute, ServerConfig, ServerTrust,
+    ClientConfig, ClusterConfig, NetworkConfig, PinnedPeer, PushedRoute, ServerConfig, ServerTrust,
 };
 use crate::proto::crypto::CipherKind;
 
@@ -210,6 +210,9 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         metrics,
         metrics_per_peer,
         log,
+        key_file,
+        pins_file,
+        peers,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -287,6 +290,22 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("metrics".into(), metrics_value(metrics));
     t.insert("metrics_per_peer".into(), Value::Boolean(*metrics_per_peer));
     t.insert("log".into(), string(log));
+    t.insert("key_file".into(), path(key_file));
+    t.insert("pins_file".into(), path(pins_file));
+    if peers.is_empty() {
+        unset.push(("peers", "no key pinned up front; first use pins"));
+    } else {
+        let peer = |p: &PinnedPeer| {
+            let mut pt = Table::new();
+            pt.insert("vip".into(), string(p.vip));
+            pt.insert("key".into(), string(p.key.to_base64()));
+            Value::Table(pt)
+        };
+        t.insert(
+            "peers".into(),
+            Value::Array(peers.iter().map(peer).collect()),
+        );
+    }
     render(file, t, &unset)
 }
 
@@ -397,7 +416,7 @@ mod tests {
 
     #[test]
     fn client_settings_round_trip() {
-        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\nlog = \"debug\"\n";
+        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npeers = [{ vip = \"10.77.0.3\", key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\" }]\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\nlog = \"debug\"\n";
         let cfg = ClientConfig::parse("client.toml", text).unwrap();
         let out = client_toml("client.toml", &cfg);
         assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");

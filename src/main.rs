@@ -57,11 +57,13 @@ enum Command {
         /// Path to client.toml (keys: server, password, tun, address, mtu,
         /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
         /// control_socket, lan_address, public_endpoint, cipher, mss_clamp,
-        /// offload, pin_workers, metrics, metrics_per_peer, log).
+        /// offload, pin_workers, metrics, metrics_per_peer, log, key_file,
+        /// pins_file, peers).
         #[arg(long, short)]
         config: PathBuf,
-        /// Only validate the file and print the effective configuration
-        /// (defaults filled in, password hidden); start nothing.
+        /// Only validate the file (and the key and pins files) and print
+        /// the effective configuration (defaults filled in, password
+        /// hidden) and the node's public key; start nothing.
         #[arg(long)]
         check: bool,
     },
@@ -247,10 +249,20 @@ fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             if check {
+                // Checked before printing: a key or pins file the client
+                // would refuse fails the check the same way.
+                let key = match check_key_files(&cfg) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        eprintln!("ringlink: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
                 print!(
                     "{}",
                     effective_config::client_toml(&config.display().to_string(), &cfg)
                 );
+                println!("{key}");
                 return ExitCode::SUCCESS;
             }
             let reload = process_logs(&mut cfg.log, &cli.log, config);
@@ -261,11 +273,15 @@ fn main() -> ExitCode {
             // The control thread is single-threaded by design: its tasks
             // share state without locks, so they run on one LocalSet.
             let local = tokio::task::LocalSet::new();
-            report(
-                local
-                    .block_on(&rt, ringlink::control::run(cfg, terminated(), reload))
-                    .map_err(|e| e.to_string()),
-            )
+            match local.block_on(&rt, ringlink::control::run(cfg, terminated(), reload)) {
+                // Like a config error, a key file that cannot be used does
+                // not fix itself: exit 2, which the unit does not restart.
+                Err(e @ ringlink::control::ClientError::Identity(_)) => {
+                    eprintln!("ringlink: {e}");
+                    ExitCode::from(2)
+                }
+                r => report(r.map_err(|e| e.to_string())),
+            }
         }
         Command::Status {
             socket,
@@ -359,6 +375,26 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `client --check`: the node's public key as a comment line, if the key
+/// file exists (it is created on the first start, not by a check), after
+/// reading the key and pins files as the client would.
+fn check_key_files(cfg: &ClientConfig) -> Result<String, String> {
+    use ringlink::session::{keys, pins};
+    pins::load(&cfg.pins_file).map_err(|e| e.to_string())?;
+    Ok(match keys::load(&cfg.key_file).map_err(|e| e.to_string())? {
+        Some(k) => format!(
+            "# public key: {} (fingerprint {}); pin it on other sites with\n# peers = [{{ vip = \"<this node's address>\", key = \"{}\" }}]",
+            k.public().to_base64(),
+            k.public().fingerprint(),
+            k.public().to_base64()
+        ),
+        None => format!(
+            "# public key: none yet; `ringlink client` creates {} on its first start",
+            cfg.key_file.display()
+        ),
+    })
 }
 
 fn config_error(e: ringlink::config::ConfigError) -> ExitCode {

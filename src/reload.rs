@@ -210,6 +210,9 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         metrics,
         metrics_per_peer,
         log,
+        key_file,
+        pins_file,
+        peers,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -247,6 +250,9 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
             "test_time_divisor",
             *test_time_divisor != old.test_time_divisor,
         ),
+        ("key_file", *key_file != old.key_file),
+        ("pins_file", *pins_file != old.pins_file),
+        ("peers", *peers != old.peers),
     ]);
     Plan { apply, restart }
 }

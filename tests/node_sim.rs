@@ -9,6 +9,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use ringlink::control::node::{Node, NodeConfig, Output};
+use ringlink::control::secure::Identity;
 use ringlink::dataplane::{Snapshot, MAIN_SOCKET};
 use ringlink::peer::PeerConfig;
 use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey};
@@ -16,6 +17,9 @@ use ringlink::proto::ws::{self, SysRoute, WsMessage};
 use ringlink::proto::{stun, Ipv4Cidr};
 use ringlink::rng::SplitMix64;
 use ringlink::route::RouteConfig;
+use ringlink::session::keys::NodeKey;
+use ringlink::session::pins::PinStore;
+use ringlink::session::timers::HandshakeTimers;
 
 const PASSWORD: &[u8] = b"node sim password";
 const CIPHER: CipherKind = CipherKind::Aes256Gcm;
@@ -67,6 +71,36 @@ struct Host {
     installs: Vec<Vec<SysRoute>>,
     /// Extra sockets its latest table lists.
     extra: Vec<u16>,
+    /// Pins files the node asked to be written, oldest first.
+    saved_pins: Vec<String>,
+}
+
+/// Node `i`'s configuration; `key` is the seed of its node key.
+fn node_config(i: usize, seed: u64, route_cost: u32, key: u8) -> NodeConfig {
+    let mut peer = PeerConfig::new(vip(i));
+    peer.eager = true;
+    let mut route = RouteConfig::new(vip(i));
+    route.route_cost = route_cost;
+    route.seed = seed ^ (i as u64);
+    NodeConfig {
+        own: Ipv4Cidr {
+            addr: vip(i),
+            prefix: 24,
+        },
+        password: PASSWORD.to_vec(),
+        cipher: CIPHER,
+        stun: Some(STUN),
+        public_endpoint: None,
+        peer,
+        route,
+        seed: seed.wrapping_mul(31) ^ (i as u64),
+        identity: Identity {
+            key: NodeKey::from_private([key; 32]),
+            pins: PinStore::default(),
+            timers: HandshakeTimers::default(),
+            wall_clock: Duration::from_secs(1_700_000_000),
+        },
+    }
 }
 
 struct Sim {
@@ -87,6 +121,10 @@ struct Sim {
     udp_delivered: usize,
     /// Datagrams to endpoints no host has: (sender, destination).
     stray: Vec<(usize, SocketAddrV4)>,
+    /// Sealed GENERAL frames (handshakes through the relay): (src, dst).
+    sealed_generals: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The datagrams counted in `stray`, in the same order.
+    stray_datagrams: Vec<Vec<u8>>,
 }
 
 impl Sim {
@@ -94,24 +132,7 @@ impl Sim {
         let t0 = Instant::now();
         let hosts = (0..n)
             .map(|i| {
-                let mut peer = PeerConfig::new(vip(i));
-                peer.eager = true;
-                let mut route = RouteConfig::new(vip(i));
-                route.route_cost = route_cost;
-                route.seed = seed ^ (i as u64);
-                let cfg = NodeConfig {
-                    own: Ipv4Cidr {
-                        addr: vip(i),
-                        prefix: 24,
-                    },
-                    password: PASSWORD.to_vec(),
-                    cipher: CIPHER,
-                    stun: Some(STUN),
-                    public_endpoint: None,
-                    peer,
-                    route,
-                    seed: seed.wrapping_mul(31) ^ (i as u64),
-                };
+                let cfg = node_config(i, seed, route_cost, 1 + i as u8);
                 Host {
                     node: Node::new(cfg, t0).expect("valid node config"),
                     vip: vip(i),
@@ -119,6 +140,7 @@ impl Sim {
                     published: Vec::new(),
                     installs: Vec::new(),
                     extra: Vec::new(),
+                    saved_pins: Vec::new(),
                 }
             })
             .collect();
@@ -134,6 +156,8 @@ impl Sim {
             open_failures: 0,
             udp_delivered: 0,
             stray: Vec::new(),
+            sealed_generals: Vec::new(),
+            stray_datagrams: Vec::new(),
         };
         for i in 0..n {
             sim.hosts[i].node.set_server_up(true);
@@ -171,6 +195,7 @@ impl Sim {
                     let from = via.map_or(self.hosts[i].public, |s| extra_public(i, s.id));
                     let Some((j, local)) = self.host_at(to) else {
                         self.stray.push((i, to));
+                        self.stray_datagrams.push(datagram);
                         continue;
                     };
                     let lost = self.loss > 0.0 && self.rng.next_f64() < self.loss;
@@ -186,6 +211,7 @@ impl Sim {
                 }
                 Output::ServerFrame(frame) => self.relay(i, frame),
                 Output::InstallRoutes(r) => self.hosts[i].installs.push(r),
+                Output::SavePins(text) => self.hosts[i].saved_pins.push(text),
                 // Only the birthday test models extra sockets.
                 Output::OpenSockets { count } => {
                     let fds: Vec<OwnedFd> = (0..count)
@@ -229,7 +255,12 @@ impl Sim {
         let (src, dst) = match WsMessage::decode(&frame).expect("node sent a valid frame") {
             WsMessage::PeerConn(p) => (p.src, p.dst),
             WsMessage::Discovery(d) => (d.src, d.dst),
-            WsMessage::General(g) => (g.src, g.dst),
+            WsMessage::General(g) => {
+                if g.subtype == ws::general::SEALED {
+                    self.sealed_generals.push((g.src, g.dst));
+                }
+                (g.src, g.dst)
+            }
             other => panic!("node sent an unexpected frame {other:?}"),
         };
         assert_eq!(src, self.hosts[from].vip, "frames carry the sender's VIP");
@@ -670,4 +701,161 @@ fn a_port_filtering_cone_whose_mapping_was_taken_gets_through_from_a_fresh_port(
         "workers receive on it"
     );
     assert_eq!(sim.open_failures, 0);
+}
+
+/// The status line node `i` shows for node `j`.
+fn peer_line(sim: &Sim, i: usize, j: usize) -> ringlink::control::status::PeerLine {
+    let (peers, _) = sim.hosts[i].node.status(sim.now);
+    let v = sim.hosts[j].vip.to_string();
+    peers
+        .into_iter()
+        .find(|p| p.vip == v)
+        .expect("the peer is listed")
+}
+
+#[test]
+fn ringlink_nodes_pin_keys_and_complete_a_handshake() {
+    let mut sim = Sim::new(2, 3, 0);
+    sim.relayed(0, 1);
+    let done = sim.run_until(20_000, |s| {
+        peer_line(s, 0, 1).handshake_secs.is_some() && peer_line(s, 1, 0).handshake_secs.is_some()
+    });
+    assert!(
+        done,
+        "no handshake: {:?} / {:?}",
+        peer_line(&sim, 0, 1),
+        peer_line(&sim, 1, 0)
+    );
+    for (i, j) in [(0, 1), (1, 0)] {
+        let key = sim.hosts[j].node.public_key();
+        let line = peer_line(&sim, i, j);
+        let shown = line.key.expect("a pinned key");
+        assert_eq!(
+            (shown.fingerprint, shown.source.as_str()),
+            (key.fingerprint(), "tofu")
+        );
+        // The pins file the driver would write names the peer's key.
+        let saved = sim.hosts[i].saved_pins.last().expect("pins saved");
+        assert!(
+            saved.contains(&format!("{} {}", sim.hosts[j].vip, key.to_base64())),
+            "{saved}"
+        );
+        assert_eq!(sim.hosts[i].saved_pins.len(), 1, "pinned once, saved once");
+    }
+    let (a, b) = (
+        sim.hosts[0].node.handshake_stats(),
+        sim.hosts[1].node.handshake_stats(),
+    );
+    // One handshake, not two: the lower VIP initiated, the other answered.
+    assert_eq!((a.initiations_sent, b.initiations_sent), (1, 0));
+    assert_eq!((a.handshakes_completed, b.handshakes_completed), (1, 1));
+    assert_eq!(
+        b.transport_opened, 1,
+        "the initiator's keepalive confirmed it"
+    );
+    // Rekeys on time keep it going.
+    sim.run_for(300_000);
+    let line = peer_line(&sim, 0, 1);
+    assert!(line.handshake_secs.is_some_and(|s| s < 120.0), "{line:?}");
+    assert!(line.handshakes >= 3, "{line:?}");
+}
+
+#[test]
+fn a_node_back_with_another_key_is_refused() {
+    let mut sim = Sim::new(2, 4, 0);
+    sim.relayed(0, 1);
+    assert!(sim.run_until(20_000, |s| peer_line(s, 0, 1).handshake_secs.is_some()));
+    let pinned = sim.hosts[1].node.public_key();
+    // Node 1 restarts with a new key on the same VIP.
+    let t = sim.now;
+    sim.hosts[1].node = Node::new(node_config(1, 4, 0, 99), t).unwrap();
+    sim.hosts[1].node.set_server_up(true);
+    sim.collect(1);
+    let new_key = sim.hosts[1].node.public_key();
+    assert_ne!(pinned, new_key);
+    sim.relayed(1, 0);
+    sim.relayed(0, 1);
+    sim.run_for(200_000);
+    let a = sim.hosts[0].node.handshake_stats();
+    assert!(a.keys_refused >= 1, "{a:?}");
+    assert_eq!(
+        a.handshakes_completed, 1,
+        "nothing completed with the new key: {a:?}"
+    );
+    let line = peer_line(&sim, 0, 1);
+    assert_eq!(line.key.unwrap().fingerprint, pinned.fingerprint());
+    // The old session expired and no new one was made.
+    assert_eq!(line.handshake_secs, None);
+    assert!(a.sessions_expired >= 1);
+}
+
+#[test]
+fn a_peer_that_announced_no_key_is_sent_no_handshake() {
+    let mut sim = Sim::new(2, 5, 0);
+    // A stock Candy node at .50: its UDP4CONN has no marker and no key.
+    let candy = Ipv4Addr::new(10, 77, 0, 50);
+    let frame = ringlink::proto::ws::PeerConn {
+        src: candy,
+        dst: sim.hosts[0].vip,
+        endpoint: public(9, 40_000),
+        tail: None,
+    }
+    .encode();
+    let now = sim.now;
+    sim.hosts[0].node.on_server_frame(&frame, now);
+    sim.collect(0);
+    sim.relayed(0, 1);
+    sim.run_for(60_000);
+    // The two ringlink nodes did handshake through the relay or directly...
+    assert!(sim.hosts[0].node.handshake_stats().handshakes_completed >= 1);
+    // ...and nothing of it went to the Candy node.
+    assert!(
+        sim.sealed_generals.iter().all(|&(_, dst)| dst != candy),
+        "{:?}",
+        sim.sealed_generals
+    );
+    // Whatever went to its address over UDP (Candy's heartbeats) was no
+    // handshake or session message.
+    let candy_key = PeerKey::for_vip(CIPHER, PASSWORD, candy);
+    let mut to_candy = 0;
+    for (&(_, to), d) in sim.stray.iter().zip(&sim.stray_datagrams) {
+        if to == public(9, 40_000) {
+            let mut buf = d.clone();
+            let plain = candy_key
+                .open_in_place(&mut buf)
+                .expect("sealed for the Candy node");
+            assert!(
+                !(0xF0..=0xF4).contains(&plain[0]),
+                "type {:#x} sent to a Candy peer",
+                plain[0]
+            );
+            to_candy += 1;
+        }
+    }
+    assert!(to_candy > 0, "the Candy peer was tried over UDP at all");
+    let (peers, _) = sim.hosts[0].node.status(sim.now);
+    let line = peers
+        .iter()
+        .find(|p| p.vip == candy.to_string())
+        .expect("listed");
+    assert_eq!((line.key.is_none(), line.handshake_secs), (true, None));
+    assert_eq!(line.speaks, "candy");
+}
+
+#[test]
+fn without_a_direct_path_the_handshake_goes_through_the_relay() {
+    let mut sim = Sim::new(2, 6, 0);
+    sim.blocked.insert((0, 1));
+    sim.blocked.insert((1, 0));
+    sim.relayed(0, 1);
+    let done = sim.run_until(20_000, |s| {
+        peer_line(s, 0, 1).handshake_secs.is_some() && peer_line(s, 1, 0).handshake_secs.is_some()
+    });
+    assert!(done, "no handshake over the relay");
+    assert!(!sim.connected(0, 1), "UDP is blocked: no direct path");
+    let (v0, v1) = (sim.hosts[0].vip, sim.hosts[1].vip);
+    // Initiation and keepalive one way, the response the other.
+    assert!(sim.sealed_generals.contains(&(v0, v1)));
+    assert!(sim.sealed_generals.contains(&(v1, v0)));
+    assert_eq!(sim.hosts[1].node.handshake_stats().transport_opened, 1);
 }

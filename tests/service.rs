@@ -77,6 +77,43 @@ fn client_check_prints_the_defaults_and_starts_nothing() {
 }
 
 #[test]
+fn client_check_prints_the_public_key_and_refuses_a_shared_key_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("check-key");
+    let key = dir.0.join("node.key");
+    let cfg = dir.file(
+        "client.toml",
+        &format!(
+            "server = \"ws://10.91.0.1:7443\"\npassword = \"p\"\nkey_file = \"{}\"\n",
+            key.display()
+        ),
+    );
+    let check = || ringlink(&["client", "--check", "--config", cfg.to_str().unwrap()]);
+    // No key yet: the check says so and creates none.
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("public key: none yet"),
+        "{out:?}"
+    );
+    assert!(!key.exists());
+    // RFC 7748's Alice: her public key is printed in base64.
+    std::fs::write(&key, "dwdtCnMYpX08FsFyUbJmRd9ML4frwJkqsXf7pR25LCo=\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("# public key: hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="),
+        "{}",
+        text(&out.stdout)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("chmod 600"), "{out:?}");
+}
+
+#[test]
 fn server_check_prints_the_defaults() {
     let dir = Scratch::new("check-server");
     let cfg = dir.file(

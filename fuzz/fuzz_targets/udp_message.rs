@@ -18,7 +18,7 @@ fuzz_target!(|plain: &[u8]| {
             let _ = m.is_withdrawal();
             Some(m.encode().to_vec())
         }
-        PeerMessage::Forward(_) | PeerMessage::Unknown(_) => None,
+        PeerMessage::Forward(_) | PeerMessage::Session(_) | PeerMessage::Unknown(_) => None,
     };
     if let Some(bytes) = encoded {
         assert_eq!(PeerMessage::decode(&bytes).as_ref(), Ok(&msg));

@@ -2,6 +2,8 @@
 //! datagrams meet the UDP socket, its frames meet the server queue, its
 //! tables meet the dataplane and its routes meet the kernel.
 
+use std::path::PathBuf;
+
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -9,20 +11,23 @@ use super::iface::Interface;
 use super::node::{Node, Output};
 use super::status::ControlCounters;
 use crate::dataplane::{SharedSnapshot, UdpSender};
+use crate::session::pins;
 
 /// A node and the handles its outputs go to.
 pub struct NodeDriver {
     pub node: Node,
     udp: UdpSender,
     snapshot: SharedSnapshot,
+    pins_file: PathBuf,
 }
 
 impl NodeDriver {
-    pub fn new(node: Node, udp: UdpSender, snapshot: SharedSnapshot) -> Self {
+    pub fn new(node: Node, udp: UdpSender, snapshot: SharedSnapshot, pins_file: PathBuf) -> Self {
         Self {
             node,
             udp,
             snapshot,
+            pins_file,
         }
     }
 
@@ -61,6 +66,13 @@ impl NodeDriver {
                 }
                 Output::Publish(snapshot) => self.snapshot.publish(snapshot),
                 Output::InstallRoutes(routes) => iface.install_routes(&routes).await,
+                // The pin holds in memory either way; a failed write only
+                // means it is learnt again, first use, after a restart.
+                Output::SavePins(text) => {
+                    if let Err(e) = pins::save(&self.pins_file, &text) {
+                        warn!(error = %e, "cannot save the pinned keys");
+                    }
+                }
             }
         }
     }

@@ -26,6 +26,17 @@ pub enum ClientError {
     Tls(#[from] TlsError),
     #[error("interface: {0}")]
     Interface(#[from] InterfaceError),
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+}
+
+/// The node key or the pins file cannot be used: the client does not start.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Key(#[from] crate::session::keys::KeyFileError),
+    #[error("{0}")]
+    Pins(#[from] crate::session::pins::PinFileError),
 }
 
 /// Reaching the server and upgrading to a WebSocket.

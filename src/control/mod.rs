@@ -10,6 +10,7 @@ pub mod nat_run;
 pub mod node;
 pub mod publish;
 mod punch;
+pub mod secure;
 mod server_link;
 pub mod status;
 mod stream;
@@ -32,11 +33,14 @@ use crate::peer::{PeerConfig, Timers};
 use crate::proto::Ipv4Cidr;
 use crate::reload::{apply_log, apply_metrics, Apply, Hangups, Reload, Report};
 use crate::route::RouteConfig;
+use crate::session::{keys, pins, timers::HandshakeTimers};
 use crate::status_socket;
 use crate::sys::ifaddr::first_lan_ipv4;
 use crate::sys::service_manager;
 use driver::NodeDriver;
-pub use error::{ClientError, ConnectError, InterfaceError, LinkLost, Refusal, TlsError};
+pub use error::{
+    ClientError, ConnectError, IdentityError, InterfaceError, LinkLost, Refusal, TlsError,
+};
 use iface::Interface;
 use node::{Node, NodeConfig};
 use server_link::{Link, LinkCounters, LinkEvent};
@@ -66,6 +70,7 @@ async fn new_node(
     cfg: &ClientConfig,
     own: Ipv4Cidr,
     iface: &Interface,
+    identity: secure::Identity,
     now: Instant,
 ) -> Result<(NodeDriver, Option<NatProbe>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
@@ -129,6 +134,7 @@ async fn new_node(
             peer,
             route,
             seed: rand::random(),
+            identity,
         },
         now,
     )
@@ -139,7 +145,38 @@ async fn new_node(
         tun: cfg.tun.clone(),
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
-    Ok((NodeDriver::new(node, udp, iface.snapshot()), probe))
+    Ok((
+        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone()),
+        probe,
+    ))
+}
+
+/// The node key (created on first start) and the pins (the client's
+/// `peers`, then the pins file). Read before anything starts, so a key
+/// file others can read, or a malformed one, stops the client at once.
+fn load_identity(cfg: &ClientConfig) -> Result<secure::Identity, IdentityError> {
+    let (key, origin) = keys::load_or_create(&cfg.key_file)?;
+    let remembered = pins::load(&cfg.pins_file)?;
+    let configured: Vec<_> = cfg.peers.iter().map(|p| (p.vip, p.key)).collect();
+    info!(
+        key = %key.public().to_base64(),
+        fingerprint = %key.public(),
+        file = %cfg.key_file.display(),
+        pinned = configured.len() + remembered.len(),
+        "node key {}",
+        match origin {
+            keys::KeyOrigin::Created => "created",
+            keys::KeyOrigin::Loaded => "loaded",
+        }
+    );
+    Ok(secure::Identity {
+        key,
+        pins: pins::PinStore::new(&configured, remembered),
+        timers: HandshakeTimers::scaled(cfg.test_time_divisor),
+        wall_clock: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default(),
+    })
 }
 
 /// Where and how often this node classifies its NAT.
@@ -260,6 +297,7 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     // First, so a SIGHUP from here on reloads instead of ending the process.
     let mut hangups = Hangups::new();
+    let identity = load_identity(&cfg)?;
     let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
@@ -368,7 +406,7 @@ pub async fn run(
                                     let i = iface.insert(Interface::create(&cfg, cidr).await?);
                                     tun_tx.send_replace(Some(i.writer()));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe) = new_node(&cfg, cidr, i, now).await?;
+                                    let (n, probe) = new_node(&cfg, cidr, i, identity.clone(), now).await?;
                                     node = Some(n);
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
                                     service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
@@ -421,6 +459,10 @@ pub async fn run(
                         if let Some(n) = node.as_ref() {
                             s.node = n.node.stats;
                             s.router = n.node.route_stats();
+                            s.handshake = n.node.handshake_stats();
+                            let key = n.node.public_key();
+                            s.public_key = Some(key.to_base64());
+                            s.key_fingerprint = Some(key.fingerprint());
                             let nat = n.node.nat_class();
                             s.nat = nat.map(|c| c.kind.to_string());
                             s.nat_mapped = nat.map(|c| c.mapped.to_string());

@@ -27,13 +27,18 @@ use crate::peer::{Action, BirthdayRole, Outcome, PeerConfig, PeerManager, PeerSt
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{Heartbeat, PeerMessage, Ping, Pong};
-use crate::proto::ws::{self, encode_local_conn, Discovery, PeerConn, SysRoute, WsMessage};
+use crate::proto::ws::{
+    self, encode_local_conn, Discovery, General, PeerConn, SysRoute, WsMessage,
+};
 use crate::proto::{stun, Ipv4Cidr};
 use crate::rng::SplitMix64;
 use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
+use crate::session::handshake::HandshakeStats;
+use crate::session::keys::PublicKey;
 
 use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
+use super::secure::{Identity, Secure};
 use super::status::{PeerLine, RouteLine};
 
 /// What the node was built with.
@@ -48,6 +53,8 @@ pub struct NodeConfig {
     pub route: RouteConfig,
     /// Seeds STUN transaction ids and IV prefixes.
     pub seed: u64,
+    /// The node key, the pins and the handshake timers.
+    pub identity: Identity,
 }
 
 #[derive(Debug, Error)]
@@ -77,6 +84,8 @@ pub enum Output {
     Publish(Snapshot),
     /// Install these server-pushed subnet routes in the kernel.
     InstallRoutes(Vec<SysRoute>),
+    /// Replace the pins file with this text (a key was pinned on first use).
+    SavePins(String),
 }
 
 counters! {
@@ -129,6 +138,8 @@ pub struct Node {
     nat: StableClass,
     /// Extra sockets and paced probes of hard-NAT attempts.
     punch: Punch,
+    /// Keys, pins and handshakes with ringlink peers.
+    secure: Secure,
     pub stats: NodeStats,
 }
 
@@ -140,6 +151,13 @@ impl Node {
         let router = Router::new(cfg.route, now)?;
         let mut rng = SplitMix64::new(cfg.seed);
         let ivs = IvSequence::with_prefix(rng.next_u64().to_be_bytes());
+        let secure = Secure::new(
+            cfg.own.addr,
+            &cfg.password,
+            cfg.identity,
+            rng.next_u64(),
+            now,
+        );
         let mut node = Self {
             own: cfg.own.addr,
             network: cfg.own,
@@ -164,6 +182,7 @@ impl Node {
             discover_on_join,
             nat: StableClass::default(),
             punch: Punch::default(),
+            secure,
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -196,6 +215,7 @@ impl Node {
             self.peers.poll_timeout(),
             self.router.poll_timeout(),
             self.punch.poll_timeout(),
+            self.secure.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -237,6 +257,9 @@ impl Node {
                 self.dirty = true;
             }
         }
+        // Every time, not only at its deadline: rekeys by message count
+        // are read off the sessions' counters here.
+        self.secure.handle_timeout(now);
         self.flush(now);
     }
 
@@ -293,6 +316,16 @@ impl Node {
                     self.peers
                         .handle_public_info(pc.src, pc.endpoint, ringlink, nat, now);
                 self.count(outcome);
+                if let Some(key) = pc.tail.and_then(|t| t.key) {
+                    if let Some(text) = self.secure.announced(pc.src, PublicKey(key), now) {
+                        self.outputs.push_back(Output::SavePins(text));
+                    }
+                }
+            }
+            Ok(WsMessage::General(g))
+                if g.subtype == ws::general::SEALED && g.src != self.own && g.dst == self.own =>
+            {
+                self.on_sealed_relay(g.src, g.body, now);
             }
             Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
                 if let Some(lan) = g.local_conn() {
@@ -371,6 +404,13 @@ impl Node {
                 let _ = self.router.handle_route(r, now);
             }
             Ok(PeerMessage::Forward(_)) => {}
+            Ok(PeerMessage::Session(m)) => {
+                // Answered where it came from: the initiator may not have
+                // a proven path to us yet.
+                if let Some((peer, reply)) = self.secure.handle(m, now) {
+                    self.send_udp(peer, from, &reply);
+                }
+            }
             Ok(PeerMessage::Unknown(t)) => debug!(ty = t, %from, "unknown peer message type"),
             Err(e) => {
                 self.stats.malformed += 1;
@@ -458,11 +498,63 @@ impl Node {
             endpoint,
             tail: Some(Tail {
                 nat: self.nat_advert(),
+                key: Some(self.secure.public_key().0),
                 ..Tail::OURS
             }),
         }
         .encode();
         self.send_server(frame);
+    }
+
+    /// A peer message relayed by the server in a GENERAL frame, sealed
+    /// with our key. Only handshake and session messages are taken this
+    /// way; the server's word is no path proof for anything else.
+    fn on_sealed_relay(&mut self, src: Ipv4Addr, sealed: &[u8], now: Instant) {
+        let key = self.key(self.own);
+        let mut buf = sealed.to_vec();
+        let plain = match key.open_in_place(&mut buf) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(error = %e, %src, "relayed sealed message does not open");
+                return;
+            }
+        };
+        match PeerMessage::decode(plain) {
+            Ok(PeerMessage::Session(m)) => {
+                if let Some((peer, reply)) = self.secure.handle(m, now) {
+                    self.send_relayed(peer, &reply);
+                }
+            }
+            _ => {
+                self.stats.malformed += 1;
+                debug!(%src, "relayed sealed message that is not a session message");
+            }
+        }
+    }
+
+    /// A peer message through the server, sealed with the peer's key.
+    fn send_relayed(&mut self, peer: Ipv4Addr, plaintext: &[u8]) {
+        let sealed = self.key(peer).seal_to_vec(self.ivs.next_iv(), plaintext);
+        let frame = General {
+            subtype: ws::general::SEALED,
+            extra: 0,
+            src: self.own,
+            dst: peer,
+            body: &sealed,
+        }
+        .encode();
+        self.send_server(frame);
+    }
+
+    /// This node's public key, for `ringlink status`.
+    pub fn public_key(&self) -> PublicKey {
+        self.secure.public_key()
+    }
+
+    /// The handshake counters, for `ringlink status`.
+    pub fn handshake_stats(&self) -> HandshakeStats {
+        self.secure.stats()
     }
 
     fn count(&mut self, outcome: Outcome) {
@@ -502,6 +594,13 @@ impl Node {
     fn flush(&mut self, now: Instant) {
         while let Some(action) = self.peers.poll_action() {
             self.act(action, now);
+        }
+        // Handshakes take the direct path when there is one, else the relay.
+        while let Some((peer, msg)) = self.secure.poll_transmit() {
+            match self.direct.get(&peer) {
+                Some(&to) => self.send_udp(peer, to, &msg),
+                None => self.send_relayed(peer, &msg),
+            }
         }
         while let Some(t) = self.router.poll_transmit() {
             let Some(&to) = self.direct.get(&t.to) else {
@@ -708,7 +807,11 @@ impl Node {
                     .map(|c| c.snapshot())
                     .unwrap_or_default();
                 let direct = p.state == PeerState::Connected;
+                let (key, handshake_secs, handshakes) = self.secure.peer_line(p.vip, now);
                 PeerLine {
+                    key,
+                    handshake_secs,
+                    handshakes,
                     vip: p.vip.to_string(),
                     state: p.state.to_string(),
                     path: if direct { "direct" } else { "relay" }.to_string(),

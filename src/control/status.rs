@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::node::NodeStats;
+use super::secure::KeyLine;
 use crate::counters::{counters, render_block};
 use crate::dataplane::CounterSnapshot;
 use crate::route::RouteStats;
+use crate::session::handshake::HandshakeStats;
 use crate::status_socket::{self, QueryError};
 
 counters! {
@@ -55,6 +57,17 @@ pub struct PeerLine {
     pub nat: Option<String>,
     /// The traversal method of the current or last attempt.
     pub method: Option<String>,
+    /// The key pinned for this VIP (none until a ringlink peer announces
+    /// one, or the client's `peers` pins one).
+    #[serde(default)]
+    pub key: Option<KeyLine>,
+    /// Age of the session made by the last handshake, if one is live.
+    /// Traffic is not sealed with it yet (the dataplane's next step).
+    #[serde(default)]
+    pub handshake_secs: Option<f64>,
+    /// Handshakes completed with this peer.
+    #[serde(default)]
+    pub handshakes: u32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -80,6 +93,11 @@ pub struct Status {
     /// its public mapping then.
     pub nat: Option<String>,
     pub nat_mapped: Option<String>,
+    /// This node's X25519 public key (base64) and its fingerprint.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub key_fingerprint: Option<String>,
     /// Every dataplane counter, summed over the workers and the TUN
     /// writer; top-level keys in the JSON.
     #[serde(flatten)]
@@ -88,6 +106,8 @@ pub struct Status {
     pub control: ControlCounters,
     pub node: NodeStats,
     pub router: RouteStats,
+    #[serde(default)]
+    pub handshake: HandshakeStats,
     pub peers: Vec<PeerLine>,
     pub routes: Vec<RouteLine>,
     /// The client's `metrics_per_peer`: its metrics text (`/metrics` and
@@ -137,13 +157,20 @@ pub fn render(s: &Status) -> String {
             .map(|m| format!(" (mapped {m})"))
             .unwrap_or_default()
     ));
+    if let Some(fp) = &s.key_fingerprint {
+        out.push_str(&format!(
+            "key {fp}  {}  (handshakes only: traffic is not sealed with session keys yet)\n",
+            s.public_key.as_deref().unwrap_or("-")
+        ));
+    }
     render_block(&mut out, "dataplane", s.dataplane.fields());
     render_block(&mut out, "control", s.control.fields());
     render_block(&mut out, "node", s.node.fields());
     render_block(&mut out, "router", s.router.fields());
+    render_block(&mut out, "handshake", s.handshake.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
-            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:>12} {:>12}\n",
+            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:>12} {:>12}\n",
             "PEER",
             "SPEAKS",
             "STATE",
@@ -153,13 +180,15 @@ pub fn render(s: &Status) -> String {
             "NAT",
             "METHOD",
             "TO DIRECT",
+            "KEY",
+            "HANDSHAKE",
             "TX BYTES",
             "RX BYTES"
         ));
         let secs = |v: Option<f64>| v.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
         for p in &s.peers {
             out.push_str(&format!(
-                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:>12} {:>12}\n",
+                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:>12} {:>12}\n",
                 p.vip,
                 p.speaks,
                 p.state,
@@ -169,6 +198,13 @@ pub fn render(s: &Status) -> String {
                 p.nat.as_deref().unwrap_or("-"),
                 p.method.as_deref().unwrap_or("-"),
                 secs(p.time_to_direct_secs),
+                p.key
+                    .as_ref()
+                    .map(|k| format!("{} ({})", k.fingerprint, k.source))
+                    .unwrap_or_else(|| "-".into()),
+                p.handshake_secs
+                    .map(|a| format!("{a:.0}s ago"))
+                    .unwrap_or_else(|| "none".into()),
                 p.tx_bytes,
                 p.rx_bytes
             ));
@@ -235,8 +271,17 @@ mod tests {
         peer.nat = Some("symmetric/+1".into());
         peer.method = Some("port prediction".into());
         peer.time_to_direct_secs = Some(0.42);
+        peer.key = Some(KeyLine {
+            fingerprint: "0123456789abcdef".into(),
+            source: "tofu".into(),
+        });
+        peer.handshake_secs = Some(12.3);
+        let mut fresh = want.peers[0].clone();
+        fresh.vip = "10.77.0.4".into();
         let shown = render(&Status {
-            peers: vec![peer],
+            peers: vec![peer, fresh],
+            key_fingerprint: Some("fedcba9876543210".into()),
+            public_key: Some("PUBKEY=".into()),
             nat: Some("cone/port-restricted".into()),
             ..want.clone()
         });
@@ -245,6 +290,11 @@ mod tests {
             "port prediction",
             "0.4s",
             "nat cone/port-restricted",
+            "0123456789abcdef (tofu)",
+            "12s ago",
+            "none",
+            "key fedcba9876543210  PUBKEY=",
+            "not sealed",
         ] {
             assert!(shown.contains(word), "{word} in {shown}");
         }
@@ -269,6 +319,8 @@ mod tests {
         s.control.relay_dropped = bump();
         s.node.stun_ignored = bump();
         s.router.routes_ignored = bump();
+        s.handshake.keys_refused = bump();
+        s.handshake.transport_refused = bump();
         let json = serde_json::to_value(&s).unwrap();
         let text = render(&s);
         let groups = [
@@ -276,6 +328,7 @@ mod tests {
             (None, s.control.fields().collect()),
             (Some("node"), s.node.fields().collect()),
             (Some("router"), s.router.fields().collect()),
+            (Some("handshake"), s.handshake.fields().collect()),
         ];
         // Flattened groups share one JSON object: a name used twice would
         // silently hide one of the counters.

@@ -438,6 +438,7 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
     e.group("ringlink_control_", s.control.described(), CLIENT_FOLDS)?;
     e.group("ringlink_node_", s.node.described(), CLIENT_FOLDS)?;
     e.group("ringlink_router_", s.router.described(), CLIENT_FOLDS)?;
+    e.group("ringlink_handshake_", s.handshake.described(), CLIENT_FOLDS)?;
 
     let states: Vec<&str> = PeerState::ALL.iter().map(|s| s.as_str()).collect();
     e.family(

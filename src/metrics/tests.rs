@@ -154,6 +154,10 @@ fn numbered_status() -> Status {
         &mut json["router"],
         s.router.fields().map(|f| f.0).collect(),
     );
+    fill(
+        &mut json["handshake"],
+        s.handshake.fields().map(|f| f.0).collect(),
+    );
     s = serde_json::from_value(json).unwrap();
     s.connected = true;
     s.reconnects = 3;
@@ -179,11 +183,12 @@ fn every_client_counter_is_exported_once() {
     let s = numbered_status();
     let text = client_text(&s).unwrap();
     let (samples, types) = parse_exposition(&text);
-    let groups: [(&str, Vec<Described>); 4] = [
+    let groups: [(&str, Vec<Described>); 5] = [
         ("ringlink_dataplane_", s.dataplane.described().collect()),
         ("ringlink_control_", s.control.described().collect()),
         ("ringlink_node_", s.node.described().collect()),
         ("ringlink_router_", s.router.described().collect()),
+        ("ringlink_handshake_", s.handshake.described().collect()),
     ];
     for (prefix, counters) in groups {
         for d in counters {

@@ -37,6 +37,7 @@ pub use action::{Action, BirthdayRole, Ignored, Outcome, SprayWindow};
 pub use addr::is_private;
 pub use machine::Peer;
 pub use manager::{PeerConfig, PeerManager, PeerStatus};
+pub(crate) use ratelimit::TokenBucket;
 pub use state::PeerState;
 pub use timers::{Timers, TimersError};
 

@@ -9,7 +9,9 @@
 //!
 //! After the marker come TLVs (type, length, value), which a receiver
 //! skips when it does not know the type. Type 1 is the sender's NAT
-//! classification (on UDP4CONN), so the peer can choose a traversal method.
+//! classification (on UDP4CONN), so the peer can choose a traversal method;
+//! type 2 is the sender's 32-byte X25519 public key (on UDP4CONN), which
+//! the peer pins and runs the Noise handshake against (`crate::session`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -21,6 +23,9 @@ const MAGIC: [u8; 2] = *b"RL";
 pub const VERSION: u8 = 1;
 
 const TLV_NAT: u8 = 1;
+const TLV_KEY: u8 = 2;
+/// Bytes of TLV 2's value: an X25519 public key.
+pub const KEY_LEN: usize = 32;
 
 /// What a peer's marker says about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +35,8 @@ pub struct Tail {
     pub flags: u8,
     /// The sender's NAT classification, when it has one.
     pub nat: Option<NatAdvert>,
+    /// TLV 2: the sender's static public key, when it has one.
+    pub key: Option<[u8; KEY_LEN]>,
 }
 
 /// TLV 1: a NAT classification in wire codes (`crate::nat` gives them
@@ -88,6 +95,7 @@ impl Tail {
         version: VERSION,
         flags: 0,
         nat: None,
+        key: None,
     };
 
     /// Reads the marker and its TLVs from the bytes after a message's fixed
@@ -104,14 +112,18 @@ impl Tail {
             version,
             flags,
             nat: None,
+            key: None,
         };
         let mut at = tlvs;
         while let [ty, len, ref more @ ..] = *at {
             let Some(value) = more.get(..usize::from(len)) else {
                 break;
             };
-            if ty == TLV_NAT {
-                tail.nat = NatAdvert::decode(value);
+            match ty {
+                TLV_NAT => tail.nat = NatAdvert::decode(value),
+                // Any other length is no key: skipped, like an unknown type.
+                TLV_KEY => tail.key = value.try_into().ok(),
+                _ => {}
             }
             at = &more[usize::from(len)..];
         }
@@ -123,6 +135,10 @@ impl Tail {
         if let Some(nat) = &self.nat {
             out.extend_from_slice(&[TLV_NAT, NatAdvert::LEN as u8]);
             out.extend_from_slice(&nat.encode());
+        }
+        if let Some(key) = &self.key {
+            out.extend_from_slice(&[TLV_KEY, KEY_LEN as u8]);
+            out.extend_from_slice(key);
         }
         out
     }
@@ -142,6 +158,7 @@ mod tests {
                 version: 2,
                 flags: 5,
                 nat: None,
+                key: None,
             })
         );
         for rest in [
@@ -177,6 +194,40 @@ mod tests {
         let mut skipping = b"RL\x01\x00\x09\x02ab".to_vec();
         skipping.extend_from_slice(&wire[4..]);
         assert_eq!(Tail::read(&skipping), Some(tail));
+        assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
+    }
+
+    #[test]
+    fn key_tlv_vector() {
+        let key: [u8; KEY_LEN] = core::array::from_fn(|i| i as u8);
+        let tail = Tail {
+            key: Some(key),
+            ..Tail::OURS
+        };
+        let wire = tail.encode();
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "524c01000220000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        );
+        assert_eq!(Tail::read(&wire), Some(tail));
+        // Both TLVs: NAT first, then the key, each read.
+        let nat = NatAdvert {
+            mapping: 1,
+            filtering: 1,
+            delta_kind: 1,
+            flags: 0,
+            delta: 0,
+            last_mapped: "198.51.100.7:20005".parse().unwrap(),
+        };
+        let both = Tail {
+            nat: Some(nat),
+            key: Some(key),
+            ..Tail::OURS
+        };
+        assert_eq!(Tail::read(&both.encode()), Some(both));
+        // A key TLV of another length is skipped; one cut short is not read.
+        assert_eq!(Tail::read(b"RL\x01\x00\x02\x03abc"), Some(Tail::OURS));
         assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
     }
 }

@@ -17,6 +17,10 @@ pub mod ty {
     pub const PING: u8 = 0xF0;
     /// ringlink only: the answer to a PING, from the address it reached.
     pub const PONG: u8 = 0xF1;
+    /// ringlink only: Noise handshake and session messages (0xF2 initiation,
+    /// 0xF3 response, 0xF4 transport), parsed by `session::handshake`.
+    pub const SESSION_FIRST: u8 = 0xF2;
+    pub const SESSION_LAST: u8 = 0xF4;
 }
 
 pub const HEARTBEAT_LEN: usize = 12;
@@ -41,6 +45,8 @@ pub enum PeerMessage<'a> {
     Route(RouteAdvert),
     Ping(Ping),
     Pong(Pong),
+    /// A handshake or session message, whole (type byte included).
+    Session(&'a [u8]),
     Unknown(u8),
 }
 
@@ -57,6 +63,7 @@ impl<'a> PeerMessage<'a> {
             ty::ROUTE => PeerMessage::Route(RouteAdvert::decode(plain)?),
             ty::PING => PeerMessage::Ping(Ping::decode(plain)?),
             ty::PONG => PeerMessage::Pong(Pong::decode(plain)?),
+            ty::SESSION_FIRST..=ty::SESSION_LAST => PeerMessage::Session(plain),
             other => PeerMessage::Unknown(other),
         })
     }
@@ -70,6 +77,7 @@ impl<'a> PeerMessage<'a> {
             PeerMessage::Route(r) => r.encode().to_vec(),
             PeerMessage::Ping(p) => p.encode().to_vec(),
             PeerMessage::Pong(p) => p.encode().to_vec(),
+            PeerMessage::Session(m) => m.to_vec(),
             PeerMessage::Unknown(t) => vec![*t],
         }
     }
@@ -388,6 +396,7 @@ mod tests {
                 seen: "198.51.100.7:40000".parse().unwrap(),
             }),
             PeerMessage::Forward(&packet),
+            PeerMessage::Session(&[0xF4, 1, 2, 3]),
             PeerMessage::Delay(Delay {
                 src: a,
                 dst: b,

@@ -390,6 +390,10 @@ impl SysRoute {
 pub mod general {
     pub const LOCAL_CONN: u8 = 0;
     pub const LOCAL_CONN_LEN: usize = 18;
+    /// ringlink only, unicast to ringlink peers: a peer message sealed
+    /// with the receiver's Candy key, exactly the bytes the UDP datagram
+    /// would carry (today only handshake and session messages ride here).
+    pub const SEALED: u8 = 0xF2;
 }
 
 /// GENERAL (255): a routed envelope with a subtype; the server never
