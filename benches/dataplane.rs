@@ -28,6 +28,7 @@ fn snapshot(peers: u32) -> Snapshot {
                 endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, (i % 250) as u8), 40000),
                 socket: None,
                 key: key.clone(),
+                session: None,
                 counters: Default::default(),
             };
             (vip(i), entry)
@@ -44,7 +45,7 @@ fn snapshot(peers: u32) -> Snapshot {
     let rule = NextHopTable::new(routes, direct.keys().copied())
         .with_own_vip(own)
         .with_subnets(subnets);
-    publish::compile(1, own, &rule, direct)
+    publish::compile(1, own, &rule, direct, &HashMap::new())
 }
 
 fn lookup(c: &mut Criterion) {

@@ -360,6 +360,7 @@ fn write_all(dir: &Path) -> io::Result<()> {
                 own,
                 key: NodeKey::from_private([key; 32]),
                 psk: psk_from_password(PW),
+                cipher: ringlink::proto::crypto::CipherKind::default(),
                 timers: HandshakeTimers::default(),
                 seed: 1,
                 wall_clock: std::time::Duration::from_secs(TS as u64),

@@ -194,6 +194,7 @@ fn entry(endpoint: SocketAddrV4, vip: Ipv4Addr) -> (PeerEntry, Arc<PeerCounters>
             endpoint,
             socket: None,
             key: Arc::new(key(vip)),
+            session: None,
             counters: counters.clone(),
         },
         counters,
@@ -266,6 +267,7 @@ fn scenario() {
         from: peer.addr(),
         local: 0,
         plaintext: hb.to_vec(),
+        session: None,
     };
     next_upcall(&rx, "heartbeat upcall", |u| *u == want);
 
@@ -326,7 +328,13 @@ const WINDOW: usize = 4 * FLOWS;
 /// other routes.
 fn publish_direct(shared: &SharedSnapshot, generation: u64, direct: HashMap<Ipv4Addr, PeerEntry>) {
     let rule = NextHopTable::new([], direct.keys().copied()).with_own_vip(OWN);
-    shared.publish(publish::compile(generation, OWN, &rule, direct));
+    shared.publish(publish::compile(
+        generation,
+        OWN,
+        &rule,
+        direct,
+        &Default::default(),
+    ));
 }
 
 fn multi_flow(dp: &Dataplane, port: u16) {

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use ringlink::control::node::{Node, NodeConfig, Output};
 use ringlink::control::secure::Identity;
-use ringlink::dataplane::{Snapshot, MAIN_SOCKET};
+use ringlink::dataplane::{frame, Snapshot, MAIN_SOCKET};
 use ringlink::peer::PeerConfig;
-use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey};
+use ringlink::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
 use ringlink::proto::ws::{self, SysRoute, WsMessage};
 use ringlink::proto::{stun, Ipv4Cidr};
 use ringlink::rng::SplitMix64;
@@ -301,13 +301,24 @@ impl Sim {
                     from,
                     datagram,
                 } => {
-                    // The receiving dataplane opens with its own key K(own VIP).
+                    // The receiving dataplane opens with a session of its
+                    // latest table, or its own key K(own VIP).
                     let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
                     let mut buf = datagram;
-                    match key.open_in_place(&mut buf) {
-                        Ok(plain) => {
+                    let snap = self.hosts[to].published.last().cloned().unwrap_or_default();
+                    match frame::open(&snap, &key, &mut buf) {
+                        Ok(opened) => {
                             self.udp_delivered += 1;
-                            self.hosts[to].node.on_peer_message(from, local, plain, now);
+                            let session = opened.session.map(|s| s.peer);
+                            let node = &mut self.hosts[to].node;
+                            if opened.first_use {
+                                let index = opened.session.map_or(0, |s| s.local_index);
+                                node.on_session_used(index, now);
+                            }
+                            let plain = &buf[ENVELOPE_LEN..];
+                            if session.is_none() || !plain.is_empty() {
+                                node.on_peer_message(from, local, plain, session, now);
+                            }
                         }
                         Err(_) => self.open_failures += 1,
                     }
@@ -475,24 +486,44 @@ fn snapshot_is_republished_on_every_change_and_only_then() {
     sim.connect(0, 1);
     assert_eq!((sim.publishes(0), sim.publishes(1)), (2, 2));
 
+    // The handshake, two tables on each side. The initiator's session
+    // seals at once, and the first message under it from the responder
+    // marks the peer as one that seals. The responder's opens at once, and
+    // seals (and protects) once the initiator's first message shows the
+    // initiator has it.
+    sim.run_for(20_000);
+    assert_eq!((sim.publishes(0), sim.publishes(1)), (4, 4));
+    for (i, peer) in [(0, 1), (1, 0)] {
+        let t = sim.latest(i);
+        let entry = &t.direct[&vip(peer)];
+        let seal = &entry.session.as_ref().expect("sealed with a session").0;
+        assert_eq!(seal.peer, vip(peer));
+        assert!(t.sessions.contains_key(&seal.local_index));
+        assert!(
+            t.protected.contains(&vip(peer)),
+            "{i} takes only sealed traffic"
+        );
+    }
+
     // Heartbeats, STUN and junk from the server change nothing.
     sim.run_for(20_000);
+    assert_eq!((sim.publishes(0), sim.publishes(1)), (4, 4));
     let now = sim.now;
     // An empty frame, and a HEARTBEAT cut short.
     sim.hosts[0].node.on_server_frame(&[], now);
     sim.hosts[0]
         .node
-        .on_peer_message(public(1, 40_000), MAIN_SOCKET, &[0], now);
+        .on_peer_message(public(1, 40_000), MAIN_SOCKET, &[0], None, now);
     sim.collect(0);
     assert!(sim.connected(0, 1));
-    assert_eq!((sim.publishes(0), sim.publishes(1)), (2, 2));
+    assert_eq!((sim.publishes(0), sim.publishes(1)), (4, 4));
     assert_eq!(sim.hosts[0].node.stats.malformed, 2);
 
     // Path change: b's NAT rebinds; a follows the new source port.
     let moved = public(1, 41_000);
     sim.hosts[1].public = moved;
     assert!(sim.run_until(5_000, |s| s.direct(0, 1) == Some(moved)));
-    assert_eq!(sim.publishes(0), 3);
+    assert_eq!(sim.publishes(0), 5);
 
     // Route push: one table carrying the subnet, and an install request.
     let lan = SysRoute {
@@ -503,7 +534,7 @@ fn snapshot_is_republished_on_every_change_and_only_then() {
         next: sim.hosts[1].vip,
     };
     sim.push_routes(0, &[lan]);
-    assert_eq!(sim.publishes(0), 4);
+    assert_eq!(sim.publishes(0), 6);
     assert_eq!(sim.hosts[0].installs, [vec![lan]]);
     let subnets = &sim.latest(0).subnets;
     assert_eq!(subnets.len(), 1);
@@ -517,17 +548,17 @@ fn snapshot_is_republished_on_every_change_and_only_then() {
     assert_eq!(subnets[0].hop.wrap_for, Some(sim.hosts[1].vip));
     // The same push again is nothing new for the table.
     sim.push_routes(0, &[lan]);
-    assert_eq!(sim.publishes(0), 5, "a push is republished");
+    assert_eq!(sim.publishes(0), 7, "a push is republished");
     assert_eq!(sim.latest(0).subnets.len(), 1, "but not duplicated");
 
     // Disconnect: the path goes quiet; one table without the peer.
     sim.blocked.extend([(0, 1), (1, 0)]);
     assert!(sim.run_until(10_000, |s| s.direct(0, 1).is_none()));
-    assert_eq!(sim.publishes(0), 6);
+    assert_eq!(sim.publishes(0), 8);
     sim.run_for(5_000);
     assert_eq!(
         sim.publishes(0),
-        6,
+        8,
         "nothing changes while the path is down"
     );
 
@@ -858,4 +889,51 @@ fn without_a_direct_path_the_handshake_goes_through_the_relay() {
     assert!(sim.sealed_generals.contains(&(v0, v1)));
     assert!(sim.sealed_generals.contains(&(v1, v0)));
     assert_eq!(sim.hosts[1].node.handshake_stats().transport_opened, 1);
+}
+
+#[test]
+fn after_the_handshake_everything_between_ringlink_nodes_is_sealed_and_unsealed_claims_are_refused()
+{
+    let mut sim = Sim::new(2, 5, 0);
+    sim.connect(0, 1);
+    sim.run_for(20_000);
+    for (i, j) in [(0, 1), (1, 0)] {
+        assert_eq!(peer_line(&sim, i, j).sealing, "session", "{i} → {j}");
+    }
+    assert_eq!(sim.open_failures, 0);
+    let path = sim.direct(0, 1).expect("direct");
+
+    // A heartbeat in Candy's envelope naming b (sealed with a's key, which
+    // every member can derive) from a third address: refused, path kept.
+    let third = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 66), 5555);
+    let hb = ringlink::proto::udp::Heartbeat::ringlink(sim.hosts[1].vip, true).encode();
+    let now = sim.now;
+    let before = sim.hosts[0].node.stats.unsealed_refused;
+    sim.hosts[0]
+        .node
+        .on_peer_message(third, MAIN_SOCKET, &hb, None, now);
+    sim.collect(0);
+    assert_eq!(sim.hosts[0].node.stats.unsealed_refused, before + 1);
+    // A session's message that names someone else is refused too.
+    sim.hosts[0]
+        .node
+        .on_peer_message(third, MAIN_SOCKET, &hb, Some(vip(4)), now);
+    assert_eq!(sim.hosts[0].node.stats.unsealed_refused, before + 2);
+    sim.run_for(3_000);
+    assert_eq!(sim.direct(0, 1), Some(path), "the path did not move");
+
+    // b's sealed heartbeat opens at a once; the same bytes again do not.
+    let seal = sim.latest(1).direct[&vip(0)].session.clone().unwrap().0;
+    let mut d = vec![0u8; ENVELOPE_LEN + hb.len()];
+    d[ENVELOPE_LEN..].copy_from_slice(&hb);
+    let end = d.len();
+    seal.seal_datagram(&mut d, ENVELOPE_LEN..end).unwrap();
+    let snap = sim.latest(0).clone();
+    let key = PeerKey::for_vip(CIPHER, PASSWORD, vip(0));
+    let opened = frame::open(&snap, &key, &mut d.clone()).expect("opens once");
+    assert_eq!(opened.session.map(|s| s.peer), Some(vip(1)));
+    assert!(matches!(
+        frame::open(&snap, &key, &mut d.clone()),
+        Err(frame::OpenError::Replayed)
+    ));
 }

@@ -25,6 +25,7 @@ fn node(own: Ipv4Addr, key: u8, peer: Ipv4Addr, peer_key: u8, now: Instant) -> H
             own,
             key: NodeKey::from_private([key; 32]),
             psk: psk_from_password(b"secret"),
+            cipher: ringlink::proto::crypto::CipherKind::default(),
             timers: HandshakeTimers::default(),
             seed: 1,
             wall_clock: Duration::from_secs(1_765_000_000),

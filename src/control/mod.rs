@@ -10,6 +10,7 @@ pub mod nat_run;
 pub mod node;
 pub mod publish;
 mod punch;
+mod relay_rx;
 pub mod secure;
 mod server_link;
 pub mod status;
@@ -43,7 +44,7 @@ pub use error::{
 };
 use iface::Interface;
 use node::{Node, NodeConfig};
-use server_link::{Link, LinkCounters, LinkEvent};
+use server_link::{Link, LinkCounters, LinkEvent, RelaySink};
 use status::{update, SharedStatus, Status};
 
 /// Packets waiting for the WebSocket. Kept short on purpose: anything
@@ -375,9 +376,15 @@ pub async fn run(
                                 control.relay_dropped += 1;
                             }
                         }
-                        Some(Upcall::Peer { from, local, plaintext }) => {
+                        Some(Upcall::Peer { from, local, plaintext, session }) => {
                             if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
-                                n.node.on_peer_message(from, local, &plaintext, now);
+                                n.node.on_peer_message(from, local, &plaintext, session, now);
+                                n.carry_out(i, &to_server, &mut control).await;
+                            }
+                        }
+                        Some(Upcall::SessionUsed { index }) => {
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_session_used(index, now);
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
@@ -404,7 +411,10 @@ pub async fn run(
                                 Some(i) => i.ensure_address(cidr).await?,
                                 None => {
                                     let i = iface.insert(Interface::create(&cfg, cidr).await?);
-                                    tun_tx.send_replace(Some(i.writer()));
+                                    tun_tx.send_replace(Some(RelaySink {
+                                        writer: i.writer(),
+                                        snapshot: i.snapshot(),
+                                    }));
                                     update(&status, |s| s.workers = i.workers());
                                     let (n, probe) = new_node(&cfg, cidr, i, identity.clone(), now).await?;
                                     node = Some(n);
@@ -434,6 +444,12 @@ pub async fn run(
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
+                        Some(LinkEvent::SessionUsed(index)) => {
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_session_used(index, now);
+                                n.carry_out(i, &to_server, &mut control).await;
+                            }
+                        }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
                         None => return Err(LinkLost::TaskEnded.into()),
                     }
@@ -451,6 +467,9 @@ pub async fn run(
                     control.relay_tx_bytes = link_counters.relay_tx_bytes.load(Ordering::Relaxed);
                     control.relay_rx_frames = link_counters.relay_rx.load(Ordering::Relaxed);
                     control.relay_rx_bytes = link_counters.relay_rx_bytes.load(Ordering::Relaxed);
+                    control.relay_rx_sealed = link_counters.relay_rx_sealed.load(Ordering::Relaxed);
+                    control.relay_refused = link_counters.relay_refused.load(Ordering::Relaxed);
+                    control.relay_tampered = link_counters.relay_tampered.load(Ordering::Relaxed);
                     let dataplane = iface.as_ref().map(|i| i.counters()).unwrap_or_default();
                     let (peers, routes) = node.as_ref().map(|n| n.node.status(Instant::now())).unwrap_or_default();
                     update(&status, |s| {

@@ -26,7 +26,7 @@ use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{Action, BirthdayRole, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::ext::{NatAdvert, Tail};
-use crate::proto::udp::{Heartbeat, PeerMessage, Ping, Pong};
+use crate::proto::udp::{ty, Heartbeat, PeerMessage, Ping, Pong};
 use crate::proto::ws::{
     self, encode_local_conn, Discovery, General, PeerConn, SysRoute, WsMessage,
 };
@@ -35,6 +35,7 @@ use crate::rng::SplitMix64;
 use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute, SubnetRoutes};
 use crate::session::handshake::HandshakeStats;
 use crate::session::keys::PublicKey;
+use crate::session::transport::DATAGRAM_HEADER_LEN;
 
 use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
@@ -106,6 +107,10 @@ counters! {
         /// Sockets opened for hard-NAT attempts (256 per birthday, one per
         /// fresh port).
         punch_sockets,
+        /// Control messages (heartbeats, pings, probes, adverts) refused
+        /// because they claimed a peer that seals with us and came without
+        /// its session, or came in one peer's session naming another.
+        unsealed_refused,
     }
 }
 
@@ -131,6 +136,7 @@ pub struct Node {
     outputs: VecDeque<Output>,
     generation: u64,
     published_router_gen: u64,
+    published_secure_gen: u64,
     dirty: bool,
     server_up: bool,
     discover_on_join: bool,
@@ -154,6 +160,7 @@ impl Node {
         let secure = Secure::new(
             cfg.own.addr,
             &cfg.password,
+            cfg.cipher,
             cfg.identity,
             rng.next_u64(),
             now,
@@ -177,6 +184,7 @@ impl Node {
             outputs: VecDeque::new(),
             generation: 0,
             published_router_gen: 0,
+            published_secure_gen: 0,
             dirty: true,
             server_up: false,
             discover_on_join,
@@ -235,10 +243,7 @@ impl Node {
             self.stats.punch_probes += due.len() as u64;
             for (probe, via) in due {
                 let datagram = match (probe.kind, &via) {
-                    (ProbeKind::Heartbeat, _) => {
-                        let key = self.key(probe.peer);
-                        key.seal_to_vec(self.ivs.next_iv(), &plain)
-                    }
+                    (ProbeKind::Heartbeat, _) => self.seal_for(probe.peer, &plain),
                     (ProbeKind::Stun, Some(socket)) => {
                         let mut txid: stun::TransactionId = Default::default();
                         self.rng.fill(&mut txid);
@@ -363,14 +368,24 @@ impl Node {
 
     /// A decrypted peer message that is not data, received on socket
     /// `local` (`dataplane::MAIN_SOCKET` or an attempt's socket).
+    /// A peer message from UDP; `session` is the peer whose session opened
+    /// it, `None` for Candy's envelope.
     pub fn on_peer_message(
         &mut self,
         from: SocketAddrV4,
         local: u16,
         plaintext: &[u8],
+        session: Option<Ipv4Addr>,
         now: Instant,
     ) {
         let decoded = PeerMessage::decode(plaintext);
+        if let Ok(m) = &decoded {
+            if !self.sealed_as_claimed(m, session) {
+                self.stats.unsealed_refused += 1;
+                debug!(%from, ?session, "peer message refused: not sealed by the peer it names");
+                return;
+            }
+        }
         if let Ok(m) = &decoded {
             // It opened with our key: answers to `from` leave from where
             // it came in, the only socket whose NAT mapping `from` reaches.
@@ -418,6 +433,36 @@ impl Node {
             }
         }
         self.flush(now);
+    }
+
+    /// The dataplane (a worker, or the server link for a relayed message)
+    /// opened the first message under our session `index`.
+    pub fn on_session_used(&mut self, index: u32, now: Instant) {
+        self.secure.session_used(index);
+        self.flush(now);
+    }
+
+    /// Whether a message may be acted on: one that names its sender must
+    /// come in that sender's session if the sender seals with us, and a
+    /// session's message must name its own peer. Handshake messages prove
+    /// themselves.
+    fn sealed_as_claimed(&self, m: &PeerMessage<'_>, session: Option<Ipv4Addr>) -> bool {
+        let claimed = match m {
+            PeerMessage::Heartbeat(hb) => hb.tunip,
+            PeerMessage::Ping(p) => p.tunip,
+            PeerMessage::Pong(p) => p.tunip,
+            // A probe names its prober; the echo of ours comes from dst.
+            PeerMessage::Delay(d) if d.src == self.own => d.dst,
+            PeerMessage::Delay(d) => d.src,
+            PeerMessage::Route(r) => r.next,
+            PeerMessage::Forward(_) | PeerMessage::Session(_) | PeerMessage::Unknown(_) => {
+                return true
+            }
+        };
+        match session {
+            Some(peer) => peer == claimed,
+            None => !self.secure.protected(claimed),
+        }
     }
 
     /// One classification run finished. A changed class is used for the
@@ -573,11 +618,33 @@ impl Node {
     }
 
     fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
-        let key = self.key(peer);
-        let datagram = key.seal_to_vec(self.ivs.next_iv(), plaintext);
+        let datagram = self.seal_for(peer, plaintext);
         let via = self.punch.via(to);
         self.outputs
             .push_back(Output::Datagram { to, via, datagram });
+    }
+
+    /// A peer message for `peer` as a datagram: sealed with its session if
+    /// there is one, so it cannot be replayed; handshake messages, which
+    /// make sessions, and everything for a peer without one go in Candy's
+    /// envelope.
+    fn seal_for(&mut self, peer: Ipv4Addr, plaintext: &[u8]) -> Vec<u8> {
+        let handshake = plaintext
+            .first()
+            .is_some_and(|t| (ty::SESSION_FIRST..=ty::SESSION_LAST).contains(t));
+        if !handshake {
+            if let Some(s) = self.secure.sealing(peer) {
+                let mut d = vec![0u8; DATAGRAM_HEADER_LEN + plaintext.len()];
+                d[DATAGRAM_HEADER_LEN..].copy_from_slice(plaintext);
+                let end = d.len();
+                match s.seal_datagram(&mut d, DATAGRAM_HEADER_LEN..end) {
+                    Ok(_) => return d,
+                    // Spent: the rekey is under way; the envelope meanwhile.
+                    Err(e) => debug!(%peer, error = %e, "session cannot seal"),
+                }
+            }
+        }
+        self.key(peer).seal_to_vec(self.ivs.next_iv(), plaintext)
     }
 
     /// Frames for a link that is down would only be stale when it is back.
@@ -608,7 +675,10 @@ impl Node {
             };
             self.send_udp(t.to, to, &t.msg.encode());
         }
-        if self.dirty || self.router.generation() != self.published_router_gen {
+        if self.dirty
+            || self.router.generation() != self.published_router_gen
+            || self.secure.generation() != self.published_secure_gen
+        {
             self.publish();
         }
     }
@@ -733,6 +803,7 @@ impl Node {
 
     fn publish(&mut self) {
         self.generation += 1;
+        let sessions = self.secure.dataplane();
         let mut direct = HashMap::with_capacity(self.direct.len());
         let paths: Vec<_> = self.direct.iter().map(|(&v, &e)| (v, e)).collect();
         for (vip, endpoint) in paths {
@@ -744,15 +815,20 @@ impl Node {
                     endpoint,
                     socket: self.punch.via(endpoint),
                     key,
+                    session: sessions.seals.get(&vip).cloned(),
                     counters,
                 },
             );
         }
+        let rule = self.next_hop_rule();
         let mut snapshot =
-            publish::compile(self.generation, self.own, &self.next_hop_rule(), direct);
+            publish::compile(self.generation, self.own, &rule, direct, &sessions.seals);
         snapshot.sockets = self.punch.sockets();
+        snapshot.sessions = sessions.open;
+        snapshot.protected = sessions.protected;
         self.outputs.push_back(Output::Publish(snapshot));
         self.published_router_gen = self.router.generation();
+        self.published_secure_gen = self.secure.generation();
         self.dirty = false;
     }
 
@@ -808,10 +884,12 @@ impl Node {
                     .unwrap_or_default();
                 let direct = p.state == PeerState::Connected;
                 let (key, handshake_secs, handshakes) = self.secure.peer_line(p.vip, now);
+                let sealed = self.secure.protected(p.vip) && self.secure.sealing(p.vip).is_some();
                 PeerLine {
                     key,
                     handshake_secs,
                     handshakes,
+                    sealing: if sealed { "session" } else { "envelope" }.to_string(),
                     vip: p.vip.to_string(),
                     state: p.state.to_string(),
                     path: if direct { "direct" } else { "relay" }.to_string(),

@@ -5,17 +5,19 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use crate::dataplane::{PeerEntry, Snapshot, SubnetHop, TunHop};
+use crate::dataplane::{PeerEntry, Sealer, Snapshot, SubnetHop, TunHop};
 use crate::route::{NextHop, NextHopTable, TunRoute};
 
 /// The snapshot for `rule`, whose peer hops are the `direct` peers. A hop
 /// to a peer missing from `direct` (the rule and the paths disagree for a
-/// moment) takes the relay.
+/// moment) takes the relay, sealed when `seals` has a session for the node
+/// the packet is for.
 pub fn compile(
     generation: u64,
     own_vip: Ipv4Addr,
     rule: &NextHopTable,
     direct: HashMap<Ipv4Addr, PeerEntry>,
+    seals: &HashMap<Ipv4Addr, Sealer>,
 ) -> Snapshot {
     let peer = |n: Ipv4Addr| direct.get(&n).cloned();
     // `d` is the packet's destination; the node it is for is the gateway
@@ -29,10 +31,15 @@ pub fn compile(
             }
             NextHop::Relay => (None, false),
         };
+        let relay_seal = match peer {
+            Some(_) => None,
+            None => seals.get(&r.wrap_for.unwrap_or(d)).cloned(),
+        };
         TunHop {
             wrap_for: r.wrap_for,
             peer,
             via,
+            relay_seal,
         }
     };
     let mut tun = HashMap::new();
@@ -64,7 +71,7 @@ pub fn compile(
         tun,
         forward,
         subnets,
-        sockets: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -85,6 +92,7 @@ mod tests {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, d), 4000),
             socket: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[d; 32])),
+            session: None,
             counters: Arc::default(),
         }
     }
@@ -110,7 +118,7 @@ mod tests {
             .with_subnets(subnets)
             .with_directed_broadcast(ip(255));
         let direct: HashMap<_, _> = [2, 4, 7].map(|d| (ip(d), entry(d))).into();
-        let snap = compile(7, ip(1), &rule, direct.clone());
+        let snap = compile(7, ip(1), &rule, direct.clone(), &HashMap::new());
         assert_eq!((snap.generation, snap.own_vip), (7, ip(1)));
         let addrs = (0..=255).map(ip).chain([
             Ipv4Addr::new(172, 16, 2, 9),
@@ -143,7 +151,7 @@ mod tests {
         // The default subnet route wraps every other VIP for gateway 2.
         assert!(!via(ip(3)) && !via(ip(5)), "wrapped for direct 2");
         let plain = NextHopTable::new([(ip(3), ip(2))], [ip(2)]).with_own_vip(ip(1));
-        let snap_plain = compile(1, ip(1), &plain, direct.clone());
+        let snap_plain = compile(1, ip(1), &plain, direct.clone(), &HashMap::new());
         assert!(snap_plain.route_tun(ip(3)).via, "3 through 2");
         assert!(!snap_plain.route_tun(ip(2)).via, "2 itself");
         let multicast = Ipv4Addr::new(224, 0, 0, 251);

@@ -5,20 +5,23 @@
 //! driver to write, the handshake messages come out for the node to send
 //! (direct path if there is one, else the relay), and `now` comes in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use crate::dataplane::Sealer;
+use crate::proto::crypto::CipherKind;
 use crate::session::handshake::{
     psk_from_password, HandshakeConfig, HandshakeError, HandshakeStats, Handshakes,
 };
 use crate::session::keys::{NodeKey, PublicKey};
 use crate::session::pins::{PinStore, Verdict};
 use crate::session::timers::HandshakeTimers;
-use crate::session::transport::Role;
+use crate::session::transport::{Role, Session};
 
 /// What a node needs to take part in handshakes, built at startup (where
 /// the key file and the pins file are read).
@@ -40,6 +43,14 @@ pub struct KeyLine {
     pub source: String,
 }
 
+/// The sessions as the dataplane snapshot holds them.
+#[derive(Debug, Default)]
+pub struct SessionTables {
+    pub seals: HashMap<Ipv4Addr, Sealer>,
+    pub open: HashMap<u32, Arc<Session>>,
+    pub protected: HashSet<Ipv4Addr>,
+}
+
 pub struct Secure {
     handshakes: Handshakes,
     pins: PinStore,
@@ -49,12 +60,20 @@ pub struct Secure {
 }
 
 impl Secure {
-    pub fn new(own: Ipv4Addr, password: &[u8], id: Identity, seed: u64, now: Instant) -> Self {
+    pub fn new(
+        own: Ipv4Addr,
+        password: &[u8],
+        cipher: CipherKind,
+        id: Identity,
+        seed: u64,
+        now: Instant,
+    ) -> Self {
         let handshakes = Handshakes::new(
             HandshakeConfig {
                 own,
                 key: id.key,
                 psk: psk_from_password(password),
+                cipher,
                 timers: id.timers,
                 seed,
                 wall_clock: id.wall_clock,
@@ -146,6 +165,44 @@ impl Secure {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handshakes.handle_timeout(now);
+    }
+
+    /// The dataplane opened the first message of our session `index`.
+    pub fn session_used(&mut self, index: u32) {
+        self.handshakes.confirmed(index);
+    }
+
+    /// Changes whenever what [`Secure::dataplane`] returns does.
+    pub fn generation(&self) -> u64 {
+        self.handshakes.generation()
+    }
+
+    /// What the dataplane seals with per peer, every session that may
+    /// open, and the peers that seal with us.
+    pub fn dataplane(&self) -> SessionTables {
+        let mut t = SessionTables::default();
+        for (vip, s) in self.handshakes.published() {
+            if let Some(seal) = s.seal {
+                t.seals.insert(vip, Sealer(seal));
+            }
+            for o in s.open {
+                t.open.insert(o.local_index, o);
+            }
+            if s.protected {
+                t.protected.insert(vip);
+            }
+        }
+        t
+    }
+
+    /// Whether `vip` seals with us, so nothing from it counts unsealed.
+    pub fn protected(&self, vip: Ipv4Addr) -> bool {
+        self.handshakes.protected(vip)
+    }
+
+    /// The session to seal a control message for `peer` with.
+    pub fn sealing(&self, peer: Ipv4Addr) -> Option<Arc<Session>> {
+        self.handshakes.sealing(peer)
     }
 
     /// The key pinned for `vip` and the age of its session, for status.

@@ -21,14 +21,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
+use super::relay_rx::{self, Refusal, Relayed};
 use super::status::{update, SharedStatus};
 use super::ws_client::{self, Wanted, Ws};
 use super::{ClientError, LinkLost};
 use crate::config::{ClientConfig, ServerUrl};
-use crate::dataplane::TunWriter;
-use crate::proto::sdwan::decapsulate;
+use crate::dataplane::{SharedSnapshot, TunWriter};
 use crate::proto::ws::{self, encode_keepalive, WsMessage};
-use crate::proto::{ipv4, Ipv4Cidr};
+use crate::proto::Ipv4Cidr;
 
 /// Self-addressed GENERAL every so often: Cacao drops connections idle for
 /// 60 s, and the echo proves the server is still there.
@@ -60,6 +60,8 @@ pub enum LinkEvent {
     Frame(Vec<u8>),
     /// A packet from `saddr` arrived through the relay.
     Relayed(Ipv4Addr),
+    /// A sealed relayed message was the first under our session `index`.
+    SessionUsed(u32),
     /// The server cannot be joined at all (interface-independent, fatal).
     Fatal(ClientError),
 }
@@ -71,9 +73,17 @@ pub struct Link {
     pub vmac: [u8; 16],
     pub events: mpsc::Sender<LinkEvent>,
     pub outgoing: mpsc::Receiver<Vec<u8>>,
-    pub tun: watch::Receiver<Option<TunWriter>>,
+    pub tun: watch::Receiver<Option<RelaySink>>,
     pub status: SharedStatus,
     pub counters: Arc<LinkCounters>,
+}
+
+/// Where relayed packets go once the interface exists: the device, and the
+/// dataplane's table, whose sessions open sealed ones.
+#[derive(Clone)]
+pub struct RelaySink {
+    pub writer: TunWriter,
+    pub snapshot: SharedSnapshot,
 }
 
 /// Relay traffic through the server (FORWARD frames and the bytes of the
@@ -84,6 +94,14 @@ pub struct LinkCounters {
     pub relay_tx_bytes: AtomicU64,
     pub relay_rx: AtomicU64,
     pub relay_rx_bytes: AtomicU64,
+    /// Relayed packets that came sealed with a session.
+    pub relay_rx_sealed: AtomicU64,
+    /// Relayed packets refused: unsealed from a peer that seals, replayed,
+    /// under no session.
+    pub relay_refused: AtomicU64,
+    /// Sealed relayed packets that did not authenticate: changed between
+    /// the peer and us.
+    pub relay_tampered: AtomicU64,
 }
 
 impl Link {
@@ -202,19 +220,19 @@ impl Link {
                         counters
                             .relay_rx_bytes
                             .fetch_add(packet.len() as u64, Ordering::Relaxed);
-                        deliver(&tun, packet);
-                        if let Ok((src, _)) = ipv4::addrs(packet) {
-                            let now = Instant::now();
-                            let due = reported
-                                .get(&src)
-                                .is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
-                            if due {
-                                if reported.len() >= RELAYED_TRACKED_MAX {
-                                    reported.retain(|_, t| now - *t < RELAYED_REPORT_EVERY);
-                                }
-                                reported.insert(src, now);
-                                let _ = events.try_send(LinkEvent::Relayed(src));
+                        let Some(src) = deliver(&tun, packet, counters, &events) else {
+                            continue;
+                        };
+                        let now = Instant::now();
+                        let due = reported
+                            .get(&src)
+                            .is_none_or(|t| now - *t >= RELAYED_REPORT_EVERY);
+                        if due {
+                            if reported.len() >= RELAYED_TRACKED_MAX {
+                                reported.retain(|_, t| now - *t < RELAYED_REPORT_EVERY);
                             }
+                            reported.insert(src, now);
+                            let _ = events.try_send(LinkEvent::Relayed(src));
                         }
                     }
                     Ok(WsMessage::General(g)) if g.src == own && g.dst == own => {}
@@ -314,23 +332,60 @@ fn server_order(cfg: &ClientConfig, vmac: [u8; 16]) -> Vec<ServerUrl> {
     all[own..].iter().chain(&all[..own]).cloned().collect()
 }
 
-/// Writes a relayed packet to the interface, without the sdwan
-/// pseudo-header if it carries one.
-fn deliver(tun: &watch::Receiver<Option<TunWriter>>, packet: &[u8]) {
-    let tun = tun.borrow();
-    let Some(writer) = tun.as_ref() else {
+/// Writes a relayed packet to the interface (opened if sealed, without the
+/// sdwan pseudo-header if it carries one); returns its sender, which may be
+/// worth a direct path.
+fn deliver(
+    sink: &watch::Receiver<Option<RelaySink>>,
+    packet: &[u8],
+    counters: &LinkCounters,
+    events: &mpsc::Sender<LinkEvent>,
+) -> Option<Ipv4Addr> {
+    let sink = sink.borrow();
+    let Some(sink) = sink.as_ref() else {
         debug!("relayed packet before the interface exists; dropped");
-        return;
+        return None;
     };
-    match decapsulate(packet) {
-        Ok(inner) => {
-            if let Err(e) = writer.write(inner) {
+    let snap = sink.snapshot.load();
+    let (first_use, delivered) = match relay_rx::receive(&snap, packet) {
+        Relayed::Deliver {
+            packet,
+            src,
+            sealed,
+            first_use,
+        } => {
+            if sealed {
+                counters.relay_rx_sealed.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = sink.writer.write(&packet) {
                 debug!(error = %e, "relayed packet not written to the interface");
             }
+            (first_use, Some(src))
         }
-        Err(e) => debug!(error = %e, "relayed packet dropped"),
+        Relayed::Keepalive { first_use } => {
+            counters.relay_rx_sealed.fetch_add(1, Ordering::Relaxed);
+            (first_use, None)
+        }
+        Relayed::Refused(why) => {
+            let counter = match why {
+                Refusal::Tampered(_) => &counters.relay_tampered,
+                _ => &counters.relay_refused,
+            };
+            // Logged once per this many, so a flood costs no log storm.
+            if counter.fetch_add(1, Ordering::Relaxed) % REFUSAL_LOG_EVERY == 0 {
+                warn!(reason = %why, "relayed packet refused");
+            }
+            return None;
+        }
+    };
+    if let Some(index) = first_use {
+        let _ = events.try_send(LinkEvent::SessionUsed(index));
     }
+    delivered
 }
+
+/// One log line per this many refused relayed packets of one kind.
+const REFUSAL_LOG_EVERY: u64 = 1000;
 
 #[cfg(test)]
 mod tests {

@@ -28,6 +28,14 @@ counters! {
         relay_rx_bytes,
         /// Packets for the relay dropped because the server queue was full.
         relay_dropped,
+        /// Relayed packets that came sealed with a ringlink session.
+        relay_rx_sealed,
+        /// Relayed packets refused: unsealed from a peer that seals with
+        /// us, replayed, or under no session of ours.
+        relay_refused,
+        /// Sealed relayed packets that did not authenticate: changed on
+        /// the way by the relay or someone between it and us.
+        relay_tampered,
         /// Control datagrams (heartbeats, STUN, probes) the kernel refused.
         udp_send_errors,
         /// Control frames for the server dropped because its queue was full.
@@ -62,9 +70,13 @@ pub struct PeerLine {
     #[serde(default)]
     pub key: Option<KeyLine>,
     /// Age of the session made by the last handshake, if one is live.
-    /// Traffic is not sealed with it yet (the dataplane's next step).
     #[serde(default)]
     pub handshake_secs: Option<f64>,
+    /// "session": traffic both ways is sealed with session keys (counters,
+    /// replay window), and nothing unsealed from this peer is taken;
+    /// "envelope": Candy's format (a stock peer, or no session yet).
+    #[serde(default)]
+    pub sealing: String,
     /// Handshakes completed with this peer.
     #[serde(default)]
     pub handshakes: u32,
@@ -159,7 +171,7 @@ pub fn render(s: &Status) -> String {
     ));
     if let Some(fp) = &s.key_fingerprint {
         out.push_str(&format!(
-            "key {fp}  {}  (handshakes only: traffic is not sealed with session keys yet)\n",
+            "key {fp}  {}\n",
             s.public_key.as_deref().unwrap_or("-")
         ));
     }
@@ -170,7 +182,7 @@ pub fn render(s: &Status) -> String {
     render_block(&mut out, "handshake", s.handshake.fields());
     if !s.peers.is_empty() {
         out.push_str(&format!(
-            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:>12} {:>12}\n",
+            "\n{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:<8} {:>12} {:>12}\n",
             "PEER",
             "SPEAKS",
             "STATE",
@@ -182,13 +194,14 @@ pub fn render(s: &Status) -> String {
             "TO DIRECT",
             "KEY",
             "HANDSHAKE",
+            "SEALED",
             "TX BYTES",
             "RX BYTES"
         ));
         let secs = |v: Option<f64>| v.map(|a| format!("{a:.1}s")).unwrap_or_else(|| "-".into());
         for p in &s.peers {
             out.push_str(&format!(
-                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:>12} {:>12}\n",
+                "{:<16} {:<8} {:<14} {:<7} {:<22} {:>8} {:<21} {:<18} {:>9} {:<22} {:>9} {:<8} {:>12} {:>12}\n",
                 p.vip,
                 p.speaks,
                 p.state,
@@ -205,6 +218,7 @@ pub fn render(s: &Status) -> String {
                 p.handshake_secs
                     .map(|a| format!("{a:.0}s ago"))
                     .unwrap_or_else(|| "none".into()),
+                if p.sealing.is_empty() { "-" } else { &p.sealing },
                 p.tx_bytes,
                 p.rx_bytes
             ));
@@ -276,6 +290,7 @@ mod tests {
             source: "tofu".into(),
         });
         peer.handshake_secs = Some(12.3);
+        peer.sealing = "session".into();
         let mut fresh = want.peers[0].clone();
         fresh.vip = "10.77.0.4".into();
         let shown = render(&Status {
@@ -294,7 +309,7 @@ mod tests {
             "12s ago",
             "none",
             "key fedcba9876543210  PUBKEY=",
-            "not sealed",
+            "session",
         ] {
             assert!(shown.contains(word), "{word} in {shown}");
         }

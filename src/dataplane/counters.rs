@@ -69,6 +69,17 @@ counters! {
     /// Datagrams that failed authentication or were shorter than the
     /// envelope.
     decrypt_failed,
+    /// Datagrams opened with a session key (from ringlink peers).
+    session_rx,
+    /// Packets sealed with a session key (direct, passed on, or relayed).
+    session_tx,
+    /// Session datagrams refused by the replay window: already received,
+    /// or older than the window.
+    replayed,
+    /// Traffic claiming to come from a peer that seals with us, but not
+    /// sealed with a session: a replay from before the session, or a
+    /// forgery by someone who knows the network password.
+    unsealed_refused,
     /// FORWARDs for another node with no direct next hop (dropped).
     no_route,
     /// FORWARDs for another node passed on to a direct next hop.

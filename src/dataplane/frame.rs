@@ -15,9 +15,13 @@
 //!   | io_uring_recvmsg_out 16 | sockaddr_in 16 | IV | tag | type | packet |
 //! ```
 //!
+//! Between ringlink nodes with a session, the 28 bytes in front are the
+//! session datagram's header (index, counter, tag) instead of Candy's
+//! envelope (IV, tag): the same size, so every offset here holds for both.
+//!
 //! Opening in place leaves the plaintext where the ciphertext was, so the
 //! inner packet is written to TUN from the same buffer; a FORWARD for
-//! another node is resealed where it lies, since the envelope is the same
+//! another node is resealed where it lies, since either header is the same
 //! size.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -25,11 +29,14 @@ use std::ops::Range;
 
 use io_uring::types::RecvMsgOut;
 
+use std::sync::Arc;
+
 use super::snapshot::{PeerEntry, Snapshot};
 use crate::proto::crypto::{CryptoError, PeerKey, ENVELOPE_LEN, IV_LEN};
 use crate::proto::mtu::{FORWARD_OVERHEAD, MAX_DATAGRAM};
 use crate::proto::sdwan::{self, SdwanError, PSEUDO_HEADER_LEN};
 use crate::proto::udp::ty;
+use crate::session::transport::{datagram_index, Session, SessionError};
 use crate::sys::udp::{gro_segment_size, parse_sockaddr_in};
 
 /// Room a multishot recvmsg buffer needs in front of the payload: the
@@ -48,14 +55,84 @@ pub enum FrameError {
     Wrap(#[from] SdwanError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+/// What seals a datagram for its next hop.
+#[derive(Debug, Clone, Copy)]
+pub enum Seal<'a> {
+    /// The session with a ringlink peer: counter nonce, replay window.
+    Session(&'a Session),
+    /// Candy's envelope under the peer's key, with a fresh IV.
+    Envelope(&'a PeerKey, [u8; IV_LEN]),
+}
+
+impl Seal<'_> {
+    /// Seals the plaintext at `buf[d.start + 28..d.end]` into the datagram
+    /// `buf[d]`, in place.
+    pub fn seal(self, buf: &mut [u8], d: Range<usize>) -> Result<(), FrameError> {
+        match self {
+            Seal::Session(s) => {
+                s.seal_datagram(buf, d.start + ENVELOPE_LEN..d.end)?;
+            }
+            Seal::Envelope(key, iv) => key.seal_in_place(iv, &mut buf[d])?,
+        }
+        Ok(())
+    }
+}
+
+/// How a received datagram opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened<'s> {
+    /// The session that opened it; `None` for Candy's envelope.
+    pub session: Option<&'s Arc<Session>>,
+    /// The session's first message: tell the control thread.
+    pub first_use: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("session datagram already received or too old")]
+    Replayed,
+    #[error("session datagram does not authenticate")]
+    Forged,
+    #[error(transparent)]
+    Envelope(#[from] CryptoError),
+}
+
+/// Opens a received datagram in place, its plaintext then at
+/// `d[ENVELOPE_LEN..]`: with the session its first four bytes name, if we
+/// have one, else with our own key. A Candy IV that happens to start like a
+/// live index (one in 2^32 per session) fails and is dropped like any
+/// datagram that does not open.
+pub fn open<'s>(
+    snap: &'s Snapshot,
+    own_key: &PeerKey,
+    d: &mut [u8],
+) -> Result<Opened<'s>, OpenError> {
+    if let Some(s) = datagram_index(d).and_then(|i| snap.sessions.get(&i)) {
+        return match s.open_datagram(d) {
+            Ok((_, first_use)) => Ok(Opened {
+                session: Some(s),
+                first_use,
+            }),
+            Err(SessionError::Replay(_)) => Err(OpenError::Replayed),
+            Err(_) => Err(OpenError::Forged),
+        };
+    }
+    own_key.open_in_place(d)?;
+    Ok(Opened {
+        session: None,
+        first_use: false,
+    })
 }
 
 /// Turn the packet at `buf[headroom..headroom + len]` into a sealed FORWARD
 /// datagram in place, optionally wrapped in an sdwan pseudo-header from
 /// `own_vip` to `wrap_for`. Returns where the datagram lies in `buf`.
 pub fn seal_forward(
-    key: &PeerKey,
-    iv: [u8; IV_LEN],
+    seal: Seal<'_>,
     buf: &mut [u8],
     headroom: usize,
     len: usize,
@@ -79,7 +156,7 @@ pub fn seal_forward(
         buf[headroom - PSEUDO_HEADER_LEN..headroom].copy_from_slice(&h);
     }
     buf[start + ENVELOPE_LEN] = ty::FORWARD;
-    key.seal_in_place(iv, &mut buf[start..end])?;
+    seal.seal(buf, start..end)?;
     Ok(start..end)
 }
 
@@ -156,8 +233,8 @@ pub enum Inbound<'s> {
     /// Write `packet` (range within the plaintext) to TUN; count it for the
     /// peer `src` (the outer source VIP).
     Deliver { packet: Range<usize>, src: Ipv4Addr },
-    /// A FORWARD for another node: reseal for this direct peer.
-    Relay { peer: &'s PeerEntry },
+    /// A FORWARD for another node (from `src`): reseal for this direct peer.
+    Relay { peer: &'s PeerEntry, src: Ipv4Addr },
     /// A FORWARD for another node with no direct next hop.
     NoRoute,
     /// Any other message: the control thread's business.
@@ -177,7 +254,7 @@ pub fn inbound<'s>(snap: &'s Snapshot, plain: &[u8]) -> Inbound<'s> {
             };
             if f.dst != snap.own_vip {
                 return match snap.forward_hop(f.dst) {
-                    Some(peer) => Inbound::Relay { peer },
+                    Some(peer) => Inbound::Relay { peer, src: f.src },
                     None => Inbound::NoRoute,
                 };
             }
@@ -194,7 +271,6 @@ pub fn inbound<'s>(snap: &'s Snapshot, plain: &[u8]) -> Inbound<'s> {
 mod tests {
     use super::*;
     use crate::proto::crypto::{CipherKind, IvSequence};
-    use std::sync::Arc;
 
     const OWN: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -227,7 +303,14 @@ mod tests {
         let p = packet(OWN, PEER, 100);
         let mut buf = in_buffer(&p, 64);
         let mut ivs = IvSequence::new();
-        let r = seal_forward(&key(PEER), ivs.next_iv(), &mut buf, 64, p.len(), None).unwrap();
+        let r = seal_forward(
+            Seal::Envelope(&key(PEER), ivs.next_iv()),
+            &mut buf,
+            64,
+            p.len(),
+            None,
+        )
+        .unwrap();
         assert_eq!(r, 64 - 29..64 + 100);
         let mut dgram = buf[r].to_vec();
         let plain = key(PEER).open_in_place(&mut dgram).unwrap();
@@ -243,7 +326,14 @@ mod tests {
         let p = packet(Ipv4Addr::new(192, 168, 1, 5), lan, 60);
         let mut buf = in_buffer(&p, 64);
         let gw = Ipv4Addr::new(10, 0, 0, 3);
-        let r = seal_forward(&key(PEER), [1; 12], &mut buf, 64, p.len(), Some((OWN, gw))).unwrap();
+        let r = seal_forward(
+            Seal::Envelope(&key(PEER), [1; 12]),
+            &mut buf,
+            64,
+            p.len(),
+            Some((OWN, gw)),
+        )
+        .unwrap();
         assert_eq!(r.len(), 29 + 20 + 60);
         let mut dgram = buf[r].to_vec();
         let plain = key(PEER).open_in_place(&mut dgram).unwrap();
@@ -260,19 +350,44 @@ mod tests {
         let p = packet(OWN, PEER, 100);
         let mut buf = in_buffer(&p, 40);
         assert_eq!(
-            seal_forward(&key(PEER), [0; 12], &mut buf, 40, 100, Some((OWN, PEER))),
+            seal_forward(
+                Seal::Envelope(&key(PEER), [0; 12]),
+                &mut buf,
+                40,
+                100,
+                Some((OWN, PEER))
+            ),
             Err(FrameError::NoHeadroom { need: 49, have: 40 })
         );
         // 1471 + 29 = 1500 fits; one more byte does not.
         let big = packet(OWN, PEER, 1472);
         let mut buf = in_buffer(&big, 64);
         assert_eq!(
-            seal_forward(&key(PEER), [0; 12], &mut buf, 64, 1472, None),
+            seal_forward(
+                Seal::Envelope(&key(PEER), [0; 12]),
+                &mut buf,
+                64,
+                1472,
+                None
+            ),
             Err(FrameError::Oversize(1501))
         );
-        assert!(seal_forward(&key(PEER), [0; 12], &mut buf, 64, 1471, None).is_ok());
+        assert!(seal_forward(
+            Seal::Envelope(&key(PEER), [0; 12]),
+            &mut buf,
+            64,
+            1471,
+            None
+        )
+        .is_ok());
         assert_eq!(
-            seal_forward(&key(PEER), [0; 12], &mut buf, 64, 5000, None),
+            seal_forward(
+                Seal::Envelope(&key(PEER), [0; 12]),
+                &mut buf,
+                64,
+                5000,
+                None
+            ),
             Err(FrameError::PacketOutOfRange { len: 5000 })
         );
     }
@@ -298,6 +413,7 @@ mod tests {
                 endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
                 socket: None,
                 key: Arc::new(key(PEER)),
+                session: None,
                 counters: Arc::default(),
             },
         );
@@ -352,7 +468,8 @@ mod tests {
         assert_eq!(
             inbound(&s, &forward(&packet(OWN, PEER, 20))),
             Inbound::Relay {
-                peer: &s.direct[&PEER]
+                peer: &s.direct[&PEER],
+                src: OWN
             }
         );
         assert_eq!(

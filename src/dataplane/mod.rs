@@ -24,7 +24,7 @@ mod worker;
 pub mod writer;
 
 use std::io;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,8 +37,8 @@ use tokio::sync::Notify;
 pub use bufring::BufRingError;
 pub use counters::{CounterSnapshot, Counters, SharedCounters};
 pub use snapshot::{
-    LocalSocket, PeerCounterSnapshot, PeerCounters, PeerEntry, SharedSnapshot, Snapshot, SubnetHop,
-    TunHop, MAIN_SOCKET,
+    LocalSocket, PeerCounterSnapshot, PeerCounters, PeerEntry, Sealer, SharedSnapshot, Snapshot,
+    SubnetHop, TunHop, MAIN_SOCKET,
 };
 pub use writer::{TunWriter, WriteError};
 
@@ -221,11 +221,16 @@ pub enum Upcall {
     /// route, unknown types), type byte first.
     /// `local` is the socket it arrived on ([`MAIN_SOCKET`] or the id of a
     /// [`LocalSocket`]).
+    /// `session`: the ringlink peer whose session opened it; `None` when
+    /// it came in Candy's envelope.
     Peer {
         from: SocketAddrV4,
         local: u16,
         plaintext: Vec<u8>,
+        session: Option<Ipv4Addr>,
     },
+    /// Our session `index` opened its first message: the peer holds it.
+    SessionUsed { index: u32 },
     /// A datagram that looks like STUN, as received.
     Stun {
         from: SocketAddrV4,

@@ -4,7 +4,7 @@
 //! swaps it in; a worker loads it once per batch, so it never takes a lock or
 //! sees a half-updated table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use crate::proto::crypto::PeerKey;
 use crate::proto::ipv4;
+use crate::session::transport::Session;
 
 /// Traffic over one peer's direct path, summed over all workers.
 ///
@@ -84,6 +85,19 @@ impl Eq for LocalSocket {}
 /// worker's own, on the shared port.
 pub const MAIN_SOCKET: u16 = 0;
 
+/// A ringlink peer's current session, which seals what goes to it. Equal
+/// when it is the same session object.
+#[derive(Debug, Clone)]
+pub struct Sealer(pub Arc<Session>);
+
+impl PartialEq for Sealer {
+    fn eq(&self, o: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &o.0)
+    }
+}
+
+impl Eq for Sealer {}
+
 /// A peer with a direct (CONNECTED) path.
 ///
 /// The key is derived once, when the control thread learns the peer, and
@@ -94,8 +108,11 @@ pub struct PeerEntry {
     pub endpoint: SocketAddrV4,
     /// The socket the path was punched from; `None`: the shared port.
     pub socket: Option<LocalSocket>,
-    /// The peer's own key, `K(peer VIP)`: what we seal with.
+    /// The peer's own key, `K(peer VIP)`: what we seal with when there
+    /// is no session (a stock Candy peer, or before the handshake).
     pub key: Arc<PeerKey>,
+    /// The session with a ringlink peer, which seals instead of `key`.
+    pub session: Option<Sealer>,
     pub counters: Arc<PeerCounters>,
 }
 
@@ -105,6 +122,7 @@ impl PartialEq for PeerEntry {
         self.endpoint == o.endpoint
             && self.socket == o.socket
             && Arc::ptr_eq(&self.key, &o.key)
+            && self.session == o.session
             && Arc::ptr_eq(&self.counters, &o.counters)
     }
 }
@@ -137,6 +155,12 @@ pub struct Snapshot {
     pub subnets: Vec<SubnetHop>,
     /// Sockets besides the shared port that workers receive on.
     pub sockets: Vec<LocalSocket>,
+    /// Every live session with a ringlink peer, by the index the peer puts
+    /// in its datagrams: what opens them.
+    pub sessions: HashMap<u32, Arc<Session>>,
+    /// Peers that seal with us: traffic claiming to come from them that is
+    /// not sealed with a session is refused.
+    pub protected: HashSet<Ipv4Addr>,
 }
 
 impl Default for Snapshot {
@@ -149,6 +173,8 @@ impl Default for Snapshot {
             forward: HashMap::new(),
             subnets: Vec::new(),
             sockets: Vec::new(),
+            sessions: HashMap::new(),
+            protected: HashSet::new(),
         }
     }
 }
@@ -164,6 +190,9 @@ pub struct TunHop {
     /// `peer` passes the packet on to the node it is for (a latency route
     /// through another node): what the traffic counters call "via".
     pub via: bool,
+    /// Over the relay to a ringlink peer with a session: sealed with it, so
+    /// the server sees ciphertext.
+    pub relay_seal: Option<Sealer>,
 }
 
 impl TunHop {
@@ -172,8 +201,13 @@ impl TunHop {
         wrap_for: None,
         peer: None,
         via: false,
+        relay_seal: None,
     };
 }
+
+/// [`TunHop::RELAY`] to lend out: a session in the type keeps the constant
+/// from being promoted to a static by itself.
+static RELAY_HOP: TunHop = TunHop::RELAY;
 
 /// A subnet route, compiled: LAN destinations in `net/prefix` are wrapped
 /// for `hop.wrap_for` and sent to `hop.peer`.
@@ -200,12 +234,19 @@ impl Snapshot {
             return hop;
         }
         if ipv4::is_broadcast(daddr) {
-            return &TunHop::RELAY;
+            return &RELAY_HOP;
         }
         self.subnets
             .iter()
             .find(|s| s.contains(daddr))
-            .map_or(&TunHop::RELAY, |s| &s.hop)
+            .map_or(&RELAY_HOP, |s| &s.hop)
+    }
+
+    /// Whether `daddr` is for every node: multicast, limited broadcast or
+    /// the virtual network's directed broadcast (the one `tun` entry that
+    /// says "relay as is").
+    pub fn is_broadcast(&self, daddr: Ipv4Addr) -> bool {
+        ipv4::is_broadcast(daddr) || self.tun.get(&daddr) == Some(&TunHop::RELAY)
     }
 
     /// The peer to pass a FORWARD for `daddr` (not us) on to.
@@ -221,6 +262,7 @@ impl Snapshot {
             wrap_for: None,
             peer: Some(entry.clone()),
             via: false,
+            relay_seal: None,
         };
         self.tun.insert(vip, hop);
         if vip != self.own_vip {
@@ -264,6 +306,7 @@ mod tests {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), port),
             socket: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[7; 32])),
+            session: None,
             counters: Arc::default(),
         }
     }
@@ -281,6 +324,7 @@ mod tests {
             wrap_for: Some(ip(2)),
             peer: Some(entry(2)),
             via: false,
+            relay_seal: None,
         };
         s.subnets.push(SubnetHop {
             net: Ipv4Addr::new(172, 16, 2, 0),
@@ -294,6 +338,7 @@ mod tests {
                 wrap_for: Some(ip(6)),
                 peer: None,
                 via: false,
+                relay_seal: None,
             },
         });
         s

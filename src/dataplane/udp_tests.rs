@@ -118,6 +118,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
         endpoint: peer_addr,
         socket: None,
         key: Arc::new(key(PEER)),
+        session: None,
         counters: peer_counters.clone(),
     };
     snap.add_direct_peer(PEER, peer_entry.clone());
@@ -126,6 +127,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
         wrap_for,
         peer: Some(peer_entry.clone()),
         via,
+        relay_seal: None,
     };
     snap.tun.insert(BEYOND, through_peer(None, true));
     snap.forward.insert(BEYOND, peer_entry.clone());
@@ -142,6 +144,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
             wrap_for: Some(UNKNOWN),
             peer: None,
             via: false,
+            relay_seal: None,
         },
     });
     dp.snapshot().publish(snap);
@@ -392,7 +395,8 @@ fn control_messages_go_up_and_garbage_is_counted() {
         Upcall::Peer {
             from: h.peer_addr,
             local: 0,
-            plaintext: hb.to_vec()
+            plaintext: hb.to_vec(),
+            session: None,
         }
     );
     let unknown = [9u8, 1, 2, 3];
@@ -402,7 +406,8 @@ fn control_messages_go_up_and_garbage_is_counted() {
         Upcall::Peer {
             from: h.peer_addr,
             local: 0,
-            plaintext: unknown.to_vec()
+            plaintext: unknown.to_vec(),
+            session: None,
         }
     );
     let req = stun::encode_binding_request(&[7; 12]);
@@ -478,6 +483,7 @@ fn oversize_packets_are_dropped_not_sent() {
             endpoint: peer_addr,
             socket: None,
             key: Arc::new(key(PEER)),
+            session: None,
             counters: Arc::default(),
         },
     );
@@ -514,6 +520,7 @@ fn the_snapshot_is_followed_from_the_next_batch() {
             endpoint: h.peer_addr,
             socket: None,
             key: Arc::new(key(UNKNOWN)),
+            session: None,
             counters: Arc::default(),
         },
     );
@@ -848,6 +855,7 @@ fn an_extra_socket_receives_sends_for_its_peer_and_is_let_go() {
                 from: h.peer_addr,
                 local: 7,
                 plaintext: hb.to_vec(),
+                session: None,
             }
         })
     });

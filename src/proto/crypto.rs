@@ -34,7 +34,7 @@ pub enum CipherKind {
 }
 
 impl CipherKind {
-    fn algorithm(self) -> &'static aead::Algorithm {
+    pub(crate) fn algorithm(self) -> &'static aead::Algorithm {
         match self {
             CipherKind::Aes256Gcm => &aead::AES_256_GCM,
             CipherKind::ChaCha20Poly1305 => &aead::CHACHA20_POLY1305,

@@ -31,6 +31,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -39,9 +40,10 @@ use thiserror::Error;
 use super::keys::{NodeKey, PublicKey, KEY_LEN};
 use super::ratelimit::InitiationLimiter;
 use super::timers::HandshakeTimers;
-use super::transport::{Role, Session, SessionError, TAG_LEN};
+use super::transport::{Role, Session, SessionError, SessionKeys, TAG_LEN};
 use crate::counters::counters;
 use crate::peer::TokenBucket;
+use crate::proto::crypto::CipherKind;
 use crate::rng::SplitMix64;
 
 pub const NOISE_PARAMS: &str = "Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -253,6 +255,8 @@ pub struct HandshakeConfig {
     pub own: Ipv4Addr,
     pub key: NodeKey,
     pub psk: [u8; 32],
+    /// The network's cipher, which transport sessions use too.
+    pub cipher: CipherKind,
     pub timers: HandshakeTimers,
     /// Seeds session indices and retry jitter.
     pub seed: u64,
@@ -276,12 +280,12 @@ struct Peer {
     /// Wait before the next retry.
     backoff: Duration,
     /// Sealing and opening; the newest confirmed session.
-    current: Option<Session>,
+    current: Option<Arc<Session>>,
     /// Still opens what was sealed before the last rekey.
-    previous: Option<Session>,
+    previous: Option<Arc<Session>>,
     /// A responder's new session, until the initiator's first message
     /// under it shows the initiator has it too.
-    next: Option<Session>,
+    next: Option<Arc<Session>>,
     /// Newest initiation timestamp answered.
     newest_initiation: Option<Timestamp>,
     budget: TokenBucket,
@@ -292,14 +296,14 @@ struct Peer {
 }
 
 impl Peer {
-    fn sessions(&self) -> impl Iterator<Item = &Session> {
+    fn sessions(&self) -> impl Iterator<Item = &Arc<Session>> {
         [&self.current, &self.previous, &self.next]
             .into_iter()
             .flatten()
     }
 
     /// The session whose age decides the next rekey.
-    fn freshest(&self) -> Option<&Session> {
+    fn freshest(&self) -> Option<&Arc<Session>> {
         self.sessions().max_by_key(|s| s.established)
     }
 }
@@ -313,6 +317,18 @@ pub struct PeerHandshake {
     pub role: Option<Role>,
     pub in_flight: bool,
     pub completed: u32,
+}
+
+/// One peer's sessions, for the dataplane.
+#[derive(Debug, Clone)]
+pub struct PeerSessions {
+    /// The current session, which seals.
+    pub seal: Option<Arc<Session>>,
+    /// Every live session, which open.
+    pub open: Vec<Arc<Session>>,
+    /// Some session of the peer's has opened a message: the peer seals
+    /// with us, so its traffic without a session is refused.
+    pub protected: bool,
 }
 
 /// What a handled message came to.
@@ -329,6 +345,7 @@ pub struct Handshakes {
     own: Ipv4Addr,
     key: NodeKey,
     psk: [u8; 32],
+    cipher: CipherKind,
     params: snow::params::NoiseParams,
     timers: HandshakeTimers,
     rng: SplitMix64,
@@ -339,6 +356,9 @@ pub struct Handshakes {
     indices: HashMap<u32, Ipv4Addr>,
     limiter: InitiationLimiter,
     transmits: VecDeque<(Ipv4Addr, Vec<u8>)>,
+    /// Bumped whenever a session is made, promoted or dropped, so the
+    /// caller knows when to republish what the dataplane seals with.
+    generation: u64,
     pub stats: HandshakeStats,
 }
 
@@ -348,6 +368,7 @@ impl Handshakes {
             own: cfg.own,
             key: cfg.key,
             psk: cfg.psk,
+            cipher: cfg.cipher,
             params: NOISE_PARAMS.parse().expect("a pattern snow supports"),
             timers: cfg.timers,
             rng: SplitMix64::new(cfg.seed),
@@ -357,6 +378,7 @@ impl Handshakes {
             indices: HashMap::new(),
             limiter: InitiationLimiter::new(now),
             transmits: VecDeque::new(),
+            generation: 0,
             stats: HandshakeStats::default(),
         }
     }
@@ -407,6 +429,7 @@ impl Handshakes {
     }
 
     fn forget_indices(&mut self, p: &Peer) {
+        self.generation += 1;
         for s in p.sessions() {
             self.indices.remove(&s.local_index);
         }
@@ -610,7 +633,18 @@ impl Handshakes {
         state.write_message(&[], &mut noise_out).map_err(fail)?;
         let (i2r, r2i) = state.dangerously_get_raw_split();
         let local_index = self.fresh_index();
-        let session = Session::new(local_index, sender_index, Role::Responder, &r2i, &i2r, now);
+        let session = Arc::new(Session::new(
+            sender,
+            (local_index, sender_index),
+            Role::Responder,
+            self.cipher,
+            SessionKeys {
+                send: &r2i,
+                recv: &i2r,
+            },
+            now,
+        ));
+        self.generation += 1;
         self.indices.insert(local_index, sender);
         let p = self.peers.get_mut(&sender).expect("looked up above");
         p.newest_initiation = Some(stamp);
@@ -668,7 +702,18 @@ impl Handshakes {
             });
         }
         let (i2r, r2i) = state.dangerously_get_raw_split();
-        let session = Session::new(local_index, sender_index, Role::Initiator, &i2r, &r2i, now);
+        let session = Arc::new(Session::new(
+            sender,
+            (local_index, sender_index),
+            Role::Initiator,
+            self.cipher,
+            SessionKeys {
+                send: &i2r,
+                recv: &r2i,
+            },
+            now,
+        ));
+        self.generation += 1;
         // The initiator's first transport message tells the responder the
         // session is in use on both ends (WireGuard's keepalive).
         let mut keepalive = [0u8; TAG_LEN];
@@ -747,9 +792,8 @@ impl Handshakes {
         let vip = *self.indices.get(&index).ok_or(SessionError::NoSession)?;
         let p = self.peers.get_mut(&vip).ok_or(SessionError::NoSession)?;
         let is_next = p.next.as_ref().is_some_and(|s| s.local_index == index);
-        let s = [&mut p.current, &mut p.previous, &mut p.next]
-            .into_iter()
-            .flatten()
+        let s = p
+            .sessions()
             .find(|s| s.local_index == index)
             .ok_or(SessionError::NoSession)?;
         if now.saturating_duration_since(s.established) >= reject {
@@ -757,15 +801,84 @@ impl Handshakes {
         }
         let n = s.open(counter, buf)?;
         if is_next {
-            let dropped = p.previous.take();
-            p.previous = p.current.take();
-            p.current = p.next.take();
-            if let Some(old) = dropped {
-                self.indices.remove(&old.local_index);
-            }
+            self.promote(vip);
         }
         self.stats.transport_opened += 1;
         Ok((vip, n))
+    }
+
+    /// A responder's new session opened its first message (here or in the
+    /// dataplane): the initiator has it, so it becomes the one we seal with.
+    fn promote(&mut self, vip: Ipv4Addr) {
+        let Some(p) = self.peers.get_mut(&vip) else {
+            return;
+        };
+        let Some(next) = p.next.take() else {
+            return;
+        };
+        let dropped = p.previous.take();
+        p.previous = p.current.replace(next);
+        if let Some(old) = dropped {
+            self.indices.remove(&old.local_index);
+        }
+        self.generation += 1;
+    }
+
+    /// The dataplane opened the first message of our session `index`.
+    /// Promotes a responder's next session; for any session, the peer now
+    /// shows it seals with us, which the dataplane's table must say.
+    pub fn confirmed(&mut self, index: u32) {
+        let Some(&vip) = self.indices.get(&index) else {
+            return;
+        };
+        let is_next = self
+            .peers
+            .get(&vip)
+            .and_then(|p| p.next.as_ref())
+            .is_some_and(|s| s.local_index == index);
+        if is_next {
+            self.promote(vip);
+        } else {
+            self.generation += 1;
+        }
+    }
+
+    /// Changes whenever the sessions below do.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Every peer's sessions as the dataplane needs them: what to seal
+    /// with, what may open, and whether the peer has shown it seals with
+    /// us (then nothing from it is taken without a session).
+    pub fn published(&self) -> impl Iterator<Item = (Ipv4Addr, PeerSessions)> + '_ {
+        self.peers.iter().filter_map(|(&vip, p)| {
+            let open: Vec<Arc<Session>> = p.sessions().cloned().collect();
+            if open.is_empty() {
+                return None;
+            }
+            Some((
+                vip,
+                PeerSessions {
+                    seal: p.current.clone(),
+                    protected: open.iter().any(|s| s.used()),
+                    open,
+                },
+            ))
+        })
+    }
+
+    /// Whether `vip` has shown it seals with us: some session of its opened
+    /// a message.
+    pub fn protected(&self, vip: Ipv4Addr) -> bool {
+        self.peers
+            .get(&vip)
+            .is_some_and(|p| p.sessions().any(|s| s.used()))
+    }
+
+    /// The session to seal with for `peer`, if it has one.
+    pub fn sealing(&self, peer: Ipv4Addr) -> Option<Arc<Session>> {
+        self.peers.get(&peer)?.current.clone()
     }
 
     /// The earliest instant a retry, a first handshake, a rekey by age or
@@ -842,6 +955,9 @@ impl Handshakes {
                     }
                 }
             }
+        }
+        if !freed.is_empty() {
+            self.generation += 1;
         }
         for index in freed {
             self.indices.remove(&index);

@@ -9,6 +9,7 @@ pub mod handshake;
 pub mod keys;
 pub mod pins;
 pub mod ratelimit;
+pub mod relay;
 pub mod replay;
 pub mod timers;
 pub mod transport;

@@ -18,7 +18,7 @@ use io_uring::{opcode, types};
 use super::{send_user_data, upcall, Batch, Core, Op, PeerTally, Sq};
 use crate::dataplane::coalesce::Run;
 use crate::dataplane::counters::CounterSnapshot;
-use crate::dataplane::frame::{self, Inbound, RecvError};
+use crate::dataplane::frame::{self, Inbound, OpenError, RecvError, Seal};
 use crate::dataplane::offload::VNET_HDR_LEN;
 use crate::dataplane::sendmsg::SendSlot;
 use crate::dataplane::snapshot::{PeerEntry, Snapshot, MAIN_SOCKET};
@@ -185,19 +185,44 @@ impl Receive<'_, '_, '_> {
             }
             return;
         }
-        let plain = match self.own_key.open_in_place(&mut self.buf[d.clone()]) {
-            Ok(p) => p,
+        let opened = match frame::open(self.snap, self.own_key, &mut self.buf[d.clone()]) {
+            Ok(o) => o,
+            Err(OpenError::Replayed) => {
+                b.replayed += 1;
+                return;
+            }
             Err(e) => {
                 b.decrypt_failed += 1;
                 tracing::debug!(%from, %e, "dropping datagram");
                 return;
             }
         };
+        let session = opened.session.map(|s| s.peer);
+        if let Some(s) = opened.session {
+            b.session_rx += 1;
+            if opened.first_use {
+                let index = s.local_index;
+                upcall(self.upcalls, b, || Upcall::SessionUsed { index });
+            }
+        }
         let plain_at = d.start + ENVELOPE_LEN;
+        let plain = &self.buf[plain_at..d.end];
+        // A session's empty message only shows it is alive (the handshake's
+        // confirmation); it has been counted.
+        if plain.is_empty() && session.is_some() {
+            return;
+        }
         let bytes = plain.len().saturating_sub(1);
-        match frame::inbound(self.snap, plain) {
+        let snap = self.snap;
+        match frame::inbound(snap, plain) {
+            Inbound::Deliver { src, .. } | Inbound::Relay { src, .. }
+                if session.is_none() && snap.protected.contains(&src) =>
+            {
+                b.unsealed_refused += 1;
+                tracing::debug!(%from, %src, "refusing unsealed traffic from a peer that seals");
+            }
             Inbound::Deliver { packet, src } => {
-                let peer = self.snap.direct.get(&src);
+                let peer = snap.direct.get(&src);
                 if let Some(peer) = peer {
                     self.tally.rx(&peer.counters, bytes);
                 }
@@ -211,18 +236,21 @@ impl Receive<'_, '_, '_> {
                 }
                 self.deliver(plain_at + packet.start..plain_at + packet.end);
             }
-            Inbound::Relay { peer } => {
+            Inbound::Relay { peer, .. } => {
                 if d.len() > MAX_DATAGRAM {
                     b.oversize += 1;
                     return;
                 }
-                if peer
-                    .key
-                    .seal_in_place(self.ivs.next_iv(), &mut self.buf[d.clone()])
-                    .is_err()
-                {
+                let seal = match &peer.session {
+                    Some(s) => Seal::Session(&s.0),
+                    None => Seal::Envelope(&peer.key, self.ivs.next_iv()),
+                };
+                if seal.seal(self.buf, d.clone()).is_err() {
                     b.dropped_malformed += 1;
                     return;
+                }
+                if peer.session.is_some() {
+                    b.session_tx += 1;
                 }
                 self.tally.tx(&peer.counters, 1, bytes);
                 let sock = peer.socket.as_ref().map_or(self.sock, |s| s.fd.as_raw_fd());
@@ -235,6 +263,7 @@ impl Receive<'_, '_, '_> {
                     from,
                     local,
                     plaintext: plain.to_vec(),
+                    session,
                 }) {
                     b.peer_upcalls += 1;
                 }

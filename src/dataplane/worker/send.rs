@@ -12,14 +12,17 @@ use std::os::fd::AsRawFd;
 use io_uring::{opcode, types};
 
 use super::{send_user_data, upcall, Batch, Core, Op};
-use crate::dataplane::frame::{self, FrameError};
+use crate::dataplane::frame::{self, FrameError, Seal};
 use crate::dataplane::offload::{self, VnetHdr, VNET_HDR_LEN};
 use crate::dataplane::Upcall;
 use crate::proto::ipv4::classify;
 use crate::proto::mss;
 use crate::proto::mtu::FORWARD_OVERHEAD;
-use crate::proto::sdwan::PSEUDO_HEADER_LEN;
+use crate::proto::sdwan::{self, PSEUDO_HEADER_LEN};
+use crate::proto::udp::ty;
 use crate::proto::ws;
+use crate::session::relay;
+use crate::session::transport::Session;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
 
 impl Core {
@@ -90,9 +93,19 @@ impl Core {
         let Some((peer, u)) = direct else {
             for k in 0..segs.count {
                 let r = segs.packet(k);
-                match relay_frame(buf, at + r.start, r.len(), wrap) {
+                let frame = match &hop.relay_seal {
+                    Some(s) => {
+                        let to = hop.wrap_for.unwrap_or(meta.dst);
+                        sealed_relay_frame(&s.0, snap.own_vip, to, buf, at + r.start, r.len(), wrap)
+                    }
+                    None => relay_frame(buf, at + r.start, r.len(), wrap).map(|f| buf[f].to_vec()),
+                };
+                match frame {
                     Ok(f) => {
-                        upcall(&self.upcalls, b, || Upcall::RelayFrame(buf[f].to_vec()));
+                        if hop.relay_seal.is_some() {
+                            b.session_tx += 1;
+                        }
+                        upcall(&self.upcalls, b, || Upcall::RelayFrame(f));
                     }
                     Err(_) => b.dropped_malformed += 1,
                 }
@@ -102,8 +115,11 @@ impl Core {
         let mut datagrams = None::<Range<usize>>;
         for k in 0..segs.count {
             let r = segs.packet(k);
-            let iv = self.ivs.next_iv();
-            match frame::seal_forward(&peer.key, iv, buf, at + r.start, r.len(), wrap) {
+            let seal = match &peer.session {
+                Some(s) => Seal::Session(&s.0),
+                None => Seal::Envelope(&peer.key, self.ivs.next_iv()),
+            };
+            match frame::seal_forward(seal, buf, at + r.start, r.len(), wrap) {
                 Ok(d) => datagrams = Some(datagrams.map_or(d.clone(), |all| all.start..d.end)),
                 Err(FrameError::Oversize(_)) => {
                     b.oversize += 1;
@@ -159,6 +175,9 @@ impl Core {
             }
         }
         self.tun_refs[usize::from(bid)] = queued;
+        if peer.session.is_some() {
+            b.session_tx += segs.count as u64;
+        }
         let payload = all.len() - segs.count * FORWARD_OVERHEAD;
         tally.tx(&peer.counters, segs.count, payload);
         let (packets, bytes) = if hop.via {
@@ -175,6 +194,37 @@ impl Core {
 /// The relay frame's type byte: what the relay leg puts in front of a
 /// packet (and of its pseudo-header) instead of the envelope.
 const RELAY_TYPE_LEN: usize = 1;
+
+/// The FORWARD frame that carries the packet at `buf[start..start + len]`
+/// to `to` sealed with its session (docs/protocol.md §5.8): the server
+/// sees two VIPs and ciphertext. Built in a new buffer, which the relay leg
+/// needs anyway, so the TUN buffer keeps the smaller relay headroom.
+fn sealed_relay_frame(
+    session: &Session,
+    own: Ipv4Addr,
+    to: Ipv4Addr,
+    buf: &[u8],
+    start: usize,
+    len: usize,
+    wrap: Option<(Ipv4Addr, Ipv4Addr)>,
+) -> Result<Vec<u8>, FrameError> {
+    let packet = buf
+        .get(start..start + len)
+        .ok_or(FrameError::PacketOutOfRange { len })?;
+    let wrap_len = if wrap.is_some() { PSEUDO_HEADER_LEN } else { 0 };
+    let plain_at = relay::FRAME_OVERHEAD;
+    let mut frame = vec![0u8; plain_at + 1 + wrap_len + len];
+    frame[plain_at] = ty::FORWARD;
+    if let Some((own, gateway)) = wrap {
+        let h = sdwan::build_pseudo_header(own, gateway, len)?;
+        frame[plain_at + 1..plain_at + 1 + PSEUDO_HEADER_LEN].copy_from_slice(&h);
+    }
+    frame[plain_at + 1 + wrap_len..].copy_from_slice(packet);
+    let end = frame.len();
+    let d = session.seal_datagram(&mut frame, plain_at..end)?;
+    relay::write_header(&mut frame, own, to, d.len());
+    Ok(frame)
+}
 
 /// Turns the packet at `buf[start..start + len]` into the FORWARD frame the
 /// server relays, where it lies: led by the sdwan pseudo-header when a

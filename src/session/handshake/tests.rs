@@ -17,6 +17,7 @@ fn node(own: Ipv4Addr, k: &NodeKey, timers: HandshakeTimers, t0: Instant) -> Han
             own,
             key: k.clone(),
             psk: psk_from_password(PASSWORD),
+            cipher: CipherKind::ChaCha20Poly1305,
             timers,
             seed: u64::from(own.octets()[3]),
             wall_clock: Duration::from_secs(1_700_000_000),
@@ -183,7 +184,17 @@ fn transport_keys_are_noise_split_with_noise_nonces() {
     assert_eq!(n2, NOISE_RESP_LEN);
     i.read_message(&m2[..n2], &mut p).unwrap();
     let (i2r, r2i) = i.dangerously_get_raw_split();
-    let ours = Session::new(1, 2, Role::Initiator, &i2r, &r2i, Instant::now());
+    let ours = Session::new(
+        B,
+        (1, 2),
+        Role::Initiator,
+        CipherKind::ChaCha20Poly1305,
+        SessionKeys {
+            send: &i2r,
+            recv: &r2i,
+        },
+        Instant::now(),
+    );
     let theirs = r.into_stateless_transport_mode().unwrap();
     let mut buf = [0u8; 64];
     buf[..5].copy_from_slice(b"hello");
