@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use super::sendmsg::SendSlot;
 use super::tests::relayed_packet;
-use crate::dataplane::{SubnetHop, TunHop};
+use crate::dataplane::{Sealer, SubnetHop, TunHop};
+use crate::proto::crypto::ENVELOPE_LEN;
 use crate::proto::checksum;
 use crate::proto::crypto::{CipherKind, IvSequence};
 use crate::proto::sdwan;
@@ -899,5 +900,110 @@ fn an_extra_socket_receives_sends_for_its_peer_and_is_let_go() {
     h.peer.send_to(&sealed, extra_addr).unwrap();
     std::thread::sleep(Duration::from_millis(50));
     assert!(h.rx.is_empty(), "nothing received on a socket let go");
+    h.dp.shutdown().unwrap();
+}
+
+/// This node's session with PEER (our index 11, the peer's 22) and the
+/// peer's end of it.
+fn session_pair() -> (Arc<crate::session::transport::Session>, crate::session::transport::Session) {
+    use crate::session::transport::{Role, Session, SessionKeys};
+    let now = Instant::now();
+    let (a, b) = ([5u8; 32], [6u8; 32]);
+    let ours = Session::new(
+        PEER,
+        (11, 22),
+        Role::Initiator,
+        CipherKind::Aes256Gcm,
+        SessionKeys { send: &a, recv: &b },
+        now,
+    );
+    let theirs = Session::new(
+        OWN,
+        (22, 11),
+        Role::Responder,
+        CipherKind::Aes256Gcm,
+        SessionKeys { send: &b, recv: &a },
+        now,
+    );
+    (Arc::new(ours), theirs)
+}
+
+/// `plain` as a session datagram from the peer's end.
+fn session_datagram(theirs: &crate::session::transport::Session, plain: &[u8]) -> Vec<u8> {
+    let mut d = vec![0u8; ENVELOPE_LEN + plain.len()];
+    d[ENVELOPE_LEN..].copy_from_slice(plain);
+    let end = d.len();
+    theirs.seal_datagram(&mut d, ENVELOPE_LEN..end).unwrap();
+    d
+}
+
+#[test]
+fn a_session_seals_both_ways_and_replays_and_unsealed_traffic_are_refused() {
+    let mut h = harness(16);
+    let (ours, theirs) = session_pair();
+    let mut snap = (*h.dp.snapshot().load()).clone();
+    snap.generation += 1;
+    let sealer = Sealer(ours.clone());
+    for e in snap.direct.values_mut().chain(snap.forward.values_mut()) {
+        e.session = Some(sealer.clone());
+    }
+    for hop in snap.tun.values_mut() {
+        if let Some(p) = hop.peer.as_mut() {
+            p.session = Some(sealer.clone());
+        }
+    }
+    snap.sessions.insert(11, ours.clone());
+    snap.protected.insert(PEER);
+    h.dp.snapshot().publish(snap);
+
+    // TUN → UDP: sealed with the session, which the peer's end opens.
+    let out = ipv4(OWN, PEER, 300, 1);
+    h.tun.send(&out).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = h.peer.recv_from(&mut buf).expect("no datagram at the peer");
+    assert_eq!(n, ENVELOPE_LEN + 1 + out.len(), "same size as Candy's envelope");
+    assert!(key(PEER).open_in_place(&mut buf[..n].to_vec()).is_err(), "not the envelope");
+    let (plain, _) = theirs.open_datagram(&mut buf[..n]).expect("opens with the session");
+    assert_eq!(&buf[plain.start..n], &forward(&out)[..]);
+
+    // UDP → TUN: the peer's sealed packet is delivered once; its first
+    // message tells the control thread the peer uses the session.
+    let back = ipv4(PEER, OWN, 200, 2);
+    let d = session_datagram(&theirs, &forward(&back));
+    h.peer.send_to(&d, h.dp_addr()).unwrap();
+    assert_eq!(h.tun_recv(), back);
+    assert_eq!(h.upcall(), Upcall::SessionUsed { index: 11 });
+    // The same datagram again, from the peer or from anyone: refused.
+    h.peer.send_to(&d, h.dp_addr()).unwrap();
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    other.send_to(&d, h.dp_addr()).unwrap();
+    wait_for("replays refused", || h.dp.counters().replayed == 2);
+    // Candy's envelope claiming the peer, which seals: refused too.
+    h.peer_send(&forward(&ipv4(PEER, OWN, 60, 3)));
+    wait_for("unsealed refused", || h.dp.counters().unsealed_refused == 1);
+    // A heartbeat in the session goes up naming the peer.
+    let hb = Heartbeat::new(PEER, true).encode();
+    h.peer
+        .send_to(&session_datagram(&theirs, &hb), h.dp_addr())
+        .unwrap();
+    assert_eq!(
+        h.upcall(),
+        Upcall::Peer {
+            from: h.peer_addr,
+            local: 0,
+            plaintext: hb.to_vec(),
+            session: Some(PEER),
+        }
+    );
+    // A bit flipped on the way: does not open, moves no window.
+    let mut bent = session_datagram(&theirs, &forward(&back));
+    let last = bent.len() - 1;
+    bent[last] ^= 1;
+    h.peer.send_to(&bent, h.dp_addr()).unwrap();
+    wait_for("forgery refused", || h.dp.counters().decrypt_failed == 1);
+    let c = h.dp.counters();
+    assert_eq!((c.session_tx, c.session_rx), (1, 2));
+    assert_eq!(c.tun_written, 1, "only the genuine packet reached TUN");
+    assert!(h.rx.is_empty());
     h.dp.shutdown().unwrap();
 }
