@@ -937,3 +937,37 @@ fn after_the_handshake_everything_between_ringlink_nodes_is_sealed_and_unsealed_
         Err(frame::OpenError::Replayed)
     ));
 }
+
+#[test]
+fn keys_travel_on_joining_so_members_that_never_try_a_direct_path_make_sessions() {
+    let mut sim = Sim::new(3, 6, 0);
+    // No UDP at all, and no traffic that would start an attempt: only the
+    // key broadcasts of joining, their unicast answers and handshakes
+    // through the relay.
+    for a in 0..3 {
+        for b in 0..3 {
+            sim.blocked.insert((a, b));
+        }
+    }
+    sim.run_for(15_000);
+    for i in 0..3 {
+        for j in (0..3).filter(|&j| j != i) {
+            let key = sim.hosts[j].node.public_key().to_base64();
+            let pins = sim.hosts[i].saved_pins.last().expect("pins saved");
+            assert!(
+                pins.contains(&format!("{} {key}", vip(j))),
+                "{i} pinned {j}: {pins}"
+            );
+            let t = sim.latest(i);
+            assert!(
+                t.sessions.values().any(|s| s.peer == vip(j)),
+                "{i}'s dataplane has a session with {j}"
+            );
+        }
+    }
+    assert!(
+        !sim.sealed_generals.is_empty(),
+        "the handshakes went through the relay"
+    );
+    assert_eq!(sim.udp_delivered, 0);
+}

@@ -207,6 +207,9 @@ impl Node {
     /// we exist, so direct paths form before any traffic needs them.
     pub fn set_server_up(&mut self, up: bool) {
         self.server_up = up;
+        if up {
+            self.send_key(ws::BROADCAST);
+        }
         if up && self.discover_on_join {
             let frame = Discovery {
                 src: self.own,
@@ -331,6 +334,25 @@ impl Node {
                 if g.subtype == ws::general::SEALED && g.src != self.own && g.dst == self.own =>
             {
                 self.on_sealed_relay(g.src, g.body, now);
+            }
+            Ok(WsMessage::General(g)) if g.subtype == ws::general::KEY && g.src != self.own => {
+                let broadcast = g.dst == ws::BROADCAST;
+                match <[u8; ws::general::KEY_LEN]>::try_from(g.body) {
+                    Ok(key) if broadcast || g.dst == self.own => {
+                        if let Some(text) = self.secure.announced(g.src, PublicKey(key), now) {
+                            self.outputs.push_back(Output::SavePins(text));
+                        }
+                        // A member that just joined: it learns ours in turn.
+                        if broadcast {
+                            self.send_key(g.src);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        self.stats.malformed += 1;
+                        debug!(src = %g.src, len = g.body.len(), "key announcement of the wrong size");
+                    }
+                }
             }
             Ok(WsMessage::General(g)) if g.src != self.own && g.dst == self.own => {
                 if let Some(lan) = g.local_conn() {
@@ -546,6 +568,21 @@ impl Node {
                 key: Some(self.secure.public_key().0),
                 ..Tail::OURS
             }),
+        }
+        .encode();
+        self.send_server(frame);
+    }
+
+    /// Our node key in a GENERAL: broadcast on joining, or answering a
+    /// member that broadcast its own (so known to speak ringlink).
+    fn send_key(&mut self, dst: Ipv4Addr) {
+        let key = self.secure.public_key().0;
+        let frame = General {
+            subtype: ws::general::KEY,
+            extra: 0,
+            src: self.own,
+            dst,
+            body: &key,
         }
         .encode();
         self.send_server(frame);

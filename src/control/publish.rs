@@ -47,7 +47,11 @@ pub fn compile(
     if let Some(b) = rule.directed_broadcast() {
         tun.insert(b, TunHop::RELAY);
     }
-    for d in rule.destinations() {
+    // Nodes with a session are destinations too: relayed, they are sealed.
+    let mut dests: Vec<Ipv4Addr> = rule.destinations().chain(seals.keys().copied()).collect();
+    dests.sort_unstable();
+    dests.dedup();
+    for d in dests {
         let hop = tun_hop(d, rule.tun_route(d));
         if hop != TunHop::RELAY {
             tun.insert(d, hop);
@@ -176,5 +180,54 @@ mod tests {
             Some(entry(2).endpoint)
         );
         assert_eq!(snap.forward_hop(ip(1)), None, "never back to ourselves");
+    }
+
+    /// Relayed packets for a node with a session are sealed with it: for
+    /// its own VIP and for the subnets it is the gateway of; direct hops,
+    /// broadcasts and nodes without a session keep the plain relay.
+    #[test]
+    fn relay_hops_to_nodes_with_sessions_are_sealed() {
+        use crate::proto::crypto::CipherKind;
+        use crate::session::transport::{Role, Session, SessionKeys};
+        let s = |vip| {
+            let k = [9u8; 32];
+            let keys = SessionKeys { send: &k, recv: &k };
+            let now = std::time::Instant::now();
+            Sealer(Arc::new(Session::new(
+                vip,
+                (1, 2),
+                Role::Initiator,
+                CipherKind::Aes256Gcm,
+                keys,
+                now,
+            )))
+        };
+        let mut subnets = SubnetRoutes::new(ip(1));
+        subnets.push(
+            SubnetRoute::new(
+                Ipv4Addr::new(172, 16, 3, 0),
+                Ipv4Addr::new(255, 255, 255, 0),
+                ip(3),
+            )
+            .unwrap(),
+        );
+        let rule = NextHopTable::new([], [ip(2)])
+            .with_own_vip(ip(1))
+            .with_subnets(subnets)
+            .with_directed_broadcast(ip(255));
+        let direct: HashMap<_, _> = [(ip(2), entry(2))].into();
+        let seals: HashMap<_, _> = [2, 3].map(|d| (ip(d), s(ip(d)))).into();
+        let snap = compile(1, ip(1), &rule, direct, &seals);
+        let seal_of = |a| snap.route_tun(a).relay_seal.as_ref().map(|x| x.0.peer);
+        assert_eq!(seal_of(ip(3)), Some(ip(3)), "relayed to 3, sealed for 3");
+        assert_eq!(
+            seal_of(Ipv4Addr::new(172, 16, 3, 9)),
+            Some(ip(3)),
+            "3's subnet"
+        );
+        assert_eq!(seal_of(ip(2)), None, "direct: the entry seals");
+        assert_eq!(seal_of(ip(4)), None, "no session with 4");
+        assert_eq!(seal_of(ip(255)), None, "broadcast");
+        assert_eq!(seal_of(Ipv4Addr::new(224, 0, 0, 251)), None, "multicast");
     }
 }

@@ -13,8 +13,8 @@ use std::time::Instant;
 use super::sendmsg::SendSlot;
 use super::tests::relayed_packet;
 use crate::dataplane::{Sealer, SubnetHop, TunHop};
-use crate::proto::crypto::ENVELOPE_LEN;
 use crate::proto::checksum;
+use crate::proto::crypto::ENVELOPE_LEN;
 use crate::proto::crypto::{CipherKind, IvSequence};
 use crate::proto::sdwan;
 use crate::proto::stun;
@@ -905,7 +905,10 @@ fn an_extra_socket_receives_sends_for_its_peer_and_is_let_go() {
 
 /// This node's session with PEER (our index 11, the peer's 22) and the
 /// peer's end of it.
-fn session_pair() -> (Arc<crate::session::transport::Session>, crate::session::transport::Session) {
+fn session_pair() -> (
+    Arc<crate::session::transport::Session>,
+    crate::session::transport::Session,
+) {
     use crate::session::transport::{Role, Session, SessionKeys};
     let now = Instant::now();
     let (a, b) = ([5u8; 32], [6u8; 32]);
@@ -961,9 +964,18 @@ fn a_session_seals_both_ways_and_replays_and_unsealed_traffic_are_refused() {
     h.tun.send(&out).unwrap();
     let mut buf = [0u8; 2048];
     let (n, _) = h.peer.recv_from(&mut buf).expect("no datagram at the peer");
-    assert_eq!(n, ENVELOPE_LEN + 1 + out.len(), "same size as Candy's envelope");
-    assert!(key(PEER).open_in_place(&mut buf[..n].to_vec()).is_err(), "not the envelope");
-    let (plain, _) = theirs.open_datagram(&mut buf[..n]).expect("opens with the session");
+    assert_eq!(
+        n,
+        ENVELOPE_LEN + 1 + out.len(),
+        "same size as Candy's envelope"
+    );
+    assert!(
+        key(PEER).open_in_place(&mut buf[..n].to_vec()).is_err(),
+        "not the envelope"
+    );
+    let (plain, _) = theirs
+        .open_datagram(&mut buf[..n])
+        .expect("opens with the session");
     assert_eq!(&buf[plain.start..n], &forward(&out)[..]);
 
     // UDP → TUN: the peer's sealed packet is delivered once; its first

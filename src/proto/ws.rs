@@ -394,6 +394,12 @@ pub mod general {
     /// with the receiver's Candy key, exactly the bytes the UDP datagram
     /// would carry (today only handshake and session messages ride here).
     pub const SEALED: u8 = 0xF2;
+    /// ringlink only: the sender's node key (32 bytes), broadcast on joining
+    /// (stock v6 clients drop broadcast GENERALs, v5 ones unknown subtypes)
+    /// and answered unicast by every ringlink member, so keys travel, and
+    /// sessions form, even where no direct path is ever tried.
+    pub const KEY: u8 = 0xF3;
+    pub const KEY_LEN: usize = 32;
 }
 
 /// GENERAL (255): a routed envelope with a subtype; the server never
