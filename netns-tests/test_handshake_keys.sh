@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Node keys and the Noise handshake between ringlink nodes (issue 14, first
-# step: keys and sessions, traffic not yet sealed with them). Two sites
-# behind NAT routers: each client creates its key file (0600) on first
-# start, pins the other's key on first use (pins file), and the two
-# complete a handshake that `ringlink status` shows on both ends. Then b is
+# Node keys and the Noise handshake between ringlink nodes (issue 14). Two
+# sites behind NAT routers: each client creates its key file (0600) on
+# first start, pins the other's key on first use (pins file), and the two
+# complete a handshake that `ringlink status` shows on both ends; from then
+# on their direct traffic is sealed with the session (the dataplane's
+# session counters move, nothing goes in Candy's envelope). Then b is
 # restarted on the same VIP with a new key file: a refuses the changed key
 # with a log line naming the VIP and both fingerprints, counts it, keeps
 # the old pin, and makes no session with the newcomer.
@@ -45,7 +46,18 @@ pub_b=$(rl_status_get b 'd["public_key"]')
 check "a's pins file holds b's VIP and public key" grep -qF "$VB $pub_b" "$RL_TMP/a.pins"
 check "the human status shows the key and the handshake age" \
     sh -c "timeout 10 '$RINGLINK' status --socket '$(rl_sock a)' | grep -qE '$fp_b \\(tofu\\) +[0-9]+s ago'"
-check "pings a -> b still work (traffic is not sealed with the session yet)" rl_ping a "$VB" 3
+sealed() { [ "$(rl_peer_eval "$1" "$2" 'p["sealing"]')" = session ]; }
+check "a seals with b (status: session)" rl_wait_until 20 sealed a "$VB"
+check "b seals with a (status: session)" rl_wait_until 20 sealed b "${va:-none}"
+tx0=$(rl_status_get a 'd["session_tx"]'); rx0=$(rl_status_get b 'd["session_rx"]')
+check "pings a -> b over the sealed direct path" rl_ping a "$VB" 5
+moved() { rl_ge "$(rl_status_get "$1" "d[\"$2\"]")" "$3"; }
+check "a sealed them with the session (session_tx grew by >= 5)" \
+    rl_wait_until 5 moved a session_tx $(( ${tx0:-0} + 5 ))
+check "b opened them with the session (session_rx grew by >= 5)" \
+    rl_wait_until 5 moved b session_rx $(( ${rx0:-0} + 5 ))
+check "b refused nothing (decrypt_failed, replayed, unsealed_refused all 0)" \
+    test "$(rl_status_get b 'd["decrypt_failed"] + d["replayed"] + d["unsealed_refused"]')" = 0
 
 # b comes back on the same VIP with another key.
 rl_stop b
