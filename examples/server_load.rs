@@ -557,7 +557,7 @@ async fn main() {
             _ => f64::NAN,
         };
         println!(
-            "instance pid {pid}: RSS before {} , after joins {}, at the end {} (peak {}); {:.1} KiB per member held ({per_instance:.0} each)",
+            "instance pid {pid}: RSS before {}, after joins {}, at the end {} (peak {}); {:.1} KiB per member held ({per_instance:.0} each)",
             fmt(before[k]),
             fmt(after_join[k]),
             fmt(now),

@@ -11,7 +11,9 @@
 #
 # Variables: LOAD_MEMBERS (10000), LOAD_SECONDS (30, traffic per run),
 # LOAD_RATE (1, frames per member per second), LOAD_THROUGHPUT (5, seconds
-# per pair; 0 = none), LOAD_ONLY (cluster|single|both, both), RINGLINK
+# per pair; 0 = none), LOAD_ONLY (cluster|single|both, both), LOAD_DYNAMIC
+# (1: members ask for an address from the pool first, as a client without
+# `address` does; default 0, each claims its own static one), RINGLINK
 # (the binary; default target/release/ringlink), LOAD_TOOL (the example's
 # binary; default target/release/examples/server_load).
 # Needs nats-server (apt-get install nats-server); builds nothing: run
@@ -29,6 +31,8 @@ SECONDS_=${LOAD_SECONDS:-30}
 RATE=${LOAD_RATE:-1}
 TPUT=${LOAD_THROUGHPUT:-5}
 ONLY=${LOAD_ONLY:-both}
+DYNAMIC=()
+[ "${LOAD_DYNAMIC:-0}" = 1 ] && DYNAMIC=(--dynamic)
 PW=load-secret
 POOL=10.80.0.0/18
 
@@ -79,8 +83,8 @@ run_tool() {
     local label=$1; shift
     echo
     echo "=== $label: $MEMBERS members, $SECONDS_ s of traffic, $RATE frame(s)/s each"
-    echo "command: $LOAD_TOOL $* --password $PW --pool $POOL --members $MEMBERS --duration $SECONDS_ --rate $RATE --throughput $TPUT"
-    "$LOAD_TOOL" "$@" --password "$PW" --pool "$POOL" --members "$MEMBERS" \
+    echo "command: $LOAD_TOOL $* ${DYNAMIC[*]} --password $PW --pool $POOL --members $MEMBERS --duration $SECONDS_ --rate $RATE --throughput $TPUT"
+    "$LOAD_TOOL" "$@" "${DYNAMIC[@]}" --password "$PW" --pool "$POOL" --members "$MEMBERS" \
         --duration "$SECONDS_" --rate "$RATE" --throughput "$TPUT"
 }
 
@@ -108,7 +112,7 @@ cluster_run() {
     for n in 0 1 2; do wait_port "${sports[$n]}" "instance s$n"; done
     run_tool "three instances on a three-node NATS cluster" "${args[@]}"
     echo "instance logs (warnings and errors):"
-    for n in 0 1 2; do grep -h -E "WARN|ERROR" "$tmp/s$n.log" | sort | uniq -c | sort -rn | head -5; done
+    for n in 0 1 2; do grep -h -E "WARN|ERROR" "$tmp/s$n.log" | sort | uniq -c | sort -rn | head -5 || true; done
     cleanup
     tmp=$(mktemp -d /tmp/rl-server-load.XXXXXX)
 }
@@ -122,7 +126,7 @@ single_run() {
     wait_port "$port" "the single instance"
     run_tool "one instance, no [cluster]" --server "ws://127.0.0.1:$port/" --pid "$!"
     echo "instance log (warnings and errors):"
-    grep -h -E "WARN|ERROR" "$tmp/single.log" | sort | uniq -c | sort -rn | head -5
+    grep -h -E "WARN|ERROR" "$tmp/single.log" | sort | uniq -c | sort -rn | head -5 || true
 }
 
 echo "server_load: $(date -u +%FT%TZ), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, $("$RINGLINK" --version 2>/dev/null), $(nats-server --version)"
