@@ -191,9 +191,11 @@ async fn login(
 ) -> Result<(Ws, Ipv4Addr), String> {
     let mut ws = connect(url).await?;
     let send_err = |e: tokio_tungstenite::tungstenite::Error| format!("send: {e}");
-    ws.send(Message::Binary(Vmac::new(password, vmac(i), now()).encode()))
-        .await
-        .map_err(send_err)?;
+    ws.send(Message::Binary(
+        Vmac::new(password, vmac(i), now()).encode(),
+    ))
+    .await
+    .map_err(send_err)?;
     let vip = if dynamic {
         let ask = ExptTun::new(password, ExptTun::unspecified_cidr(), now()).encode();
         ws.send(Message::Binary(ask)).await.map_err(send_err)?;
@@ -243,7 +245,12 @@ struct Ctx {
     start: Instant,
 }
 
-async fn member(ctx: Arc<Ctx>, i: usize, logins: Arc<Semaphore>, mut phase: watch::Receiver<Phase>) {
+async fn member(
+    ctx: Arc<Ctx>,
+    i: usize,
+    logins: Arc<Semaphore>,
+    mut phase: watch::Receiver<Phase>,
+) {
     let a = &ctx.args;
     let url = &ctx.urls[i % ctx.urls.len()];
     let permit = logins.acquire().await;
@@ -417,9 +424,15 @@ async fn throughput(
     while t0.elapsed() < window {
         for _ in 0..64 {
             sent += 1;
-            sink.feed(Message::Binary(frame(src, dst, from.0 as u32, sent as u32, 1400)))
-                .await
-                .map_err(|e| e.to_string())?;
+            sink.feed(Message::Binary(frame(
+                src,
+                dst,
+                from.0 as u32,
+                sent as u32,
+                1400,
+            )))
+            .await
+            .map_err(|e| e.to_string())?;
         }
         sink.flush().await.map_err(|e| e.to_string())?;
     }
@@ -452,7 +465,11 @@ async fn main() {
     let hosts = (1u64 << (32 - args.pool.prefix)) - 2;
     // Throughput pairs use the four addresses after the members'.
     let needed = args.members as u64 + if args.throughput > 0 { 4 } else { 0 };
-    assert!(needed <= hosts, "pool {} has {hosts} host addresses, {needed} needed", args.pool);
+    assert!(
+        needed <= hosts,
+        "pool {} has {hosts} host addresses, {needed} needed",
+        args.pool
+    );
     let nofile = raise_nofile();
     println!(
         "server_load: {} members over {} instance(s), {} frame(s)/s each, keepalive every {} s, {} s of traffic; open files limit {nofile}",
@@ -511,7 +528,13 @@ async fn main() {
         percentile(&times, 0.5).as_secs_f64(),
         percentile(&times, 0.99).as_secs_f64()
     );
-    for (why, count) in ctx.totals.failures.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+    for (why, count) in ctx
+        .totals
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
         println!("  join failed x{count}: {why}");
     }
     let after_join: Vec<Option<(u64, u64)>> = ctx.args.pids.iter().map(|p| memory(*p)).collect();
@@ -534,8 +557,14 @@ async fn main() {
         settled = now;
     }
     let t = &ctx.totals;
-    let (sent, received) = (t.sent.load(Ordering::Relaxed), t.received.load(Ordering::Relaxed));
-    let (kas, echoes) = (t.keepalives.load(Ordering::Relaxed), t.echoes.load(Ordering::Relaxed));
+    let (sent, received) = (
+        t.sent.load(Ordering::Relaxed),
+        t.received.load(Ordering::Relaxed),
+    );
+    let (kas, echoes) = (
+        t.keepalives.load(Ordering::Relaxed),
+        t.echoes.load(Ordering::Relaxed),
+    );
     let delivery = received as f64 / sent.max(1) as f64;
     println!(
         "frames: sent {sent}, delivered {received} ({:.4} %), {:.0} frames/s; keepalives {kas}, echoed {echoes}; sessions lost during traffic {}",
@@ -548,7 +577,9 @@ async fn main() {
     for (k, pid) in ctx.args.pids.iter().enumerate() {
         let now = memory(*pid);
         let fmt = |m: Option<(u64, u64)>| {
-            m.map_or("?".to_string(), |(rss, _)| format!("{:.1} MiB", rss as f64 / 1024.0))
+            m.map_or("?".to_string(), |(rss, _)| {
+                format!("{:.1} MiB", rss as f64 / 1024.0)
+            })
         };
         let per_member = match (before[k], after_join[k]) {
             (Some((b, _)), Some((a, _))) if per_instance > 0.0 => {

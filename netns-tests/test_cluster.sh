@@ -163,12 +163,18 @@ rl_attach f 10.91.0.31/24
 RL_CLIENT_SERVERS=$urls rl_client_conf f 'address = "10.77.0.251/24"' >/dev/null
 rl_start_client f f
 check "a newcomer is told 'cluster unavailable' while NATS is gone" rl_wait_until 30 rl_log_has f "cluster unavailable, try again later"
-check "the newcomer has not joined" rl_not_connected f
+# The client counts itself logged in once it has sent AUTH (the server
+# never acknowledges it); only a server's "joined" line says it is a member.
+f_joined() { local n; for n in "${NODES[@]}"; do rl_log_has "server$n" "joined vip=10.77.0.251 " && return 0; done; return 1; }
+check_not "no instance let the newcomer join" f_joined
 check "ping a -> d still within s1 (5 of 5)" rl_ping a "${VIP[d]}" 5
 for n in "${NODES[@]}"; do start_nats "$n"; done
 for n in "${NODES[@]}"; do check "NATS node $n listens again" rl_wait_until 15 nats_listening "$n"; done
+# A whole NATS cluster restarted elects its JetStream leaders again before
+# the lease bucket answers (still "temporarily unavailable" 16 s after the
+# nodes listened, in one run here).
 t0=$(rl_now_ms)
-check "the newcomer joins once NATS is back (within 60 s)" rl_wait_until 60 rl_ready f
+check "the newcomer joins once NATS is back (within 120 s)" rl_wait_until 120 f_joined
 echo "  f joined $(( $(rl_now_ms) - t0 )) ms after the NATS nodes listened"
 check "ping f -> a after NATS returned (5 of 5)" rl_wait_until 20 rl_ping f "${VIP[a]}" 5
 rl_finish test_cluster

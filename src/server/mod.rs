@@ -538,8 +538,7 @@ impl Drop for SocketFile {
 /// SIGINT or SIGTERM) or a fatal error: its control socket for `ringlink
 /// status --server`, and a reload of `reload.path` on SIGHUP. On `stop` it
 /// shuts down as [`ShutdownHandle::shutdown`] does: sessions are told, and
-/// a cluster instance hands its address leases back (bounded by
-/// [`cluster::RELEASE_DEADLINE`]).
+/// a cluster instance hands its address leases back (waiting 2 s at most).
 pub async fn run(
     cfg: ServerConfig,
     reload: Reload,
