@@ -283,10 +283,8 @@ async fn member(
                 Message::Binary(b) if b == ka => {
                     totals_rx.totals.echoes.fetch_add(1, Ordering::Relaxed);
                 }
-                Message::Binary(b) => {
-                    if ours(&b, vip).is_some() {
-                        totals_rx.totals.received.fetch_add(1, Ordering::Relaxed);
-                    }
+                Message::Binary(b) if ours(&b, vip).is_some() => {
+                    totals_rx.totals.received.fetch_add(1, Ordering::Relaxed);
                 }
                 Message::Close(_) => break,
                 _ => {}
