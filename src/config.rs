@@ -168,8 +168,11 @@ pub struct PushedRoute {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
-    pub password: String,
-    pub pool: Ipv4Cidr,
+    /// The default network's password and pool: both, or (only with
+    /// `[[network]]` sections) neither, when every path that names no
+    /// network is refused.
+    pub password: Option<String>,
+    pub pool: Option<Ipv4Cidr>,
     pub tls: Option<TlsFiles>,
     /// Where the embedded STUN responder listens; None = off.
     pub stun: Option<SocketAddr>,
@@ -260,8 +263,8 @@ pub const SERVER_METRICS_PORT: u16 = 9587;
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
-    password: String,
-    pool: String,
+    password: Option<String>,
+    pool: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     stun: Option<String>,
@@ -341,7 +344,7 @@ impl ServerConfig {
     /// `[[route]]`s for [`DEFAULT_NETWORK`], else its `[[network.route]]`s.
     pub fn routes_of(&self, network: &str) -> Option<&Vec<PushedRoute>> {
         if network == DEFAULT_NETWORK {
-            return Some(&self.routes);
+            return self.pool.is_some().then_some(&self.routes);
         }
         self.networks
             .iter()
@@ -352,7 +355,7 @@ impl ServerConfig {
     /// Like [`ServerConfig::routes_of`], to change them.
     pub fn routes_of_mut(&mut self, network: &str) -> Option<&mut Vec<PushedRoute>> {
         if network == DEFAULT_NETWORK {
-            return Some(&mut self.routes);
+            return self.pool.is_some().then_some(&mut self.routes);
         }
         self.networks
             .iter_mut()
@@ -364,10 +367,8 @@ impl ServerConfig {
         let c = Ctx { file };
         let raw: RawServer = parse_toml(file, text)?;
         let listen = c.socket("listen", &raw.listen)?;
-        if raw.password.is_empty() {
-            return Err(c.err("password", "must not be empty"));
-        }
-        let pool = pool(&c, "pool", &raw.pool)?;
+        let (password, pool) =
+            default_network(&c, raw.password, raw.pool.as_deref(), &raw.network)?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
@@ -391,8 +392,17 @@ impl ServerConfig {
         };
         let (stun_alt_port, stun_alt_address) =
             stun_alternates(&c, stun, raw.stun_alt_port, raw.stun_alt_address.as_deref())?;
-        let routes = routes(&c, "route", raw.route, pool)?;
-        let networks = networks(&c, raw.network, &raw.password)?;
+        let routes = match pool {
+            Some(pool) => routes(&c, "route", raw.route, pool)?,
+            None if raw.route.is_empty() => Vec::new(),
+            None => {
+                return Err(c.err(
+                    "route",
+                    "a top-level [[route]] belongs to the default network, which needs password and pool; put it in its [[network]] as [[network.route]]",
+                ))
+            }
+        };
+        let networks = networks(&c, raw.network, password.as_deref())?;
         let max_clients = raw.max_clients.unwrap_or(4096);
         if max_clients == 0 {
             return Err(c.err("max_clients", "must be at least 1"));
@@ -429,7 +439,7 @@ impl ServerConfig {
         let cluster = raw.cluster.map(|r| cluster(&c, r)).transpose()?;
         Ok(Self {
             listen,
-            password: raw.password,
+            password,
             pool,
             tls,
             stun,
@@ -451,6 +461,34 @@ impl ServerConfig {
             cluster,
             networks,
         })
+    }
+}
+
+/// The top-level `password` and `pool`: the default network, which every
+/// path no `[[network]]` claims joins. Both are required without
+/// `[[network]]` sections; with them, both or neither.
+fn default_network(
+    c: &Ctx,
+    password: Option<String>,
+    pool_text: Option<&str>,
+    named: &[RawNetwork],
+) -> Result<(Option<String>, Option<Ipv4Cidr>), ConfigError> {
+    match (password, pool_text) {
+        (Some(p), _) if p.is_empty() => Err(c.err("password", "must not be empty")),
+        (Some(p), Some(text)) => Ok((Some(p), Some(pool(c, "pool", text)?))),
+        (None, None) if !named.is_empty() => Ok((None, None)),
+        (None, None) => Err(c.err(
+            "password",
+            "missing: give password and pool (the default network), or [[network]] sections with their own",
+        )),
+        (Some(_), None) => Err(c.err(
+            "pool",
+            "missing: password is set, so the default network needs a pool too, like pool = \"10.77.0.0/24\"",
+        )),
+        (None, Some(_)) => Err(c.err(
+            "password",
+            "missing: pool is set, so the default network needs a password too",
+        )),
     }
 }
 
@@ -508,7 +546,7 @@ pub const DEFAULT_NETWORK: &str = "default";
 fn networks(
     c: &Ctx,
     raw: Vec<RawNetwork>,
-    default_password: &str,
+    default_password: Option<&str>,
 ) -> Result<Vec<NetworkConfig>, ConfigError> {
     let mut out: Vec<NetworkConfig> = Vec::new();
     for n in raw {
@@ -542,12 +580,21 @@ fn networks(
         if n.password.is_empty() {
             return Err(c.err("network.password", "must not be empty"));
         }
-        if n.password == default_password {
-            // A member could then log in to either network; the path is
-            // meant to choose, the password to keep out.
+        // A member could then log in to either network; the path is
+        // meant to choose, the password to keep out.
+        if Some(n.password.as_str()) == default_password {
             return Err(c.err(
                 "network.password",
                 format!("network {:?} must not share the top-level password", n.name),
+            ));
+        }
+        if let Some(o) = out.iter().find(|o| o.password == n.password) {
+            return Err(c.err(
+                "network.password",
+                format!(
+                    "networks {:?} and {:?} must not share a password",
+                    o.name, n.name
+                ),
             ));
         }
         let pool = pool(c, "network.pool", &n.pool)?;
@@ -1133,7 +1180,7 @@ mod tests {
     fn server_contract_example() {
         let s = server(SERVER).unwrap();
         assert_eq!(s.listen, "10.91.0.1:7443".parse().unwrap());
-        assert_eq!(s.pool.to_string(), "10.77.0.0/24");
+        assert_eq!(s.pool.unwrap().to_string(), "10.77.0.0/24");
         assert_eq!(s.stun, Some("10.91.0.1:3478".parse().unwrap()));
         assert!(s.tls.is_none() && s.routes.is_empty());
         let off = server(&format!("{SERVER}stun = \"\"\n")).unwrap();
@@ -1170,6 +1217,46 @@ mod tests {
         );
         assert_eq!(normalize_path(""), "/");
         assert_eq!(normalize_path("/a//"), "/a");
+    }
+
+    /// With `[[network]]` sections the top-level password and pool (the
+    /// default network) may go; without them, or half given, the error
+    /// names what is missing.
+    #[test]
+    fn server_networks_without_a_default_network() {
+        const LISTEN: &str = "listen = \"10.91.0.1:7443\"\n";
+        let lab = "[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"l\"\npool = \"10.78.0.0/24\"\n";
+        let s = server(&format!("{LISTEN}{lab}")).unwrap();
+        assert_eq!((s.password.as_deref(), s.pool), (None, None));
+        assert_eq!(s.networks.len(), 1);
+        assert_eq!(s.routes_of(DEFAULT_NETWORK), None);
+        assert!(s.routes_of("lab").is_some());
+
+        let e = server(LISTEN).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("password"), "{e}");
+        assert!(
+            e.to_string().contains("[[network]]"),
+            "names both ways out: {e}"
+        );
+        let e = server(&format!("{LISTEN}password = \"p\"\n{lab}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("pool"), "{e}");
+        assert!(e.to_string().contains("password is set"), "{e}");
+        let e = server(&format!("{LISTEN}pool = \"10.77.0.0/24\"\n{lab}")).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("password"), "{e}");
+        assert!(e.to_string().contains("pool is set"), "{e}");
+        let e = server(&format!(
+            "{LISTEN}[[route]]\ndst = \"192.168.9.0/24\"\nvia = \"10.78.0.9\"\n{lab}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("route"), "{e}");
+        assert!(e.to_string().contains("[[network.route]]"), "{e}");
+
+        // Two networks, no default: their passwords must still differ.
+        let two = format!("{LISTEN}{lab}{}", lab.replace("lab", "lab2"));
+        let e = server(&two).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("network.password"), "{e}");
+        let two = two.replacen("password = \"l\"", "password = \"m\"", 1);
+        assert_eq!(server(&two).unwrap().networks.len(), 2);
     }
 
     #[test]
@@ -1383,7 +1470,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.routes.len(), 2);
-        assert_eq!(s.routes[0].for_clients, s.pool);
+        assert_eq!(Some(s.routes[0].for_clients), s.pool);
         assert_eq!(s.routes[1].for_clients.to_string(), "10.77.0.0/25");
         let e = server(&format!(
             "{SERVER}[[route]]\ndst = \"192.168.20.1/24\"\nvia = \"10.77.0.20\"\n"

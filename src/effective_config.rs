@@ -73,8 +73,16 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
     let mut t = Table::new();
     let mut unset = Vec::new();
     t.insert("listen".into(), string(listen));
-    t.insert("password".into(), string(HIDDEN_PASSWORD));
-    t.insert("pool".into(), string(pool));
+    match pool {
+        Some(pool) => {
+            t.insert("password".into(), string(HIDDEN_PASSWORD));
+            t.insert("pool".into(), string(pool));
+        }
+        None => unset.push((
+            "password, pool",
+            "no default network: a path no [[network]] claims is refused",
+        )),
+    }
     match tls {
         Some(files) => {
             t.insert("tls_cert".into(), path(&files.cert));
@@ -352,6 +360,21 @@ mod tests {
             out.replacen(HIDDEN_PASSWORD, "s3cret", 1)
                 .replacen(HIDDEN_PASSWORD, "s3cret2", 1);
         assert_eq!(ServerConfig::parse("printed", &back).unwrap(), cfg);
+    }
+
+    #[test]
+    fn server_without_a_default_network_round_trips() {
+        let text = "listen = \"10.91.0.1:7443\"\n[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"s3cret\"\npool = \"10.78.0.0/24\"\n";
+        let cfg = ServerConfig::parse("server.toml", text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(
+            out.contains("# password, pool: not set (no default network"),
+            "{out}"
+        );
+        assert_eq!(
+            ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
     }
 
     #[test]

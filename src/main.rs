@@ -236,11 +236,12 @@ fn main() -> ExitCode {
             }
             let reload = process_logs(&mut cfg.log, &cli.log, config);
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            // The server stops itself on a signal: sessions are told and a
+            // cluster instance hands back its leases (both bounded).
             report(rt.block_on(async {
-                tokio::select! {
-                    r = ringlink::server::run(cfg, reload) => r.map_err(|e| e.to_string()),
-                    _ = terminated() => Ok(()),
-                }
+                ringlink::server::run(cfg, reload, terminated())
+                    .await
+                    .map_err(|e| e.to_string())
             }))
         }
         Command::Client { config, check } => {

@@ -7,34 +7,30 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use ringlink::config::{ClusterConfig, ServerConfig};
+use ringlink::config::{ClusterConfig, NetworkConfig, ServerConfig, DEFAULT_LEASE_SECONDS};
 use ringlink::proto::ws::{self, Auth, Discovery, ExptTun, Vmac, WsMessage};
 use ringlink::reload::LogControl;
-use ringlink::server::{Control, Server, ServerCounters, ShutdownHandle, Tuning};
+use ringlink::server::Tuning;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+
+#[path = "support/config.rs"]
+mod base_config;
+#[path = "support/harness.rs"]
+mod harness;
+
+use base_config::server_config;
+use harness::{
+    closed, connect_path, forward, ip, load, now, recv, recv_within, scrape, send, start_with,
+    Running, Ws, WAIT,
+};
 
 const PW: &str = "cluster secret";
-const WAIT: Duration = Duration::from_secs(8);
 const NEEDS: &str = "needs nats-server (apt-get install nats-server)";
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -110,89 +106,35 @@ impl Drop for Nats {
     }
 }
 
-struct Running {
-    addr: SocketAddr,
-    stop: ShutdownHandle,
-    counters: Arc<ServerCounters>,
-    control: Control,
-    cfg: ServerConfig,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.shutdown();
-    }
-}
-
 const LAB_PW: &str = "lab secret";
 
+/// Instance `name` on `nats`: the default network and a second one, "lab",
+/// with the same pool (its leases and subjects are its own).
 fn config(nats: &Nats, name: &str) -> ServerConfig {
-    // A second network with the same pool: its leases and subjects are its own.
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\npassword = \"{PW}\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"\"\n[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"{LAB_PW}\"\npool = \"10.77.0.0/24\"\n[cluster]\nnats = \"{}\"\nname = \"{name}\"\n",
-        nats.url()
-    );
-    ServerConfig::parse("test", &text).unwrap()
+    let mut cfg = server_config(PW, "10.77.0.0/24");
+    cfg.stun = None;
+    cfg.networks = vec![NetworkConfig {
+        name: "lab".into(),
+        path: "/lab".into(),
+        password: LAB_PW.into(),
+        pool: "10.77.0.0/24".parse().unwrap(),
+        routes: vec![],
+    }];
+    cfg.cluster = Some(ClusterConfig {
+        nats: vec![nats.url()],
+        name: name.into(),
+        replicas: 1,
+        lease_seconds: DEFAULT_LEASE_SECONDS,
+    });
+    cfg
 }
 
 async fn start(nats: &Nats, name: &str) -> Running {
-    start_with(config(nats, name)).await
+    start_with(config(nats, name), Tuning::default()).await
 }
-
-async fn start_with(cfg: ServerConfig) -> Running {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    assert!(matches!(cfg.cluster, Some(ClusterConfig { .. })));
-    let server = Server::bind_with(cfg.clone(), Tuning::default())
-        .await
-        .unwrap();
-    let r = Running {
-        addr: server.local_addr(),
-        stop: server.shutdown_handle(),
-        counters: server.counters(),
-        control: server.control(),
-        cfg,
-    };
-    tokio::spawn(server.run());
-    r
-}
-
-type Ws = WebSocketStream<TcpStream>;
 
 async fn connect(addr: SocketAddr) -> Ws {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp)
-        .await
-        .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, frame: Vec<u8>) {
-    ws.send(Message::Binary(frame)).await.unwrap();
-}
-
-/// The next binary frame within `wait`, or None.
-async fn recv_within(ws: &mut Ws, wait: Duration) -> Option<Vec<u8>> {
-    timeout(wait, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Some(b),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
-async fn recv(ws: &mut Ws) -> Vec<u8> {
-    recv_within(ws, WAIT)
-        .await
-        .expect("no frame in time (or the session closed)")
+    connect_path(addr, "/").await
 }
 
 /// How a login ended: the echo of a self-addressed GENERAL (a member), or
@@ -233,24 +175,6 @@ async fn member(addr: SocketAddr, vip: &str, tag: u8) -> Ws {
     let mut ws = login(addr, ip(vip), tag, now()).await;
     outcome(&mut ws, ip(vip)).await.expect("login refused");
     ws
-}
-
-fn forward(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 20];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&ip(src).octets());
-    p[16..20].copy_from_slice(&ip(dst).octets());
-    p.extend_from_slice(payload);
-    let mut f = Vec::new();
-    ws::encode_forward(&p, &mut f);
-    f
-}
-
-fn load(c: &ServerCounters, f: impl Fn(&ServerCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
-    f(c).load(Ordering::Relaxed)
 }
 
 /// Sends `frame` from `from` until `to` receives it (another instance
@@ -397,18 +321,7 @@ async fn a_client_keeps_its_address_on_another_instance() {
     send(&mut on_b, Auth::new(PW.as_bytes(), vip, ts + 1).encode()).await;
     outcome(&mut on_b, vip).await.expect("login on b");
     // Its old session on a is closed.
-    let old = timeout(WAIT, async {
-        loop {
-            match on_a.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| f.reason.into_owned()),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .expect("the old session was not closed");
-    assert!(old.unwrap_or_default().contains("replaced"));
+    assert!(closed(&mut on_a).await.contains("replaced"));
     assert_eq!(load(&b.counters, |c| &c.cluster_takeovers), 1);
     assert_eq!(load(&a.counters, |c| &c.cluster_lease_lost), 1);
 
@@ -466,10 +379,7 @@ async fn networks_stay_apart_across_instances() {
     let a = start(&nats, "a").await;
     let b = start(&nats, "b").await;
     let lab = |addr: SocketAddr, vip: &'static str, tag: u8| async move {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/lab"), tcp)
-            .await
-            .unwrap();
+        let mut ws = connect_path(addr, "/lab").await;
         send(
             &mut ws,
             Vmac::new(LAB_PW.as_bytes(), vmac(tag), now()).encode(),
@@ -507,28 +417,11 @@ async fn networks_stay_apart_across_instances() {
     }
 }
 
-/// The body of one `/metrics` scrape.
-async fn scrape(addr: SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    timeout(WAIT, c.read_to_string(&mut out))
-        .await
-        .expect("scrape answered in time")
-        .unwrap();
-    out.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
-}
-
 /// Scrapes `addr` until the body has `line`, within WAIT.
 async fn scrape_until(addr: SocketAddr, line: &str) -> String {
     let deadline = Instant::now() + WAIT;
     loop {
-        let body = scrape(addr).await;
+        let (_, body) = scrape(addr).await;
         if body.lines().any(|l| l == line) {
             return body;
         }
@@ -547,7 +440,7 @@ async fn status_metrics_and_reload_on_a_cluster_instance() {
     let nats = Nats::start();
     let mut cfg = config(&nats, "a");
     cfg.metrics = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
-    let a = start_with(cfg).await;
+    let a = start_with(cfg, Tuning::default()).await;
     let b = start(&nats, "b").await;
     let mut x = member(a.addr, "10.77.0.1", 1).await;
     let _y = member(b.addr, "10.77.0.2", 2).await;
@@ -606,4 +499,195 @@ async fn status_metrics_and_reload_on_a_cluster_instance() {
     // The default network's members got nothing from lab's reload.
     send(&mut x, ws::encode_keepalive(ip("10.77.0.1"))).await;
     assert_eq!(recv(&mut x).await, ws::encode_keepalive(ip("10.77.0.1")));
+}
+
+/// `ringlink server` as a process of its own (the signal path is the
+/// CLI's), ended by its PID on drop if the test has not ended it.
+struct Process {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Process {
+    /// Instance `name` on `nats`, with the config of [`config`] (but the
+    /// lab network's password `lab_pw`) written to a file; returns once it
+    /// accepts connections.
+    fn start(nats: &Nats, name: &str, port: u16, lab_pw: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ringlink-cluster-{}-{name}-{port}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("server.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\npassword = \"{PW}\"\npool = \"10.77.0.0/24\"\nstun = \"\"\nmetrics = \"\"\ncontrol_socket = \"{}\"\n[[network]]\nname = \"lab\"\npath = \"/lab\"\npassword = \"{lab_pw}\"\npool = \"10.77.0.0/24\"\n[cluster]\nnats = \"{}\"\nname = \"{name}\"\n",
+                dir.join("server.sock").display(),
+                nats.url()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ringlink"))
+            .args(["server", "--config", file.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Self { child, dir };
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "instance {name} did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        p
+    }
+
+    /// Its log so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// Waits until its log has `text`; returns the log.
+    fn log_until(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let log = self.log();
+            if log.contains(text) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "no {text:?} in:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGTERM, then its exit within `within`; returns its log.
+    fn terminate(&mut self, within: Duration) -> String {
+        // SAFETY: signals our own child, which has not been reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no exit within {within:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "{status:?}");
+        self.log()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to an instance hands its leases back: another client gets the
+/// address on another instance at once, not after the lease time (15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (apt-get install nats-server)"]
+async fn a_stopped_instance_hands_its_leases_back() {
+    let nats = Nats::start();
+    let port = free_port();
+    let mut a = Process::start(&nats, "a", port, LAB_PW);
+    let b = start(&nats, "b").await;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let vip = ip("10.77.0.5");
+    let _x = member(addr, "10.77.0.5", 1).await;
+    let _lab = {
+        let mut ws = connect_path(addr, "/lab").await;
+        send(
+            &mut ws,
+            Vmac::new(LAB_PW.as_bytes(), vmac(2), now()).encode(),
+        )
+        .await;
+        send(&mut ws, Auth::new(LAB_PW.as_bytes(), vip, now()).encode()).await;
+        outcome(&mut ws, vip).await.expect("lab login on a");
+        ws
+    };
+    // The lease is live: another client is refused on b.
+    let mut y = login(b.addr, vip, 3, now()).await;
+    let why = outcome(&mut y, vip).await.unwrap_err();
+    assert!(why.contains("instance a"), "{why}");
+
+    let t0 = Instant::now();
+    let log = a.terminate(Duration::from_secs(10));
+    assert!(
+        log.contains("cluster: released 2 of 2 leases held at shutdown"),
+        "{log}"
+    );
+    // Another client again; a later timestamp, as the AUTH hash covers
+    // only the password, the address and the time (the same would be a
+    // replay).
+    let mut z = login(b.addr, vip, 4, now() + 1).await;
+    outcome(&mut z, vip)
+        .await
+        .expect("the address is free once a has stopped");
+    let took = t0.elapsed();
+    println!(
+        "address free on b {} ms after SIGTERM to a",
+        took.as_millis()
+    );
+    assert!(
+        took < Duration::from_secs(DEFAULT_LEASE_SECONDS.into()) / 3,
+        "{took:?}: no faster than the lease expiry"
+    );
+    assert_eq!(
+        load(&b.counters, |c| &c.cluster_takeovers),
+        0,
+        "freed, not expired"
+    );
+}
+
+/// Instances publish digests of what must match (networks, password
+/// hashes, pools, routes); one that differs is named in the log of the
+/// other, with the section, and counted in the mismatch gauge; a reload
+/// that changes routes is compared again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (apt-get install nats-server)"]
+async fn a_config_mismatch_is_named_and_counted() {
+    let nats = Nats::start();
+    let mut cfg = config(&nats, "a");
+    cfg.metrics = Some(format!("127.0.0.1:{}", free_port()).parse().unwrap());
+    let a = start_with(cfg, Tuning::default()).await;
+    let metrics = a.cfg.metrics.unwrap();
+    let c = start(&nats, "c").await;
+    let b = Process::start(&nats, "b", free_port(), "another lab secret");
+    let log = b.log_until("cluster: configuration of instance a differs from this instance b in:");
+    assert!(
+        log.contains("configuration of instance a differs from this instance b in: network lab password; every instance must serve the same networks"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("another lab secret"),
+        "the password itself is never logged"
+    );
+    // a sees b (not c, which matches) as different.
+    scrape_until(metrics, "ringlink_server_cluster_config_mismatch 1").await;
+
+    // c's lab gets a route by a reload: now c differs too, at once.
+    let mut new = c.cfg.clone();
+    new.networks[0].routes = vec![ringlink::config::PushedRoute {
+        dst: "192.168.9.0/24".parse().unwrap(),
+        via: ip("10.77.0.9"),
+        for_clients: "10.77.0.0/24".parse().unwrap(),
+    }];
+    c.control.reload(new, &LogControl::detached()).await;
+    scrape_until(metrics, "ringlink_server_cluster_config_mismatch 2").await;
+    b.log_until(
+        "instance c differs from this instance b in: network lab password, network lab route;",
+    );
+    // And back: only b differs again.
+    c.control
+        .reload(c.cfg.clone(), &LogControl::detached())
+        .await;
+    scrape_until(metrics, "ringlink_server_cluster_config_mismatch 1").await;
 }

@@ -9,12 +9,16 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use ringlink::config::ServerConfig;
 use ringlink::control::nat_run::classify_over_udp;
 use ringlink::nat::{Delta, Filtering, Mapping, NatKind, Outcome};
 use ringlink::server::{Server, Tuning};
 use tokio::net::UdpSocket;
 use tokio::time::timeout;
+
+#[path = "support/config.rs"]
+mod base_config;
+
+use base_config::server_config;
 
 const RUN_LIMIT: Duration = Duration::from_secs(20);
 
@@ -26,29 +30,9 @@ fn v4(a: SocketAddr) -> SocketAddrV4 {
 }
 
 async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server::ShutdownHandle) {
-    let cfg = ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        password: "pw".into(),
-        pool: "10.77.0.0/24".parse().unwrap(),
-        tls: None,
-        stun: Some("127.0.0.1:0".parse().unwrap()),
-        stun_alt_port: 0,
-        stun_alt_address: alt_address.map(|a| a.parse().unwrap()),
-        routes: vec![],
-        max_clients: 8,
-        max_unauthenticated: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED,
-        max_unauthenticated_per_ip: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
-        broadcast_rate: ringlink::config::DEFAULT_BROADCAST_RATE,
-        broadcast_burst: ringlink::config::DEFAULT_BROADCAST_BURST,
-        general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
-        general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
-        metrics: None,
-        // Servers started in tests serve no control socket (only `server::run` does).
-        control_socket: "/nonexistent/ringlink-test.sock".into(),
-        log: "info".into(),
-        cluster: None,
-        networks: vec![],
-    };
+    let mut cfg = server_config("pw", "10.77.0.0/24");
+    cfg.max_clients = 8;
+    cfg.stun_alt_address = alt_address.map(|a| a.parse().unwrap());
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());
     let stop = server.shutdown_handle();

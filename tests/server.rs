@@ -2,7 +2,6 @@
 //! loopback. Every wait is bounded by a timeout; nothing sleeps.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,137 +13,39 @@ use ringlink::proto::ws::{
 };
 use ringlink::proto::Ipv4Cidr;
 use ringlink::reload::LogControl;
-use ringlink::server::{Control, Server, ServerCounters, ShutdownHandle, Tuning};
+use ringlink::server::{Server, Tuning};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+#[path = "support/config.rs"]
+mod base_config;
+#[path = "support/harness.rs"]
+mod harness;
+
+use base_config::server_config;
+use harness::{
+    closed, connect_path, forward, handles, ip, load, now, packet, recv, scrape, send, start_with,
+    Running, Ws, WAIT,
+};
+
 const PW: &str = "correct horse";
-const WAIT: Duration = Duration::from_secs(5);
-
-fn ip(s: &str) -> Ipv4Addr {
-    s.parse().unwrap()
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn config(routes: Vec<PushedRoute>) -> ServerConfig {
-    ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        password: PW.into(),
-        pool: "10.77.0.0/24".parse().unwrap(),
-        tls: None,
-        stun: Some("127.0.0.1:0".parse().unwrap()),
-        stun_alt_port: 0,
-        stun_alt_address: None,
-        routes,
-        max_clients: 64,
-        max_unauthenticated: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED,
-        max_unauthenticated_per_ip: ringlink::config::DEFAULT_MAX_UNAUTHENTICATED_PER_IP,
-        broadcast_rate: ringlink::config::DEFAULT_BROADCAST_RATE,
-        broadcast_burst: ringlink::config::DEFAULT_BROADCAST_BURST,
-        general_rate: ringlink::config::DEFAULT_GENERAL_RATE,
-        general_burst: ringlink::config::DEFAULT_GENERAL_BURST,
-        metrics: None,
-        // Servers started in tests serve no control socket (only `server::run` does).
-        control_socket: "/nonexistent/ringlink-test.sock".into(),
-        log: "info".into(),
-        cluster: None,
-        networks: vec![],
-    }
-}
-
-struct Running {
-    addr: SocketAddr,
-    stun: Option<SocketAddr>,
-    stop: ShutdownHandle,
-    counters: Arc<ServerCounters>,
-    control: Control,
-    cfg: ServerConfig,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.stop.shutdown();
-    }
-}
-
-async fn start_with(cfg: ServerConfig, tuning: Tuning) -> Running {
-    // Server logs show up with `--nocapture` (RUST_LOG to filter).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let server = Server::bind_with(cfg.clone(), tuning).await.unwrap();
-    let r = handles(&server, cfg);
-    tokio::spawn(server.run());
-    r
-}
-
-fn handles(server: &Server, cfg: ServerConfig) -> Running {
-    Running {
-        addr: server.local_addr(),
-        stun: server.stun_addr(),
-        stop: server.shutdown_handle(),
-        counters: server.counters(),
-        control: server.control(),
-        cfg,
-    }
+    let mut cfg = server_config(PW, "10.77.0.0/24");
+    cfg.routes = routes;
+    cfg
 }
 
 async fn start(routes: Vec<PushedRoute>) -> Running {
     start_with(config(routes), Tuning::default()).await
 }
 
-type Ws = WebSocketStream<TcpStream>;
-
+/// A connection to the default network (any path no network claims).
 async fn connect(addr: SocketAddr) -> Ws {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/some/path"), tcp)
-        .await
-        .unwrap();
-    ws
-}
-
-async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, frame: Vec<u8>) {
-    ws.send(Message::Binary(frame)).await.unwrap();
-}
-
-/// The next binary frame, skipping control frames.
-async fn recv<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Vec<u8> {
-    timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return b,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("expected a binary frame, got {other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("timed out waiting for a frame")
-}
-
-/// Waits for the server to end the session; returns the Close reason.
-async fn closed<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> String {
-    timeout(WAIT, async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(Some(f)))) => return f.reason.into_owned(),
-                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return String::new(),
-                Some(Ok(_)) => continue,
-            }
-        }
-    })
-    .await
-    .expect("session was not closed")
+    connect_path(addr, "/some/path").await
 }
 
 fn vmac(tag: u8) -> [u8; 16] {
@@ -182,25 +83,6 @@ async fn join(addr: SocketAddr, vip: &str, tag: Option<u8>) -> Ws {
     ws
 }
 
-fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0u8; 20];
-    p[0] = 0x45;
-    let len = (20 + payload.len()) as u16;
-    p[2..4].copy_from_slice(&len.to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    p.extend_from_slice(payload);
-    p
-}
-
-fn forward(src: &str, dst: &str, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    ws::encode_forward(&packet(ip(src), ip(dst), payload), &mut f);
-    f
-}
-
 async fn expttun<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
     request: &str,
@@ -216,10 +98,6 @@ async fn expttun<S: AsyncRead + AsyncWrite + Unpin>(
         }
         other => panic!("{other:?}"),
     }
-}
-
-fn load(c: &ServerCounters, f: impl Fn(&ServerCounters) -> &std::sync::atomic::AtomicU64) -> u64 {
-    f(c).load(Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -257,25 +135,6 @@ async fn static_auth_then_unicast_and_broadcast_relay() {
     assert_eq!(recv(&mut a).await, d);
     assert_eq!(recv(&mut c).await, d);
     sync(&mut b, ip("10.77.0.11")).await;
-}
-
-/// One scrape of `/metrics`: the status line and the body.
-async fn scrape(addr: SocketAddr) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    timeout(WAIT, c.read_to_string(&mut out))
-        .await
-        .expect("scrape answered in time")
-        .unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").expect("a head and a body");
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
 }
 
 #[tokio::test]
@@ -409,7 +268,7 @@ async fn expttun_distinct_addresses_and_sticky_vmac() {
 #[tokio::test]
 async fn exhausted_pool_is_a_logged_refusal() {
     let mut cfg = config(vec![]);
-    cfg.pool = "10.77.0.0/30".parse().unwrap();
+    cfg.pool = Some("10.77.0.0/30".parse().unwrap());
     let s = start_with(cfg, Tuning::default()).await;
     let mut held = Vec::new();
     for _ in 0..2 {
@@ -1007,8 +866,12 @@ async fn slow_reader_loses_its_own_packets_only() {
 
 #[tokio::test]
 async fn stun_binding_request_answered_with_the_senders_address() {
-    let s = start(vec![]).await;
-    let stun_addr = s.stun.unwrap();
+    let server = Server::bind_with(config(vec![]), Tuning::default())
+        .await
+        .unwrap();
+    let stun_addr = server.stun_addr().expect("the responder is on");
+    let s = handles(&server, config(vec![]));
+    tokio::spawn(server.run());
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = sock.local_addr().unwrap();
     // Garbage first: ignored, the responder keeps working.
@@ -1038,11 +901,12 @@ async fn stun_change_request_answered_from_the_other_port_and_address() {
         .await
         .unwrap();
     let addrs = server.stun_addrs();
+    let stun_addr = server.stun_addr();
     let s = handles(&server, cfg);
     tokio::spawn(server.run());
     assert_eq!(addrs.len(), 4, "{addrs:?}");
     let (primary, alt_port, alt_ip, alt_both) = (addrs[0], addrs[1], addrs[2], addrs[3]);
-    assert_eq!(Some(primary), s.stun);
+    assert_eq!(Some(primary), stun_addr);
     assert_eq!(
         (alt_port.ip(), alt_ip.port()),
         (primary.ip(), primary.port())
@@ -1417,14 +1281,6 @@ async fn unauthenticated_connections_are_limited_per_source() {
     drop(m);
 }
 
-async fn connect_path(addr: SocketAddr, path: &str) -> Ws {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp)
-        .await
-        .unwrap();
-    ws
-}
-
 const LAB_PW: &str = "lab password";
 
 /// The default network plus "lab" at /lab, on the same addresses: nothing
@@ -1456,6 +1312,31 @@ async fn lab_login(addr: SocketAddr, path: &str, vip: &str, tag: u8) -> Ws {
     )
     .await;
     ws
+}
+
+/// With only `[[network]]` sections (no top-level password and pool) a
+/// path no network claims is refused at the upgrade; the lab still works.
+#[tokio::test]
+async fn without_a_default_network_other_paths_are_refused() {
+    let mut cfg = config_with_lab(vec![]);
+    (cfg.password, cfg.pool) = (None, None);
+    let s = start_with(cfg, Tuning::default()).await;
+    for path in ["/", "/some/path", "/lab2"] {
+        let tcp = TcpStream::connect(s.addr).await.unwrap();
+        let refused = tokio_tungstenite::client_async(format!("ws://{}{path}", s.addr), tcp).await;
+        match refused {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 404, "{path}")
+            }
+            other => panic!("{path}: expected a 404, got {other:?}"),
+        }
+    }
+    let mut l = lab_login(s.addr, "/lab/", "10.77.0.1", 1).await;
+    sync(&mut l, ip("10.77.0.1")).await;
+    // The default network's password is good nowhere.
+    let mut d = connect_path(s.addr, "/lab").await;
+    join_with(&mut d, ip("10.77.0.2"), Some(2)).await;
+    assert!(closed(&mut d).await.contains("wrong password"));
 }
 
 #[tokio::test]

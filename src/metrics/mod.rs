@@ -584,19 +584,44 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
 
 /// The server's text: every server counter.
 pub fn server_text(c: &ServerCounterSnapshot) -> Result<String, MetricsError> {
-    server_text_cluster(c, &[])
+    server_exposition(c, None)
 }
 
-/// A cluster member's text: every server counter, and how many members
-/// each instance holds, per network, as this instance sees them.
-/// `members` is (network, instance, members).
+/// What only a cluster instance reports.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterGauges {
+    /// (network, instance, members): how many members each instance
+    /// holds, per network, as this instance sees them.
+    pub members: Vec<(String, String, u64)>,
+    /// Other instances whose networks, passwords, pools or routes differ
+    /// from this one's.
+    pub config_mismatch: u64,
+}
+
+/// A cluster instance's text: every server counter and its [`ClusterGauges`].
 pub fn server_text_cluster(
     c: &ServerCounterSnapshot,
-    members: &[(String, String, u64)],
+    cluster: &ClusterGauges,
+) -> Result<String, MetricsError> {
+    server_exposition(c, Some(cluster))
+}
+
+fn server_exposition(
+    c: &ServerCounterSnapshot,
+    cluster: Option<&ClusterGauges>,
 ) -> Result<String, MetricsError> {
     let mut e = Exposition::new();
     info(&e, "server")?;
     e.group("ringlink_server_", c.described(), SERVER_FOLDS)?;
+    let Some(cluster) = cluster else {
+        return e.text();
+    };
+    e.gauge(
+        "ringlink_server_cluster_config_mismatch",
+        "Other instances of the cluster whose networks, passwords, pools or routes differ from this instance's (each is logged as an error naming the instance and the sections); 0 when all match.",
+        cluster.config_mismatch,
+    )?;
+    let members = &cluster.members;
     if !members.is_empty() {
         e.family(
             &Family {

@@ -635,8 +635,16 @@ fn cluster_members_per_instance_are_a_labelled_gauge() {
         ("default".to_string(), "s2".to_string(), 1),
         ("lab".to_string(), "s1".to_string(), 0),
     ];
-    let text = server_text_cluster(&c, &members).unwrap();
+    let gauges = ClusterGauges {
+        members: members.to_vec(),
+        config_mismatch: 2,
+    };
+    let text = server_text_cluster(&c, &gauges).unwrap();
     let (samples, types) = parse_exposition(&text);
+    let mismatch = "ringlink_server_cluster_config_mismatch";
+    assert_eq!(types[mismatch], "gauge");
+    assert_eq!(value_of(&samples, mismatch, &[]), Some("2"));
+    assert!(!server_text(&c).unwrap().contains(mismatch));
     let name = "ringlink_server_cluster_members";
     assert_eq!(types[name], "gauge");
     for (net, inst, v) in &members {

@@ -108,15 +108,14 @@ impl Shared {
     }
 
     /// The network a WebSocket request for `path` joins: the `[[network]]`
-    /// with that path, else the default one (the first), which answers any
-    /// path as Candy's server does.
+    /// with that path, else the default one, which answers any path as
+    /// Candy's server does; None when there is no default network.
     fn network_for(&self, path: &str) -> Option<Arc<Network>> {
         let path = crate::config::normalize_path(path);
-        self.networks
-            .iter()
-            .skip(1)
-            .find(|n| n.path == path)
-            .or_else(|| self.networks.first())
+        let nets = &self.networks;
+        nets.iter()
+            .find(|n| n.name != DEFAULT_NETWORK && n.path == path)
+            .or_else(|| nets.iter().find(|n| n.name == DEFAULT_NETWORK))
             .cloned()
     }
 
@@ -188,18 +187,20 @@ impl Server {
         // limit anyone means.
         let permits = u32::try_from(cfg.max_clients).unwrap_or(u32::MAX).max(1);
         let counters = Arc::new(ServerCounters::default());
-        let engine = match &cfg.cluster {
-            Some(c) => Some(cluster::Engine::connect(c, counters.clone()).await?),
-            None => None,
+        let (tx, _) = watch::channel(false);
+        let engine = cluster::Engine::connect(&cfg, counters.clone(), tx.subscribe()).await?;
+        let default = match (&cfg.password, cfg.pool) {
+            (Some(password), Some(pool)) => Some(NetworkConfig {
+                name: DEFAULT_NETWORK.into(),
+                path: "/".into(),
+                password: password.clone(),
+                pool,
+                routes: cfg.routes.clone(),
+            }),
+            _ => None,
         };
-        let default = NetworkConfig {
-            name: DEFAULT_NETWORK.into(),
-            path: "/".into(),
-            password: cfg.password.clone(),
-            pool: cfg.pool,
-            routes: cfg.routes.clone(),
-        };
-        let networks = std::iter::once(&default)
+        let networks = default
+            .iter()
             .chain(&cfg.networks)
             .map(|n| {
                 Arc::new(Network::new(
@@ -210,7 +211,10 @@ impl Server {
                 ))
             })
             .collect::<Vec<_>>();
-        let mut metrics = Endpoint::new("server", metrics_render(&counters, &networks));
+        let mut metrics = Endpoint::new(
+            "server",
+            metrics_render(&counters, &networks, engine.as_ref()),
+        );
         metrics.rebind(cfg.metrics).await;
         let shared = Arc::new(Shared {
             networks,
@@ -237,7 +241,6 @@ impl Server {
             tuning,
             next_id: AtomicU64::new(1),
         });
-        let (tx, _) = watch::channel(false);
         Ok(Self {
             tcp,
             tls,
@@ -355,7 +358,7 @@ impl Server {
             let _ = t.await;
         }
         self.live.lock().await.metrics.rebind(None).await;
-        cluster::stop(&self.shared.networks, cluster_tasks);
+        cluster::stop(&self.shared.networks, cluster_tasks).await;
         info!("server stopped");
         Ok(())
     }
@@ -434,6 +437,9 @@ impl Control {
                 Apply::MetricsPerPeer(_) => continue,
             });
         }
+        if let Some(e) = &self.shared.cluster {
+            e.set_config(running);
+        }
         report
     }
 
@@ -490,12 +496,16 @@ fn push_routes(net: &Network, counters: &ServerCounters, added: &[PushedRoute]) 
 }
 
 /// What `/metrics` serves: every counter, and with `[cluster]` the members
-/// each instance holds, per network.
-fn metrics_render(counters: &Arc<ServerCounters>, networks: &[Arc<Network>]) -> Render {
+/// each instance holds, per network, and the configuration mismatches.
+fn metrics_render(
+    counters: &Arc<ServerCounters>,
+    networks: &[Arc<Network>],
+    engine: Option<&Arc<cluster::Engine>>,
+) -> Render {
     let counters = counters.clone();
-    if networks.iter().all(|n| n.cluster.is_none()) {
+    let Some(engine) = engine.cloned() else {
         return Arc::new(move || crate::metrics::server_text(&counters.snapshot()));
-    }
+    };
     let networks = networks.to_vec();
     Arc::new(move || {
         let members: Vec<(String, String, u64)> = networks
@@ -507,7 +517,11 @@ fn metrics_render(counters: &Arc<ServerCounters>, networks: &[Arc<Network>]) -> 
                     .map(|(instance, count)| (n.name.clone(), instance, count))
             })
             .collect();
-        crate::metrics::server_text_cluster(&counters.snapshot(), &members)
+        let gauges = crate::metrics::ClusterGauges {
+            members,
+            config_mismatch: engine.config_mismatches(),
+        };
+        crate::metrics::server_text_cluster(&counters.snapshot(), &gauges)
     })
 }
 
@@ -520,10 +534,16 @@ impl Drop for SocketFile {
     }
 }
 
-/// Runs the server described by `cfg` until the future is dropped (the CLI
-/// races it against a signal) or a fatal error: its control socket for
-/// `ringlink status --server`, and a reload of `reload.path` on SIGHUP.
-pub async fn run(cfg: ServerConfig, reload: Reload) -> Result<(), ServerError> {
+/// Runs the server described by `cfg` until `stop` resolves (the CLI's
+/// SIGINT or SIGTERM) or a fatal error: its control socket for `ringlink
+/// status --server`, and a reload of `reload.path` on SIGHUP. On `stop` it
+/// shuts down as [`ShutdownHandle::shutdown`] does: sessions are told, and
+/// a cluster instance hands its address leases back (waiting 2 s at most).
+pub async fn run(
+    cfg: ServerConfig,
+    reload: Reload,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     // First, so a SIGHUP from here on reloads instead of ending the process.
     let mut hangups = Hangups::new();
     let server = Server::bind(cfg.clone()).await?;
@@ -554,7 +574,14 @@ pub async fn run(cfg: ServerConfig, reload: Reload) -> Result<(), ServerError> {
             service_manager::reloaded(&format!("{listening}; configuration reloaded"));
         }
     });
+    let shutdown = server.shutdown_handle();
+    let stopper = tokio::spawn(async move {
+        stop.await;
+        info!("server: shutting down (signal)");
+        shutdown.shutdown();
+    });
     let result = server.run().await;
+    stopper.abort();
     reloads.abort();
     if let Some(t) = socket {
         t.abort();

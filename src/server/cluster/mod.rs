@@ -16,6 +16,7 @@
 //!   broadcasts; frames towards NATS go through one bounded queue, so a
 //!   slow or absent NATS costs frames (counted), never memory.
 
+mod digest;
 mod lease;
 
 use std::collections::HashMap;
@@ -32,14 +33,14 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::counters::ServerCounters;
 use super::error::ServerError;
 use super::network::Network;
 use super::pool::Vmac;
 use super::relay::Delivery;
-use crate::config::ClusterConfig;
+use crate::config::ServerConfig;
 
 pub use lease::Me;
 use lease::{Lease, Verdict};
@@ -59,6 +60,14 @@ const TAKE_TRIES: usize = 4;
 const RENEW_CONCURRENCY: usize = 64;
 /// Attempts to open the lease bucket at start, half a second apart.
 const BUCKET_TRIES: usize = 10;
+/// Where instances announce their configuration digests. Network subjects
+/// have at least three tokens, so no network name can collide with it.
+const CONFIG_SUBJECT: &str = "ringlink.config";
+/// How often an instance announces its digest (and at once when it starts,
+/// reconnects, reloads or hears an instance it did not know).
+const CONFIG_PERIOD: Duration = Duration::from_secs(10);
+/// An instance not heard for this long is forgotten (it stopped).
+const CONFIG_FORGET: Duration = Duration::from_secs(35);
 
 /// Why a lease could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +127,16 @@ pub struct Engine {
     /// Bumped on every (re)connection to NATS: the bucket watch starts
     /// afresh then.
     connections: watch::Sender<u64>,
+    /// Lease deletes under way, which a stopping instance waits for.
+    deleting: watch::Sender<usize>,
+    /// The server's shutdown: from then on leases stay held until [`stop`]
+    /// deletes them all at once.
+    stopping: watch::Receiver<bool>,
+    /// The digest of what must match across instances, as served now;
+    /// replaced by a reload.
+    config: watch::Sender<digest::Sections>,
+    /// Other instances whose digest differs from ours (the metric).
+    config_mismatch: std::sync::atomic::AtomicU64,
 }
 
 impl Engine {
@@ -125,9 +144,13 @@ impl Engine {
     /// no NATS server answers: an instance that cannot coordinate must not
     /// hand out addresses.
     pub async fn connect(
-        cfg: &ClusterConfig,
+        server: &ServerConfig,
         counters: Arc<ServerCounters>,
-    ) -> Result<Arc<Self>, ServerError> {
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Option<Arc<Self>>, ServerError> {
+        let Some(cfg) = &server.cluster else {
+            return Ok(None);
+        };
         let err = |what: String| ServerError::Cluster(what);
         let addrs = cfg
             .nats
@@ -186,7 +209,7 @@ impl Engine {
             "cluster: instance {} on NATS {:?}, leases in {BUCKET} (expire {} s after the last renewal)",
             cfg.name, cfg.nats, cfg.lease_seconds
         );
-        Ok(Arc::new(Self {
+        Ok(Some(Arc::new(Self {
             client,
             kv,
             me: Me {
@@ -197,8 +220,30 @@ impl Engine {
             out,
             out_rx: Mutex::new(Some(out_rx)),
             connections,
+            deleting: watch::Sender::new(0),
+            stopping,
+            config: watch::Sender::new(digest::sections(server)),
+            config_mismatch: Default::default(),
             counters,
-        }))
+        })))
+    }
+
+    /// The configuration served changed (a reload applied something): the
+    /// digest follows, and is announced at once if it differs.
+    pub fn set_config(&self, server: &ServerConfig) {
+        let new = digest::sections(server);
+        self.config.send_if_modified(|cur| {
+            let changed = *cur != new;
+            *cur = new;
+            changed
+        });
+    }
+
+    /// How many other instances serve a configuration that differs from
+    /// this one's.
+    pub fn config_mismatches(&self) -> u64 {
+        self.config_mismatch
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn name(&self) -> &str {
@@ -237,8 +282,9 @@ impl Engine {
         tasks.push(tokio::spawn(watcher(
             self.clone(),
             networks.clone(),
-            shutdown,
+            shutdown.clone(),
         )));
+        tasks.push(tokio::spawn(config_check(self.clone(), shutdown)));
         for n in networks {
             tasks.push(tokio::spawn(broadcasts(n)));
         }
@@ -425,21 +471,23 @@ impl Net {
     /// No session here holds `ip` any more (the caller checked, under the
     /// pool lock): the lease goes, so other instances may use the address.
     pub fn release(&self, ip: Ipv4Addr) {
+        // Sessions closing for a shutdown leave their leases to `stop`,
+        // which deletes them together once every session is gone.
+        if *self.engine.stopping.borrow() {
+            return;
+        }
         if let Some(h) = self.held().remove(&ip) {
             self.delete(ip, h.revision);
         }
     }
 
     fn delete(&self, ip: Ipv4Addr, revision: u64) {
-        let kv = self.engine.kv.clone();
+        let engine = self.engine.clone();
         let key = lease::key(&self.name, ip);
+        engine.deleting.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            // Expecting our revision: a lease someone took since is theirs.
-            if let Ok(Err(e)) =
-                timeout(OP_TIMEOUT, kv.delete_expect_revision(&key, Some(revision))).await
-            {
-                debug!("cluster: lease {key} not deleted: {e}");
-            }
+            delete_lease(&engine.kv, &key, revision).await;
+            engine.deleting.send_modify(|n| *n -= 1);
         });
     }
 
@@ -830,6 +878,139 @@ async fn watcher(
     }
 }
 
+/// What this instance last heard from another one.
+struct Heard {
+    /// Sections that differ from ours (empty: all match).
+    differing: Vec<String>,
+    at: tokio::time::Instant,
+}
+
+/// Announces this instance's configuration digest and compares the others'
+/// with it: a difference is logged as an error naming both instances and
+/// the sections, once per change, and counted in the mismatch gauge until
+/// it is gone (or the other instance is).
+async fn config_check(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let subject = Subject::from(CONFIG_SUBJECT);
+    let mut sub = match engine.client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cluster: cannot subscribe to {subject}: {e}; configurations are not compared");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(CONFIG_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connections = engine.connections.subscribe();
+    let mut ours = engine.config.subscribe();
+    let mut heard: HashMap<String, Heard> = HashMap::new();
+    loop {
+        let announce = tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => true,
+            Ok(()) = ours.changed() => {
+                // Compared again against the new digest as each instance
+                // is next heard.
+                heard.clear();
+                true
+            }
+            Ok(()) = connections.changed() => true,
+            msg = sub.next() => match msg {
+                Some(m) => engine.heard(&m.payload, &ours.borrow(), &mut heard),
+                None => return,
+            },
+        };
+        let now = tokio::time::Instant::now();
+        heard.retain(|name, h| {
+            let live = now.duration_since(h.at) < CONFIG_FORGET;
+            if !live && !h.differing.is_empty() {
+                info!(
+                    "cluster: instance {name} not heard for {} s; no longer compared",
+                    CONFIG_FORGET.as_secs()
+                );
+            }
+            live
+        });
+        engine.config_mismatch.store(
+            heard.values().filter(|h| !h.differing.is_empty()).count() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if announce {
+            let a = digest::Announcement {
+                instance: engine.me.name.clone(),
+                incarnation: engine.me.incarnation,
+                sections: ours.borrow_and_update().clone(),
+            };
+            if let Err(e) = engine
+                .client
+                .publish(subject.clone(), a.encode().into())
+                .await
+            {
+                debug!("cluster: announcing the configuration digest: {e}");
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Another instance's announcement; true when it is new to us (it
+    /// started, or came back): it hears ours at once rather than in up to
+    /// a period.
+    fn heard(
+        &self,
+        payload: &[u8],
+        ours: &digest::Sections,
+        heard: &mut HashMap<String, Heard>,
+    ) -> bool {
+        let Some(a) = digest::Announcement::decode(payload) else {
+            debug!("cluster: unreadable configuration announcement");
+            return false;
+        };
+        if a.instance == self.me.name {
+            if a.incarnation != self.me.incarnation {
+                error!(
+                    "cluster: another live instance is also named {}: every instance needs its own [cluster] name",
+                    a.instance
+                );
+            }
+            return false;
+        }
+        let differing = digest::differing(ours, &a.sections);
+        let before = heard.insert(
+            a.instance.clone(),
+            Heard {
+                differing: differing.clone(),
+                at: tokio::time::Instant::now(),
+            },
+        );
+        let was = before.as_ref().map(|h| h.differing.as_slice());
+        if was != Some(differing.as_slice()) {
+            if !differing.is_empty() {
+                let detail: Vec<String> = differing
+                    .iter()
+                    .map(|k| match (k.as_str(), ours.get(k), a.sections.get(k)) {
+                        ("networks", Some(here), Some(there)) => {
+                            format!("networks (here: {here}; there: {there})")
+                        }
+                        _ => k.clone(),
+                    })
+                    .collect();
+                error!(
+                    "cluster: configuration of instance {} differs from this instance {} in: {}; every instance must serve the same networks, passwords, pools and routes",
+                    a.instance,
+                    self.me.name,
+                    detail.join(", ")
+                );
+            } else if was.is_some_and(|w| !w.is_empty()) {
+                info!(
+                    "cluster: configuration of instance {} matches this instance {} again",
+                    a.instance, self.me.name
+                );
+            }
+        }
+        before.is_none()
+    }
+}
+
 /// Broadcasts from other instances, to every member of this network here.
 async fn broadcasts(network: Arc<Network>) {
     let Some(c) = &network.cluster else { return };
@@ -850,14 +1031,75 @@ async fn broadcasts(network: Arc<Network>) {
     }
 }
 
-/// Stops what `Engine::spawn` and `Net::bound` started.
-pub fn stop(networks: &[Arc<Network>], tasks: Vec<JoinHandle<()>>) {
+/// Deletes one lease, expecting `revision`: a lease someone took since is
+/// theirs. True when it is gone.
+async fn delete_lease(kv: &kv::Store, key: &str, revision: u64) -> bool {
+    match timeout(OP_TIMEOUT, kv.delete_expect_revision(key, Some(revision))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            debug!("cluster: lease {key} not deleted: {e}");
+            false
+        }
+        Err(_) => {
+            debug!("cluster: lease {key} not deleted: timed out");
+            false
+        }
+    }
+}
+
+/// How long a stopping instance spends handing its leases back.
+pub const RELEASE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Stops what `Engine::spawn` and `Net::bound` started, then lets go of
+/// every lease this instance still holds (and waits for deletes already
+/// under way), within [`RELEASE_DEADLINE`]: other instances may hand the
+/// addresses out at once instead of after `lease_seconds`. Whatever is not
+/// deleted by then (NATS away) expires as if the instance had died.
+pub async fn stop(networks: &[Arc<Network>], tasks: Vec<JoinHandle<()>>) {
     for t in tasks {
         t.abort();
     }
+    let mut engine = None;
+    let mut leases = Vec::new();
     for n in networks {
         if let Some(c) = &n.cluster {
             c.stop();
+            engine.get_or_insert_with(|| c.engine.clone());
+            leases.extend(
+                c.held()
+                    .drain()
+                    .map(|(ip, h)| (lease::key(&c.name, ip), h.revision)),
+            );
         }
+    }
+    let Some(engine) = engine else { return };
+    let held = leases.len();
+    let release = async {
+        let deleted = futures_util::stream::iter(leases)
+            .map(|(key, revision)| {
+                let kv = engine.kv.clone();
+                async move { delete_lease(&kv, &key, revision).await }
+            })
+            .buffer_unordered(RENEW_CONCURRENCY)
+            .fold(0, |n, gone| async move { n + usize::from(gone) })
+            .await;
+        let mut under_way = engine.deleting.subscribe();
+        let _ = under_way.wait_for(|n| *n == 0).await;
+        deleted
+    };
+    match timeout(RELEASE_DEADLINE, release).await {
+        Ok(deleted) => info!(
+            "cluster: released {deleted} of {held} leases held at shutdown{}",
+            if deleted < held {
+                " (the others had moved on or could not be deleted; they expire)"
+            } else {
+                ""
+            }
+        ),
+        Err(_) => warn!(
+            "cluster: not every lease released within {} s; the rest expire {} s after their last renewal",
+            RELEASE_DEADLINE.as_secs(),
+            engine.ttl.as_secs()
+        ),
     }
 }
