@@ -123,11 +123,11 @@ fn handshakes(c: &mut Criterion) {
                 let mut b = node(B, &kb, now);
                 a.peer_key(B, kb.public(), now);
                 b.peer_key(A, ka.public(), now);
+                (a, b, now)
+            },
+            |(mut a, mut b, now)| {
                 a.handle_timeout(now);
                 let (_, init) = a.poll_transmit().expect("initiation");
-                (a, b, init, now)
-            },
-            |(mut a, mut b, init, now)| {
                 let Handled { reply, .. } = b.handle(&init, now).expect("answered");
                 let response = reply.expect("response");
                 let Handled { reply, .. } = a.handle(&response, now).expect("session");
