@@ -16,8 +16,8 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{
-    log_filter, ClientConfig, ClusterConfig, ConfigError, NetworkConfig, PushedRoute, ServerConfig,
-    DEFAULT_NETWORK,
+    log_filter, ClientConfig, ClusterConfig, ConfigError, NetworkConfig, PinnedPeer, PushedRoute,
+    ServerConfig, DEFAULT_NETWORK,
 };
 use crate::metrics::http::Endpoint;
 
@@ -30,6 +30,9 @@ pub enum Apply {
     Metrics(Option<SocketAddr>),
     /// The client's per-peer metric series on or off.
     MetricsPerPeer(bool),
+    /// The client's `peers`: pinned keys replaced; a peer whose key changed
+    /// gets a new handshake, one no longer listed is pinned on first use.
+    Peers(Vec<PinnedPeer>),
     /// The route list of one of the server's networks: the top-level
     /// `[[route]]`s of the default network, or a `[[network.route]]` list.
     /// Added routes are pushed to the network's members they cover at
@@ -55,6 +58,7 @@ impl fmt::Display for Apply {
             Apply::Metrics(Some(addr)) => write!(f, "metrics={addr}"),
             Apply::Metrics(None) => write!(f, "metrics=off"),
             Apply::MetricsPerPeer(on) => write!(f, "metrics_per_peer={on}"),
+            Apply::Peers(p) => write!(f, "peers ({} pinned)", p.len()),
             Apply::Routes {
                 network,
                 added,
@@ -224,6 +228,9 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
     if *metrics_per_peer != old.metrics_per_peer {
         apply.push(Apply::MetricsPerPeer(*metrics_per_peer));
     }
+    if *peers != old.peers {
+        apply.push(Apply::Peers(peers.clone()));
+    }
     let restart = changed(&[
         (
             "server",
@@ -252,7 +259,6 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         ),
         ("key_file", *key_file != old.key_file),
         ("pins_file", *pins_file != old.pins_file),
-        ("peers", *peers != old.peers),
     ]);
     Plan { apply, restart }
 }
@@ -536,6 +542,19 @@ mod tests {
             ]
         );
         assert!(plan.restart.is_empty(), "{plan:?}");
+        let key = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+        let pinned = client_plan(
+            &client(""),
+            &client(&format!(
+                "peers = [{{ vip = \"10.77.0.30\", key = \"{key}\" }}]\n"
+            )),
+        );
+        let [Apply::Peers(p)] = &pinned.apply[..] else {
+            panic!("peers not applied live: {pinned:?}");
+        };
+        assert_eq!((p.len(), p[0].vip), (1, "10.77.0.30".parse().unwrap()));
+        assert_eq!(pinned.apply[0].to_string(), "peers (1 pinned)");
+        assert!(pinned.restart.is_empty(), "{pinned:?}");
         let off = client_plan(&client(""), &client("metrics = \"\"\n"));
         assert_eq!(off.apply, [Apply::Metrics(None)]);
         assert_eq!(off.apply[0].to_string(), "metrics=off");

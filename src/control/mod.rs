@@ -256,12 +256,22 @@ fn scaled_timers(divisor: u32) -> Timers {
 
 /// SIGHUP: the file again, and what of it applies without touching the
 /// interface, the workers or the server link (log filter, `/metrics`).
-async fn reload_client(
-    reload: &Reload,
-    running: &mut ClientConfig,
-    metrics: &mut Endpoint,
-    status: &SharedStatus,
-) {
+/// What a reload may change in the running client besides `running`.
+struct Live<'a> {
+    metrics: &'a mut Endpoint,
+    status: &'a SharedStatus,
+    /// Handed to the node when the interface comes up.
+    identity: &'a mut secure::Identity,
+    node: Option<&'a mut NodeDriver>,
+}
+
+async fn reload_client(reload: &Reload, running: &mut ClientConfig, live: Live<'_>) {
+    let Live {
+        metrics,
+        status,
+        identity,
+        mut node,
+    } = live;
     service_manager::reloading();
     if let Some(mut new) = reload.reread(ClientConfig::load) {
         new.log = reload.log.effective(&new.log);
@@ -278,6 +288,16 @@ async fn reload_client(
                     update(status, |s| s.metrics_per_peer = on);
                     running.metrics_per_peer = on;
                     change.to_string()
+                }
+                Apply::Peers(ref peers) => {
+                    let pins: Vec<_> = peers.iter().map(|p| (p.vip, p.key)).collect();
+                    identity.pins.set_configured(&pins);
+                    let changed = match node.as_deref_mut() {
+                        Some(n) => n.node.set_configured_pins(&pins, Instant::now()),
+                        None => 0,
+                    };
+                    running.peers = peers.clone();
+                    format!("{change} ({changed} changed)")
                 }
                 // A client's file has no routes; client_plan never plans this.
                 Apply::Routes { .. } => continue,
@@ -298,7 +318,7 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     // First, so a SIGHUP from here on reloads instead of ending the process.
     let mut hangups = Hangups::new();
-    let identity = load_identity(&cfg)?;
+    let mut identity = load_identity(&cfg)?;
     let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
@@ -460,7 +480,8 @@ pub async fn run(
                     }
                 }
                 _ = hangups.recv() => {
-                    reload_client(&reload, &mut running, &mut metrics, &status).await;
+                    let live = Live { metrics: &mut metrics, status: &status, identity: &mut identity, node: node.as_mut() };
+                    reload_client(&reload, &mut running, live).await;
                 }
                 _ = status_tick.tick() => {
                     control.relay_tx_frames = link_counters.relay_tx.load(Ordering::Relaxed);

@@ -457,6 +457,13 @@ impl Node {
         self.flush(now);
     }
 
+    /// A reloaded `peers` list; returns how many pins changed.
+    pub fn set_configured_pins(&mut self, config: &[(Ipv4Addr, PublicKey)], now: Instant) -> usize {
+        let n = self.secure.set_configured_pins(config, now);
+        self.flush(now);
+        n
+    }
+
     /// The dataplane (a worker, or the server link for a relayed message)
     /// opened the first message under our session `index`.
     pub fn on_session_used(&mut self, index: u32, now: Instant) {

@@ -116,6 +116,29 @@ impl Secure {
         }
     }
 
+    /// A reloaded `peers`: the configured pins are replaced. A VIP whose
+    /// key changed loses its sessions and starts a handshake with the new
+    /// key; one no longer configured loses them and is pinned afresh on
+    /// its next announcement. Returns the pins file's new text when a
+    /// remembered pin was replaced.
+    pub fn set_configured_pins(&mut self, config: &[(Ipv4Addr, PublicKey)], now: Instant) -> usize {
+        let changed = self.pins.set_configured(config);
+        for &(vip, key) in &changed {
+            self.refused.remove(&vip);
+            match key {
+                Some(key) => {
+                    info!(peer = %vip, key = %key, "pinned key changed by reload: new session with it");
+                    self.handshakes.peer_key(vip, key, now);
+                }
+                None => {
+                    info!(peer = %vip, "pin removed by reload: its sessions end, its next key is pinned on first use");
+                    self.handshakes.forget(vip);
+                }
+            }
+        }
+        changed.len()
+    }
+
     fn log_refusal(&mut self, vip: Ipv4Addr, pinned: PublicKey, offered: PublicKey) {
         if self.refused.insert(vip, offered) != Some(offered) {
             let how = self.pins.get(vip).map_or("", |(_, s)| s.as_str());

@@ -433,8 +433,8 @@ impl Control {
                     ref added,
                     ..
                 } => self.apply_routes(running, &new, network, added, &change),
-                // Server files have no such key; server_plan never plans it.
-                Apply::MetricsPerPeer(_) => continue,
+                // Server files have no such keys; server_plan never plans them.
+                Apply::MetricsPerPeer(_) | Apply::Peers(_) => continue,
             });
         }
         if let Some(e) = &self.shared.cluster {

@@ -428,6 +428,14 @@ impl Handshakes {
         }
     }
 
+    /// The peer's pin is gone: its sessions and any handshake in flight
+    /// end now, and a key it announces later starts afresh.
+    pub fn forget(&mut self, vip: Ipv4Addr) {
+        if let Some(old) = self.peers.remove(&vip) {
+            self.forget_indices(&old);
+        }
+    }
+
     fn forget_indices(&mut self, p: &Peer) {
         self.generation += 1;
         for s in p.sessions() {

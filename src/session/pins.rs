@@ -85,6 +85,38 @@ impl PinStore {
         }
     }
 
+    /// Replaces the configured pins (a reloaded `peers`); returns every VIP
+    /// whose pin changed, with its new key (`None`: no pin any more, so the
+    /// next key it announces is pinned on first use).
+    pub fn set_configured(
+        &mut self,
+        config: &[(Ipv4Addr, PublicKey)],
+    ) -> Vec<(Ipv4Addr, Option<PublicKey>)> {
+        let old: BTreeMap<Ipv4Addr, PublicKey> = self
+            .pins
+            .iter()
+            .filter(|(_, (_, s))| *s == PinSource::Config)
+            .map(|(&v, &(k, _))| (v, k))
+            .collect();
+        let new: BTreeMap<Ipv4Addr, PublicKey> = config.iter().copied().collect();
+        let mut changed = Vec::new();
+        for &vip in old.keys() {
+            if !new.contains_key(&vip) {
+                self.pins.remove(&vip);
+                changed.push((vip, None));
+            }
+        }
+        for (&vip, &key) in &new {
+            if self.pins.get(&vip) != Some(&(key, PinSource::Config)) {
+                let was = self.pins.insert(vip, (key, PinSource::Config)).map(|p| p.0);
+                if was != Some(key) {
+                    changed.push((vip, Some(key)));
+                }
+            }
+        }
+        changed
+    }
+
     /// The state file's text: the first-use pins, one `VIP base64-key` a
     /// line (configured pins live in the configuration).
     pub fn encode(&self) -> String {
@@ -256,5 +288,33 @@ mod tests {
         let e = parse(&path, &format!("10.77.0.3 {k}\n10.77.0.3 {k}\n")).unwrap_err();
         assert!(e.to_string().contains("twice"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn reloaded_configured_pins_replace_the_old_ones_and_name_what_changed() {
+        let (k1, k2, k3) = (PublicKey([1; 32]), PublicKey([2; 32]), PublicKey([3; 32]));
+        let ip = |d| Ipv4Addr::new(10, 0, 0, d);
+        let remembered: BTreeMap<_, _> = [(ip(9), k3)].into();
+        let mut store = PinStore::new(&[(ip(1), k1), (ip(2), k2)], remembered);
+        // Same list: nothing changes.
+        assert_eq!(store.set_configured(&[(ip(1), k1), (ip(2), k2)]), vec![]);
+        // 1 dropped, 2 re-keyed, 3 added; the remembered pin is left alone.
+        let changed = store.set_configured(&[(ip(2), k3), (ip(3), k1)]);
+        assert_eq!(
+            changed,
+            vec![(ip(1), None), (ip(2), Some(k3)), (ip(3), Some(k1))]
+        );
+        assert_eq!(store.get(ip(1)), None);
+        assert_eq!(store.get(ip(2)), Some((k3, PinSource::Config)));
+        assert_eq!(store.get(ip(9)), Some((k3, PinSource::FirstUse)));
+        // A dropped pin is learned again on first use.
+        assert_eq!(store.observe(ip(1), k2), Verdict::PinnedNow);
+        // A remembered pin the operator now configures becomes configured;
+        // with the same key it is no change to the sessions.
+        assert_eq!(
+            store.set_configured(&[(ip(2), k3), (ip(3), k1), (ip(9), k3)]),
+            vec![]
+        );
+        assert_eq!(store.get(ip(9)), Some((k3, PinSource::Config)));
     }
 }
