@@ -132,6 +132,21 @@ check "rl0 in gw-a keeps MTU 1400" eval 'ip -n "$(rl_ns gw-a)" link show rl0 | g
 check "another stray STUN datagram is counted" stray_stun
 check "at log level debug it is logged" rl_log_has gw-a "$stray_line"
 
+# 2b. gw-c's key, remembered on first use, pinned in gw-a's `peers`: applied
+# live, the pin becomes a configured one, the session goes on.
+pub_c=$(rl_status_get gw-c 'd["public_key"]')
+check "gw-a remembers gw-c's key from first use" \
+    test "$(rl_peer_eval gw-a "$vc" 'p["key"]["source"]')" = tofu
+gw_a_conf "metrics = \"127.0.0.1:9600\"" "log = \"debug\"" "mtu = 1300" \
+    "peers = [{ vip = \"$vc\", key = \"$pub_c\" }]"
+rl_signal gw-a HUP
+check "gw-a: reload applied peers without a restart" \
+    rl_wait_until 10 rl_log_has gw-a 'reload: applied peers \(1 pinned\) \(0 changed\)$'
+pinned() { [ "$(rl_peer_eval gw-a "$vc" 'p["key"]["source"]')" = pinned ]; }
+check "gw-a's status shows gw-c's key as pinned by configuration" rl_wait_until 5 pinned
+check "gw-a still seals with gw-c (session)" \
+    test "$(rl_peer_eval gw-a "$vc" 'p["sealing"]')" = session
+
 # 3. Broken files are refused; both keep running with what they had.
 printf 'server = "ws://%s:%s"\npassword =\n' "$RL_SERVER_IP" "$RL_SERVER_PORT" >"$RL_TMP/gw-a.toml"
 rl_signal gw-a HUP
