@@ -222,7 +222,7 @@ impl Sim {
                 }
                 Output::Publish(s) => {
                     self.hosts[i].extra = s.sockets.iter().map(|x| x.id).collect();
-                    self.hosts[i].published.push(s);
+                    self.hosts[i].published.push(*s);
                 }
             }
         }

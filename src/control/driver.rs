@@ -64,7 +64,7 @@ impl NodeDriver {
                         counters.server_queue_full += 1;
                     }
                 }
-                Output::Publish(snapshot) => self.snapshot.publish(snapshot),
+                Output::Publish(snapshot) => self.snapshot.publish(*snapshot),
                 Output::InstallRoutes(routes) => iface.install_routes(&routes).await,
                 // The pin holds in memory either way; a failed write only
                 // means it is learnt again, first use, after a restart.

@@ -10,7 +10,7 @@ pub mod nat_run;
 pub mod node;
 pub mod publish;
 mod punch;
-mod relay_rx;
+pub mod relay_rx;
 pub mod secure;
 mod server_link;
 pub mod status;

@@ -82,7 +82,7 @@ pub enum Output {
     /// Send this frame to the server (only emitted while the link is up).
     ServerFrame(Vec<u8>),
     /// Publish this table to the dataplane workers.
-    Publish(Snapshot),
+    Publish(Box<Snapshot>),
     /// Install these server-pushed subnet routes in the kernel.
     InstallRoutes(Vec<SysRoute>),
     /// Replace the pins file with this text (a key was pinned on first use).
@@ -870,7 +870,7 @@ impl Node {
         snapshot.sockets = self.punch.sockets();
         snapshot.sessions = sessions.open;
         snapshot.protected = sessions.protected;
-        self.outputs.push_back(Output::Publish(snapshot));
+        self.outputs.push_back(Output::Publish(Box::new(snapshot)));
         self.published_router_gen = self.router.generation();
         self.published_secure_gen = self.secure.generation();
         self.dirty = false;
