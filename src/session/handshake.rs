@@ -922,6 +922,17 @@ impl Handshakes {
         let t = self.timers;
         let mut initiate = Vec::new();
         let mut freed = Vec::new();
+        // A next session the dataplane opened a message under, whose report
+        // was lost (a full upcall channel): promoted here all the same.
+        let used_next: Vec<Ipv4Addr> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next.as_ref().is_some_and(|s| s.used()))
+            .map(|(&vip, _)| vip)
+            .collect();
+        for vip in used_next {
+            self.promote(vip);
+        }
         for (&vip, p) in self.peers.iter_mut() {
             for slot in [&mut p.current, &mut p.previous, &mut p.next] {
                 if slot.as_ref().is_some_and(|s| {

@@ -588,3 +588,41 @@ fn wire_layout_and_lengths() {
         [0x40, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 2]
     );
 }
+
+#[test]
+fn a_responder_seals_with_the_new_session_once_the_dataplane_opened_under_it() {
+    let t0 = Instant::now();
+    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
+    a.handle_timeout(t0);
+    let (_, init) = a.poll_transmit().expect("A initiates");
+    let response = b.handle(&init, t0).unwrap().reply.expect("B answers");
+    // A's confirmation is lost on the way.
+    let _lost = a
+        .handle(&response, t0)
+        .unwrap()
+        .reply
+        .expect("confirmation");
+    assert!(
+        b.sealing(A).is_none(),
+        "B waits for proof A has the session"
+    );
+    let before = b.generation();
+    // A seals data with its new session; B's dataplane opens it under the
+    // next session it published.
+    let seal = a.sealing(B).expect("A seals at once");
+    let mut d = vec![0u8; 28 + 4];
+    seal.seal_datagram(&mut d, 28..32).unwrap();
+    let open: Vec<_> = b.published().flat_map(|(_, s)| s.open).collect();
+    let next = open
+        .iter()
+        .find(|s| s.local_index == seal.remote_index)
+        .unwrap();
+    let (_, first) = next.open_datagram(&mut d).unwrap();
+    assert!(first);
+    // Even if the report of it never arrives, the next timer run promotes.
+    b.handle_timeout(t0 + Duration::from_millis(1));
+    let now_sealing = b.sealing(A).expect("B seals with the new session");
+    assert_eq!(now_sealing.local_index, seal.remote_index);
+    assert!(b.generation() > before, "the dataplane's table changes");
+    assert!(b.protected(A));
+}
