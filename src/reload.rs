@@ -213,6 +213,7 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         key_file,
         pins_file,
         peers,
+        turn,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -253,6 +254,7 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         ("key_file", *key_file != old.key_file),
         ("pins_file", *pins_file != old.pins_file),
         ("peers", *peers != old.peers),
+        ("turn", *turn != old.turn),
     ]);
     Plan { apply, restart }
 }
@@ -280,6 +282,7 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         log,
         cluster,
         networks,
+        turn,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -320,6 +323,7 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         ("general_rate", *general_rate != old.general_rate),
         ("general_burst", *general_burst != old.general_burst),
         ("control_socket", *control_socket != old.control_socket),
+        ("turn", *turn != old.turn),
     ]);
     let mut plan = Plan { apply, restart };
     networks_plan(&old.networks, networks, &mut plan);

@@ -48,6 +48,7 @@ async fn responder(alt_address: Option<&str>) -> (SocketAddrV4, ringlink::server
         log: "info".into(),
         cluster: None,
         networks: vec![],
+        turn: None,
     };
     let server = Server::bind_with(cfg, Tuning::default()).await.unwrap();
     let stun_addr = v4(server.stun_addr().unwrap());

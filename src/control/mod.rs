@@ -15,6 +15,7 @@ mod server_link;
 pub mod status;
 mod stream;
 mod tls;
+pub mod turn;
 mod ws_client;
 
 use std::future::Future;
@@ -135,6 +136,7 @@ async fn new_node(
             route,
             seed: rand::random(),
             identity,
+            turn: cfg.turn.clone(),
         },
         now,
     )
@@ -466,6 +468,7 @@ pub async fn run(
                             let nat = n.node.nat_class();
                             s.nat = nat.map(|c| c.kind.to_string());
                             s.nat_mapped = nat.map(|c| c.mapped.to_string());
+                            s.turn = n.node.turn_status(u64::try_from(ws_client::unix_now()).unwrap_or(0));
                         }
                         s.peers = peers;
                         s.routes = routes;
