@@ -121,6 +121,18 @@ fn write_all(dir: &Path) -> io::Result<()> {
         "ws_message",
         &[
             ("auth", Auth::new(PW, A, TS).encode()),
+            ("auth_marked", Auth::new(PW, A, TS).ringlink().encode()),
+            (
+                "turn_offer",
+                ws::TurnOffer {
+                    host: "10.9.0.1".into(),
+                    port: 3478,
+                    username: format!("{TS}:{A}"),
+                    password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
+                }
+                .encode()
+                .expect("short fields"),
+            ),
             ("forward", fwd),
             ("expttun", ExptTun::new(PW, cidr, TS).encode()),
             (
