@@ -48,6 +48,10 @@ struct Coturn {
 
 impl Coturn {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let port = free_udp_port();
         // 40 relay ports from a kernel-chosen base, so concurrent runs
         // (other tests, other sessions) rarely overlap.
@@ -70,6 +74,7 @@ impl Coturn {
             .arg("--log-file")
             .arg(dir.join("turn.log"))
             .args(["--simple-log", "--no-stdout-log"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -352,4 +357,39 @@ fn wrong_secret_and_expired_credentials_are_refused() {
     // The same server still serves good credentials.
     let mut good = Driver::new(turn.addr, rest_credentials(SECRET, "10.77.0.6", 600), 5);
     good.until("allocate", |d| d.allocated().is_some());
+}
+
+/// coturn with nonces that go stale after 2 s: the client meets its 438,
+/// takes the new nonce and carries on without an error.
+#[test]
+#[ignore = "needs coturn (apt-get install coturn)"]
+fn stale_nonce_from_coturn_is_retried() {
+    let turn = Coturn::start_with(&["--stale-nonce=2"]);
+    let mut a = Driver::new(turn.addr, rest_credentials(SECRET, "10.77.0.7", 600), 6);
+    a.until("allocate", |d| d.allocated().is_some());
+    // Refresh after refresh (each answered before the next) until coturn
+    // has called the nonce stale once; it lives 2 s of coturn's time.
+    let deadline = Instant::now() + WAIT;
+    while a.client.stale_nonces() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no 438 within {WAIT:?}: {:?}",
+            a.events
+        );
+        a.jump_to_deadline();
+        a.until("refresh answered", |d| {
+            d.client
+                .poll_timeout()
+                .is_some_and(|t| t > d.now() + Duration::from_secs(20))
+        });
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(a.failed().is_none(), "{:?}", a.events);
+    assert!(
+        a.events
+            .iter()
+            .any(|e| matches!(e, Event::Refreshed { .. })),
+        "{:?}",
+        a.events
+    );
 }

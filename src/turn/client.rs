@@ -164,6 +164,7 @@ pub struct Client {
     peers: Vec<Peer>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
+    stale_nonces: u64,
 }
 
 impl Client {
@@ -182,9 +183,16 @@ impl Client {
             peers: Vec::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
+            stale_nonces: 0,
         };
         c.start(Request::Allocate, now, 0);
         c
+    }
+
+    /// 438 (stale nonce) answers taken so far, each followed by a retry
+    /// with the new nonce.
+    pub fn stale_nonces(&self) -> u64 {
+        self.stale_nonces
     }
 
     pub fn server(&self) -> SocketAddr {
@@ -479,6 +487,9 @@ impl Client {
                 nonce: nonce.to_vec(),
             });
             self.transactions.remove(i);
+            if code == 438 {
+                self.stale_nonces += 1;
+            }
             self.start(request, now, nonce_retries + u8::from(code == 438));
             return Ok(());
         }

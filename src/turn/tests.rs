@@ -288,6 +288,7 @@ fn stale_nonce_is_retried_with_the_new_one() {
         s.seen.stale, 2,
         "permission and bind both met the old nonce"
     );
+    assert_eq!(c.stale_nonces(), 2);
     assert_eq!(c.channel(peer()), Some(0x4000));
     assert_eq!(events(&mut c).len(), 2);
 }
