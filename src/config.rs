@@ -215,13 +215,24 @@ pub struct ServerConfig {
 
 /// `turn` of server.toml: a TURN server (coturn with `use-auth-secret`)
 /// that shares `secret` with this server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct TurnSecret {
     pub url: TurnUrl,
     pub secret: String,
     /// Seconds a minted credential stays valid; a new one is handed out
     /// when half of that has passed.
     pub ttl: u32,
+}
+
+impl fmt::Debug for TurnSecret {
+    // A config dump must not hand out what mints every node's credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnSecret")
+            .field("url", &self.url)
+            .field("secret", &"…")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
 }
 
 pub const DEFAULT_TURN_TTL: u32 = 86_400;

@@ -160,9 +160,9 @@ impl Builder {
             &hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, key),
             &self.buf,
         );
-        let mut me = self.attr(attr::MESSAGE_INTEGRITY, tag.as_ref());
-        me.set_len(body);
-        me.buf
+        // `attr` leaves the length field at `body` again: the MAC is the
+        // last attribute.
+        self.attr(attr::MESSAGE_INTEGRITY, tag.as_ref()).buf
     }
 }
 
