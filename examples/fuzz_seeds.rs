@@ -19,6 +19,8 @@ use ringlink::proto::{checksum, sdwan, stun, Ipv4Cidr};
 use ringlink::session::handshake::{psk_from_password, HandshakeConfig, Handshakes};
 use ringlink::session::keys::NodeKey;
 use ringlink::session::timers::HandshakeTimers;
+use ringlink::turn;
+use ringlink::turn::message::{attr, method, Builder, Class};
 
 const PW: &[u8] = b"secret";
 const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -119,6 +121,18 @@ fn write_all(dir: &Path) -> io::Result<()> {
         "ws_message",
         &[
             ("auth", Auth::new(PW, A, TS).encode()),
+            ("auth_marked", Auth::new(PW, A, TS).ringlink().encode()),
+            (
+                "turn_offer",
+                ws::TurnOffer {
+                    host: "10.9.0.1".into(),
+                    port: 3478,
+                    username: format!("{TS}:{A}"),
+                    password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
+                }
+                .encode()
+                .expect("short fields"),
+            ),
             ("forward", fwd),
             ("expttun", ExptTun::new(PW, cidr, TS).encode()),
             (
@@ -226,6 +240,47 @@ fn write_all(dir: &Path) -> io::Result<()> {
                 )
                 .to_vec(),
             ),
+        ],
+    )?;
+
+    // The turn target's client draws transaction IDs from seed 7: the
+    // first goes on the unauthenticated Allocate, the second on the retry.
+    let mut rng = ringlink::rng::SplitMix64::new(7);
+    let (mut tx1, mut tx2) = ([0u8; 12], [0u8; 12]);
+    rng.fill(&mut tx1);
+    rng.fill(&mut tx2);
+    let turn_key = turn::Credentials {
+        username: "1700000000:10.77.0.2".into(),
+        password: "pw".into(),
+    }
+    .key("fuzz");
+    let challenge = Builder::new(method::ALLOCATE, Class::Error, tx1)
+        .error_code(401, "Unauthorized")
+        .attr(attr::REALM, b"fuzz")
+        .attr(attr::NONCE, b"n0")
+        .finish();
+    let allocated = Builder::new(method::ALLOCATE, Class::Success, tx2)
+        .xor_addr(
+            attr::XOR_RELAYED_ADDRESS,
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 50000),
+        )
+        .xor_addr(
+            attr::XOR_MAPPED_ADDRESS,
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 4), 40000),
+        )
+        .u32_attr(attr::LIFETIME, 600)
+        .finish_with_integrity(&turn_key);
+    let mut exchange = challenge.clone();
+    exchange.extend_from_slice(&[0xFF, 0xFE, 0xFD, 0xFC]);
+    exchange.extend_from_slice(&allocated);
+    let mut channel_data = turn::channel::header(0x4000, 5).unwrap().to_vec();
+    channel_data.extend_from_slice(b"hello");
+    s.target(
+        "turn",
+        &[
+            ("challenge", challenge),
+            ("exchange", exchange),
+            ("channel_data", channel_data),
         ],
     )?;
 

@@ -13,6 +13,7 @@ use crate::proto::crypto::CipherKind;
 use crate::proto::mtu;
 use crate::proto::Ipv4Cidr;
 use crate::session::keys::PublicKey;
+use crate::turn::TurnUrl;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -210,6 +211,74 @@ pub struct ServerConfig {
     /// path. The top-level `password`, `pool` and `[[route]]`s are the
     /// default network, which answers every other path.
     pub networks: Vec<NetworkConfig>,
+    /// `turn = { url, secret, ttl }`: mint TURN REST API credentials for
+    /// each ringlink client; None = hand out none.
+    pub turn: Option<TurnSecret>,
+}
+
+/// `turn` of server.toml: a TURN server (coturn with `use-auth-secret`)
+/// that shares `secret` with this server.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnSecret {
+    pub url: TurnUrl,
+    pub secret: String,
+    /// Seconds a minted credential stays valid; a new one is handed out
+    /// when half of that has passed.
+    pub ttl: u32,
+}
+
+impl fmt::Debug for TurnSecret {
+    // A config dump must not hand out what mints every node's credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnSecret")
+            .field("url", &self.url)
+            .field("secret", &"…")
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+pub const DEFAULT_TURN_TTL: u32 = 86_400;
+const MIN_TURN_TTL: i64 = 60;
+const MAX_TURN_TTL: i64 = 7 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurn {
+    url: String,
+    secret: String,
+    ttl: Option<i64>,
+}
+
+fn turn_secret(c: &Ctx, raw: RawTurn) -> Result<TurnSecret, ConfigError> {
+    let url = TurnUrl::parse(&raw.url).map_err(|e| c.err("turn.url", e.to_string()))?;
+    if url.credentials.is_some() {
+        return Err(c.err(
+            "turn.url",
+            "credentials are minted from turn.secret; write turn://host[:port] without user:pass@",
+        ));
+    }
+    if url.host.len() > 200 {
+        return Err(c.err("turn.url", "host name over 200 bytes"));
+    }
+    if raw.secret.is_empty() {
+        return Err(c.err(
+            "turn.secret",
+            "must not be empty: coturn's static-auth-secret",
+        ));
+    }
+    let ttl = in_range(
+        c,
+        "turn.ttl",
+        raw.ttl.unwrap_or(DEFAULT_TURN_TTL.into()),
+        MIN_TURN_TTL,
+        MAX_TURN_TTL,
+    )? as u32;
+    Ok(TurnSecret {
+        url,
+        secret: raw.secret,
+        ttl,
+    })
 }
 
 /// A `[[network]]` of server.toml.
@@ -285,6 +354,7 @@ struct RawServer {
     cluster: Option<RawCluster>,
     #[serde(default)]
     network: Vec<RawNetwork>,
+    turn: Option<RawTurn>,
 }
 
 #[derive(Deserialize)]
@@ -437,7 +507,9 @@ impl ServerConfig {
         let metrics = c.metrics(raw.metrics.as_deref(), SERVER_METRICS_PORT)?;
         let log = c.log(raw.log)?;
         let cluster = raw.cluster.map(|r| cluster(&c, r)).transpose()?;
+        let turn = raw.turn.map(|r| turn_secret(&c, r)).transpose()?;
         Ok(Self {
+            turn,
             listen,
             password,
             pool,
@@ -909,6 +981,10 @@ pub struct ClientConfig {
     pub pins_file: PathBuf,
     /// `peers = [{ vip, key }]`: keys pinned up front, never learnt.
     pub peers: Vec<PinnedPeer>,
+    /// `turn = "turn://user:pass@host:port"`: a TURN server for pairs
+    /// whose direct path fails. Without it the client uses the server the
+    /// ringlink server hands out, if any; with it, this one.
+    pub turn: Option<TurnUrl>,
 }
 
 /// One entry of the client's `peers = [...]`.
@@ -954,6 +1030,7 @@ struct RawClient {
     key_file: Option<PathBuf>,
     pins_file: Option<PathBuf>,
     peers: Option<Vec<RawPeer>>,
+    turn: Option<String>,
 }
 
 /// `peers`: each VIP once, never our own, each key 32 bytes of base64.
@@ -1127,7 +1204,21 @@ impl ClientConfig {
         if pins_file == key_file {
             return Err(c.err("pins_file", "must not be the key file"));
         }
+        let turn = match raw.turn.as_deref() {
+            None | Some("") => None,
+            Some(u) => {
+                let url = TurnUrl::parse(u).map_err(|e| c.err("turn", e.to_string()))?;
+                if url.credentials.is_none() {
+                    return Err(c.err(
+                        "turn",
+                        "expected turn://user:pass@host[:port]; leave turn out to use the server's TURN offer",
+                    ));
+                }
+                Some(url)
+            }
+        };
         Ok(Self {
+            turn,
             key_file,
             pins_file,
             peers,
@@ -1175,6 +1266,51 @@ mod tests {
     const SERVER: &str =
         "listen = \"10.91.0.1:7443\"\npassword = \"secret\"\npool = \"10.77.0.0/24\"\n";
     const CLIENT: &str = "server = \"ws://10.91.0.1:7443\"\npassword = \"secret\"\n";
+
+    #[test]
+    fn turn_keys() {
+        let s = server(&format!(
+            "{SERVER}turn = {{ url = \"turn://10.9.0.1\", secret = \"k\" }}\n"
+        ))
+        .unwrap();
+        let t = s.turn.unwrap();
+        assert_eq!(
+            (t.url.host.as_str(), t.url.port, t.ttl),
+            ("10.9.0.1", 3478, 86_400)
+        );
+        assert_eq!(server(SERVER).unwrap().turn, None);
+        for (bad, key) in [
+            (
+                "turn = { url = \"turn://u:p@h\", secret = \"k\" }",
+                "turn.url",
+            ),
+            ("turn = { url = \"turns://h\", secret = \"k\" }", "turn.url"),
+            (
+                "turn = { url = \"turn://h\", secret = \"\" }",
+                "turn.secret",
+            ),
+            (
+                "turn = { url = \"turn://h\", secret = \"k\", ttl = 5 }",
+                "turn.ttl",
+            ),
+        ] {
+            let e = server(&format!("{SERVER}{bad}\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+        }
+        let c = client(&format!(
+            "{CLIENT}turn = \"turn://alice:pw@10.9.0.1:3479\"\n"
+        ))
+        .unwrap();
+        let u = c.turn.unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("10.9.0.1", 3479));
+        assert_eq!(u.credentials.unwrap().username, "alice");
+        assert_eq!(client(CLIENT).unwrap().turn, None);
+        for bad in ["turn://10.9.0.1", "turns://a:b@h", "10.9.0.1:3478"] {
+            let e = client(&format!("{CLIENT}turn = \"{bad}\"\n")).unwrap_err();
+            assert_eq!(e.key.as_deref(), Some("turn"), "{bad}: {e}");
+            assert!(!e.to_string().contains(":b@"), "{e}");
+        }
+    }
 
     #[test]
     fn server_contract_example() {

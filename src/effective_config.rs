@@ -11,6 +11,7 @@ use toml::{Table, Value};
 
 use crate::config::{
     ClientConfig, ClusterConfig, NetworkConfig, PinnedPeer, PushedRoute, ServerConfig, ServerTrust,
+    TurnSecret,
 };
 use crate::proto::crypto::CipherKind;
 
@@ -69,6 +70,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
         log,
         cluster,
         networks,
+        turn,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -123,6 +125,23 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
     t.insert("metrics".into(), metrics_value(metrics));
     t.insert("control_socket".into(), path(control_socket));
     t.insert("log".into(), string(log));
+    match turn {
+        Some(TurnSecret {
+            url,
+            secret: _,
+            ttl,
+        }) => {
+            let mut tt = Table::new();
+            tt.insert(
+                "url".into(),
+                string(format!("turn://{}:{}", url.host, url.port)),
+            );
+            tt.insert("secret".into(), string(HIDDEN_PASSWORD));
+            tt.insert("ttl".into(), int(*ttl));
+            t.insert("turn".into(), Value::Table(tt));
+        }
+        None => unset.push(("turn", "no TURN credentials handed out")),
+    }
     let route_table = |r: &PushedRoute| {
         let PushedRoute {
             dst,
@@ -221,6 +240,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         key_file,
         pins_file,
         peers,
+        turn,
     } = cfg;
     let mut t = Table::new();
     let mut unset = Vec::new();
@@ -300,6 +320,21 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("log".into(), string(log));
     t.insert("key_file".into(), path(key_file));
     t.insert("pins_file".into(), path(pins_file));
+    match turn
+        .as_ref()
+        .and_then(|u| Some((u, u.credentials.as_ref()?)))
+    {
+        Some((u, c)) => {
+            t.insert(
+                "turn".into(),
+                string(format!(
+                    "turn://{}:{HIDDEN_PASSWORD}@{}:{}",
+                    c.username, u.host, u.port
+                )),
+            );
+        }
+        None => unset.push(("turn", "the TURN server the ringlink server offers, if any")),
+    }
     if peers.is_empty() {
         unset.push(("peers", "no key pinned up front; first use pins"));
     } else {
@@ -378,6 +413,21 @@ mod tests {
     }
 
     #[test]
+    fn server_turn_is_printed_hidden_and_round_trips() {
+        let text = format!(
+            "turn = {{ url = \"turn://10.9.0.1\", secret = \"s3cret\", ttl = 600 }}\n{SERVER}"
+        );
+        let cfg = ServerConfig::parse("server.toml", &text).unwrap();
+        let out = server_toml("server.toml", &cfg);
+        assert!(!out.contains("s3cret"), "secret leaked: {out}");
+        assert!(out.contains("url = \"turn://10.9.0.1:3478\""), "{out}");
+        assert_eq!(
+            ServerConfig::parse("printed", &reparsed(&out)).unwrap(),
+            cfg
+        );
+    }
+
+    #[test]
     fn server_cluster_is_printed_and_round_trips() {
         let text = format!("{SERVER}[cluster]\nnats = \"nats://10.0.0.1:4222\"\nname = \"a\"\n");
         let cfg = ServerConfig::parse("server.toml", &text).unwrap();
@@ -439,7 +489,7 @@ mod tests {
 
     #[test]
     fn client_settings_round_trip() {
-        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npeers = [{ vip = \"10.77.0.3\", key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\" }]\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\nlog = \"debug\"\n";
+        let text = "server = \"wss://10.91.0.1:7443\"\npassword = \"s3cret\"\ntun = \"site-a\"\naddress = \"10.77.0.20/24\"\nstun = \"stun://h.example\"\ntls_ca = \"ca.pem\"\nlan_address = \"192.168.1.10\"\npeers = [{ vip = \"10.77.0.3\", key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\" }]\npublic_endpoint = \"203.0.113.7:41000\"\ncipher = \"chacha20-poly1305\"\nmss_clamp = false\nmetrics = \"\"\nmetrics_per_peer = true\nlog = \"debug\"\nturn = \"turn://alice:s3cret@10.9.0.1:3479\"\n";
         let cfg = ClientConfig::parse("client.toml", text).unwrap();
         let out = client_toml("client.toml", &cfg);
         assert!(out.contains("stun = \"stun://h.example:3478\""), "{out}");

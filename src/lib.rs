@@ -22,3 +22,4 @@ pub mod server;
 pub mod session;
 pub mod status_socket;
 pub mod sys;
+pub mod turn;

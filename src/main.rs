@@ -40,7 +40,7 @@ enum Command {
         /// tls_key, stun, stun_alt_port, stun_alt_address, max_clients,
         /// max_unauthenticated, max_unauthenticated_per_ip, broadcast_rate,
         /// broadcast_burst, general_rate, general_burst, metrics,
-        /// control_socket, log, [[route]]).
+        /// control_socket, log, turn, [[route]]).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file and print the effective configuration
@@ -58,7 +58,7 @@ enum Command {
         /// workers, stun, port, discovery, route_cost, tls_ca, tls_insecure,
         /// control_socket, lan_address, public_endpoint, cipher, mss_clamp,
         /// offload, pin_workers, metrics, metrics_per_peer, log, key_file,
-        /// pins_file, peers).
+        /// pins_file, peers, turn).
         #[arg(long, short)]
         config: PathBuf,
         /// Only validate the file (and the key and pins files) and print

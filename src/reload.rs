@@ -217,6 +217,7 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         key_file,
         pins_file,
         peers,
+        turn,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -259,6 +260,7 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         ),
         ("key_file", *key_file != old.key_file),
         ("pins_file", *pins_file != old.pins_file),
+        ("turn", *turn != old.turn),
     ]);
     Plan { apply, restart }
 }
@@ -286,6 +288,7 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         log,
         cluster,
         networks,
+        turn,
     } = new;
     let mut apply = Vec::new();
     if *log != old.log {
@@ -326,6 +329,7 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         ("general_rate", *general_rate != old.general_rate),
         ("general_burst", *general_burst != old.general_burst),
         ("control_socket", *control_socket != old.control_socket),
+        ("turn", *turn != old.turn),
     ]);
     let mut plan = Plan { apply, restart };
     networks_plan(&old.networks, networks, &mut plan);

@@ -100,6 +100,7 @@ fn node_config(i: usize, seed: u64, route_cost: u32, key: u8) -> NodeConfig {
             timers: HandshakeTimers::default(),
             wall_clock: Duration::from_secs(1_700_000_000),
         },
+        turn: None,
     }
 }
 

@@ -1482,3 +1482,55 @@ async fn reload_of_a_network_route_stays_in_that_network() {
     );
     assert!(st.members.iter().all(|m| m.instance == st.instance));
 }
+
+/// A ringlink client (AUTH with the marker) gets TURN credentials minted
+/// as coturn's use-auth-secret checks them, and fresh ones on schedule; a
+/// stock client on the same server never gets the ringlink-only frame.
+#[tokio::test]
+async fn turn_credentials_go_to_ringlink_clients_only() {
+    use ringlink::turn::{Credentials, TurnUrl};
+    let mut cfg = config(vec![]);
+    cfg.turn = Some(ringlink::config::TurnSecret {
+        url: TurnUrl::parse("turn://10.9.0.1:3479").unwrap(),
+        secret: "s3cret".into(),
+        ttl: 3600,
+    });
+    let tuning = Tuning {
+        turn_renew: Some(Duration::from_millis(300)),
+        ..Tuning::default()
+    };
+    let s = start_with(cfg, tuning).await;
+    let mut stock = join(s.addr, "10.77.0.20", None).await;
+
+    let vip = ip("10.77.0.21");
+    let mut rl = connect(s.addr).await;
+    send(
+        &mut rl,
+        Auth::new(PW.as_bytes(), vip, now()).ringlink().encode(),
+    )
+    .await;
+    let offer = |frame: Vec<u8>| match WsMessage::decode(&frame).unwrap() {
+        WsMessage::TurnOffer(o) => o,
+        other => panic!("expected TURN_OFFER, got {other:?}"),
+    };
+    let first = offer(recv(&mut rl).await);
+    assert_eq!((first.host.as_str(), first.port), ("10.9.0.1", 3479));
+    let (expiry, who) = first.username.split_once(':').unwrap();
+    assert_eq!(who, "10.77.0.21");
+    let expiry: u64 = expiry.parse().unwrap();
+    assert!(
+        (expiry as i64 - (now() + 3600)).abs() <= 5,
+        "expiry {expiry}"
+    );
+    assert_eq!(
+        first.password,
+        Credentials::mint(b"s3cret", vip, expiry).password
+    );
+    // The renewal comes on its own, with a username of its own time.
+    let second = offer(recv(&mut rl).await);
+    assert_eq!(second.username.split_once(':').unwrap().1, "10.77.0.21");
+    assert!(load(&s.counters, |c| &c.turn_offers) >= 2);
+    // By now the stock client's renewal would have been due too: the
+    // echo is all it gets.
+    sync(&mut stock, ip("10.77.0.20")).await;
+}

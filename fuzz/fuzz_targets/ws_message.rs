@@ -42,6 +42,10 @@ fuzz_target!(|frame: &[u8]| {
             let want: Vec<_> = routes.iter().map(meaning).collect();
             assert_eq!(again.iter().map(meaning).collect::<Vec<_>>(), want);
         }
+        WsMessage::TurnOffer(m) => {
+            let frame = m.encode().expect("decoded fields fit their length bytes");
+            assert_eq!(decode_again(&frame), msg);
+        }
         WsMessage::Unknown(_) => {}
     }
 });

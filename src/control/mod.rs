@@ -16,6 +16,7 @@ mod server_link;
 pub mod status;
 mod stream;
 mod tls;
+pub mod turn;
 mod ws_client;
 
 use std::future::Future;
@@ -136,6 +137,7 @@ async fn new_node(
             route,
             seed: rand::random(),
             identity,
+            turn: cfg.turn.clone(),
         },
         now,
     )
@@ -506,6 +508,7 @@ pub async fn run(
                             let nat = n.node.nat_class();
                             s.nat = nat.map(|c| c.kind.to_string());
                             s.nat_mapped = nat.map(|c| c.mapped.to_string());
+                            s.turn = n.node.turn_status(u64::try_from(ws_client::unix_now()).unwrap_or(0));
                         }
                         s.peers = peers;
                         s.routes = routes;

@@ -36,11 +36,13 @@ use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute
 use crate::session::handshake::HandshakeStats;
 use crate::session::keys::PublicKey;
 use crate::session::transport::DATAGRAM_HEADER_LEN;
+use crate::turn::TurnUrl;
 
 use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
 use super::secure::{Identity, Secure};
 use super::status::{PeerLine, RouteLine};
+use super::turn::TurnSource;
 
 /// What the node was built with.
 pub struct NodeConfig {
@@ -56,6 +58,8 @@ pub struct NodeConfig {
     pub seed: u64,
     /// The node key, the pins and the handshake timers.
     pub identity: Identity,
+    /// The client's `turn` key; without it, the server's TURN_OFFER.
+    pub turn: Option<TurnUrl>,
 }
 
 #[derive(Debug, Error)]
@@ -146,6 +150,8 @@ pub struct Node {
     punch: Punch,
     /// Keys, pins and handshakes with ringlink peers.
     secure: Secure,
+    /// The TURN server and credentials for relayed pairs.
+    turn: TurnSource,
     pub stats: NodeStats,
 }
 
@@ -191,6 +197,7 @@ impl Node {
             nat: StableClass::default(),
             punch: Punch::default(),
             secure,
+            turn: TurnSource::new(cfg.turn),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -378,6 +385,12 @@ impl Node {
                 self.peers.set_tunnelled(self.tunnelled());
                 self.dirty = true;
                 self.outputs.push_back(Output::InstallRoutes(list));
+            }
+            Ok(WsMessage::TurnOffer(offer)) => {
+                let server = format!("{}:{}", offer.host, offer.port);
+                if self.turn.on_offer(offer) {
+                    info!(%server, "TURN server and credentials from the server");
+                }
             }
             Ok(other) => debug!(message = ?other, "server message not for us"),
             Err(e) => {
@@ -916,6 +929,11 @@ impl Node {
     }
 
     /// Lines for `ringlink status`.
+    /// The TURN server this node would relay through, for `ringlink status`.
+    pub fn turn_status(&self, now_unix: u64) -> Option<String> {
+        self.turn.describe(now_unix)
+    }
+
     pub fn status(&self, now: Instant) -> (Vec<PeerLine>, Vec<RouteLine>) {
         let peers = self
             .peers

@@ -105,6 +105,9 @@ pub struct Status {
     /// its public mapping then.
     pub nat: Option<String>,
     pub nat_mapped: Option<String>,
+    /// The TURN server for relayed pairs: where, as whom, from where.
+    #[serde(default)]
+    pub turn: Option<String>,
     /// This node's X25519 public key (base64) and its fingerprint.
     #[serde(default)]
     pub public_key: Option<String>,
@@ -169,6 +172,9 @@ pub fn render(s: &Status) -> String {
             .map(|m| format!(" (mapped {m})"))
             .unwrap_or_default()
     ));
+    if let Some(t) = &s.turn {
+        out.push_str(&format!("turn {t}\n"));
+    }
     if let Some(fp) = &s.key_fingerprint {
         out.push_str(&format!(
             "key {fp}  {}\n",

@@ -128,7 +128,15 @@ pub async fn login(
             reply.cidr
         }
     };
-    send(ws, Auth::new(password, cidr.addr, unix_now()).encode()).await?;
+    // The marker tells a ringlink server it may send ringlink-only
+    // messages (TURN_OFFER); stock servers ignore the bytes.
+    send(
+        ws,
+        Auth::new(password, cidr.addr, unix_now())
+            .ringlink()
+            .encode(),
+    )
+    .await?;
     Ok(cidr)
 }
 

@@ -30,6 +30,8 @@ pub enum ProtoError {
     NotIpv4(u8),
     #[error("STUN: {0}")]
     Stun(&'static str),
+    #[error("TURN_OFFER: bad {0}")]
+    TurnOffer(&'static str),
 }
 
 /// Fails with `TooShort` unless `buf` holds at least `need` bytes.

@@ -30,6 +30,9 @@ pub mod ty {
     pub const DISCOVERY: u8 = 5;
     pub const SYS_ROUTE: u8 = 6;
     pub const GENERAL: u8 = 255;
+    /// ringlink only, server → ringlink client: TURN server and
+    /// credentials (docs/protocol.md §4.10).
+    pub const TURN_OFFER: u8 = 0xF0;
 }
 
 pub const AUTH_LEN: usize = 45;
@@ -53,6 +56,7 @@ pub enum WsMessage<'a> {
     Discovery(Discovery),
     SysRoutes(Vec<SysRoute>),
     General(General<'a>),
+    TurnOffer(TurnOffer),
     /// A type this implementation does not know; receivers ignore it.
     Unknown(u8),
 }
@@ -72,6 +76,7 @@ impl<'a> WsMessage<'a> {
             ty::DISCOVERY => WsMessage::Discovery(Discovery::decode(frame)?),
             ty::SYS_ROUTE => WsMessage::SysRoutes(SysRoute::decode_list(frame)?),
             ty::GENERAL => WsMessage::General(General::decode(frame)?),
+            ty::TURN_OFFER => WsMessage::TurnOffer(TurnOffer::decode(frame)?),
             other => WsMessage::Unknown(other),
         })
     }
@@ -116,6 +121,10 @@ pub struct Auth {
     pub ip: Ipv4Addr,
     pub timestamp: i64,
     pub hash: [u8; 32],
+    /// ringlink's marker after the 45 bytes: the sender is a ringlink
+    /// client, so a ringlink server may send it ringlink-only messages.
+    /// Stock servers ignore the bytes; the hash does not cover them.
+    pub ringlink: bool,
 }
 
 impl Auth {
@@ -125,6 +134,15 @@ impl Auth {
             ip,
             timestamp,
             hash,
+            ringlink: false,
+        }
+    }
+
+    /// The same AUTH with ringlink's marker appended.
+    pub fn ringlink(self) -> Self {
+        Self {
+            ringlink: true,
+            ..self
         }
     }
 
@@ -141,16 +159,99 @@ impl Auth {
             ip: ip_at(frame, 1),
             timestamp: i64_at(frame, 5),
             hash: hash_at(frame, 13),
+            ringlink: Tail::read(&frame[AUTH_LEN..]).is_some(),
         })
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(AUTH_LEN);
+        let mut out = Vec::with_capacity(AUTH_LEN + TAIL_LEN);
         out.push(ty::AUTH);
         out.extend_from_slice(&self.ip.octets());
         out.extend_from_slice(&self.timestamp.to_be_bytes());
         out.extend_from_slice(&self.hash);
+        if self.ringlink {
+            out.extend_from_slice(&Tail::OURS.encode());
+        }
         out
+    }
+}
+
+/// TURN_OFFER (0xF0, ringlink only): where the TURN server is and the
+/// credentials to use on it, minted for this client by the server
+/// (docs/protocol.md §4.10). Sent only to clients whose AUTH carried the
+/// marker, so no Candy client ever sees the type.
+///
+/// | off | size | field |
+/// | --- | --- | --- |
+/// | 0 | 1 | `0xF0` |
+/// | 1 | 1 | version, 1 |
+/// | 2 | 2 | TURN port |
+/// | 4 | 1 | host length h |
+/// | 5 | h | host (name or IPv4, ASCII) |
+/// | 5+h | 1 | username length u |
+/// | 6+h | u | username |
+/// | 6+h+u | 1 | password length p |
+/// | 7+h+u | p | password |
+#[derive(Clone, PartialEq, Eq)]
+pub struct TurnOffer {
+    pub host: String,
+    pub port: u16,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for TurnOffer {
+    // Logged at debug level with every server message; never the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TurnOffer({}:{} user {})",
+            self.host, self.port, self.username
+        )
+    }
+}
+
+impl TurnOffer {
+    const VERSION: u8 = 1;
+
+    fn decode(frame: &[u8]) -> Result<Self, ProtoError> {
+        need("TURN_OFFER", frame, 5)?;
+        if frame[1] < Self::VERSION {
+            return Err(ProtoError::TurnOffer("version 0"));
+        }
+        let port = u16::from_be_bytes([frame[2], frame[3]]);
+        let mut rest = &frame[4..];
+        let mut field = |what: &'static str| -> Result<String, ProtoError> {
+            let (&len, more) = rest.split_first().ok_or(ProtoError::TurnOffer(what))?;
+            let bytes = more
+                .get(..usize::from(len))
+                .ok_or(ProtoError::TurnOffer(what))?;
+            rest = &more[usize::from(len)..];
+            String::from_utf8(bytes.to_vec()).map_err(|_| ProtoError::TurnOffer(what))
+        };
+        let host = field("host")?;
+        let username = field("username")?;
+        let password = field("password")?;
+        if host.is_empty() || port == 0 {
+            return Err(ProtoError::TurnOffer("no host or port"));
+        }
+        Ok(Self {
+            host,
+            port,
+            username,
+            password,
+        })
+    }
+
+    /// `None` if a field is over 255 bytes.
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = vec![ty::TURN_OFFER, Self::VERSION];
+        out.extend_from_slice(&self.port.to_be_bytes());
+        for f in [&self.host, &self.username, &self.password] {
+            out.push(u8::try_from(f.len()).ok()?);
+            out.extend_from_slice(f.as_bytes());
+        }
+        Some(out)
     }
 }
 
@@ -499,6 +600,66 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn auth_marker_rides_after_the_hash() {
+        let a = Auth::new(P, Ipv4Addr::new(192, 168, 202, 1), TS).ringlink();
+        let frame = a.encode();
+        // The 45 Candy bytes are unchanged; the marker follows them.
+        assert_eq!(
+            frame[..AUTH_LEN],
+            Auth {
+                ringlink: false,
+                ..a
+            }
+            .encode()[..]
+        );
+        assert_eq!(&frame[AUTH_LEN..], b"RL\x01\x00");
+        match WsMessage::decode(&frame).unwrap() {
+            WsMessage::Auth(d) => assert!(d.ringlink && d.verify(P)),
+            other => panic!("{other:?}"),
+        }
+        // Other trailing bytes are no marker.
+        let mut odd = frame[..AUTH_LEN].to_vec();
+        odd.extend_from_slice(b"xx");
+        assert!(matches!(WsMessage::decode(&odd), Ok(WsMessage::Auth(d)) if !d.ringlink));
+    }
+
+    #[test]
+    fn turn_offer_vector_and_bad_frames() {
+        let o = TurnOffer {
+            host: "10.9.0.1".into(),
+            port: 3478,
+            username: "1700000000:10.77.0.2".into(),
+            password: "pw".into(),
+        };
+        let frame = o.encode().unwrap();
+        let mut want = vec![0xF0, 0x01, 0x0d, 0x96, 8];
+        want.extend_from_slice(b"10.9.0.1");
+        want.push(20);
+        want.extend_from_slice(b"1700000000:10.77.0.2");
+        want.extend_from_slice(&[2, b'p', b'w']);
+        assert_eq!(frame, want);
+        assert_eq!(
+            WsMessage::decode(&frame),
+            Ok(WsMessage::TurnOffer(o.clone()))
+        );
+        assert!(!format!("{o:?}").contains("pw"));
+        for cut in 0..frame.len() {
+            assert!(WsMessage::decode(&frame[..cut]).is_err(), "cut {cut}");
+        }
+        let mut v0 = frame.clone();
+        v0[1] = 0;
+        assert!(WsMessage::decode(&v0).is_err());
+        let mut no_port = frame.clone();
+        no_port[2..4].fill(0);
+        assert!(WsMessage::decode(&no_port).is_err());
+        let long = TurnOffer {
+            password: "x".repeat(256),
+            ..o
+        };
+        assert_eq!(long.encode(), None);
     }
 
     #[test]

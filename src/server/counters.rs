@@ -90,6 +90,9 @@ counters! {
     expttun_granted,
     /// ROUTE frames pushed after AUTH.
     routes_pushed,
+    /// TURN credentials handed to ringlink clients (after AUTH and on
+    /// each renewal).
+    turn_offers,
     /// STUN binding requests answered.
     stun_answered,
     /// Datagrams on the STUN port that are not binding requests we can answer.

@@ -63,6 +63,10 @@ pub struct Tuning {
     /// How many used AUTH hashes are remembered (each for the timestamp
     /// window), to refuse a replayed login.
     pub seen_auths: usize,
+    /// How often a ringlink client gets fresh TURN credentials; `None` is
+    /// half of `turn.ttl`, so a client always holds ones valid for at
+    /// least that long.
+    pub turn_renew: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -75,6 +79,7 @@ impl Default for Tuning {
             timestamp_window: auth::TIMESTAMP_WINDOW,
             remembered_vmacs: 16384,
             seen_auths: 65536,
+            turn_renew: None,
         }
     }
 }
@@ -100,6 +105,9 @@ pub(crate) struct Shared {
     counters: Arc<ServerCounters>,
     tuning: Tuning,
     next_id: AtomicU64,
+    /// `turn`: where ringlink clients are sent, and the secret their
+    /// credentials are minted with.
+    turn: Option<crate::config::TurnSecret>,
 }
 
 impl Shared {
@@ -240,6 +248,7 @@ impl Server {
             counters,
             tuning,
             next_id: AtomicU64::new(1),
+            turn: cfg.turn.clone(),
         });
         Ok(Self {
             tcp,

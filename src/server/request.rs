@@ -36,6 +36,11 @@ pub enum Request {
 
 impl Request {
     pub fn decode(frame: &[u8]) -> Result<Self, ProtoError> {
+        // Only servers send TURN_OFFER: from a client it is an unknown
+        // type like any other, ignored whatever its bytes.
+        if frame.first() == Some(&ty::TURN_OFFER) {
+            return Ok(Request::Ignored(ty::TURN_OFFER));
+        }
         Ok(match WsMessage::decode(frame)? {
             WsMessage::Forward(packet) => Request::Forward {
                 // Fixed offsets rather than an IPv4 header parse: sdwan
@@ -51,6 +56,7 @@ impl Request {
             WsMessage::ExptTun(m) => Request::ExptTun(m),
             WsMessage::Vmac(m) => Request::Vmac(m),
             WsMessage::SysRoutes(_) => Request::Ignored(ty::SYS_ROUTE),
+            WsMessage::TurnOffer(_) => Request::Ignored(ty::TURN_OFFER),
             WsMessage::Unknown(other) => Request::Ignored(other),
         })
     }

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::config::DEFAULT_NETWORK;
 use crate::proto::ws::{self, ExptTun, EXPTTUN_LEN, MAX_FRAME};
 use crate::proto::Ipv4Cidr;
+use crate::turn::Credentials;
 
 use super::auth::{self, AuthStep};
 use super::cluster::{self, LeaseError};
@@ -101,6 +102,8 @@ pub(crate) async fn serve<S>(
         warned_forward_spoof: false,
         warned_control_spoof: false,
         last_rx: Instant::now(),
+        ringlink: false,
+        turn_renew_at: None,
     };
     let (reason, writer) = s.run(stream, shutdown, writer).await;
     s.finish(reason, close_tx, writer).await;
@@ -146,6 +149,11 @@ struct Session {
     warned_forward_spoof: bool,
     warned_control_spoof: bool,
     last_rx: Instant,
+    /// Its AUTH carried ringlink's marker: it may get ringlink-only
+    /// messages (TURN_OFFER); a stock Candy client never does.
+    ringlink: bool,
+    /// When this member's TURN credentials are renewed.
+    turn_renew_at: Option<Instant>,
 }
 
 impl Session {
@@ -164,6 +172,8 @@ impl Session {
         // frame would cost a timer-wheel update per relayed packet.
         let timer = sleep_until(self.last_rx + auth_timeout);
         tokio::pin!(timer);
+        let turn_timer = sleep_until(self.last_rx + auth_timeout);
+        tokio::pin!(turn_timer);
         loop {
             tokio::select! {
                 biased;
@@ -189,6 +199,12 @@ impl Session {
                         return (CloseReason::Idle(idle), Some(writer));
                     }
                     timer.as_mut().reset(due);
+                }
+                _ = &mut turn_timer, if self.turn_renew_at.is_some() => {
+                    self.offer_turn();
+                    if let Some(at) = self.turn_renew_at {
+                        turn_timer.as_mut().reset(at);
+                    }
                 }
                 m = stream.next() => {
                     self.last_rx = Instant::now();
@@ -219,6 +235,9 @@ impl Session {
                     if !was_authed && self.vip.is_some() {
                         // From now on the idle timeout applies.
                         timer.as_mut().reset(self.last_rx + idle);
+                        if let Some(at) = self.turn_renew_at {
+                            turn_timer.as_mut().reset(at);
+                        }
                     }
                 }
             }
@@ -516,6 +535,7 @@ impl Session {
             }
             Ok(AuthStep::First) => {}
         }
+        self.ringlink = m.ringlink;
         // The frame verified, so it carries the password: remember it until
         // its timestamp leaves the window, and refuse it if it was used.
         let expires = m.timestamp.saturating_add(sh.tuning.timestamp_window);
@@ -642,6 +662,36 @@ impl Session {
                 ServerCounters::inc(&sh.counters.queue_full);
             }
         }
+        self.offer_turn();
+    }
+
+    /// Hands a ringlink member fresh TURN credentials (PROTOCOL.md §11:
+    /// a type stock clients never see, so only to members whose AUTH
+    /// carried the marker) and sets when to hand the next ones.
+    fn offer_turn(&mut self) {
+        let sh = &self.shared;
+        let (Some(turn), Some(vip), true) = (&sh.turn, self.vip, self.ringlink) else {
+            return;
+        };
+        let expires = u64::try_from(auth::now_unix()).unwrap_or(0) + u64::from(turn.ttl);
+        let creds = Credentials::mint(turn.secret.as_bytes(), vip, expires);
+        let offer = ws::TurnOffer {
+            host: turn.url.host.clone(),
+            port: turn.url.port,
+            username: creds.username,
+            password: creds.password,
+        };
+        match offer.encode().map(|frame| self.tx.try_send(frame)) {
+            Some(Ok(())) => ServerCounters::inc(&sh.counters.turn_offers),
+            Some(Err(_)) => ServerCounters::inc(&sh.counters.queue_full),
+            // The config refuses a host this long; nothing to send.
+            None => warn!(host = %turn.url.host, "TURN host too long to offer"),
+        }
+        let renew = sh
+            .tuning
+            .turn_renew
+            .unwrap_or(Duration::from_secs(u64::from(turn.ttl) / 2));
+        self.turn_renew_at = Some(Instant::now() + renew);
     }
 
     /// What a login waits for from the cluster (only with `[cluster]`).

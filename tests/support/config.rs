@@ -29,5 +29,6 @@ pub fn server_config(password: &str, pool: &str) -> ServerConfig {
         log: "info".into(),
         cluster: None,
         networks: vec![],
+        turn: None,
     }
 }
