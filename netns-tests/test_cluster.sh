@@ -5,9 +5,10 @@
 # transfer cross instances; an instance's `ringlink status --server` names it
 # by its cluster name. One instance is killed: its client is back on
 # another within 5 s with the same address while a pair on the others loses
-# no ping. One NATS node is killed: relaying and joins go on. The killed
-# instance returns, and its client moves back to it by itself. All of NATS
-# is stopped: members of one instance keep relaying to each other, a
+# no ping. Two more clients (g, h) with STUN go direct. One NATS node is
+# killed: relaying and joins go on. The killed instance returns, and its
+# client moves back to it by itself. All of NATS is stopped: members of one
+# instance keep relaying to each other, g and h keep their direct path, a
 # newcomer is refused with "cluster unavailable" until NATS returns, then
 # joins.
 set -uo pipefail
@@ -39,7 +40,10 @@ start_server() {
     local n=$1 own others=()
     own="\"nats://$(srv_ip "$n"):4222\""
     for m in "${NODES[@]}"; do [ "$m" = "$n" ] || others+=("\"nats://$(srv_ip "$m"):4222\""); done
-    RL_SERVER_IP=$(srv_ip "$n") rl_server_conf "server$n" 'stun = ""' \
+    # s1 alone answers STUN, for the direct pair g, h.
+    local stun='stun = ""'
+    [ "$n" = 1 ] && stun="stun = \"$(srv_ip 1):3478\""
+    RL_SERVER_IP=$(srv_ip "$n") rl_server_conf "server$n" "$stun" \
         '[cluster]' "nats = [$own, ${others[0]}, ${others[1]}]" "name = \"s$n\"" 'replicas = 3' >/dev/null
     rl_start_server "server$n" "s$n"
 }
@@ -154,11 +158,29 @@ check "b kept ${VIP[b]}" test "$(rl_vip b)" = "${VIP[b]}"
 check "ping a -> b after b went home (5 of 5)" rl_wait_until 15 rl_ping a "${VIP[b]}" 5
 check "s2 logs who holds b again (instance=s2)" rl_ge "$(rl_log_count server2 "joined vip=${VIP[b]} .*instance=s2")" $((joins_before + 1))
 
+# g and h (both on s1) try direct paths, with STUN from s1.
+taken+=" 10.77.0.250 10.77.0.251"
+VIP[g]=$(pick 0 "$taken"); taken+=" ${VIP[g]}"
+VIP[h]=$(pick 0 "$taken"); taken+=" ${VIP[h]}"
+i=0
+for x in g h; do
+    rl_attach "$x" "10.91.0.$((40 + i))/24"; i=$((i + 1))
+    RL_CLIENT_SERVERS=$urls rl_client_conf "$x" "address = \"${VIP[$x]}/24\"" \
+        "stun = \"stun://$(srv_ip 1):3478\"" 'test_time_divisor = 10' >/dev/null
+    rl_start_client "$x" "$x"
+done
+for x in g h; do check "client $x connected as ${VIP[$x]}" rl_wait_until 30 rl_ready "$x"; done
+rl_ping g "${VIP[h]}" 1 >/dev/null
+check "g and h go direct" rl_wait_until 20 rl_peer_direct g "${VIP[h]}"
+
 # Stop all of NATS (node 3 is already gone): members already joined keep
 # relaying within their instance (a and d, both on s1); a newcomer is
 # refused with a clear error, and joins once NATS is back.
 for n in 1 2; do pid=$(rl_pid "nats$n"); kill -KILL "$pid"; wait "$pid" 2>/dev/null; done
 check "ping a -> d within s1 with all of NATS gone (5 of 5)" rl_wait_until 15 rl_ping a "${VIP[d]}" 5
+check "g and h keep their direct path with all of NATS gone" rl_peer_direct g "${VIP[h]}"
+check "ping g -> h over it (5 of 5)" rl_ping g "${VIP[h]}" 5
+check "still direct after the pings" rl_peer_direct h "${VIP[g]}"
 rl_attach f 10.91.0.31/24
 RL_CLIENT_SERVERS=$urls rl_client_conf f 'address = "10.77.0.251/24"' >/dev/null
 rl_start_client f f
