@@ -140,24 +140,24 @@ impl TurnPath {
         }
         // A new allocation on the peer's side: the old path is gone.
         if let Some(old) = pair.target.replace(addr) {
-            self.client.remove_peer(old);
+            self.client.remove_peer(old, now);
             if matches!(pair.stage, Stage::Proven { .. }) {
                 self.outputs.push_back(TurnOutput::Changed);
             }
         }
         pair.stage = Stage::Binding;
         if let Err(error) = self.client.add_peer(addr, now) {
-            self.drop_pair(peer, error);
+            self.drop_pair(peer, error, now);
         }
         self.drain(now);
     }
 
     /// `peer` has a proven direct path: its TURN path is let go (TURN has
     /// no way to delete a permission or channel; they lapse).
-    pub fn direct(&mut self, peer: Ipv4Addr) {
+    pub fn direct(&mut self, peer: Ipv4Addr, now: Instant) {
         if let Some(pair) = self.pairs.remove(&peer) {
             if let Some(t) = pair.target {
-                self.client.remove_peer(t);
+                self.client.remove_peer(t, now);
                 self.outputs.push_back(TurnOutput::Changed);
             }
         }
@@ -265,15 +265,15 @@ impl TurnPath {
             }
         }
         for peer in unanswered {
-            self.drop_pair(peer, TurnError::Timeout("no PONG through the channel"));
+            self.drop_pair(peer, TurnError::Timeout("no PONG through the channel"), now);
         }
         self.drain(now);
     }
 
-    fn drop_pair(&mut self, peer: Ipv4Addr, error: TurnError) {
+    fn drop_pair(&mut self, peer: Ipv4Addr, error: TurnError, now: Instant) {
         if let Some(pair) = self.pairs.remove(&peer) {
             if let Some(t) = pair.target {
-                self.client.remove_peer(t);
+                self.client.remove_peer(t, now);
             }
             self.outputs.push_back(TurnOutput::Changed);
         }
@@ -327,7 +327,7 @@ impl TurnPath {
                         .find(|(_, p)| p.target == Some(addr))
                         .map(|(&v, _)| v);
                     if let Some(peer) = found {
-                        self.drop_pair(peer, error);
+                        self.drop_pair(peer, error, now);
                     }
                 }
                 Event::Failed(error) => {
@@ -420,7 +420,7 @@ mod tests {
         assert_eq!(t.poll_output(), Some(TurnOutput::Changed));
         assert_eq!(t.channel(B), Some(0x4000));
         // A direct path wins: TURN is let go.
-        t.direct(B);
+        t.direct(B, now);
         assert_eq!(t.poll_output(), Some(TurnOutput::Changed));
         assert_eq!(t.channel(B), None);
         assert!(t.turn_socket().channels.is_empty());
@@ -517,13 +517,15 @@ mod tests {
                     TurnOutput::Changed,
                     TurnOutput::Changed,
                     TurnOutput::Ping {
-                        channel: 0x4000,
+                        channel: 0x4001,
                         ..
                     }
                 ]
             ),
             "{out:?}"
         );
-        assert_eq!(t.turn_socket().channels[&0x4000], moved);
+        // A number of its own: the server still holds 0x4000 for the old
+        // address.
+        assert_eq!(t.turn_socket().channels, [(0x4001, moved)].into());
     }
 }

@@ -494,7 +494,11 @@ fn channel_numbers_are_distinct_and_bounded() {
         c.add_peer("203.0.113.1:1".parse().unwrap(), t0),
         Err(TurnError::NoChannel)
     );
-    // Removing a peer frees its number for the next one.
-    c.remove_peer(SocketAddrV4::new(Ipv4Addr::from(0x0A00_0005), 9));
-    c.add_peer("203.0.113.1:1".parse().unwrap(), t0).unwrap();
+    // Removing a peer frees its number for the next one, but only once
+    // the server would bind it to another address: 15 minutes on.
+    c.remove_peer(SocketAddrV4::new(Ipv4Addr::from(0x0A00_0005), 9), t0);
+    let next: SocketAddrV4 = "203.0.113.1:1".parse().unwrap();
+    let early = t0 + Duration::from_secs(899);
+    assert_eq!(c.add_peer(next, early), Err(TurnError::NoChannel));
+    c.add_peer(next, t0 + Duration::from_secs(900)).unwrap();
 }
