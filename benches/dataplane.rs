@@ -27,6 +27,7 @@ fn snapshot(peers: u32) -> Snapshot {
             let entry = PeerEntry {
                 endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, (i % 250) as u8), 40000),
                 socket: None,
+                channel: None,
                 key: key.clone(),
                 session: None,
                 counters: Default::default(),

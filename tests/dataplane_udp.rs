@@ -193,6 +193,7 @@ fn entry(endpoint: SocketAddrV4, vip: Ipv4Addr) -> (PeerEntry, Arc<PeerCounters>
         PeerEntry {
             endpoint,
             socket: None,
+            channel: None,
             key: Arc::new(key(vip)),
             session: None,
             counters: counters.clone(),

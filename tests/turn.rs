@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use ringlink::control::turn_path::{TurnOutput, TurnPath};
 use ringlink::proto::stun;
 use ringlink::turn::{channel, Client, Credentials, Event, Received, TurnError};
 
@@ -392,4 +393,133 @@ fn stale_nonce_from_coturn_is_retried() {
         "{:?}",
         a.events
     );
+}
+
+/// One node's `TurnPath` on its own socket, as the node and the dataplane
+/// will drive it: STUN to the path, ChannelData unwrapped through its
+/// `turn_socket()` table, PINGs answered through the same channel.
+struct PathEnd {
+    vip: Ipv4Addr,
+    path: TurnPath,
+    sock: UdpSocket,
+    server: SocketAddrV4,
+    /// What it announced, for the other end's UDP4CONN.
+    announced: Option<SocketAddrV4>,
+}
+
+impl PathEnd {
+    fn new(vip: &str, server: SocketAddr, seed: u64) -> Self {
+        let SocketAddr::V4(server) = server else {
+            unreachable!("coturn listens on IPv4")
+        };
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        PathEnd {
+            vip: vip.parse().unwrap(),
+            path: TurnPath::new(
+                server,
+                rest_credentials(SECRET, vip, 600),
+                seed,
+                Instant::now(),
+            ),
+            sock,
+            server,
+            announced: None,
+        }
+    }
+
+    fn carry_out(&mut self) {
+        while let Some(o) = self.path.poll_output() {
+            match o {
+                TurnOutput::ToServer(d) => {
+                    self.sock.send_to(&d, self.server).unwrap();
+                }
+                TurnOutput::Announce { relayed, .. } => self.announced = Some(relayed),
+                TurnOutput::Ping { channel, nonce, .. } => self.send(channel, b"PING", &nonce),
+                TurnOutput::Changed => {}
+                TurnOutput::Failed { peer, error } => panic!("{peer:?}: {error}"),
+            }
+        }
+    }
+
+    fn send(&self, ch: u16, what: &[u8], nonce: &[u8; 12]) {
+        let mut d = channel::header(ch, what.len() + nonce.len())
+            .unwrap()
+            .to_vec();
+        d.extend_from_slice(what);
+        d.extend_from_slice(nonce);
+        self.sock.send_to(&d, self.server).unwrap();
+    }
+
+    /// One datagram, if any came within 20 ms.
+    fn receive(&mut self, other: Ipv4Addr) {
+        let mut buf = [0u8; 1500];
+        let Ok((n, SocketAddr::V4(from))) = self.sock.recv_from(&mut buf) else {
+            return;
+        };
+        assert_eq!(from, self.server);
+        let d = &buf[..n];
+        if !channel::looks_like_channel_data(d) {
+            self.path.on_datagram(from, d, Instant::now()).unwrap();
+            return;
+        }
+        let (ch, data) = channel::parse(d).unwrap();
+        let peer = self.path.turn_socket().channels[&ch];
+        let nonce: [u8; 12] = data[4..].try_into().unwrap();
+        match &data[..4] {
+            b"PING" => self.send(ch, b"PONG", &nonce),
+            b"PONG" => {
+                assert!(
+                    self.path.on_pong(other, peer, &nonce),
+                    "the challenge's PONG"
+                );
+            }
+            _ => panic!("unexpected data {data:?}"),
+        }
+    }
+}
+
+/// Two nodes' `TurnPath`s meet relay to relay through coturn: each
+/// learns the other's relayed address (as from UDP4CONN TLV 3), permits
+/// and binds it, and proves the path with a PING/PONG through the
+/// channels; neither sends to the other except through coturn.
+#[test]
+#[ignore = "needs coturn (apt-get install coturn)"]
+fn turn_paths_prove_each_other_through_coturn() {
+    let turn = Coturn::start();
+    let mut a = PathEnd::new("10.77.0.2", turn.addr, 1);
+    let mut b = PathEnd::new("10.77.0.3", turn.addr, 2);
+    a.path.want(b.vip);
+    b.path.want(a.vip);
+    let deadline = Instant::now() + WAIT;
+    let mut told = (false, false);
+    while a.path.channel(b.vip).is_none() || b.path.channel(a.vip).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no proven TURN path within {WAIT:?}"
+        );
+        a.carry_out();
+        b.carry_out();
+        if let (Some(r), false) = (a.announced, told.0) {
+            b.path.peer_relayed(a.vip, r, Instant::now());
+            told.0 = true;
+        }
+        if let (Some(r), false) = (b.announced, told.1) {
+            a.path.peer_relayed(b.vip, r, Instant::now());
+            told.1 = true;
+        }
+        a.receive(b.vip);
+        b.receive(a.vip);
+        for end in [&mut a, &mut b] {
+            let now = Instant::now();
+            if end.path.poll_timeout().is_some_and(|t| t <= now) {
+                end.path.handle_timeout(now);
+            }
+        }
+    }
+    let (ra, rb) = (a.path.relayed().unwrap(), b.path.relayed().unwrap());
+    assert_eq!(a.path.turn_socket().channels.values().next(), Some(&rb));
+    assert_eq!(b.path.turn_socket().channels.values().next(), Some(&ra));
+    assert_ne!(ra, rb);
 }

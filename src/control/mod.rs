@@ -17,6 +17,7 @@ pub mod status;
 mod stream;
 mod tls;
 pub mod turn;
+pub mod turn_path;
 mod ws_client;
 
 use std::future::Future;

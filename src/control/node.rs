@@ -871,6 +871,7 @@ impl Node {
                 PeerEntry {
                     endpoint,
                     socket: self.punch.via(endpoint),
+                    channel: None,
                     key,
                     session: sessions.seals.get(&vip).cloned(),
                     counters,

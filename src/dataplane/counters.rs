@@ -66,6 +66,17 @@ counters! {
     via_rx_packets,
     /// Bytes of those packets (as `direct_tx_bytes`).
     via_rx_bytes,
+    /// Packets from TUN sent to a peer through a TURN channel.
+    turn_tx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    turn_tx_bytes,
+    /// Packets from a TURN channel delivered to TUN.
+    turn_rx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    turn_rx_bytes,
+    /// Datagrams from a TURN server that were neither STUN nor well-formed
+    /// ChannelData on a bound channel (dropped).
+    turn_malformed,
     /// Datagrams that failed authentication or were shorter than the
     /// envelope.
     decrypt_failed,

@@ -412,6 +412,7 @@ mod tests {
             PeerEntry {
                 endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
                 socket: None,
+                channel: None,
                 key: Arc::new(key(PEER)),
                 session: None,
                 counters: Arc::default(),

@@ -1,11 +1,13 @@
-//! What an io_uring sendmsg in flight points at: the header, one iovec,
+//! What an io_uring sendmsg in flight points at: the header, its iovecs,
 //! the destination and, for a UDP GSO send, the segment-size control
-//! message. The slots live in a boxed slice that never moves, one set per
+//! message; for a send through a TURN channel, the 4-byte ChannelData
+//! header too, so the datagram behind it is not copied to make room. The slots live in a boxed slice that never moves, one set per
 //! buffer, so queuing a send allocates nothing.
 
 use std::net::SocketAddrV4;
 
 use crate::sys::udp::{sockaddr_in, UDP_SEGMENT};
+use crate::turn::channel::HEADER_LEN as CHANNEL_HEADER_LEN;
 
 /// `struct cmsghdr` followed by a `u16`, padded to `CMSG_SPACE(2)`.
 #[repr(C)]
@@ -17,7 +19,9 @@ struct SegmentCmsg {
 
 pub(crate) struct SendSlot {
     msg: libc::msghdr,
-    iov: libc::iovec,
+    /// The ChannelData header, then the data; or just the data.
+    iov: [libc::iovec; 2],
+    channel_header: [u8; CHANNEL_HEADER_LEN],
     dest: libc::sockaddr_in,
     cmsg: SegmentCmsg,
     /// Datagrams this send carries, for the counters at completion.
@@ -41,14 +45,8 @@ impl SendSlot {
         dest: SocketAddrV4,
         segment: Option<u16>,
     ) -> *const libc::msghdr {
-        self.dest = sockaddr_in(dest);
-        self.iov = libc::iovec {
-            iov_base: data.as_ptr() as *mut libc::c_void,
-            iov_len: data.len(),
-        };
-        self.msg.msg_name = (&mut self.dest as *mut libc::sockaddr_in).cast();
-        self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        self.msg.msg_iov = &mut self.iov;
+        self.address(data, dest);
+        self.msg.msg_iov = &mut self.iov[1];
         self.msg.msg_iovlen = 1;
         match segment {
             Some(size) if data.len() > usize::from(size) => {
@@ -67,6 +65,40 @@ impl SendSlot {
             }
         }
         &self.msg
+    }
+
+    /// Fill the slot for sending `data` as one ChannelData datagram led by
+    /// `header` (`turn::channel::header`). No GSO: every datagram through a
+    /// channel needs a header with its own length.
+    pub fn prepare_channel(
+        &mut self,
+        header: [u8; CHANNEL_HEADER_LEN],
+        data: &[u8],
+        dest: SocketAddrV4,
+    ) -> *const libc::msghdr {
+        self.address(data, dest);
+        self.channel_header = header;
+        self.iov[0] = libc::iovec {
+            iov_base: self.channel_header.as_mut_ptr().cast(),
+            iov_len: CHANNEL_HEADER_LEN,
+        };
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = 2;
+        self.msg.msg_control = std::ptr::null_mut();
+        self.msg.msg_controllen = 0;
+        self.datagrams = 1;
+        &self.msg
+    }
+
+    /// The destination, and the data as the last iovec.
+    fn address(&mut self, data: &[u8], dest: SocketAddrV4) {
+        self.dest = sockaddr_in(dest);
+        self.iov[1] = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        self.msg.msg_name = (&mut self.dest as *mut libc::sockaddr_in).cast();
+        self.msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     }
 }
 
@@ -135,6 +167,30 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 80);
         assert_eq!(rx.recv(&mut buf).unwrap(), 80);
+    }
+
+    /// A channel send is header and data in one datagram, and a plain
+    /// send after it from the same slot carries no header.
+    #[test]
+    fn channel_send_leads_the_data_with_its_header() {
+        let (rx, tx, to) = loopback_pair(|_| ());
+        let data: Vec<u8> = (0..90u8).collect();
+        let mut slot = Box::new(SendSlot::new());
+        let header = crate::turn::channel::header(0x4001, data.len()).unwrap();
+        let msg = slot.prepare_channel(header, &data, to);
+        // SAFETY: msg points into `slot` and `data`, both alive here.
+        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 94);
+        let mut buf = [0u8; 512];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(
+            crate::turn::channel::parse(&buf[..n]).unwrap(),
+            (0x4001, &data[..])
+        );
+        let msg = slot.prepare(&data, to, Some(100));
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sendmsg(tx.as_raw_fd(), msg, 0) }, 90);
+        assert_eq!(rx.recv(&mut buf).unwrap(), 90);
+        assert_eq!(&buf[..90], &data[..]);
     }
 
     /// The receiving half: with UDP_GRO on the socket, the same run comes

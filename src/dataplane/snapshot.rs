@@ -107,7 +107,11 @@ impl Eq for Sealer {}
 pub struct PeerEntry {
     pub endpoint: SocketAddrV4,
     /// The socket the path was punched from; `None`: the shared port.
+    /// For a path through TURN, the allocation's socket.
     pub socket: Option<LocalSocket>,
+    /// The TURN channel bound to the peer: `endpoint` is then the TURN
+    /// server, and every datagram goes out led by the ChannelData header.
+    pub channel: Option<u16>,
     /// The peer's own key, `K(peer VIP)`: what we seal with when there
     /// is no session (a stock Candy peer, or before the handshake).
     pub key: Arc<PeerKey>,
@@ -121,6 +125,7 @@ impl PartialEq for PeerEntry {
     fn eq(&self, o: &Self) -> bool {
         self.endpoint == o.endpoint
             && self.socket == o.socket
+            && self.channel == o.channel
             && Arc::ptr_eq(&self.key, &o.key)
             && self.session == o.session
             && Arc::ptr_eq(&self.counters, &o.counters)
@@ -161,6 +166,20 @@ pub struct Snapshot {
     /// Peers that seal with us: traffic claiming to come from them that is
     /// not sealed with a session is refused.
     pub protected: HashSet<Ipv4Addr>,
+    /// TURN allocations, by the id of the socket each lives on: what a
+    /// worker unwraps ChannelData with.
+    pub turn: HashMap<u16, TurnSocket>,
+}
+
+/// A TURN allocation as the dataplane sees it: ChannelData from `server`
+/// on its socket carries the datagrams of the peers bound to channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnSocket {
+    pub server: SocketAddrV4,
+    /// Bound channels and the peer address each was bound to (the peer's
+    /// relayed or public address): what an upcall names as the sender, so
+    /// the control thread tells paths apart as it does direct ones.
+    pub channels: HashMap<u16, SocketAddrV4>,
 }
 
 impl Default for Snapshot {
@@ -175,6 +194,7 @@ impl Default for Snapshot {
             sockets: Vec::new(),
             sessions: HashMap::new(),
             protected: HashSet::new(),
+            turn: HashMap::new(),
         }
     }
 }
@@ -305,6 +325,7 @@ mod tests {
         PeerEntry {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), port),
             socket: None,
+            channel: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[7; 32])),
             session: None,
             counters: Arc::default(),

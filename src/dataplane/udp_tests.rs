@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::sendmsg::SendSlot;
 use super::tests::relayed_packet;
-use crate::dataplane::{Sealer, SubnetHop, TunHop};
+use crate::dataplane::{Sealer, SubnetHop, TunHop, TurnSocket};
 use crate::proto::checksum;
 use crate::proto::crypto::ENVELOPE_LEN;
 use crate::proto::crypto::{CipherKind, IvSequence};
@@ -118,6 +118,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
     let peer_entry = PeerEntry {
         endpoint: peer_addr,
         socket: None,
+        channel: None,
         key: Arc::new(key(PEER)),
         session: None,
         counters: peer_counters.clone(),
@@ -483,6 +484,7 @@ fn oversize_packets_are_dropped_not_sent() {
         PeerEntry {
             endpoint: peer_addr,
             socket: None,
+            channel: None,
             key: Arc::new(key(PEER)),
             session: None,
             counters: Arc::default(),
@@ -520,6 +522,7 @@ fn the_snapshot_is_followed_from_the_next_batch() {
         PeerEntry {
             endpoint: h.peer_addr,
             socket: None,
+            channel: None,
             key: Arc::new(key(UNKNOWN)),
             session: None,
             counters: Arc::default(),
@@ -1017,5 +1020,192 @@ fn a_session_seals_both_ways_and_replays_and_unsealed_traffic_are_refused() {
     assert_eq!((c.session_tx, c.session_rx), (1, 2));
     assert_eq!(c.tun_written, 1, "only the genuine packet reached TUN");
     assert!(h.rx.is_empty());
+    h.dp.shutdown().unwrap();
+}
+
+/// The TURN path: a test socket plays the TURN server, which a worker
+/// reaches through an allocation's extra socket and a bound channel.
+struct TurnRig {
+    server: UdpSocket,
+    /// Where the allocation's socket is (the server sends there).
+    alloc: SocketAddrV4,
+    /// The peer address the channel is bound to.
+    relayed: SocketAddrV4,
+    theirs: crate::session::transport::Session,
+}
+
+const CHANNEL: u16 = 0x4000;
+const TURN_SOCKET: u16 = 9;
+
+/// Moves PEER onto a TURN channel, sealed with a session.
+fn turn_rig(h: &Harness) -> TurnRig {
+    let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let SocketAddr::V4(server_addr) = server.local_addr().unwrap() else {
+        unreachable!("bound to IPv4")
+    };
+    let sender = h.dp.udp_sender().expect("sender");
+    let extra = LocalSocket {
+        id: TURN_SOCKET,
+        fd: Arc::new(sender.open_socket().expect("extra socket")),
+    };
+    let alloc = SocketAddrV4::new(
+        Ipv4Addr::LOCALHOST,
+        udp::local_addr(extra.fd.as_fd()).unwrap().port(),
+    );
+    let relayed = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 9), 50000);
+    let (ours, theirs) = session_pair();
+    let mut s = (*h.dp.snapshot().load()).clone();
+    s.generation += 1;
+    s.sockets = vec![extra.clone()];
+    s.turn.insert(
+        TURN_SOCKET,
+        TurnSocket {
+            server: server_addr,
+            channels: [(CHANNEL, relayed)].into(),
+        },
+    );
+    let entry = PeerEntry {
+        endpoint: server_addr,
+        socket: Some(extra),
+        channel: Some(CHANNEL),
+        session: Some(Sealer(ours.clone())),
+        ..s.direct[&PEER].clone()
+    };
+    s.add_direct_peer(PEER, entry);
+    s.sessions.insert(11, ours);
+    s.protected.insert(PEER);
+    h.dp.snapshot().publish(s);
+    TurnRig {
+        server,
+        alloc,
+        relayed,
+        theirs,
+    }
+}
+
+impl TurnRig {
+    /// `plain` sealed by the peer and wrapped in ChannelData by the server.
+    fn channel_data(&self, channel: u16, plain: &[u8]) -> Vec<u8> {
+        let d = session_datagram(&self.theirs, plain);
+        let mut v = crate::turn::channel::header(channel, d.len())
+            .unwrap()
+            .to_vec();
+        v.extend_from_slice(&d);
+        v
+    }
+
+    /// The next ChannelData at the server: its channel, and the plaintext
+    /// the peer's end opens from it.
+    fn recv(&self) -> (u16, Vec<u8>) {
+        let mut buf = [0u8; 2048];
+        let (n, from) = self
+            .server
+            .recv_from(&mut buf)
+            .expect("nothing at the server");
+        assert_eq!(from, SocketAddr::V4(self.alloc), "sent from the allocation");
+        let (channel, data) = crate::turn::channel::parse(&buf[..n]).expect("ChannelData");
+        let mut data = data.to_vec();
+        let (plain, _) = self
+            .theirs
+            .open_datagram(&mut data)
+            .expect("opens with the peer's session");
+        (channel, data[plain].to_vec())
+    }
+}
+
+#[test]
+fn turn_channel_carries_session_datagrams_both_ways() {
+    let h = harness(16);
+    let rig = turn_rig(&h);
+    // TUN → the server: one ChannelData, header then the session datagram.
+    let out = ipv4(OWN, PEER, 300, 1);
+    h.tun.send(&out).unwrap();
+    assert_eq!(rig.recv(), (CHANNEL, forward(&out)));
+    // The server → TUN: unwrapped, opened and delivered.
+    let back = ipv4(PEER, OWN, 200, 2);
+    rig.server
+        .send_to(&rig.channel_data(CHANNEL, &forward(&back)), rig.alloc)
+        .unwrap();
+    assert_eq!(h.tun_recv(), back);
+    assert_eq!(h.upcall(), Upcall::SessionUsed { index: 11 });
+    // A control message goes up as from the address the channel is bound
+    // to, on the allocation's socket: how the control thread tells paths
+    // apart.
+    let hb = Heartbeat::new(PEER, true).encode();
+    rig.server
+        .send_to(&rig.channel_data(CHANNEL, &hb), rig.alloc)
+        .unwrap();
+    assert_eq!(
+        h.upcall(),
+        Upcall::Peer {
+            from: rig.relayed,
+            local: TURN_SOCKET,
+            plaintext: hb.to_vec(),
+            session: Some(PEER),
+        }
+    );
+    // STUN from the server still goes up as STUN.
+    let stun = stun::encode_binding_request(&[7; 12]);
+    rig.server.send_to(&stun, rig.alloc).unwrap();
+    assert!(matches!(
+        h.upcall(),
+        Upcall::Stun { from, local: TURN_SOCKET, .. } if SocketAddr::V4(from) == rig.server.local_addr().unwrap()
+    ));
+    // An unbound channel, a length past the datagram, neither STUN nor
+    // ChannelData: each dropped and counted, nothing reaches TUN.
+    let mut bad = vec![rig.channel_data(0x4001, &forward(&back))];
+    let mut short = rig.channel_data(CHANNEL, &forward(&back));
+    short.truncate(short.len() - 1);
+    bad.push(short);
+    bad.push(vec![0xC0; 40]);
+    for d in &bad {
+        rig.server.send_to(d, rig.alloc).unwrap();
+    }
+    wait_for("bad ChannelData counted", || {
+        h.dp.counters().turn_malformed == 3
+    });
+    let c = h.dp.counters();
+    assert_eq!((c.turn_tx_packets, c.turn_tx_bytes), (1, 300));
+    assert_eq!((c.turn_rx_packets, c.turn_rx_bytes), (1, 200));
+    assert_eq!(
+        c.direct_tx_packets + c.direct_rx_packets + c.via_rx_packets,
+        0
+    );
+    assert_eq!(c.tun_written, 1);
+    assert_eq!(c.decrypt_failed, 0);
+    assert!(h.rx.is_empty());
+    h.dp.shutdown().unwrap();
+}
+
+/// GSO stays off through a channel: a super-packet leaves as one
+/// ChannelData per segment, each with its own length; and a FORWARD for
+/// the peer from elsewhere is passed on through the channel too.
+#[test]
+fn turn_channel_sends_each_segment_and_forward_with_its_own_header() {
+    let mut h = harness_with(8, true, None);
+    let rig = turn_rig(&h);
+    let (read, packet) = offload_read(OWN, PEER, 10 * 1348 + 7, 1348);
+    h.tun.send(&read).unwrap();
+    let mut payload = Vec::new();
+    for k in 0..11 {
+        let (channel, got) = rig.recv();
+        assert_eq!((channel, got[0]), (CHANNEL, ty::FORWARD), "datagram {k}");
+        offload::test_support::assert_valid(&got[1..]);
+        payload.extend_from_slice(&got[53..]);
+    }
+    assert_eq!(payload, packet[52..]);
+    // BEYOND's traffic arrives at this node for PEER (unsealed, from a
+    // stock node) and goes on through the channel, sealed with PEER's
+    // session.
+    let passing = ipv4(BEYOND, PEER, 120, 3);
+    h.peer_send(&forward(&passing));
+    assert_eq!(rig.recv(), (CHANNEL, forward(&passing)));
+    wait_for("send completions", || h.dp.counters().udp_tx_packets == 12);
+    let c = h.dp.counters();
+    assert_eq!((c.turn_tx_packets, c.forwarded), (11, 1));
+    assert_eq!(c.send_errors + c.turn_malformed + c.dropped_malformed, 0);
     h.dp.shutdown().unwrap();
 }

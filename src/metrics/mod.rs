@@ -129,6 +129,26 @@ const CLIENT_FOLDS: &[Fold] = &[
         labels: &["via", "rx"],
     },
     Fold {
+        counter: "turn_tx_packets",
+        family: &TRAFFIC_PACKETS,
+        labels: &["turn", "tx"],
+    },
+    Fold {
+        counter: "turn_tx_bytes",
+        family: &TRAFFIC_BYTES,
+        labels: &["turn", "tx"],
+    },
+    Fold {
+        counter: "turn_rx_packets",
+        family: &TRAFFIC_PACKETS,
+        labels: &["turn", "rx"],
+    },
+    Fold {
+        counter: "turn_rx_bytes",
+        family: &TRAFFIC_BYTES,
+        labels: &["turn", "rx"],
+    },
+    Fold {
         counter: "relay_tx_frames",
         family: &TRAFFIC_PACKETS,
         labels: &["relay", "tx"],

@@ -11,7 +11,9 @@
 //! skips when it does not know the type. Type 1 is the sender's NAT
 //! classification (on UDP4CONN), so the peer can choose a traversal method;
 //! type 2 is the sender's 32-byte X25519 public key (on UDP4CONN), which
-//! the peer pins and runs the Noise handshake against (`crate::session`).
+//! the peer pins and runs the Noise handshake against (`crate::session`);
+//! type 3 is the sender's TURN relayed address, which the peer sends to
+//! through its own allocation when no direct path forms (docs/turn.md).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -24,6 +26,9 @@ pub const VERSION: u8 = 1;
 
 const TLV_NAT: u8 = 1;
 const TLV_KEY: u8 = 2;
+const TLV_RELAYED: u8 = 3;
+/// Bytes of TLV 3's value: IPv4 address and port.
+const RELAYED_LEN: usize = 6;
 /// Bytes of TLV 2's value: an X25519 public key.
 pub const KEY_LEN: usize = 32;
 
@@ -37,6 +42,8 @@ pub struct Tail {
     pub nat: Option<NatAdvert>,
     /// TLV 2: the sender's static public key, when it has one.
     pub key: Option<[u8; KEY_LEN]>,
+    /// TLV 3: the sender's TURN relayed address, while it has one.
+    pub relayed: Option<SocketAddrV4>,
 }
 
 /// TLV 1: a NAT classification in wire codes (`crate::nat` gives them
@@ -96,6 +103,7 @@ impl Tail {
         flags: 0,
         nat: None,
         key: None,
+        relayed: None,
     };
 
     /// Reads the marker and its TLVs from the bytes after a message's fixed
@@ -113,6 +121,7 @@ impl Tail {
             flags,
             nat: None,
             key: None,
+            relayed: None,
         };
         let mut at = tlvs;
         while let [ty, len, ref more @ ..] = *at {
@@ -123,6 +132,7 @@ impl Tail {
                 TLV_NAT => tail.nat = NatAdvert::decode(value),
                 // Any other length is no key: skipped, like an unknown type.
                 TLV_KEY => tail.key = value.try_into().ok(),
+                TLV_RELAYED => tail.relayed = decode_addr(value),
                 _ => {}
             }
             at = &more[usize::from(len)..];
@@ -140,8 +150,23 @@ impl Tail {
             out.extend_from_slice(&[TLV_KEY, KEY_LEN as u8]);
             out.extend_from_slice(key);
         }
+        if let Some(r) = &self.relayed {
+            out.extend_from_slice(&[TLV_RELAYED, RELAYED_LEN as u8]);
+            out.extend_from_slice(&r.ip().octets());
+            out.extend_from_slice(&r.port().to_be_bytes());
+        }
         out
     }
+}
+
+/// An address of exactly 6 bytes; any other length is skipped like an
+/// unknown type.
+fn decode_addr(v: &[u8]) -> Option<SocketAddrV4> {
+    let v: &[u8; RELAYED_LEN] = v.try_into().ok()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+        u16::from_be_bytes([v[4], v[5]]),
+    ))
 }
 
 #[cfg(test)]
@@ -159,6 +184,7 @@ mod tests {
                 flags: 5,
                 nat: None,
                 key: None,
+                relayed: None,
             })
         );
         for rest in [
@@ -228,6 +254,21 @@ mod tests {
         assert_eq!(Tail::read(&both.encode()), Some(both));
         // A key TLV of another length is skipped; one cut short is not read.
         assert_eq!(Tail::read(b"RL\x01\x00\x02\x03abc"), Some(Tail::OURS));
+        assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
+    }
+
+    #[test]
+    fn relayed_tlv_vector() {
+        let tail = Tail {
+            relayed: Some("203.0.113.5:49152".parse().unwrap()),
+            ..Tail::OURS
+        };
+        let wire = tail.encode();
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "524c01000306cb007105c000");
+        assert_eq!(Tail::read(&wire), Some(tail));
+        // Another length is skipped, a cut one not read.
+        assert_eq!(Tail::read(b"RL\x01\x00\x03\x05abcde"), Some(Tail::OURS));
         assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
     }
 }

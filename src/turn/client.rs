@@ -45,6 +45,10 @@ const CHANNEL_REFRESH: Duration = Duration::from_secs(540);
 /// Stale-nonce answers accepted in a row for one request before the
 /// server is taken to be looping.
 const MAX_NONCE_RETRIES: u8 = 3;
+/// How long a removed peer's channel number stays unused: its binding may
+/// live 600 s past the last bind, and a server refuses to bind the number
+/// to another address for 5 minutes after that (RFC 8656 §12).
+const CHANNEL_QUARANTINE: Duration = Duration::from_secs(900);
 
 /// What a datagram from the server was.
 #[derive(Debug, PartialEq, Eq)]
@@ -162,6 +166,8 @@ pub struct Client {
     rng: SplitMix64,
     transactions: Vec<Transaction>,
     peers: Vec<Peer>,
+    /// Channel numbers of removed peers and when they may be bound again.
+    retired: Vec<(u16, Instant)>,
     out: VecDeque<Vec<u8>>,
     events: VecDeque<Event>,
     stale_nonces: u64,
@@ -181,6 +187,7 @@ impl Client {
             rng: SplitMix64::new(seed),
             transactions: Vec::new(),
             peers: Vec::new(),
+            retired: Vec::new(),
             out: VecDeque::new(),
             events: VecDeque::new(),
             stale_nonces: 0,
@@ -231,8 +238,10 @@ impl Client {
             return Ok(());
         }
         let mut used = [false; (channel::MAX_BOUND - channel::MIN) as usize + 1];
-        for p in &self.peers {
-            used[usize::from(p.channel - channel::MIN)] = true;
+        self.retired.retain(|&(_, until)| until > now);
+        let retired = self.retired.iter().map(|&(n, _)| n);
+        for n in self.peers.iter().map(|p| p.channel).chain(retired) {
+            used[usize::from(n - channel::MIN)] = true;
         }
         let channel = used
             .iter()
@@ -255,8 +264,12 @@ impl Client {
     }
 
     /// Stops refreshing `peer`'s permission and channel; the server lets
-    /// them lapse (TURN has no way to delete either).
-    pub fn remove_peer(&mut self, peer: SocketAddrV4) {
+    /// them lapse (TURN has no way to delete either), so the channel number
+    /// is not handed out again before the server would accept it.
+    pub fn remove_peer(&mut self, peer: SocketAddrV4, now: Instant) {
+        for p in self.peers.iter().filter(|p| p.addr == peer) {
+            self.retired.push((p.channel, now + CHANNEL_QUARANTINE));
+        }
         self.peers.retain(|p| p.addr != peer);
         self.transactions.retain(|t| match t.request {
             Request::Permission(p) | Request::Bind { peer: p, .. } => p != peer,
@@ -334,7 +347,7 @@ impl Client {
                 i += 1;
             } else {
                 let t = self.transactions.remove(i);
-                self.fail_request(t.request, TurnError::Timeout(t.request.name()));
+                self.fail_request(t.request, TurnError::Timeout(t.request.name()), now);
             }
         }
         if let State::Allocated {
@@ -502,7 +515,7 @@ impl Client {
                 reason,
             },
         };
-        self.fail_request(request, error);
+        self.fail_request(request, error, now);
         Ok(())
     }
 
@@ -588,13 +601,13 @@ impl Client {
 
     /// A request failed for good: an allocation-wide one ends the client,
     /// a peer's ends that peer.
-    fn fail_request(&mut self, request: Request, error: TurnError) {
+    fn fail_request(&mut self, request: Request, error: TurnError, now: Instant) {
         match request {
             Request::Allocate => self.finish(Event::Failed(error)),
             Request::Refresh { lifetime: 0 } => self.finish(Event::Closed),
             Request::Refresh { .. } => self.finish(Event::Failed(error)),
             Request::Permission(peer) | Request::Bind { peer, .. } => {
-                self.remove_peer(peer);
+                self.remove_peer(peer, now);
                 self.events.push_back(Event::PeerFailed { peer, error });
             }
         }

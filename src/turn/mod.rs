@@ -60,4 +60,4 @@ pub enum TurnError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -3,6 +3,7 @@
 //! MESSAGE-INTEGRITY on both sides, 438 on a rotated nonce) and keeps the
 //! allocation, permissions and channels it granted, so each test checks
 //! what the server ended up with, not only what the client believes.
+//! `control::turn_path` drives the same simulated server.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -14,15 +15,15 @@ use super::credentials::Credentials;
 use super::message::{attr, method, Builder, Class, Message};
 use super::TurnError;
 
-const SERVER: &str = "192.0.2.10:3478";
-const RELAYED: &str = "192.0.2.10:50000";
+pub(crate) const SERVER: &str = "192.0.2.10:3478";
+pub(crate) const RELAYED: &str = "192.0.2.10:50000";
 const MAPPED: &str = "198.51.100.4:40000";
 
 fn server_addr() -> SocketAddr {
     SERVER.parse().unwrap()
 }
 
-fn creds(pass: &str) -> Credentials {
+pub(crate) fn creds(pass: &str) -> Credentials {
     Credentials {
         username: "1700000000:10.77.0.2".into(),
         password: pass.into(),
@@ -39,7 +40,7 @@ struct Seen {
     stale: usize,
 }
 
-struct FakeTurn {
+pub(crate) struct FakeTurn {
     realm: String,
     nonce: Vec<u8>,
     creds: Credentials,
@@ -47,14 +48,14 @@ struct FakeTurn {
     allocated: bool,
     channels: HashMap<u16, SocketAddrV4>,
     /// Answer the next Allocate with this error instead.
-    refuse_allocate: Option<u16>,
+    pub(crate) refuse_allocate: Option<u16>,
     /// Answer Refresh with this error instead.
     refuse_refresh: Option<u16>,
     seen: Seen,
 }
 
 impl FakeTurn {
-    fn new(pass: &str) -> Self {
+    pub(crate) fn new(pass: &str) -> Self {
         FakeTurn {
             realm: "ringlink.test".into(),
             nonce: b"nonce-1".to_vec(),
@@ -83,7 +84,7 @@ impl FakeTurn {
         }
     }
 
-    fn answer(&mut self, req: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn answer(&mut self, req: &[u8]) -> Option<Vec<u8>> {
         let m = Message::parse(req).expect("the client sends well-formed messages");
         assert_eq!(m.class, Class::Request);
         if !m.has_integrity() {
@@ -493,7 +494,11 @@ fn channel_numbers_are_distinct_and_bounded() {
         c.add_peer("203.0.113.1:1".parse().unwrap(), t0),
         Err(TurnError::NoChannel)
     );
-    // Removing a peer frees its number for the next one.
-    c.remove_peer(SocketAddrV4::new(Ipv4Addr::from(0x0A00_0005), 9));
-    c.add_peer("203.0.113.1:1".parse().unwrap(), t0).unwrap();
+    // Removing a peer frees its number for the next one, but only once
+    // the server would bind it to another address: 15 minutes on.
+    c.remove_peer(SocketAddrV4::new(Ipv4Addr::from(0x0A00_0005), 9), t0);
+    let next: SocketAddrV4 = "203.0.113.1:1".parse().unwrap();
+    let early = t0 + Duration::from_secs(899);
+    assert_eq!(c.add_peer(next, early), Err(TurnError::NoChannel));
+    c.add_peer(next, t0 + Duration::from_secs(900)).unwrap();
 }

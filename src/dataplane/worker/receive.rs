@@ -1,5 +1,7 @@
 //! A worker's receive side: what arrives on the UDP socket, opened in place
 //! and either written to TUN or resealed and passed on to the next hop.
+//! On a TURN allocation's socket, ChannelData from the server is unwrapped
+//! first (by narrowing the range, without a copy).
 //!
 //! With UDP GRO one receive buffer holds a run of datagrams from one peer,
 //! `segment` bytes apart. They are handled in order, and what they turn
@@ -21,12 +23,13 @@ use crate::dataplane::counters::CounterSnapshot;
 use crate::dataplane::frame::{self, Inbound, OpenError, RecvError, Seal};
 use crate::dataplane::offload::VNET_HDR_LEN;
 use crate::dataplane::sendmsg::SendSlot;
-use crate::dataplane::snapshot::{PeerEntry, Snapshot, MAIN_SOCKET};
+use crate::dataplane::snapshot::{PeerEntry, Snapshot, TurnSocket, MAIN_SOCKET};
 use crate::dataplane::Upcall;
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::mtu::MAX_DATAGRAM;
 use crate::proto::stun::looks_like_stun;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use crate::turn::channel as turn_channel;
 
 /// Most datagrams one receive buffer can hold: GRO stops at 64, a GSO send
 /// from this host at the kernel's UDP_MAX_SEGMENTS (128 on recent kernels).
@@ -185,6 +188,21 @@ impl Receive<'_, '_, '_> {
             }
             return;
         }
+        // ChannelData from a TURN server carries a peer's datagram: from
+        // here on it is that datagram, from the address its channel was
+        // bound to.
+        let snap = self.snap;
+        let (d, from, turn) = match snap.turn.get(&self.local) {
+            Some(t) if t.server == from => match unwrap_channel(t, self.buf, d) {
+                Some((inner, peer)) => (inner, peer, true),
+                None => {
+                    b.turn_malformed += 1;
+                    tracing::debug!(%from, "dropping a datagram from the TURN server");
+                    return;
+                }
+            },
+            _ => (d, from, false),
+        };
         let opened = match frame::open(self.snap, self.own_key, &mut self.buf[d.clone()]) {
             Ok(o) => o,
             Err(OpenError::Replayed) => {
@@ -213,7 +231,6 @@ impl Receive<'_, '_, '_> {
             return;
         }
         let bytes = plain.len().saturating_sub(1);
-        let snap = self.snap;
         match frame::inbound(snap, plain) {
             Inbound::Deliver { src, .. } | Inbound::Relay { src, .. }
                 if session.is_none() && snap.protected.contains(&src) =>
@@ -226,8 +243,12 @@ impl Receive<'_, '_, '_> {
                 if let Some(peer) = peer {
                     self.tally.rx(&peer.counters, bytes);
                 }
-                // Straight from its sender's own path, or passed on.
-                if peer.is_some_and(|p| p.endpoint == from && socket_id(p) == self.local) {
+                // Through TURN, straight from its sender's own path, or
+                // passed on.
+                if turn {
+                    b.turn_rx_packets += 1;
+                    b.turn_rx_bytes += bytes as u64;
+                } else if peer.is_some_and(|p| p.endpoint == from && socket_id(p) == self.local) {
                     b.direct_rx_packets += 1;
                     b.direct_rx_bytes += bytes as u64;
                 } else {
@@ -254,7 +275,7 @@ impl Receive<'_, '_, '_> {
                 }
                 self.tally.tx(&peer.counters, 1, bytes);
                 let sock = peer.socket.as_ref().map_or(self.sock, |s| s.fd.as_raw_fd());
-                self.relay(d, sock, peer.endpoint);
+                self.relay(d, sock, peer.endpoint, peer.channel);
             }
             Inbound::NoRoute => b.no_route += 1,
             Inbound::Upcall => {
@@ -328,11 +349,13 @@ impl Receive<'_, '_, '_> {
         }
     }
 
-    /// The resealed datagram at `buf[d]` goes to `to`: in the same send as
-    /// the ones before it if they lie just in front and go there too.
-    fn relay(&mut self, d: Range<usize>, sock: RawFd, to: SocketAddrV4) {
+    /// The resealed datagram at `buf[d]` goes to `to`, through `channel`
+    /// if it is a TURN server: in the same send as the ones before it if
+    /// they lie just in front and go there too, and need no header.
+    fn relay(&mut self, d: Range<usize>, sock: RawFd, to: SocketAddrV4, channel: Option<u16>) {
         if let Some((from, dest, bytes, n)) = self.relay.as_mut() {
             let joins = self.udp_gso
+                && channel.is_none()
                 && *from == sock
                 && *dest == to
                 && bytes.end == d.start
@@ -345,7 +368,22 @@ impl Receive<'_, '_, '_> {
             }
             self.flush_relay();
         }
-        self.relay = Some((sock, to, d, 1));
+        match channel {
+            None => self.relay = Some((sock, to, d, 1)),
+            Some(n) => self.send_channel(d, sock, to, n),
+        }
+    }
+
+    /// One datagram through a TURN channel, in a send of its own.
+    fn send_channel(&mut self, d: Range<usize>, sock: RawFd, to: SocketAddrV4, channel: u16) {
+        let Ok(header) = turn_channel::header(channel, d.len()) else {
+            self.b.turn_malformed += 1;
+            return;
+        };
+        let index = self.sends_used;
+        let slot = &mut self.sends[index];
+        let msg = slot.prepare_channel(header, &self.buf[d], to);
+        self.push_send(msg, sock, index, 1);
     }
 
     fn flush_relay(&mut self) {
@@ -355,6 +393,10 @@ impl Receive<'_, '_, '_> {
         let index = self.sends_used;
         let slot = &mut self.sends[index];
         let msg = slot.prepare(&self.buf[bytes], to, (n > 1).then_some(self.segment as u16));
+        self.push_send(msg, sock, index, n);
+    }
+
+    fn push_send(&mut self, msg: *const libc::msghdr, sock: RawFd, index: usize, n: usize) {
         let sqe = opcode::SendMsg::new(types::Fd(sock), msg)
             .build()
             .user_data(send_user_data(Op::SendUdp, self.bid, index as u16));
@@ -368,6 +410,20 @@ impl Receive<'_, '_, '_> {
             self.b.send_errors += n as u64;
         }
     }
+}
+
+/// The datagram inside the ChannelData at `buf[d]` and the peer address
+/// its channel is bound to; `None` for anything else the TURN server sends
+/// (STUN has gone up before), or a channel not bound.
+fn unwrap_channel(
+    t: &TurnSocket,
+    buf: &[u8],
+    d: Range<usize>,
+) -> Option<(Range<usize>, SocketAddrV4)> {
+    let (channel, data) = turn_channel::parse(buf.get(d.clone())?).ok()?;
+    let peer = *t.channels.get(&channel)?;
+    let start = d.start + turn_channel::HEADER_LEN;
+    Some((start..start + data.len(), peer))
 }
 
 /// The socket a peer's path uses, as upcalls name it.

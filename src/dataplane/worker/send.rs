@@ -3,7 +3,9 @@
 //! where it lies and sent to the next hop's endpoint, equal datagrams
 //! together in one GSO send; without a direct next hop it goes up to the
 //! control thread for the relay, already the FORWARD frame the server link
-//! sends (its type byte written in front, so one copy per packet).
+//! sends (its type byte written in front, so one copy per packet). A next
+//! hop reached through a TURN channel gets each datagram led by the
+//! ChannelData header, sent from the send slot beside it.
 
 use std::net::Ipv4Addr;
 use std::ops::Range;
@@ -24,6 +26,7 @@ use crate::proto::ws;
 use crate::session::relay;
 use crate::session::transport::Session;
 use crate::sys::udp::{GSO_MAX_BYTES, GSO_MAX_SEGMENTS};
+use crate::turn::channel;
 
 impl Core {
     /// A packet read from TUN. Returns true if the buffer is now owned by
@@ -135,7 +138,8 @@ impl Core {
         // Datagrams lie back to back, `stride` bytes each but the last; a
         // GSO send takes as many as fit one IPv4 datagram.
         let stride = segs.stride;
-        let per_send = if self.udp_gso && segs.count > 1 {
+        // Through a TURN channel each datagram needs a header of its own.
+        let per_send = if self.udp_gso && segs.count > 1 && peer.channel.is_none() {
             GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / stride).max(1)
         } else {
             1
@@ -157,7 +161,18 @@ impl Core {
             let data = &buf[from..to];
             let gso = (per_send > 1).then_some(stride as u16);
             let slot = &mut self.sends[first_slot + i];
-            let msg = slot.prepare(data, peer.endpoint, gso);
+            let msg = match peer.channel {
+                None => slot.prepare(data, peer.endpoint, gso),
+                Some(n) => match channel::header(n, data.len()) {
+                    Ok(h) => slot.prepare_channel(h, data, peer.endpoint),
+                    Err(_) => {
+                        // Only a channel number the control thread should
+                        // never publish gets here.
+                        b.turn_malformed += 1;
+                        continue;
+                    }
+                },
+            };
             let sock = peer
                 .socket
                 .as_ref()
@@ -180,7 +195,9 @@ impl Core {
         }
         let payload = all.len() - segs.count * FORWARD_OVERHEAD;
         tally.tx(&peer.counters, segs.count, payload);
-        let (packets, bytes) = if hop.via {
+        let (packets, bytes) = if peer.channel.is_some() {
+            (&mut b.turn_tx_packets, &mut b.turn_tx_bytes)
+        } else if hop.via {
             (&mut b.via_tx_packets, &mut b.via_tx_bytes)
         } else {
             (&mut b.direct_tx_packets, &mut b.direct_tx_bytes)
