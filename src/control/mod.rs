@@ -15,6 +15,8 @@ mod server_link;
 pub mod status;
 mod stream;
 mod tls;
+#[cfg(test)]
+mod traversal_tests;
 mod ws_client;
 
 use std::future::Future;

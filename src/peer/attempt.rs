@@ -105,8 +105,12 @@ impl Attempt {
         let Some(step) = self.plan.step else {
             return Next::Nothing;
         };
+        let fresh = heard.map(|(ep, _)| ep).filter(|&ep| Some(ep) != self.acted_on);
         if let Some((start, end)) = self.round {
-            if now < end {
+            // A follower's round is spent once the leader has moved on to
+            // a newer observation: the next one starts at once.
+            let superseded = self.plan.role == Role::Follow && fresh.is_some();
+            if now < end && !(superseded && self.rounds < self.plan.rounds) {
                 self.blocked = false;
                 return self.in_round(step, start, heard);
             }
@@ -115,7 +119,6 @@ impl Attempt {
         if self.rounds >= self.plan.rounds {
             return Next::Nothing;
         }
-        let fresh = heard.map(|(ep, _)| ep).filter(|&ep| Some(ep) != self.acted_on);
         let on = match self.plan.role {
             Role::Lead => None,
             Role::Follow => {
