@@ -283,21 +283,40 @@ impl Node {
             } => {
                 // Workers receive on it before anything can answer.
                 self.dirty = true;
-                let spray = match spray {
-                    FreshSpray::Nothing => Vec::new(),
+                let (fresh, main) = match spray {
+                    FreshSpray::Nothing => (Vec::new(), Vec::new()),
+                    // The main port gets the window too (unwidened): the
+                    // peer's first challenges to our main mapping left
+                    // just before its observation, from ports the window
+                    // reaches back to. Behind a firewalled cone that is
+                    // the quickest path.
                     FreshSpray::Window {
                         base,
                         step,
                         behind,
                         ahead,
-                    } => nat::schedule::window_spray(base, step, behind, ahead),
+                    } => (
+                        nat::schedule::window_spray(base, step, behind, ahead),
+                        nat::schedule::window_spray(
+                            base,
+                            step,
+                            behind,
+                            ahead.min(nat::schedule::WINDOW_AHEAD),
+                        ),
+                    ),
                     FreshSpray::Birthday { ip, count } => {
                         let seed = self.rng.next_u64();
-                        nat::schedule::birthday_spray(ip, usize::from(count), seed)
+                        let sends = nat::schedule::birthday_spray(ip, usize::from(count), seed);
+                        (sends, Vec::new())
                     }
                 };
-                self.punch
-                    .fresh_port_probes(peer, socket.id, target, spray, self.stun, now);
+                let done = self
+                    .punch
+                    .fresh_port_probes(peer, socket.id, target, fresh, self.stun, now);
+                if !main.is_empty() {
+                    let gap = std::time::Duration::from_secs(1) / nat::schedule::PACKETS_PER_SECOND;
+                    self.punch.spray_from_main(peer, done + gap, main);
+                }
             }
         }
         self.flush(now);

@@ -272,6 +272,7 @@ impl Punch {
     /// peer. Every session the peer's answers need exists on our router
     /// before the peer learns the port, so none of its datagrams arrives
     /// unsolicited (which on a bare masquerade would claim the port).
+    /// Returns when the last of them leaves.
     pub fn fresh_port_probes(
         &mut self,
         peer: Ipv4Addr,
@@ -280,7 +281,7 @@ impl Punch {
         spray: Vec<Send>,
         stun: Option<SocketAddrV4>,
         now: Instant,
-    ) {
+    ) -> Instant {
         let first = target.map(|target| Send {
             socket: 0,
             target,
@@ -300,8 +301,8 @@ impl Punch {
             now,
             first.into_iter().chain(spray).map(|s| (socket, s)),
         );
+        let after = if probes == 0 { Duration::ZERO } else { last + gap };
         if let Some(server) = stun {
-            let after = if probes == 0 { Duration::ZERO } else { last + gap };
             self.queue.push_back(Queued {
                 due: now + after,
                 local: socket,
@@ -313,6 +314,12 @@ impl Punch {
             });
             self.queue.make_contiguous().sort_by_key(|q| q.due);
         }
+        now + after
+    }
+
+    /// A spray from the shared port, paced as `sends` say from `start`.
+    pub fn spray_from_main(&mut self, peer: Ipv4Addr, start: Instant, sends: Vec<Send>) {
+        self.enqueue(peer, start, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
     }
 
     /// The attempt towards `peer` is over (it connected): its probes not

@@ -40,10 +40,14 @@
 //! The window is widened by the drift it measures: the ports between two
 //! announcements of the peer over the time between them, times the 2 s an
 //! announcement, a spray and the peer's answer take ([`widened_ahead`]),
-//! up to [`WINDOW_AHEAD_MAX`] = 188. An attempt runs up to
-//! [`PREDICTION_ROUNDS`] = 3 rounds, each with a fresh observation: at
-//! most 3 × (2 + 4 + 188) = 582 packets on the cone side, 3 on the
-//! sequential side.
+//! up to [`WINDOW_AHEAD_MAX`] = 188. After its announcement the cone
+//! sprays the unwidened window from its main port as well: the sequential
+//! side's first challenges to the cone's main mapping left just before
+//! the observation, from ports the window reaches back to, and behind a
+//! cone with an input firewall that is the quickest path. An attempt runs
+//! up to [`PREDICTION_ROUNDS`] = 3 rounds, each with a fresh observation:
+//! at most 3 × (2 + 4 + 188 + 4 + 60) = 774 packets on the cone side, 3 on
+//! the sequential side.
 //!
 //! # Two sequential NATs
 //!
@@ -139,7 +143,8 @@ pub const PORT_SPACE: usize = 65536 - PORT_LOW as usize;
 const _: () = assert!(BIRTHDAY_SOCKETS + BIRTHDAY_PROBES <= MAX_PACKETS_PER_ATTEMPT);
 const _: () = assert!(PB_SLOTS * PB_PER_SLOT <= MAX_PACKETS_PER_ATTEMPT);
 const _: () = assert!(
-    PREDICTION_ROUNDS as usize * (2 + WINDOW_BEHIND as usize + WINDOW_AHEAD_MAX as usize)
+    PREDICTION_ROUNDS as usize
+        * (2 + 2 * WINDOW_BEHIND as usize + WINDOW_AHEAD_MAX as usize + WINDOW_AHEAD as usize)
         <= MAX_PACKETS_PER_ATTEMPT
 );
 const _: () =
@@ -279,7 +284,10 @@ pub fn packets_per_round(step: Step) -> usize {
         Step::ObserveAndStride { count, .. } | Step::ObserveAndBirthday { count } => {
             1 + usize::from(count)
         }
-        Step::FreshPortWindow { behind, .. } => 2 + usize::from(behind) + usize::from(WINDOW_AHEAD_MAX),
+        // The fresh port's window, widened at most, and the main port's.
+        Step::FreshPortWindow { behind, .. } => {
+            2 + 2 * usize::from(behind) + usize::from(WINDOW_AHEAD_MAX) + usize::from(WINDOW_AHEAD)
+        }
         Step::FreshPortBirthday { count } => 2 + usize::from(count),
         Step::Sockets { count } => usize::from(count),
         Step::SlotSockets { slots, per_slot } => usize::from(slots) * usize::from(per_slot),
