@@ -45,6 +45,8 @@ pub(crate) struct Attempt {
     waited: Duration,
     /// Waiting right now (counted on the next tick).
     blocked: bool,
+    /// Of that, waiting for the node's slot.
+    wants_slot: bool,
 }
 
 /// What the machine should do next for this attempt.
@@ -73,12 +75,17 @@ impl Attempt {
             sprayed: false,
             waited: Duration::ZERO,
             blocked: false,
+            wants_slot: false,
         }
     }
 
     /// The slot is ours: a round of a hard step is running.
     pub fn holds_slot(&self, now: Instant) -> bool {
         self.plan.step.is_some_and(Step::is_hard) && self.round.is_some_and(|(_, end)| now < end)
+    }
+
+    pub fn waits_for_slot(&self) -> bool {
+        self.wants_slot
     }
 
     /// How much longer CONNECTING may last than its own timeout.
@@ -105,6 +112,7 @@ impl Attempt {
         let Some(step) = self.plan.step else {
             return Next::Nothing;
         };
+        self.wants_slot = false;
         let fresh = heard.map(|(ep, _)| ep).filter(|&ep| Some(ep) != self.acted_on);
         if let Some((start, end)) = self.round {
             // A follower's round is spent once the leader has moved on to
@@ -134,6 +142,7 @@ impl Attempt {
         };
         if step.is_hard() && !slot_free {
             self.blocked = true;
+            self.wants_slot = true;
             return Next::Nothing;
         }
         self.rounds += 1;

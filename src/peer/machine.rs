@@ -623,6 +623,17 @@ impl Peer {
         self.state == PeerState::Connecting && self.attempt.as_ref().is_some_and(|a| a.holds_slot(now))
     }
 
+    /// The attempt wanted the node's slot and did not get it.
+    pub(crate) fn waits_for_slot(&self) -> bool {
+        self.state == PeerState::Connecting
+            && self.attempt.as_ref().is_some_and(Attempt::waits_for_slot)
+    }
+
+    /// The slot came free: the attempt may start its round.
+    pub(crate) fn resume(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
+        self.drive_attempt(now, env, out);
+    }
+
     /// Moves the attempt on: a new round, or the spray of the current one.
     fn drive_attempt(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
         let Some(wide) = self.wide.filter(|w| !env.tunnelled(*w.ip())) else {

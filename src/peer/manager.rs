@@ -171,10 +171,35 @@ impl PeerManager {
         }
     }
 
-    /// After a call into `vip`'s machine: it may have taken the slot.
+    /// After a call into `vip`'s machine: it may have taken the slot, or
+    /// given it up (its path is proven), and then a waiting peer starts its
+    /// round now rather than on the next tick.
     fn note_slot(&mut self, vip: Ipv4Addr, now: Instant) {
         if self.peers.get(&vip).is_some_and(|p| p.holds_slot(now)) {
             self.slot = Some(vip);
+            return;
+        }
+        if self.slot != Some(vip) {
+            return;
+        }
+        self.slot = None;
+        let waiting: Vec<Ipv4Addr> = self
+            .peers
+            .iter()
+            .filter(|(&v, p)| v != vip && p.waits_for_slot())
+            .map(|(&v, _)| v)
+            .collect();
+        for v in waiting {
+            if self.slot.is_some() {
+                break;
+            }
+            let env = env_of(&self.cfg, &self.tunnelled, self.own_nat, true);
+            if let Some(p) = self.peers.get_mut(&v) {
+                p.resume(now, env, &mut self.actions);
+                if p.holds_slot(now) {
+                    self.slot = Some(v);
+                }
+            }
         }
     }
 
