@@ -654,3 +654,20 @@ fn one_sequential_node_crosses_two_cones_in_turn() {
     assert!(both, "after {:?}", lab.elapsed());
 }
 
+
+/// Between two sequential NATs the follower answers the leader's
+/// observation only once its own node's slot is free; the leader's round
+/// waits for that answer, so a busy follower still meets its first round.
+#[test]
+fn a_busy_follower_meets_the_leaders_first_round() {
+    // Host 0 leads (the lower VIP); host 1 is busy first with a round of
+    // prediction + birthday against a random NAT, which holds its slot
+    // for two ticks.
+    let mut lab = Lab::new(&[Kind::Sequential, Kind::Sequential, Kind::Random], 12);
+    lab.relay_latency = Duration::from_millis(50);
+    lab.start(2, 1);
+    lab.run_until(400, |_| false);
+    let took = lab.time_to_direct(0, 1, 12_000);
+    assert!(took.is_some_and(|t| t < Duration::from_secs(4)), "{took:?}");
+    assert_eq!(lab.hosts[0].node.stats.punch_sockets, 1, "one observation");
+}

@@ -20,6 +20,11 @@ use crate::nat::{Plan, Role, Step};
 /// announcement (a spray, a STUN request, a relayed UDP4CONN and a
 /// challenge) to cross both NATs.
 const ROUND_GRACE_TICKS: u32 = 2;
+/// The leader between two sequential NATs waits this long for the
+/// follower's observation: the follower answers only once its own node's
+/// slot is free, and a later answer meets a newer observation of ours that
+/// it has to answer again.
+const STRIDE_LEAD_TICKS: u32 = 4;
 /// Ticks a follower waits for the leader's first announcement before it
 /// acts on what it knows (the peer may be an older build, or its
 /// observation was lost).
@@ -146,7 +151,7 @@ impl Attempt {
             return Next::Nothing;
         }
         self.rounds += 1;
-        self.round = Some((now, now + round_length(step, tick)));
+        self.round = Some((now, now + round_length(step, self.plan.role, tick)));
         self.acted_on = on.or(self.acted_on);
         self.own = None;
         self.sprayed = false;
@@ -206,6 +211,10 @@ fn probe_time(packets: usize) -> Duration {
 
 /// How long a round of `step` holds the slot: its probes at the paced
 /// rate, then time for the answer.
-fn round_length(step: Step, tick: Duration) -> Duration {
-    probe_time(packets_per_round(step)) + tick * ROUND_GRACE_TICKS
+fn round_length(step: Step, role: Role, tick: Duration) -> Duration {
+    let grace = match (step, role) {
+        (Step::ObserveAndStride { .. }, Role::Lead) => STRIDE_LEAD_TICKS,
+        _ => ROUND_GRACE_TICKS,
+    };
+    probe_time(packets_per_round(step)) + tick * grace
 }
