@@ -700,3 +700,20 @@ fn a_random_node_answers_two_cones_in_turn() {
     // Each pair ≈ 0.95 per attempt: both in the first, ≈ 0.9.
     assert!(within >= 3, "{within} of 4 seeds had both direct within 10 s");
 }
+
+/// A follower that gave up waiting and acted on what it knew still acts on
+/// the leader's announcement when it comes: a cone that is busy with
+/// another birthday round first is still met by the random side's sockets.
+#[test]
+fn a_late_announcement_is_still_followed_after_a_fallback() {
+    let mut lab = Lab::new(&[Kind::Random, Kind::BareMasquerade, Kind::Random], 2);
+    // The cone leads a birthday round for host 2 first (3.9 s of spray),
+    // so host 0's wait for its fresh port (≈ 5.9 s) runs out before the
+    // cone's round for it has sprayed and announced.
+    lab.start(1, 2);
+    lab.run_until(100, |_| false);
+    let took = lab.time_to_direct(0, 1, 12_000);
+    assert!(took.is_some_and(|t| t > Duration::from_secs(6)), "{took:?}");
+    // The fallback's sockets were probed again, not opened anew.
+    assert_eq!(lab.hosts[0].node.stats.punch_sockets, 256);
+}

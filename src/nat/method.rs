@@ -242,7 +242,18 @@ pub struct Plan {
     pub role: Role,
     /// None: the tick's challenges are all this side sends.
     pub step: Option<Step>,
+    /// A leader's rounds, or the announcements a follower acts on.
     pub rounds: u32,
+    /// A follower whose leader stays silent acts once on what it knows,
+    /// besides its `rounds` (only where the budget holds both).
+    pub fallback: bool,
+}
+
+impl Plan {
+    /// The most rounds of `step` one attempt may send.
+    pub fn max_rounds(&self) -> u32 {
+        self.rounds + u32::from(self.fallback)
+    }
 }
 
 /// This side's plan with `peer`. `leads_ties` settles the one symmetric
@@ -256,12 +267,14 @@ pub fn plan(mine: PeerNat, peer: PeerNat, leads_ties: bool) -> Plan {
         role: Role::Lead,
         step: Some(step),
         rounds,
+        fallback: false,
     };
     let follow = |step, rounds| Plan {
         method,
         role: Role::Follow,
         step: Some(step),
         rounds,
+        fallback: s::packets_per_round(step) * (rounds as usize + 1) <= s::MAX_PACKETS_PER_ATTEMPT,
     };
     // Only a cone known to filter by port: the fresh port is for the
     // router that gave its mapping away, which classifies as exactly that.
@@ -338,6 +351,7 @@ pub fn plan(mine: PeerNat, peer: PeerNat, leads_ties: bool) -> Plan {
             role: Role::Lead,
             step: None,
             rounds: 0,
+            fallback: false,
         },
     }
 }
@@ -632,6 +646,19 @@ mod tests {
     }
 
     #[test]
+    fn followers_fall_back_where_the_budget_allows_it() {
+        let cs = classes();
+        let (port, seq, rand) = (cs[3].1, cs[4].1, cs[5].1);
+        // A cone after a sequential peer, a random side after a cone: yes.
+        assert!(plan(port, seq, true).fallback);
+        assert!(plan(rand, port, true).fallback);
+        assert!(plan(seq, seq, false).fallback);
+        // A random side's slot sockets fill the budget in one round.
+        assert!(!plan(rand, seq, true).fallback);
+        assert!(!plan(seq, port, true).fallback, "leaders never wait");
+    }
+
+    #[test]
     fn every_plan_fits_the_attempt_budget() {
         use crate::nat::schedule as s;
         let cs = classes();
@@ -639,7 +666,7 @@ mod tests {
             for (_, b) in cs.iter() {
                 for tie in [true, false] {
                     let p = plan(*a, *b, tie);
-                    let packets = p.step.map_or(0, s::packets_per_round) * p.rounds as usize;
+                    let packets = p.step.map_or(0, s::packets_per_round) * p.max_rounds() as usize;
                     assert!(
                         packets <= s::MAX_PACKETS_PER_ATTEMPT,
                         "{p:?}: {packets} packets"

@@ -52,7 +52,9 @@ struct Round {
 pub(crate) struct Attempt {
     pub plan: Plan,
     started: Instant,
+    /// Rounds started, the fallback included.
     rounds: u32,
+    fell_back: bool,
     round: Option<Round>,
     /// The announcement the latest round acted on (followers).
     acted_on: Option<SocketAddrV4>,
@@ -86,6 +88,7 @@ impl Attempt {
             plan,
             started: now,
             rounds: 0,
+            fell_back: false,
             round: None,
             acted_on: None,
             own: None,
@@ -134,7 +137,7 @@ impl Attempt {
         if let Some(next) = self.spray_observed(step, now, tick, heard) {
             return next;
         }
-        if self.rounds >= self.plan.rounds {
+        if self.rounds >= self.plan.rounds + u32::from(self.fell_back) {
             return Next::Nothing;
         }
         let fresh = heard
@@ -155,9 +158,11 @@ impl Attempt {
                 self.blocked = heard.is_none();
                 match fresh {
                     Some(ep) => Some(ep),
-                    None if self.rounds == 0
+                    None if self.plan.fallback
+                        && self.rounds == 0
                         && now >= self.started + self.follow_wait(step, tick) =>
                     {
+                        self.fell_back = true;
                         None
                     }
                     None => return Next::Nothing,
