@@ -663,7 +663,10 @@ fn nat_classes_travel_with_the_endpoint_and_choose_port_prediction() {
         .filter(|&p| p != observed)
         .collect();
     assert!(expected.is_subset(&window), "sprayed {window:?}");
-    assert!(!window.contains(&40_064), "nothing around the stale mapping");
+    assert!(
+        !window.contains(&40_064),
+        "nothing around the stale mapping"
+    );
     assert!(!sim.stray.iter().any(|(from, _)| *from == 1));
 }
 

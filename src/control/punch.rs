@@ -291,7 +291,11 @@ impl Punch {
         // An observation (nothing to send first) asks STUN at once.
         let offset = if first.is_some() { gap } else { Duration::ZERO };
         let probes = usize::from(first.is_some()) + spray.len();
-        let last = spray.iter().map(|s| s.at + offset).max().unwrap_or_default();
+        let last = spray
+            .iter()
+            .map(|s| s.at + offset)
+            .max()
+            .unwrap_or_default();
         let spray = spray.into_iter().map(|s| Send {
             at: s.at + offset,
             ..s
@@ -301,7 +305,11 @@ impl Punch {
             now,
             first.into_iter().chain(spray).map(|s| (socket, s)),
         );
-        let after = if probes == 0 { Duration::ZERO } else { last + gap };
+        let after = if probes == 0 {
+            Duration::ZERO
+        } else {
+            last + gap
+        };
         if let Some(server) = stun {
             self.queue.push_back(Queued {
                 due: now + after,
@@ -447,15 +455,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let target = ep(2, 40_000);
-        assert_eq!(
-            p.opened(fds(1), t0),
-            Opened::Unasked
-        );
+        assert_eq!(p.opened(fds(1), t0), Opened::Unasked);
         p.want(Wanted::Birthday { peer: PEER, target });
-        assert_eq!(
-            p.opened(fds(8), t0),
-            Opened::Birthday { sockets: 8 }
-        );
+        assert_eq!(p.opened(fds(8), t0), Opened::Birthday { sockets: 8 });
         assert_eq!(p.sockets().len(), 8);
         let mut sent = Vec::new();
         let mut now = t0;
@@ -608,14 +610,8 @@ mod fresh_port_tests {
             spray: FreshSpray::Nothing,
         });
         p.want(Wanted::Birthday { peer: PEER, target });
-        assert!(matches!(
-            p.opened(fd(), t0),
-            Opened::FreshPort { .. }
-        ));
-        assert_eq!(
-            p.opened(fd(), t0),
-            Opened::Birthday { sockets: 1 }
-        );
+        assert!(matches!(p.opened(fd(), t0), Opened::FreshPort { .. }));
+        assert_eq!(p.opened(fd(), t0), Opened::Birthday { sockets: 1 });
         assert_eq!(p.opened(fd(), t0), Opened::Unasked);
     }
 

@@ -272,7 +272,10 @@ impl Lab {
                         continue;
                     }
                     self.wire.push((i, public, to));
-                    let Some(j) = self.hosts.iter().position(|h| h.nat.public_ip() == *to.ip())
+                    let Some(j) = self
+                        .hosts
+                        .iter()
+                        .position(|h| h.nat.public_ip() == *to.ip())
                     else {
                         continue;
                     };
@@ -333,7 +336,11 @@ impl Lab {
         let targets: Vec<usize> = if dst == ws::BROADCAST {
             (0..self.hosts.len()).filter(|&j| j != from).collect()
         } else {
-            self.hosts.iter().position(|h| h.vip == dst).into_iter().collect()
+            self.hosts
+                .iter()
+                .position(|h| h.vip == dst)
+                .into_iter()
+                .collect()
         };
         let at = self.now + self.relay_latency;
         for to in targets {
@@ -506,9 +513,15 @@ fn every_crossable_pair_goes_direct() {
     for (i, &a) in kinds.iter().enumerate() {
         for &b in &kinds[i..] {
             let random = a == Random || b == Random;
-            let crossable = !(a == Random && b == Random)
-                && !(a == BareMasquerade && b == BareMasquerade)
-                && !matches!((a, b), (Sequential, Random) | (Random, Sequential));
+            // Not crossed: random ↔ random by design, sequential ↔ random
+            // at 1.5 % an attempt, two bare masquerades without latency.
+            let crossable = !matches!(
+                (a, b),
+                (Random, Random)
+                    | (BareMasquerade, BareMasquerade)
+                    | (Sequential, Random)
+                    | (Random, Sequential)
+            );
             if !crossable {
                 continue;
             }
@@ -633,9 +646,17 @@ fn sequential_and_random_aim_at_each_other() {
         .filter(|(i, _, to)| *i == 0 && *to.ip() == rnd_ip)
         .map(|(_, from, _)| from.port())
         .collect();
-    assert!(aimed.len() >= 32, "the random side aimed at {} ports", aimed.len());
+    assert!(
+        aimed.len() >= 32,
+        "the random side aimed at {} ports",
+        aimed.len()
+    );
     let met = probes.iter().filter(|p| aimed.contains(p)).count();
-    assert!(met >= 30, "{met} of {} probes left from an aimed-at port", probes.len());
+    assert!(
+        met >= 30,
+        "{met} of {} probes left from an aimed-at port",
+        probes.len()
+    );
 }
 
 /// The node runs one hard round at a time: a sequential NAT predicted by
@@ -653,7 +674,6 @@ fn one_sequential_node_crosses_two_cones_in_turn() {
     let both = lab.run_until(20_000, |l| l.both_direct(0, 1) && l.both_direct(0, 2));
     assert!(both, "after {:?}", lab.elapsed());
 }
-
 
 /// Between two sequential NATs the follower answers the leader's
 /// observation only once its own node's slot is free; the leader's round
@@ -698,7 +718,10 @@ fn a_random_node_answers_two_cones_in_turn() {
         }
     }
     // Each pair ≈ 0.95 per attempt: both in the first, ≈ 0.9.
-    assert!(within >= 3, "{within} of 4 seeds had both direct within 10 s");
+    assert!(
+        within >= 3,
+        "{within} of 4 seeds had both direct within 10 s"
+    );
 }
 
 /// A follower that gave up waiting and acted on what it knew still acts on

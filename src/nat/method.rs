@@ -595,10 +595,14 @@ mod tests {
     /// predicted slots.
     const PLANS: [[&str; 8]; 8] = [
         //          open full  restr   port     seq      rand     unknown  oneserver
-        /*open*/ ["-", "-", "-", "-", "-", "-", "-", "-"],
+        /*open*/
+        ["-", "-", "-", "-", "-", "-", "-", "-"],
         /*full*/ ["-", "-", "-", "-", "-", "-", "-", "-"],
         /*restr*/ ["-", "-", "-", "-", "-", "-", "-", "-"],
-        /*port*/ ["-", "L:FP", "L:FP", "L:FP", "F:FPW", "L:FPB", "L:FP", "L:FP"],
+        /*port*/
+        [
+            "-", "L:FP", "L:FP", "L:FP", "F:FPW", "L:FPB", "L:FP", "L:FP",
+        ],
         /*seq*/ ["-", "-", "-", "L:OB", "L:ST2", "L:OBD", "L:OB", "L:OB"],
         /*rand*/ ["-", "-", "-", "F:SK", "F:SL", "-", "F:SK", "F:SK"],
         /*unknown*/ ["-", "-", "-", "-", "F:FPW", "L:FPB", "-", "-"],

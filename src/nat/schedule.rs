@@ -238,11 +238,7 @@ pub fn window_spray(base: SocketAddrV4, step: i32, behind: u16, ahead: u16) -> V
         .rev()
         .map(move |k| port_at(base.port(), -step, k));
     let after = (1..=i32::from(ahead)).map(move |k| port_at(base.port(), step, k));
-    paced(
-        before
-            .chain(after)
-            .map(|p| (0, SocketAddrV4::new(ip, p))),
-    )
+    paced(before.chain(after).map(|p| (0, SocketAddrV4::new(ip, p))))
 }
 
 /// Between two sequential NATs: `count` probes to the peer's observed
@@ -528,7 +524,16 @@ mod tests {
 
     #[test]
     fn two_sequential_nats_meet_with_drift_up_to_the_leaders_count() {
-        for (da, db) in [(0, 0), (1, 0), (0, 1), (3, 7), (20, 20), (40, 23), (0, 63), (63, 0)] {
+        for (da, db) in [
+            (0, 0),
+            (1, 0),
+            (0, 1),
+            (3, 7),
+            (20, 20),
+            (40, 23),
+            (0, 63),
+            (63, 0),
+        ] {
             assert!(two_sequential_meet(da, db), "drift {da} + {db}");
         }
         assert!(!two_sequential_meet(40, 40), "drift 80 is past the window");

@@ -79,7 +79,9 @@ pub(crate) enum Next {
         on: Option<SocketAddrV4>,
     },
     /// In the round: spray from the observed socket now.
-    SprayObserved { step: Step },
+    SprayObserved {
+        step: Step,
+    },
 }
 
 impl Attempt {
@@ -100,8 +102,7 @@ impl Attempt {
 
     /// The slot is ours: a round of a hard step is running.
     pub fn holds_slot(&self, now: Instant) -> bool {
-        self.plan.step.is_some_and(Step::is_hard)
-            && self.round.is_some_and(|r| now < r.hold_until)
+        self.plan.step.is_some_and(Step::is_hard) && self.round.is_some_and(|r| now < r.hold_until)
     }
 
     pub fn waits_for_slot(&self) -> bool {

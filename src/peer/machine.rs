@@ -18,8 +18,8 @@ use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
 use super::action::{Action, BirthdayRole, FreshSpray, Ignored, Outcome};
-use super::attempt::{Attempt, Next};
 use super::addr::is_private;
+use super::attempt::{Attempt, Next};
 // PONGs per peer get the budget challenges have (a peer challenges at most
 // that often), so replayed PINGs cannot turn this node into a reflector.
 use super::challenge::{Challenges, Reason, BURST as ANSWER_BURST, PER_TICK as ANSWERS_PER_TICK};
@@ -620,7 +620,8 @@ impl Peer {
 
     /// The node's hard-NAT slot is this peer's.
     pub(crate) fn holds_slot(&self, now: Instant) -> bool {
-        self.state == PeerState::Connecting && self.attempt.as_ref().is_some_and(|a| a.holds_slot(now))
+        self.state == PeerState::Connecting
+            && self.attempt.as_ref().is_some_and(|a| a.holds_slot(now))
     }
 
     /// The attempt wanted the node's slot and did not get it.
@@ -659,13 +660,13 @@ impl Peer {
                         target: Some(wide),
                         spray: FreshSpray::Nothing,
                     },
-                    Step::Observe | Step::ObserveAndStride { .. } | Step::ObserveAndBirthday { .. } => {
-                        Action::FreshPort {
-                            peer,
-                            target: None,
-                            spray: FreshSpray::Nothing,
-                        }
-                    }
+                    Step::Observe
+                    | Step::ObserveAndStride { .. }
+                    | Step::ObserveAndBirthday { .. } => Action::FreshPort {
+                        peer,
+                        target: None,
+                        spray: FreshSpray::Nothing,
+                    },
                     Step::FreshPortWindow { behind, ahead } => {
                         let ahead = match (self.announced_before, self.announced) {
                             (before, Some((later, at))) if Some(later) == on => {

@@ -163,10 +163,9 @@ impl PeerManager {
     /// A peer may start one when no other peer's round is running.
     fn slot_free_for(&self, vip: Ipv4Addr, now: Instant) -> bool {
         match self.slot {
-            Some(holder) if holder != vip => !self
-                .peers
-                .get(&holder)
-                .is_some_and(|p| p.holds_slot(now)),
+            Some(holder) if holder != vip => {
+                !self.peers.get(&holder).is_some_and(|p| p.holds_slot(now))
+            }
             _ => true,
         }
     }
@@ -352,7 +351,9 @@ impl PeerManager {
     /// The fresh socket of `peer`'s attempt is mapped at `mapped` (its
     /// STUN answer); the caller announces it to the peer.
     pub fn handle_own_fresh(&mut self, peer: Ipv4Addr, mapped: SocketAddrV4, now: Instant) {
-        self.with_peer(peer, now, |p, env, out| p.on_own_fresh(mapped, now, env, out));
+        self.with_peer(peer, now, |p, env, out| {
+            p.on_own_fresh(mapped, now, env, out)
+        });
     }
 
     /// A decrypted UDP HEARTBEAT naming `tunip` arrived from `from`;

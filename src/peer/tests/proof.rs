@@ -438,7 +438,10 @@ mod prediction {
         let newer = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() + 7);
         let (mut n, _) = connecting(port_restricted(), sequential(), newer);
         let t = n.now_ms() + 1000;
-        assert_eq!(hard(&n.advance(t).into_iter().map(|(_, a)| a).collect::<Vec<_>>()), []);
+        assert_eq!(
+            hard(&n.advance(t).into_iter().map(|(_, a)| a).collect::<Vec<_>>()),
+            []
+        );
         let t = n.now_ms() + 1000;
         let acts: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
         assert_eq!(
@@ -502,7 +505,10 @@ mod prediction {
             last_mapped: B_PUB,
             reachable: false,
         };
-        assert!(n.m.handle_public_info(B, B_PUB, true, Some(nat), n.now).is_accepted());
+        assert!(n
+            .m
+            .handle_public_info(B, B_PUB, true, Some(nat), n.now)
+            .is_accepted());
         assert!(n.stun().is_accepted());
         assert_eq!(hard(&n.drain()), [], "the follower waits");
         let acts = announce(&mut n, SEQ_OBSERVED, sequential(), 100);
@@ -561,7 +567,10 @@ mod prediction {
                 }
             }]
         );
-        assert!(pings(&acts).iter().any(|(to, _)| *to == fresh), "a cone's port is challenged");
+        assert!(
+            pings(&acts).iter().any(|(to, _)| *to == fresh),
+            "a cone's port is challenged"
+        );
     }
 
     #[test]
@@ -631,19 +640,30 @@ mod prediction {
         };
         let b_seen = SocketAddrV4::new(*B_PUB.ip(), 20_000);
         let c_seen = SocketAddrV4::new(*c_pub.ip(), 20_000);
-        assert!(n.m.handle_public_info(B, b_seen, true, Some(nat(B_PUB)), n.now).is_accepted());
-        assert!(n.m.handle_public_info(C, c_seen, true, Some(nat(c_pub)), n.now).is_accepted());
+        assert!(n
+            .m
+            .handle_public_info(B, b_seen, true, Some(nat(B_PUB)), n.now)
+            .is_accepted());
+        assert!(n
+            .m
+            .handle_public_info(C, c_seen, true, Some(nat(c_pub)), n.now)
+            .is_accepted());
         assert_eq!(windows(&n.drain()), [B], "only B's window; C waits");
         // B's round holds the slot through ticks; once B's path is proven,
         // C's round starts at once.
         let t = n.now_ms() + 300;
         let acts: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
         assert!(windows(&acts).is_empty());
-        let nonce = pings(&n.advance(n.now_ms() + 1000).into_iter().map(|(_, a)| a).collect::<Vec<_>>())
-            .into_iter()
-            .find(|(to, _)| *to == b_seen)
-            .unwrap()
-            .1;
+        let nonce = pings(
+            &n.advance(n.now_ms() + 1000)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .find(|(to, _)| *to == b_seen)
+        .unwrap()
+        .1;
         assert!(n.pong(b_seen, nonce).is_accepted());
         assert_eq!(n.state(B), PeerState::Connected);
         assert_eq!(windows(&n.drain()), [C]);
