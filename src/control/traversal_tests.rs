@@ -180,11 +180,19 @@ impl Lab {
     /// Hosts behind NATs of `kinds`, each classified before they meet
     /// (the classification's own sessions open on its NAT first).
     fn new(kinds: &[Kind], seed: u64) -> Self {
+        let classes: Vec<Option<Kind>> = kinds.iter().copied().map(Some).collect();
+        Self::classified_as(kinds, &classes, seed)
+    }
+
+    /// Hosts behind NATs of `kinds` whose classifiers said `classes`
+    /// (None: no classification yet).
+    fn classified_as(kinds: &[Kind], classes: &[Option<Kind>], seed: u64) -> Self {
         let t0 = Instant::now();
         let hosts = kinds
             .iter()
+            .zip(classes)
             .enumerate()
-            .map(|(i, k)| {
+            .map(|(i, (k, class))| {
                 let mut nat = k.nat(i, seed.wrapping_add(i as u64));
                 let lan = Ipv4Addr::new(10, 201, i as u8, 2);
                 let mapped = nat.outbound(SocketAddrV4::new(lan, MAIN_PORT), STUN);
@@ -194,11 +202,13 @@ impl Lab {
                     .last()
                     .unwrap_or(mapped);
                 let mut node = Node::new(config(i, seed), t0).expect("node config");
-                node.on_nat_outcome(Outcome::Classified(NatClass {
-                    mapped,
-                    last_mapped,
-                    kind: k.class(),
-                }));
+                if let Some(class) = class {
+                    node.on_nat_outcome(Outcome::Classified(NatClass {
+                        mapped,
+                        last_mapped,
+                        kind: class.class(),
+                    }));
+                }
                 node.set_server_up(true);
                 Host {
                     node,
@@ -739,4 +749,35 @@ fn a_late_announcement_is_still_followed_after_a_fallback() {
     assert!(took.is_some_and(|t| t > Duration::from_secs(6)), "{took:?}");
     // The fallback's sockets were probed again, not opened anew.
     assert_eq!(lab.hosts[0].node.stats.punch_sockets, 256);
+}
+
+/// Two cones go direct whatever either side's classifier said, or before it
+/// said anything: a wrong class there costs probes, not the path. (A
+/// symmetric NAT classified as a cone, or a cone as more open than it is,
+/// can lose the path: the plan then waits for probes that never come.)
+#[test]
+fn cones_go_direct_under_any_classification() {
+    use Kind::*;
+    let cones = [FullCone, PortRestricted, BareMasquerade];
+    let classes = [
+        None,
+        Some(FullCone),
+        Some(PortRestricted),
+        Some(Sequential),
+        Some(Random),
+    ];
+    for (i, &a) in cones.iter().enumerate() {
+        for &b in &cones[i..] {
+            if (a, b) == (BareMasquerade, BareMasquerade) {
+                continue;
+            }
+            for ca in classes {
+                for cb in classes {
+                    let mut lab = Lab::classified_as(&[a, b], &[ca, cb], 7);
+                    let took = lab.time_to_direct(0, 1, 60_000);
+                    assert!(took.is_some(), "{a:?} as {ca:?} ↔ {b:?} as {cb:?}");
+                }
+            }
+        }
+    }
 }
