@@ -686,10 +686,19 @@ fn nat_classes_travel_with_the_endpoint_and_choose_port_prediction() {
     assert_eq!(b.nat.as_deref(), Some("cone/port-restricted"));
     assert_eq!(a.method.as_deref(), Some("port prediction"));
     assert_eq!(b.method.as_deref(), Some("port prediction"));
-    // The cone side sprayed the window after host 1's mapping; the
+    // The sequential side observed its newest port from a fresh socket
+    // (its first, id 1) and announced it; the cone side sprayed the window
+    // around that, not around the stale mapping of its first UDP4CONN. The
     // sequential side sprayed nothing.
-    let expected: HashSet<u16> = (40_001..=40_064).collect();
+    let observed = extra_public(1, 1).port();
+    let expected: HashSet<u16> = (observed - 4..=observed + 60)
+        .filter(|&p| p != observed)
+        .collect();
     assert!(expected.is_subset(&window), "sprayed {window:?}");
+    assert!(
+        !window.contains(&40_064),
+        "nothing around the stale mapping"
+    );
     assert!(!sim.stray.iter().any(|(from, _)| *from == 1));
 }
 

@@ -16,6 +16,8 @@ mod server_link;
 pub mod status;
 mod stream;
 mod tls;
+#[cfg(test)]
+mod traversal_tests;
 pub mod turn;
 pub mod turn_path;
 mod ws_client;

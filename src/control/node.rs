@@ -23,7 +23,9 @@ use tracing::{debug, info, warn};
 use crate::counters::counters;
 use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET};
 use crate::nat::{self, Advertised, NatClass, StableClass};
-use crate::peer::{Action, BirthdayRole, Outcome, PeerConfig, PeerManager, PeerState, TimersError};
+use crate::peer::{
+    Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, PeerState, TimersError,
+};
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
 use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{ty, Heartbeat, PeerMessage, Ping, Pong};
@@ -282,7 +284,7 @@ impl Node {
     /// (the caller ran out of descriptors) is fine.
     pub fn on_sockets_opened(&mut self, fds: Vec<OwnedFd>, now: Instant) {
         self.stats.punch_sockets += fds.len() as u64;
-        match self.punch.opened(fds, now, nat::schedule::open_sockets) {
+        match self.punch.opened(fds, now) {
             Opened::Unasked => {}
             Opened::Birthday { sockets } => {
                 debug!(sockets, "birthday attempt sockets open");
@@ -291,16 +293,45 @@ impl Node {
             Opened::FreshPort {
                 peer,
                 target,
-                window,
+                spray,
                 socket,
             } => {
                 // Workers receive on it before anything can answer.
                 self.dirty = true;
-                let spray = window.map_or_else(Vec::new, |w| {
-                    nat::schedule::prediction_spray(w.base, w.step, usize::from(w.count))
-                });
-                self.punch
-                    .fresh_port_probes(peer, socket.id, target, spray, self.stun, now);
+                let (fresh, main) = match spray {
+                    FreshSpray::Nothing => (Vec::new(), Vec::new()),
+                    // The main port gets the window too (unwidened): the
+                    // peer's first challenges to our main mapping left
+                    // just before its observation, from ports the window
+                    // reaches back to. Behind a firewalled cone that is
+                    // the quickest path.
+                    FreshSpray::Window {
+                        base,
+                        step,
+                        behind,
+                        ahead,
+                    } => (
+                        nat::schedule::window_spray(base, step, behind, ahead),
+                        nat::schedule::window_spray(
+                            base,
+                            step,
+                            behind,
+                            ahead.min(nat::schedule::WINDOW_AHEAD),
+                        ),
+                    ),
+                    FreshSpray::Birthday { ip, count } => {
+                        let seed = self.rng.next_u64();
+                        let sends = nat::schedule::birthday_spray(ip, usize::from(count), seed);
+                        (sends, Vec::new())
+                    }
+                };
+                let done = self
+                    .punch
+                    .fresh_port_probes(peer, socket.id, target, fresh, self.stun, now);
+                if !main.is_empty() {
+                    let gap = std::time::Duration::from_secs(1) / nat::schedule::PACKETS_PER_SECOND;
+                    self.punch.spray_from_main(peer, done + gap, main);
+                }
             }
         }
         self.flush(now);
@@ -572,6 +603,7 @@ impl Node {
             Some((peer, mapped)) => {
                 info!(%peer, %mapped, "fresh port mapped; announcing it to the peer");
                 self.send_public_info(peer, mapped);
+                self.peers.handle_own_fresh(peer, mapped, now);
             }
             None => self.stats.stun_ignored += 1,
         }
@@ -770,24 +802,46 @@ impl Node {
                 peer,
                 base,
                 step,
+                stride,
                 count,
             } => {
-                let sends = nat::schedule::prediction_spray(base, step, usize::from(count));
+                let sends = nat::schedule::stride_spray(base, step, stride, count);
                 self.punch.spray(peer, now, sends);
             }
             Action::Birthday { peer, role } => match role {
                 BirthdayRole::Sockets { target, count } => {
-                    info!(%peer, %target, sockets = count, "birthday attempt: opening sockets");
-                    self.punch.want(Wanted::Birthday { peer, target });
-                    self.outputs.push_back(Output::OpenSockets {
-                        count: usize::from(count),
-                    });
+                    if self.punch.retarget(peer, target, now) {
+                        info!(%peer, %target, "birthday attempt: sockets probe the peer's new endpoint");
+                    } else {
+                        info!(%peer, %target, sockets = count, "birthday attempt: opening sockets");
+                        self.punch.want(Wanted::Birthday { peer, target });
+                        self.outputs.push_back(Output::OpenSockets {
+                            count: usize::from(count),
+                        });
+                    }
                 }
                 BirthdayRole::Spray { ip, count } => {
                     info!(%peer, %ip, probes = count, "birthday attempt: spraying ports");
                     let seed = self.rng.next_u64();
                     let sends = nat::schedule::birthday_spray(ip, usize::from(count), seed);
                     self.punch.spray(peer, now, sends);
+                }
+                BirthdayRole::Slots {
+                    base,
+                    step,
+                    slots,
+                    per_slot,
+                } => {
+                    info!(%peer, %base, slots, sockets = per_slot, "prediction + birthday: sockets aimed at the peer's next ports");
+                    self.punch.want(Wanted::Slots {
+                        peer,
+                        base,
+                        step,
+                        slots,
+                    });
+                    self.outputs.push_back(Output::OpenSockets {
+                        count: usize::from(per_slot),
+                    });
                 }
             },
             Action::Pong { peer, to, nonce } => {
@@ -808,12 +862,12 @@ impl Node {
             Action::FreshPort {
                 peer,
                 target,
-                window,
+                spray,
             } => {
                 self.punch.want(Wanted::FreshPort {
                     peer,
                     target,
-                    window,
+                    spray,
                 });
                 self.outputs.push_back(Output::OpenSockets { count: 1 });
             }

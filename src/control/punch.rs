@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::dataplane::{LocalSocket, MAIN_SOCKET};
 use crate::nat::schedule::{self, Send};
-use crate::peer::SprayWindow;
+use crate::peer::FreshSpray;
 
 /// How long an attempt's sockets outlive their opening when no path uses
 /// them: the attempt's probes take under 4 s, CONNECTING lasts 10, and a
@@ -69,12 +69,19 @@ pub enum Wanted {
         peer: Ipv4Addr,
         target: SocketAddrV4,
     },
-    /// One fresh port for the attempt towards `peer`, whose mapping is
-    /// `target`.
+    /// Sockets that each probe the `slots` ports after `base` (a random
+    /// NAT against a sequential one).
+    Slots {
+        peer: Ipv4Addr,
+        base: SocketAddrV4,
+        step: i32,
+        slots: u16,
+    },
+    /// One fresh port for a round of the attempt towards `peer`.
     FreshPort {
         peer: Ipv4Addr,
-        target: SocketAddrV4,
-        window: Option<SprayWindow>,
+        target: Option<SocketAddrV4>,
+        spray: FreshSpray,
     },
 }
 
@@ -85,12 +92,12 @@ pub enum Opened {
     Unasked,
     /// A birthday attempt's probes are queued.
     Birthday { sockets: usize },
-    /// The fresh port for `peer`; the caller probes `target` from it and
-    /// asks the STUN server for its mapping.
+    /// The fresh port for `peer`; the caller queues its probes with
+    /// [`Punch::fresh_port_probes`].
     FreshPort {
         peer: Ipv4Addr,
-        target: SocketAddrV4,
-        window: Option<SprayWindow>,
+        target: Option<SocketAddrV4>,
+        spray: FreshSpray,
         socket: LocalSocket,
     },
 }
@@ -111,6 +118,8 @@ pub struct Punch {
     /// Per peer, the fresh port of its running attempt: what sprays to it
     /// leave from.
     attempt: HashMap<Ipv4Addr, u16>,
+    /// Per peer, the sockets of its birthday attempt, for retargeting.
+    birthday: HashMap<Ipv4Addr, Vec<u16>>,
     stun: HashMap<u16, Fresh>,
     next_id: u16,
 }
@@ -123,14 +132,9 @@ impl Punch {
     }
 
     /// The sockets asked for first are open. Birthday: each sends one probe
-    /// to the target, paced as `schedule` says (socket k ≥ 1 of the
-    /// schedule is the k-th of `fds`).
-    pub fn opened(
-        &mut self,
-        fds: Vec<OwnedFd>,
-        now: Instant,
-        schedule: impl FnOnce(SocketAddrV4, usize) -> Vec<Send>,
-    ) -> Opened {
+    /// to the target, paced (socket k ≥ 1 of the schedule is the k-th of
+    /// `fds`).
+    pub fn opened(&mut self, fds: Vec<OwnedFd>, now: Instant) -> Opened {
         let Some(w) = self.wanted.pop_front() else {
             return Opened::Unasked;
         };
@@ -147,37 +151,82 @@ impl Punch {
                 Some(id)
             })
             .collect();
-        match w {
-            Wanted::Birthday { peer, target } => {
-                let sends = schedule(target, ids.len());
-                self.enqueue(
-                    peer,
-                    now,
-                    sends.into_iter().filter_map(|s| {
-                        let local = *ids.get(s.socket.checked_sub(1)?)?;
-                        Some((local, s))
-                    }),
-                );
-                Opened::Birthday { sockets: ids.len() }
-            }
+        let (peer, sends) = match w {
+            Wanted::Birthday { peer, target } => (peer, schedule::open_sockets(target, ids.len())),
+            Wanted::Slots {
+                peer,
+                base,
+                step,
+                slots,
+            } => (
+                peer,
+                schedule::prediction_and_birthday_random_side(
+                    base,
+                    step,
+                    usize::from(slots),
+                    ids.len(),
+                ),
+            ),
             Wanted::FreshPort {
                 peer,
                 target,
-                window,
+                spray,
             } => {
                 let Some(held) = ids.first().and_then(|id| self.sockets.get(id)) else {
                     return Opened::Unasked;
                 };
                 let socket = held.socket.clone();
                 self.attempt.insert(peer, socket.id);
-                Opened::FreshPort {
+                return Opened::FreshPort {
                     peer,
                     target,
-                    window,
+                    spray,
                     socket,
-                }
+                };
+            }
+        };
+        self.birthday.insert(peer, ids.clone());
+        self.enqueue(
+            peer,
+            now,
+            sends.into_iter().filter_map(|s| {
+                let local = *ids.get(s.socket.checked_sub(1)?)?;
+                Some((local, s))
+            }),
+        );
+        Opened::Birthday { sockets: ids.len() }
+    }
+
+    /// Sends one probe to `target` from each socket of `peer`'s birthday
+    /// attempt that is still open, paced, and keeps them for another
+    /// lifetime. False when it has none (the caller opens new ones).
+    pub fn retarget(&mut self, peer: Ipv4Addr, target: SocketAddrV4, now: Instant) -> bool {
+        let Some(ids) = self.birthday.get(&peer) else {
+            return false;
+        };
+        let ids: Vec<u16> = ids
+            .iter()
+            .copied()
+            .filter(|id| self.sockets.contains_key(id))
+            .collect();
+        if ids.is_empty() {
+            return false;
+        }
+        for id in &ids {
+            if let Some(h) = self.sockets.get_mut(id) {
+                h.until = now + SOCKET_LIFETIME;
             }
         }
+        let sends = schedule::open_sockets(target, ids.len());
+        self.enqueue(
+            peer,
+            now,
+            sends.into_iter().filter_map(|s| {
+                let local = *ids.get(s.socket.checked_sub(1)?)?;
+                Some((local, s))
+            }),
+        );
+        true
     }
 
     /// The STUN request `txid` left from fresh port `socket`.
@@ -223,34 +272,47 @@ impl Punch {
     /// peer. Every session the peer's answers need exists on our router
     /// before the peer learns the port, so none of its datagrams arrives
     /// unsolicited (which on a bare masquerade would claim the port).
+    /// Returns when the last of them leaves.
     pub fn fresh_port_probes(
         &mut self,
         peer: Ipv4Addr,
         socket: u16,
-        target: SocketAddrV4,
+        target: Option<SocketAddrV4>,
         spray: Vec<Send>,
         stun: Option<SocketAddrV4>,
         now: Instant,
-    ) {
-        let first = Send {
+    ) -> Instant {
+        let first = target.map(|target| Send {
             socket: 0,
             target,
             at: Duration::ZERO,
-        };
+        });
         let gap = Duration::from_secs(1) / schedule::PACKETS_PER_SECOND;
-        let last = spray.iter().map(|s| s.at).max().unwrap_or_default();
+        // An observation (nothing to send first) asks STUN at once.
+        let offset = if first.is_some() { gap } else { Duration::ZERO };
+        let probes = usize::from(first.is_some()) + spray.len();
+        let last = spray
+            .iter()
+            .map(|s| s.at + offset)
+            .max()
+            .unwrap_or_default();
         let spray = spray.into_iter().map(|s| Send {
-            at: s.at + gap,
+            at: s.at + offset,
             ..s
         });
         self.enqueue(
             peer,
             now,
-            std::iter::once(first).chain(spray).map(|s| (socket, s)),
+            first.into_iter().chain(spray).map(|s| (socket, s)),
         );
+        let after = if probes == 0 {
+            Duration::ZERO
+        } else {
+            last + gap
+        };
         if let Some(server) = stun {
             self.queue.push_back(Queued {
-                due: now + last + 2 * gap,
+                due: now + after,
                 local: socket,
                 probe: Probe {
                     peer,
@@ -260,6 +322,12 @@ impl Punch {
             });
             self.queue.make_contiguous().sort_by_key(|q| q.due);
         }
+        now + after
+    }
+
+    /// A spray from the shared port, paced as `sends` say from `start`.
+    pub fn spray_from_main(&mut self, peer: Ipv4Addr, start: Instant, sends: Vec<Send>) {
+        self.enqueue(peer, start, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
     }
 
     /// The attempt towards `peer` is over (it connected): its probes not
@@ -267,6 +335,7 @@ impl Punch {
     pub fn stop(&mut self, peer: Ipv4Addr) {
         self.queue.retain(|q| q.probe.peer != peer);
         self.attempt.remove(&peer);
+        self.birthday.remove(&peer);
     }
 
     /// An id no held socket has; none once 65535 are held (never, with
@@ -351,6 +420,10 @@ impl Punch {
         let sockets = &self.sockets;
         self.heard.retain(|_, id| sockets.contains_key(id));
         self.attempt.retain(|_, id| sockets.contains_key(id));
+        self.birthday.retain(|_, ids| {
+            ids.retain(|id| sockets.contains_key(id));
+            !ids.is_empty()
+        });
         self.stun.retain(|id, _| sockets.contains_key(id));
         self.queue
             .retain(|q| q.local == MAIN_SOCKET || sockets.contains_key(&q.local));
@@ -382,15 +455,9 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let target = ep(2, 40_000);
-        assert_eq!(
-            p.opened(fds(1), t0, schedule::open_sockets),
-            Opened::Unasked
-        );
+        assert_eq!(p.opened(fds(1), t0), Opened::Unasked);
         p.want(Wanted::Birthday { peer: PEER, target });
-        assert_eq!(
-            p.opened(fds(8), t0, schedule::open_sockets),
-            Opened::Birthday { sockets: 8 }
-        );
+        assert_eq!(p.opened(fds(8), t0), Opened::Birthday { sockets: 8 });
         assert_eq!(p.sockets().len(), 8);
         let mut sent = Vec::new();
         let mut now = t0;
@@ -423,7 +490,7 @@ mod tests {
             peer: PEER,
             target: ep(2, 40_000),
         });
-        p.opened(fds(4), t0, schedule::open_sockets);
+        p.opened(fds(4), t0);
         let id = p.sockets()[2].id;
         let peer = ep(2, 40_000);
         assert_eq!(p.via(peer), None);
@@ -449,7 +516,7 @@ mod tests {
             peer: PEER,
             target: peer,
         });
-        p.opened(fds(4), t0, schedule::open_sockets);
+        p.opened(fds(4), t0);
         let id = p.sockets()[1].id;
         p.heard(peer, id, false);
         assert!(!p.release_idle(t0 + Duration::from_secs(1), std::iter::once(peer)));
@@ -500,19 +567,19 @@ mod fresh_port_tests {
         let last = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
         p.want(Wanted::FreshPort {
             peer: PEER,
-            target: last,
-            window: None,
+            target: Some(last),
+            spray: FreshSpray::Nothing,
         });
         let Opened::FreshPort {
             peer,
             target,
             socket,
             ..
-        } = p.opened(fd(), t0, schedule::open_sockets)
+        } = p.opened(fd(), t0)
         else {
             panic!("a fresh port was asked for");
         };
-        assert_eq!((peer, target), (PEER, last));
+        assert_eq!((peer, target), (PEER, Some(last)));
         // Sprays towards the peer now leave from it.
         p.spray(PEER, t0, schedule::prediction_spray(last, 1, 4));
         let sent = p.due(t0 + Duration::from_secs(1));
@@ -539,19 +606,13 @@ mod fresh_port_tests {
         let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
         p.want(Wanted::FreshPort {
             peer: PEER,
-            target,
-            window: None,
+            target: Some(target),
+            spray: FreshSpray::Nothing,
         });
         p.want(Wanted::Birthday { peer: PEER, target });
-        assert!(matches!(
-            p.opened(fd(), t0, schedule::open_sockets),
-            Opened::FreshPort { .. }
-        ));
-        assert_eq!(
-            p.opened(fd(), t0, schedule::open_sockets),
-            Opened::Birthday { sockets: 1 }
-        );
-        assert_eq!(p.opened(fd(), t0, schedule::open_sockets), Opened::Unasked);
+        assert!(matches!(p.opened(fd(), t0), Opened::FreshPort { .. }));
+        assert_eq!(p.opened(fd(), t0), Opened::Birthday { sockets: 1 });
+        assert_eq!(p.opened(fd(), t0), Opened::Unasked);
     }
 
     #[test]
@@ -563,17 +624,14 @@ mod fresh_port_tests {
         let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
         p.want(Wanted::FreshPort {
             peer,
-            target,
-            window: None,
+            target: Some(target),
+            spray: FreshSpray::Nothing,
         });
-        let fd = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
-        let Opened::FreshPort { socket, .. } =
-            p.opened(vec![OwnedFd::from(fd)], t0, schedule::open_sockets)
-        else {
+        let Opened::FreshPort { socket, .. } = p.opened(fd(), t0) else {
             panic!("a fresh port was asked for");
         };
         let window = schedule::prediction_spray(target, 1, 8);
-        p.fresh_port_probes(peer, socket.id, target, window, Some(stun), t0);
+        p.fresh_port_probes(peer, socket.id, Some(target), window, Some(stun), t0);
         let sent = p.due(t0 + Duration::from_secs(1));
         let kinds: Vec<_> = sent.iter().map(|(pr, _)| (pr.kind, pr.to.port())).collect();
         let mut want = vec![(ProbeKind::Heartbeat, 40_000)];
@@ -581,5 +639,87 @@ mod fresh_port_tests {
         want.push((ProbeKind::Stun, 3478));
         assert_eq!(kinds, want);
         assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
+    }
+
+    #[test]
+    fn an_observation_asks_stun_before_anything_else_leaves_its_socket() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
+        p.want(Wanted::FreshPort {
+            peer: PEER,
+            target: None,
+            spray: FreshSpray::Nothing,
+        });
+        let Opened::FreshPort { socket, .. } = p.opened(fd(), t0) else {
+            panic!("a fresh port was asked for");
+        };
+        p.fresh_port_probes(PEER, socket.id, None, Vec::new(), Some(stun), t0);
+        let first = p.due(t0);
+        assert_eq!(first.len(), 1, "the STUN request goes at once");
+        assert_eq!((first[0].0.kind, first[0].0.to), (ProbeKind::Stun, stun));
+        // A stride spray queued once it is mapped leaves from the same socket.
+        let base = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 20_000);
+        p.spray(PEER, t0, schedule::stride_spray(base, 1, 2, 3));
+        let sent = p.due(t0 + Duration::from_secs(1));
+        let ports: Vec<u16> = sent.iter().map(|(pr, _)| pr.to.port()).collect();
+        assert_eq!(ports, [20_001, 20_003, 20_005]);
+        assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
+    }
+
+    #[test]
+    fn birthday_sockets_are_retargeted_not_reopened() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let first = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        let fresh = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 41_234);
+        assert!(!p.retarget(PEER, fresh, t0), "nothing to retarget yet");
+        p.want(Wanted::Birthday {
+            peer: PEER,
+            target: first,
+        });
+        let fds = (0..4).flat_map(|_| fd()).collect();
+        assert_eq!(p.opened(fds, t0), Opened::Birthday { sockets: 4 });
+        let opened = p.due(t0 + Duration::from_secs(1));
+        assert_eq!(opened.len(), 4);
+        let t1 = t0 + Duration::from_secs(10);
+        assert!(p.retarget(PEER, fresh, t1));
+        let again = p.due(t1 + Duration::from_secs(1));
+        assert_eq!(again.len(), 4);
+        assert!(again.iter().all(|(pr, _)| pr.to == fresh));
+        let socks = |v: &[(Probe, Option<LocalSocket>)]| -> Vec<u16> {
+            v.iter().map(|(_, s)| s.as_ref().unwrap().id).collect()
+        };
+        assert_eq!(socks(&again), socks(&opened), "the same four sockets");
+        // Retargeting kept them past their first lifetime.
+        assert!(!p.release_idle(t0 + SOCKET_LIFETIME, std::iter::empty()));
+        assert_eq!(p.sockets().len(), 4);
+    }
+
+    #[test]
+    fn slot_sockets_each_probe_every_predicted_port() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let base = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 20_000);
+        p.want(Wanted::Slots {
+            peer: PEER,
+            base,
+            step: 1,
+            slots: 3,
+        });
+        let fds = (0..2).flat_map(|_| fd()).collect();
+        assert_eq!(p.opened(fds, t0), Opened::Birthday { sockets: 2 });
+        let sent = p.due(t0 + Duration::from_secs(1));
+        let mut pairs: Vec<(u16, u16)> = sent
+            .iter()
+            .map(|(pr, s)| (s.as_ref().unwrap().id, pr.to.port()))
+            .collect();
+        pairs.sort_unstable();
+        let ids: Vec<u16> = p.sockets().iter().map(|s| s.id).collect();
+        let want: Vec<(u16, u16)> = ids
+            .iter()
+            .flat_map(|&id| (20_001..=20_003).map(move |port| (id, port)))
+            .collect();
+        assert_eq!(pairs, want);
     }
 }

@@ -6,9 +6,9 @@
 //!
 //! Wired: `control` runs the classifier on a timer and publishes the class
 //! through [`StableClass`]; peers exchange classes in the UDP4CONN marker;
-//! `peer` chooses the method with [`choose`]; `control::punch` carries out
-//! prediction sprays and birthday attempts. Prediction + birthday is not
-//! run (see `peer::machine::runnable`).
+//! `peer` plans each attempt with [`plan`] (the method from [`choose`], who
+//! leads, what each round does); `control::punch` carries out the
+//! observations, sprays and birthday sockets.
 
 pub mod class;
 pub mod classify;
@@ -18,9 +18,9 @@ pub mod schedule;
 pub mod stable;
 
 #[cfg(test)]
-mod sim;
+pub(crate) mod sim;
 
 pub use class::{reachable_advert, Advertised, Delta, Filtering, Mapping, NatClass, NatKind};
 pub use classify::{Classifier, ClassifierConfig, Outcome, Reply, Request};
-pub use method::{choose, Method, PeerNat, Predicted, Side};
+pub use method::{choose, is_symmetric, plan, Method, PeerNat, Plan, Predicted, Role, Side, Step};
 pub use stable::StableClass;

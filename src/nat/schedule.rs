@@ -21,18 +21,56 @@
 //! - one hard-NAT attempt per node at a time (the caller's job: these
 //!   budgets are per node, not per peer).
 //!
-//! # Prediction (sequential symmetric NATs)
+//! # Prediction (a sequential symmetric NAT and a port-filtering cone)
 //!
-//! A sequential NAT gives session k+1 the port of session k plus Δ. The
-//! predicted side opens [`PREDICTION_SOCKETS`] = 8 fresh sessions towards
-//! the other side's mapping ([`open_sockets`]), which take ports
-//! last + Δ … last + 8Δ if nobody else behind that NAT opened sessions
-//! since the classification measured `last`. The other side sprays the
-//! [`PREDICTION_WINDOW`] = 64 ports last + Δ … last + 64Δ
-//! ([`prediction_spray`]): one of the eight ports stays inside the window
-//! with up to 63 foreign sessions in between. 72 packets in all. Two sequential NATs both spray: the k-th
-//! probe of each leaves from its own k-th new port towards the other's k-th,
-//! so the pairs meet when neither NAT saw foreign sessions meanwhile.
+//! A sequential NAT gives session k+1 the port of session k plus Δ, and
+//! every host behind it draws from that one counter, so a port learned
+//! minutes ago (the classification's, or the data socket's long-lived
+//! session to STUN) says little about the next one. The sequential side
+//! therefore observes right before the peer sprays: each round it opens a
+//! fresh socket whose first datagram is a STUN request, so the answer is
+//! the newest port the NAT gave out (`c`), and announces it. The cone side
+//! waits for that announcement, then sprays `c − 4Δ … c − Δ` and
+//! `c + Δ … c + 60Δ` ([`window_spray`], [`WINDOW_BEHIND`],
+//! [`WINDOW_AHEAD`]) from a fresh port of its own, and only then
+//! announces that port. The sequential side's challenge to it opens the
+//! next session on its NAT, `c + (1 + d)Δ` after d foreign sessions, which
+//! the spray has opened the cone's filter for when d < 60.
+//!
+//! The window is widened by the drift it measures: the ports between two
+//! announcements of the peer over the time between them, times the 2 s an
+//! announcement, a spray and the peer's answer take ([`widened_ahead`]),
+//! up to [`WINDOW_AHEAD_MAX`] = 180. After its announcement the cone
+//! sprays the unwidened window from its main port as well: the sequential
+//! side's first challenges to the cone's main mapping left just before
+//! the observation, from ports the window reaches back to, and behind a
+//! cone with an input firewall that is the quickest path. An attempt runs
+//! up to [`PREDICTION_ROUNDS`] = 3 rounds, each on a fresh observation,
+//! and the cone one more on the mapping it knows if no observation comes
+//! within 2 ticks: at most 4 × (2 + 4 + 180 + 4 + 60) = 1000 packets on
+//! the cone side, 3 on the sequential side.
+//!
+//! # Two sequential NATs
+//!
+//! Both sides observe their base as above (a₀, b₀) and announce it; the
+//! follower sprays from its fresh socket once it has the leader's base,
+//! the leader once it has the follower's. The leader's k-th probe goes to
+//! b₀ + (2k − 1)Δ_B, the follower's j-th to a₀ + jΔ_A ([`stride_spray`]).
+//! Each probe to a new port opens the next session of its fresh socket, so
+//! after d_A and d_B foreign sessions the leader's k-th probe leaves from
+//! a₀ + (k + d_A)Δ_A and the follower's j-th from b₀ + (j + d_B)Δ_B. The
+//! pair meets where a₀ + jΔ_A = a₀ + (k + d_A)Δ_A and
+//! b₀ + (2k − 1)Δ_B = b₀ + (j + d_B)Δ_B, that is at k = d_A + d_B + 1,
+//! j = 2d_A + d_B + 1: for any drift below the leader's count. Drift that
+//! grows during the spray still meets: k − d_A − d_B rises by at most 1
+//! per probe, so it cannot step over 1. Whichever of the two probes comes
+//! second finds the other's session and gets through. With
+//! [`STRIDE_PROBES`] = 64 for the leader and 128 for the follower, drift up
+//! to 63 sessions is crossed; per round 65 and 129 packets (0.3 s and
+//! 0.6 s at 200/s), per attempt of 3 rounds 195 and 387 (516 if the
+//! follower, not hearing from the leader, once acts alone). If both NATs
+//! are quiet P = 1; a round misses only when d_A + d_B > 63, and the next
+//! round observes afresh.
 //!
 //! # Birthday (random symmetric ↔ cone)
 //!
@@ -63,7 +101,11 @@
 //! Within the per-attempt budget (slots = 32, per_slot = 31, R = 992):
 //! P ≈ 0.015 per attempt. That is the honest price of this pair: the method
 //! exists, but it is a slow background attempt with backoff, not a path
-//! that comes up in seconds.
+//! that comes up in seconds. No schedule does better within a budget: a
+//! sequential port carries one session, to one guessed random port, so
+//! every hit needs one random-side session whose random port equals that
+//! guess, each with chance 1/N. The sequential side observes its base as
+//! in prediction, so the slots are the ports its NAT gives out next.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -73,11 +115,24 @@ use rand::seq::index::sample;
 use rand::SeedableRng;
 
 use super::class::Delta;
+use super::method::Step;
 
 pub const PACKETS_PER_SECOND: u32 = 200;
 pub const MAX_PACKETS_PER_ATTEMPT: usize = 1024;
-pub const PREDICTION_SOCKETS: usize = 8;
-pub const PREDICTION_WINDOW: usize = 64;
+/// Ports sprayed before the peer's observed base: sessions its NAT opened
+/// just before the observation (its first challenge to us).
+pub const WINDOW_BEHIND: u16 = 4;
+/// Ports sprayed after it, before widening.
+pub const WINDOW_AHEAD: u16 = 60;
+pub const WINDOW_AHEAD_MAX: u16 = 180;
+/// Rounds of a prediction attempt, each on a fresh observation.
+pub const PREDICTION_ROUNDS: u32 = 3;
+/// The leader's probes between two sequential NATs (the follower sends
+/// twice as many): the drift the pair crosses.
+pub const STRIDE_PROBES: u16 = 64;
+/// What a window's drift widening assumes between the peer's observation
+/// and its probe through the window.
+const WINDOW_LEAD_TIME: Duration = Duration::from_secs(2);
 pub const BIRTHDAY_SOCKETS: usize = 256;
 pub const BIRTHDAY_PROBES: usize = 768;
 pub const PB_SLOTS: usize = 32;
@@ -89,7 +144,16 @@ pub const PORT_SPACE: usize = 65536 - PORT_LOW as usize;
 // The chosen numbers fit one attempt's budget, checked when compiling.
 const _: () = assert!(BIRTHDAY_SOCKETS + BIRTHDAY_PROBES <= MAX_PACKETS_PER_ATTEMPT);
 const _: () = assert!(PB_SLOTS * PB_PER_SLOT <= MAX_PACKETS_PER_ATTEMPT);
-const _: () = assert!(PREDICTION_SOCKETS + PREDICTION_WINDOW <= MAX_PACKETS_PER_ATTEMPT);
+// Prediction's followers may add one round on what they know when the
+// leader stays silent.
+const _: () = assert!(
+    (PREDICTION_ROUNDS as usize + 1)
+        * (2 + 2 * WINDOW_BEHIND as usize + WINDOW_AHEAD_MAX as usize + WINDOW_AHEAD as usize)
+        <= MAX_PACKETS_PER_ATTEMPT
+);
+const _: () = assert!(
+    (PREDICTION_ROUNDS as usize + 1) * (1 + 2 * STRIDE_PROBES as usize) <= MAX_PACKETS_PER_ATTEMPT
+);
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(64);
@@ -147,16 +211,15 @@ pub fn open_sockets(target: SocketAddrV4, sockets: usize) -> Vec<Send> {
     paced((1..=sockets).map(|s| (s, target)))
 }
 
+/// `last` + `step`·`k` on the 16-bit port ring, port 0 read as 1.
+fn port_at(last: u16, step: i32, k: i32) -> u16 {
+    let p = (i32::from(last) + step.wrapping_mul(k)).rem_euclid(65536) as u16;
+    p.max(1)
+}
+
 /// The ports after `last` on a NAT stepping by `step`, skipping port 0.
 fn predicted_ports(last: u16, step: i32, count: usize) -> impl Iterator<Item = u16> {
-    (1..=count as i32).map(move |k| {
-        let p = (i32::from(last) + step.wrapping_mul(k)).rem_euclid(65536) as u16;
-        if p == 0 {
-            1
-        } else {
-            p
-        }
-    })
+    (1..=count as i32).map(move |k| port_at(last, step, k))
 }
 
 /// The window `last + step·1 … last + step·window` of the peer's address,
@@ -164,6 +227,72 @@ fn predicted_ports(last: u16, step: i32, count: usize) -> impl Iterator<Item = u
 pub fn prediction_spray(peer_last: SocketAddrV4, step: i32, window: usize) -> Vec<Send> {
     let ip = *peer_last.ip();
     paced(predicted_ports(peer_last.port(), step, window).map(|p| (0, SocketAddrV4::new(ip, p))))
+}
+
+/// The window around the peer's observed base: `behind` ports before it
+/// and `ahead` after it, stepping by `step`, the base itself left out (its
+/// session is the peer's STUN request).
+pub fn window_spray(base: SocketAddrV4, step: i32, behind: u16, ahead: u16) -> Vec<Send> {
+    let ip = *base.ip();
+    let before = (1..=i32::from(behind))
+        .rev()
+        .map(move |k| port_at(base.port(), -step, k));
+    let after = (1..=i32::from(ahead)).map(move |k| port_at(base.port(), step, k));
+    paced(before.chain(after).map(|p| (0, SocketAddrV4::new(ip, p))))
+}
+
+/// Between two sequential NATs: `count` probes to the peer's observed
+/// base + (`stride`·(k − 1) + 1)·`step`, k = 1…count: its next port, then
+/// every `stride`-th one.
+pub fn stride_spray(base: SocketAddrV4, step: i32, stride: i32, count: u16) -> Vec<Send> {
+    let ip = *base.ip();
+    paced((1..=i32::from(count)).map(|k| {
+        let offset = stride.saturating_mul(k - 1).saturating_add(1);
+        (0, SocketAddrV4::new(ip, port_at(base.port(), step, offset)))
+    }))
+}
+
+/// The ports after the window's `ahead` the peer's NAT may give out before
+/// its probe arrives, from two of its announcements (`earlier`, `later`:
+/// port and arrival): its measured sessions per second over
+/// [`WINDOW_LEAD_TIME`], added to `ahead`, at most [`WINDOW_AHEAD_MAX`]. A
+/// counter that did not move forward (or one announcement) widens nothing.
+pub fn widened_ahead(
+    ahead: u16,
+    step: i32,
+    earlier: Option<(u16, std::time::Instant)>,
+    later: (u16, std::time::Instant),
+) -> u16 {
+    let Some((p0, t0)) = earlier else {
+        return ahead;
+    };
+    let secs = later.1.saturating_duration_since(t0).as_secs_f64();
+    let moved = i32::from(later.0.wrapping_sub(p0) as i16);
+    let sessions = if step == 0 { 0 } else { moved / step };
+    if secs <= 0.0 || sessions <= 0 {
+        return ahead;
+    }
+    let extra = (f64::from(sessions) / secs * WINDOW_LEAD_TIME.as_secs_f64()).ceil();
+    let extra = extra.min(f64::from(WINDOW_AHEAD_MAX)) as u16;
+    ahead.saturating_add(extra).min(WINDOW_AHEAD_MAX)
+}
+
+/// The most packets one round of `step` sends (a window at its widest).
+pub fn packets_per_round(step: Step) -> usize {
+    match step {
+        Step::FreshPort => 2,
+        Step::Observe => 1,
+        Step::ObserveAndStride { count, .. } | Step::ObserveAndBirthday { count } => {
+            1 + usize::from(count)
+        }
+        // The fresh port's window, widened at most, and the main port's.
+        Step::FreshPortWindow { behind, .. } => {
+            2 + 2 * usize::from(behind) + usize::from(WINDOW_AHEAD_MAX) + usize::from(WINDOW_AHEAD)
+        }
+        Step::FreshPortBirthday { count } => 2 + usize::from(count),
+        Step::Sockets { count } => usize::from(count),
+        Step::SlotSockets { slots, per_slot } => usize::from(slots) * usize::from(per_slot),
+    }
 }
 
 /// `probes` distinct random ports of `peer_ip` in the NAT range, from the
@@ -235,9 +364,10 @@ mod tests {
     #[test]
     fn every_schedule_stays_within_its_budget() {
         let peer: SocketAddrV4 = "198.51.100.7:20000".parse().unwrap();
-        assert_within_budget(&open_sockets(peer, PREDICTION_SOCKETS));
+        assert_within_budget(&window_spray(peer, 1, WINDOW_BEHIND, WINDOW_AHEAD_MAX));
+        assert_within_budget(&stride_spray(peer, 1, 2, STRIDE_PROBES));
+        assert_within_budget(&stride_spray(peer, 1, 1, 2 * STRIDE_PROBES));
         assert_within_budget(&open_sockets(peer, BIRTHDAY_SOCKETS));
-        assert_within_budget(&prediction_spray(peer, 1, PREDICTION_WINDOW));
         assert_within_budget(&birthday_spray(*peer.ip(), BIRTHDAY_PROBES, 1));
         assert_within_budget(&prediction_and_birthday_random_side(
             peer,
@@ -293,67 +423,129 @@ mod tests {
         );
     }
 
-    /// A sequential NAT whose classification saw `last`, then `foreign`
-    /// sessions of another host, then the attempt: does the cone's spray
-    /// meet one of the opened sockets?
-    fn prediction_hits(foreign: u16) -> bool {
+    /// A sequential NAT observed at `c` by a fresh socket's STUN request,
+    /// then `foreign` sessions of another host, then its challenge to the
+    /// cone's fresh port, which sprayed the window around `c` first: does
+    /// the challenge get in?
+    fn window_hits(foreign: u16) -> bool {
         let cone: SocketAddrV4 = CONE.parse().unwrap();
         let mut nat = SimNat::symmetric_sequential(1);
-        let last = nat.outbound(host(2, 40000), STUN.parse().unwrap());
+        let c = nat.outbound(host(2, 40001), STUN.parse().unwrap());
         for f in 0..foreign {
             nat.outbound(
                 host(9, 5000),
                 SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1000 + f),
             );
         }
-        for s in open_sockets(cone, PREDICTION_SOCKETS) {
-            nat.outbound(host(2, 40000 + s.socket as u16), s.target);
-        }
-        prediction_spray(last, 1, PREDICTION_WINDOW)
+        let challenge = nat.outbound(host(2, 40000), cone);
+        window_spray(c, 1, WINDOW_BEHIND, WINDOW_AHEAD)
             .iter()
-            .any(|s| nat.inbound(cone, s.target.port()))
+            .any(|s| s.target == challenge)
     }
 
     #[test]
-    fn prediction_window_tolerates_foreign_sessions_up_to_its_width() {
-        for foreign in 0..=63 {
-            assert!(prediction_hits(foreign), "{foreign} foreign sessions");
+    fn the_window_tolerates_foreign_sessions_up_to_its_width() {
+        for foreign in 0..WINDOW_AHEAD {
+            assert!(window_hits(foreign), "{foreign} foreign sessions");
         }
-        assert!(!prediction_hits(64));
-        assert!(!prediction_hits(300));
+        assert!(!window_hits(WINDOW_AHEAD));
+        assert!(!window_hits(300));
+        let base: SocketAddrV4 = "198.51.100.7:20010".parse().unwrap();
+        let ports: Vec<u16> = window_spray(base, 1, 2, 3)
+            .iter()
+            .map(|s| s.target.port())
+            .collect();
+        assert_eq!(ports, [20008, 20009, 20011, 20012, 20013]);
     }
 
-    /// Two sequential NATs spraying each other's windows; `foreign` sessions
-    /// on the second one after its classification.
-    fn two_sequential_meet(foreign: u16) -> bool {
+    #[test]
+    fn measured_drift_widens_the_window() {
+        let t0 = std::time::Instant::now();
+        let t1 = t0 + Duration::from_secs(3);
+        // One announcement: nothing to measure.
+        assert_eq!(widened_ahead(60, 1, None, (20100, t1)), 60);
+        // 90 sessions in 3 s: 30/s, over the 2 s lead: 60 more.
+        assert_eq!(widened_ahead(60, 1, Some((20010, t0)), (20100, t1)), 120);
+        // Across the end of the port ring, and with a step of 2.
+        assert_eq!(widened_ahead(60, 2, Some((65530, t0)), (50, t1)), 79);
+        // A counter that went back, or a flood, stays within bounds.
+        assert_eq!(widened_ahead(60, 1, Some((20100, t0)), (20010, t1)), 60);
+        assert_eq!(
+            widened_ahead(60, 1, Some((1000, t0)), (31000, t1)),
+            WINDOW_AHEAD_MAX
+        );
+    }
+
+    /// Two sequential NATs, each observed by its fresh socket, the leader
+    /// (stride 2) with `da` foreign sessions and the follower (stride 1)
+    /// with `db`, half of each before its spray and half during it.
+    fn two_sequential_meet(da: u16, db: u16) -> bool {
         let mut a = SimNat::symmetric_sequential(1);
         let mut b = SimNat::symmetric_sequential(2).at(Ipv4Addr::new(198, 51, 100, 8));
         let stun: SocketAddrV4 = STUN.parse().unwrap();
         let (la, lb) = (host(2, 40000), host(3, 41000));
-        let a_last = a.outbound(la, stun);
-        let b_last = b.outbound(lb, stun);
-        for f in 0..foreign {
-            b.outbound(
-                host(9, 5000),
-                SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1000 + f),
-            );
-        }
-        let from_a = prediction_spray(b_last, 1, PREDICTION_WINDOW);
-        let from_b = prediction_spray(a_last, 1, PREDICTION_WINDOW);
+        let a0 = a.outbound(la, stun);
+        let b0 = b.outbound(lb, stun);
+        let foreign = |nat: &mut SimNat, n: u16, tag: u16| {
+            for f in 0..n {
+                nat.outbound(
+                    host(9, 5000 + tag),
+                    SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), 1000 + f),
+                );
+            }
+        };
+        foreign(&mut a, da / 2, 0);
+        foreign(&mut b, db / 2, 0);
+        let from_a = stride_spray(b0, 1, 2, STRIDE_PROBES);
+        let from_b = stride_spray(a0, 1, 1, 2 * STRIDE_PROBES);
+        // The follower sprays first (it has the leader's base first); the
+        // leader's probes then interleave with the rest of it. Foreign
+        // sessions land in the middle of each spray.
         let mut sent_by_a = Vec::new();
-        for (x, y) in from_a.iter().zip(&from_b) {
-            sent_by_a.push((a.outbound(la, x.target), x.target.port()));
-            b.outbound(lb, y.target);
+        let mut sent_by_b = Vec::new();
+        for (i, y) in from_b.iter().enumerate() {
+            if i == from_b.len() / 2 {
+                foreign(&mut b, db - db / 2, 1);
+            }
+            sent_by_b.push((b.outbound(lb, y.target), y.target.port()));
+            if let Some(x) = i.checked_sub(8).and_then(|k| from_a.get(k)) {
+                if i - 8 == from_a.len() / 2 {
+                    foreign(&mut a, da - da / 2, 1);
+                }
+                sent_by_a.push((a.outbound(la, x.target), x.target.port()));
+            }
         }
-        // A's probe k arrives at B after B's probe k has left.
-        sent_by_a.iter().any(|&(src, port)| b.inbound(src, port))
+        // Every probe is delivered after both sprays: the later of a
+        // matching pair always finds the other's session.
+        let a_in = sent_by_b.iter().any(|&(src, port)| a.inbound(src, port));
+        let b_in = sent_by_a.iter().any(|&(src, port)| b.inbound(src, port));
+        a_in && b_in
     }
 
     #[test]
-    fn two_sequential_nats_meet_unless_foreign_sessions_shift_one() {
-        assert!(two_sequential_meet(0));
-        // The documented limit: the pairs only meet in lockstep.
-        assert!(!two_sequential_meet(3));
+    fn two_sequential_nats_meet_with_drift_up_to_the_leaders_count() {
+        for (da, db) in [
+            (0, 0),
+            (1, 0),
+            (0, 1),
+            (3, 7),
+            (20, 20),
+            (40, 23),
+            (0, 63),
+            (63, 0),
+        ] {
+            assert!(two_sequential_meet(da, db), "drift {da} + {db}");
+        }
+        assert!(!two_sequential_meet(40, 40), "drift 80 is past the window");
+        let base: SocketAddrV4 = "198.51.100.7:20000".parse().unwrap();
+        let ports = |stride| -> Vec<u16> {
+            stride_spray(base, 1, stride, 3)
+                .iter()
+                .map(|s| s.target.port())
+                .collect()
+        };
+        assert_eq!(ports(2), [20001, 20003, 20005]);
+        assert_eq!(ports(1), [20001, 20002, 20003]);
     }
 
     /// Share of `runs` seeded birthday attempts between a random symmetric

@@ -98,6 +98,24 @@ impl SimNat {
     pub fn symmetric_random(seed: u64) -> Self {
         Self::new(true, Filter::AddressAndPort, Alloc::Random, seed)
     }
+    pub fn public_ip(&self) -> Ipv4Addr {
+        self.public
+    }
+    /// The inside endpoint a datagram from `from` to the public `port`
+    /// reaches, once [`SimNat::inbound`] admitted it: the mapping to
+    /// exactly `from` if there is one, else the port's endpoint-independent
+    /// one.
+    pub fn local_for(&self, from: SocketAddrV4, port: u16) -> Option<SocketAddrV4> {
+        if !self.translate {
+            return None;
+        }
+        let on_port = || self.mappings.iter().filter(move |(_, &p)| p == port);
+        on_port()
+            .find(|((_, dest), _)| *dest == Some(from))
+            .or_else(|| on_port().find(|((_, dest), _)| dest.is_none()))
+            .or_else(|| on_port().find(|((_, dest), _)| dest.is_some_and(|d| d.ip() == from.ip())))
+            .map(|((local, _), _)| *local)
+    }
     /// A host with a public address and no NAT or firewall.
     pub fn none() -> Self {
         let mut me = Self::new(false, Filter::Open, Alloc::Preserve, 0);

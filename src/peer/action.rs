@@ -34,34 +34,35 @@ pub enum Action {
         nonce: Nonce,
     },
     /// ringlink peers only: marked heartbeats to `count` ports of `base`'s
-    /// address, `base.port + step·1 … + step·count` (port prediction: the
-    /// peer's NAT gives each new destination the next port, so one of
-    /// these is where its probes to us will come from, and sending there
-    /// opens our NAT to it).
+    /// address, its next port and then every `stride`-th (stepping by
+    /// `step`), from the attempt's fresh socket. A sequential NAT gives each
+    /// new destination its next port, so probes that land on the peer's
+    /// next ports, from ports of ours the peer aims at, meet
+    /// (`nat::schedule::stride_spray` has the arithmetic).
     Spray {
         peer: Ipv4Addr,
         base: SocketAddrV4,
         step: i32,
+        stride: i32,
         count: u16,
     },
-    /// ringlink peers only: one birthday attempt (a random symmetric NAT on
-    /// one side, `nat::schedule` has the numbers). Marked heartbeats, paced
-    /// by the caller, either from `count` fresh sockets to the peer's
-    /// mapping or from the data socket to `count` random ports of the
-    /// symmetric peer's address.
+    /// ringlink peers only: one half of a birthday attempt (`nat::schedule`
+    /// has the numbers). Marked heartbeats, paced by the caller.
     Birthday { peer: Ipv4Addr, role: BirthdayRole },
-    /// ringlink peers only: open one fresh socket for this attempt, probe
-    /// `target` from it, then announce its mapping to the peer in a second
-    /// UDP4CONN. Behind a router where an unsolicited datagram claims a
-    /// port (a bare Linux masquerade), the peer's early probes have taken
-    /// our main mapping towards it; this port is shown to nobody before it
-    /// has sent to the peer.
-    /// `window`: the prediction window to spray from it before the
-    /// announcement, when the method sprays.
+    /// ringlink peers only: open one fresh socket for this round of the
+    /// attempt. It probes `target` (when given), sprays `spray`, and only
+    /// then asks the STUN server for its mapping, which is announced to the
+    /// peer in a second UDP4CONN and reported back with
+    /// `PeerManager::handle_own_fresh`. Behind a router where an
+    /// unsolicited datagram claims a port (a bare Linux masquerade), the
+    /// peer's early probes have taken our main mapping towards it; this
+    /// port is shown to nobody before it has sent to the peer. Behind a
+    /// sequential NAT, its mapping is the newest port the NAT gave out: the
+    /// base the peer predicts from.
     FreshPort {
         peer: Ipv4Addr,
-        target: SocketAddrV4,
-        window: Option<SprayWindow>,
+        target: Option<SocketAddrV4>,
+        spray: FreshSpray,
     },
     /// WS UDP4CONN {src = own VIP, dst = `peer`} carrying `public`.
     SendPublicInfo {
@@ -83,23 +84,43 @@ pub enum Action {
     Disconnected { peer: Ipv4Addr },
 }
 
-/// Port prediction's window: `count` ports of `base`'s address, `base.port
-/// + step·1 … + step·count`.
+/// What a fresh socket sprays before it announces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SprayWindow {
-    pub base: SocketAddrV4,
-    pub step: i32,
-    pub count: u16,
+pub enum FreshSpray {
+    /// Nothing: it probes its target, or only asks STUN (an observation).
+    Nothing,
+    /// Port prediction's window around the peer's observed `base`:
+    /// `behind` ports before it and `ahead` after it, stepping by `step`.
+    Window {
+        base: SocketAddrV4,
+        step: i32,
+        behind: u16,
+        ahead: u16,
+    },
+    /// `count` distinct random ports of `ip` (a random symmetric peer).
+    Birthday { ip: Ipv4Addr, count: u16 },
 }
 
 /// Which half of a birthday attempt this node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BirthdayRole {
-    /// Behind the random symmetric NAT: each fresh socket gets a mapping
-    /// of its own, one of which the peer's random ports may hit.
+    /// Behind the random symmetric NAT: `count` sockets each send one
+    /// probe to `target`, so each gets a random mapping of its own, one of
+    /// which the peer's random ports may hit. Sockets this attempt opened
+    /// already are sent from again rather than new ones opened.
     Sockets { target: SocketAddrV4, count: u16 },
-    /// The other side: opens its NAT to random ports of `ip`.
+    /// The other side: opens its NAT to `count` random ports of `ip`, from
+    /// the attempt's fresh socket.
     Spray { ip: Ipv4Addr, count: u16 },
+    /// Behind the random NAT, against a sequential one: `per_slot` sockets
+    /// each send to the `slots` ports `base + step·1 … + step·slots`, where
+    /// the peer's probes will leave from.
+    Slots {
+        base: SocketAddrV4,
+        step: i32,
+        slots: u16,
+        per_slot: u16,
+    },
 }
 
 /// The verdict on one input event, so the caller can count what it drops.

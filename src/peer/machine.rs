@@ -13,34 +13,19 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use crate::nat::{self, Advertised, Filtering, Method, NatKind, PeerNat, Predicted, Side};
+use crate::nat::{self, Advertised, Method, NatKind, PeerNat, Role, Step};
 use crate::proto::udp::Nonce;
 use crate::proto::Ipv4Cidr;
 
-use super::action::{Action, BirthdayRole, Ignored, Outcome, SprayWindow};
+use super::action::{Action, BirthdayRole, FreshSpray, Ignored, Outcome};
 use super::addr::is_private;
+use super::attempt::{Attempt, Next};
 // PONGs per peer get the budget challenges have (a peer challenges at most
 // that often), so replayed PINGs cannot turn this node into a reflector.
 use super::challenge::{Challenges, Reason, BURST as ANSWER_BURST, PER_TICK as ANSWERS_PER_TICK};
 use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
-
-/// The method this build carries out for the table's choice. Prediction
-/// and birthday (sequential ↔ random) would need fresh sockets on both
-/// sides in step and wins about 1.5 % of attempts (`nat::schedule`); such a
-/// pair gets simultaneous open instead, and status says so.
-fn runnable(m: Method) -> Method {
-    match m {
-        Method::PredictionAndBirthday { .. } => Method::SimultaneousOpen,
-        other => other,
-    }
-}
-
-/// Ports sprayed per tick in port prediction. CONNECTING lasts 10 ticks, so
-/// an attempt sends at most 640 datagrams at 64 per second: inside the
-/// budgets of `nat::schedule` (1024 per attempt, 200 per second).
-const SPRAY_WINDOW: u16 = 64;
 
 /// Node-wide settings a peer consults; borrowed from the manager per call so
 /// one change (e.g. an sdwan push) applies to every peer at once.
@@ -59,6 +44,10 @@ pub(crate) struct Env<'a> {
     /// This node's published NAT classification, if it has one.
     pub own_nat: Option<NatKind>,
     pub own_reachable: bool,
+    /// This node's VIP: between two sequential NATs the lower one leads.
+    pub own_vip: Ipv4Addr,
+    /// The node's hard-NAT slot is free, or this peer holds it.
+    pub slot_free: bool,
 }
 
 impl Env<'_> {
@@ -94,6 +83,13 @@ pub struct Peer {
     nat: Option<Advertised>,
     /// The traversal method of the current (or last) attempt.
     method: Option<Method>,
+    /// The hard-NAT attempt of the current CONNECTING stay.
+    attempt: Option<Attempt>,
+    /// The peer's latest endpoint announced since this attempt's first
+    /// (a fresh socket's mapping), with its arrival, and the one before:
+    /// their ports over the time between them measure its NAT's drift.
+    announced: Option<(SocketAddrV4, Instant)>,
+    announced_before: Option<(SocketAddrV4, Instant)>,
 }
 
 impl Peer {
@@ -124,6 +120,9 @@ impl Peer {
             connected_since: None,
             nat: None,
             method: None,
+            attempt: None,
+            announced: None,
+            announced_before: None,
         }
     }
 
@@ -193,13 +192,19 @@ impl Peer {
             self.real = None;
             self.ack = false;
             self.challenges.clear();
+            self.announced = None;
+            self.announced_before = None;
+        }
+        if prev == PeerState::Connecting && next != PeerState::Connecting {
+            self.attempt = None;
         }
         if next == PeerState::Preparing && prev.resets_on_entry() {
             self.attempts += 1;
             self.attempt_started = Some(now);
         }
-        if next == PeerState::Connecting && prev != PeerState::Connecting {
-            self.method = self.ringlink.then(|| {
+        let attempt_starts = next == PeerState::Connecting && prev != PeerState::Connecting;
+        if attempt_starts {
+            self.attempt = self.ringlink.then(|| {
                 let mine = PeerNat {
                     kind: env.own_nat,
                     reachable: env.own_reachable,
@@ -208,10 +213,9 @@ impl Peer {
                     kind: self.nat.map(|n| n.kind),
                     reachable: self.nat.is_some_and(|n| n.reachable),
                 };
-                runnable(nat::choose(mine, peer))
+                Attempt::new(nat::plan(mine, peer, env.own_vip < self.vip), now)
             });
-            self.start_birthday(out);
-            self.start_fresh_port(env, out);
+            self.method = self.attempt.as_ref().map(|a| a.plan.method);
         }
         if next == PeerState::Connected && prev != PeerState::Connected {
             self.time_to_direct = self
@@ -237,6 +241,11 @@ impl Peer {
                 PeerState::Connecting | PeerState::Connected => self.probe(now, env, out),
                 _ => {}
             }
+        }
+        // After the entry's challenges: an observation made now is newer
+        // than the session they opened.
+        if attempt_starts {
+            self.drive_attempt(now, env, out);
         }
         if prev != PeerState::Connected && next == PeerState::Connected {
             if let Some(path) = self.real {
@@ -276,13 +285,21 @@ impl Peer {
         self.nat = nat;
         let moved = self.wide.is_some_and(|w| w != public);
         self.wide = Some(public);
+        if moved && self.ringlink {
+            self.announced_before = self.announced;
+            self.announced = Some((public, now));
+        }
         match self.state {
-            // A ringlink peer announces a second endpoint mid-attempt (its
-            // fresh port): challenge it now, not a tick later, before more
-            // sessions on a sequential NAT move our next port out of the
-            // window the peer sprayed.
+            // A ringlink peer announces a second endpoint mid-attempt (a
+            // fresh socket): a cone's is challenged now, not a tick later,
+            // before more sessions on a sequential NAT move our next port
+            // out of the window the peer sprayed. A symmetric NAT's admits
+            // only the STUN server: it is the base of our next round.
             PeerState::Connecting if moved && self.ringlink && !env.tunnelled(*public.ip()) => {
-                self.challenge(public, Reason::Tick, now, out);
+                if !nat::is_symmetric(self.nat.map(|n| n.kind)) {
+                    self.challenge(public, Reason::Tick, now, out);
+                }
+                self.drive_attempt(now, env, out);
             }
             PeerState::Connected | PeerState::Connecting => {}
             PeerState::Synchronizing => {
@@ -517,8 +534,13 @@ impl Peer {
                 }
             }
             PeerState::Connecting => {
-                if in_state < t.connecting {
+                let waited = self.attempt.as_mut().map_or(Duration::ZERO, |a| {
+                    a.tick(t.tick, t.connecting);
+                    a.waited()
+                });
+                if in_state < t.connecting + waited {
                     self.probe(now, env, out);
+                    self.drive_attempt(now, env, out);
                 } else {
                     self.set_state(PeerState::Waiting, now, env, out);
                 }
@@ -579,100 +601,169 @@ impl Peer {
                 });
             }
         }
-        if self.state == PeerState::Connecting {
-            self.spray_if_predicting(out);
+    }
+
+    /// The attempt's socket for this round is mapped at `mapped` (its STUN
+    /// answer); the announcement to the peer is the caller's.
+    pub(crate) fn on_own_fresh(
+        &mut self,
+        mapped: SocketAddrV4,
+        now: Instant,
+        env: Env<'_>,
+        out: &mut VecDeque<Action>,
+    ) {
+        if let Some(a) = &mut self.attempt {
+            a.observed(mapped);
+            self.drive_attempt(now, env, out);
         }
     }
 
-    /// A birthday attempt starts with CONNECTING and runs once, paced by
-    /// the caller over a few seconds (CONNECTING lasts ten).
-    fn start_birthday(&self, out: &mut VecDeque<Action>) {
-        let (Some(Method::Birthday { symmetric }), Some(wide)) = (self.method, self.wide) else {
+    /// The node's hard-NAT slot is this peer's.
+    pub(crate) fn holds_slot(&self, now: Instant) -> bool {
+        self.state == PeerState::Connecting
+            && self.attempt.as_ref().is_some_and(|a| a.holds_slot(now))
+    }
+
+    /// The attempt wanted the node's slot and did not get it.
+    pub(crate) fn waits_for_slot(&self) -> bool {
+        self.state == PeerState::Connecting
+            && self.attempt.as_ref().is_some_and(Attempt::waits_for_slot)
+    }
+
+    /// The slot came free: the attempt may start its round.
+    pub(crate) fn resume(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
+        self.drive_attempt(now, env, out);
+    }
+
+    /// Moves the attempt on: a new round, or the spray of the current one.
+    fn drive_attempt(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
+        let Some(wide) = self.wide.filter(|w| !env.tunnelled(*w.ip())) else {
             return;
         };
-        let role = match symmetric {
-            Side::Mine => BirthdayRole::Sockets {
-                target: wide,
-                count: nat::schedule::BIRTHDAY_SOCKETS as u16,
-            },
-            Side::Peer => BirthdayRole::Spray {
-                ip: *wide.ip(),
-                count: nat::schedule::BIRTHDAY_PROBES as u16,
-            },
+        if self.state != PeerState::Connecting {
+            return;
+        }
+        let Some(a) = &mut self.attempt else {
+            return;
         };
-        out.push_back(Action::Birthday {
-            peer: self.vip,
-            role,
-        });
-    }
-
-    /// A port-filtering cone (a bare Linux masquerade classifies as one)
-    /// also tries from a fresh port when the method is one a cone runs from
-    /// its own mapping; both halves are cheap (one socket, one STUN, one
-    /// UDP4CONN per attempt).
-    fn start_fresh_port(&self, env: Env<'_>, out: &mut VecDeque<Action>) {
-        let port_filtered_cone = env.own_nat.is_some_and(|k| {
-            k.behind_nat && k.is_cone() && k.filtering == Filtering::AddressAndPortDependent
-        });
-        let from_own_mapping = matches!(
-            self.method,
-            Some(
-                Method::SimultaneousOpen
-                    | Method::PortPrediction {
-                        predicted: Predicted::Peer
+        let next = a.next(now, env.timers.tick, self.announced, env.slot_free);
+        let (role, acted_on) = (a.plan.role, a.acted_on());
+        let peer = self.vip;
+        let step = self.nat.map_or(1, |n| nat::schedule::step_of(n.kind.delta));
+        match next {
+            Next::Nothing => {}
+            Next::Round { step: s, on } => {
+                let base = on.unwrap_or_else(|| self.newest_mapping(wide));
+                let action = match s {
+                    Step::FreshPort => Action::FreshPort {
+                        peer,
+                        target: Some(wide),
+                        spray: FreshSpray::Nothing,
+                    },
+                    Step::Observe
+                    | Step::ObserveAndStride { .. }
+                    | Step::ObserveAndBirthday { .. } => Action::FreshPort {
+                        peer,
+                        target: None,
+                        spray: FreshSpray::Nothing,
+                    },
+                    Step::FreshPortWindow { behind, ahead } => {
+                        let ahead = match (self.announced_before, self.announced) {
+                            (before, Some((later, at))) if Some(later) == on => {
+                                nat::schedule::widened_ahead(
+                                    ahead,
+                                    step,
+                                    before.map(|(ep, t)| (ep.port(), t)),
+                                    (later.port(), at),
+                                )
+                            }
+                            _ => ahead,
+                        };
+                        Action::FreshPort {
+                            peer,
+                            target: None,
+                            spray: FreshSpray::Window {
+                                base,
+                                step,
+                                behind,
+                                ahead,
+                            },
+                        }
                     }
-            )
-        );
-        if let (true, true, Some(target)) = (port_filtered_cone, from_own_mapping, self.wide) {
-            out.push_back(Action::FreshPort {
-                peer: self.vip,
-                target,
-                window: self.spray_window(),
-            });
+                    Step::FreshPortBirthday { count } => Action::FreshPort {
+                        peer,
+                        target: None,
+                        spray: FreshSpray::Birthday {
+                            ip: *wide.ip(),
+                            count,
+                        },
+                    },
+                    Step::Sockets { count } => Action::Birthday {
+                        peer,
+                        role: BirthdayRole::Sockets {
+                            target: on.unwrap_or(wide),
+                            count,
+                        },
+                    },
+                    Step::SlotSockets { slots, per_slot } => Action::Birthday {
+                        peer,
+                        role: BirthdayRole::Slots {
+                            base,
+                            step,
+                            slots,
+                            per_slot,
+                        },
+                    },
+                };
+                out.push_back(action);
+            }
+            Next::SprayObserved { step: s } => {
+                let action = match s {
+                    Step::ObserveAndStride { stride, count } => {
+                        let base = match role {
+                            Role::Lead => self.announced.map(|(ep, _)| ep),
+                            Role::Follow => acted_on,
+                        }
+                        .unwrap_or_else(|| self.newest_mapping(wide));
+                        Action::Spray {
+                            peer,
+                            base,
+                            step,
+                            stride,
+                            count,
+                        }
+                    }
+                    Step::ObserveAndBirthday { count } => Action::Birthday {
+                        peer,
+                        role: BirthdayRole::Spray {
+                            ip: *wide.ip(),
+                            count,
+                        },
+                    },
+                    _ => return,
+                };
+                out.push_back(action);
+            }
         }
     }
 
-    /// Port prediction towards a peer whose NAT gives each new destination
-    /// the next port: its probes to us leave from a port after the last one
-    /// it saw allocated, so each tick we send to the window of ports after
-    /// it, which lets those probes through our NAT (and reaches the peer if
-    /// its mapping already exists).
-    fn spray_if_predicting(&self, out: &mut VecDeque<Action>) {
-        if let Some(w) = self.spray_window() {
-            out.push_back(Action::Spray {
-                peer: self.vip,
-                base: w.base,
-                step: w.step,
-                count: w.count,
-            });
+    /// The peer's newest mapping we know of: the later of the one its
+    /// classification saw last and the one its UDP4CONN carries, unless
+    /// an announcement of this attempt (an observation) is fresher still.
+    fn newest_mapping(&self, wide: SocketAddrV4) -> SocketAddrV4 {
+        if let Some((ep, _)) = self.announced {
+            return ep;
         }
-    }
-
-    /// The window to spray this tick, when we predict the peer's ports.
-    fn spray_window(&self) -> Option<SprayWindow> {
-        let predicting = matches!(
-            self.method,
-            Some(Method::PortPrediction {
-                predicted: Predicted::Peer | Predicted::Both
-            })
-        );
-        let (Some(nat), Some(wide), true) = (self.nat, self.wide, predicting) else {
-            return None;
+        let Some(nat) = self.nat else {
+            return wide;
         };
         let step = nat::schedule::step_of(nat.kind.delta);
-        // The newer of the two mappings the peer told us about: the one its
-        // classification saw last, or the one its UDP4CONN carries.
-        let base = if nat.last_mapped.ip() != wide.ip() {
+        if nat.last_mapped.ip() != wide.ip() {
             wide
         } else if (i32::from(nat.last_mapped.port()) - i32::from(wide.port())) * step.signum() > 0 {
             nat.last_mapped
         } else {
             wide
-        };
-        Some(SprayWindow {
-            base,
-            step,
-            count: SPRAY_WINDOW,
-        })
+        }
     }
 }

@@ -119,8 +119,8 @@ pub struct PeerManager {
     ticks: u64,
     tunnelled: Vec<Ipv4Cidr>,
     own_nat: Option<NatKind>,
-    /// The peer whose hard-NAT attempt is running, if any.
-    hard_attempt: Option<Ipv4Addr>,
+    /// The peer whose hard-NAT round holds the node's one slot, if any.
+    slot: Option<Ipv4Addr>,
     rng: SplitMix64,
 }
 
@@ -135,7 +135,7 @@ impl PeerManager {
             ticks: 0,
             tunnelled: Vec::new(),
             own_nat: None,
-            hard_attempt: None,
+            slot: None,
             rng: SplitMix64::new(cfg.seed),
             cfg,
         })
@@ -153,36 +153,53 @@ impl PeerManager {
 
     /// Next queued action, oldest first.
     pub fn poll_action(&mut self) -> Option<Action> {
-        loop {
-            let action = self.actions.pop_front()?;
-            match action {
-                Action::Spray { peer, .. } | Action::Birthday { peer, .. }
-                    if !self.hard_attempt_for(peer) =>
-                {
-                    continue
-                }
-                _ => return Some(action),
+        self.actions.pop_front()
+    }
+
+    /// One hard-NAT round (a spray, birthday sockets, an observation that
+    /// the peer predicts from) per node at a time: a router's session table
+    /// is shared by everything behind it, and behind a sequential NAT
+    /// another round's sessions would move the port a peer is predicting.
+    /// A peer may start one when no other peer's round is running.
+    fn slot_free_for(&self, vip: Ipv4Addr, now: Instant) -> bool {
+        match self.slot {
+            Some(holder) if holder != vip => {
+                !self.peers.get(&holder).is_some_and(|p| p.holds_slot(now))
             }
+            _ => true,
         }
     }
 
-    /// One hard-NAT attempt (a prediction spray or a birthday) per node at
-    /// a time: a
-    /// router's session table is shared by everything behind it, so the
-    /// window for a second peer waits until the first attempt has ended
-    /// (its peer left CONNECTING, direct or not).
-    fn hard_attempt_for(&mut self, peer: Ipv4Addr) -> bool {
-        let busy = self.hard_attempt.is_some_and(|holder| {
-            holder != peer
-                && self
-                    .peers
-                    .get(&holder)
-                    .is_some_and(|p| p.state() == PeerState::Connecting)
-        });
-        if !busy {
-            self.hard_attempt = Some(peer);
+    /// After a call into `vip`'s machine: it may have taken the slot, or
+    /// given it up (its path is proven), and then a waiting peer starts its
+    /// round now rather than on the next tick.
+    fn note_slot(&mut self, vip: Ipv4Addr, now: Instant) {
+        if self.peers.get(&vip).is_some_and(|p| p.holds_slot(now)) {
+            self.slot = Some(vip);
+            return;
         }
-        !busy
+        if self.slot != Some(vip) {
+            return;
+        }
+        self.slot = None;
+        let waiting: Vec<Ipv4Addr> = self
+            .peers
+            .iter()
+            .filter(|(&v, p)| v != vip && p.waits_for_slot())
+            .map(|(&v, _)| v)
+            .collect();
+        for v in waiting {
+            if self.slot.is_some() {
+                break;
+            }
+            let env = env_of(&self.cfg, &self.tunnelled, self.own_nat, true);
+            if let Some(p) = self.peers.get_mut(&v) {
+                p.resume(now, env, &mut self.actions);
+                if p.holds_slot(now) {
+                    self.slot = Some(v);
+                }
+            }
+        }
     }
 
     /// Runs the tick if it is due. A late call runs one tick and skips the
@@ -199,10 +216,12 @@ impl PeerManager {
 
     fn tick(&mut self, now: Instant) {
         self.ticks += 1;
-        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
         let mut want_stun = false;
-        for peer in self.peers.values_mut() {
-            want_stun |= peer.tick(now, env, &mut self.actions);
+        let vips: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+        for vip in vips {
+            want_stun |= self
+                .with_peer(vip, now, |p, env, out| p.tick(now, env, out))
+                .unwrap_or(false);
         }
         if want_stun && self.cfg.stun {
             self.actions.push_back(Action::StunRequest);
@@ -245,11 +264,15 @@ impl PeerManager {
     fn with_peer<R>(
         &mut self,
         vip: Ipv4Addr,
+        now: Instant,
         f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> R,
     ) -> Option<R> {
-        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
+        let slot_free = self.slot_free_for(vip, now);
+        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat, slot_free);
         let peer = self.peers.get_mut(&vip)?;
-        Some(f(peer, env, &mut self.actions))
+        let r = f(peer, env, &mut self.actions);
+        self.note_slot(vip, now);
+        Some(r)
     }
 
     /// try-P2P: a FORWARD relayed over WS arrived with this source VIP.
@@ -273,7 +296,7 @@ impl PeerManager {
         if let Err(why) = self.ensure_peer(vip, now) {
             return Outcome::Ignored(why);
         }
-        self.with_peer(vip, |p, env, out| p.try_p2p(now, env, out));
+        self.with_peer(vip, now, |p, env, out| p.try_p2p(now, env, out));
         Outcome::Accepted
     }
 
@@ -295,7 +318,7 @@ impl PeerManager {
         if let Err(why) = self.ensure_peer(src, now) {
             return Outcome::Ignored(why);
         }
-        self.with_peer(src, |p, env, out| {
+        self.with_peer(src, now, |p, env, out| {
             p.on_public_info(public, ringlink, nat, now, env, out)
         });
         Outcome::Accepted
@@ -309,7 +332,7 @@ impl PeerManager {
         if let Err(why) = self.ensure_peer(src, now) {
             return Outcome::Ignored(why);
         }
-        self.with_peer(src, |p, _, _| p.on_lan_info(lan));
+        self.with_peer(src, now, |p, _, _| p.on_lan_info(lan));
         Outcome::Accepted
     }
 
@@ -318,11 +341,19 @@ impl PeerManager {
         if !endpoint_valid(own_public) {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
-        let env = env_of(&self.cfg, &self.tunnelled, self.own_nat);
-        for peer in self.peers.values_mut() {
-            peer.on_stun(own_public, now, env, &mut self.actions);
+        let vips: Vec<Ipv4Addr> = self.peers.keys().copied().collect();
+        for vip in vips {
+            self.with_peer(vip, now, |p, env, out| p.on_stun(own_public, now, env, out));
         }
         Outcome::Accepted
+    }
+
+    /// The fresh socket of `peer`'s attempt is mapped at `mapped` (its
+    /// STUN answer); the caller announces it to the peer.
+    pub fn handle_own_fresh(&mut self, peer: Ipv4Addr, mapped: SocketAddrV4, now: Instant) {
+        self.with_peer(peer, now, |p, env, out| {
+            p.on_own_fresh(mapped, now, env, out)
+        });
     }
 
     /// A decrypted UDP HEARTBEAT naming `tunip` arrived from `from`;
@@ -335,7 +366,7 @@ impl PeerManager {
         marked: bool,
         now: Instant,
     ) -> Outcome {
-        self.with_known(from, tunip, |p, env, out| {
+        self.with_known(from, tunip, now, |p, env, out| {
             p.on_heartbeat(from, ack, marked, now, env, out)
         })
     }
@@ -348,7 +379,7 @@ impl PeerManager {
         nonce: Nonce,
         now: Instant,
     ) -> Outcome {
-        self.with_known(from, tunip, |p, env, out| {
+        self.with_known(from, tunip, now, |p, env, out| {
             p.on_ping(from, nonce, now, env, out)
         })
     }
@@ -361,7 +392,7 @@ impl PeerManager {
         nonce: &Nonce,
         now: Instant,
     ) -> Outcome {
-        self.with_known(from, tunip, |p, env, out| {
+        self.with_known(from, tunip, now, |p, env, out| {
             p.on_pong(from, nonce, now, env, out)
         })
     }
@@ -373,6 +404,7 @@ impl PeerManager {
         &mut self,
         from: SocketAddrV4,
         tunip: Ipv4Addr,
+        now: Instant,
         f: impl FnOnce(&mut Peer, Env<'_>, &mut VecDeque<Action>) -> Outcome,
     ) -> Outcome {
         if tunip == self.cfg.vip {
@@ -381,7 +413,7 @@ impl PeerManager {
         if !endpoint_valid(from) {
             return Outcome::Ignored(Ignored::InvalidEndpoint);
         }
-        self.with_peer(tunip, f)
+        self.with_peer(tunip, now, f)
             .unwrap_or(Outcome::Ignored(Ignored::UnknownPeer))
     }
 
@@ -427,7 +459,12 @@ impl PeerManager {
 }
 
 // A free function so callers can borrow `cfg` while mutating `peers`.
-fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr], own_nat: Option<NatKind>) -> Env<'a> {
+fn env_of<'a>(
+    cfg: &'a PeerConfig,
+    tunnelled: &'a [Ipv4Cidr],
+    own_nat: Option<NatKind>,
+    slot_free: bool,
+) -> Env<'a> {
     Env {
         timers: &cfg.timers,
         p2p: cfg.p2p && cfg.stun,
@@ -435,6 +472,8 @@ fn env_of<'a>(cfg: &'a PeerConfig, tunnelled: &'a [Ipv4Cidr], own_nat: Option<Na
         tunnelled,
         own_nat,
         own_reachable: cfg.reachable,
+        own_vip: cfg.vip,
+        slot_free,
     }
 }
 

@@ -26,6 +26,7 @@
 
 mod action;
 mod addr;
+mod attempt;
 mod challenge;
 mod machine;
 mod manager;
@@ -33,7 +34,7 @@ mod ratelimit;
 mod state;
 mod timers;
 
-pub use action::{Action, BirthdayRole, Ignored, Outcome, SprayWindow};
+pub use action::{Action, BirthdayRole, FreshSpray, Ignored, Outcome};
 pub use addr::is_private;
 pub use machine::Peer;
 pub use manager::{PeerConfig, PeerManager, PeerStatus};

@@ -303,7 +303,7 @@ fn a_replay_flood_does_not_starve_the_path() {
 mod prediction {
     use super::*;
     use crate::nat::{Advertised, Delta, Filtering, Mapping, NatKind};
-    use crate::peer::BirthdayRole;
+    use crate::peer::{BirthdayRole, FreshSpray};
 
     fn kind(mapping: Mapping, filtering: Filtering, delta: Delta) -> NatKind {
         NatKind {
@@ -331,8 +331,8 @@ mod prediction {
     }
 
     /// B (ringlink, NAT `peer`, last mapping `last`) in CONNECTING, we
-    /// behind `own`; the actions of the next tick.
-    fn tick_actions(own: NatKind, peer: NatKind, last: SocketAddrV4) -> (Node, Vec<Action>) {
+    /// behind `own`; our actions from the STUN answer on.
+    fn connecting(own: NatKind, peer: NatKind, last: SocketAddrV4) -> (Node, Vec<Action>) {
         let mut n = Node::new(|_| {});
         n.m.set_own_nat(Some(own));
         let nat = Advertised {
@@ -344,60 +344,164 @@ mod prediction {
             .m
             .handle_public_info(B, B_PUB, true, Some(nat), n.now)
             .is_accepted());
-        assert!(n.stun().is_accepted());
         n.drain();
-        let t = n.now_ms() + 1000;
-        let acts = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        assert!(n.stun().is_accepted());
+        assert_eq!(n.state(B), PeerState::Connecting);
+        let acts = n.drain();
         (n, acts)
     }
 
+    /// B announces `ep` (a fresh socket's mapping) `ms` from now.
+    fn announce(n: &mut Node, ep: SocketAddrV4, peer: NatKind, ms: u64) -> Vec<Action> {
+        let t = n.now_ms() + ms;
+        let mut acts: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        let nat = Advertised {
+            kind: peer,
+            last_mapped: B_PUB,
+            reachable: false,
+        };
+        assert!(n
+            .m
+            .handle_public_info(B, ep, true, Some(nat), n.now)
+            .is_accepted());
+        acts.extend(n.drain());
+        acts
+    }
+
+    fn fresh_ports(acts: &[Action]) -> Vec<(Option<SocketAddrV4>, FreshSpray)> {
+        acts.iter()
+            .filter_map(|a| match a {
+                Action::FreshPort { target, spray, .. } => Some((*target, *spray)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn hard(acts: &[Action]) -> Vec<Action> {
+        acts.iter()
+            .copied()
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Spray { .. } | Action::Birthday { .. } | Action::FreshPort { .. }
+                )
+            })
+            .collect()
+    }
+
+    const SEQ_OBSERVED: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 20_010);
+
     #[test]
-    fn a_cone_sprays_the_window_after_a_sequential_peers_newest_mapping() {
-        let newer = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() + 7);
-        let (n, acts) = tick_actions(port_restricted(), sequential(), newer);
-        assert!(acts.contains(&Action::Spray {
-            peer: B,
-            base: newer,
-            step: 1,
-            count: 64
-        }));
+    fn a_cone_sprays_the_window_around_each_observation_of_a_sequential_peer() {
+        let (mut n, acts) = connecting(port_restricted(), sequential(), B_PUB);
+        assert_eq!(hard(&acts), [], "it waits for the peer's observation");
         assert_eq!(
             n.status(B).method.map(|m| m.to_string()).as_deref(),
             Some("port prediction")
         );
-        // An older classification than the UDP4CONN: spray after the latter.
-        let older = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() - 7);
-        let (_, acts) = tick_actions(port_restricted(), sequential(), older);
-        assert!(acts.contains(&Action::Spray {
-            peer: B,
-            base: B_PUB,
-            step: 1,
-            count: 64
-        }));
+        let acts = announce(&mut n, SEQ_OBSERVED, sequential(), 300);
+        assert_eq!(
+            fresh_ports(&acts),
+            [(
+                None,
+                FreshSpray::Window {
+                    base: SEQ_OBSERVED,
+                    step: 1,
+                    behind: 4,
+                    ahead: 60
+                }
+            )]
+        );
+        // A symmetric NAT's announced mapping admits only STUN: it is a
+        // base, not challenged.
+        assert!(!pings(&acts).iter().any(|(to, _)| *to == SEQ_OBSERVED));
+        // The next observation 3 s later is 90 ports on: 30 sessions a
+        // second, so the window reaches 60 further.
+        let later = SocketAddrV4::new(*SEQ_OBSERVED.ip(), SEQ_OBSERVED.port() + 90);
+        let acts = announce(&mut n, later, sequential(), 3000);
+        assert_eq!(
+            fresh_ports(&acts),
+            [(
+                None,
+                FreshSpray::Window {
+                    base: later,
+                    step: 1,
+                    behind: 4,
+                    ahead: 120
+                }
+            )]
+        );
     }
 
     #[test]
-    fn cones_and_the_predicted_side_do_not_spray() {
-        for (own, peer) in [
-            (port_restricted(), port_restricted()),
-            (sequential(), port_restricted()),
-        ] {
-            let (_, acts) = tick_actions(own, peer, B_PUB);
-            assert!(
-                !acts.iter().any(|a| matches!(a, Action::Spray { .. })),
-                "{own} with {peer}: {acts:?}"
-            );
-            assert!(pings(&acts).iter().any(|(to, _)| *to == B_PUB));
-        }
+    fn without_an_observation_the_cone_falls_back_to_the_newest_mapping() {
+        let newer = SocketAddrV4::new(*B_PUB.ip(), B_PUB.port() + 7);
+        let (mut n, _) = connecting(port_restricted(), sequential(), newer);
+        let t = n.now_ms() + 1000;
+        assert_eq!(
+            hard(&n.advance(t).into_iter().map(|(_, a)| a).collect::<Vec<_>>()),
+            []
+        );
+        let t = n.now_ms() + 1000;
+        let acts: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        assert_eq!(
+            fresh_ports(&acts),
+            [(
+                None,
+                FreshSpray::Window {
+                    base: newer,
+                    step: 1,
+                    behind: 4,
+                    ahead: 60
+                }
+            )]
+        );
+        // Waiting for the observation did not count against CONNECTING.
+        let t = n.now_ms() + 9000;
+        n.advance(t);
+        assert_eq!(n.state(B), PeerState::Connecting);
     }
 
-    /// Our actions from B's UDP4CONN (NAT `peer`) through the STUN answer
-    /// that puts B in CONNECTING and one tick after, we behind `own`.
-    fn attempt_actions(own: NatKind, peer: NatKind) -> (Node, Vec<Action>) {
-        let mut n = Node::new(|_| {});
-        n.m.set_own_nat(Some(own));
+    #[test]
+    fn the_predicted_side_observes_each_round_and_sprays_nothing() {
+        let (mut n, acts) = connecting(sequential(), port_restricted(), B_PUB);
+        assert_eq!(fresh_ports(&acts), [(None, FreshSpray::Nothing)]);
+        // The round ends without a path: a fresh observation, twice more.
+        let t = n.now_ms() + 10_000;
+        let later: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        assert_eq!(fresh_ports(&later).len(), 2);
+        assert!(!later.iter().any(|a| matches!(a, Action::Spray { .. })));
+        // Two cones: the port-filtering one probes from a fresh port.
+        let (_, acts) = connecting(port_restricted(), port_restricted(), B_PUB);
+        assert_eq!(fresh_ports(&acts), [(Some(B_PUB), FreshSpray::Nothing)]);
+    }
+
+    #[test]
+    fn two_sequential_nats_observe_then_stride() {
+        // We lead (the lower VIP): observe, and spray by 2 only once our
+        // socket is mapped and the follower has announced its own base.
+        let (mut n, acts) = connecting(sequential(), sequential(), B_PUB);
+        assert_eq!(fresh_ports(&acts), [(None, FreshSpray::Nothing)]);
+        let own = SocketAddrV4::new(OWN_PUB.ip().to_owned(), 30_000);
+        n.m.handle_own_fresh(B, own, n.now);
+        assert_eq!(hard(&n.drain()), []);
+        let acts = announce(&mut n, SEQ_OBSERVED, sequential(), 100);
+        assert_eq!(
+            hard(&acts),
+            [Action::Spray {
+                peer: B,
+                base: SEQ_OBSERVED,
+                step: 1,
+                stride: 2,
+                count: 64
+            }]
+        );
+        // B leads when its VIP is the lower one: we follow, observing on its
+        // announcement and striding by 1 over its base.
+        let mut n = Node::new(|c| c.vip = Ipv4Addr::new(10, 0, 0, 9));
+        n.m.set_own_nat(Some(sequential()));
         let nat = Advertised {
-            kind: peer,
+            kind: sequential(),
             last_mapped: B_PUB,
             reachable: false,
         };
@@ -406,10 +510,20 @@ mod prediction {
             .handle_public_info(B, B_PUB, true, Some(nat), n.now)
             .is_accepted());
         assert!(n.stun().is_accepted());
-        let mut acts = n.drain();
-        let t = n.now_ms() + 1000;
-        acts.extend(n.advance(t).into_iter().map(|(_, a)| a));
-        (n, acts)
+        assert_eq!(hard(&n.drain()), [], "the follower waits");
+        let acts = announce(&mut n, SEQ_OBSERVED, sequential(), 100);
+        assert_eq!(fresh_ports(&acts), [(None, FreshSpray::Nothing)]);
+        n.m.handle_own_fresh(B, own, n.now);
+        assert_eq!(
+            hard(&n.drain()),
+            [Action::Spray {
+                peer: B,
+                base: SEQ_OBSERVED,
+                step: 1,
+                stride: 1,
+                count: 128
+            }]
+        );
     }
 
     fn random() -> NatKind {
@@ -421,60 +535,83 @@ mod prediction {
     }
 
     #[test]
-    fn birthday_pairs_run_birthday_once_per_attempt_each_side_its_half() {
-        let (n, acts) = attempt_actions(port_restricted(), random());
-        let birthdays: Vec<_> = acts
-            .iter()
-            .filter(|a| matches!(a, Action::Birthday { .. }))
-            .collect();
+    fn birthday_the_cone_sprays_from_a_fresh_port_and_the_sockets_follow_it() {
+        let (n, acts) = connecting(port_restricted(), random(), B_PUB);
         assert_eq!(
-            birthdays,
-            [&Action::Birthday {
-                peer: B,
-                role: BirthdayRole::Spray {
+            fresh_ports(&acts),
+            [(
+                None,
+                FreshSpray::Birthday {
                     ip: *B_PUB.ip(),
                     count: 768
                 }
-            }]
+            )]
         );
         assert_eq!(
             n.status(B).method.map(|m| m.to_string()).as_deref(),
             Some("birthday")
         );
-        let (_, acts) = attempt_actions(random(), port_restricted());
-        let birthdays: Vec<_> = acts
-            .iter()
-            .filter(|a| matches!(a, Action::Birthday { .. }))
-            .collect();
+        // The random side waits for the cone's fresh port, then aims its
+        // sockets at it.
+        let (mut n, acts) = connecting(random(), port_restricted(), B_PUB);
+        assert_eq!(hard(&acts), []);
+        let fresh = SocketAddrV4::new(*B_PUB.ip(), 41_234);
+        let acts = announce(&mut n, fresh, port_restricted(), 2000);
         assert_eq!(
-            birthdays,
-            [&Action::Birthday {
+            hard(&acts),
+            [Action::Birthday {
                 peer: B,
                 role: BirthdayRole::Sockets {
-                    target: B_PUB,
+                    target: fresh,
                     count: 256
                 }
             }]
         );
-        // Challenges to the peer's mapping still go out from the shared
-        // port each tick, which is all a cone-side hit needs.
-        assert!(pings(&acts).iter().any(|(to, _)| *to == B_PUB));
-    }
-
-    #[test]
-    fn prediction_and_birthday_pairs_get_simultaneous_open_and_say_so() {
-        let (n, acts) = attempt_actions(random(), sequential());
-        assert!(!acts
-            .iter()
-            .any(|a| matches!(a, Action::Spray { .. } | Action::Birthday { .. })));
-        assert_eq!(
-            n.status(B).method.map(|m| m.to_string()).as_deref(),
-            Some("simultaneous open")
+        assert!(
+            pings(&acts).iter().any(|(to, _)| *to == fresh),
+            "a cone's port is challenged"
         );
     }
 
     #[test]
-    fn one_hard_attempt_at_a_time() {
+    fn sequential_and_random_combine_prediction_and_birthday() {
+        let (mut n, acts) = connecting(sequential(), random(), B_PUB);
+        assert_eq!(fresh_ports(&acts), [(None, FreshSpray::Nothing)]);
+        assert_eq!(
+            n.status(B).method.map(|m| m.to_string()).as_deref(),
+            Some("prediction + birthday")
+        );
+        let own = SocketAddrV4::new(OWN_PUB.ip().to_owned(), 30_000);
+        n.m.handle_own_fresh(B, own, n.now);
+        assert_eq!(
+            hard(&n.drain()),
+            [Action::Birthday {
+                peer: B,
+                role: BirthdayRole::Spray {
+                    ip: *B_PUB.ip(),
+                    count: 32
+                }
+            }]
+        );
+        let (mut n, acts) = connecting(random(), sequential(), B_PUB);
+        assert_eq!(hard(&acts), []);
+        let acts = announce(&mut n, SEQ_OBSERVED, sequential(), 100);
+        assert_eq!(
+            hard(&acts),
+            [Action::Birthday {
+                peer: B,
+                role: BirthdayRole::Slots {
+                    base: SEQ_OBSERVED,
+                    step: 1,
+                    slots: 32,
+                    per_slot: 31
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn one_hard_round_at_a_time() {
         let mut n = Node::new(|_| {});
         n.m.set_own_nat(Some(port_restricted()));
         let nat = |last| Advertised {
@@ -493,35 +630,55 @@ mod prediction {
             .is_accepted());
         assert!(n.stun().is_accepted());
         n.drain();
-        let sprayed = |acts: &[(u64, Action)]| -> Vec<Ipv4Addr> {
+        let windows = |acts: &[Action]| -> Vec<Ipv4Addr> {
             acts.iter()
-                .filter_map(|(_, a)| match a {
-                    Action::Spray { peer, .. } => Some(*peer),
+                .filter_map(|a| match a {
+                    Action::FreshPort { peer, .. } => Some(*peer),
                     _ => None,
                 })
                 .collect()
         };
-        let first = n.advance(1000);
-        assert_eq!(sprayed(&first), [B], "only B's window; C waits");
-        // B's attempt ends (direct): C's window goes out on the next tick.
-        let nonce = pings(&first.iter().map(|(_, a)| *a).collect::<Vec<_>>())
-            .into_iter()
-            .find(|(to, _)| *to == B_PUB)
-            .unwrap()
-            .1;
-        assert!(n.pong(B_PUB, nonce).is_accepted());
-        assert_eq!(sprayed(&n.advance(2000)), [C]);
+        let b_seen = SocketAddrV4::new(*B_PUB.ip(), 20_000);
+        let c_seen = SocketAddrV4::new(*c_pub.ip(), 20_000);
+        assert!(n
+            .m
+            .handle_public_info(B, b_seen, true, Some(nat(B_PUB)), n.now)
+            .is_accepted());
+        assert!(n
+            .m
+            .handle_public_info(C, c_seen, true, Some(nat(c_pub)), n.now)
+            .is_accepted());
+        assert_eq!(windows(&n.drain()), [B], "only B's window; C waits");
+        // B's round holds the slot through ticks; once B's path is proven,
+        // C's round starts at once.
+        let t = n.now_ms() + 300;
+        let acts: Vec<Action> = n.advance(t).into_iter().map(|(_, a)| a).collect();
+        assert!(windows(&acts).is_empty());
+        let nonce = pings(
+            &n.advance(n.now_ms() + 1000)
+                .into_iter()
+                .map(|(_, a)| a)
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .find(|(to, _)| *to == b_seen)
+        .unwrap()
+        .1;
+        assert!(n.pong(b_seen, nonce).is_accepted());
+        assert_eq!(n.state(B), PeerState::Connected);
+        assert_eq!(windows(&n.drain()), [C]);
     }
 
     #[test]
-    fn after_connecting_the_spraying_stops() {
-        let (mut n, acts) = tick_actions(port_restricted(), sequential(), B_PUB);
-        let nonce = pings(&acts)[0].1;
+    fn after_connecting_no_round_starts() {
+        let (mut n, _) = connecting(sequential(), port_restricted(), B_PUB);
+        let t = n.now_ms() + 1000;
+        let nonce = pings(&n.advance(t).into_iter().map(|(_, a)| a).collect::<Vec<_>>())[0].1;
         assert!(n.pong(B_PUB, nonce).is_accepted());
-        let t = n.now_ms() + 3000;
-        assert!(!n
-            .advance(t)
-            .iter()
-            .any(|(_, a)| matches!(a, Action::Spray { .. })));
+        let t = n.now_ms() + 10_000;
+        assert_eq!(
+            hard(&n.advance(t).into_iter().map(|(_, a)| a).collect::<Vec<_>>()),
+            []
+        );
     }
 }
