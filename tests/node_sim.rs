@@ -307,20 +307,9 @@ impl Sim {
                     let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
                     let mut buf = datagram;
                     let snap = self.hosts[to].published.last().cloned().unwrap_or_default();
-                    match frame::open(&snap, &key, &mut buf) {
-                        Ok(opened) => {
-                            self.udp_delivered += 1;
-                            let session = opened.session.map(|s| s.peer);
-                            let node = &mut self.hosts[to].node;
-                            if opened.first_use {
-                                let index = opened.session.map_or(0, |s| s.local_index);
-                                node.on_session_used(index, now);
-                            }
-                            let plain = &buf[ENVELOPE_LEN..];
-                            if session.is_none() || !plain.is_empty() {
-                                node.on_peer_message(from, local, plain, session, now);
-                            }
-                        }
+                    let node = &mut self.hosts[to].node;
+                    match node.on_datagram(&snap, &key, (from, local), &mut buf, now) {
+                        Ok(()) => self.udp_delivered += 1,
                         Err(_) => self.open_failures += 1,
                     }
                     to

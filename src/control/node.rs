@@ -21,12 +21,13 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::counters::counters;
+use crate::dataplane::frame::{self, OpenError};
 use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET};
 use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{
     Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, PeerState, TimersError,
 };
-use crate::proto::crypto::{CipherKind, IvSequence, PeerKey};
+use crate::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{ty, Heartbeat, PeerMessage, Ping, Pong};
 use crate::proto::ws::{
@@ -499,6 +500,30 @@ impl Node {
             }
         }
         self.flush(now);
+    }
+
+    /// A datagram the way a worker hands it up, for simulations that run
+    /// no dataplane: opened with a session of `table` or with `own_key`,
+    /// and what opened is passed on as the worker would pass it.
+    pub fn on_datagram(
+        &mut self,
+        table: &Snapshot,
+        own_key: &PeerKey,
+        (from, local): (SocketAddrV4, u16),
+        datagram: &mut [u8],
+        now: Instant,
+    ) -> Result<(), OpenError> {
+        let opened = frame::open(table, own_key, datagram)?;
+        if let (true, Some(s)) = (opened.first_use, opened.session) {
+            self.on_session_used(s.local_index, now);
+        }
+        let session = opened.session.map(|s| s.peer);
+        let plain = &datagram[ENVELOPE_LEN..];
+        // A session's empty message only shows it is alive.
+        if session.is_none() || !plain.is_empty() {
+            self.on_peer_message(from, local, plain, session, now);
+        }
+        Ok(())
     }
 
     /// A reloaded `peers` list; returns how many pins changed.

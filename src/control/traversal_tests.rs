@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use super::node::{Node, NodeConfig, Output};
 use super::secure::Identity;
-use crate::dataplane::{frame, Snapshot, MAIN_SOCKET};
+use crate::dataplane::{Snapshot, MAIN_SOCKET};
 use crate::nat::sim::SimNat;
 use crate::nat::{Delta, Filtering, Mapping, NatClass, NatKind, Outcome};
 use crate::peer::PeerConfig;
-use crate::proto::crypto::{CipherKind, PeerKey, ENVELOPE_LEN};
+use crate::proto::crypto::{CipherKind, PeerKey};
 use crate::proto::ws::{self, WsMessage};
 use crate::proto::{stun, Ipv4Cidr};
 use crate::route::RouteConfig;
@@ -391,17 +391,8 @@ impl Lab {
                     let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
                     let mut buf = datagram;
                     let snap = self.hosts[to].latest.clone().unwrap_or_default();
-                    if let Ok(opened) = frame::open(&snap, &key, &mut buf) {
-                        let session = opened.session.map(|s| s.peer);
-                        let node = &mut self.hosts[to].node;
-                        if let (true, Some(s)) = (opened.first_use, opened.session) {
-                            node.on_session_used(s.local_index, now);
-                        }
-                        let plain = &buf[ENVELOPE_LEN..];
-                        if session.is_none() || !plain.is_empty() {
-                            node.on_peer_message(from, local, plain, session, now);
-                        }
-                    }
+                    let node = &mut self.hosts[to].node;
+                    let _ = node.on_datagram(&snap, &key, (from, local), &mut buf, now);
                     to
                 }
                 Delivery::Stun {
