@@ -21,7 +21,7 @@ import struct
 import sys
 import time
 
-from server_hostile import ws_connect, ws_frame
+from server_hostile import frames, ws_connect, ws_frame
 
 
 def checksum(data):
@@ -46,26 +46,6 @@ def icmp(kind, ident, seq, data):
     m = bytearray(struct.pack("!BBHHH", kind, 0, 0, ident, seq) + data)
     m[2:4] = struct.pack("!H", checksum(bytes(m)))
     return bytes(m)
-
-
-def frames(buf):
-    """Complete WebSocket frames at the front of buf, and what is left."""
-    out = []
-    while len(buf) >= 2:
-        n, i = buf[1] & 127, 2
-        if n == 126:
-            if len(buf) < 4:
-                break
-            n, i = struct.unpack("!H", buf[2:4])[0], 4
-        elif n == 127:
-            if len(buf) < 10:
-                break
-            n, i = struct.unpack("!Q", buf[2:10])[0], 10
-        if len(buf) < i + n:
-            break
-        out.append((buf[0] & 15, buf[i : i + n]))
-        buf = buf[i + n :]
-    return out, buf
 
 
 def main(argv):

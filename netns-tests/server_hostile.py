@@ -124,19 +124,32 @@ def ws_frame(data, opcode=2):
     return head + mask + bytes(b ^ mask[k % 4] for k, b in enumerate(data))
 
 
+def frames(buf):
+    """Complete WebSocket frames at the front of buf, and what is left."""
+    out = []
+    while len(buf) >= 2:
+        n, i = buf[1] & 127, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, i = struct.unpack("!H", buf[2:4])[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, i = struct.unpack("!Q", buf[2:10])[0], 10
+        if len(buf) < i + n:
+            break
+        out.append((buf[0] & 15, buf[i : i + n]))
+        buf = buf[i + n :]
+    return out, buf
+
+
 def read_close(s, rest, deadline):
     """The Close reason the server sends, or None if it keeps the session."""
     buf = rest
     while time.time() < deadline:
-        while len(buf) >= 2:
-            n, i = buf[1] & 127, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, i = struct.unpack("!H", buf[2:4])[0], 4
-            if len(buf) < i + n:
-                break
-            op, data, buf = buf[0] & 15, buf[i : i + n], buf[i + n :]
+        got, buf = frames(buf)
+        for op, data in got:
             if op == 8:
                 return data[2:].decode(errors="replace")
         r, _, _ = select.select([s], [], [], max(0.0, deadline - time.time()))
