@@ -319,7 +319,7 @@ pub fn plan(mine: PeerNat, peer: PeerNat, leads_ties: bool) -> Plan {
             Step::FreshPortBirthday {
                 count: s::BIRTHDAY_PROBES as u16,
             },
-            1,
+            s::BIRTHDAY_ROUNDS,
         ),
         Method::Birthday {
             symmetric: Side::Mine,
@@ -327,7 +327,7 @@ pub fn plan(mine: PeerNat, peer: PeerNat, leads_ties: bool) -> Plan {
             Step::Sockets {
                 count: s::BIRTHDAY_SOCKETS as u16,
             },
-            1,
+            s::BIRTHDAY_ROUNDS,
         ),
         Method::PredictionAndBirthday {
             sequential: Side::Mine,
@@ -353,6 +353,17 @@ pub fn plan(mine: PeerNat, peer: PeerNat, leads_ties: bool) -> Plan {
             rounds: 0,
             fallback: false,
         },
+    }
+}
+
+impl Method {
+    /// Whether an attempt is a random draw (birthday): a miss says nothing
+    /// about the next attempt, which is as likely to hit as the first.
+    pub fn is_draw(self) -> bool {
+        matches!(
+            self,
+            Method::Birthday { .. } | Method::PredictionAndBirthday { .. }
+        )
     }
 }
 

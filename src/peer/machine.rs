@@ -27,6 +27,9 @@ use super::ratelimit::TokenBucket;
 use super::state::PeerState;
 use super::timers::Timers;
 
+/// WAITING after a missed draw lasts this fraction of Candy's interval.
+const DRAW_RETRY_DIVISOR: u32 = 6;
+
 /// Node-wide settings a peer consults; borrowed from the manager per call so
 /// one change (e.g. an sdwan push) applies to every peer at once.
 #[derive(Debug, Clone, Copy)]
@@ -141,8 +144,18 @@ impl Peer {
     pub fn real(&self) -> Option<SocketAddrV4> {
         self.real
     }
+    /// How long WAITING lasts: Candy's doubling interval, or a sixth of it
+    /// after a missed draw (5 s, 10 s, … from Candy's 30 s), so a pair
+    /// with a random NAT side usually has its second draw well within
+    /// half a minute. The packet budget per attempt is unchanged; the
+    /// interval still doubles, so a pair that keeps missing (sequential ↔
+    /// random, ~1.5 % a draw) still backs off, to 10 minutes at most.
     pub fn retry(&self) -> Duration {
-        self.retry
+        if self.method.is_some_and(Method::is_draw) {
+            self.retry / DRAW_RETRY_DIVISOR
+        } else {
+            self.retry
+        }
     }
     pub fn last_active(&self) -> Instant {
         self.last_active
@@ -553,7 +566,7 @@ impl Peer {
                 }
             }
             PeerState::Waiting => {
-                if in_state >= self.retry {
+                if in_state >= self.retry() {
                     self.set_state(PeerState::Init, now, env, out);
                 }
             }

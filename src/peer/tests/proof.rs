@@ -536,21 +536,30 @@ mod prediction {
 
     #[test]
     fn birthday_the_cone_sprays_from_a_fresh_port_and_the_sockets_follow_it() {
-        let (n, acts) = connecting(port_restricted(), random(), B_PUB);
-        assert_eq!(
-            fresh_ports(&acts),
-            [(
-                None,
-                FreshSpray::Birthday {
-                    ip: *B_PUB.ip(),
-                    count: 768
-                }
-            )]
-        );
+        let (mut n, acts) = connecting(port_restricted(), random(), B_PUB);
+        let spray = [(
+            None,
+            FreshSpray::Birthday {
+                ip: *B_PUB.ip(),
+                count: 510,
+            },
+        )];
+        assert_eq!(fresh_ports(&acts), spray);
         assert_eq!(
             n.status(B).method.map(|m| m.to_string()).as_deref(),
             Some("birthday")
         );
+        // No path yet: a second draw from another fresh port once the
+        // first spray (2.6 s at 200/s) and two ticks have passed, and no
+        // third within the attempt.
+        let rounds: Vec<u64> = n
+            .advance(n.now_ms() + 9_000)
+            .into_iter()
+            .filter(|(_, a)| matches!(a, Action::FreshPort { .. }))
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(rounds.len(), 1, "{rounds:?}");
+        assert!((4_000..=5_000).contains(&rounds[0]), "{rounds:?}");
         // The random side waits for the cone's fresh port, then aims its
         // sockets at it.
         let (mut n, acts) = connecting(random(), port_restricted(), B_PUB);
@@ -571,6 +580,40 @@ mod prediction {
             pings(&acts).iter().any(|(to, _)| *to == fresh),
             "a cone's port is challenged"
         );
+        // The cone's second round announces another port: the same
+        // sockets are aimed at it.
+        let second = SocketAddrV4::new(*B_PUB.ip(), 41_300);
+        let acts = announce(&mut n, second, port_restricted(), 3000);
+        assert_eq!(
+            hard(&acts),
+            [Action::Birthday {
+                peer: B,
+                role: BirthdayRole::Sockets {
+                    target: second,
+                    count: 256
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_missed_draw_is_retried_sooner_than_candy_would() {
+        let (mut n, _) = connecting(port_restricted(), random(), B_PUB);
+        let mut waiting = Vec::new();
+        for _ in 0..200 {
+            n.advance(n.now_ms() + 100);
+            if n.state(B) == PeerState::Waiting {
+                waiting.push(n.now_ms());
+                assert_eq!(n.status(B).retry, Duration::from_secs(5));
+            }
+        }
+        let stay = waiting.last().unwrap() - waiting.first().unwrap();
+        assert!((4_800..=5_000).contains(&stay), "WAITING for {stay} ms");
+        // A method that is no draw waits Candy's interval.
+        let (mut n, _) = connecting(port_restricted(), port_restricted(), B_PUB);
+        n.advance(n.now_ms() + 11_000);
+        assert_eq!(n.state(B), PeerState::Waiting);
+        assert_eq!(n.status(B).retry, Duration::from_secs(30));
     }
 
     #[test]
