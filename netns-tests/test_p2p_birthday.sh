@@ -4,7 +4,9 @@
 # with a home-router input firewall. No single socket crosses that pair:
 # b sprays random ports of a's router from a fresh port and then announces
 # that port; a opens 256 fresh sockets towards it; one of a's sockets wins
-# and then carries the pair's traffic through the io_uring workers.
+# and then carries the pair's traffic through the io_uring workers. An
+# attempt is two such draws (b's second from another fresh port, which
+# a's same sockets are retargeted at).
 # Checked outside ringlink:
 #   * ra forwards large UDP from a to rb from a source port other than a's
 #     data port (the winning socket), and the server's interface stays flat
@@ -12,7 +14,7 @@
 #   * a checked 16 MiB transfer b -> a crosses the punched path;
 #   * once the attempt is over, a holds one UDP socket besides its data
 #     port (the winner): the other 255 were closed.
-# Real timers: CONNECTING must outlast the 3.8 s spray.
+# Real timers: CONNECTING must outlast both rounds (2 x 2.6 s of spray).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"
@@ -59,13 +61,16 @@ check "a ran birthday" test "$(rl_peer_eval a "${vb:-none}" 'p["method"]')" = bi
 check "a opened the attempt's sockets (>= 200 seen besides the data port)" rl_ge "$most" 200
 ps=$(rl_status_get a 'd["node"]["punch_sockets"]'); pp=$(rl_status_get a 'd["node"]["punch_probes"]')
 pb=$(rl_status_get b 'd["node"]["punch_probes"]')
-echo "  status: a opened ${ps:-?} attempt sockets and sent ${pp:-?} probes; b sent ${pb:-?}"
+na=$(rl_peer_eval a "${vb:-none}" 'p["attempts"]'); nb=$(rl_peer_eval b "${va:-none}" 'p["attempts"]')
+echo "  status: a opened ${ps:-?} attempt sockets and sent ${pp:-?} probes in ${na:-?} attempt(s); b sent ${pb:-?} in ${nb:-?}"
 # Each side stops its probes at the first proven path, so the counts are
-# bounds, not totals.
-check "status counts a's 256 sockets, and at most one probe from each" eval 'rl_ge "${ps:-0}" 256 && rl_ge "${pp:-0}" 1 && rl_ge 256 "${pp:-0}"'
-# b sprays from a fresh port (768 probes), then asks STUN for its mapping
-# from there and announces it; a's sockets aim at that port.
-check "b's spray stays within one attempt's budget (768 + its STUN request)" eval 'rl_ge "${pb:-0}" 1 && rl_ge 769 "${pb:-0}"' 
+# bounds, not totals; a missed attempt (1.7 %) adds a second.
+check "status counts a's 256 sockets, and at most one probe from each per round" \
+    eval 'rl_ge "${ps:-0}" 256 && rl_ge "${pp:-0}" 1 && rl_ge $((512 * ${na:-0})) "${pp:-0}"'
+# b sprays 510 ports from a fresh port, then asks STUN for its mapping
+# from there and announces it; a's sockets aim at that port. Twice.
+check "b's sprays stay within the budget (2 x (510 + its STUN request) per attempt)" \
+    eval 'rl_ge "${pb:-0}" 1 && rl_ge $((1022 * ${nb:-0})) "${pb:-0}"' 
 rl_stop traffic
 
 m0=$(rl_counted ra main packets); x0=$(rl_counted ra extra packets); s0=$(rl_if_total srv eth0)

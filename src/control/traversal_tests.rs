@@ -518,7 +518,7 @@ impl Lab {
 
 /// Every pair the method table crosses, each NAT kind with each, goes
 /// direct: cone and sequential pairs in their first attempt, under 2 s;
-/// pairs with a random side within two attempts (≈ 0.95 each).
+/// pairs with a random side within two attempts (≈ 0.98 each).
 #[test]
 fn every_crossable_pair_goes_direct() {
     use Kind::*;
@@ -541,7 +541,7 @@ fn every_crossable_pair_goes_direct() {
             for seed in [7, 8] {
                 let mut lab = Lab::new(&[a, b], seed);
                 let took = lab.time_to_direct(0, 1, 60_000);
-                let limit = if random { 50 } else { 2 };
+                let limit = if random { 25 } else { 2 };
                 assert!(
                     took.is_some_and(|t| t < Duration::from_secs(limit)),
                     "{a:?} ↔ {b:?} (seed {seed}): {took:?}"
@@ -617,23 +617,25 @@ fn measured_drift_widens_the_window() {
 
 /// A random symmetric NAT and a bare masquerade: the masquerade sprays from
 /// a fresh port that nothing has reached yet, and announces it only after;
-/// the random side's sockets then aim at it. Birthday odds: ≈ 0.95 per
-/// attempt.
+/// the random side's sockets then aim at it, twice an attempt. Birthday
+/// odds: ≈ 0.87 a round, ≈ 0.98 an attempt.
 #[test]
 fn a_random_nat_and_a_bare_masquerade_meet_by_birthday() {
     let mut in_time = 0;
     for seed in 1..=10 {
         let mut lab = Lab::new(&[Kind::Random, Kind::BareMasquerade], seed);
-        let took = lab.time_to_direct(1, 0, 60_000);
+        // 25 s hold two attempts (10 s each, 5 s apart after a miss).
+        let took = lab.time_to_direct(1, 0, 25_000);
         assert!(took.is_some(), "seed {seed}: not in two attempts");
         if took.is_some_and(|t| t < Duration::from_secs(10)) {
             in_time += 1;
         }
-        // One attempt each side: 1 + 768 + 1 and 256.
-        assert!(lab.punch_probes(1) <= 770 * 2, "seed {seed}");
-        assert!(lab.punch_probes(0) <= 256 * 2, "seed {seed}");
+        // Two attempts at most, each side: two rounds of 510 + 2, and two
+        // of 256 plus one on what it knows.
+        assert!(lab.punch_probes(1) <= 2 * 2 * 512, "seed {seed}");
+        assert!(lab.punch_probes(0) <= 2 * 3 * 256, "seed {seed}");
     }
-    assert!(in_time >= 8, "{in_time} of 10 within 10 s");
+    assert!(in_time >= 9, "{in_time} of 10 within 10 s");
 }
 
 /// Sequential ↔ random: the random side aims its sockets at the ports the

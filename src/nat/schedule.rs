@@ -157,10 +157,8 @@ pub const PORT_SPACE: usize = 65536 - PORT_LOW as usize;
 // Birthday: the cone's fresh port sends two datagrams besides its spray;
 // the symmetric side may add a round on what it knows when the cone is
 // silent.
-const _: () =
-    assert!(BIRTHDAY_ROUNDS as usize * (2 + BIRTHDAY_PROBES) <= MAX_PACKETS_PER_ATTEMPT);
-const _: () =
-    assert!((BIRTHDAY_ROUNDS as usize + 1) * BIRTHDAY_SOCKETS <= MAX_PACKETS_PER_ATTEMPT);
+const _: () = assert!(BIRTHDAY_ROUNDS as usize * (2 + BIRTHDAY_PROBES) <= MAX_PACKETS_PER_ATTEMPT);
+const _: () = assert!((BIRTHDAY_ROUNDS as usize + 1) * BIRTHDAY_SOCKETS <= MAX_PACKETS_PER_ATTEMPT);
 const _: () = assert!(PB_SLOTS * PB_PER_SLOT <= MAX_PACKETS_PER_ATTEMPT);
 // Prediction's followers may add one round on what they know when the
 // leader stays silent.
@@ -172,7 +170,6 @@ const _: () = assert!(
 const _: () = assert!(
     (PREDICTION_ROUNDS as usize + 1) * (1 + 2 * STRIDE_PROBES as usize) <= MAX_PACKETS_PER_ATTEMPT
 );
-
 
 /// One probe: from the caller's socket `socket` to `target`, `at` after
 /// the attempt started.
