@@ -213,6 +213,8 @@ impl Sim {
                 Output::ServerFrame(frame) => self.relay(i, frame),
                 Output::InstallRoutes(r) => self.hosts[i].installs.push(r),
                 Output::SavePins(text) => self.hosts[i].saved_pins.push(text),
+                // No TURN server in these simulations.
+                Output::ResolveTurn { .. } | Output::OpenTurnSocket => {}
                 // Only the birthday test models extra sockets.
                 Output::OpenSockets { count } => {
                     let fds: Vec<OwnedFd> = (0..count)

@@ -262,6 +262,7 @@ impl Sim {
                     self.hosts[i].direct.remove(&peer);
                     self.hosts[i].notes.push((now_ms, a));
                 }
+                Action::NoDirectPath { .. } => self.hosts[i].notes.push((now_ms, a)),
             }
         }
     }

@@ -471,7 +471,7 @@ impl PathEnd {
             b"PING" => self.send(ch, b"PONG", &nonce),
             b"PONG" => {
                 assert!(
-                    self.path.on_pong(other, peer, &nonce),
+                    self.path.on_pong(other, peer, &nonce, Instant::now()),
                     "the challenge's PONG"
                 );
             }

@@ -2,6 +2,7 @@
 //! datagrams meet the UDP socket, its frames meet the server queue, its
 //! tables meet the dataplane and its routes meet the kernel.
 
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 
 use tokio::sync::mpsc;
@@ -59,6 +60,15 @@ impl NodeDriver {
                     }
                     self.node.on_sockets_opened(fds, std::time::Instant::now());
                 }
+                Output::OpenTurnSocket => match self.udp.open_socket() {
+                    Ok(fd) => self.node.on_turn_socket(fd, std::time::Instant::now()),
+                    Err(e) => warn!(error = %e, "opening the TURN allocation's socket"),
+                },
+                Output::ResolveTurn { host, port } => {
+                    let addr = resolve_v4(&host, port).await;
+                    self.node
+                        .on_turn_resolved(&host, port, addr, std::time::Instant::now());
+                }
                 Output::ServerFrame(frame) => {
                     if to_server.try_send(frame).is_err() {
                         counters.server_queue_full += 1;
@@ -74,6 +84,21 @@ impl NodeDriver {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The first IPv4 address `host` resolves to. The control loop waits for
+/// it; it happens once per TURN server the node is given.
+async fn resolve_v4(host: &str, port: u16) -> Option<SocketAddrV4> {
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addrs) => addrs.into_iter().find_map(|a| match a {
+            SocketAddr::V4(v4) => Some(v4),
+            SocketAddr::V6(_) => None,
+        }),
+        Err(e) => {
+            warn!(host, error = %e, "resolving the TURN server");
+            None
         }
     }
 }

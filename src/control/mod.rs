@@ -19,6 +19,7 @@ mod tls;
 #[cfg(test)]
 mod traversal_tests;
 pub mod turn;
+pub mod turn_link;
 pub mod turn_path;
 mod ws_client;
 

@@ -11,7 +11,7 @@
 //! its randomness (STUN transaction ids, IV prefixes) comes from the seed
 //! it was built with, so a simulation replays exactly.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -22,10 +22,10 @@ use tracing::{debug, info, warn};
 
 use crate::counters::counters;
 use crate::dataplane::frame::{self, OpenError};
-use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET};
+use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET, TURN_SOCKET};
 use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{
-    Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, PeerState, TimersError,
+    Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, TimersError,
 };
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::ext::{NatAdvert, Tail};
@@ -39,13 +39,15 @@ use crate::route::{self, NextHop, NextHopTable, RouteConfig, Router, SubnetRoute
 use crate::session::handshake::HandshakeStats;
 use crate::session::keys::PublicKey;
 use crate::session::transport::DATAGRAM_HEADER_LEN;
-use crate::turn::TurnUrl;
+use crate::turn::{channel, TurnUrl};
 
 use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
 use super::secure::{Identity, Secure};
 use super::status::{PeerLine, RouteLine};
 use super::turn::TurnSource;
+use super::turn_link::{Need, TurnLink};
+use super::turn_path::TurnOutput;
 
 /// What the node was built with.
 pub struct NodeConfig {
@@ -86,6 +88,12 @@ pub enum Output {
     /// Open `count` fresh UDP sockets on ephemeral ports for a hard-NAT
     /// attempt and hand them to [`Node::on_sockets_opened`].
     OpenSockets { count: usize },
+    /// Resolve the TURN server's name to an IPv4 address and hand it to
+    /// [`Node::on_turn_resolved`].
+    ResolveTurn { host: String, port: u16 },
+    /// Open one UDP socket for the TURN allocation and hand it to
+    /// [`Node::on_turn_socket`].
+    OpenTurnSocket,
     /// Send this frame to the server (only emitted while the link is up).
     ServerFrame(Vec<u8>),
     /// Publish this table to the dataplane workers.
@@ -118,6 +126,12 @@ counters! {
         /// because they claimed a peer that seals with us and came without
         /// its session, or came in one peer's session naming another.
         unsealed_refused,
+        /// TURN allocations and per-pair TURN paths that ended in an error
+        /// (refused, timed out, unanswered challenges).
+        turn_failures,
+        /// TURN datagrams refused: bad STUN from the TURN server, or a
+        /// PING through a channel that is not the named peer's.
+        turn_refused,
     }
 }
 
@@ -153,8 +167,10 @@ pub struct Node {
     punch: Punch,
     /// Keys, pins and handshakes with ringlink peers.
     secure: Secure,
-    /// The TURN server and credentials for relayed pairs.
-    turn: TurnSource,
+    /// The TURN server, its allocation and the pairs relayed through it.
+    turn: TurnLink,
+    /// Peers whose TURN path is proven, as the router was last told.
+    turned: BTreeSet<Ipv4Addr>,
     pub stats: NodeStats,
 }
 
@@ -174,6 +190,7 @@ impl Node {
             rng.next_u64(),
             now,
         );
+        let turn = TurnLink::new(TurnSource::new(cfg.turn), rng.next_u64());
         let mut node = Self {
             own: cfg.own.addr,
             network: cfg.own,
@@ -200,7 +217,8 @@ impl Node {
             nat: StableClass::default(),
             punch: Punch::default(),
             secure,
-            turn: TurnSource::new(cfg.turn),
+            turn,
+            turned: BTreeSet::new(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -237,6 +255,7 @@ impl Node {
             self.router.poll_timeout(),
             self.punch.poll_timeout(),
             self.secure.poll_timeout(),
+            self.turn.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -275,10 +294,56 @@ impl Node {
                 self.dirty = true;
             }
         }
+        if self.turn.poll_timeout().is_some_and(|t| t <= now) {
+            self.turn.handle_timeout(now);
+        }
         // Every time, not only at its deadline: rekeys by message count
         // are read off the sessions' counters here.
         self.secure.handle_timeout(now);
         self.flush(now);
+    }
+
+    /// The answer to [`Output::ResolveTurn`]; `None`: the name did not
+    /// resolve to an IPv4 address.
+    pub fn on_turn_resolved(
+        &mut self,
+        host: &str,
+        port: u16,
+        addr: Option<SocketAddrV4>,
+        now: Instant,
+    ) {
+        if addr.is_none() {
+            warn!(
+                host,
+                port, "TURN server name has no IPv4 address; pairs stay on the server's relay"
+            );
+        }
+        let need = self.turn.resolved(host, port, addr, now);
+        self.fetch(need);
+        self.flush(now);
+    }
+
+    /// The socket [`Output::OpenTurnSocket`] asked for.
+    pub fn on_turn_socket(&mut self, fd: OwnedFd, now: Instant) {
+        let socket = LocalSocket {
+            id: TURN_SOCKET,
+            fd: Arc::new(fd),
+        };
+        // Workers receive on it before the server can answer.
+        self.dirty = true;
+        let need = self.turn.socket_opened(socket, now);
+        self.fetch(need);
+        self.flush(now);
+    }
+
+    fn fetch(&mut self, need: Option<Need>) {
+        match need {
+            Some(Need::Resolve { host, port }) => {
+                self.outputs.push_back(Output::ResolveTurn { host, port })
+            }
+            Some(Need::Socket) => self.outputs.push_back(Output::OpenTurnSocket),
+            None => {}
+        }
     }
 
     /// The sockets an [`Output::OpenSockets`] asked for; fewer than asked
@@ -354,6 +419,11 @@ impl Node {
     pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
+                if let Some(relayed) = pc.tail.and_then(|t| t.relayed) {
+                    self.on_peer_relayed(pc.src, relayed, now);
+                    self.flush(now);
+                    return;
+                }
                 let ringlink = pc.tail.is_some();
                 let nat = pc
                     .tail
@@ -452,6 +522,11 @@ impl Node {
                 debug!(%from, ?session, "peer message refused: not sealed by the peer it names");
                 return;
             }
+        }
+        if local == TURN_SOCKET {
+            self.on_turn_message(from, decoded, now);
+            self.flush(now);
+            return;
         }
         if let Ok(m) = &decoded {
             // It opened with our key: answers to `from` leave from where
@@ -592,6 +667,14 @@ impl Node {
     /// A STUN datagram arrived on socket `local`; only the shared data
     /// port asks the STUN server anything.
     pub fn on_stun(&mut self, from: SocketAddrV4, local: u16, datagram: &[u8], now: Instant) {
+        if self.turn.is_server(from, local) {
+            if let Err(e) = self.turn.on_datagram(from, datagram, now) {
+                self.stats.turn_refused += 1;
+                debug!(error = %e, "TURN server datagram refused");
+            }
+            self.flush(now);
+            return;
+        }
         if Some(from) == self.stun && local != MAIN_SOCKET {
             self.on_fresh_port_stun(local, datagram, now);
             return;
@@ -776,18 +859,15 @@ impl Node {
         while let Some(action) = self.peers.poll_action() {
             self.act(action, now);
         }
-        // Handshakes take the direct path when there is one, else the relay.
+        self.drain_turn(now);
+        // Handshakes take the peer's path when there is one, else the relay.
         while let Some((peer, msg)) = self.secure.poll_transmit() {
-            match self.direct.get(&peer) {
-                Some(&to) => self.send_udp(peer, to, &msg),
-                None => self.send_relayed(peer, &msg),
+            if !self.send_on_path(peer, &msg) {
+                self.send_relayed(peer, &msg);
             }
         }
         while let Some(t) = self.router.poll_transmit() {
-            let Some(&to) = self.direct.get(&t.to) else {
-                continue;
-            };
-            self.send_udp(t.to, to, &t.msg.encode());
+            self.send_on_path(t.to, &t.msg.encode());
         }
         if self.dirty
             || self.router.generation() != self.published_router_gen
@@ -920,8 +1000,16 @@ impl Node {
                 info!(%peer, %path, "direct path up");
                 self.punch.stop(peer);
                 self.direct.insert(peer, path);
+                self.turn.direct(peer, now);
                 self.router.peer_connected(peer, now);
                 self.dirty = true;
+            }
+            Action::NoDirectPath { peer } => {
+                if self.turn.available() && self.turn.channel(peer).is_none() {
+                    info!(%peer, "no direct path; asking for a TURN path");
+                    let need = self.turn.want(peer, now);
+                    self.fetch(need);
+                }
             }
             Action::PathChanged { peer, path } => {
                 info!(%peer, %path, "direct path moved");
@@ -931,10 +1019,188 @@ impl Node {
             Action::Disconnected { peer } => {
                 info!(%peer, "direct path lost; back to the relay");
                 self.direct.remove(&peer);
-                self.router.peer_disconnected(peer, now);
+                if !self.turned.contains(&peer) {
+                    self.router.peer_disconnected(peer, now);
+                }
                 self.dirty = true;
             }
         }
+    }
+
+    /// A peer announced its TURN relayed address (a UDP4CONN with TLV 3,
+    /// which carries nothing for the state machine).
+    fn on_peer_relayed(&mut self, peer: Ipv4Addr, relayed: SocketAddrV4, now: Instant) {
+        if !self.turn.available() {
+            debug!(%peer, %relayed, "peer relays through TURN; no TURN server here");
+            return;
+        }
+        if self.direct.contains_key(&peer) {
+            debug!(%peer, %relayed, "peer relays through TURN; our direct path to it stands");
+            return;
+        }
+        info!(%peer, %relayed, "peer's TURN relayed address; binding it");
+        let need = self.turn.peer_relayed(peer, relayed, now);
+        self.fetch(need);
+    }
+
+    /// A peer message that came through the TURN allocation from `from`,
+    /// the peer address its channel is bound to. Only what proves and uses
+    /// the TURN path is taken here; the peer state machines see nothing of
+    /// it, so it can never become a direct path.
+    fn on_turn_message(
+        &mut self,
+        from: SocketAddrV4,
+        decoded: Result<PeerMessage<'_>, crate::proto::ProtoError>,
+        now: Instant,
+    ) {
+        match decoded {
+            Ok(PeerMessage::Ping(p)) => match self.turn.channel_to(p.tunip, from) {
+                Some(ch) => {
+                    let plain = Pong {
+                        tunip: self.own,
+                        nonce: p.nonce,
+                        seen: from,
+                    }
+                    .encode();
+                    self.send_turn(p.tunip, ch, &plain);
+                }
+                None => {
+                    self.stats.turn_refused += 1;
+                    debug!(peer = %p.tunip, %from, "PING through a channel that is not the peer's");
+                }
+            },
+            Ok(PeerMessage::Pong(p)) => {
+                if self.turn.on_pong(p.tunip, from, &p.nonce, now) {
+                    debug!(peer = %p.tunip, "TURN path answers its challenge");
+                }
+            }
+            Ok(PeerMessage::Delay(d)) => {
+                let _ = self.router.handle_delay(d, now);
+            }
+            Ok(PeerMessage::Route(r)) => {
+                let _ = self.router.handle_route(r, now);
+            }
+            Ok(PeerMessage::Session(m)) => {
+                if let Some((peer, reply)) = self.secure.handle(m, now) {
+                    match self.turn.channel_to(peer, from) {
+                        Some(ch) => self.send_turn(peer, ch, &reply),
+                        None => self.send_relayed(peer, &reply),
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(error = %e, %from, "malformed peer message through TURN");
+            }
+        }
+    }
+
+    /// Carries out what the TURN path asked for.
+    fn drain_turn(&mut self, now: Instant) {
+        while let Some(o) = self.turn.poll_output() {
+            match o {
+                TurnOutput::ToServer(datagram) => {
+                    if let Some((to, socket)) = self.turn.endpoint() {
+                        self.outputs.push_back(Output::Datagram {
+                            to,
+                            via: Some(socket),
+                            datagram,
+                        });
+                    }
+                }
+                TurnOutput::Announce { peer, relayed } => {
+                    info!(%peer, %relayed, "TURN relayed address; announcing it to the peer");
+                    let frame = PeerConn {
+                        src: self.own,
+                        dst: peer,
+                        endpoint: relayed,
+                        tail: Some(Tail {
+                            key: Some(self.secure.public_key().0),
+                            relayed: Some(relayed),
+                            ..Tail::OURS
+                        }),
+                    }
+                    .encode();
+                    self.send_server(frame);
+                }
+                TurnOutput::Ping {
+                    peer,
+                    channel,
+                    nonce,
+                } => {
+                    let plain = Ping {
+                        tunip: self.own,
+                        nonce,
+                    }
+                    .encode();
+                    self.send_turn(peer, channel, &plain);
+                }
+                TurnOutput::Changed => self.sync_turned(now),
+                TurnOutput::Failed { peer, error } => {
+                    self.stats.turn_failures += 1;
+                    match peer {
+                        Some(peer) => warn!(%peer, error = %error, "TURN path failed"),
+                        None => warn!(error = %error, "TURN allocation ended"),
+                    }
+                    self.sync_turned(now);
+                }
+            }
+        }
+    }
+
+    /// Tells the router which peers a TURN path now reaches: a proven one
+    /// is a neighbour like a direct one; one that lost it falls back to
+    /// the server's relay unless it went direct.
+    fn sync_turned(&mut self, now: Instant) {
+        let proven = self.turn.proven();
+        let up: Vec<_> = proven.difference(&self.turned).copied().collect();
+        let down: Vec<_> = self.turned.difference(&proven).copied().collect();
+        for peer in up {
+            info!(%peer, "TURN path up");
+            self.router.peer_connected(peer, now);
+        }
+        for peer in down {
+            if !self.direct.contains_key(&peer) {
+                info!(%peer, "TURN path lost; back to the server's relay");
+                self.router.peer_disconnected(peer, now);
+            }
+        }
+        self.turned = proven;
+        self.dirty = true;
+    }
+
+    /// A peer message through the TURN server: sealed, then led by the
+    /// ChannelData header of `channel`.
+    fn send_turn(&mut self, peer: Ipv4Addr, channel: u16, plaintext: &[u8]) {
+        let Some((to, socket)) = self.turn.endpoint() else {
+            return;
+        };
+        let sealed = self.seal_for(peer, plaintext);
+        let Ok(header) = channel::header(channel, sealed.len()) else {
+            return;
+        };
+        let mut datagram = Vec::with_capacity(header.len() + sealed.len());
+        datagram.extend_from_slice(&header);
+        datagram.extend_from_slice(&sealed);
+        self.outputs.push_back(Output::Datagram {
+            to,
+            via: Some(socket),
+            datagram,
+        });
+    }
+
+    /// Sends a peer message on the peer's direct or TURN path; false if it
+    /// has neither.
+    fn send_on_path(&mut self, peer: Ipv4Addr, plaintext: &[u8]) -> bool {
+        if let Some(&to) = self.direct.get(&peer) {
+            self.send_udp(peer, to, plaintext);
+        } else if let Some(ch) = self.turn.channel(peer) {
+            self.send_turn(peer, ch, plaintext);
+        } else {
+            return false;
+        }
+        true
     }
 
     fn publish(&mut self) {
@@ -957,10 +1223,40 @@ impl Node {
                 },
             );
         }
+        // Peers on a TURN path: the entry names the TURN server, the
+        // allocation's socket and the peer's channel.
+        if let Some((server, socket)) = self.turn.endpoint() {
+            let turned: Vec<_> = self.turned.iter().copied().collect();
+            for vip in turned {
+                let Some(channel) = self.turn.channel(vip) else {
+                    continue;
+                };
+                if direct.contains_key(&vip) {
+                    continue;
+                }
+                let key = self.key(vip);
+                let counters = self.counters.entry(vip).or_default().clone();
+                direct.insert(
+                    vip,
+                    PeerEntry {
+                        endpoint: server,
+                        socket: Some(socket.clone()),
+                        channel: Some(channel),
+                        key,
+                        session: sessions.seals.get(&vip).cloned(),
+                        counters,
+                    },
+                );
+            }
+        }
         let rule = self.next_hop_rule();
         let mut snapshot =
             publish::compile(self.generation, self.own, &rule, direct, &sessions.seals);
         snapshot.sockets = self.punch.sockets();
+        snapshot.sockets.extend(self.turn.socket());
+        if let Some(table) = self.turn.table() {
+            snapshot.turn.insert(TURN_SOCKET, table);
+        }
         snapshot.sessions = sessions.open;
         snapshot.protected = sessions.protected;
         self.outputs.push_back(Output::Publish(Box::new(snapshot)));
@@ -997,9 +1293,20 @@ impl Node {
     /// is compiled from.
     fn path_to(&self, vip: Ipv4Addr) -> String {
         match self.next_hop_rule().lookup(vip) {
-            NextHop::Peer(n) if n == vip => "direct".to_string(),
+            NextHop::Peer(n) if n == vip => self.link_to(vip).to_string(),
             NextHop::Peer(n) => format!("via {n}"),
             NextHop::Relay => "relay".to_string(),
+        }
+    }
+
+    /// How a neighbour is reached: "direct", "turn", or "relay".
+    fn link_to(&self, vip: Ipv4Addr) -> &'static str {
+        if self.direct.contains_key(&vip) {
+            "direct"
+        } else if self.turned.contains(&vip) {
+            "turn"
+        } else {
+            "relay"
         }
     }
 
@@ -1024,7 +1331,6 @@ impl Node {
                     .get(&p.vip)
                     .map(|c| c.snapshot())
                     .unwrap_or_default();
-                let direct = p.state == PeerState::Connected;
                 let (key, handshake_secs, handshakes) = self.secure.peer_line(p.vip, now);
                 let sealed = self.secure.protected(p.vip) && self.secure.sealing(p.vip).is_some();
                 PeerLine {
@@ -1034,7 +1340,7 @@ impl Node {
                     sealing: if sealed { "session" } else { "envelope" }.to_string(),
                     vip: p.vip.to_string(),
                     state: p.state.to_string(),
-                    path: if direct { "direct" } else { "relay" }.to_string(),
+                    path: self.link_to(p.vip).to_string(),
                     endpoint: p.path.map(|e| e.to_string()),
                     last_heartbeat_secs: p
                         .last_heartbeat

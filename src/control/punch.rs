@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::{LocalSocket, MAIN_SOCKET};
+use crate::dataplane::{LocalSocket, MAIN_SOCKET, TURN_SOCKET};
 use crate::nat::schedule::{self, Send};
 use crate::peer::FreshSpray;
 
@@ -338,12 +338,12 @@ impl Punch {
         self.birthday.remove(&peer);
     }
 
-    /// An id no held socket has; none once 65535 are held (never, with
-    /// attempts of 256 that are released within seconds).
+    /// An id no held socket has, nor the TURN socket; none once 65534 are
+    /// held (never, with attempts of 256 that are released within seconds).
     fn fresh_id(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.sockets.contains_key(&self.next_id) {
+            if self.next_id != TURN_SOCKET && !self.sockets.contains_key(&self.next_id) {
                 return Some(self.next_id);
             }
         }

@@ -312,7 +312,11 @@ impl Lab {
                 }
                 Output::ServerFrame(frame) => self.relay(i, frame),
                 Output::Publish(s) => self.hosts[i].latest = Some(*s),
-                Output::InstallRoutes(_) | Output::SavePins(_) => {}
+                // The lab has no TURN server to ask for.
+                Output::InstallRoutes(_)
+                | Output::SavePins(_)
+                | Output::ResolveTurn { .. }
+                | Output::OpenTurnSocket => {}
             }
         }
     }

@@ -23,6 +23,10 @@ use crate::turn::{Client, Credentials, Event, Received, TurnError};
 /// given up: a relay adds a round trip, so a second is ample.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TRIES: u8 = 5;
+/// A proven path is challenged again this long after its last proof: a
+/// peer that restarted or lost its allocation stops answering, and its
+/// pair falls back to the server's relay within this plus five seconds.
+const RECHECK: Duration = Duration::from_secs(10);
 
 pub type Nonce = [u8; 12];
 
@@ -64,9 +68,12 @@ enum Stage {
         nonce: Nonce,
         next: Instant,
         sent: u8,
+        /// A re-check of a proven path, which carries traffic meanwhile.
+        proven: bool,
     },
     Proven {
         channel: u16,
+        recheck: Instant,
     },
 }
 
@@ -185,17 +192,31 @@ impl TurnPath {
     }
 
     /// A PONG that came in through the TURN socket from `from`: true if it
-    /// proves `peer`'s TURN path.
-    pub fn on_pong(&mut self, peer: Ipv4Addr, from: SocketAddrV4, nonce: &Nonce) -> bool {
+    /// proves `peer`'s TURN path (again).
+    pub fn on_pong(
+        &mut self,
+        peer: Ipv4Addr,
+        from: SocketAddrV4,
+        nonce: &Nonce,
+        now: Instant,
+    ) -> bool {
         let Some(pair) = self.pairs.get_mut(&peer) else {
             return false;
         };
         match pair.stage {
             Stage::Challenging {
-                channel, nonce: n, ..
+                channel,
+                nonce: n,
+                proven,
+                ..
             } if pair.target == Some(from) && n == *nonce => {
-                pair.stage = Stage::Proven { channel };
-                self.outputs.push_back(TurnOutput::Changed);
+                pair.stage = Stage::Proven {
+                    channel,
+                    recheck: now + RECHECK,
+                };
+                if !proven {
+                    self.outputs.push_back(TurnOutput::Changed);
+                }
                 true
             }
             _ => false,
@@ -205,9 +226,31 @@ impl TurnPath {
     /// The channel of `peer`'s proven TURN path.
     pub fn channel(&self, peer: Ipv4Addr) -> Option<u16> {
         match self.pairs.get(&peer)?.stage {
-            Stage::Proven { channel } => Some(channel),
+            Stage::Proven { channel, .. }
+            | Stage::Challenging {
+                channel,
+                proven: true,
+                ..
+            } => Some(channel),
             _ => None,
         }
+    }
+
+    /// The channel bound to `addr` if that is `peer`'s address, proven or
+    /// not: where the answer to a PING that came through it goes.
+    pub fn channel_to(&self, peer: Ipv4Addr, addr: SocketAddrV4) -> Option<u16> {
+        let target = self.pairs.get(&peer)?.target?;
+        (target == addr)
+            .then(|| self.client.channel(addr))
+            .flatten()
+    }
+
+    /// Peers whose TURN path is proven.
+    pub fn proven(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.pairs
+            .keys()
+            .copied()
+            .filter(|&p| self.channel(p).is_some())
     }
 
     /// What the dataplane needs to unwrap ChannelData: every bound
@@ -230,7 +273,8 @@ impl TurnPath {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let pings = self.pairs.values().filter_map(|p| match p.stage {
             Stage::Challenging { next, .. } => Some(next),
-            _ => None,
+            Stage::Proven { recheck, .. } => Some(recheck),
+            Stage::Binding => None,
         });
         self.client.poll_timeout().into_iter().chain(pings).min()
     }
@@ -241,11 +285,25 @@ impl TurnPath {
         }
         let mut unanswered = Vec::new();
         for (&peer, pair) in &mut self.pairs {
+            if let Stage::Proven { channel, recheck } = pair.stage {
+                if recheck <= now {
+                    let mut nonce = Nonce::default();
+                    self.rng.fill(&mut nonce);
+                    pair.stage = Stage::Challenging {
+                        channel,
+                        nonce,
+                        next: now,
+                        sent: 0,
+                        proven: true,
+                    };
+                }
+            }
             if let Stage::Challenging {
                 channel,
                 nonce,
                 next,
                 sent,
+                ..
             } = &mut pair.stage
             {
                 if *next > now {
@@ -312,6 +370,7 @@ impl TurnPath {
                         nonce,
                         next: now + PING_INTERVAL,
                         sent: 1,
+                        proven: false,
                     };
                     self.outputs.push_back(TurnOutput::Changed);
                     self.outputs.push_back(TurnOutput::Ping {
@@ -412,11 +471,11 @@ mod tests {
         // A PONG with another nonce, or from another address: no proof.
         let mut other = nonce;
         other[0] ^= 1;
-        assert!(!t.on_pong(B, b_relayed(), &other));
-        assert!(!t.on_pong(B, "203.0.113.6:41000".parse().unwrap(), &nonce));
-        assert!(!t.on_pong(Ipv4Addr::new(10, 77, 0, 9), b_relayed(), &nonce));
+        assert!(!t.on_pong(B, b_relayed(), &other, now));
+        assert!(!t.on_pong(B, "203.0.113.6:41000".parse().unwrap(), &nonce, now));
+        assert!(!t.on_pong(Ipv4Addr::new(10, 77, 0, 9), b_relayed(), &nonce, now));
         assert_eq!(t.channel(B), None);
-        assert!(t.on_pong(B, b_relayed(), &nonce));
+        assert!(t.on_pong(B, b_relayed(), &nonce, now));
         assert_eq!(t.poll_output(), Some(TurnOutput::Changed));
         assert_eq!(t.channel(B), Some(0x4000));
         // A direct path wins: TURN is let go.
@@ -464,7 +523,7 @@ mod tests {
                         assert_eq!(pings, PING_TRIES);
                         assert_eq!(now, t0 + Duration::from_secs(5));
                         assert!(t.turn_socket().channels.is_empty());
-                        assert!(!t.on_pong(B, b_relayed(), &nonce), "too late");
+                        assert!(!t.on_pong(B, b_relayed(), &nonce, now), "too late");
                         return;
                     }
                     TurnOutput::Changed => {}
@@ -473,6 +532,52 @@ mod tests {
             }
         }
         panic!("never gave up");
+    }
+
+    #[test]
+    fn a_proven_path_is_challenged_again_and_dropped_when_silent() {
+        let (mut t, mut s, t0) = allocated();
+        let nonce = challenged(&mut t, &mut s, t0);
+        assert!(t.on_pong(B, b_relayed(), &nonce, t0));
+        assert_eq!(t.poll_output(), Some(TurnOutput::Changed));
+        // The re-check: a fresh challenge, answered; the path never stops
+        // carrying traffic and nothing is republished.
+        let at = t.poll_timeout().unwrap();
+        assert_eq!(at, t0 + RECHECK);
+        t.handle_timeout(at);
+        let out = pump(&mut t, &mut s, at);
+        let [TurnOutput::Ping { nonce: again, .. }] = out[..] else {
+            panic!("{out:?}");
+        };
+        assert_ne!(again, nonce, "a fresh nonce");
+        assert_eq!(t.channel(B), Some(0x4000), "still carrying");
+        assert!(!t.on_pong(B, b_relayed(), &nonce, at), "the old nonce");
+        assert!(t.on_pong(B, b_relayed(), &again, at));
+        assert_eq!(t.poll_output(), None);
+        // The next re-check goes unanswered: the path ends.
+        let mut now = t.poll_timeout().unwrap();
+        assert_eq!(now, at + RECHECK);
+        for _ in 0..PING_TRIES + 1 {
+            t.handle_timeout(now);
+            let out = pump(&mut t, &mut s, now);
+            if out.iter().any(|o| {
+                matches!(
+                    o,
+                    TurnOutput::Failed {
+                        peer: Some(B),
+                        error: TurnError::Timeout(_)
+                    }
+                )
+            }) {
+                assert_eq!(t.channel(B), None);
+                assert!(out.contains(&TurnOutput::Changed));
+                assert!(now <= at + RECHECK + PING_INTERVAL * u32::from(PING_TRIES));
+                return;
+            }
+            assert_eq!(t.channel(B), Some(0x4000), "carrying while re-checked");
+            now = t.poll_timeout().unwrap();
+        }
+        panic!("a silent peer kept its TURN path");
     }
 
     #[test]
@@ -504,7 +609,7 @@ mod tests {
     fn a_new_relayed_address_from_the_peer_restarts_the_proof() {
         let (mut t, mut s, now) = allocated();
         let nonce = challenged(&mut t, &mut s, now);
-        assert!(t.on_pong(B, b_relayed(), &nonce));
+        assert!(t.on_pong(B, b_relayed(), &nonce, now));
         assert_eq!(t.poll_output(), Some(TurnOutput::Changed));
         let moved: SocketAddrV4 = "203.0.113.5:42000".parse().unwrap();
         t.peer_relayed(B, moved, now);

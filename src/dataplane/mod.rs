@@ -38,7 +38,7 @@ pub use bufring::BufRingError;
 pub use counters::{CounterSnapshot, Counters, SharedCounters};
 pub use snapshot::{
     LocalSocket, PeerCounterSnapshot, PeerCounters, PeerEntry, Sealer, SharedSnapshot, Snapshot,
-    SubnetHop, TunHop, TurnSocket, MAIN_SOCKET,
+    SubnetHop, TunHop, TurnSocket, MAIN_SOCKET, TURN_SOCKET,
 };
 pub use writer::{TunWriter, WriteError};
 

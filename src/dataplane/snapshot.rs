@@ -84,6 +84,8 @@ impl Eq for LocalSocket {}
 /// Upcalls name the socket a datagram arrived on: this one is every
 /// worker's own, on the shared port.
 pub const MAIN_SOCKET: u16 = 0;
+/// The id of the TURN allocation's socket; attempt sockets never take it.
+pub const TURN_SOCKET: u16 = u16::MAX;
 
 /// A ringlink peer's current session, which seals what goes to it. Equal
 /// when it is the same session object.

@@ -82,6 +82,10 @@ pub enum Action {
     /// The peer left CONNECTED: send via relay again and tell the router,
     /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
+    /// ringlink peers only: an attempt ended without a direct path (the
+    /// peer went from CONNECTING to WAITING). The caller may offer a
+    /// relayed UDP path (TURN) meanwhile; attempts go on with back-off.
+    NoDirectPath { peer: Ipv4Addr },
 }
 
 /// What a fresh socket sprays before it announces itself.

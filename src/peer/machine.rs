@@ -244,6 +244,9 @@ impl Peer {
         if prev == PeerState::Connected && next != PeerState::Connected {
             out.push_back(Action::Disconnected { peer: self.vip });
         }
+        if prev == PeerState::Connecting && next == PeerState::Waiting && self.ringlink {
+            out.push_back(Action::NoDirectPath { peer: self.vip });
+        }
         // Candy waits for the next 1 s tick at every step, which puts about
         // three seconds between "both joined" and CONNECTED. An eager peer
         // acts on entry instead (STUN at once, heartbeats at once), which

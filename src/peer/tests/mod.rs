@@ -521,9 +521,13 @@ fn connecting_times_out_to_waiting_and_synchronizing_to_failed() {
     n.advance(10_000);
     assert_eq!(n.state(B), PeerState::Connecting);
     assert_eq!(n.state(C), PeerState::Synchronizing);
-    n.advance(11_000);
+    let acts = n.advance(11_000);
     assert_eq!(n.state(B), PeerState::Waiting);
     assert_eq!(n.state(C), PeerState::Failed);
+    // A stock Candy peer is never offered TURN.
+    assert!(!acts
+        .iter()
+        .any(|(_, a)| matches!(a, Action::NoDirectPath { .. })));
     assert_eq!(n.status(B).since, n.at(11_000));
     assert_eq!(n.status(B).wide, None);
     assert_eq!(n.status(B).retry, Duration::from_secs(30));

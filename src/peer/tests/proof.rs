@@ -600,8 +600,13 @@ mod prediction {
     fn a_missed_draw_is_retried_sooner_than_candy_would() {
         let (mut n, _) = connecting(port_restricted(), random(), B_PUB);
         let mut waiting = Vec::new();
+        let mut no_path = 0;
         for _ in 0..200 {
-            n.advance(n.now_ms() + 100);
+            let acts = n.advance(n.now_ms() + 100);
+            no_path += acts
+                .iter()
+                .filter(|(_, a)| *a == Action::NoDirectPath { peer: B })
+                .count();
             if n.state(B) == PeerState::Waiting {
                 waiting.push(n.now_ms());
                 assert_eq!(n.status(B).retry, Duration::from_secs(5));
@@ -609,6 +614,8 @@ mod prediction {
         }
         let stay = waiting.last().unwrap() - waiting.first().unwrap();
         assert!((4_800..=5_000).contains(&stay), "WAITING for {stay} ms");
+        // Each missed attempt tells the caller once (it may offer TURN).
+        assert_eq!(no_path, 1);
         // A method that is no draw waits Candy's interval.
         let (mut n, _) = connecting(port_restricted(), port_restricted(), B_PUB);
         n.advance(n.now_ms() + 11_000);

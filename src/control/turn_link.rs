@@ -1,0 +1,276 @@
+//! What stands between the node and its TURN path (docs/turn.md): the
+//! server to use and its address, the allocation's socket, and the pairs
+//! that asked for TURN before both existed. The node asks for the address
+//! and the socket through its outputs ([`Need`]); once it has both and
+//! credentials, the [`TurnPath`] starts and takes the waiting pairs.
+//!
+//! One allocation per node, on one socket ([`TURN_SOCKET`]), shared by
+//! every relayed pair. An allocation that fails ends; the next pair that
+//! asks starts another on the same socket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Instant;
+
+use tracing::info;
+
+use super::turn::{TurnServer, TurnSource};
+use super::turn_path::{TurnOutput, TurnPath};
+use crate::dataplane::{LocalSocket, TurnSocket, TURN_SOCKET};
+use crate::proto::ws::TurnOffer;
+use crate::rng::SplitMix64;
+use crate::turn::TurnError;
+
+/// What the node must fetch before the path can start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The server's IPv4 address, for a host given by name.
+    Resolve { host: String, port: u16 },
+    /// The allocation's socket.
+    Socket,
+}
+
+pub struct TurnLink {
+    source: TurnSource,
+    /// The address of `source`'s server, with the host and port it was
+    /// resolved from.
+    server: Option<(String, u16, SocketAddrV4)>,
+    resolving: bool,
+    socket: Option<LocalSocket>,
+    opening: bool,
+    path: Option<TurnPath>,
+    /// Pairs that asked before the path existed.
+    wanted: BTreeSet<Ipv4Addr>,
+    relayed: BTreeMap<Ipv4Addr, SocketAddrV4>,
+    /// Seeds each allocation's transaction ids (from the node's RNG, which
+    /// the OS seeds: an off-path host must not guess them).
+    rng: SplitMix64,
+}
+
+impl TurnLink {
+    pub fn new(source: TurnSource, seed: u64) -> Self {
+        TurnLink {
+            source,
+            server: None,
+            resolving: false,
+            socket: None,
+            opening: false,
+            path: None,
+            wanted: BTreeSet::new(),
+            relayed: BTreeMap::new(),
+            rng: SplitMix64::new(seed),
+        }
+    }
+
+    /// A TURN server is known: pairs may ask for TURN.
+    pub fn available(&self) -> bool {
+        self.source.current().is_some()
+    }
+
+    /// The server's offer; true if the server or credentials changed. The
+    /// running allocation keeps its credentials until it ends (coturn ties
+    /// an allocation to its username); the next one takes the new ones.
+    pub fn on_offer(&mut self, offer: TurnOffer) -> bool {
+        self.source.on_offer(offer)
+    }
+
+    pub fn describe(&self, now_unix: u64) -> Option<String> {
+        self.source.describe(now_unix)
+    }
+
+    /// `peer` found no direct path.
+    pub fn want(&mut self, peer: Ipv4Addr, now: Instant) -> Option<Need> {
+        match &mut self.path {
+            Some(p) => {
+                p.want(peer);
+                None
+            }
+            None => {
+                self.wanted.insert(peer);
+                self.start(now)
+            }
+        }
+    }
+
+    /// `peer` announced its relayed address.
+    pub fn peer_relayed(
+        &mut self,
+        peer: Ipv4Addr,
+        addr: SocketAddrV4,
+        now: Instant,
+    ) -> Option<Need> {
+        match &mut self.path {
+            Some(p) => {
+                p.peer_relayed(peer, addr, now);
+                None
+            }
+            None => {
+                self.relayed.insert(peer, addr);
+                self.start(now)
+            }
+        }
+    }
+
+    /// The answer to [`Need::Resolve`] for `host`:`port`.
+    pub fn resolved(
+        &mut self,
+        host: &str,
+        port: u16,
+        addr: Option<SocketAddrV4>,
+        now: Instant,
+    ) -> Option<Need> {
+        self.resolving = false;
+        let current = self.source.current()?;
+        if current.host != host || current.port != port {
+            // The offer changed meanwhile: resolve the new one.
+            return self.start(now);
+        }
+        self.server = Some((host.to_string(), port, addr?));
+        self.start(now)
+    }
+
+    /// The answer to [`Need::Socket`].
+    pub fn socket_opened(&mut self, socket: LocalSocket, now: Instant) -> Option<Need> {
+        self.opening = false;
+        self.socket = Some(socket);
+        self.start(now)
+    }
+
+    /// Starts the path once it has what it needs; else says what is
+    /// missing (once: a request under way is not repeated).
+    fn start(&mut self, now: Instant) -> Option<Need> {
+        if self.path.is_some() || (self.wanted.is_empty() && self.relayed.is_empty()) {
+            return None;
+        }
+        let TurnServer {
+            host,
+            port,
+            credentials,
+            ..
+        } = self.source.current()?.clone();
+        let server = match &self.server {
+            Some((h, p, addr)) if *h == host && *p == port => *addr,
+            _ => {
+                if let Ok(ip) = host.parse::<Ipv4Addr>() {
+                    let addr = SocketAddrV4::new(ip, port);
+                    self.server = Some((host, port, addr));
+                    addr
+                } else if self.resolving {
+                    return None;
+                } else {
+                    self.resolving = true;
+                    return Some(Need::Resolve { host, port });
+                }
+            }
+        };
+        if self.socket.is_none() {
+            if self.opening {
+                return None;
+            }
+            self.opening = true;
+            return Some(Need::Socket);
+        }
+        info!(%server, user = %credentials.username, "allocating on the TURN server");
+        let mut path = TurnPath::new(server, credentials, self.rng.next_u64(), now);
+        for peer in std::mem::take(&mut self.wanted) {
+            path.want(peer);
+        }
+        for (peer, addr) in std::mem::take(&mut self.relayed) {
+            path.peer_relayed(peer, addr, now);
+        }
+        self.path = Some(path);
+        None
+    }
+
+    /// What the path asks for next. An allocation that failed is dropped
+    /// here, after its last outputs.
+    pub fn poll_output(&mut self) -> Option<TurnOutput> {
+        let out = self.path.as_mut()?.poll_output();
+        if let Some(TurnOutput::Failed { peer: None, .. }) = out {
+            self.path = None;
+        }
+        out
+    }
+
+    /// A datagram from `from` on socket `local` that belongs to the
+    /// allocation; false: not ours.
+    pub fn is_server(&self, from: SocketAddrV4, local: u16) -> bool {
+        local == TURN_SOCKET && self.server.as_ref().is_some_and(|(_, _, a)| *a == from)
+    }
+
+    pub fn on_datagram(
+        &mut self,
+        from: SocketAddrV4,
+        datagram: &[u8],
+        now: Instant,
+    ) -> Result<(), TurnError> {
+        match &mut self.path {
+            Some(p) => p.on_datagram(from, datagram, now),
+            None => Ok(()),
+        }
+    }
+
+    pub fn on_pong(
+        &mut self,
+        peer: Ipv4Addr,
+        from: SocketAddrV4,
+        nonce: &[u8; 12],
+        now: Instant,
+    ) -> bool {
+        self.path
+            .as_mut()
+            .is_some_and(|p| p.on_pong(peer, from, nonce, now))
+    }
+
+    /// `peer` went direct: its TURN path is let go.
+    pub fn direct(&mut self, peer: Ipv4Addr, now: Instant) {
+        self.wanted.remove(&peer);
+        self.relayed.remove(&peer);
+        if let Some(p) = &mut self.path {
+            p.direct(peer, now);
+        }
+    }
+
+    /// The channel of `peer`'s proven TURN path.
+    pub fn channel(&self, peer: Ipv4Addr) -> Option<u16> {
+        self.path.as_ref()?.channel(peer)
+    }
+
+    /// The channel bound to `addr`, which must be `peer`'s address.
+    pub fn channel_to(&self, peer: Ipv4Addr, addr: SocketAddrV4) -> Option<u16> {
+        self.path.as_ref()?.channel_to(peer, addr)
+    }
+
+    pub fn proven(&self) -> BTreeSet<Ipv4Addr> {
+        self.path
+            .as_ref()
+            .map(|p| p.proven().collect())
+            .unwrap_or_default()
+    }
+
+    /// The server's address and the socket, for datagrams to the server.
+    pub fn endpoint(&self) -> Option<(SocketAddrV4, LocalSocket)> {
+        let (_, _, addr) = self.server.as_ref()?;
+        Some((*addr, self.socket.clone()?))
+    }
+
+    /// For the dataplane: the socket to receive on, and the channels to
+    /// unwrap on it.
+    pub fn socket(&self) -> Option<LocalSocket> {
+        self.socket.clone()
+    }
+
+    pub fn table(&self) -> Option<TurnSocket> {
+        Some(self.path.as_ref()?.turn_socket())
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.path.as_ref()?.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if let Some(p) = &mut self.path {
+            p.handle_timeout(now);
+        }
+    }
+}
