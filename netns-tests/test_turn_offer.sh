@@ -2,7 +2,7 @@
 # The server's `turn` key reaches ringlink clients end to end: after login a
 # client's status names the TURN server and credentials minted for its own
 # VIP, expiring within the ttl; a client with its own `turn` key keeps it.
-# (Carrying traffic over TURN is not wired yet: docs/turn.md.)
+# (test_turn_path carries traffic over it.)
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/lib.sh"

@@ -23,10 +23,13 @@ use crate::turn::{Client, Credentials, Event, Received, TurnError};
 /// given up: a relay adds a round trip, so a second is ample.
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 const PING_TRIES: u8 = 5;
-/// A proven path is challenged again this long after its last proof: a
-/// peer that restarted or lost its allocation stops answering, and its
-/// pair falls back to the server's relay within this plus five seconds.
-const RECHECK: Duration = Duration::from_secs(10);
+/// A proven path is challenged again this long after its last proof, and
+/// given up after this many unanswered PINGs: like a direct path's
+/// liveness (a challenge a tick, 3 s of silence), a dead TURN path (the
+/// server gone, the peer restarted) falls back to the server's relay
+/// within 4 s.
+const RECHECK: Duration = Duration::from_secs(1);
+const RECHECK_TRIES: u8 = 3;
 
 pub type Nonce = [u8; 12];
 
@@ -303,13 +306,14 @@ impl TurnPath {
                 nonce,
                 next,
                 sent,
-                ..
+                proven,
             } = &mut pair.stage
             {
                 if *next > now {
                     continue;
                 }
-                if *sent >= PING_TRIES {
+                let tries = if *proven { RECHECK_TRIES } else { PING_TRIES };
+                if *sent >= tries {
                     unanswered.push(peer);
                     continue;
                 }
@@ -557,7 +561,7 @@ mod tests {
         // The next re-check goes unanswered: the path ends.
         let mut now = t.poll_timeout().unwrap();
         assert_eq!(now, at + RECHECK);
-        for _ in 0..PING_TRIES + 1 {
+        for _ in 0..RECHECK_TRIES + 1 {
             t.handle_timeout(now);
             let out = pump(&mut t, &mut s, now);
             if out.iter().any(|o| {
@@ -571,7 +575,7 @@ mod tests {
             }) {
                 assert_eq!(t.channel(B), None);
                 assert!(out.contains(&TurnOutput::Changed));
-                assert!(now <= at + RECHECK + PING_INTERVAL * u32::from(PING_TRIES));
+                assert!(now <= at + RECHECK + PING_INTERVAL * u32::from(RECHECK_TRIES));
                 return;
             }
             assert_eq!(t.channel(B), Some(0x4000), "carrying while re-checked");

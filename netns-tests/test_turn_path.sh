@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# TURN carries a pair that no punching can (issue 15): a and b each behind a
+# random symmetric NAT (masquerade random, home-router firewall), so their
+# attempts use no method and miss; coturn (Debian's turnserver, started
+# here) stands on the internet side, and the ringlink server hands both
+# clients credentials minted from the secret it shares with coturn.
+# Checked outside ringlink:
+#   * both list each other on path "turn" once the first attempt missed;
+#   * a ping burst crosses coturn's interface (UDP from both routers) while
+#     the ringlink server's interface stays flat;
+#   * what coturn sees is ciphertext: a ping payload pattern is nowhere in a
+#     capture on its interface that holds the burst;
+#   * a 16 MiB transfer b -> a through TURN arrives whole (sha256);
+#   * coturn killed mid-transfer: the pair falls back to the server's relay
+#     within seconds and the transfer still arrives whole.
+set -uo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$here/lib.sh"
+. "$here/fast_lib.sh"
+rl_init "$here/.."
+MB=16
+SECRET=turn-secret-for-this-test
+echo "test_turn_path: two random symmetric NATs meet through coturn"
+command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; rl_finish; }
+
+RL_SERVER_IP="$RL_P2P_NET.1"
+TURN_IP="$RL_P2P_NET.3"
+rl_switch
+rl_attach srv "$RL_SERVER_IP/24"
+rl_attach turn "$TURN_IP/24"
+rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
+    "turn = { url = \"turn://$TURN_IP:3478\", secret = \"$SECRET\", ttl = 600 }" >/dev/null
+rl_start_server server srv
+rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens"; rl_finish; }
+rl_spawn coturn turn turnserver -n --no-cli --no-tls --no-dtls --no-tcp \
+    --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" --listening-port 3478 \
+    --min-port 49152 --max-port 49999 --use-auth-secret --static-auth-secret "$SECRET" \
+    --realm ringlink.test --userdb "$RL_TMP/turndb" --pidfile "$RL_TMP/turnserver.pid" \
+    --log-file stdout --simple-log
+coturn_listens() { rl_exec turn ss -Huln | grep -q "$TURN_IP:3478 "; }
+check "coturn listens on $TURN_IP:3478" rl_wait_until 10 coturn_listens
+
+rl_nat_site a ra "$RL_P2P_NET.21/24" 192.168.1 random
+rl_nat_site b rb "$RL_P2P_NET.22/24" 192.168.2 random
+rl_router_firewall ra
+rl_router_firewall rb
+rl_p2p_client_conf a "discovery = 0" >/dev/null
+rl_p2p_client_conf b "discovery = 0" >/dev/null
+rl_start_client a a
+rl_start_client b b
+check "client a connected" rl_wait_until 20 rl_ready a
+check "client b connected" rl_wait_until 20 rl_ready b
+va=$(rl_vip a); vb=$(rl_vip b)
+
+# UDP from each router into coturn's namespace, and back out.
+rl_count turn from_sites input ip daddr "$TURN_IP" ip saddr "{ $RL_P2P_NET.21, $RL_P2P_NET.22 }" meta l4proto udp
+rl_count turn to_sites output ip saddr "$TURN_IP" ip daddr "{ $RL_P2P_NET.21, $RL_P2P_NET.22 }" meta l4proto udp
+
+# A relayed ping starts the attempt (discovery is off); random <-> random
+# punches nothing, so it misses after CONNECTING's 10 s.
+t0=$(rl_now_ms)
+rl_spawn traffic a ping -n -i 0.5 -w 60 "${vb:-127.0.0.1}"
+path_of() { rl_peer_eval "$1" "$2" 'p["path"]'; }
+both_turn() { [ "$(path_of a "${vb:-none}")" = turn ] && [ "$(path_of b "${va:-none}")" = turn ]; }
+check "a and b list each other on path turn within 40 s" rl_wait_until 40 both_turn
+echo "  on TURN after $(rl_secs_since "$t0") s; a's method: $(rl_peer_eval a "${vb:-none}" 'p["method"]')"
+rl_stop traffic
+check "a's log names the allocation" rl_log_has a "allocating on the TURN server"
+check "a's log: TURN path up" rl_log_has a "TURN path up"
+
+PATTERN=72696e676c696e6b2d706c61696e2121   # "ringlink-plain!!"
+rl_spawn capture turn tcpdump -i eth0 -n -U -w "$RL_TMP/turn.pcap" udp
+capturing() { rl_exec turn ss -Hxp 2>/dev/null | grep -q tcpdump || [ -s "$RL_TMP/turn.pcap" ]; }
+rl_wait_until 5 capturing
+c0=$(rl_counted turn from_sites bytes); o0=$(rl_counted turn to_sites bytes); s0=$(rl_if_total srv eth0)
+check "ping a -> b over TURN (20 of 20, 1000 bytes, payload pattern)" \
+    eval 'timeout 15 ip netns exec "$(rl_ns a)" ping -n -q -c 20 -i 0.1 -W 1 -s 1000 -p $PATTERN "${vb:-127.0.0.1}" >/dev/null'
+c1=$(rl_counted turn from_sites bytes); o1=$(rl_counted turn to_sites bytes); s1=$(rl_if_total srv eth0)
+rl_stop capture
+echo "  coturn took in $((c1 - c0)) bytes of UDP from the sites and sent $((o1 - o0)); the ringlink server's eth0 moved $((s1 - s0))"
+# 20 requests and 20 replies of > 1000 bytes, each in and out of coturn.
+check "the burst crossed coturn (>= 40 kB in, >= 40 kB out)" eval 'rl_ge $((c1 - c0)) 40000 && rl_ge $((o1 - o0)) 40000'
+check "and not the ringlink server (< 10000 bytes)" test $((s1 - s0)) -lt 10000
+seen() {
+    python3 - "$RL_TMP/turn.pcap" "$PATTERN" <<'EOF'
+import sys
+data = open(sys.argv[1], "rb").read()
+pattern = bytes.fromhex(sys.argv[2])
+print(len(data), int(pattern[:8] in data))
+EOF
+}
+read -r pcap_bytes plain <<<"$(seen)"
+echo "  capture on coturn's interface: ${pcap_bytes:-0} bytes"
+check "the capture holds the burst (> 40 kB)" rl_ge "${pcap_bytes:-0}" 40000
+check "and the ping's payload pattern is nowhere in it (ciphertext only)" test "${plain:-1}" = 0
+
+rl_flow_sink a "$va" 5001 || rl_fail "sink listening in a"
+c0=$(rl_counted turn from_sites bytes)
+rl_flow_source b "$va" 5001 "$MB"
+check "transfer b -> a over TURN finished within 60 s" rl_wait_until 60 rl_flow_done 5001
+check "$MB MiB b -> a arrived whole (sha256)" rl_flow_check 5001 "$MB"
+echo "  $RL_FLOW_INFO"
+c1=$(rl_counted turn from_sites bytes)
+check "the transfer crossed coturn (>= $MB MiB in)" rl_ge $((c1 - c0)) $((MB << 20))
+
+# coturn dies mid-transfer: the pair's re-checks go unanswered and it
+# falls back to the server's relay; TCP carries on once it has.
+rl_flow_sink a "$va" 5002 || rl_fail "second sink listening in a"
+rl_flow_source b "$va" 5002 64
+moved() { rl_ge "$(rl_counted turn from_sites bytes)" $((c1 + (4 << 20))); }
+check "the second transfer is under way through coturn" rl_wait_until 20 moved
+rl_stop coturn
+tk=$(rl_now_ms)
+both_relay() { [ "$(path_of a "${vb:-none}")" = relay ] && [ "$(path_of b "${va:-none}")" = relay ]; }
+check "coturn gone: both back on the relay within 8 s" rl_wait_until 8 both_relay
+echo "  back on the relay $(rl_secs_since "$tk") s after coturn ended"
+check "the 64 MiB transfer finished within 90 s" rl_wait_until 90 rl_flow_done 5002
+check "64 MiB b -> a arrived whole (sha256) across the fallback" rl_flow_check 5002 64
+echo "  $RL_FLOW_INFO"
+rl_finish test_turn_path
