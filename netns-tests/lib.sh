@@ -892,6 +892,33 @@ rl_world_p2p() {
     return 0
 }
 
+# rl_world_turn <secret> : the switch with the ringlink server at
+# $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>) and
+# coturn (Debian's turnserver, process "coturn") at $TURN_IP =
+# $RL_P2P_NET.3, relaying from ports 49152-49999 of that address. The
+# caller adds the sites.
+rl_world_turn() {
+    local secret=$1
+    command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; return 1; }
+    RL_SERVER_IP="$RL_P2P_NET.1"
+    TURN_IP="$RL_P2P_NET.3"
+    rl_switch
+    rl_attach srv "$RL_SERVER_IP/24"
+    rl_attach turn "$TURN_IP/24"
+    rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
+        "turn = { url = \"turn://$TURN_IP:3478\", secret = \"$secret\", ttl = 600 }" >/dev/null
+    rl_start_server server srv
+    rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens"; return 1; }
+    rl_spawn coturn turn turnserver -n --no-cli --no-tls --no-dtls --no-tcp \
+        --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" --listening-port 3478 \
+        --min-port 49152 --max-port 49999 --use-auth-secret --static-auth-secret "$secret" \
+        --realm ringlink.test --userdb "$RL_TMP/turndb" --pidfile "$RL_TMP/turnserver.pid" \
+        --log-file stdout --simple-log
+    rl_wait_until 10 rl_coturn_listens || { rl_fail "coturn listens on $TURN_IP:3478"; return 1; }
+    rl_pass "coturn listens on $TURN_IP:3478"
+}
+rl_coturn_listens() { rl_exec turn ss -Huln | grep -q "$TURN_IP:3478 "; }
+
 # rl_p2p_client_conf <name> [toml lines...] : client config with STUN on.
 rl_p2p_client_conf() {
     local name=$1; shift

@@ -21,24 +21,8 @@ rl_init "$here/.."
 MB=16
 SECRET=turn-secret-for-this-test
 echo "test_turn_path: two random symmetric NATs meet through coturn"
-command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; rl_finish; }
 
-RL_SERVER_IP="$RL_P2P_NET.1"
-TURN_IP="$RL_P2P_NET.3"
-rl_switch
-rl_attach srv "$RL_SERVER_IP/24"
-rl_attach turn "$TURN_IP/24"
-rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
-    "turn = { url = \"turn://$TURN_IP:3478\", secret = \"$SECRET\", ttl = 600 }" >/dev/null
-rl_start_server server srv
-rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens"; rl_finish; }
-rl_spawn coturn turn turnserver -n --no-cli --no-tls --no-dtls --no-tcp \
-    --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" --listening-port 3478 \
-    --min-port 49152 --max-port 49999 --use-auth-secret --static-auth-secret "$SECRET" \
-    --realm ringlink.test --userdb "$RL_TMP/turndb" --pidfile "$RL_TMP/turnserver.pid" \
-    --log-file stdout --simple-log
-coturn_listens() { rl_exec turn ss -Huln | grep -q "$TURN_IP:3478 "; }
-check "coturn listens on $TURN_IP:3478" rl_wait_until 10 coturn_listens
+rl_world_turn "$SECRET" || rl_finish
 
 rl_nat_site a ra "$RL_P2P_NET.21/24" 192.168.1 random
 rl_nat_site b rb "$RL_P2P_NET.22/24" 192.168.2 random

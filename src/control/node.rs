@@ -25,7 +25,7 @@ use crate::dataplane::frame::{self, OpenError};
 use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET, TURN_SOCKET};
 use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{
-    Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, TimersError,
+    Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, PeerState, TimersError,
 };
 use crate::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::ext::{NatAdvert, Tail};
@@ -296,6 +296,16 @@ impl Node {
         }
         if self.turn.poll_timeout().is_some_and(|t| t <= now) {
             self.turn.handle_timeout(now);
+        }
+        // A pair on TURN sends nothing through the server, so no relayed
+        // packet fires try-P2P for it: its back-off ending does instead,
+        // and a direct path that wins replaces TURN.
+        let turned: Vec<_> = self.turned.iter().copied().collect();
+        for peer in turned {
+            if self.peers.state(peer) == Some(PeerState::Init) {
+                let outcome = self.peers.try_p2p(peer, now);
+                self.count(outcome);
+            }
         }
         // Every time, not only at its deadline: rekeys by message count
         // are read off the sessions' counters here.
