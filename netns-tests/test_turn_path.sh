@@ -51,6 +51,13 @@ echo "  on TURN after $(rl_secs_since "$t0") s; a's method: $(rl_peer_eval a "${
 rl_stop traffic
 check "a's log names the allocation" rl_log_has a "allocating on the TURN server"
 check "a's log: TURN path up" rl_log_has a "TURN path up"
+timeout 30 ip netns exec "$(rl_ns a)" "$RINGLINK" ping "${vb:-127.0.0.1}" --socket "$(rl_sock a)" --count 3 \
+    >"$RL_TMP/ping.out" 2>&1
+check "ringlink ping: three replies, each on path=turn" test "$(grep -c 'path=turn$' "$RL_TMP/ping.out")" = 3
+timeout 10 "$RINGLINK" metrics --socket "$(rl_sock a)" >"$RL_TMP/metrics.txt" 2>&1
+check "ringlink metrics: one peer on path turn" grep -q '^ringlink_peers_by_path{path="turn"} 1$' "$RL_TMP/metrics.txt"
+turn_bytes() { grep '^ringlink_traffic_bytes_total{' "$RL_TMP/metrics.txt" | grep 'path="turn"' | grep 'direction="tx"' | awk '{print $NF}'; }
+check "ringlink metrics: bytes sent on path turn ($(turn_bytes))" rl_ge "$(turn_bytes)" 1
 
 PATTERN=72696e676c696e6b2d706c61696e2121   # "ringlink-plain!!"
 rl_spawn capture turn tcpdump -i eth0 -n -U -w "$RL_TMP/turn.pcap" udp

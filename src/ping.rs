@@ -18,7 +18,7 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const PAYLOAD: &[u8] = b"ringlink ping";
 
 /// How a packet for `vip` leaves this node now, in `ringlink status`'s
-/// words: "direct 198.51.100.7:41000", "via 10.77.0.3", "relay".
+/// words: "direct 198.51.100.7:41000", "turn", "via 10.77.0.3", "relay".
 pub fn path_of(s: &Status, vip: Ipv4Addr) -> String {
     let v = vip.to_string();
     let peer = s.peers.iter().find(|p| p.vip == v);
@@ -28,6 +28,7 @@ pub fn path_of(s: &Status, vip: Ipv4Addr) -> String {
         (_, Some(p)) if p.path == "direct" => {
             format!("direct {}", p.endpoint.as_deref().unwrap_or("?"))
         }
+        (_, Some(p)) if p.path == "turn" => "turn".to_string(),
         _ => "relay".to_string(),
     }
 }
@@ -234,6 +235,8 @@ mod tests {
         });
         assert_eq!(path_of(&s, vip), "via 10.77.0.9");
         s.routes.clear();
+        s.peers[0].path = "turn".into();
+        assert_eq!(path_of(&s, vip), "turn");
         s.peers[0].path = "relay".into();
         assert_eq!(path_of(&s, vip), "relay");
         assert_eq!(path_of(&Status::default(), vip), "relay");

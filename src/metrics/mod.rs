@@ -473,12 +473,13 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
     e.family(
         &Family {
             name: "ringlink_peers_by_path",
-            help: "Peers by the path their traffic takes now (direct: UDP; relay: the server).",
+            help: "Peers by the path their traffic takes now (direct: UDP; turn: a TURN \
+                   server's UDP relay; relay: the ringlink server).",
             kind: Kind::Gauge,
             labels: &["path"],
         },
         tally(
-            &["direct", "relay"],
+            &["direct", "turn", "relay"],
             s.peers.iter().map(|p| p.path.as_str()),
         ),
     )?;
@@ -569,13 +570,13 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
     e.family(
         &Family {
             name: "ringlink_routes_by_path",
-            help: "Routes in ringlink status by path (direct, via another node, relay, or local \
-                   for this gateway's own subnets).",
+            help: "Routes in ringlink status by path (direct, turn, via another node, relay, or \
+                   local for this gateway's own subnets).",
             kind: Kind::Gauge,
             labels: &["path"],
         },
         tally(
-            &["direct", "via", "relay", "local"],
+            &["direct", "turn", "via", "relay", "local"],
             s.routes
                 .iter()
                 .map(|r| r.path.split_whitespace().next().unwrap_or("")),

@@ -266,10 +266,11 @@ fn peers_by_bounded_labels_without_addresses() {
     let peer = |vip: &str, state: &str, speaks: &str, attempts, ttd| PeerLine {
         vip: vip.into(),
         state: state.into(),
-        path: if state == "CONNECTED" {
-            "direct"
-        } else {
-            "relay"
+        path: match state {
+            "CONNECTED" => "direct",
+            // A ringlink peer whose attempt missed, on a TURN path.
+            "WAITING" if speaks == "ringlink" => "turn",
+            _ => "relay",
         }
         .into(),
         speaks: speaks.into(),
@@ -284,6 +285,7 @@ fn peers_by_bounded_labels_without_addresses() {
             peer("10.77.0.2", "CONNECTED", "ringlink", 1, Some(0.04)),
             peer("10.77.0.3", "CONNECTED", "candy", 2, Some(3.2)),
             peer("10.77.0.4", "WAITING", "candy", 4, None),
+            peer("10.77.0.6", "WAITING", "ringlink", 1, None),
             // From a status of another version: counted nowhere.
             peer("10.77.0.5", "DREAMING", "klingon", 0, None),
         ],
@@ -311,7 +313,7 @@ fn peers_by_bounded_labels_without_addresses() {
     );
     assert_eq!(
         v("ringlink_peers_by_state", &[("state", "WAITING")]),
-        one("1")
+        one("2")
     );
     // Every state is there, zeros included, and nothing else.
     let states: Vec<_> = samples
@@ -329,11 +331,12 @@ fn peers_by_bounded_labels_without_addresses() {
     );
     assert_eq!(
         v("ringlink_peers_by_speaks", &[("speaks", "ringlink")]),
-        one("1")
+        one("2")
     );
     assert_eq!(v("ringlink_peers_by_path", &[("path", "direct")]), one("2"));
+    assert_eq!(v("ringlink_peers_by_path", &[("path", "turn")]), one("1"));
     assert_eq!(v("ringlink_peers_by_path", &[("path", "relay")]), one("2"));
-    assert_eq!(v("ringlink_direct_attempts_total", &[]), one("7"));
+    assert_eq!(v("ringlink_direct_attempts_total", &[]), one("8"));
     assert_eq!(v("ringlink_routes_by_path", &[("path", "via")]), one("1"));
     assert_eq!(v("ringlink_routes_by_path", &[("path", "local")]), one("1"));
     assert_eq!(types["ringlink_time_to_direct_seconds"], "histogram");
