@@ -1153,7 +1153,16 @@ impl Node {
                         Some(peer) => warn!(%peer, error = %error, "TURN path failed"),
                         None => warn!(error = %error, "TURN allocation ended"),
                     }
+                    let again: Vec<_> = match peer {
+                        None if self.turn.ended_live() => self.turned.iter().copied().collect(),
+                        _ => Vec::new(),
+                    };
                     self.sync_turned(now);
+                    for peer in again {
+                        info!(%peer, "asking for a TURN path on a new allocation");
+                        let need = self.turn.want(peer, now);
+                        self.fetch(need);
+                    }
                 }
             }
         }

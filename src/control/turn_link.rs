@@ -42,6 +42,9 @@ pub struct TurnLink {
     /// Pairs that asked before the path existed.
     wanted: BTreeSet<Ipv4Addr>,
     relayed: BTreeMap<Ipv4Addr, SocketAddrV4>,
+    /// The last allocation to end had been granted (see
+    /// [`TurnLink::ended_live`]).
+    ended_live: bool,
     /// Seeds each allocation's transaction ids (from the node's RNG, which
     /// the OS seeds: an off-path host must not guess them).
     rng: SplitMix64,
@@ -58,6 +61,7 @@ impl TurnLink {
             path: None,
             wanted: BTreeSet::new(),
             relayed: BTreeMap::new(),
+            ended_live: false,
             rng: SplitMix64::new(seed),
         }
     }
@@ -185,11 +189,23 @@ impl TurnLink {
     /// What the path asks for next. An allocation that failed is dropped
     /// here, after its last outputs.
     pub fn poll_output(&mut self) -> Option<TurnOutput> {
-        let out = self.path.as_mut()?.poll_output();
+        let path = self.path.as_mut()?;
+        let out = path.poll_output();
         if let Some(TurnOutput::Failed { peer: None, .. }) = out {
+            self.ended_live = path.was_allocated();
             self.path = None;
         }
         out
+    }
+
+    /// The allocation that just ended had been granted: its pairs may ask
+    /// again at once, and a new one starts with the credentials of now
+    /// (coturn refuses to refresh an allocation whose REST username has
+    /// expired, so that is how a long-lived node renews). One that never
+    /// was granted is not retried until a pair's next attempt misses, so
+    /// wrong credentials cannot make it loop.
+    pub fn ended_live(&self) -> bool {
+        self.ended_live
     }
 
     /// A datagram from `from` on socket `local` that belongs to the
@@ -272,5 +288,117 @@ impl TurnLink {
         if let Some(p) = &mut self.path {
             p.handle_timeout(now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::turn::tests::{FakeTurn, SERVER};
+    use crate::turn::TurnUrl;
+
+    const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+    fn link(host: &str) -> TurnLink {
+        let url = TurnUrl::parse(&format!("turn://1700000000%3A10.77.0.2:pw@{host}")).unwrap();
+        TurnLink::new(TurnSource::new(Some(url)), 7)
+    }
+
+    fn socket() -> LocalSocket {
+        let fd = UdpSocket::bind("127.0.0.1:0").unwrap().into();
+        LocalSocket {
+            id: TURN_SOCKET,
+            fd: Arc::new(fd),
+        }
+    }
+
+    /// Carries what the link sends to the simulated server, and back;
+    /// returns the rest.
+    fn pump(l: &mut TurnLink, s: &mut FakeTurn, now: Instant) -> Vec<TurnOutput> {
+        let server: SocketAddrV4 = SERVER.parse().unwrap();
+        let mut other = Vec::new();
+        for _ in 0..100 {
+            match l.poll_output() {
+                Some(TurnOutput::ToServer(d)) => {
+                    if let Some(r) = s.answer(&d) {
+                        assert!(l.is_server(server, TURN_SOCKET));
+                        l.on_datagram(server, &r, now).unwrap();
+                    }
+                }
+                Some(o) => other.push(o),
+                None => return other,
+            }
+        }
+        panic!("kept sending");
+    }
+
+    #[test]
+    fn a_named_server_is_resolved_then_a_socket_opened_once_each() {
+        let now = Instant::now();
+        let mut l = link("turn.example.net:3478");
+        assert!(l.available());
+        let resolve = Need::Resolve {
+            host: "turn.example.net".into(),
+            port: 3478,
+        };
+        assert_eq!(l.want(B, now), Some(resolve.clone()));
+        assert_eq!(l.want(B, now), None, "asked once");
+        assert_eq!(l.resolved("turn.example.net", 3478, None, now), None);
+        // A name that did not resolve is asked again by the next pair.
+        assert_eq!(l.want(B, now), Some(resolve));
+        let addr = Some(SERVER.parse().unwrap());
+        assert_eq!(
+            l.resolved("turn.example.net", 3478, addr, now),
+            Some(Need::Socket)
+        );
+        assert!(l.poll_output().is_none(), "no path without a socket");
+        assert_eq!(l.socket_opened(socket(), now), None);
+        assert!(matches!(l.poll_output(), Some(TurnOutput::ToServer(_))));
+    }
+
+    #[test]
+    fn an_allocation_that_ended_live_says_so_and_one_never_granted_does_not() {
+        let now = Instant::now();
+        let mut s = FakeTurn::new("pw");
+        let mut l = link(SERVER);
+        assert_eq!(l.want(B, now), Some(Need::Socket));
+        assert_eq!(l.socket_opened(socket(), now), None);
+        let out = pump(&mut l, &mut s, now);
+        assert!(
+            matches!(&out[..], [TurnOutput::Announce { peer: B, .. }]),
+            "{out:?}"
+        );
+        // The refresh is refused, as coturn refuses an expired username.
+        s.refuse_refresh = Some(401);
+        let ended_at = (0..20).find_map(|_| {
+            let t = l.poll_timeout().expect("a refresh is due");
+            assert!(t < now + Duration::from_secs(900), "never refreshed");
+            l.handle_timeout(t);
+            let out = pump(&mut l, &mut s, t);
+            out.iter()
+                .any(|o| matches!(o, TurnOutput::Failed { peer: None, .. }))
+                .then_some(t)
+        });
+        let t = ended_at.expect("the allocation ended");
+        assert!(l.ended_live());
+        // The next pair starts a new allocation on the same socket.
+        assert_eq!(l.want(B, t), None);
+        assert!(matches!(l.poll_output(), Some(TurnOutput::ToServer(_))));
+
+        // Refused from the start: not live.
+        let mut s = FakeTurn::new("pw");
+        s.refuse_allocate = Some(486);
+        let mut l = link(SERVER);
+        l.want(B, now);
+        l.socket_opened(socket(), now);
+        let out = pump(&mut l, &mut s, now);
+        assert!(out
+            .iter()
+            .any(|o| matches!(o, TurnOutput::Failed { peer: None, .. })));
+        assert!(!l.ended_live());
     }
 }

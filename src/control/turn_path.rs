@@ -93,6 +93,8 @@ pub struct TurnPath {
     pairs: BTreeMap<Ipv4Addr, Pair>,
     outputs: VecDeque<TurnOutput>,
     rng: SplitMix64,
+    /// The server granted the allocation at some point.
+    allocated: bool,
 }
 
 impl TurnPath {
@@ -106,6 +108,7 @@ impl TurnPath {
             pairs: BTreeMap::new(),
             outputs: VecDeque::new(),
             rng,
+            allocated: false,
         };
         t.drain(now);
         t
@@ -117,6 +120,13 @@ impl TurnPath {
 
     pub fn relayed(&self) -> Option<SocketAddrV4> {
         self.client.relayed()
+    }
+
+    /// The server granted the allocation once: a failure now ended a live
+    /// one (a refresh refused, as when REST credentials expire), not a
+    /// request that never worked.
+    pub fn was_allocated(&self) -> bool {
+        self.allocated
     }
 
     /// `peer` found no direct path: it is told our relayed address (now,
@@ -353,6 +363,7 @@ impl TurnPath {
         while let Some(e) = self.client.poll_event() {
             match e {
                 Event::Allocated { relayed, .. } => {
+                    self.allocated = true;
                     for &peer in self.pairs.keys() {
                         self.outputs
                             .push_back(TurnOutput::Announce { peer, relayed });

@@ -50,7 +50,7 @@ pub(crate) struct FakeTurn {
     /// Answer the next Allocate with this error instead.
     pub(crate) refuse_allocate: Option<u16>,
     /// Answer Refresh with this error instead.
-    refuse_refresh: Option<u16>,
+    pub(crate) refuse_refresh: Option<u16>,
     seen: Seen,
 }
 
