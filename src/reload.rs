@@ -187,6 +187,22 @@ fn cluster_restart(old: Option<&ClusterConfig>, new: Option<&ClusterConfig>) -> 
     }
 }
 
+/// What of `log` and `metrics`, each given as (old, new), changes: the
+/// keys both the client and the server take live.
+fn log_and_metrics(
+    (old_log, log): (&str, &str),
+    (old_metrics, metrics): (Option<SocketAddr>, Option<SocketAddr>),
+) -> Vec<Apply> {
+    let mut apply = Vec::new();
+    if log != old_log {
+        apply.push(Apply::Log(log.to_string()));
+    }
+    if metrics != old_metrics {
+        apply.push(Apply::Metrics(metrics));
+    }
+    apply
+}
+
 /// The client's plan. Every field is named here (the destructuring does
 /// not compile otherwise), so a new key is classified when it is added.
 pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
@@ -219,13 +235,7 @@ pub fn client_plan(old: &ClientConfig, new: &ClientConfig) -> Plan {
         peers,
         turn,
     } = new;
-    let mut apply = Vec::new();
-    if *log != old.log {
-        apply.push(Apply::Log(log.clone()));
-    }
-    if *metrics != old.metrics {
-        apply.push(Apply::Metrics(*metrics));
-    }
+    let mut apply = log_and_metrics((&old.log, log), (old.metrics, *metrics));
     if *metrics_per_peer != old.metrics_per_peer {
         apply.push(Apply::MetricsPerPeer(*metrics_per_peer));
     }
@@ -290,13 +300,7 @@ pub fn server_plan(old: &ServerConfig, new: &ServerConfig) -> Plan {
         networks,
         turn,
     } = new;
-    let mut apply = Vec::new();
-    if *log != old.log {
-        apply.push(Apply::Log(log.clone()));
-    }
-    if *metrics != old.metrics {
-        apply.push(Apply::Metrics(*metrics));
-    }
+    let mut apply = log_and_metrics((&old.log, log), (old.metrics, *metrics));
     apply.extend(routes_change(
         DEFAULT_NETWORK,
         &old.routes,
