@@ -17,11 +17,11 @@ pub const BINDING_REQUEST: u16 = 0x0001;
 pub const BINDING_RESPONSE: u16 = 0x0101;
 const ATTR_MAPPED_ADDRESS: u16 = 0x0001;
 const ATTR_CHANGE_REQUEST: u16 = 0x0003;
-const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+pub(crate) const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 const ATTR_OTHER_ADDRESS: u16 = 0x802C;
 const CHANGE_IP: u32 = 0x04;
 const CHANGE_PORT: u32 = 0x02;
-const FAMILY_IPV4: u8 = 0x01;
+pub(crate) const FAMILY_IPV4: u8 = 0x01;
 /// Candy's request: header plus an 8-byte CHANGE-REQUEST with no flags.
 pub const REQUEST_LEN: usize = 28;
 /// Our response: header, XOR-MAPPED-ADDRESS, MAPPED-ADDRESS.
@@ -36,6 +36,35 @@ pub type TransactionId = [u8; 12];
 /// with a random IV, so this is what lets one UDP port carry both.
 pub fn looks_like_stun(dgram: &[u8]) -> bool {
     dgram.len() >= HEADER_LEN && dgram[0] & 0xC0 == 0 && dgram[4..8] == MAGIC_COOKIE.to_be_bytes()
+}
+
+/// The 20-byte header every STUN message starts with: type, body length
+/// (the attributes after the header), magic cookie, transaction ID.
+pub(crate) fn header_bytes(ty: u16, body_len: u16, txid: &TransactionId) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..2].copy_from_slice(&ty.to_be_bytes());
+    h[2..4].copy_from_slice(&body_len.to_be_bytes());
+    h[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    h[8..20].copy_from_slice(txid);
+    h
+}
+
+/// An address XORed with the magic cookie as XOR-*-ADDRESS carries it
+/// (RFC 8489 §14.2); the same call undoes it.
+pub(crate) fn xor_address(addr: SocketAddrV4) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        (u32::from(*addr.ip()) ^ MAGIC_COOKIE).into(),
+        addr.port() ^ (MAGIC_COOKIE >> 16) as u16,
+    )
+}
+
+/// An IPv4 address attribute's value: reserved, family, port, address.
+pub(crate) fn ipv4_address_value(addr: SocketAddrV4) -> [u8; 8] {
+    let mut v = [0u8; 8];
+    v[1] = FAMILY_IPV4;
+    v[2..4].copy_from_slice(&addr.port().to_be_bytes());
+    v[4..8].copy_from_slice(&addr.ip().octets());
+    v
 }
 
 /// RFC 5780 CHANGE-REQUEST flags: answer from the other IP and/or port.
@@ -77,10 +106,7 @@ pub fn encode_binding_request_change(
     change: ChangeRequest,
 ) -> [u8; REQUEST_LEN] {
     let mut out = [0u8; REQUEST_LEN];
-    out[0..2].copy_from_slice(&BINDING_REQUEST.to_be_bytes());
-    out[2..4].copy_from_slice(&8u16.to_be_bytes());
-    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    out[8..20].copy_from_slice(txid);
+    out[..HEADER_LEN].copy_from_slice(&header_bytes(BINDING_REQUEST, 8, txid));
     out[20..22].copy_from_slice(&ATTR_CHANGE_REQUEST.to_be_bytes());
     out[22..24].copy_from_slice(&4u16.to_be_bytes());
     out[24..28].copy_from_slice(&change.bits().to_be_bytes());
@@ -149,19 +175,14 @@ pub fn parse_binding_request(dgram: &[u8]) -> Result<BindingRequest, ProtoError>
 /// XOR-MAPPED-ADDRESS first because Candy uses the first address it finds.
 pub fn encode_binding_response(txid: &TransactionId, mapped: SocketAddrV4) -> [u8; RESPONSE_LEN] {
     let mut out = [0u8; RESPONSE_LEN];
-    out[0..2].copy_from_slice(&BINDING_RESPONSE.to_be_bytes());
-    out[2..4].copy_from_slice(&((RESPONSE_LEN - HEADER_LEN) as u16).to_be_bytes());
-    out[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
-    out[8..20].copy_from_slice(txid);
-    let xport = mapped.port() ^ (MAGIC_COOKIE >> 16) as u16;
-    let xip = u32::from(*mapped.ip()) ^ MAGIC_COOKIE;
-    write_address(&mut out[20..32], ATTR_XOR_MAPPED_ADDRESS, xport, xip);
+    let body = (RESPONSE_LEN - HEADER_LEN) as u16;
+    out[..HEADER_LEN].copy_from_slice(&header_bytes(BINDING_RESPONSE, body, txid));
     write_address(
-        &mut out[32..44],
-        ATTR_MAPPED_ADDRESS,
-        mapped.port(),
-        u32::from(*mapped.ip()),
+        &mut out[20..32],
+        ATTR_XOR_MAPPED_ADDRESS,
+        xor_address(mapped),
     );
+    write_address(&mut out[32..44], ATTR_MAPPED_ADDRESS, mapped);
     out
 }
 
@@ -174,22 +195,14 @@ pub fn encode_binding_response_other(
     let mut out = [0u8; RESPONSE_WITH_OTHER_LEN];
     out[..RESPONSE_LEN].copy_from_slice(&encode_binding_response(txid, mapped));
     out[2..4].copy_from_slice(&((RESPONSE_WITH_OTHER_LEN - HEADER_LEN) as u16).to_be_bytes());
-    write_address(
-        &mut out[RESPONSE_LEN..],
-        ATTR_OTHER_ADDRESS,
-        other.port(),
-        u32::from(*other.ip()),
-    );
+    write_address(&mut out[RESPONSE_LEN..], ATTR_OTHER_ADDRESS, other);
     out
 }
 
-fn write_address(out: &mut [u8], attr: u16, port: u16, ip: u32) {
+fn write_address(out: &mut [u8], attr: u16, addr: SocketAddrV4) {
     out[0..2].copy_from_slice(&attr.to_be_bytes());
     out[2..4].copy_from_slice(&8u16.to_be_bytes());
-    out[4] = 0;
-    out[5] = FAMILY_IPV4;
-    out[6..8].copy_from_slice(&port.to_be_bytes());
-    out[8..12].copy_from_slice(&ip.to_be_bytes());
+    out[4..12].copy_from_slice(&ipv4_address_value(addr));
 }
 
 /// The mapped address in a Binding Response: the first IPv4

@@ -9,9 +9,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use ring::hmac;
 
 use super::TurnError;
-use crate::proto::stun::{HEADER_LEN, MAGIC_COOKIE};
+use crate::proto::stun::{
+    header_bytes, ipv4_address_value, xor_address, ATTR_XOR_MAPPED_ADDRESS, FAMILY_IPV4,
+    HEADER_LEN, MAGIC_COOKIE,
+};
 
-pub type TransactionId = [u8; 12];
+pub use crate::proto::stun::TransactionId;
 
 /// TURN methods (RFC 8656 §17) by their 12-bit method number.
 pub mod method {
@@ -37,14 +40,13 @@ pub mod attr {
     pub const NONCE: u16 = 0x0015;
     pub const XOR_RELAYED_ADDRESS: u16 = 0x0016;
     pub const REQUESTED_TRANSPORT: u16 = 0x0019;
-    pub const XOR_MAPPED_ADDRESS: u16 = 0x0020;
+    pub const XOR_MAPPED_ADDRESS: u16 = super::ATTR_XOR_MAPPED_ADDRESS;
     pub const SOFTWARE: u16 = 0x8022;
     pub const FINGERPRINT: u16 = 0x8028;
 }
 
 /// REQUESTED-TRANSPORT's protocol number for UDP.
 pub const TRANSPORT_UDP: u8 = 17;
-const FAMILY_IPV4: u8 = 0x01;
 const FAMILY_IPV6: u8 = 0x02;
 const INTEGRITY_LEN: usize = 20;
 /// Attributes a parsed message may hold. A real server sends fewer than a
@@ -96,10 +98,7 @@ pub struct Builder {
 impl Builder {
     pub fn new(method: u16, class: Class, txid: TransactionId) -> Self {
         let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&message_type(method, class).to_be_bytes());
-        buf.extend_from_slice(&0u16.to_be_bytes());
-        buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        buf.extend_from_slice(&txid);
+        buf.extend_from_slice(&header_bytes(message_type(method, class), 0, &txid));
         Builder { buf }
     }
 
@@ -131,13 +130,7 @@ impl Builder {
 
     /// An XOR-*-ADDRESS attribute for an IPv4 address.
     pub fn xor_addr(self, ty: u16, addr: SocketAddrV4) -> Self {
-        let port = addr.port() ^ (MAGIC_COOKIE >> 16) as u16;
-        let ip = u32::from(*addr.ip()) ^ MAGIC_COOKIE;
-        let mut v = [0u8; 8];
-        v[1] = FAMILY_IPV4;
-        v[2..4].copy_from_slice(&port.to_be_bytes());
-        v[4..8].copy_from_slice(&ip.to_be_bytes());
-        self.attr(ty, &v)
+        self.attr(ty, &ipv4_address_value(xor_address(addr)))
     }
 
     /// ERROR-CODE: class digit and number (RFC 8489 §14.8).
@@ -181,9 +174,7 @@ pub struct Message<'a> {
 
 /// True if the datagram starts like a STUN message (two zero bits, the
 /// magic cookie), as opposed to ChannelData (first bits 01).
-pub fn is_stun(dgram: &[u8]) -> bool {
-    dgram.len() >= HEADER_LEN && dgram[0] & 0xC0 == 0 && dgram[4..8] == MAGIC_COOKIE.to_be_bytes()
-}
+pub use crate::proto::stun::looks_like_stun as is_stun;
 
 impl<'a> Message<'a> {
     /// Parses one whole datagram. The length field must account for every
@@ -272,9 +263,9 @@ impl<'a> Message<'a> {
         }
         match v[1] {
             FAMILY_IPV4 if v.len() == 8 => {
-                let port = u16::from_be_bytes([v[2], v[3]]) ^ (MAGIC_COOKIE >> 16) as u16;
-                let ip = u32::from_be_bytes([v[4], v[5], v[6], v[7]]) ^ MAGIC_COOKIE;
-                Ok(Some(SocketAddrV4::new(Ipv4Addr::from(ip), port)))
+                let port = u16::from_be_bytes([v[2], v[3]]);
+                let ip = Ipv4Addr::new(v[4], v[5], v[6], v[7]);
+                Ok(Some(xor_address(SocketAddrV4::new(ip, port))))
             }
             FAMILY_IPV4 => Err(TurnError::Malformed(
                 "IPv4 address attribute is not 8 bytes",
