@@ -186,14 +186,7 @@ impl Punch {
             }
         };
         self.birthday.insert(peer, ids.clone());
-        self.enqueue(
-            peer,
-            now,
-            sends.into_iter().filter_map(|s| {
-                let local = *ids.get(s.socket.checked_sub(1)?)?;
-                Some((local, s))
-            }),
-        );
+        self.enqueue_on(peer, now, &ids, sends);
         Opened::Birthday { sockets: ids.len() }
     }
 
@@ -218,14 +211,7 @@ impl Punch {
             }
         }
         let sends = schedule::open_sockets(target, ids.len());
-        self.enqueue(
-            peer,
-            now,
-            sends.into_iter().filter_map(|s| {
-                let local = *ids.get(s.socket.checked_sub(1)?)?;
-                Some((local, s))
-            }),
-        );
+        self.enqueue_on(peer, now, &ids, sends);
         true
     }
 
@@ -250,7 +236,30 @@ impl Punch {
         self.enqueue(peer, now, sends.into_iter().map(|s| (local, s)));
     }
 
+    /// Heartbeats of an attempt with sockets `ids`: socket k ≥ 1 of the
+    /// schedule is the k-th of `ids`.
+    fn enqueue_on(&mut self, peer: Ipv4Addr, now: Instant, ids: &[u16], sends: Vec<Send>) {
+        self.enqueue(
+            peer,
+            now,
+            sends.into_iter().filter_map(|s| {
+                let local = *ids.get(s.socket.checked_sub(1)?)?;
+                Some((local, s))
+            }),
+        );
+    }
+
     fn enqueue(&mut self, peer: Ipv4Addr, now: Instant, sends: impl Iterator<Item = (u16, Send)>) {
+        self.enqueue_kind(peer, now, ProbeKind::Heartbeat, sends);
+    }
+
+    fn enqueue_kind(
+        &mut self,
+        peer: Ipv4Addr,
+        now: Instant,
+        kind: ProbeKind,
+        sends: impl Iterator<Item = (u16, Send)>,
+    ) {
         for (local, s) in sends {
             self.queue.push_back(Queued {
                 due: now + s.at,
@@ -258,7 +267,7 @@ impl Punch {
                 probe: Probe {
                     peer,
                     to: s.target,
-                    kind: ProbeKind::Heartbeat,
+                    kind,
                 },
             });
         }
@@ -310,18 +319,17 @@ impl Punch {
         } else {
             last + gap
         };
-        if let Some(server) = stun {
-            self.queue.push_back(Queued {
-                due: now + after,
-                local: socket,
-                probe: Probe {
-                    peer,
-                    to: server,
-                    kind: ProbeKind::Stun,
-                },
-            });
-            self.queue.make_contiguous().sort_by_key(|q| q.due);
-        }
+        let ask = stun.map(|target| Send {
+            socket: 0,
+            target,
+            at: after,
+        });
+        self.enqueue_kind(
+            peer,
+            now,
+            ProbeKind::Stun,
+            ask.into_iter().map(|s| (socket, s)),
+        );
         now + after
     }
 
@@ -439,7 +447,7 @@ mod tests {
         SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port)
     }
 
-    fn fds(n: usize) -> Vec<OwnedFd> {
+    pub(super) fn fds(n: usize) -> Vec<OwnedFd> {
         (0..n)
             .map(|_| {
                 let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
@@ -448,7 +456,7 @@ mod tests {
             .collect()
     }
 
-    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    pub(super) const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 
     #[test]
     fn each_socket_sends_one_paced_probe_to_the_target() {
@@ -551,13 +559,28 @@ mod tests {
 
 #[cfg(test)]
 mod fresh_port_tests {
+    use super::tests::{fds, PEER};
     use super::*;
 
-    const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-
-    fn fd() -> Vec<OwnedFd> {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("loopback socket");
-        vec![OwnedFd::from(s)]
+    /// Asks for a fresh port towards `PEER` aimed at `target`, and opens it.
+    fn fresh_port(p: &mut Punch, target: Option<SocketAddrV4>, now: Instant) -> LocalSocket {
+        p.want(Wanted::FreshPort {
+            peer: PEER,
+            target,
+            spray: FreshSpray::Nothing,
+        });
+        match p.opened(fds(1), now) {
+            Opened::FreshPort {
+                peer,
+                target: asked,
+                socket,
+                ..
+            } => {
+                assert_eq!((peer, asked), (PEER, target));
+                socket
+            }
+            other => panic!("a fresh port was asked for, got {other:?}"),
+        }
     }
 
     #[test]
@@ -565,21 +588,7 @@ mod fresh_port_tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let last = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
-        p.want(Wanted::FreshPort {
-            peer: PEER,
-            target: Some(last),
-            spray: FreshSpray::Nothing,
-        });
-        let Opened::FreshPort {
-            peer,
-            target,
-            socket,
-            ..
-        } = p.opened(fd(), t0)
-        else {
-            panic!("a fresh port was asked for");
-        };
-        assert_eq!((peer, target), (PEER, Some(last)));
+        let socket = fresh_port(&mut p, Some(last), t0);
         // Sprays towards the peer now leave from it.
         p.spray(PEER, t0, schedule::prediction_spray(last, 1, 4));
         let sent = p.due(t0 + Duration::from_secs(1));
@@ -610,28 +619,20 @@ mod fresh_port_tests {
             spray: FreshSpray::Nothing,
         });
         p.want(Wanted::Birthday { peer: PEER, target });
-        assert!(matches!(p.opened(fd(), t0), Opened::FreshPort { .. }));
-        assert_eq!(p.opened(fd(), t0), Opened::Birthday { sockets: 1 });
-        assert_eq!(p.opened(fd(), t0), Opened::Unasked);
+        assert!(matches!(p.opened(fds(1), t0), Opened::FreshPort { .. }));
+        assert_eq!(p.opened(fds(1), t0), Opened::Birthday { sockets: 1 });
+        assert_eq!(p.opened(fds(1), t0), Opened::Unasked);
     }
 
     #[test]
     fn a_fresh_port_announces_itself_only_after_its_spray() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let peer = Ipv4Addr::new(10, 77, 0, 2);
         let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
         let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
-        p.want(Wanted::FreshPort {
-            peer,
-            target: Some(target),
-            spray: FreshSpray::Nothing,
-        });
-        let Opened::FreshPort { socket, .. } = p.opened(fd(), t0) else {
-            panic!("a fresh port was asked for");
-        };
+        let socket = fresh_port(&mut p, Some(target), t0);
         let window = schedule::prediction_spray(target, 1, 8);
-        p.fresh_port_probes(peer, socket.id, Some(target), window, Some(stun), t0);
+        p.fresh_port_probes(PEER, socket.id, Some(target), window, Some(stun), t0);
         let sent = p.due(t0 + Duration::from_secs(1));
         let kinds: Vec<_> = sent.iter().map(|(pr, _)| (pr.kind, pr.to.port())).collect();
         let mut want = vec![(ProbeKind::Heartbeat, 40_000)];
@@ -646,14 +647,7 @@ mod fresh_port_tests {
         let t0 = Instant::now();
         let mut p = Punch::default();
         let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
-        p.want(Wanted::FreshPort {
-            peer: PEER,
-            target: None,
-            spray: FreshSpray::Nothing,
-        });
-        let Opened::FreshPort { socket, .. } = p.opened(fd(), t0) else {
-            panic!("a fresh port was asked for");
-        };
+        let socket = fresh_port(&mut p, None, t0);
         p.fresh_port_probes(PEER, socket.id, None, Vec::new(), Some(stun), t0);
         let first = p.due(t0);
         assert_eq!(first.len(), 1, "the STUN request goes at once");
@@ -678,8 +672,7 @@ mod fresh_port_tests {
             peer: PEER,
             target: first,
         });
-        let fds = (0..4).flat_map(|_| fd()).collect();
-        assert_eq!(p.opened(fds, t0), Opened::Birthday { sockets: 4 });
+        assert_eq!(p.opened(fds(4), t0), Opened::Birthday { sockets: 4 });
         let opened = p.due(t0 + Duration::from_secs(1));
         assert_eq!(opened.len(), 4);
         let t1 = t0 + Duration::from_secs(10);
@@ -707,8 +700,7 @@ mod fresh_port_tests {
             step: 1,
             slots: 3,
         });
-        let fds = (0..2).flat_map(|_| fd()).collect();
-        assert_eq!(p.opened(fds, t0), Opened::Birthday { sockets: 2 });
+        assert_eq!(p.opened(fds(2), t0), Opened::Birthday { sockets: 2 });
         let sent = p.due(t0 + Duration::from_secs(1));
         let mut pairs: Vec<(u16, u16)> = sent
             .iter()
