@@ -36,6 +36,24 @@ fn pair(timers: HandshakeTimers, t0: Instant) -> (Handshakes, Handshakes) {
     (a, b)
 }
 
+/// A and B (default timers), A's first initiation taken off the wire at
+/// `t0`, and B's response to it, which A has not seen yet.
+fn initiation_and_response(t0: Instant) -> (Handshakes, Handshakes, Vec<u8>, Vec<u8>) {
+    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
+    a.handle_timeout(t0);
+    let (_, init) = a.poll_transmit().expect("A initiates");
+    let response = b.handle(&init, t0).unwrap().reply.expect("B answers");
+    (a, b, init, response)
+}
+
+/// The earliest timer of either node.
+fn next_timeout(a: &Handshakes, b: &Handshakes) -> Option<Instant> {
+    [a.poll_timeout(), b.poll_timeout()]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
 /// Hands `msg` to `to`; its reply goes back to `from`, and so on.
 /// Returns every error on the way.
 fn deliver(
@@ -79,11 +97,7 @@ fn settle(a: &mut Handshakes, b: &mut Handshakes, now: Instant) -> Vec<Handshake
 fn run_until(a: &mut Handshakes, b: &mut Handshakes, until: Instant) -> Vec<HandshakeError> {
     let mut errors = Vec::new();
     for _ in 0..1000 {
-        let next = [a.poll_timeout(), b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min();
-        match next {
+        match next_timeout(a, b) {
             Some(t) if t <= until => {
                 a.handle_timeout(t);
                 b.handle_timeout(t);
@@ -239,10 +253,7 @@ fn a_changed_key_is_refused_and_named() {
 #[test]
 fn replayed_handshake_messages_are_refused() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    a.handle_timeout(t0);
-    let (_, init) = a.poll_transmit().unwrap();
-    let response = b.handle(&init, t0).unwrap().reply.unwrap();
+    let (mut a, mut b, init, response) = initiation_and_response(t0);
     let keepalive = a.handle(&response, t0).unwrap().reply.unwrap();
     b.handle(&keepalive, t0).unwrap();
     let later = t0 + Duration::from_secs(1);
@@ -279,10 +290,7 @@ fn replayed_handshake_messages_are_refused() {
 #[test]
 fn a_forged_response_does_not_cancel_the_genuine_one() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    a.handle_timeout(t0);
-    let (_, init) = a.poll_transmit().unwrap();
-    let response = b.handle(&init, t0).unwrap().reply.unwrap();
+    let (mut a, _b, _, response) = initiation_and_response(t0);
     let mut forged = response.clone();
     forged[20] ^= 0x40;
     assert!(matches!(
@@ -389,11 +397,7 @@ fn a_session_expires_after_reject_after_time() {
     // Every renewal is lost from here on.
     let mut now = t0;
     while now < t0 + Duration::from_secs(180) {
-        now = [a.poll_timeout(), b.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap();
+        now = next_timeout(&a, &b).unwrap();
         a.handle_timeout(now);
         b.handle_timeout(now);
         while a.poll_transmit().is_some() || b.poll_transmit().is_some() {}
@@ -486,10 +490,7 @@ fn unknown_peers_cost_no_diffie_hellman() {
 #[test]
 fn garbage_never_panics_and_every_error_is_typed() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    a.handle_timeout(t0);
-    let (_, init) = a.poll_transmit().unwrap();
-    let response = b.handle(&init, t0).unwrap().reply.unwrap();
+    let (mut a, mut b, init, response) = initiation_and_response(t0);
     let keepalive = a.handle(&response, t0).unwrap().reply.unwrap();
     let mut rng = SplitMix64::new(99);
     let mut seen = std::collections::HashSet::new();
@@ -592,10 +593,7 @@ fn wire_layout_and_lengths() {
 #[test]
 fn a_responder_seals_with_the_new_session_once_the_dataplane_opened_under_it() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    a.handle_timeout(t0);
-    let (_, init) = a.poll_transmit().expect("A initiates");
-    let response = b.handle(&init, t0).unwrap().reply.expect("B answers");
+    let (mut a, mut b, _, response) = initiation_and_response(t0);
     // A's confirmation is lost on the way.
     let _lost = a
         .handle(&response, t0)
