@@ -30,7 +30,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::{Rng, SeedableRng};
 use ringlink::config::ServerUrl;
 use ringlink::proto::ws::{self, Auth, ExptTun, Vmac, WsMessage};
-use ringlink::proto::Ipv4Cidr;
+use ringlink::proto::{ipv4, Ipv4Cidr};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::timeout;
@@ -139,12 +139,7 @@ fn now() -> i64 {
 fn frame(src: Ipv4Addr, dst: Ipv4Addr, from: u32, seq: u32, size: usize) -> Vec<u8> {
     let len = size.max(IP_UDP_HEADER + 12);
     let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
+    p[..20].copy_from_slice(&ipv4::header(src, dst, 17, len as u16));
     let body = &mut p[IP_UDP_HEADER..];
     body[..4].copy_from_slice(&MAGIC);
     body[4..8].copy_from_slice(&from.to_be_bytes());

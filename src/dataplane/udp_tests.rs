@@ -55,12 +55,7 @@ fn fake_tun() -> (OwnedFd, UnixDatagram) {
 
 fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize, seq: u32) -> Vec<u8> {
     let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
+    p[..20].copy_from_slice(&crate::proto::ipv4::header(src, dst, 17, len as u16));
     for (i, b) in p[20..].iter_mut().enumerate() {
         *b = (seq as usize).wrapping_add(i) as u8;
     }

@@ -10,6 +10,20 @@ use super::ProtoError;
 /// Length of an IPv4 header without options.
 pub const HEADER_LEN: usize = 20;
 
+/// A header without options, as ringlink writes them: `total_len` bytes
+/// from `src` to `dst` carrying `protocol`, TTL 64. Flags and checksum are
+/// left zero, for the caller to set once it has them all.
+pub fn header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, total_len: u16) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&total_len.to_be_bytes());
+    h[8] = 64;
+    h[9] = protocol;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    h
+}
+
 /// Largest IPv4 packet (the total-length field is 16 bits).
 pub const MAX_PACKET: usize = 65_535;
 

@@ -45,13 +45,7 @@ pub fn build_pseudo_header(
         .checked_add(PSEUDO_HEADER_LEN)
         .and_then(|t| u16::try_from(t).ok())
         .ok_or(SdwanError::TooLong(inner_len))?;
-    let mut h = [0u8; PSEUDO_HEADER_LEN];
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[8] = 64;
-    h[9] = IPIP_PROTOCOL;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&gateway.octets());
+    let mut h = ipv4::header(src, gateway, IPIP_PROTOCOL, total);
     let sum = checksum::ipv4_header(&h);
     h[10..12].copy_from_slice(&sum.to_be_bytes());
     Ok(h)

@@ -15,15 +15,15 @@
 
 use std::net::Ipv4Addr;
 
-use crate::proto::checksum;
 use crate::proto::ws;
+use crate::proto::{checksum, ipv4};
 
 use super::transport::DATAGRAM_HEADER_LEN;
 
 /// The IPv4 protocol number that marks a session datagram.
 pub const PROTOCOL: u8 = 253;
 /// The IPv4 header in front of the session datagram.
-pub const IPV4_HEADER_LEN: usize = 20;
+pub const IPV4_HEADER_LEN: usize = ipv4::HEADER_LEN;
 /// Bytes of a relay frame in front of a session datagram's plaintext:
 /// the frame's type byte, the IPv4 header and the datagram's header.
 pub const FRAME_OVERHEAD: usize = 1 + IPV4_HEADER_LEN + DATAGRAM_HEADER_LEN;
@@ -34,15 +34,9 @@ pub fn write_header(frame: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, datagram_len
     let total = (IPV4_HEADER_LEN + datagram_len).min(usize::from(u16::MAX)) as u16;
     frame[0] = ws::ty::FORWARD;
     let h = &mut frame[1..1 + IPV4_HEADER_LEN];
-    h.fill(0);
-    h[0] = 0x45;
-    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.copy_from_slice(&ipv4::header(src, dst, PROTOCOL, total));
     // Don't fragment: nothing here is ever fragmented.
     h[6] = 0x40;
-    h[8] = 64;
-    h[9] = PROTOCOL;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
     checksum::refresh_ipv4_header(h, IPV4_HEADER_LEN);
 }
 
