@@ -443,7 +443,7 @@ impl Punch {
 mod tests {
     use super::*;
 
-    fn ep(last: u8, port: u16) -> SocketAddrV4 {
+    pub(super) fn ep(last: u8, port: u16) -> SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), port)
     }
 
@@ -559,7 +559,7 @@ mod tests {
 
 #[cfg(test)]
 mod fresh_port_tests {
-    use super::tests::{fds, PEER};
+    use super::tests::{ep, fds, PEER};
     use super::*;
 
     /// Asks for a fresh port towards `PEER` aimed at `target`, and opens it.
@@ -587,7 +587,7 @@ mod fresh_port_tests {
     fn a_fresh_port_carries_the_sprays_and_learns_its_mapping_once() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let last = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        let last = ep(2, 40_000);
         let socket = fresh_port(&mut p, Some(last), t0);
         // Sprays towards the peer now leave from it.
         p.spray(PEER, t0, schedule::prediction_spray(last, 1, 4));
@@ -612,7 +612,7 @@ mod fresh_port_tests {
     fn sockets_come_back_in_the_order_they_were_asked_for() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
+        let target = ep(2, 40_000);
         p.want(Wanted::FreshPort {
             peer: PEER,
             target: Some(target),
@@ -628,8 +628,8 @@ mod fresh_port_tests {
     fn a_fresh_port_announces_itself_only_after_its_spray() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let target = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
-        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
+        let target = ep(2, 40_000);
+        let stun = ep(1, 3478);
         let socket = fresh_port(&mut p, Some(target), t0);
         let window = schedule::prediction_spray(target, 1, 8);
         p.fresh_port_probes(PEER, socket.id, Some(target), window, Some(stun), t0);
@@ -646,14 +646,14 @@ mod fresh_port_tests {
     fn an_observation_asks_stun_before_anything_else_leaves_its_socket() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let stun = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), 3478);
+        let stun = ep(1, 3478);
         let socket = fresh_port(&mut p, None, t0);
         p.fresh_port_probes(PEER, socket.id, None, Vec::new(), Some(stun), t0);
         let first = p.due(t0);
         assert_eq!(first.len(), 1, "the STUN request goes at once");
         assert_eq!((first[0].0.kind, first[0].0.to), (ProbeKind::Stun, stun));
         // A stride spray queued once it is mapped leaves from the same socket.
-        let base = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 20_000);
+        let base = ep(2, 20_000);
         p.spray(PEER, t0, schedule::stride_spray(base, 1, 2, 3));
         let sent = p.due(t0 + Duration::from_secs(1));
         let ports: Vec<u16> = sent.iter().map(|(pr, _)| pr.to.port()).collect();
@@ -665,8 +665,8 @@ mod fresh_port_tests {
     fn birthday_sockets_are_retargeted_not_reopened() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let first = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40_000);
-        let fresh = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 41_234);
+        let first = ep(2, 40_000);
+        let fresh = ep(2, 41_234);
         assert!(!p.retarget(PEER, fresh, t0), "nothing to retarget yet");
         p.want(Wanted::Birthday {
             peer: PEER,
@@ -693,7 +693,7 @@ mod fresh_port_tests {
     fn slot_sockets_each_probe_every_predicted_port() {
         let t0 = Instant::now();
         let mut p = Punch::default();
-        let base = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 20_000);
+        let base = ep(2, 20_000);
         p.want(Wanted::Slots {
             peer: PEER,
             base,

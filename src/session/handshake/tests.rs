@@ -46,6 +46,13 @@ fn initiation_and_response(t0: Instant) -> (Handshakes, Handshakes, Vec<u8>, Vec
     (a, b, init, response)
 }
 
+/// A and B with the first handshake done at `t0`.
+fn connected(timers: HandshakeTimers, t0: Instant) -> (Handshakes, Handshakes) {
+    let (mut a, mut b) = pair(timers, t0);
+    assert_eq!(run_until(&mut a, &mut b, t0), vec![]);
+    (a, b)
+}
+
 /// The earliest timer of either node.
 fn next_timeout(a: &Handshakes, b: &Handshakes) -> Option<Instant> {
     [a.poll_timeout(), b.poll_timeout()]
@@ -303,8 +310,7 @@ fn a_forged_response_does_not_cancel_the_genuine_one() {
 #[test]
 fn rekey_on_time_keeps_the_old_session_for_receiving() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    run_until(&mut a, &mut b, t0);
+    let (mut a, mut b) = connected(HandshakeTimers::default(), t0);
     // A message sealed under the first session, delivered after the rekey.
     let mut late = [0u8; 32];
     let (late_index, late_counter, late_len) = a.seal(B, &mut late, 0, t0).unwrap();
@@ -344,8 +350,7 @@ fn rekey_on_time_keeps_the_old_session_for_receiving() {
 #[test]
 fn the_responder_rekeys_when_the_initiator_does_not() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    run_until(&mut a, &mut b, t0);
+    let (mut a, mut b) = connected(HandshakeTimers::default(), t0);
     // A's rekey at 120 s is lost; B renews at 165 s.
     for t in [120, 125, 135, 155] {
         let now = t0 + Duration::from_secs(t);
@@ -366,8 +371,7 @@ fn rekey_on_message_count() {
         rekey_after_messages: 10,
         ..HandshakeTimers::default()
     };
-    let (mut a, mut b) = pair(timers, t0);
-    run_until(&mut a, &mut b, t0);
+    let (mut a, mut b) = connected(timers, t0);
     let now = t0 + Duration::from_secs(1);
     // The keepalive was counter 0; eight more stay under the limit.
     for _ in 0..8 {
@@ -390,8 +394,7 @@ fn rekey_on_message_count() {
 #[test]
 fn a_session_expires_after_reject_after_time() {
     let t0 = Instant::now();
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    run_until(&mut a, &mut b, t0);
+    let (mut a, mut b) = connected(HandshakeTimers::default(), t0);
     let mut old = [0u8; 32];
     let (index, counter, len) = a.seal(B, &mut old, 0, t0).unwrap();
     // Every renewal is lost from here on.
@@ -415,8 +418,7 @@ fn a_session_expires_after_reject_after_time() {
     );
     // Just before expiry the same message would have opened: an expired
     // session is refused even if the timer has not run yet.
-    let (mut a, mut b) = pair(HandshakeTimers::default(), t0);
-    run_until(&mut a, &mut b, t0);
+    let (mut a, mut b) = connected(HandshakeTimers::default(), t0);
     let mut m = [0u8; 32];
     let (i, c, n) = a.seal(B, &mut m, 0, t0).unwrap();
     let at = t0 + Duration::from_secs(180);
