@@ -83,8 +83,10 @@ pub enum Action {
     /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
     /// ringlink peers only: an attempt ended without a direct path (the
-    /// peer went from CONNECTING to WAITING). The caller may offer a
-    /// relayed UDP path (TURN) meanwhile; attempts go on with back-off.
+    /// peer went from CONNECTING to WAITING), or started with no method
+    /// that could make one (two random symmetric NATs). The caller may
+    /// offer a relayed UDP path (TURN) meanwhile; attempts go on with
+    /// back-off.
     NoDirectPath { peer: Ipv4Addr },
 }
 

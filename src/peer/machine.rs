@@ -229,6 +229,11 @@ impl Peer {
                 Attempt::new(nat::plan(mine, peer, env.own_vip < self.vip), now)
             });
             self.method = self.attempt.as_ref().map(|a| a.plan.method);
+            // Two random symmetric NATs: the table sends no probes, so the
+            // caller need not wait out CONNECTING to offer a relayed path.
+            if self.method == Some(Method::Relay) {
+                out.push_back(Action::NoDirectPath { peer: self.vip });
+            }
         }
         if next == PeerState::Connected && prev != PeerState::Connected {
             self.time_to_direct = self
@@ -244,7 +249,11 @@ impl Peer {
         if prev == PeerState::Connected && next != PeerState::Connected {
             out.push_back(Action::Disconnected { peer: self.vip });
         }
-        if prev == PeerState::Connecting && next == PeerState::Waiting && self.ringlink {
+        if prev == PeerState::Connecting
+            && next == PeerState::Waiting
+            && self.ringlink
+            && self.method != Some(Method::Relay)
+        {
             out.push_back(Action::NoDirectPath { peer: self.vip });
         }
         // Candy waits for the next 1 s tick at every step, which puts about

@@ -597,6 +597,23 @@ mod prediction {
     }
 
     #[test]
+    fn two_random_nats_are_told_at_once_that_no_direct_path_will_come() {
+        let (mut n, acts) = connecting(random(), random(), B_PUB);
+        assert_eq!(
+            n.status(B).method.map(|m| m.to_string()).as_deref(),
+            Some("relay")
+        );
+        assert!(acts.contains(&Action::NoDirectPath { peer: B }), "{acts:?}");
+        assert!(hard(&acts).is_empty(), "no probes spent");
+        // Not a second time when the attempt runs out.
+        let later = n.advance(n.now_ms() + 11_000);
+        assert_eq!(n.state(B), PeerState::Waiting);
+        assert!(!later
+            .iter()
+            .any(|(_, a)| matches!(a, Action::NoDirectPath { .. })));
+    }
+
+    #[test]
     fn a_missed_draw_is_retried_sooner_than_candy_would() {
         let (mut n, _) = connecting(port_restricted(), random(), B_PUB);
         let mut waiting = Vec::new();
