@@ -159,6 +159,9 @@ rl_cleanup() {
     for ns in "${RL_NAMESPACES[@]}"; do
         ip netns del "$ns" 2>/dev/null
     done
+    for ns in "${RL_ETC_NETNS[@]}"; do
+        rm -rf -- "/etc/netns/$ns"
+    done
     for ns in "${RL_NAMESPACES[@]}"; do
         for ((i = 0; i < 20; i++)); do
             [ -e "/run/netns/$ns" ] || break
@@ -892,8 +895,23 @@ rl_world_p2p() {
     return 0
 }
 
-# rl_world_turn <secret> : the switch with the ringlink server at
-# $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>) and
+# rl_hosts_entry <node> <ip> <name> : <name> resolves to <ip> for processes
+# in <node>: `ip netns exec` mounts /etc/netns/<ns>/hosts over /etc/hosts,
+# so no DNS server and nothing outside the test is involved. Removed on exit.
+RL_ETC_NETNS=()
+rl_hosts_entry() {
+    local ns; ns=$(rl_ns "$1")
+    if [ ! -d "/etc/netns/$ns" ]; then
+        mkdir -p "/etc/netns/$ns" || rl_die "mkdir /etc/netns/$ns"
+        RL_ETC_NETNS+=("$ns")
+        printf '127.0.0.1 localhost\n' >"/etc/netns/$ns/hosts"
+    fi
+    printf '%s %s\n' "$2" "$3" >>"/etc/netns/$ns/hosts"
+}
+
+# rl_world_turn <secret> [host] : the switch with the ringlink server at
+# $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>, by
+# <host> if given: the caller makes it resolve where clients run) and
 # coturn (Debian's turnserver, process "coturn") at $TURN_IP =
 # $RL_P2P_NET.3, relaying from ports 49152-49999 of that address. The
 # caller adds the sites.
@@ -906,7 +924,7 @@ rl_world_turn() {
     rl_attach srv "$RL_SERVER_IP/24"
     rl_attach turn "$TURN_IP/24"
     rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
-        "turn = { url = \"turn://$TURN_IP:3478\", secret = \"$secret\", ttl = 600 }" >/dev/null
+        "turn = { url = \"turn://${2:-$TURN_IP}:3478\", secret = \"$secret\", ttl = 600 }" >/dev/null
     rl_start_server server srv
     rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens"; return 1; }
     rl_spawn coturn turn turnserver -n --no-cli --no-tls --no-dtls --no-tcp \

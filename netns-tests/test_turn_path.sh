@@ -22,12 +22,17 @@ MB=16
 SECRET=turn-secret-for-this-test
 echo "test_turn_path: two random symmetric NATs meet through coturn"
 
-rl_world_turn "$SECRET" || rl_finish
+# The server names coturn by a host name, which the clients resolve (their
+# namespaces' hosts files): the lookup runs beside the control loop.
+TURN_NAME=turn.ringlink.test
+rl_world_turn "$SECRET" "$TURN_NAME" || rl_finish
 
 rl_nat_site a ra "$RL_P2P_NET.21/24" 192.168.1 random
 rl_nat_site b rb "$RL_P2P_NET.22/24" 192.168.2 random
 rl_router_firewall ra
 rl_router_firewall rb
+rl_hosts_entry a "$TURN_IP" "$TURN_NAME"
+rl_hosts_entry b "$TURN_IP" "$TURN_NAME"
 rl_p2p_client_conf a "discovery = 0" >/dev/null
 rl_p2p_client_conf b "discovery = 0" >/dev/null
 rl_start_client a a
@@ -55,7 +60,7 @@ check "a and b list each other on path turn within 8 s" rl_wait_until 8 both_tur
 echo "  on TURN after $(rl_secs_since "$t0") s"
 check "a's method with b: relay (no probes spent)" test "$(rl_peer_eval a "${vb:-none}" 'p["method"]')" = relay
 rl_stop traffic
-check "a's log names the allocation" rl_log_has a "allocating on the TURN server"
+check "a resolved $TURN_NAME and allocated on $TURN_IP:3478" rl_log_has a "allocating on the TURN server server=$TURN_IP:3478"
 check "a's log: TURN path up" rl_log_has a "TURN path up"
 timeout 30 ip netns exec "$(rl_ns a)" "$RINGLINK" ping "${vb:-127.0.0.1}" --socket "$(rl_sock a)" --count 3 \
     >"$RL_TMP/ping.out" 2>&1

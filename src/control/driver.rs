@@ -4,6 +4,7 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -14,21 +15,40 @@ use super::status::ControlCounters;
 use crate::dataplane::{SharedSnapshot, UdpSender};
 use crate::session::pins;
 
+/// How long a TURN server's name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to [`Output::ResolveTurn`], for the control loop to hand to
+/// [`Node::on_turn_resolved`].
+pub struct Resolved {
+    pub host: String,
+    pub port: u16,
+    pub addr: Option<SocketAddrV4>,
+}
+
 /// A node and the handles its outputs go to.
 pub struct NodeDriver {
     pub node: Node,
     udp: UdpSender,
     snapshot: SharedSnapshot,
     pins_file: PathBuf,
+    resolved: mpsc::Sender<Resolved>,
 }
 
 impl NodeDriver {
-    pub fn new(node: Node, udp: UdpSender, snapshot: SharedSnapshot, pins_file: PathBuf) -> Self {
+    pub fn new(
+        node: Node,
+        udp: UdpSender,
+        snapshot: SharedSnapshot,
+        pins_file: PathBuf,
+        resolved: mpsc::Sender<Resolved>,
+    ) -> Self {
         Self {
             node,
             udp,
             snapshot,
             pins_file,
+            resolved,
         }
     }
 
@@ -64,10 +84,14 @@ impl NodeDriver {
                     Ok(fd) => self.node.on_turn_socket(fd, std::time::Instant::now()),
                     Err(e) => warn!(error = %e, "opening the TURN allocation's socket"),
                 },
+                // In a task of its own: a slow resolver must not hold up
+                // the heartbeats of every direct path.
                 Output::ResolveTurn { host, port } => {
-                    let addr = resolve_v4(&host, port).await;
-                    self.node
-                        .on_turn_resolved(&host, port, addr, std::time::Instant::now());
+                    let tx = self.resolved.clone();
+                    tokio::spawn(async move {
+                        let addr = resolve_v4(&host, port).await;
+                        let _ = tx.send(Resolved { host, port, addr }).await;
+                    });
                 }
                 Output::ServerFrame(frame) => {
                     if to_server.try_send(frame).is_err() {
@@ -88,16 +112,23 @@ impl NodeDriver {
     }
 }
 
-/// The first IPv4 address `host` resolves to. The control loop waits for
-/// it; it happens once per TURN server the node is given.
+/// The first IPv4 address `host` resolves to, or None (after a warning).
 async fn resolve_v4(host: &str, port: u16) -> Option<SocketAddrV4> {
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => addrs.into_iter().find_map(|a| match a {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await {
+        Ok(Ok(addrs)) => addrs.into_iter().find_map(|a| match a {
             SocketAddr::V4(v4) => Some(v4),
             SocketAddr::V6(_) => None,
         }),
-        Err(e) => {
+        Ok(Err(e)) => {
             warn!(host, error = %e, "resolving the TURN server");
+            None
+        }
+        Err(_) => {
+            warn!(
+                host,
+                secs = RESOLVE_TIMEOUT.as_secs(),
+                "resolving the TURN server timed out"
+            );
             None
         }
     }

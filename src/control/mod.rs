@@ -77,6 +77,7 @@ async fn new_node(
     own: Ipv4Cidr,
     iface: &Interface,
     identity: secure::Identity,
+    resolved: mpsc::Sender<driver::Resolved>,
     now: Instant,
 ) -> Result<(NodeDriver, Option<NatProbe>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
@@ -153,7 +154,7 @@ async fn new_node(
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
     Ok((
-        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone()),
+        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone(), resolved),
         probe,
     ))
 }
@@ -375,6 +376,7 @@ pub async fn run(
     let mut iface: Option<Interface> = None;
     let mut node: Option<NodeDriver> = None;
     let (nat_tx, mut nat_rx) = mpsc::channel(4);
+    let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
     let mut nat_task = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
@@ -442,7 +444,7 @@ pub async fn run(
                                         snapshot: i.snapshot(),
                                     }));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe) = new_node(&cfg, cidr, i, identity.clone(), now).await?;
+                                    let (n, probe) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), now).await?;
                                     node = Some(n);
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
                                     service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
@@ -478,6 +480,12 @@ pub async fn run(
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
                         None => return Err(LinkLost::TaskEnded.into()),
+                    }
+                }
+                Some(r) = resolved_rx.recv() => {
+                    if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                        n.node.on_turn_resolved(&r.host, r.port, r.addr, Instant::now());
+                        n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
                 Some(outcome) = nat_rx.recv() => {
