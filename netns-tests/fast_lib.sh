@@ -61,7 +61,7 @@ rl_udp_sockets() {
     [ -n "$pid" ] || { echo 0; return 1; }
     # The data port, from the client's log: the NAT classifier's own
     # sockets (4, for a few seconds after start) are on other ports.
-    port=$(grep -o 'udp_port=[0-9]*' "$(rl_log_file "$1")" 2>/dev/null | head -1 | cut -d= -f2)
+    port=$(rl_data_port "$1")
     [ -n "$port" ] || { echo 0; return 1; }
     rl_exec "$2" ss -Huanp "sport = :$port" 2>/dev/null | grep -c "pid=$pid,"
 }

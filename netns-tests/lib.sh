@@ -995,6 +995,13 @@ rl_peer_eval() {
         | python3 -c 'import json, sys; p = json.load(sys.stdin); v = eval(sys.argv[1], {"p": p}); print(json.dumps(v) if isinstance(v, bool) or v is None else v)' "$3" 2>/dev/null
 }
 
+# rl_nat_of <name> : the client's NAT classification in its status
+# ("symmetric/random", "cone/port-restricted", …; empty until classified).
+rl_nat_of() { rl_status_get "$1" 'd["nat"]'; }
+
+# rl_data_port <name> : the client's data port (UDP), from its log.
+rl_data_port() { grep -o 'udp_port=[0-9]*' "$(rl_log_file "$1")" 2>/dev/null | head -1 | cut -d= -f2; }
+
 # rl_peer_relay <name> <vip> : that peer is listed and not on the direct path.
 rl_peer_relay() {
     [ "$(rl_peer_eval "$1" "$2" 'p["path"]')" = relay ]

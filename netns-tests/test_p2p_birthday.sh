@@ -29,11 +29,10 @@ rl_start_client b b
 check "client a connected" rl_wait_until 20 rl_ready a
 check "client b connected" rl_wait_until 20 rl_ready b
 va=$(rl_vip a); vb=$(rl_vip b)
-port=$(grep -o 'udp_port=[0-9]*' "$(rl_log_file a)" | head -1 | cut -d= -f2)
+port=$(rl_data_port a)
 echo "  a = ${va:-?} (data port ${port:-?}) behind $RL_P2P_NET.21 (random), b = ${vb:-?} behind $RL_P2P_NET.22 (port-restricted)"
-nat_of() { rl_status_get "$1" 'd["nat"]'; }
-check "a classified its NAT as symmetric/random" rl_wait_until 20 eval '[ "$(nat_of a)" = symmetric/random ]'
-check "b classified its NAT as a port-restricted cone" rl_wait_until 20 eval '[ "$(nat_of b)" = cone/port-restricted ]'
+check "a classified its NAT as symmetric/random" rl_wait_until 20 eval '[ "$(rl_nat_of a)" = symmetric/random ]'
+check "b classified its NAT as a port-restricted cone" rl_wait_until 20 eval '[ "$(rl_nat_of b)" = cone/port-restricted ]'
 
 # Large UDP a -> b forwarded by ra (before its SNAT: a's own address and
 # port), from the data port and from any other.

@@ -21,10 +21,9 @@ rl_start_client b b
 check "client a connected" rl_wait_until 20 rl_ready a
 check "client b connected" rl_wait_until 20 rl_ready b
 va=$(rl_vip a); vb=$(rl_vip b)
-port=$(grep -o 'udp_port=[0-9]*' "$(rl_log_file a)" | head -1 | cut -d= -f2)
-nat_of() { rl_status_get "$1" 'd["nat"]'; }
-check "a classified its NAT as symmetric/random" rl_wait_until 20 eval '[ "$(nat_of a)" = symmetric/random ]'
-check "b classified its NAT as a port-restricted cone" rl_wait_until 20 eval '[ "$(nat_of b)" = cone/port-restricted ]'
+port=$(rl_data_port a)
+check "a classified its NAT as symmetric/random" rl_wait_until 20 eval '[ "$(rl_nat_of a)" = symmetric/random ]'
+check "b classified its NAT as a port-restricted cone" rl_wait_until 20 eval '[ "$(rl_nat_of b)" = cone/port-restricted ]'
 
 rl_count ra extra forward ip saddr 192.168.1.2 ip daddr "$RL_P2P_NET.22" udp sport != "$port" meta length gt 1000
 rl_count ra extra_in forward ip saddr "$RL_P2P_NET.22" ip daddr 192.168.1.2 udp dport != "$port"

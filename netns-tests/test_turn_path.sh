@@ -45,9 +45,8 @@ va=$(rl_vip a); vb=$(rl_vip b)
 rl_count turn from_sites input ip daddr "$TURN_IP" ip saddr "{ $RL_P2P_NET.21, $RL_P2P_NET.22 }" meta l4proto udp
 rl_count turn to_sites output ip saddr "$TURN_IP" ip daddr "{ $RL_P2P_NET.21, $RL_P2P_NET.22 }" meta l4proto udp
 
-nat_of() { rl_status_get "$1" 'd["nat"]'; }
 check "a and b classify their NATs as symmetric/random" \
-    rl_wait_until 30 eval '[ "$(nat_of a)" = symmetric/random ] && [ "$(nat_of b)" = symmetric/random ]'
+    rl_wait_until 30 eval '[ "$(rl_nat_of a)" = symmetric/random ] && [ "$(rl_nat_of b)" = symmetric/random ]'
 
 # A relayed ping starts the attempt (discovery is off). Between two random
 # symmetric NATs the method table punches nothing, so the pair asks for
