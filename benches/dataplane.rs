@@ -28,6 +28,7 @@ fn snapshot(peers: u32) -> Snapshot {
                 endpoint: SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, (i % 250) as u8), 40000),
                 socket: None,
                 channel: None,
+                stream: None,
                 key: key.clone(),
                 session: None,
                 counters: Default::default(),

@@ -194,6 +194,7 @@ fn entry(endpoint: SocketAddrV4, vip: Ipv4Addr) -> (PeerEntry, Arc<PeerCounters>
             endpoint,
             socket: None,
             channel: None,
+            stream: None,
             key: Arc::new(key(vip)),
             session: None,
             counters: counters.clone(),

@@ -3,9 +3,10 @@
 //! byte between them goes through the real codecs and the real ciphers. No
 //! sockets, no sleeping; the same run every time.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use ringlink::control::node::{Node, NodeConfig, Output};
@@ -60,6 +61,17 @@ enum Delivery {
         to: usize,
         frame: Vec<u8>,
     },
+    /// A frame on a TCP stream, to the end whose fd is `fd`.
+    Stream {
+        to: usize,
+        fd: RawFd,
+        datagram: Vec<u8>,
+    },
+    /// The other end shut the stream down.
+    StreamEnd {
+        to: usize,
+        fd: RawFd,
+    },
 }
 
 struct Host {
@@ -101,6 +113,7 @@ fn node_config(i: usize, seed: u64, route_cost: u32, key: u8) -> NodeConfig {
             wall_clock: Duration::from_secs(1_700_000_000),
         },
         turn: None,
+        tcp_offer: None,
     }
 }
 
@@ -126,14 +139,37 @@ struct Sim {
     sealed_generals: Vec<(Ipv4Addr, Ipv4Addr)>,
     /// The datagrams counted in `stray`, in the same order.
     stray_datagrams: Vec<Vec<u8>>,
+    /// Hosts whose STUN requests go unanswered (a network dropping UDP).
+    stun_blocked: HashSet<usize>,
+    /// TCP listeners nodes offer, by address: the host behind each.
+    listeners: HashMap<SocketAddrV4, usize>,
+    /// Each open stream end (a socket pair stands in for the connection;
+    /// frames are passed as deliveries): the host with the other end and
+    /// that end's fd.
+    pipes: HashMap<RawFd, (usize, RawFd)>,
+    /// Frames delivered on streams.
+    stream_delivered: usize,
+    /// Frames written to streams are lost (the connection went dark).
+    streams_dark: bool,
 }
 
 impl Sim {
     fn new(n: usize, seed: u64, route_cost: u32) -> Self {
+        Self::new_with(n, seed, route_cost, |_, _| {})
+    }
+
+    /// As `new`, with `tweak` applied to each node's configuration.
+    fn new_with(
+        n: usize,
+        seed: u64,
+        route_cost: u32,
+        tweak: impl Fn(usize, &mut NodeConfig),
+    ) -> Self {
         let t0 = Instant::now();
         let hosts = (0..n)
             .map(|i| {
-                let cfg = node_config(i, seed, route_cost, 1 + i as u8);
+                let mut cfg = node_config(i, seed, route_cost, 1 + i as u8);
+                tweak(i, &mut cfg);
                 Host {
                     node: Node::new(cfg, t0).expect("valid node config"),
                     vip: vip(i),
@@ -159,6 +195,11 @@ impl Sim {
             stray: Vec::new(),
             sealed_generals: Vec::new(),
             stray_datagrams: Vec::new(),
+            stun_blocked: HashSet::new(),
+            listeners: HashMap::new(),
+            pipes: HashMap::new(),
+            stream_delivered: 0,
+            streams_dark: false,
         };
         for i in 0..n {
             sim.hosts[i].node.set_server_up(true);
@@ -215,6 +256,19 @@ impl Sim {
                 Output::SavePins(text) => self.hosts[i].saved_pins.push(text),
                 // No TURN server in these simulations.
                 Output::ResolveTurn { .. } | Output::OpenTurnSocket => {}
+                Output::Connect { peer, to } => self.connect_stream(i, peer, to),
+                Output::StreamFrame { stream, datagram } => {
+                    let end = self.pipes.get(&stream.fd.as_raw_fd());
+                    if let (Some(&(to, fd)), false) = (end, self.streams_dark) {
+                        self.queue.push_back(Delivery::Stream { to, fd, datagram });
+                    }
+                }
+                Output::CloseStream(stream) => {
+                    if let Some((to, fd)) = self.pipes.remove(&stream.fd.as_raw_fd()) {
+                        self.pipes.remove(&fd);
+                        self.queue.push_back(Delivery::StreamEnd { to, fd });
+                    }
+                }
                 // Only the birthday test models extra sockets.
                 Output::OpenSockets { count } => {
                     let fds: Vec<OwnedFd> = (0..count)
@@ -231,7 +285,41 @@ impl Sim {
         }
     }
 
+    /// Host `i` connects to `to` for `peer`: accepted if a node listens
+    /// there, refused otherwise.
+    fn connect_stream(&mut self, i: usize, peer: Ipv4Addr, to: SocketAddrV4) {
+        let now = self.now;
+        let Some(&j) = self.listeners.get(&to) else {
+            self.hosts[i]
+                .node
+                .on_stream_connect_failed(peer, "refused".into(), now);
+            return;
+        };
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
+        self.pipes.insert(a.as_raw_fd(), (j, b.as_raw_fd()));
+        self.pipes.insert(b.as_raw_fd(), (i, a.as_raw_fd()));
+        self.hosts[i].node.on_stream_connected(peer, to, a, now);
+        let seen_from = public(i, 45_000);
+        self.hosts[j].node.on_stream_accepted(seen_from, b, now);
+        self.collect(j);
+    }
+
+    /// The id host `i`'s latest table gives the stream end `fd`.
+    fn stream_id(&self, i: usize, fd: RawFd) -> Option<(u16, SocketAddrV4)> {
+        self.hosts[i]
+            .published
+            .last()?
+            .streams
+            .iter()
+            .find(|s| s.fd.as_raw_fd() == fd)
+            .map(|s| (s.id, s.remote))
+    }
+
     fn answer_stun(&mut self, i: usize, local: u16, request: &[u8]) {
+        if self.stun_blocked.contains(&i) {
+            return;
+        }
         let mut txid = stun::parse_binding_request(request)
             .expect("node sent a STUN request")
             .txid;
@@ -327,6 +415,32 @@ impl Sim {
                 }
                 Delivery::Server { to, frame } => {
                     self.hosts[to].node.on_server_frame(&frame, now);
+                    to
+                }
+                Delivery::Stream { to, fd, datagram } => {
+                    // As the stream's owner worker does: opened like a
+                    // datagram, handed up named by the stream's id.
+                    let Some((id, remote)) = self.stream_id(to, fd) else {
+                        continue;
+                    };
+                    let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
+                    let mut buf = datagram;
+                    let snap = self.latest(to).clone();
+                    let node = &mut self.hosts[to].node;
+                    match node.on_datagram(&snap, &key, (remote, id), &mut buf, now) {
+                        Ok(()) => self.stream_delivered += 1,
+                        Err(_) => self.open_failures += 1,
+                    }
+                    to
+                }
+                Delivery::StreamEnd { to, fd } => {
+                    let Some((id, _)) = self.stream_id(to, fd) else {
+                        continue;
+                    };
+                    self.pipes.remove(&fd);
+                    self.hosts[to]
+                        .node
+                        .on_stream_ended(id, "closed by the peer".into(), now);
                     to
                 }
             };
@@ -971,4 +1085,121 @@ fn keys_travel_on_joining_so_members_that_never_try_a_direct_path_make_sessions(
         "the handshakes went through the relay"
     );
     assert_eq!(sim.udp_delivered, 0);
+}
+
+/// How node `i` reaches `j`, as `ringlink status` says.
+fn path(sim: &Sim, i: usize, j: usize) -> String {
+    peer_line(sim, i, j).path
+}
+
+/// Two sites whose networks drop UDP (no STUN answer, nothing between
+/// them); the second listens for TCP at its public endpoint.
+fn udp_blocked_with_listener(seed: u64) -> Sim {
+    let listen = public(1, 40_000);
+    let mut sim = Sim::new_with(2, seed, 0, |i, cfg| {
+        if i == 1 {
+            cfg.public_endpoint = Some(listen);
+            cfg.peer.reachable = true;
+            cfg.tcp_offer = Some(listen);
+        }
+    });
+    sim.listeners.insert(listen, 1);
+    sim.stun_blocked.extend([0, 1]);
+    sim.blocked.extend([(0, 1), (1, 0)]);
+    sim
+}
+
+#[test]
+fn with_udp_dropped_a_pair_goes_direct_over_tcp_to_the_listener() {
+    let mut sim = udp_blocked_with_listener(11);
+    sim.relayed(0, 1);
+    sim.relayed(1, 0);
+    assert!(
+        sim.run_until(40_000, |s| path(s, 0, 1) == "tcp" && path(s, 1, 0) == "tcp"),
+        "never on TCP: {} / {}",
+        path(&sim, 0, 1),
+        path(&sim, 1, 0)
+    );
+    // Each table sends to the other over the stream, and only there.
+    for (i, j) in [(0, 1), (1, 0)] {
+        let e = sim.latest(i).direct.get(&vip(j)).expect("a table entry");
+        let s = e.stream.as_ref().expect("the entry names the stream");
+        assert!(sim.latest(i).streams.contains(s));
+        assert_eq!(e.channel, None);
+    }
+    assert_eq!(sim.latest(0).streams.len(), 1, "one stream serves the pair");
+    // Rechecked every second, it stays up; the frames are sealed in the
+    // pair's session (none opened with a node key).
+    let before = sim.stream_delivered;
+    sim.run_for(10_000);
+    assert_eq!(
+        (path(&sim, 0, 1), path(&sim, 1, 0)),
+        ("tcp".into(), "tcp".into())
+    );
+    assert!(sim.stream_delivered >= before + 10, "no rechecks");
+    assert_eq!(sim.open_failures, 0);
+    assert_eq!(sim.hosts[0].node.stats.tcp_failures, 0);
+}
+
+#[test]
+fn a_stream_that_stops_answering_falls_back_to_the_relay_within_four_seconds() {
+    let mut sim = udp_blocked_with_listener(12);
+    sim.relayed(0, 1);
+    sim.relayed(1, 0);
+    assert!(sim.run_until(40_000, |s| path(s, 0, 1) == "tcp" && path(s, 1, 0) == "tcp"));
+    // The stream goes dark both ways (a NAT that forgot the connection):
+    // frames are written and never arrive.
+    sim.streams_dark = true;
+    sim.queue.retain(|d| !matches!(d, Delivery::Stream { .. }));
+    let cut = sim.now;
+    assert!(
+        sim.run_until(10_000, |s| path(s, 0, 1) == "relay"
+            && path(s, 1, 0) == "relay"),
+        "still {} / {}",
+        path(&sim, 0, 1),
+        path(&sim, 1, 0)
+    );
+    assert!(
+        sim.now - cut <= Duration::from_secs(4),
+        "took {:?}",
+        sim.now - cut
+    );
+    assert!(!sim.latest(0).direct.contains_key(&vip(1)));
+    assert!(sim.hosts[0].node.stats.tcp_failures >= 1);
+}
+
+#[test]
+fn with_udp_back_the_pair_climbs_from_tcp_to_direct_udp() {
+    let mut sim = udp_blocked_with_listener(13);
+    sim.relayed(0, 1);
+    sim.relayed(1, 0);
+    assert!(sim.run_until(40_000, |s| path(s, 0, 1) == "tcp" && path(s, 1, 0) == "tcp"));
+    sim.stun_blocked.clear();
+    sim.blocked.clear();
+    assert!(
+        sim.run_until(120_000, |s| s.connected(0, 1) && s.connected(1, 0)),
+        "never direct over UDP: {} {} / {} {}",
+        path(&sim, 0, 1),
+        peer_line(&sim, 0, 1).state,
+        path(&sim, 1, 0),
+        peer_line(&sim, 1, 0).state
+    );
+    assert_eq!(path(&sim, 0, 1), "direct");
+    // The stream is closed once UDP wins.
+    sim.run_for(2_000);
+    assert!(sim.latest(0).streams.is_empty() && sim.latest(1).streams.is_empty());
+}
+
+#[test]
+fn a_stream_on_which_no_peer_speaks_is_closed() {
+    let mut sim = udp_blocked_with_listener(14);
+    let (a, _b) = UnixStream::pair().expect("socket pair");
+    let now = sim.now;
+    sim.hosts[1]
+        .node
+        .on_stream_accepted(public(7, 1234), OwnedFd::from(a), now);
+    sim.collect(1);
+    assert_eq!(sim.latest(1).streams.len(), 1);
+    assert!(sim.run_until(11_000, |s| s.latest(1).streams.is_empty()));
+    assert!(sim.latest(1).direct.is_empty());
 }

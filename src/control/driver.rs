@@ -2,9 +2,10 @@
 //! datagrams meet the UDP socket, its frames meet the server queue, its
 //! tables meet the dataplane and its routes meet the kernel.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -17,6 +18,41 @@ use crate::session::pins;
 
 /// How long a TURN server's name may take to resolve.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP connect to a peer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TCP stream for the node, from a connect it asked for or from the
+/// listener.
+pub enum StreamEvent {
+    Connected {
+        peer: Ipv4Addr,
+        remote: SocketAddrV4,
+        fd: OwnedFd,
+    },
+    ConnectFailed {
+        peer: Ipv4Addr,
+        reason: String,
+    },
+    Accepted {
+        remote: SocketAddrV4,
+        fd: OwnedFd,
+    },
+}
+
+impl StreamEvent {
+    pub fn deliver(self, node: &mut Node) {
+        let now = Instant::now();
+        match self {
+            StreamEvent::Connected { peer, remote, fd } => {
+                node.on_stream_connected(peer, remote, fd, now)
+            }
+            StreamEvent::ConnectFailed { peer, reason } => {
+                node.on_stream_connect_failed(peer, reason, now)
+            }
+            StreamEvent::Accepted { remote, fd } => node.on_stream_accepted(remote, fd, now),
+        }
+    }
+}
 
 /// The answer to [`Output::ResolveTurn`], for the control loop to hand to
 /// [`Node::on_turn_resolved`].
@@ -33,6 +69,7 @@ pub struct NodeDriver {
     snapshot: SharedSnapshot,
     pins_file: PathBuf,
     resolved: mpsc::Sender<Resolved>,
+    streams: mpsc::Sender<StreamEvent>,
 }
 
 impl NodeDriver {
@@ -42,6 +79,7 @@ impl NodeDriver {
         snapshot: SharedSnapshot,
         pins_file: PathBuf,
         resolved: mpsc::Sender<Resolved>,
+        streams: mpsc::Sender<StreamEvent>,
     ) -> Self {
         Self {
             node,
@@ -49,6 +87,7 @@ impl NodeDriver {
             snapshot,
             pins_file,
             resolved,
+            streams,
         }
     }
 
@@ -93,6 +132,33 @@ impl NodeDriver {
                         let _ = tx.send(Resolved { host, port, addr }).await;
                     });
                 }
+                // In a task of its own, like a name lookup.
+                Output::Connect { peer, to } => {
+                    let tx = self.streams.clone();
+                    tokio::spawn(async move {
+                        let event = match connect(to).await {
+                            Ok(fd) => StreamEvent::Connected {
+                                peer,
+                                remote: to,
+                                fd,
+                            },
+                            Err(reason) => StreamEvent::ConnectFailed { peer, reason },
+                        };
+                        let _ = tx.send(event).await;
+                    });
+                }
+                Output::StreamFrame { stream, datagram } => {
+                    if let Err(e) = stream.tx.send(&datagram) {
+                        counters.stream_send_errors += 1;
+                        debug!(error = %e, remote = %stream.remote, "stream send failed");
+                    }
+                }
+                // The owner worker's receive then ends, and with the last
+                // reference the fd closes.
+                Output::CloseStream(stream) => {
+                    // SAFETY: shutdown on an fd this process holds open.
+                    unsafe { libc::shutdown(stream.fd.as_raw_fd(), libc::SHUT_RDWR) };
+                }
                 Output::ServerFrame(frame) => {
                     if to_server.try_send(frame).is_err() {
                         counters.server_queue_full += 1;
@@ -107,6 +173,46 @@ impl NodeDriver {
                         warn!(error = %e, "cannot save the pinned keys");
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A TCP stream to `to`, ready for the dataplane: no Nagle delay (each
+/// frame is a packet someone waits for), non-blocking.
+async fn connect(to: SocketAddrV4) -> Result<OwnedFd, String> {
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(to)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("connect to {to}: {e}")),
+            Err(_) => return Err(format!("connect to {to}: no answer in {CONNECT_TIMEOUT:?}")),
+        };
+    stream_fd(stream).map_err(|e| format!("setting up the stream to {to}: {e}"))
+}
+
+/// The fd of a tokio stream, with TCP_NODELAY, for the dataplane.
+pub fn stream_fd(stream: tokio::net::TcpStream) -> std::io::Result<OwnedFd> {
+    stream.set_nodelay(true)?;
+    Ok(OwnedFd::from(stream.into_std()?))
+}
+
+/// Accepts streams on our TCP listener for as long as the node runs.
+pub async fn accept_streams(listener: tokio::net::TcpListener, tx: mpsc::Sender<StreamEvent>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, SocketAddr::V4(remote))) => match stream_fd(stream) {
+                Ok(fd) => {
+                    if tx.send(StreamEvent::Accepted { remote, fd }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => debug!(%remote, error = %e, "accepted TCP stream unusable"),
+            },
+            Ok((_, remote)) => debug!(%remote, "TCP stream from a non-IPv4 address ignored"),
+            // Out of fds, say: wait rather than spin.
+            Err(e) => {
+                warn!(error = %e, "accepting a TCP stream");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

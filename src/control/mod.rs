@@ -15,6 +15,7 @@ pub mod secure;
 mod server_link;
 pub mod status;
 mod stream;
+pub mod tcp_path;
 mod tls;
 #[cfg(test)]
 mod traversal_tests;
@@ -30,6 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::config::ClientConfig;
@@ -78,10 +80,28 @@ async fn new_node(
     iface: &Interface,
     identity: secure::Identity,
     resolved: mpsc::Sender<driver::Resolved>,
+    streams: mpsc::Sender<driver::StreamEvent>,
     now: Instant,
-) -> Result<(NodeDriver, Option<NatProbe>), ClientError> {
+) -> Result<(NodeDriver, Option<NatProbe>, Option<JoinHandle<()>>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
     let port = iface.udp_port().unwrap_or(0);
+    // Reachable by anyone: direct TCP too, on the data port's number, for
+    // peers whose networks drop UDP (docs/tcp.md).
+    let mut listener = None;
+    if let Some(public) = cfg.public_endpoint {
+        match tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await {
+            Ok(l) => {
+                info!(port, %public, "accepting direct TCP streams");
+                listener = Some((public, l));
+            }
+            Err(e) => {
+                warn!(port, error = %e, "cannot listen for direct TCP streams; not offering them")
+            }
+        }
+    }
+    let tcp_offer = listener.as_ref().map(|(public, _)| *public);
+    let accept =
+        listener.map(|(_, l)| tokio::task::spawn_local(driver::accept_streams(l, streams.clone())));
     let stun = match &cfg.stun {
         None => None,
         Some(s) => {
@@ -143,6 +163,7 @@ async fn new_node(
             seed: rand::random(),
             identity,
             turn: cfg.turn.clone(),
+            tcp_offer,
         },
         now,
     )
@@ -154,8 +175,16 @@ async fn new_node(
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
     Ok((
-        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone(), resolved),
+        NodeDriver::new(
+            node,
+            udp,
+            iface.snapshot(),
+            cfg.pins_file.clone(),
+            resolved,
+            streams,
+        ),
         probe,
+        accept,
     ))
 }
 
@@ -377,7 +406,9 @@ pub async fn run(
     let mut node: Option<NodeDriver> = None;
     let (nat_tx, mut nat_rx) = mpsc::channel(4);
     let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
+    let (streams_tx, mut streams_rx) = mpsc::channel(16);
     let mut nat_task = None;
+    let mut accept_task = None;
     let main = async {
         let mut status_tick = tokio::time::interval(STATUS_EVERY);
         let mut control = status::ControlCounters::default();
@@ -422,6 +453,12 @@ pub async fn run(
                                 n.carry_out(i, &to_server, &mut control).await;
                             }
                         }
+                        Some(Upcall::StreamEnded { id, reason }) => {
+                            if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                                n.node.on_stream_ended(id, reason, now);
+                                n.carry_out(i, &to_server, &mut control).await;
+                            }
+                        }
                         None => return Err(InterfaceError::WorkersStopped.into()),
                     }
                 }
@@ -444,8 +481,9 @@ pub async fn run(
                                         snapshot: i.snapshot(),
                                     }));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), now).await?;
+                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), streams_tx.clone(), now).await?;
                                     node = Some(n);
+                                    accept_task = accept;
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
                                     service_manager::ready(&format!("{} up as {cidr}", cfg.tun));
                                 }
@@ -480,6 +518,12 @@ pub async fn run(
                         }
                         Some(LinkEvent::Fatal(e)) => return Err(e),
                         None => return Err(LinkLost::TaskEnded.into()),
+                    }
+                }
+                Some(event) = streams_rx.recv() => {
+                    if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
+                        event.deliver(&mut n.node);
+                        n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
                 Some(r) = resolved_rx.recv() => {
@@ -538,6 +582,9 @@ pub async fn run(
         t.abort();
     }
     if let Some(t) = nat_task {
+        t.abort();
+    }
+    if let Some(t) = accept_task {
         t.abort();
     }
     drop(metrics);

@@ -22,7 +22,9 @@ use tracing::{debug, info, warn};
 
 use crate::counters::counters;
 use crate::dataplane::frame::{self, OpenError};
-use crate::dataplane::{LocalSocket, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET, TURN_SOCKET};
+use crate::dataplane::{
+    LocalSocket, LocalStream, PeerCounters, PeerEntry, Snapshot, MAIN_SOCKET, TURN_SOCKET,
+};
 use crate::nat::{self, Advertised, NatClass, StableClass};
 use crate::peer::{
     Action, BirthdayRole, FreshSpray, Outcome, PeerConfig, PeerManager, PeerState, TimersError,
@@ -45,9 +47,12 @@ use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
 use super::secure::{Identity, Secure};
 use super::status::{PeerLine, RouteLine};
+use super::tcp_path::TcpPaths;
 use super::turn::TurnSource;
 use super::turn_link::{Need, TurnLink};
 use super::turn_path::TurnOutput;
+
+mod tcp;
 
 /// What the node was built with.
 pub struct NodeConfig {
@@ -65,6 +70,9 @@ pub struct NodeConfig {
     pub identity: Identity,
     /// The client's `turn` key; without it, the server's TURN_OFFER.
     pub turn: Option<TurnUrl>,
+    /// Where our TCP listener is reached (`public_endpoint`, when the
+    /// listener is up): offered to peers without a direct UDP path.
+    pub tcp_offer: Option<SocketAddrV4>,
 }
 
 #[derive(Debug, Error)]
@@ -94,6 +102,16 @@ pub enum Output {
     /// Open one UDP socket for the TURN allocation and hand it to
     /// [`Node::on_turn_socket`].
     OpenTurnSocket,
+    /// Open a TCP stream to `to` for `peer` and hand it to
+    /// [`Node::on_stream_connected`] (or [`Node::on_stream_connect_failed`]).
+    Connect { peer: Ipv4Addr, to: SocketAddrV4 },
+    /// Send this sealed datagram on the stream, as a frame.
+    StreamFrame {
+        stream: LocalStream,
+        datagram: Vec<u8>,
+    },
+    /// Shut this stream down (the snapshot no longer lists it).
+    CloseStream(LocalStream),
     /// Send this frame to the server (only emitted while the link is up).
     ServerFrame(Vec<u8>),
     /// Publish this table to the dataplane workers.
@@ -132,6 +150,12 @@ counters! {
         /// TURN datagrams refused: bad STUN from the TURN server, or a
         /// PING through a channel that is not the named peer's.
         turn_refused,
+        /// Direct TCP paths that ended or could not start (connect failed,
+        /// challenges unanswered, stream closed or broken).
+        tcp_failures,
+        /// Streams and stream messages refused: too many streams, a PING
+        /// on another peer's stream, a message not in its peer's session.
+        tcp_refused,
     }
 }
 
@@ -171,6 +195,14 @@ pub struct Node {
     turn: TurnLink,
     /// Peers whose TURN path is proven, as the router was last told.
     turned: BTreeSet<Ipv4Addr>,
+    /// Direct TCP streams and the pairs proven on them.
+    tcp: TcpPaths,
+    /// Our listener's address, if peers may be offered it.
+    tcp_offer: Option<SocketAddrV4>,
+    /// Listeners peers offered us.
+    tcp_offers: BTreeMap<Ipv4Addr, SocketAddrV4>,
+    /// Peers whose TCP path is proven, as the router was last told.
+    streamed: BTreeSet<Ipv4Addr>,
     pub stats: NodeStats,
 }
 
@@ -191,6 +223,9 @@ impl Node {
             now,
         );
         let turn = TurnLink::new(TurnSource::new(cfg.turn), rng.next_u64());
+        // Its own stream of randomness, so the draws the rest of the node
+        // makes from its seed stay what they were.
+        let tcp = TcpPaths::new(cfg.seed ^ 0x7463_705f_6e6f_6e63);
         let mut node = Self {
             own: cfg.own.addr,
             network: cfg.own,
@@ -219,6 +254,10 @@ impl Node {
             secure,
             turn,
             turned: BTreeSet::new(),
+            tcp,
+            tcp_offer: cfg.tcp_offer,
+            tcp_offers: BTreeMap::new(),
+            streamed: BTreeSet::new(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -256,6 +295,7 @@ impl Node {
             self.punch.poll_timeout(),
             self.secure.poll_timeout(),
             self.turn.poll_timeout(),
+            self.tcp.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -297,14 +337,21 @@ impl Node {
         if self.turn.poll_timeout().is_some_and(|t| t <= now) {
             self.turn.handle_timeout(now);
         }
-        // A pair on TURN sends nothing through the server, so no relayed
-        // packet fires try-P2P for it: its back-off ending does instead,
-        // and a direct path that wins replaces TURN.
-        let turned: Vec<_> = self.turned.iter().copied().collect();
-        for peer in turned {
-            if self.peers.state(peer) == Some(PeerState::Init) {
-                let outcome = self.peers.try_p2p(peer, now);
-                self.count(outcome);
+        if self.tcp.poll_timeout().is_some_and(|t| t <= now) {
+            self.tcp.handle_timeout(now);
+        }
+        // A pair on TURN or TCP sends nothing through the server, so no
+        // relayed packet fires try-P2P for it: its back-off ending does
+        // instead, and a direct path that wins replaces the other.
+        let off_relay: Vec<_> = self.turned.union(&self.streamed).copied().collect();
+        for peer in off_relay {
+            match self.peers.state(peer) {
+                Some(PeerState::Init) => {
+                    let outcome = self.peers.try_p2p(peer, now);
+                    self.count(outcome);
+                }
+                Some(PeerState::Failed) => self.peers.retry_failed(peer, now),
+                _ => {}
             }
         }
         // Every time, not only at its deadline: rekeys by message count
@@ -429,6 +476,11 @@ impl Node {
     pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
+                if let Some(tcp) = pc.tail.and_then(|t| t.tcp) {
+                    self.on_peer_tcp(pc.src, tcp);
+                    self.flush(now);
+                    return;
+                }
                 if let Some(relayed) = pc.tail.and_then(|t| t.relayed) {
                     self.on_peer_relayed(pc.src, relayed, now);
                     self.flush(now);
@@ -535,6 +587,11 @@ impl Node {
         }
         if local == TURN_SOCKET {
             self.on_turn_message(from, decoded, now);
+            self.flush(now);
+            return;
+        }
+        if self.tcp.is_stream(local) {
+            self.on_stream_message(local, from, decoded, session, now);
             self.flush(now);
             return;
         }
@@ -870,6 +927,7 @@ impl Node {
             self.act(action, now);
         }
         self.drain_turn(now);
+        self.drain_tcp(now);
         // Handshakes take the peer's path when there is one, else the relay.
         while let Some((peer, msg)) = self.secure.poll_transmit() {
             if !self.send_on_path(peer, &msg) {
@@ -1011,15 +1069,18 @@ impl Node {
                 self.punch.stop(peer);
                 self.direct.insert(peer, path);
                 self.turn.direct(peer, now);
+                self.tcp.direct(peer);
                 self.router.peer_connected(peer, now);
                 self.dirty = true;
             }
+            Action::NoDirectPath { peer } if !self.speaks_ringlink(peer) => {}
             Action::NoDirectPath { peer } => {
                 if self.turn.available() && self.turn.channel(peer).is_none() {
                     info!(%peer, "no direct path; asking for a TURN path");
                     let need = self.turn.want(peer, now);
                     self.fetch(need);
                 }
+                self.tcp_no_direct(peer);
             }
             Action::PathChanged { peer, path } => {
                 info!(%peer, %path, "direct path moved");
@@ -1029,12 +1090,18 @@ impl Node {
             Action::Disconnected { peer } => {
                 info!(%peer, "direct path lost; back to the relay");
                 self.direct.remove(&peer);
-                if !self.turned.contains(&peer) {
+                if !self.turned.contains(&peer) && !self.streamed.contains(&peer) {
                     self.router.peer_disconnected(peer, now);
                 }
                 self.dirty = true;
             }
         }
+    }
+
+    /// Whether `peer` is a ringlink node: it marked its announcements, or
+    /// it has a key we hold (a stock Candy node has neither).
+    fn speaks_ringlink(&self, peer: Ipv4Addr) -> bool {
+        self.secure.protected(peer) || self.peers.peers().any(|p| p.vip == peer && p.ringlink)
     }
 
     /// A peer announced its TURN relayed address (a UDP4CONN with TLV 3,
@@ -1180,7 +1247,7 @@ impl Node {
             self.router.peer_connected(peer, now);
         }
         for peer in down {
-            if !self.direct.contains_key(&peer) {
+            if !self.direct.contains_key(&peer) && !self.streamed.contains(&peer) {
                 info!(%peer, "TURN path lost; back to the server's relay");
                 self.router.peer_disconnected(peer, now);
             }
@@ -1216,6 +1283,8 @@ impl Node {
             self.send_udp(peer, to, plaintext);
         } else if let Some(ch) = self.turn.channel(peer) {
             self.send_turn(peer, ch, plaintext);
+        } else if let Some(s) = self.tcp.stream_of(peer).cloned() {
+            self.send_stream(peer, &s, plaintext);
         } else {
             return false;
         }
@@ -1236,6 +1305,7 @@ impl Node {
                     endpoint,
                     socket: self.punch.via(endpoint),
                     channel: None,
+                    stream: None,
                     key,
                     session: sessions.seals.get(&vip).cloned(),
                     counters,
@@ -1261,6 +1331,7 @@ impl Node {
                         endpoint: server,
                         socket: Some(socket.clone()),
                         channel: Some(channel),
+                        stream: None,
                         key,
                         session: sessions.seals.get(&vip).cloned(),
                         counters,
@@ -1268,9 +1339,34 @@ impl Node {
                 );
             }
         }
+        // Peers on a TCP stream: the entry names the stream.
+        let streamed: Vec<_> = self.streamed.iter().copied().collect();
+        for vip in streamed {
+            let Some(stream) = self.tcp.stream_of(vip).cloned() else {
+                continue;
+            };
+            if direct.contains_key(&vip) {
+                continue;
+            }
+            let key = self.key(vip);
+            let counters = self.counters.entry(vip).or_default().clone();
+            direct.insert(
+                vip,
+                PeerEntry {
+                    endpoint: stream.remote,
+                    socket: None,
+                    channel: None,
+                    stream: Some(stream),
+                    key,
+                    session: sessions.seals.get(&vip).cloned(),
+                    counters,
+                },
+            );
+        }
         let rule = self.next_hop_rule();
         let mut snapshot =
             publish::compile(self.generation, self.own, &rule, direct, &sessions.seals);
+        snapshot.streams = self.tcp.streams();
         snapshot.sockets = self.punch.sockets();
         snapshot.sockets.extend(self.turn.socket());
         if let Some(table) = self.turn.table() {
@@ -1318,12 +1414,14 @@ impl Node {
         }
     }
 
-    /// How a neighbour is reached: "direct", "turn", or "relay".
+    /// How a neighbour is reached: "direct", "turn", "tcp", or "relay".
     fn link_to(&self, vip: Ipv4Addr) -> &'static str {
         if self.direct.contains_key(&vip) {
             "direct"
         } else if self.turned.contains(&vip) {
             "turn"
+        } else if self.streamed.contains(&vip) {
+            "tcp"
         } else {
             "relay"
         }

@@ -96,6 +96,7 @@ mod tests {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, d), 4000),
             socket: None,
             channel: None,
+            stream: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[d; 32])),
             session: None,
             counters: Arc::default(),

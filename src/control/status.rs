@@ -38,6 +38,9 @@ counters! {
         relay_tampered,
         /// Control datagrams (heartbeats, STUN, probes) the kernel refused.
         udp_send_errors,
+        /// Control messages (PINGs, handshakes, probes) not sent on a TCP
+        /// stream: its queue was full or it had failed.
+        stream_send_errors,
         /// Control frames for the server dropped because its queue was full.
         server_queue_full,
     }

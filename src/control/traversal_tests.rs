@@ -164,6 +164,7 @@ fn config(i: usize, seed: u64) -> NodeConfig {
         cipher: CIPHER,
         stun: Some(STUN),
         public_endpoint: None,
+        tcp_offer: None,
         peer,
         route,
         seed: seed.wrapping_mul(0x9e37_79b9) ^ i as u64,
@@ -316,7 +317,10 @@ impl Lab {
                 Output::InstallRoutes(_)
                 | Output::SavePins(_)
                 | Output::ResolveTurn { .. }
-                | Output::OpenTurnSocket => {}
+                | Output::OpenTurnSocket
+                | Output::Connect { .. }
+                | Output::StreamFrame { .. }
+                | Output::CloseStream(_) => {}
             }
         }
     }

@@ -74,6 +74,17 @@ counters! {
     turn_rx_packets,
     /// Bytes of those packets (as `direct_tx_bytes`).
     turn_rx_bytes,
+    /// Packets from TUN sent to a peer over a direct TCP stream.
+    tcp_tx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    tcp_tx_bytes,
+    /// Packets from a direct TCP stream delivered to TUN.
+    tcp_rx_packets,
+    /// Bytes of those packets (as `direct_tx_bytes`).
+    tcp_rx_bytes,
+    /// Frames not queued on a TCP stream: its send queue was full (a peer
+    /// that stopped reading) or the stream had failed.
+    tcp_tx_dropped,
     /// Datagrams from a TURN server that were neither STUN nor well-formed
     /// ChannelData on a bound channel (dropped).
     turn_malformed,

@@ -413,6 +413,7 @@ mod tests {
                 endpoint: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
                 socket: None,
                 channel: None,
+                stream: None,
                 key: Arc::new(key(PEER)),
                 session: None,
                 counters: Arc::default(),

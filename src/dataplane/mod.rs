@@ -20,6 +20,7 @@ pub mod frame;
 pub mod offload;
 mod sendmsg;
 pub mod snapshot;
+pub mod stream;
 mod worker;
 pub mod writer;
 
@@ -40,6 +41,7 @@ pub use snapshot::{
     LocalSocket, PeerCounterSnapshot, PeerCounters, PeerEntry, Sealer, SharedSnapshot, Snapshot,
     SubnetHop, TunHop, TurnSocket, MAIN_SOCKET, TURN_SOCKET,
 };
+pub use stream::{LocalStream, StreamTx, FIRST_STREAM_ID};
 pub use writer::{TunWriter, WriteError};
 
 use crate::proto::crypto::PeerKey;
@@ -237,6 +239,9 @@ pub enum Upcall {
         local: u16,
         datagram: Vec<u8>,
     },
+    /// The stream `id` is over: closed by the peer, failed, or carrying
+    /// something that is not a frame. Its owner reads it no more.
+    StreamEnded { id: u16, reason: String },
 }
 
 /// Sends the control thread's own datagrams (heartbeats, STUN requests,
@@ -422,10 +427,12 @@ impl Dataplane {
             udp_port,
             udp_sender,
         };
+        let workers = queues.len();
         for (index, fd) in queues.into_iter().enumerate() {
             let counters = counters::new_shared();
             let spec = worker::WorkerSpec {
                 index,
+                workers,
                 fd,
                 cpu: affinity::cpu_for_worker(index, &cpus),
                 layout,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::stream::LocalStream;
 use crate::proto::crypto::PeerKey;
 use crate::proto::ipv4;
 use crate::session::transport::Session;
@@ -114,6 +115,9 @@ pub struct PeerEntry {
     /// The TURN channel bound to the peer: `endpoint` is then the TURN
     /// server, and every datagram goes out led by the ChannelData header.
     pub channel: Option<u16>,
+    /// The direct TCP stream to the peer: every datagram goes out on it
+    /// as a frame, and `endpoint` is its other end.
+    pub stream: Option<LocalStream>,
     /// The peer's own key, `K(peer VIP)`: what we seal with when there
     /// is no session (a stock Candy peer, or before the handshake).
     pub key: Arc<PeerKey>,
@@ -128,6 +132,7 @@ impl PartialEq for PeerEntry {
         self.endpoint == o.endpoint
             && self.socket == o.socket
             && self.channel == o.channel
+            && self.stream == o.stream
             && Arc::ptr_eq(&self.key, &o.key)
             && self.session == o.session
             && Arc::ptr_eq(&self.counters, &o.counters)
@@ -171,6 +176,10 @@ pub struct Snapshot {
     /// TURN allocations, by the id of the socket each lives on: what a
     /// worker unwraps ChannelData with.
     pub turn: HashMap<u16, TurnSocket>,
+    /// Direct TCP streams, proven or not: each is read by its owner
+    /// worker, and what it carries for the control thread goes up named
+    /// by the stream's id.
+    pub streams: Vec<LocalStream>,
 }
 
 /// A TURN allocation as the dataplane sees it: ChannelData from `server`
@@ -197,6 +206,7 @@ impl Default for Snapshot {
             sessions: HashMap::new(),
             protected: HashSet::new(),
             turn: HashMap::new(),
+            streams: Vec::new(),
         }
     }
 }
@@ -328,6 +338,7 @@ mod tests {
             endpoint: SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 1), port),
             socket: None,
             channel: None,
+            stream: None,
             key: Arc::new(PeerKey::new(CipherKind::Aes256Gcm, &[7; 32])),
             session: None,
             counters: Arc::default(),

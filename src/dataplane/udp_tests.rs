@@ -114,6 +114,7 @@ fn harness_with(buffers: u32, offload: bool, mss_clamp: Option<u16>) -> Harness 
         endpoint: peer_addr,
         socket: None,
         channel: None,
+        stream: None,
         key: Arc::new(key(PEER)),
         session: None,
         counters: peer_counters.clone(),
@@ -480,6 +481,7 @@ fn oversize_packets_are_dropped_not_sent() {
             endpoint: peer_addr,
             socket: None,
             channel: None,
+            stream: None,
             key: Arc::new(key(PEER)),
             session: None,
             counters: Arc::default(),
@@ -518,6 +520,7 @@ fn the_snapshot_is_followed_from_the_next_batch() {
             endpoint: h.peer_addr,
             socket: None,
             channel: None,
+            stream: None,
             key: Arc::new(key(UNKNOWN)),
             session: None,
             counters: Arc::default(),
@@ -1066,6 +1069,7 @@ fn turn_rig(h: &Harness) -> TurnRig {
         endpoint: server_addr,
         socket: Some(extra),
         channel: Some(CHANNEL),
+        stream: None,
         session: Some(Sealer(ours.clone())),
         ..s.direct[&PEER].clone()
     };

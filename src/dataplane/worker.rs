@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 mod receive;
 mod send;
+mod stream;
 
 use super::bufring::{BufRing, Layout};
 use super::counters::{CounterSnapshot, SharedCounters};
@@ -81,6 +82,10 @@ enum Op {
     /// A TUN write from a UDP-ring buffer.
     TunWrite = 5,
     Cancel = 6,
+    /// A receive on a TCP stream; the send index is the stream's id.
+    StreamRecv = 7,
+    /// A TCP stream's socket has room for its send queue.
+    StreamPoll = 8,
 }
 
 fn user_data(op: Op, bid: u16) -> u64 {
@@ -102,6 +107,8 @@ fn decode_user_data(ud: u64) -> Option<(Op, u16, u16)> {
         4 => Op::SendUdp,
         5 => Op::TunWrite,
         6 => Op::Cancel,
+        7 => Op::StreamRecv,
+        8 => Op::StreamPoll,
         _ => return None,
     };
     Some((op, bid, send))
@@ -116,6 +123,8 @@ pub(crate) struct UdpSpec {
 
 pub(crate) struct WorkerSpec {
     pub index: usize,
+    /// How many workers there are: which TCP streams this one reads.
+    pub workers: usize,
     pub fd: OwnedFd,
     pub cpu: Option<usize>,
     pub layout: Layout,
@@ -385,6 +394,10 @@ struct Core {
     mss_clamp: Option<u16>,
     tun_armed: bool,
     tun_armed_once: bool,
+    /// The TCP streams this worker reads.
+    streams: stream::Streams,
+    queue: usize,
+    workers: usize,
     /// Sends and TUN writes submitted and not yet completed; each holds a
     /// buffer.
     inflight: usize,
@@ -547,6 +560,9 @@ impl Worker {
                 mss_clamp: spec.mss_clamp,
                 tun_armed: false,
                 tun_armed_once: false,
+                streams: stream::Streams::default(),
+                queue,
+                workers: spec.workers,
                 inflight: 0,
                 closing: false,
             },
@@ -633,6 +649,22 @@ impl Worker {
         let snap = self.snapshot.load();
         let (submitter, sq, _) = self.ring.split();
         let mut sq = Sq { sq, submitter };
+        let cancels = self
+            .core
+            .streams
+            .sync(&snap, self.core.queue, self.core.workers);
+        for ud in cancels {
+            let cancel = opcode::AsyncCancel::new(ud)
+                .build()
+                .user_data(user_data(Op::Cancel, 0));
+            // SAFETY: a cancellation references no memory.
+            if !unsafe { sq.push(&cancel) } {
+                return Err(sq_full(self.queue));
+            }
+        }
+        if !self.core.streams.arm(&mut sq) {
+            return Err(sq_full(self.queue));
+        }
         let Some(u) = self.core.udp.as_mut() else {
             return Ok(());
         };
@@ -859,6 +891,15 @@ impl Core {
                 self.release_udp_buffer(bid);
                 None
             }
+            Op::StreamRecv => {
+                self.stream_received(send, res, batch);
+                None
+            }
+            Op::StreamPoll => {
+                self.streams
+                    .writable(send, &self.upcalls, &mut batch.counts);
+                None
+            }
             Op::Cancel => None,
         }
     }
@@ -914,6 +955,7 @@ impl Worker {
     fn busy(&self) -> bool {
         self.core.tun_armed
             || self.core.inflight > 0
+            || self.core.streams.busy()
             || self
                 .core
                 .udp
@@ -943,7 +985,8 @@ impl Worker {
         let armed = main
             .into_iter()
             .filter_map(|(armed, ud)| armed.then_some(ud))
-            .chain(extras);
+            .chain(extras)
+            .chain(self.core.streams.armed());
         for ud in armed {
             let cancel = opcode::AsyncCancel::new(ud)
                 .build()
@@ -1013,6 +1056,8 @@ mod tests {
             Op::SendUdp,
             Op::TunWrite,
             Op::Cancel,
+            Op::StreamRecv,
+            Op::StreamPoll,
         ] {
             for bid in [0, 1, 1023, u16::MAX] {
                 assert_eq!(decode_user_data(user_data(op, bid)), Some((op, bid, 0)));

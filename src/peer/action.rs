@@ -82,11 +82,13 @@ pub enum Action {
     /// The peer left CONNECTED: send via relay again and tell the router,
     /// which withdraws every route through it.
     Disconnected { peer: Ipv4Addr },
-    /// ringlink peers only: an attempt ended without a direct path (the
-    /// peer went from CONNECTING to WAITING), or started with no method
-    /// that could make one (two random symmetric NATs). The caller may
-    /// offer a relayed UDP path (TURN) meanwhile; attempts go on with
-    /// back-off.
+    /// An attempt with a ringlink peer ended without a direct path (the
+    /// peer went from CONNECTING to WAITING) or started with no method that
+    /// could make one (two random symmetric NATs); or an attempt with any
+    /// peer never started (no STUN answer or no public info in time: UDP
+    /// may be blocked), where the caller checks that the peer speaks
+    /// ringlink. The caller may offer the other paths meanwhile (TURN,
+    /// direct TCP); attempts go on with back-off.
     NoDirectPath { peer: Ipv4Addr },
 }
 

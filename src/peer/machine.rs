@@ -249,11 +249,18 @@ impl Peer {
         if prev == PeerState::Connected && next != PeerState::Connected {
             out.push_back(Action::Disconnected { peer: self.vip });
         }
-        if prev == PeerState::Connecting
+        // Out of CONNECTING without a path, or never got there (no STUN
+        // answer, no public info from the peer: a network that drops UDP):
+        // the paths beyond direct UDP are worth trying.
+        let punch_failed = prev == PeerState::Connecting
             && next == PeerState::Waiting
-            && self.ringlink
-            && self.method != Some(Method::Relay)
-        {
+            && self.method != Some(Method::Relay);
+        let never_punched = env.p2p
+            && matches!(prev, PeerState::Preparing | PeerState::Synchronizing)
+            && next == PeerState::Failed;
+        // Whether a peer that never reached CONNECTING speaks ringlink only
+        // its key shows (no public info came): the caller checks.
+        if (self.ringlink && punch_failed) || never_punched {
             out.push_back(Action::NoDirectPath { peer: self.vip });
         }
         // Candy waits for the next 1 s tick at every step, which puts about
@@ -291,6 +298,20 @@ impl Peer {
                 PeerState::Failed
             };
             self.set_state(next, now, env, out);
+        }
+    }
+
+    /// A peer FAILED before punching (no STUN answer, no public info: a
+    /// network that drops UDP) but reached another way (a TCP stream,
+    /// which only ringlink peers have) tries again once the back-off has passed, as from WAITING:
+    /// the network may pass UDP by now, and a direct path that wins
+    /// replaces the stream. Candy's FAILED waits for public info instead,
+    /// which a pair off the relay would never send.
+    pub(crate) fn retry_failed(&mut self, now: Instant, env: Env<'_>, out: &mut VecDeque<Action>) {
+        let waited = now.saturating_duration_since(self.last_active);
+        if self.state == PeerState::Failed && waited >= self.retry() {
+            self.set_state(PeerState::Init, now, env, out);
+            self.try_p2p(now, env, out);
         }
     }
 

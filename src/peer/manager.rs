@@ -300,6 +300,12 @@ impl PeerManager {
         Outcome::Accepted
     }
 
+    /// `vip` is reached off the relay (TCP): a FAILED attempt is retried
+    /// after the back-off (`Peer::retry_failed`).
+    pub fn retry_failed(&mut self, vip: Ipv4Addr, now: Instant) {
+        self.with_peer(vip, now, |p, env, out| p.retry_failed(now, env, out));
+    }
+
     /// WS UDP4CONN from `src` carrying its public endpoint (dst already
     /// checked against own VIP by the caller); `ringlink` when it carried
     /// ringlink's marker.

@@ -13,7 +13,9 @@
 //! type 2 is the sender's 32-byte X25519 public key (on UDP4CONN), which
 //! the peer pins and runs the Noise handshake against (`crate::session`);
 //! type 3 is the sender's TURN relayed address, which the peer sends to
-//! through its own allocation when no direct path forms (docs/turn.md).
+//! through its own allocation when no direct path forms (docs/turn.md);
+//! type 4 is the address where the sender accepts direct TCP streams,
+//! offered to a peer that has no direct UDP path (docs/tcp.md).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -27,8 +29,9 @@ pub const VERSION: u8 = 1;
 const TLV_NAT: u8 = 1;
 const TLV_KEY: u8 = 2;
 const TLV_RELAYED: u8 = 3;
-/// Bytes of TLV 3's value: IPv4 address and port.
-const RELAYED_LEN: usize = 6;
+const TLV_TCP: u8 = 4;
+/// Bytes of the value of TLVs 3 and 4: IPv4 address and port.
+const ADDR_LEN: usize = 6;
 /// Bytes of TLV 2's value: an X25519 public key.
 pub const KEY_LEN: usize = 32;
 
@@ -44,6 +47,8 @@ pub struct Tail {
     pub key: Option<[u8; KEY_LEN]>,
     /// TLV 3: the sender's TURN relayed address, while it has one.
     pub relayed: Option<SocketAddrV4>,
+    /// TLV 4: where the sender accepts direct TCP streams.
+    pub tcp: Option<SocketAddrV4>,
 }
 
 /// TLV 1: a NAT classification in wire codes (`crate::nat` gives them
@@ -104,6 +109,7 @@ impl Tail {
         nat: None,
         key: None,
         relayed: None,
+        tcp: None,
     };
 
     /// Reads the marker and its TLVs from the bytes after a message's fixed
@@ -122,6 +128,7 @@ impl Tail {
             nat: None,
             key: None,
             relayed: None,
+            tcp: None,
         };
         let mut at = tlvs;
         while let [ty, len, ref more @ ..] = *at {
@@ -133,6 +140,7 @@ impl Tail {
                 // Any other length is no key: skipped, like an unknown type.
                 TLV_KEY => tail.key = value.try_into().ok(),
                 TLV_RELAYED => tail.relayed = decode_addr(value),
+                TLV_TCP => tail.tcp = decode_addr(value),
                 _ => {}
             }
             at = &more[usize::from(len)..];
@@ -150,10 +158,12 @@ impl Tail {
             out.extend_from_slice(&[TLV_KEY, KEY_LEN as u8]);
             out.extend_from_slice(key);
         }
-        if let Some(r) = &self.relayed {
-            out.extend_from_slice(&[TLV_RELAYED, RELAYED_LEN as u8]);
-            out.extend_from_slice(&r.ip().octets());
-            out.extend_from_slice(&r.port().to_be_bytes());
+        for (ty, addr) in [(TLV_RELAYED, &self.relayed), (TLV_TCP, &self.tcp)] {
+            if let Some(a) = addr {
+                out.extend_from_slice(&[ty, ADDR_LEN as u8]);
+                out.extend_from_slice(&a.ip().octets());
+                out.extend_from_slice(&a.port().to_be_bytes());
+            }
         }
         out
     }
@@ -162,7 +172,7 @@ impl Tail {
 /// An address of exactly 6 bytes; any other length is skipped like an
 /// unknown type.
 fn decode_addr(v: &[u8]) -> Option<SocketAddrV4> {
-    let v: &[u8; RELAYED_LEN] = v.try_into().ok()?;
+    let v: &[u8; ADDR_LEN] = v.try_into().ok()?;
     Some(SocketAddrV4::new(
         Ipv4Addr::new(v[0], v[1], v[2], v[3]),
         u16::from_be_bytes([v[4], v[5]]),
@@ -185,6 +195,7 @@ mod tests {
                 nat: None,
                 key: None,
                 relayed: None,
+                tcp: None,
             })
         );
         for rest in [
@@ -270,5 +281,23 @@ mod tests {
         // Another length is skipped, a cut one not read.
         assert_eq!(Tail::read(b"RL\x01\x00\x03\x05abcde"), Some(Tail::OURS));
         assert_eq!(Tail::read(&wire[..wire.len() - 1]), Some(Tail::OURS));
+    }
+
+    #[test]
+    fn tcp_tlv_vector_and_beside_the_relayed_one() {
+        let tail = Tail {
+            tcp: Some("203.0.113.5:41000".parse().unwrap()),
+            ..Tail::OURS
+        };
+        let wire = tail.encode();
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "524c01000406cb007105a028");
+        assert_eq!(Tail::read(&wire), Some(tail));
+        let both = Tail {
+            relayed: Some("198.51.100.1:3478".parse().unwrap()),
+            ..tail
+        };
+        assert_eq!(Tail::read(&both.encode()), Some(both));
+        assert_eq!(Tail::read(b"RL\x01\x00\x04\x04abcd"), Some(Tail::OURS));
     }
 }

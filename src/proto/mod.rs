@@ -12,6 +12,7 @@ pub mod ipv4;
 pub mod mss;
 pub mod mtu;
 pub mod sdwan;
+pub mod stream;
 pub mod stun;
 pub mod udp;
 pub mod ws;

@@ -24,6 +24,7 @@ use crate::dataplane::frame::{self, Inbound, OpenError, RecvError, Seal};
 use crate::dataplane::offload::VNET_HDR_LEN;
 use crate::dataplane::sendmsg::SendSlot;
 use crate::dataplane::snapshot::{PeerEntry, Snapshot, TurnSocket, MAIN_SOCKET};
+use crate::dataplane::stream::StreamTx;
 use crate::dataplane::Upcall;
 use crate::proto::crypto::{IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::mtu::MAX_DATAGRAM;
@@ -203,43 +204,23 @@ impl Receive<'_, '_, '_> {
             },
             _ => (d, from, false),
         };
-        let opened = match frame::open(self.snap, self.own_key, &mut self.buf[d.clone()]) {
-            Ok(o) => o,
-            Err(OpenError::Replayed) => {
-                b.replayed += 1;
-                return;
-            }
-            Err(e) => {
-                b.decrypt_failed += 1;
-                tracing::debug!(%from, %e, "dropping datagram");
-                return;
-            }
-        };
-        let session = opened.session.map(|s| s.peer);
-        if let Some(s) = opened.session {
-            b.session_rx += 1;
-            if opened.first_use {
-                let index = s.local_index;
-                upcall(self.upcalls, b, || Upcall::SessionUsed { index });
-            }
-        }
-        let plain_at = d.start + ENVELOPE_LEN;
-        let plain = &self.buf[plain_at..d.end];
-        // A session's empty message only shows it is alive (the handshake's
-        // confirmation); it has been counted.
-        if plain.is_empty() && session.is_some() {
-            return;
-        }
-        let bytes = plain.len().saturating_sub(1);
-        match frame::inbound(snap, plain) {
-            Inbound::Deliver { src, .. } | Inbound::Relay { src, .. }
-                if session.is_none() && snap.protected.contains(&src) =>
-            {
-                b.unsealed_refused += 1;
-                tracing::debug!(%from, %src, "refusing unsealed traffic from a peer that seals");
-            }
-            Inbound::Deliver { packet, src } => {
-                let peer = snap.direct.get(&src);
+        let local = self.local;
+        match open_datagram(
+            snap,
+            self.own_key,
+            self.buf,
+            d.clone(),
+            from,
+            local,
+            self.upcalls,
+            b,
+        ) {
+            Verdict::Done => {}
+            Verdict::Deliver {
+                packet,
+                peer,
+                bytes,
+            } => {
                 if let Some(peer) = peer {
                     self.tally.rx(&peer.counters, bytes);
                 }
@@ -255,41 +236,21 @@ impl Receive<'_, '_, '_> {
                     b.via_rx_packets += 1;
                     b.via_rx_bytes += bytes as u64;
                 }
-                self.deliver(plain_at + packet.start..plain_at + packet.end);
+                self.deliver(packet);
             }
-            Inbound::Relay { peer, .. } => {
-                if d.len() > MAX_DATAGRAM {
-                    b.oversize += 1;
+            Verdict::Relay { peer, bytes } => {
+                if !reseal(peer, self.buf, d.clone(), self.ivs, b) {
                     return;
-                }
-                let seal = match &peer.session {
-                    Some(s) => Seal::Session(&s.0),
-                    None => Seal::Envelope(&peer.key, self.ivs.next_iv()),
-                };
-                if seal.seal(self.buf, d.clone()).is_err() {
-                    b.dropped_malformed += 1;
-                    return;
-                }
-                if peer.session.is_some() {
-                    b.session_tx += 1;
                 }
                 self.tally.tx(&peer.counters, 1, bytes);
-                let sock = peer.socket.as_ref().map_or(self.sock, |s| s.fd.as_raw_fd());
-                self.relay(d, sock, peer.endpoint, peer.channel);
-            }
-            Inbound::NoRoute => b.no_route += 1,
-            Inbound::Upcall => {
-                let local = self.local;
-                if upcall(self.upcalls, b, || Upcall::Peer {
-                    from,
-                    local,
-                    plaintext: plain.to_vec(),
-                    session,
-                }) {
-                    b.peer_upcalls += 1;
+                match &peer.stream {
+                    Some(s) => send_on_stream(&s.tx, &self.buf[d], b),
+                    None => {
+                        let sock = peer.socket.as_ref().map_or(self.sock, |s| s.fd.as_raw_fd());
+                        self.relay(d, sock, peer.endpoint, peer.channel);
+                    }
                 }
             }
-            Inbound::Malformed => b.dropped_malformed += 1,
         }
     }
 
@@ -408,6 +369,136 @@ impl Receive<'_, '_, '_> {
             self.b.forwarded += n as u64;
         } else {
             self.b.send_errors += n as u64;
+        }
+    }
+}
+
+/// What an opened datagram asks of the worker that received it.
+pub(super) enum Verdict<'s> {
+    /// Counted (and handed up, if it was the control thread's); nothing
+    /// more to do.
+    Done,
+    /// Write `buf[packet]` to TUN; it came from `peer`'s VIP, if that is a
+    /// direct peer, and carries `bytes` of payload.
+    Deliver {
+        packet: Range<usize>,
+        peer: Option<&'s PeerEntry>,
+        bytes: usize,
+    },
+    /// A FORWARD for another node: reseal it for `peer` and pass it on.
+    Relay { peer: &'s PeerEntry, bytes: usize },
+}
+
+/// Opens the datagram at `buf[d]`, received from `from` on `local`, and
+/// decides what becomes of it: the step every path's receive shares
+/// (UDP, TURN channel, TCP stream). Messages for the control thread go up
+/// here.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn open_datagram<'s>(
+    snap: &'s Snapshot,
+    own_key: &PeerKey,
+    buf: &mut [u8],
+    d: Range<usize>,
+    from: SocketAddrV4,
+    local: u16,
+    upcalls: &Sender<Upcall>,
+    b: &mut CounterSnapshot,
+) -> Verdict<'s> {
+    let opened = match frame::open(snap, own_key, &mut buf[d.clone()]) {
+        Ok(o) => o,
+        Err(OpenError::Replayed) => {
+            b.replayed += 1;
+            return Verdict::Done;
+        }
+        Err(e) => {
+            b.decrypt_failed += 1;
+            tracing::debug!(%from, %e, "dropping datagram");
+            return Verdict::Done;
+        }
+    };
+    let session = opened.session.map(|s| s.peer);
+    if let Some(s) = opened.session {
+        b.session_rx += 1;
+        if opened.first_use {
+            let index = s.local_index;
+            upcall(upcalls, b, || Upcall::SessionUsed { index });
+        }
+    }
+    let plain_at = d.start + ENVELOPE_LEN;
+    let plain = &buf[plain_at..d.end];
+    // A session's empty message only shows it is alive (the handshake's
+    // confirmation); it has been counted.
+    if plain.is_empty() && session.is_some() {
+        return Verdict::Done;
+    }
+    let bytes = plain.len().saturating_sub(1);
+    match frame::inbound(snap, plain) {
+        Inbound::Deliver { src, .. } | Inbound::Relay { src, .. }
+            if session.is_none() && snap.protected.contains(&src) =>
+        {
+            b.unsealed_refused += 1;
+            tracing::debug!(%from, %src, "refusing unsealed traffic from a peer that seals");
+        }
+        Inbound::Deliver { packet, src } => {
+            return Verdict::Deliver {
+                packet: plain_at + packet.start..plain_at + packet.end,
+                peer: snap.direct.get(&src),
+                bytes,
+            };
+        }
+        Inbound::Relay { peer, .. } => {
+            if d.len() > MAX_DATAGRAM {
+                b.oversize += 1;
+            } else {
+                return Verdict::Relay { peer, bytes };
+            }
+        }
+        Inbound::NoRoute => b.no_route += 1,
+        Inbound::Upcall => {
+            if upcall(upcalls, b, || Upcall::Peer {
+                from,
+                local,
+                plaintext: plain.to_vec(),
+                session,
+            }) {
+                b.peer_upcalls += 1;
+            }
+        }
+        Inbound::Malformed => b.dropped_malformed += 1,
+    }
+    Verdict::Done
+}
+
+/// Seals the opened FORWARD at `buf[d]` again, for `peer`; false (and
+/// counted) if it cannot be.
+pub(super) fn reseal(
+    peer: &PeerEntry,
+    buf: &mut [u8],
+    d: Range<usize>,
+    ivs: &mut IvSequence,
+    b: &mut CounterSnapshot,
+) -> bool {
+    let seal = match &peer.session {
+        Some(s) => Seal::Session(&s.0),
+        None => Seal::Envelope(&peer.key, ivs.next_iv()),
+    };
+    if seal.seal(buf, d).is_err() {
+        b.dropped_malformed += 1;
+        return false;
+    }
+    if peer.session.is_some() {
+        b.session_tx += 1;
+    }
+    true
+}
+
+/// One sealed datagram onto a peer's TCP stream, counted.
+pub(super) fn send_on_stream(tx: &StreamTx, datagram: &[u8], b: &mut CounterSnapshot) {
+    match tx.send(datagram) {
+        Ok(()) => b.forwarded += 1,
+        Err(e) => {
+            b.tcp_tx_dropped += 1;
+            tracing::debug!(%e, "dropping a datagram for a TCP stream");
         }
     }
 }

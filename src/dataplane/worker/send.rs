@@ -138,6 +138,28 @@ impl Core {
         // Datagrams lie back to back, `stride` bytes each but the last; a
         // GSO send takes as many as fit one IPv4 datagram.
         let stride = segs.stride;
+        if peer.session.is_some() {
+            b.session_tx += segs.count as u64;
+        }
+        let payload = all.len() - segs.count * FORWARD_OVERHEAD;
+        // A TCP stream takes each datagram as a frame, at once or into its
+        // queue: the buffer is free again when this returns.
+        if let Some(stream) = &peer.stream {
+            let mut sent = 0;
+            for d in buf[all].chunks(stride) {
+                match stream.tx.send(d) {
+                    Ok(()) => sent += 1,
+                    Err(e) => {
+                        b.tcp_tx_dropped += 1;
+                        tracing::debug!(%e, "dropping a packet for a TCP stream");
+                    }
+                }
+            }
+            tally.tx(&peer.counters, sent, payload);
+            b.tcp_tx_packets += sent as u64;
+            b.tcp_tx_bytes += payload as u64;
+            return false;
+        }
         // Through a TURN channel each datagram needs a header of its own.
         let per_send = if self.udp_gso && segs.count > 1 && peer.channel.is_none() {
             GSO_MAX_SEGMENTS.min(GSO_MAX_BYTES / stride).max(1)
@@ -190,10 +212,6 @@ impl Core {
             }
         }
         self.tun_refs[usize::from(bid)] = queued;
-        if peer.session.is_some() {
-            b.session_tx += segs.count as u64;
-        }
-        let payload = all.len() - segs.count * FORWARD_OVERHEAD;
         tally.tx(&peer.counters, segs.count, payload);
         let (packets, bytes) = if peer.channel.is_some() {
             (&mut b.turn_tx_packets, &mut b.turn_tx_bytes)

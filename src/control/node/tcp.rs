@@ -1,0 +1,215 @@
+//! The node's side of direct TCP paths (docs/tcp.md): offering our
+//! listener to peers without a direct UDP path, connecting to theirs,
+//! proving streams and telling the router which peers they reach.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::{Node, Output};
+use crate::control::tcp_path::TcpOutput;
+use crate::dataplane::LocalStream;
+use crate::proto::ext::Tail;
+use crate::proto::udp::{PeerMessage, Ping, Pong};
+use crate::proto::ws::PeerConn;
+use crate::proto::ProtoError;
+
+impl Node {
+    /// `peer` has no direct UDP path: offer it our listener, and connect
+    /// to its own if it offered one.
+    pub(super) fn tcp_no_direct(&mut self, peer: Ipv4Addr) {
+        if let Some(ours) = self.tcp_offer {
+            info!(%peer, endpoint = %ours, "no direct UDP path; offering our TCP listener");
+            let frame = PeerConn {
+                src: self.own,
+                dst: peer,
+                endpoint: ours,
+                tail: Some(Tail {
+                    key: Some(self.secure.public_key().0),
+                    tcp: Some(ours),
+                    ..Tail::OURS
+                }),
+            }
+            .encode();
+            self.send_server(frame);
+        }
+        if let Some(&to) = self.tcp_offers.get(&peer) {
+            self.tcp_connect(peer, to);
+        }
+    }
+
+    /// A peer offered its TCP listener (a UDP4CONN with TLV 4, which
+    /// carries nothing for the state machine).
+    pub(super) fn on_peer_tcp(&mut self, peer: Ipv4Addr, to: SocketAddrV4) {
+        self.tcp_offers.insert(peer, to);
+        if self.direct.contains_key(&peer) {
+            debug!(%peer, %to, "peer offers TCP; our direct path to it stands");
+            return;
+        }
+        self.tcp_connect(peer, to);
+    }
+
+    fn tcp_connect(&mut self, peer: Ipv4Addr, to: SocketAddrV4) {
+        // Two listeners: the lower VIP connects, so one stream serves.
+        if self.tcp_offer.is_some() && self.own > peer {
+            return;
+        }
+        self.tcp.want(peer, to);
+    }
+
+    /// The stream [`Output::Connect`] asked for is open.
+    pub fn on_stream_connected(
+        &mut self,
+        peer: Ipv4Addr,
+        remote: SocketAddrV4,
+        fd: OwnedFd,
+        now: Instant,
+    ) {
+        info!(%peer, %remote, "TCP stream open; challenging it");
+        self.tcp.connected(peer, remote, fd, now);
+        self.flush(now);
+    }
+
+    pub fn on_stream_connect_failed(&mut self, peer: Ipv4Addr, reason: String, now: Instant) {
+        self.tcp.connect_failed(peer, reason);
+        self.flush(now);
+    }
+
+    /// Someone opened a stream to our listener.
+    pub fn on_stream_accepted(&mut self, remote: SocketAddrV4, fd: OwnedFd, now: Instant) {
+        if self.tcp.accepted(remote, fd, now) {
+            debug!(%remote, "TCP stream accepted");
+        } else {
+            self.stats.tcp_refused += 1;
+            warn!(%remote, "TCP stream refused: too many streams");
+        }
+        self.flush(now);
+    }
+
+    /// The dataplane stopped reading stream `id`.
+    pub fn on_stream_ended(&mut self, id: u16, reason: String, now: Instant) {
+        self.tcp.ended(id, reason);
+        self.flush(now);
+    }
+
+    /// A peer message that came on stream `local` (whose other end is
+    /// `from`). Only messages in the named peer's session count: a stream
+    /// is a ringlink path, and nothing else may claim it.
+    pub(super) fn on_stream_message(
+        &mut self,
+        local: u16,
+        from: SocketAddrV4,
+        decoded: Result<PeerMessage<'_>, ProtoError>,
+        session: Option<Ipv4Addr>,
+        now: Instant,
+    ) {
+        let in_session = |peer: Ipv4Addr| session == Some(peer);
+        match decoded {
+            Ok(PeerMessage::Ping(p)) if in_session(p.tunip) => {
+                if self.tcp.on_ping(local, p.tunip, now) {
+                    let plain = Pong {
+                        tunip: self.own,
+                        nonce: p.nonce,
+                        seen: from,
+                    }
+                    .encode();
+                    if let Some(s) = self.tcp.stream_for(local, p.tunip).cloned() {
+                        self.send_stream(p.tunip, &s, &plain);
+                    }
+                } else {
+                    self.stats.tcp_refused += 1;
+                }
+            }
+            Ok(PeerMessage::Pong(p)) if in_session(p.tunip) => {
+                if self.tcp.on_pong(local, p.tunip, &p.nonce, now) {
+                    debug!(peer = %p.tunip, "TCP stream answers its challenge");
+                }
+            }
+            Ok(PeerMessage::Delay(d)) if session.is_some() => {
+                let _ = self.router.handle_delay(d, now);
+            }
+            Ok(PeerMessage::Route(r)) if session.is_some() => {
+                let _ = self.router.handle_route(r, now);
+            }
+            Ok(PeerMessage::Session(m)) => {
+                if let Some((peer, reply)) = self.secure.handle(m, now) {
+                    if !self.send_on_path(peer, &reply) {
+                        self.send_relayed(peer, &reply);
+                    }
+                }
+            }
+            Ok(_) => {
+                self.stats.tcp_refused += 1;
+                debug!(%from, ?session, "peer message on a TCP stream refused");
+            }
+            Err(e) => {
+                self.stats.malformed += 1;
+                debug!(error = %e, %from, "malformed peer message on a TCP stream");
+            }
+        }
+    }
+
+    /// Carries out what the TCP paths asked for.
+    pub(super) fn drain_tcp(&mut self, now: Instant) {
+        while let Some(o) = self.tcp.poll_output() {
+            match o {
+                TcpOutput::Connect { peer, to } => {
+                    info!(%peer, %to, "connecting a TCP stream");
+                    self.outputs.push_back(Output::Connect { peer, to });
+                }
+                TcpOutput::Ping {
+                    peer,
+                    stream,
+                    nonce,
+                } => {
+                    let plain = Ping {
+                        tunip: self.own,
+                        nonce,
+                    }
+                    .encode();
+                    self.send_stream(peer, &stream, &plain);
+                }
+                TcpOutput::Close { stream, reason } => {
+                    debug!(stream = stream.id, remote = %stream.remote, %reason, "closing a TCP stream");
+                    self.outputs.push_back(Output::CloseStream(stream));
+                }
+                TcpOutput::Changed => self.sync_tcp(now),
+                TcpOutput::Failed { peer, reason } => {
+                    self.stats.tcp_failures += 1;
+                    warn!(%peer, %reason, "TCP path failed");
+                    self.sync_tcp(now);
+                }
+            }
+        }
+    }
+
+    /// Tells the router which peers a TCP stream now reaches, as for TURN.
+    fn sync_tcp(&mut self, now: Instant) {
+        let proven = self.tcp.proven();
+        let up: Vec<_> = proven.difference(&self.streamed).copied().collect();
+        let down: Vec<_> = self.streamed.difference(&proven).copied().collect();
+        for peer in up {
+            info!(%peer, "TCP path up");
+            self.router.peer_connected(peer, now);
+        }
+        for peer in down {
+            if !self.direct.contains_key(&peer) && !self.turned.contains(&peer) {
+                info!(%peer, "TCP path lost; back to the server's relay");
+                self.router.peer_disconnected(peer, now);
+            }
+        }
+        self.streamed = proven;
+        self.dirty = true;
+    }
+
+    /// A peer message on a stream, sealed for the peer.
+    pub(super) fn send_stream(&mut self, peer: Ipv4Addr, stream: &LocalStream, plaintext: &[u8]) {
+        let datagram = self.seal_for(peer, plaintext);
+        self.outputs.push_back(Output::StreamFrame {
+            stream: stream.clone(),
+            datagram,
+        });
+    }
+}
