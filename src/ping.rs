@@ -18,7 +18,8 @@ const ICMP_ECHO_REPLY: u8 = 0;
 const PAYLOAD: &[u8] = b"ringlink ping";
 
 /// How a packet for `vip` leaves this node now, in `ringlink status`'s
-/// words: "direct 198.51.100.7:41000", "turn", "via 10.77.0.3", "relay".
+/// words: "direct 198.51.100.7:41000", "turn", "tcp", "via 10.77.0.3",
+/// "relay".
 pub fn path_of(s: &Status, vip: Ipv4Addr) -> String {
     let v = vip.to_string();
     let peer = s.peers.iter().find(|p| p.vip == v);
@@ -28,7 +29,7 @@ pub fn path_of(s: &Status, vip: Ipv4Addr) -> String {
         (_, Some(p)) if p.path == "direct" => {
             format!("direct {}", p.endpoint.as_deref().unwrap_or("?"))
         }
-        (_, Some(p)) if p.path == "turn" => "turn".to_string(),
+        (_, Some(p)) if p.path == "turn" || p.path == "tcp" => p.path.clone(),
         _ => "relay".to_string(),
     }
 }

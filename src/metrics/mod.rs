@@ -149,6 +149,26 @@ const CLIENT_FOLDS: &[Fold] = &[
         labels: &["turn", "rx"],
     },
     Fold {
+        counter: "tcp_tx_packets",
+        family: &TRAFFIC_PACKETS,
+        labels: &["tcp", "tx"],
+    },
+    Fold {
+        counter: "tcp_tx_bytes",
+        family: &TRAFFIC_BYTES,
+        labels: &["tcp", "tx"],
+    },
+    Fold {
+        counter: "tcp_rx_packets",
+        family: &TRAFFIC_PACKETS,
+        labels: &["tcp", "rx"],
+    },
+    Fold {
+        counter: "tcp_rx_bytes",
+        family: &TRAFFIC_BYTES,
+        labels: &["tcp", "rx"],
+    },
+    Fold {
         counter: "relay_tx_frames",
         family: &TRAFFIC_PACKETS,
         labels: &["relay", "tx"],
@@ -474,12 +494,12 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
         &Family {
             name: "ringlink_peers_by_path",
             help: "Peers by the path their traffic takes now (direct: UDP; turn: a TURN \
-                   server's UDP relay; relay: the ringlink server).",
+                   server's UDP relay; tcp: a direct TCP stream; relay: the ringlink server).",
             kind: Kind::Gauge,
             labels: &["path"],
         },
         tally(
-            &["direct", "turn", "relay"],
+            &["direct", "turn", "tcp", "relay"],
             s.peers.iter().map(|p| p.path.as_str()),
         ),
     )?;
@@ -570,13 +590,13 @@ pub fn client_text(s: &Status) -> Result<String, MetricsError> {
     e.family(
         &Family {
             name: "ringlink_routes_by_path",
-            help: "Routes in ringlink status by path (direct, turn, via another node, relay, or \
-                   local for this gateway's own subnets).",
+            help: "Routes in ringlink status by path (direct, turn, tcp, via another node, \
+                   relay, or local for this gateway's own subnets).",
             kind: Kind::Gauge,
             labels: &["path"],
         },
         tally(
-            &["direct", "turn", "via", "relay", "local"],
+            &["direct", "turn", "tcp", "via", "relay", "local"],
             s.routes
                 .iter()
                 .map(|r| r.path.split_whitespace().next().unwrap_or("")),

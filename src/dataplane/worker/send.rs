@@ -146,8 +146,14 @@ impl Core {
         // queue: the buffer is free again when this returns.
         if let Some(stream) = &peer.stream {
             let mut sent = 0;
-            for d in buf[all].chunks(stride) {
-                match stream.tx.send(d) {
+            for k in 0..segs.count {
+                let from = all.start + k * stride;
+                let to = if k + 1 == segs.count {
+                    all.end
+                } else {
+                    from + stride
+                };
+                match stream.tx.send(&buf[from..to]) {
                     Ok(()) => sent += 1,
                     Err(e) => {
                         b.tcp_tx_dropped += 1;
