@@ -571,6 +571,8 @@ impl Drop for Dataplane {
 }
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod udp_tests;

@@ -21,13 +21,13 @@ use crate::proto::stun;
 use crate::proto::udp::{ty, Heartbeat};
 
 const PASSWORD: &[u8] = b"udp path test";
-const OWN: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
-const PEER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+pub(super) const OWN: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+pub(super) const PEER: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
 const BEYOND: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 3);
 const UNKNOWN: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 4);
 const LAN: Ipv4Addr = Ipv4Addr::new(172, 16, 5, 7);
 
-fn key(vip: Ipv4Addr) -> PeerKey {
+pub(super) fn key(vip: Ipv4Addr) -> PeerKey {
     PeerKey::for_vip(CipherKind::Aes256Gcm, PASSWORD, vip)
 }
 
@@ -53,7 +53,7 @@ fn fake_tun() -> (OwnedFd, UnixDatagram) {
     (dp, test)
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize, seq: u32) -> Vec<u8> {
+pub(super) fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize, seq: u32) -> Vec<u8> {
     let mut p = vec![0u8; len];
     p[..20].copy_from_slice(&crate::proto::ipv4::header(src, dst, 17, len as u16));
     for (i, b) in p[20..].iter_mut().enumerate() {
@@ -65,18 +65,18 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, len: usize, seq: u32) -> Vec<u8> {
     p
 }
 
-struct Harness {
-    dp: Dataplane,
+pub(super) struct Harness {
+    pub(super) dp: Dataplane,
     rx: UpcallReceiver,
-    tun: UnixDatagram,
+    pub(super) tun: UnixDatagram,
     peer: UdpSocket,
     peer_addr: SocketAddrV4,
     port: u16,
-    peer_counters: Arc<PeerCounters>,
+    pub(super) peer_counters: Arc<PeerCounters>,
     ivs: IvSequence,
 }
 
-fn harness(buffers: u32) -> Harness {
+pub(super) fn harness(buffers: u32) -> Harness {
     harness_with(buffers, false, None)
 }
 
@@ -213,26 +213,26 @@ impl Harness {
         );
     }
 
-    fn tun_recv(&self) -> Vec<u8> {
+    pub(super) fn tun_recv(&self) -> Vec<u8> {
         let mut buf = vec![0u8; 1 << 17];
         let n = self.tun.recv(&mut buf).expect("nothing written to tun");
         buf[..n].to_vec()
     }
 
-    fn upcall(&self) -> Upcall {
+    pub(super) fn upcall(&self) -> Upcall {
         self.rx
             .recv_timeout(Duration::from_secs(5))
             .expect("no upcall")
     }
 }
 
-fn forward(packet: &[u8]) -> Vec<u8> {
+pub(super) fn forward(packet: &[u8]) -> Vec<u8> {
     let mut v = vec![ty::FORWARD];
     v.extend_from_slice(packet);
     v
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(super) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
