@@ -151,6 +151,15 @@ struct Sim {
     stream_delivered: usize,
     /// Frames written to streams are lost (the connection went dark).
     streams_dark: bool,
+    /// The server answers TIME (as a ringlink server does), with its clock
+    /// this far ahead of the simulation's start.
+    time_server: Option<u64>,
+    t0: Instant,
+    /// Hole punches asked for and not yet met: (host, peer, local port,
+    /// target).
+    punches: Vec<(usize, Ipv4Addr, u16, SocketAddrV4)>,
+    /// Punches that met.
+    punched: usize,
 }
 
 impl Sim {
@@ -200,6 +209,10 @@ impl Sim {
             pipes: HashMap::new(),
             stream_delivered: 0,
             streams_dark: false,
+            time_server: None,
+            t0,
+            punches: Vec::new(),
+            punched: 0,
         };
         for i in 0..n {
             sim.hosts[i].node.set_server_up(true);
@@ -263,6 +276,7 @@ impl Sim {
                         self.queue.push_back(Delivery::Stream { to, fd, datagram });
                     }
                 }
+                Output::Punch { peer, port, to, .. } => self.punch(i, peer, port, to),
                 Output::CloseStream(stream) => {
                     if let Some((to, fd)) = self.pipes.remove(&stream.fd.as_raw_fd()) {
                         self.pipes.remove(&fd);
@@ -303,6 +317,61 @@ impl Sim {
         let seen_from = public(i, 45_000);
         self.hosts[j].node.on_stream_accepted(seen_from, b, now);
         self.collect(j);
+    }
+
+    /// Host `i` punches from `port` to `to` for `peer`: once the peer
+    /// punches back at the endpoint `i` announced (its public address and
+    /// the same port, as a port-preserving NAT maps it), both connect.
+    fn punch(&mut self, i: usize, peer: Ipv4Addr, port: u16, to: SocketAddrV4) {
+        let mine = SocketAddrV4::new(*self.hosts[i].public.ip(), port);
+        let j = self.host_with_vip(peer).expect("a punch to a known host");
+        let Some(k) = self
+            .punches
+            .iter()
+            .position(|&(h, p, _, t)| h == j && p == self.hosts[i].vip && t == mine)
+        else {
+            self.punches.push((i, peer, port, to));
+            return;
+        };
+        let (_, _, their_port, _) = self.punches.remove(k);
+        assert_eq!(
+            to,
+            SocketAddrV4::new(*self.hosts[j].public.ip(), their_port)
+        );
+        let (a, b) = UnixStream::pair().expect("socket pair");
+        let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
+        self.pipes.insert(a.as_raw_fd(), (j, b.as_raw_fd()));
+        self.pipes.insert(b.as_raw_fd(), (i, a.as_raw_fd()));
+        self.punched += 1;
+        let now = self.now;
+        let vip_i = self.hosts[i].vip;
+        self.hosts[i].node.on_stream_connected(peer, to, a, now);
+        self.hosts[j].node.on_stream_connected(vip_i, mine, b, now);
+        self.collect(j);
+    }
+
+    /// The server says it speaks TIME to every host, as a ringlink server
+    /// does on login.
+    fn serve_time(&mut self, ahead: u64) {
+        self.time_server = Some(ahead);
+        for i in 0..self.hosts.len() {
+            self.answer_time(i, 0);
+        }
+        self.deliver_all();
+    }
+
+    fn answer_time(&mut self, i: usize, echo: u64) {
+        let Some(ahead) = self.time_server else {
+            return;
+        };
+        let clock = ahead + (self.now - self.t0).as_nanos() as u64;
+        let seen = SocketAddrV4::new(*self.hosts[i].public.ip(), 30_000);
+        let frame = ws::Time {
+            echo,
+            answer: Some((clock, seen)),
+        }
+        .encode();
+        self.queue.push_back(Delivery::Server { to: i, frame });
     }
 
     /// The id host `i`'s latest table gives the stream end `fd`.
@@ -346,6 +415,10 @@ impl Sim {
         let (src, dst) = match WsMessage::decode(&frame).expect("node sent a valid frame") {
             WsMessage::PeerConn(p) => (p.src, p.dst),
             WsMessage::Discovery(d) => (d.src, d.dst),
+            WsMessage::Time(t) => {
+                self.answer_time(from, t.echo);
+                return;
+            }
             WsMessage::General(g) => {
                 if g.subtype == ws::general::SEALED {
                     self.sealed_generals.push((g.src, g.dst));
@@ -1202,4 +1275,47 @@ fn a_stream_on_which_no_peer_speaks_is_closed() {
     assert_eq!(sim.latest(1).streams.len(), 1);
     assert!(sim.run_until(11_000, |s| s.latest(1).streams.is_empty()));
     assert!(sim.latest(1).direct.is_empty());
+}
+
+#[test]
+fn with_udp_dropped_and_no_listener_the_pair_meets_by_tcp_hole_punch() {
+    let mut sim = Sim::new(2, 15, 0);
+    sim.serve_time(1_700_000_000_000_000_000);
+    sim.stun_blocked.extend([0, 1]);
+    sim.blocked.extend([(0, 1), (1, 0)]);
+    sim.relayed(0, 1);
+    sim.relayed(1, 0);
+    assert!(
+        sim.run_until(40_000, |s| path(s, 0, 1) == "tcp" && path(s, 1, 0) == "tcp"),
+        "never on TCP: {} / {}; punches {:?}, stats {:?} / {:?}",
+        path(&sim, 0, 1),
+        path(&sim, 1, 0),
+        sim.punches,
+        sim.hosts[0].node.stats,
+        sim.hosts[1].node.stats
+    );
+    assert_eq!(sim.punched, 1, "one punch, proposed by the lower VIP");
+    assert!(sim.punches.is_empty());
+    assert_eq!(sim.latest(0).streams.len(), 1);
+    sim.run_for(5_000);
+    assert_eq!(
+        (path(&sim, 0, 1), path(&sim, 1, 0)),
+        ("tcp".into(), "tcp".into())
+    );
+    assert_eq!(sim.open_failures, 0);
+}
+
+#[test]
+fn a_server_without_time_means_no_punch_and_the_relay() {
+    let mut sim = Sim::new(2, 16, 0);
+    sim.stun_blocked.extend([0, 1]);
+    sim.blocked.extend([(0, 1), (1, 0)]);
+    sim.relayed(0, 1);
+    sim.relayed(1, 0);
+    sim.run_for(40_000);
+    assert_eq!(
+        (path(&sim, 0, 1), path(&sim, 1, 0)),
+        ("relay".into(), "relay".into())
+    );
+    assert_eq!(sim.punched + sim.punches.len(), 0);
 }

@@ -20,6 +20,12 @@ use crate::session::pins;
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connect to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a hole punch keeps connecting after its instant: SYNs lost
+/// before the peer's NAT had its mapping are sent again by the kernel
+/// (after 1 s, then 3 s), and a connect refused outright (a router that
+/// answers a SYN it has no mapping for with a reset) is started again.
+const PUNCH_WINDOW: Duration = Duration::from_secs(5);
+const PUNCH_RETRY: Duration = Duration::from_millis(100);
 
 /// A TCP stream for the node, from a connect it asked for or from the
 /// listener.
@@ -147,6 +153,20 @@ impl NodeDriver {
                         let _ = tx.send(event).await;
                     });
                 }
+                Output::Punch { peer, port, to, at } => {
+                    let tx = self.streams.clone();
+                    tokio::spawn(async move {
+                        let event = match punch(port, to, at).await {
+                            Ok(fd) => StreamEvent::Connected {
+                                peer,
+                                remote: to,
+                                fd,
+                            },
+                            Err(reason) => StreamEvent::ConnectFailed { peer, reason },
+                        };
+                        let _ = tx.send(event).await;
+                    });
+                }
                 Output::StreamFrame { stream, datagram } => {
                     if let Err(e) = stream.tx.send(&datagram) {
                         counters.stream_send_errors += 1;
@@ -188,6 +208,42 @@ async fn connect(to: SocketAddrV4) -> Result<OwnedFd, String> {
             Err(_) => return Err(format!("connect to {to}: no answer in {CONNECT_TIMEOUT:?}")),
         };
     stream_fd(stream).map_err(|e| format!("setting up the stream to {to}: {e}"))
+}
+
+/// A TCP hole punch: from local `port` to `to`, starting at `at` and
+/// trying again until the window closes.
+async fn punch(port: u16, to: SocketAddrV4, at: Instant) -> Result<OwnedFd, String> {
+    tokio::time::sleep_until(at.into()).await;
+    let end = at + PUNCH_WINDOW;
+    let mut last = String::from("no attempt");
+    let mut tries = 0u32;
+    while Instant::now() < end {
+        tries += 1;
+        let left = end.saturating_duration_since(Instant::now());
+        let socket = tokio::net::TcpSocket::new_v4()
+            .and_then(|s| {
+                s.set_reuseaddr(true)?;
+                s.bind(SocketAddr::V4(SocketAddrV4::new(
+                    Ipv4Addr::UNSPECIFIED,
+                    port,
+                )))?;
+                Ok(s)
+            })
+            .map_err(|e| format!("punch from port {port}: {e}"))?;
+        match tokio::time::timeout(left, socket.connect(SocketAddr::V4(to))).await {
+            Ok(Ok(stream)) => {
+                debug!(%to, port, tries, "TCP hole punch connected");
+                return stream_fd(stream)
+                    .map_err(|e| format!("setting up the stream to {to}: {e}"));
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(PUNCH_RETRY).await;
+    }
+    Err(format!(
+        "punch from port {port} to {to}: {last} ({tries} tries)"
+    ))
 }
 
 /// The fd of a tokio stream, with TCP_NODELAY, for the dataplane.

@@ -12,6 +12,7 @@ pub mod publish;
 mod punch;
 pub mod relay_rx;
 pub mod secure;
+pub mod server_clock;
 mod server_link;
 pub mod status;
 mod stream;

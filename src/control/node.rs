@@ -46,6 +46,7 @@ use crate::turn::{channel, TurnUrl};
 use super::publish;
 use super::punch::{Opened, ProbeKind, Punch, Wanted};
 use super::secure::{Identity, Secure};
+use super::server_clock::ServerClock;
 use super::status::{PeerLine, RouteLine};
 use super::tcp_path::TcpPaths;
 use super::turn::TurnSource;
@@ -112,6 +113,15 @@ pub enum Output {
     },
     /// Shut this stream down (the snapshot no longer lists it).
     CloseStream(LocalStream),
+    /// A TCP hole punch: at `at`, connect from local `port` to `to` (and
+    /// keep trying for a few seconds), then hand the stream to
+    /// [`Node::on_stream_connected`] (or report the failure).
+    Punch {
+        peer: Ipv4Addr,
+        port: u16,
+        to: SocketAddrV4,
+        at: Instant,
+    },
     /// Send this frame to the server (only emitted while the link is up).
     ServerFrame(Vec<u8>),
     /// Publish this table to the dataplane workers.
@@ -203,6 +213,11 @@ pub struct Node {
     tcp_offers: BTreeMap<Ipv4Addr, SocketAddrV4>,
     /// Peers whose TCP path is proven, as the router was last told.
     streamed: BTreeSet<Ipv4Addr>,
+    /// The server's clock and the address it sees us at, for punches.
+    clock: ServerClock,
+    /// Punches we proposed, by peer: the local port each will use and
+    /// the instant proposed (an answer names the same one).
+    punches: BTreeMap<Ipv4Addr, (u16, u64)>,
     pub stats: NodeStats,
 }
 
@@ -258,6 +273,8 @@ impl Node {
             tcp_offer: cfg.tcp_offer,
             tcp_offers: BTreeMap::new(),
             streamed: BTreeSet::new(),
+            clock: ServerClock::new(now),
+            punches: BTreeMap::new(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -276,6 +293,8 @@ impl Node {
         self.server_up = up;
         if up {
             self.send_key(ws::BROADCAST);
+        } else {
+            self.clock.link_down();
         }
         if up && self.discover_on_join {
             let frame = Discovery {
@@ -296,6 +315,7 @@ impl Node {
             self.secure.poll_timeout(),
             self.turn.poll_timeout(),
             self.tcp.poll_timeout(),
+            self.clock.poll_timeout().filter(|_| self.server_up),
         ]
         .into_iter()
         .flatten()
@@ -340,18 +360,33 @@ impl Node {
         if self.tcp.poll_timeout().is_some_and(|t| t <= now) {
             self.tcp.handle_timeout(now);
         }
+        if self.server_up {
+            if let Some(frame) = self.clock.poll_request(now) {
+                self.send_server(frame);
+            }
+        }
         // A pair on TURN or TCP sends nothing through the server, so no
         // relayed packet fires try-P2P for it: its back-off ending does
         // instead, and a direct path that wins replaces the other.
         let off_relay: Vec<_> = self.turned.union(&self.streamed).copied().collect();
         for peer in off_relay {
-            match self.peers.state(peer) {
-                Some(PeerState::Init) => {
-                    let outcome = self.peers.try_p2p(peer, now);
-                    self.count(outcome);
-                }
-                Some(PeerState::Failed) => self.peers.retry_failed(peer, now),
-                _ => {}
+            if self.peers.state(peer) == Some(PeerState::Init) {
+                let outcome = self.peers.try_p2p(peer, now);
+                self.count(outcome);
+            }
+        }
+        // A ringlink pair whose attempt never started (UDP dropped) tries
+        // again after the back-off, so the paths beyond UDP are tried
+        // again too and UDP wins once the network passes it.
+        let failed: Vec<_> = self
+            .peers
+            .peers()
+            .filter(|p| p.state == PeerState::Failed)
+            .map(|p| p.vip)
+            .collect();
+        for peer in failed {
+            if self.speaks_ringlink(peer) {
+                self.peers.retry_failed(peer, now);
             }
         }
         // Every time, not only at its deadline: rekeys by message count
@@ -476,8 +511,13 @@ impl Node {
     pub fn on_server_frame(&mut self, frame: &[u8], now: Instant) {
         match WsMessage::decode(frame) {
             Ok(WsMessage::PeerConn(pc)) if pc.src != self.own && pc.dst == self.own => {
+                if let Some(punch) = pc.tail.and_then(|t| t.punch) {
+                    self.on_peer_punch(pc.src, punch, now);
+                    self.flush(now);
+                    return;
+                }
                 if let Some(tcp) = pc.tail.and_then(|t| t.tcp) {
-                    self.on_peer_tcp(pc.src, tcp);
+                    self.on_peer_tcp(pc.src, tcp, now);
                     self.flush(now);
                     return;
                 }
@@ -554,6 +594,13 @@ impl Node {
                 let server = format!("{}:{}", offer.host, offer.port);
                 if self.turn.on_offer(offer) {
                     info!(%server, "TURN server and credentials from the server");
+                }
+            }
+            Ok(WsMessage::Time(t)) => {
+                self.clock.on_time(t, now);
+                // The first sample is asked for at once.
+                if let Some(frame) = self.clock.poll_request(now) {
+                    self.send_server(frame);
                 }
             }
             Ok(other) => debug!(message = ?other, "server message not for us"),
@@ -1080,7 +1127,7 @@ impl Node {
                     let need = self.turn.want(peer, now);
                     self.fetch(need);
                 }
-                self.tcp_no_direct(peer);
+                self.tcp_no_direct(peer, now);
             }
             Action::PathChanged { peer, path } => {
                 info!(%peer, %path, "direct path moved");
@@ -1099,9 +1146,9 @@ impl Node {
     }
 
     /// Whether `peer` is a ringlink node: it marked its announcements, or
-    /// it has a key we hold (a stock Candy node has neither).
+    /// we hold a key for it (a stock Candy node has neither).
     fn speaks_ringlink(&self, peer: Ipv4Addr) -> bool {
-        self.secure.protected(peer) || self.peers.peers().any(|p| p.vip == peer && p.ringlink)
+        self.secure.knows(peer) || self.peers.peers().any(|p| p.vip == peer && p.ringlink)
     }
 
     /// A peer announced its TURN relayed address (a UDP4CONN with TLV 3,

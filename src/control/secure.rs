@@ -228,6 +228,11 @@ impl Secure {
         self.handshakes.sealing(peer)
     }
 
+    /// Whether we hold a key for `vip`: only ringlink nodes have one.
+    pub fn knows(&self, vip: Ipv4Addr) -> bool {
+        self.pins.get(vip).is_some()
+    }
+
     /// The key pinned for `vip` and the age of its session, for status.
     pub fn peer_line(&self, vip: Ipv4Addr, now: Instant) -> (Option<KeyLine>, Option<f64>, u32) {
         let key = self.pins.get(vip).map(|(k, s)| KeyLine {

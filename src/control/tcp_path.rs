@@ -32,6 +32,9 @@ const RECHECK: Duration = Duration::from_secs(1);
 const RECHECK_TRIES: u8 = 3;
 /// How long a stream opened to us may stay without a peer's PING.
 const ANONYMOUS_FOR: Duration = Duration::from_secs(10);
+/// How long a pair may wait for its stream: a connect's own timeout, or a
+/// hole punch's meeting time and connect, come well within it.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(15);
 /// Most streams this node holds at once; beyond, new ones are closed.
 pub const MAX_STREAMS: usize = 256;
 
@@ -56,8 +59,10 @@ pub enum TcpOutput {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Asked to connect, no stream yet.
-    Connecting,
+    /// Asked to connect (or to punch), no stream yet.
+    Connecting {
+        since: Instant,
+    },
     Challenging {
         nonce: Nonce,
         next: Instant,
@@ -110,18 +115,26 @@ impl TcpPaths {
 
     /// `peer` has no direct UDP path and accepts TCP at `to`: connect,
     /// unless a stream to it exists or is on its way.
-    pub fn want(&mut self, peer: Ipv4Addr, to: SocketAddrV4) {
+    pub fn want(&mut self, peer: Ipv4Addr, to: SocketAddrV4, now: Instant) {
+        if self.expect(peer, now) {
+            self.outputs.push_back(TcpOutput::Connect { peer, to });
+        }
+    }
+
+    /// A stream for `peer` will come from a connect the caller starts (a
+    /// hole punch). False if one exists or is on its way.
+    pub fn expect(&mut self, peer: Ipv4Addr, now: Instant) -> bool {
         if self.pairs.contains_key(&peer) {
-            return;
+            return false;
         }
         self.pairs.insert(
             peer,
             Pair {
                 stream: None,
-                stage: Stage::Connecting,
+                stage: Stage::Connecting { since: now },
             },
         );
-        self.outputs.push_back(TcpOutput::Connect { peer, to });
+        true
     }
 
     /// The stream [`TcpOutput::Connect`] asked for is open.
@@ -129,7 +142,7 @@ impl TcpPaths {
         let wanted = self
             .pairs
             .get(&peer)
-            .is_some_and(|p| p.stage == Stage::Connecting);
+            .is_some_and(|p| matches!(p.stage, Stage::Connecting { .. }));
         let Some(stream) = self.admit(remote, fd, Some(peer), now) else {
             self.pairs.remove(&peer);
             return;
@@ -146,7 +159,7 @@ impl TcpPaths {
         if self
             .pairs
             .get(&peer)
-            .is_some_and(|p| p.stage == Stage::Connecting)
+            .is_some_and(|p| matches!(p.stage, Stage::Connecting { .. }))
         {
             self.pairs.remove(&peer);
             self.outputs.push_back(TcpOutput::Failed { peer, reason });
@@ -354,10 +367,10 @@ impl TcpPaths {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let pairs = self.pairs.values().filter_map(|p| match p.stage {
-            Stage::Connecting => None,
-            Stage::Challenging { next, .. } => Some(next),
-            Stage::Proven { recheck } => Some(recheck),
+        let pairs = self.pairs.values().map(|p| match p.stage {
+            Stage::Connecting { since } => since + CONNECT_DEADLINE,
+            Stage::Challenging { next, .. } => next,
+            Stage::Proven { recheck } => recheck,
         });
         let anonymous = self
             .streams
@@ -368,6 +381,17 @@ impl TcpPaths {
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<Ipv4Addr> = self
+            .pairs
+            .iter()
+            .filter(|(_, p)| {
+                matches!(p.stage, Stage::Connecting { since } if now >= since + CONNECT_DEADLINE)
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            self.connect_failed(peer, "no stream in time".into());
+        }
         let stale: Vec<u16> = self
             .streams
             .iter()

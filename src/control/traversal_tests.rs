@@ -320,7 +320,8 @@ impl Lab {
                 | Output::OpenTurnSocket
                 | Output::Connect { .. }
                 | Output::StreamFrame { .. }
-                | Output::CloseStream(_) => {}
+                | Output::CloseStream(_)
+                | Output::Punch { .. } => {}
             }
         }
     }

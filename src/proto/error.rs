@@ -32,6 +32,8 @@ pub enum ProtoError {
     Stun(&'static str),
     #[error("TURN_OFFER: bad {0}")]
     TurnOffer(&'static str),
+    #[error("TIME: {0}")]
+    Time(&'static str),
 }
 
 /// Fails with `TooShort` unless `buf` holds at least `need` bytes.

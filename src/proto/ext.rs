@@ -15,7 +15,9 @@
 //! type 3 is the sender's TURN relayed address, which the peer sends to
 //! through its own allocation when no direct path forms (docs/turn.md);
 //! type 4 is the address where the sender accepts direct TCP streams,
-//! offered to a peer that has no direct UDP path (docs/tcp.md).
+//! offered to a peer that has no direct UDP path; type 5 proposes (or
+//! accepts) a TCP hole punch: the sender's predicted TCP endpoint and the
+//! instant, on the server's clock, when both connect (docs/tcp.md).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -30,6 +32,10 @@ const TLV_NAT: u8 = 1;
 const TLV_KEY: u8 = 2;
 const TLV_RELAYED: u8 = 3;
 const TLV_TCP: u8 = 4;
+const TLV_PUNCH: u8 = 5;
+/// Bytes of TLV 5's value: IPv4 address, port, then the instant (Unix ns
+/// on the server's clock, `u64` BE).
+const PUNCH_LEN: usize = 14;
 /// Bytes of the value of TLVs 3 and 4: IPv4 address and port.
 const ADDR_LEN: usize = 6;
 /// Bytes of TLV 2's value: an X25519 public key.
@@ -49,6 +55,16 @@ pub struct Tail {
     pub relayed: Option<SocketAddrV4>,
     /// TLV 4: where the sender accepts direct TCP streams.
     pub tcp: Option<SocketAddrV4>,
+    /// TLV 5: a TCP hole punch, proposed or accepted.
+    pub punch: Option<Punch>,
+}
+
+/// TLV 5: connect from `endpoint` (as the sender predicts its NAT maps
+/// it) at `at`, Unix ns on the server's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Punch {
+    pub endpoint: SocketAddrV4,
+    pub at: u64,
 }
 
 /// TLV 1: a NAT classification in wire codes (`crate::nat` gives them
@@ -110,6 +126,7 @@ impl Tail {
         key: None,
         relayed: None,
         tcp: None,
+        punch: None,
     };
 
     /// Reads the marker and its TLVs from the bytes after a message's fixed
@@ -129,6 +146,7 @@ impl Tail {
             key: None,
             relayed: None,
             tcp: None,
+            punch: None,
         };
         let mut at = tlvs;
         while let [ty, len, ref more @ ..] = *at {
@@ -141,6 +159,12 @@ impl Tail {
                 TLV_KEY => tail.key = value.try_into().ok(),
                 TLV_RELAYED => tail.relayed = decode_addr(value),
                 TLV_TCP => tail.tcp = decode_addr(value),
+                TLV_PUNCH if value.len() == PUNCH_LEN => {
+                    tail.punch = decode_addr(&value[..ADDR_LEN]).map(|endpoint| Punch {
+                        endpoint,
+                        at: u64::from_be_bytes(value[ADDR_LEN..].try_into().unwrap_or_default()),
+                    })
+                }
                 _ => {}
             }
             at = &more[usize::from(len)..];
@@ -164,6 +188,12 @@ impl Tail {
                 out.extend_from_slice(&a.ip().octets());
                 out.extend_from_slice(&a.port().to_be_bytes());
             }
+        }
+        if let Some(p) = &self.punch {
+            out.extend_from_slice(&[TLV_PUNCH, PUNCH_LEN as u8]);
+            out.extend_from_slice(&p.endpoint.ip().octets());
+            out.extend_from_slice(&p.endpoint.port().to_be_bytes());
+            out.extend_from_slice(&p.at.to_be_bytes());
         }
         out
     }
@@ -196,6 +226,7 @@ mod tests {
                 key: None,
                 relayed: None,
                 tcp: None,
+                punch: None,
             })
         );
         for rest in [
@@ -299,5 +330,21 @@ mod tests {
         };
         assert_eq!(Tail::read(&both.encode()), Some(both));
         assert_eq!(Tail::read(b"RL\x01\x00\x04\x04abcd"), Some(Tail::OURS));
+    }
+
+    #[test]
+    fn punch_tlv_round_trips_and_other_lengths_are_skipped() {
+        let tail = Tail {
+            punch: Some(Punch {
+                endpoint: "203.0.113.5:41000".parse().unwrap(),
+                at: 0x0102_0304_0506_0708,
+            }),
+            ..Tail::OURS
+        };
+        let wire = tail.encode();
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, "524c0100050ecb007105a0280102030405060708");
+        assert_eq!(Tail::read(&wire), Some(tail));
+        assert_eq!(Tail::read(b"RL\x01\x00\x05\x06abcdef"), Some(Tail::OURS));
     }
 }

@@ -33,6 +33,9 @@ pub mod ty {
     /// ringlink only, server → ringlink client: TURN server and
     /// credentials (docs/protocol.md §4.10).
     pub const TURN_OFFER: u8 = 0xF0;
+    /// ringlink only, both ways: clock samples and the address the server
+    /// sees (docs/protocol.md §4.11).
+    pub const TIME: u8 = 0xF1;
 }
 
 pub const AUTH_LEN: usize = 45;
@@ -57,6 +60,7 @@ pub enum WsMessage<'a> {
     SysRoutes(Vec<SysRoute>),
     General(General<'a>),
     TurnOffer(TurnOffer),
+    Time(Time),
     /// A type this implementation does not know; receivers ignore it.
     Unknown(u8),
 }
@@ -77,6 +81,7 @@ impl<'a> WsMessage<'a> {
             ty::SYS_ROUTE => WsMessage::SysRoutes(SysRoute::decode_list(frame)?),
             ty::GENERAL => WsMessage::General(General::decode(frame)?),
             ty::TURN_OFFER => WsMessage::TurnOffer(TurnOffer::decode(frame)?),
+            ty::TIME => WsMessage::Time(Time::decode(frame)?),
             other => WsMessage::Unknown(other),
         })
     }
@@ -252,6 +257,64 @@ impl TurnOffer {
             out.extend_from_slice(f.as_bytes());
         }
         Some(out)
+    }
+}
+
+/// TIME (0xF1, ringlink only): a clock sample, so a client can tell the
+/// server's time (TCP hole punching meets at an instant of it), and the
+/// address the server sees the client's connection come from (its public
+/// IPv4 address for TCP). The server sends one unasked to a client whose
+/// AUTH carried the marker, with `echo` 0, which also tells the client the
+/// server speaks TIME; the client then asks with its own timestamp in
+/// `echo` (10 bytes), and the server answers with it echoed.
+///
+/// | off | size | field |
+/// | --- | --- | --- |
+/// | 0 | 1 | `0xF1` |
+/// | 1 | 1 | version, 1 |
+/// | 2 | 8 | echo: the client's timestamp, opaque to the server; 0 unasked |
+/// | 10 | 8 | server: the server's Unix time in ns (answers only) |
+/// | 18 | 4 | observed IPv4 address (answers only) |
+/// | 22 | 2 | observed port (answers only) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time {
+    pub echo: u64,
+    /// The server's clock and what it sees of the client; `None` in a
+    /// client's request.
+    pub answer: Option<(u64, SocketAddrV4)>,
+}
+
+impl Time {
+    const VERSION: u8 = 1;
+    pub const REQUEST_LEN: usize = 10;
+    pub const ANSWER_LEN: usize = 24;
+
+    fn decode(frame: &[u8]) -> Result<Self, ProtoError> {
+        need("TIME", frame, Self::REQUEST_LEN)?;
+        if frame[1] < Self::VERSION {
+            return Err(ProtoError::Time("version 0"));
+        }
+        let echo = u64::from_be_bytes(frame[2..10].try_into().unwrap_or_default());
+        let answer = frame.get(10..Self::ANSWER_LEN).map(|a| {
+            let server = u64::from_be_bytes(a[..8].try_into().unwrap_or_default());
+            let ip = Ipv4Addr::new(a[8], a[9], a[10], a[11]);
+            (
+                server,
+                SocketAddrV4::new(ip, u16::from_be_bytes([a[12], a[13]])),
+            )
+        });
+        Ok(Time { echo, answer })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![ty::TIME, Self::VERSION];
+        out.extend_from_slice(&self.echo.to_be_bytes());
+        if let Some((server, seen)) = self.answer {
+            out.extend_from_slice(&server.to_be_bytes());
+            out.extend_from_slice(&seen.ip().octets());
+            out.extend_from_slice(&seen.port().to_be_bytes());
+        }
+        out
     }
 }
 
@@ -837,5 +900,28 @@ mod tests {
             WsMessage::decode(&frame),
             Err(ProtoError::BadCidr(_))
         ));
+    }
+
+    #[test]
+    fn time_request_and_answer_round_trip() {
+        let ask = Time {
+            echo: 0x0102_0304_0506_0708,
+            answer: None,
+        };
+        let wire = ask.encode();
+        assert_eq!(wire, [0xF1, 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(WsMessage::decode(&wire).unwrap(), WsMessage::Time(ask));
+        let answer = Time {
+            echo: 7,
+            answer: Some((
+                1_700_000_000_123_456_789,
+                "198.51.100.9:40123".parse().unwrap(),
+            )),
+        };
+        let wire = answer.encode();
+        assert_eq!(wire.len(), Time::ANSWER_LEN);
+        assert_eq!(WsMessage::decode(&wire).unwrap(), WsMessage::Time(answer));
+        assert!(WsMessage::decode(&wire[..9]).is_err());
+        assert!(WsMessage::decode(&[0xF1, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 }

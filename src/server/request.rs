@@ -29,6 +29,10 @@ pub enum Request {
     Auth(ws::Auth),
     ExptTun(ExptTun),
     Vmac(ws::Vmac),
+    /// TIME from a ringlink client: answer with `echo`.
+    Time {
+        echo: u64,
+    },
     /// A type clients do not send (ROUTE, which only servers send) or that
     /// this implementation does not know.
     Ignored(u8),
@@ -57,6 +61,7 @@ impl Request {
             WsMessage::Vmac(m) => Request::Vmac(m),
             WsMessage::SysRoutes(_) => Request::Ignored(ty::SYS_ROUTE),
             WsMessage::TurnOffer(_) => Request::Ignored(ty::TURN_OFFER),
+            WsMessage::Time(t) => Request::Time { echo: t.echo },
             WsMessage::Unknown(other) => Request::Ignored(other),
         })
     }
@@ -77,6 +82,7 @@ impl Request {
         match self {
             Request::Forward { .. } => Some("FORWARD"),
             Request::Control { what, .. } => Some(what),
+            Request::Time { .. } => Some("TIME"),
             Request::Auth(_) | Request::ExptTun(_) | Request::Vmac(_) | Request::Ignored(_) => None,
         }
     }

@@ -305,6 +305,10 @@ impl Session {
             Request::Auth(m) => self.on_auth(m),
             Request::ExptTun(m) => self.on_expttun(m, frame),
             Request::Vmac(m) => self.on_vmac(m),
+            Request::Time { echo } => {
+                self.send_time(echo);
+                Ok(())
+            }
             Request::Ignored(kind) => {
                 ServerCounters::inc(&c.unknown_ignored);
                 debug!("ignoring frame type {kind} from={}", self.peer);
@@ -663,6 +667,27 @@ impl Session {
             }
         }
         self.offer_turn();
+        self.send_time(0);
+    }
+
+    /// A TIME sample for a ringlink member (docs/protocol.md §4.11): our
+    /// clock and the address its connection comes from. Unasked (`echo`
+    /// 0) once it has an address, then as an answer to each of its own.
+    fn send_time(&mut self, echo: u64) {
+        let (std::net::SocketAddr::V4(seen), true) = (self.peer, self.ringlink) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let frame = ws::Time {
+            echo,
+            answer: Some((now, seen)),
+        }
+        .encode();
+        if self.tx.try_send(frame).is_err() {
+            ServerCounters::inc(&self.shared.counters.queue_full);
+        }
     }
 
     /// Hands a ringlink member fresh TURN credentials (PROTOCOL.md §11:

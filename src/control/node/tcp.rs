@@ -11,15 +11,24 @@ use tracing::{debug, info, warn};
 use super::{Node, Output};
 use crate::control::tcp_path::TcpOutput;
 use crate::dataplane::LocalStream;
-use crate::proto::ext::Tail;
+use crate::proto::ext::{Punch, Tail};
 use crate::proto::udp::{PeerMessage, Ping, Pong};
 use crate::proto::ws::PeerConn;
 use crate::proto::ProtoError;
+use std::ops::Range;
+use std::time::Duration;
+
+/// How far ahead a punch proposal sets the meeting: the proposal and its
+/// answer each cross the server once, which takes milliseconds to a few
+/// hundred on a slow link.
+const PUNCH_LEAD: Duration = Duration::from_millis(1500);
+/// Local ports punches take: Linux's default ephemeral range.
+const PUNCH_PORTS: Range<u16> = 32768..61000;
 
 impl Node {
     /// `peer` has no direct UDP path: offer it our listener, and connect
     /// to its own if it offered one.
-    pub(super) fn tcp_no_direct(&mut self, peer: Ipv4Addr) {
+    pub(super) fn tcp_no_direct(&mut self, peer: Ipv4Addr, now: Instant) {
         if let Some(ours) = self.tcp_offer {
             info!(%peer, endpoint = %ours, "no direct UDP path; offering our TCP listener");
             let frame = PeerConn {
@@ -36,27 +45,146 @@ impl Node {
             self.send_server(frame);
         }
         if let Some(&to) = self.tcp_offers.get(&peer) {
-            self.tcp_connect(peer, to);
+            self.tcp_connect(peer, to, now);
+        } else if self.tcp_offer.is_none() {
+            // Neither side listens: a hole punch.
+            self.propose_punch(peer, now);
         }
     }
 
     /// A peer offered its TCP listener (a UDP4CONN with TLV 4, which
     /// carries nothing for the state machine).
-    pub(super) fn on_peer_tcp(&mut self, peer: Ipv4Addr, to: SocketAddrV4) {
+    pub(super) fn on_peer_tcp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, now: Instant) {
         self.tcp_offers.insert(peer, to);
         if self.direct.contains_key(&peer) {
             debug!(%peer, %to, "peer offers TCP; our direct path to it stands");
             return;
         }
-        self.tcp_connect(peer, to);
+        self.tcp_connect(peer, to, now);
     }
 
-    fn tcp_connect(&mut self, peer: Ipv4Addr, to: SocketAddrV4) {
+    fn tcp_connect(&mut self, peer: Ipv4Addr, to: SocketAddrV4, now: Instant) {
         // Two listeners: the lower VIP connects, so one stream serves.
         if self.tcp_offer.is_some() && self.own > peer {
             return;
         }
-        self.tcp.want(peer, to);
+        self.tcp.want(peer, to, now);
+    }
+
+    /// Where our TCP connect from `port` will seem to come from: the
+    /// address the server sees, and the port itself, which a NAT that
+    /// preserves ports (Linux masquerade, most home routers) keeps.
+    fn predicted(&self, port: u16) -> Option<SocketAddrV4> {
+        let seen = self.clock.observed()?;
+        Some(SocketAddrV4::new(*seen.ip(), port))
+    }
+
+    /// A local port for a punch, from the range Linux hands out itself.
+    fn punch_port(&mut self) -> u16 {
+        PUNCH_PORTS.start
+            + (self.rng.next_u64() % u64::from(PUNCH_PORTS.end - PUNCH_PORTS.start)) as u16
+    }
+
+    /// Proposes a hole punch to `peer`: our predicted endpoint and an
+    /// instant of the server's clock far enough ahead for the proposal and
+    /// the answer to cross the server.
+    fn propose_punch(&mut self, peer: Ipv4Addr, now: Instant) {
+        let port = self.punch_port();
+        let (Some(endpoint), Some(at)) = (
+            self.predicted(port),
+            self.clock.server_time(now + PUNCH_LEAD),
+        ) else {
+            debug!(%peer, "no TCP hole punch: the server's clock or our address is unknown");
+            return;
+        };
+        if !self.tcp.expect(peer, now) {
+            return;
+        }
+        info!(%peer, %endpoint, "proposing a TCP hole punch");
+        self.punches.insert(peer, (port, at));
+        self.send_punch(peer, Punch { endpoint, at });
+    }
+
+    fn send_punch(&mut self, peer: Ipv4Addr, punch: Punch) {
+        let frame = PeerConn {
+            src: self.own,
+            dst: peer,
+            endpoint: punch.endpoint,
+            tail: Some(Tail {
+                key: Some(self.secure.public_key().0),
+                punch: Some(punch),
+                ..Tail::OURS
+            }),
+        }
+        .encode();
+        self.send_server(frame);
+    }
+
+    /// A peer proposed a hole punch, or answered ours (a UDP4CONN with TLV
+    /// 5, which carries nothing for the state machine).
+    pub(super) fn on_peer_punch(&mut self, peer: Ipv4Addr, theirs: Punch, now: Instant) {
+        let Some(at) = self.clock.local_instant(theirs.at) else {
+            debug!(%peer, "TCP hole punch refused: the server's clock is unknown here");
+            return;
+        };
+        if at <= now {
+            self.stats.tcp_refused += 1;
+            debug!(%peer, "TCP hole punch refused: its instant has passed");
+            self.tcp
+                .connect_failed(peer, "the punch's instant passed".into());
+            self.punches.remove(&peer);
+            return;
+        }
+        let port = match self.punches.remove(&peer) {
+            // The answer to ours.
+            Some((port, ours)) if ours == theirs.at => port,
+            // Proposals crossed: the lower VIP's stands, and the other
+            // side answers it.
+            Some(mine) if self.own < peer => {
+                self.punches.insert(peer, mine);
+                return;
+            }
+            Some((port, _)) => {
+                let Some(endpoint) = self.predicted(port) else {
+                    return;
+                };
+                self.send_punch(
+                    peer,
+                    Punch {
+                        endpoint,
+                        at: theirs.at,
+                    },
+                );
+                port
+            }
+            None => {
+                if self.direct.contains_key(&peer) {
+                    return;
+                }
+                let port = self.punch_port();
+                let Some(endpoint) = self.predicted(port) else {
+                    return;
+                };
+                if !self.tcp.expect(peer, now) {
+                    return;
+                }
+                self.send_punch(
+                    peer,
+                    Punch {
+                        endpoint,
+                        at: theirs.at,
+                    },
+                );
+                port
+            }
+        };
+        info!(%peer, to = %theirs.endpoint, port, "TCP hole punch agreed");
+        self.outputs.push_back(Output::Punch {
+            peer,
+            port,
+            to: theirs.endpoint,
+            at,
+        });
     }
 
     /// The stream [`Output::Connect`] asked for is open.
