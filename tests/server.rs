@@ -1526,6 +1526,28 @@ async fn turn_credentials_go_to_ringlink_clients_only() {
         first.password,
         Credentials::mint(b"s3cret", vip, expiry).password
     );
+    // Then the server's clock and the address it sees (TIME, unasked),
+    // which a ringlink client asks again with its own timestamp.
+    let WsMessage::Time(t) = WsMessage::decode(&recv(&mut rl).await).unwrap() else {
+        panic!("expected TIME after the offer");
+    };
+    let (clock, seen) = t.answer.expect("the server's clock and our address");
+    assert_eq!((t.echo, *seen.ip()), (0, ip("127.0.0.1")));
+    let unix_ns = now() as u64 * 1_000_000_000;
+    assert!(clock.abs_diff(unix_ns) < 5_000_000_000, "clock {clock}");
+    send(
+        &mut rl,
+        ws::Time {
+            echo: 42,
+            answer: None,
+        }
+        .encode(),
+    )
+    .await;
+    let WsMessage::Time(t) = WsMessage::decode(&recv(&mut rl).await).unwrap() else {
+        panic!("expected TIME answering ours");
+    };
+    assert_eq!((t.echo, t.answer.map(|a| a.1)), (42, Some(seen)));
     // The renewal comes on its own, with a username of its own time.
     let second = offer(recv(&mut rl).await);
     assert_eq!(second.username.split_once(':').unwrap().1, "10.77.0.21");
