@@ -953,6 +953,8 @@ pub struct ClientConfig {
     /// (a port forward on the gateway in front of it): announced to peers
     /// instead of the STUN mapping, and marks this node reachable, so
     /// peers behind any NAT, symmetric ones included, open the path to it.
+    /// The node also listens for TCP on its data port and offers that to
+    /// peers whose networks drop UDP (docs/tcp.md).
     pub public_endpoint: Option<SocketAddrV4>,
     /// Clamp the MSS of TCP SYNs entering the tunnel to fit its MTU.
     pub mss_clamp: bool,
