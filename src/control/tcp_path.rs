@@ -444,3 +444,127 @@ impl TcpPaths {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    const A: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    const B: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+
+    fn fd() -> OwnedFd {
+        OwnedFd::from(UnixStream::pair().unwrap().0)
+    }
+
+    fn remote(port: u16) -> SocketAddrV4 {
+        SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 1), port)
+    }
+
+    fn drain(t: &mut TcpPaths) -> Vec<TcpOutput> {
+        std::iter::from_fn(|| t.poll_output()).collect()
+    }
+
+    fn pinged(outs: &[TcpOutput]) -> Option<(u16, Nonce)> {
+        outs.iter().find_map(|o| match o {
+            TcpOutput::Ping { stream, nonce, .. } => Some((stream.id, *nonce)),
+            _ => None,
+        })
+    }
+
+    /// A stream accepted from B, answered and proven.
+    fn proven_from_b(t: &mut TcpPaths, now: Instant) -> u16 {
+        assert!(t.accepted(remote(1), fd(), now));
+        let id = t.streams()[0].id;
+        assert!(t.on_ping(id, B, now), "B's PING is answered");
+        let (on, nonce) = pinged(&drain(t)).expect("we challenge it too");
+        assert_eq!(on, id);
+        assert!(t.on_pong(id, B, &nonce, now));
+        assert_eq!(t.proven(), [B].into());
+        id
+    }
+
+    #[test]
+    fn a_stream_is_used_only_once_its_challenge_is_answered() {
+        let now = Instant::now();
+        let mut t = TcpPaths::new(1);
+        t.want(A, remote(9), now);
+        assert!(matches!(
+            drain(&mut t)[..],
+            [TcpOutput::Connect { peer: A, .. }]
+        ));
+        t.want(A, remote(9), now);
+        assert!(drain(&mut t).is_empty(), "one connect at a time");
+        t.connected(A, remote(9), fd(), now);
+        let (id, nonce) = pinged(&drain(&mut t)).unwrap();
+        assert!(t.proven().is_empty());
+        assert_eq!(t.stream_of(A).map(|s| s.id), Some(id));
+        assert!(
+            !t.on_pong(id, A, &[0; 12], now),
+            "a wrong nonce proves nothing"
+        );
+        assert!(!t.on_pong(id, B, &nonce, now), "nor another peer's PONG");
+        assert!(t.on_pong(id, A, &nonce, now));
+        assert_eq!(t.proven(), [A].into());
+    }
+
+    #[test]
+    fn a_stream_belongs_to_the_first_peer_that_speaks_on_it() {
+        let now = Instant::now();
+        let mut t = TcpPaths::new(2);
+        let id = proven_from_b(&mut t, now);
+        assert!(!t.on_ping(id, A, now), "B's stream is not A's");
+        assert!(t.stream_for(id, A).is_none());
+        // A second stream from B while the first is proven: closed.
+        assert!(t.accepted(remote(2), fd(), now));
+        let second = t.streams().iter().map(|s| s.id).find(|&s| s != id).unwrap();
+        assert!(!t.on_ping(second, B, now));
+        assert!(drain(&mut t)
+            .iter()
+            .any(|o| matches!(o, TcpOutput::Close { stream, .. } if stream.id == second)));
+        assert_eq!(t.stream_of(B).map(|s| s.id), Some(id));
+    }
+
+    #[test]
+    fn silence_ends_proven_streams_and_anonymous_ones() {
+        let t0 = Instant::now();
+        let mut t = TcpPaths::new(3);
+        proven_from_b(&mut t, t0);
+        assert!(t.accepted(remote(3), fd(), t0));
+        let mut now = t0;
+        let mut failed_at = None;
+        for _ in 0..20 {
+            now = t.poll_timeout().unwrap();
+            t.handle_timeout(now);
+            if drain(&mut t)
+                .iter()
+                .any(|o| matches!(o, TcpOutput::Failed { peer: B, .. }))
+            {
+                failed_at = Some(now);
+                break;
+            }
+        }
+        let failed = failed_at.expect("never failed") - t0;
+        // A recheck a second after the proof, then three unanswered PINGs.
+        assert!(failed <= Duration::from_secs(4), "{failed:?}");
+        assert!(t.proven().is_empty());
+        while t.streams().len() > 0 {
+            now = t.poll_timeout().unwrap();
+            assert!(now - t0 <= ANONYMOUS_FOR, "anonymous stream kept");
+            t.handle_timeout(now);
+        }
+    }
+
+    #[test]
+    fn a_connect_that_never_comes_is_given_up() {
+        let t0 = Instant::now();
+        let mut t = TcpPaths::new(4);
+        assert!(t.expect(A, t0));
+        assert!(!t.expect(A, t0));
+        t.handle_timeout(t0 + CONNECT_DEADLINE);
+        assert!(drain(&mut t)
+            .iter()
+            .any(|o| matches!(o, TcpOutput::Failed { peer: A, .. })));
+        assert!(t.expect(A, t0 + CONNECT_DEADLINE), "and may be tried again");
+    }
+}
