@@ -531,10 +531,9 @@ mod tests {
         let mut t = TcpPaths::new(3);
         proven_from_b(&mut t, t0);
         assert!(t.accepted(remote(3), fd(), t0));
-        let mut now = t0;
         let mut failed_at = None;
         for _ in 0..20 {
-            now = t.poll_timeout().unwrap();
+            let now = t.poll_timeout().unwrap();
             t.handle_timeout(now);
             if drain(&mut t)
                 .iter()
@@ -548,8 +547,8 @@ mod tests {
         // A recheck a second after the proof, then three unanswered PINGs.
         assert!(failed <= Duration::from_secs(4), "{failed:?}");
         assert!(t.proven().is_empty());
-        while t.streams().len() > 0 {
-            now = t.poll_timeout().unwrap();
+        while !t.streams().is_empty() {
+            let now = t.poll_timeout().unwrap();
             assert!(now - t0 <= ANONYMOUS_FOR, "anonymous stream kept");
             t.handle_timeout(now);
         }
