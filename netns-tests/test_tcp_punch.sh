@@ -9,7 +9,9 @@
 #   * both sides show path "tcp";
 #   * a ping burst a -> b crosses from ra to rb as TCP (>= 20 segments)
 #     while the server's interface stays flat;
-#   * 16 MiB b -> a arrives whole (sha256).
+#   * 16 MiB b -> a arrives whole (sha256);
+#   * then both routers lose their input firewall (bare masquerade, which
+#     resets unexpected SYNs): the restarted pair punches through again.
 # Timers / 5.
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -66,4 +68,23 @@ check "transfer b -> a over the punched stream finished within 60 s" rl_wait_unt
 check "$MB MiB b -> a arrived whole (sha256)" rl_flow_check 5001 "$MB"
 echo "  $RL_FLOW_INFO"
 check "still on TCP after the transfer" both_tcp
+
+# The commonest Linux gateway: masquerade and no input firewall, which
+# answers a SYN it has no mapping for with a reset. The punch starts its
+# connect again until the other side's SYN has opened the way.
+rl_stop a; rl_stop b
+rl_exec ra nft delete table inet rl_fw || rl_die "firewall off on ra"
+rl_exec rb nft delete table inet rl_fw || rl_die "firewall off on rb"
+rl_start_client a a
+rl_start_client b b
+check "both back after the restart" rl_wait_until 20 rl_ready a
+rl_wait_until 20 rl_ready b
+va=$(rl_vip a); vb=$(rl_vip b)
+t1=$(rl_now_ms)
+rl_spawn traffic2 a ping -n -c 160 -i 0.25 "${vb:-127.0.0.1}"
+check "bare masquerade: a and b on a direct TCP path within 40 s" rl_wait_until 40 both_tcp
+echo "  on TCP $(rl_secs_since "$t1") s after the first ping; punches agreed by a: $(rl_log_count a "TCP hole punch agreed"), failed: $(rl_log_count a "TCP path failed")"
+grep -h "TCP path failed" "$(rl_log_file a)" "$(rl_log_file b)" 2>/dev/null | sed 's/^/    /' | tail -4
+rl_stop traffic2
+check "bare masquerade: ping a -> b (20 of 20)" timeout 15 ip netns exec "$(rl_ns a)" ping -n -q -c 20 -i 0.1 -W 1 "${vb:-127.0.0.1}"
 rl_finish test_tcp_punch

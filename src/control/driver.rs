@@ -22,10 +22,16 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a hole punch keeps connecting after its instant: SYNs lost
 /// before the peer's NAT had its mapping are sent again by the kernel
-/// (after 1 s, then 3 s), and a connect refused outright (a router that
-/// answers a SYN it has no mapping for with a reset) is started again.
+/// (after 1 s, then 3 s), and a connect refused outright is started again.
+/// A router without an input firewall answers a SYN it has no mapping for
+/// with a reset, which also closes our NAT's entry; the two SYNs then meet
+/// only if one arrives while the other side's is in flight. So refused
+/// connects are retried every 2 ms for the first second, when both sides
+/// are at it, and every 50 ms after.
 const PUNCH_WINDOW: Duration = Duration::from_secs(5);
-const PUNCH_RETRY: Duration = Duration::from_millis(100);
+const PUNCH_FAST: Duration = Duration::from_secs(1);
+const PUNCH_RETRY_FAST: Duration = Duration::from_millis(2);
+const PUNCH_RETRY: Duration = Duration::from_millis(50);
 
 /// A TCP stream for the node, from a connect it asked for or from the
 /// listener.
@@ -239,7 +245,12 @@ async fn punch(port: u16, to: SocketAddrV4, at: Instant) -> Result<OwnedFd, Stri
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = "timed out".into(),
         }
-        tokio::time::sleep(PUNCH_RETRY).await;
+        let pause = if Instant::now() < at + PUNCH_FAST {
+            PUNCH_RETRY_FAST
+        } else {
+            PUNCH_RETRY
+        };
+        tokio::time::sleep(pause).await;
     }
     Err(format!(
         "punch from port {port} to {to}: {last} ({tries} tries)"
