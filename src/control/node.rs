@@ -1282,24 +1282,38 @@ impl Node {
         }
     }
 
-    /// Tells the router which peers a TURN path now reaches: a proven one
-    /// is a neighbour like a direct one; one that lost it falls back to
-    /// the server's relay unless it went direct.
+    /// Tells the router which peers a TURN path now reaches.
     fn sync_turned(&mut self, now: Instant) {
-        let proven = self.turn.proven();
-        let up: Vec<_> = proven.difference(&self.turned).copied().collect();
-        let down: Vec<_> = self.turned.difference(&proven).copied().collect();
+        let before = std::mem::replace(&mut self.turned, self.turn.proven());
+        self.relink(&before, |n| &n.turned, "TURN", now);
+    }
+
+    /// Tells the router which peers a fallback path (TURN or TCP) reaches
+    /// now that its set changed from `before` to `after(self)`: a peer
+    /// that gained it is a neighbour like a direct one; one that lost it
+    /// falls back to the server's relay unless another path holds it.
+    fn relink(
+        &mut self,
+        before: &BTreeSet<Ipv4Addr>,
+        after: impl Fn(&Self) -> &BTreeSet<Ipv4Addr>,
+        what: &str,
+        now: Instant,
+    ) {
+        let up: Vec<_> = after(self).difference(before).copied().collect();
+        let down: Vec<_> = before.difference(after(self)).copied().collect();
         for peer in up {
-            info!(%peer, "TURN path up");
+            info!(%peer, "{what} path up");
             self.router.peer_connected(peer, now);
         }
         for peer in down {
-            if !self.direct.contains_key(&peer) && !self.streamed.contains(&peer) {
-                info!(%peer, "TURN path lost; back to the server's relay");
+            let held = self.direct.contains_key(&peer)
+                || self.turned.contains(&peer)
+                || self.streamed.contains(&peer);
+            if !held {
+                info!(%peer, "{what} path lost; back to the server's relay");
                 self.router.peer_disconnected(peer, now);
             }
         }
-        self.turned = proven;
         self.dirty = true;
     }
 

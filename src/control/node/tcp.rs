@@ -315,21 +315,8 @@ impl Node {
 
     /// Tells the router which peers a TCP stream now reaches, as for TURN.
     fn sync_tcp(&mut self, now: Instant) {
-        let proven = self.tcp.proven();
-        let up: Vec<_> = proven.difference(&self.streamed).copied().collect();
-        let down: Vec<_> = self.streamed.difference(&proven).copied().collect();
-        for peer in up {
-            info!(%peer, "TCP path up");
-            self.router.peer_connected(peer, now);
-        }
-        for peer in down {
-            if !self.direct.contains_key(&peer) && !self.turned.contains(&peer) {
-                info!(%peer, "TCP path lost; back to the server's relay");
-                self.router.peer_disconnected(peer, now);
-            }
-        }
-        self.streamed = proven;
-        self.dirty = true;
+        let before = std::mem::replace(&mut self.streamed, self.tcp.proven());
+        self.relink(&before, |n| &n.streamed, "TCP", now);
     }
 
     /// A peer message on a stream, sealed for the peer.
