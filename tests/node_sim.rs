@@ -465,15 +465,8 @@ impl Sim {
                     from,
                     datagram,
                 } => {
-                    // The receiving dataplane opens with a session of its
-                    // latest table, or its own key K(own VIP).
-                    let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
-                    let mut buf = datagram;
-                    let snap = self.hosts[to].published.last().cloned().unwrap_or_default();
-                    let node = &mut self.hosts[to].node;
-                    match node.on_datagram(&snap, &key, (from, local), &mut buf, now) {
-                        Ok(()) => self.udp_delivered += 1,
-                        Err(_) => self.open_failures += 1,
+                    if self.open_at(to, (from, local), datagram) {
+                        self.udp_delivered += 1;
                     }
                     to
                 }
@@ -496,13 +489,8 @@ impl Sim {
                     let Some((id, remote)) = self.stream_id(to, fd) else {
                         continue;
                     };
-                    let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
-                    let mut buf = datagram;
-                    let snap = self.latest(to).clone();
-                    let node = &mut self.hosts[to].node;
-                    match node.on_datagram(&snap, &key, (remote, id), &mut buf, now) {
-                        Ok(()) => self.stream_delivered += 1,
-                        Err(_) => self.open_failures += 1,
+                    if self.open_at(to, (remote, id), datagram) {
+                        self.stream_delivered += 1;
                     }
                     to
                 }
@@ -519,6 +507,30 @@ impl Sim {
             };
             self.collect(to);
         }
+    }
+
+    /// Host `to`'s dataplane opens `datagram`, received from `from` on
+    /// socket or stream `local`, with a session of its latest table or
+    /// its own key K(own VIP), and hands it up; false (counted) if it does
+    /// not open.
+    fn open_at(
+        &mut self,
+        to: usize,
+        (from, local): (SocketAddrV4, u16),
+        datagram: Vec<u8>,
+    ) -> bool {
+        let key = PeerKey::for_vip(CIPHER, PASSWORD, self.hosts[to].vip);
+        let mut buf = datagram;
+        let snap = self.hosts[to].published.last().cloned().unwrap_or_default();
+        let now = self.now;
+        let opened = self.hosts[to]
+            .node
+            .on_datagram(&snap, &key, (from, local), &mut buf, now)
+            .is_ok();
+        if !opened {
+            self.open_failures += 1;
+        }
+        opened
     }
 
     /// Runs timers and deliveries until `done` holds or `ms` of simulated
