@@ -19,7 +19,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dataplane::{LocalSocket, MAIN_SOCKET, TURN_SOCKET};
+use crate::dataplane::{LocalSocket, FIRST_STREAM_ID, MAIN_SOCKET};
 use crate::nat::schedule::{self, Send};
 use crate::peer::FreshSpray;
 
@@ -346,12 +346,16 @@ impl Punch {
         self.birthday.remove(&peer);
     }
 
-    /// An id no held socket has, nor the TURN socket; none once 65534 are
-    /// held (never, with attempts of 256 that are released within seconds).
+    /// An id no held socket has, below the ids of TCP streams (and so of
+    /// the TURN socket); none once all are held (never, with attempts of
+    /// 256 that are released within seconds).
     fn fresh_id(&mut self) -> Option<u16> {
-        for _ in 0..u16::MAX {
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            if self.next_id != TURN_SOCKET && !self.sockets.contains_key(&self.next_id) {
+        for _ in 1..FIRST_STREAM_ID {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id == 0 || self.next_id >= FIRST_STREAM_ID {
+                self.next_id = 1;
+            }
+            if !self.sockets.contains_key(&self.next_id) {
                 return Some(self.next_id);
             }
         }
@@ -457,6 +461,16 @@ mod tests {
     }
 
     pub(super) const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+    #[test]
+    fn socket_ids_wrap_below_the_ids_of_streams() {
+        let mut p = Punch {
+            next_id: FIRST_STREAM_ID - 2,
+            ..Punch::default()
+        };
+        let ids: Vec<u16> = (0..4).filter_map(|_| p.fresh_id()).collect();
+        assert_eq!(ids, [FIRST_STREAM_ID - 1, 1, 2, 3]);
+    }
 
     #[test]
     fn each_socket_sends_one_paced_probe_to_the_target() {
