@@ -46,6 +46,7 @@ fuzz_target!(|frame: &[u8]| {
             let frame = m.encode().expect("decoded fields fit their length bytes");
             assert_eq!(decode_again(&frame), msg);
         }
+        WsMessage::Time(m) => assert_eq!(decode_again(&m.encode()), msg),
         WsMessage::Unknown(_) => {}
     }
 });
