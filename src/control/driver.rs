@@ -257,9 +257,12 @@ async fn punch(port: u16, to: SocketAddrV4, at: Instant) -> Result<OwnedFd, Stri
     ))
 }
 
-/// The fd of a tokio stream, with TCP_NODELAY, for the dataplane.
+/// The fd of a tokio stream, for the dataplane: TCP_NODELAY, and a short
+/// queue of unsent data in the kernel, as on the relay's connection
+/// (`sys::tcp`), since the flows inside would see a deep one as delay.
 pub fn stream_fd(stream: tokio::net::TcpStream) -> std::io::Result<OwnedFd> {
     stream.set_nodelay(true)?;
+    crate::sys::tcp::limit_unsent(&stream);
     Ok(OwnedFd::from(stream.into_std()?))
 }
 

@@ -20,10 +20,11 @@ use crate::proto::stream::{self as framing, FrameError, HEADER_LEN};
 /// UDP sockets. `TURN_SOCKET` (the highest id) is neither.
 pub const FIRST_STREAM_ID: u16 = 0x8000;
 
-/// Bytes a stream's send queue holds beyond what the socket took: a few
-/// milliseconds at the rates a stream reaches, so a stall shows as drops
-/// (which the flows inside react to) rather than as seconds of delay.
-const QUEUE_LIMIT: usize = 256 * 1024;
+/// Bytes a stream's send queue holds beyond what the socket took (whose
+/// own unsent queue is kept short too, `sys::tcp`): under a millisecond at
+/// the rates a stream reaches, so a full path shows as drops, which the
+/// flows inside react to, rather than as delay.
+const QUEUE_LIMIT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {

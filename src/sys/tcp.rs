@@ -1,4 +1,5 @@
-//! Socket options for the WebSocket connections that carry relayed traffic.
+//! Socket options for the TCP connections that carry tunnelled traffic:
+//! the WebSocket relay's and direct TCP streams (docs/tcp.md).
 
 use std::os::fd::AsRawFd;
 
