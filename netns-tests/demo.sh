@@ -23,10 +23,10 @@ cat <<EOT
     LAN 192.168.11.0/24 ── site-a gateway 10.77.0.11 ──┐
     LAN 192.168.12.0/24 ── site-b gateway 10.77.0.12 ──┼── internet ── server $RL_SITES_NET.1
     LAN 192.168.13.0/24 ── site-c gateway 10.77.0.13 ──┘   (relay, STUN, subnet routes)
-    a firewall on the internet drops UDP between site-a and site-c
+    a firewall on the internet blocks site-a and site-c from each other (UDP and TCP)
 EOT
 rl_sites_server || demo_fail "server did not start"
-rl_block_udp_pair "$(rl_site_wan a)" "$(rl_site_wan c)"
+rl_block_pair "$(rl_site_wan a)" "$(rl_site_wan c)"
 for x in a b c; do
     rl_site "$x"
     rl_start_client "gw-$x" "gw-$x"

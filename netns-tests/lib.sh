@@ -742,27 +742,28 @@ rl_if_total() {
     echo $(( ${rx:-0} + ${tx:-0} ))
 }
 
-# rl_block_udp_pair <addr1> <addr2> : the "internet" switch drops UDP between
-# the two addresses, both ways (nftables bridge family in namespace sw; the
-# endpoints and everyone else are left alone). One table per pair.
-rl_block_udp_pair() {
+# rl_block_pair <addr1> <addr2> : the "internet" switch drops UDP and TCP
+# between the two addresses, both ways (nftables bridge family in namespace
+# sw; the endpoints and everyone else are left alone), so neither a UDP
+# path nor a direct TCP stream forms between them. One table per pair.
+rl_block_pair() {
     local t="rl_pair_${1//./_}_${2//./_}"
     rl_exec sw nft -f - <<EOF2 || rl_die "nft pair block on sw"
 table bridge $t {
     chain pair {
         type filter hook forward priority filter; policy accept;
-        ip saddr $1 ip daddr $2 ip protocol udp counter drop
-        ip saddr $2 ip daddr $1 ip protocol udp counter drop
+        ip saddr $1 ip daddr $2 ip protocol { tcp, udp } counter drop
+        ip saddr $2 ip daddr $1 ip protocol { tcp, udp } counter drop
     }
 }
 EOF2
 }
 
-# rl_unblock_udp_pair <addr1> <addr2>
-rl_unblock_udp_pair() { rl_exec sw nft delete table bridge "rl_pair_${1//./_}_${2//./_}" 2>/dev/null; return 0; }
+# rl_unblock_pair <addr1> <addr2>
+rl_unblock_pair() { rl_exec sw nft delete table bridge "rl_pair_${1//./_}_${2//./_}" 2>/dev/null; return 0; }
 
-# rl_udp_pair_dropped <addr1> <addr2> : packets the pair rule dropped so far.
-rl_udp_pair_dropped() {
+# rl_pair_dropped <addr1> <addr2> : packets the pair rule dropped so far.
+rl_pair_dropped() {
     rl_exec sw nft list table bridge "rl_pair_${1//./_}_${2//./_}" 2>/dev/null \
         | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | awk '{s += $1} END {print s + 0}'
 }

@@ -158,7 +158,7 @@ for p in "${PAIRS[@]}"; do
 done
 
 # ------------------------------------------------------------------ (b)
-rl_block_udp_pair "${WAN[a]}" "${WAN[c]}"
+rl_block_pair "${WAN[a]}" "${WAN[c]}"
 t0=$(rl_now_ms)
 echo "  the switch now drops UDP ${WAN[a]} <-> ${WAN[c]} (b relays at route cost 400)"
 rl_spawn ping-ac2 lan-a ping -n -i 0.2 -s "$SIZE" -W 1 -w $((DEADLINE + 5)) "${HOST[c]}"
@@ -186,5 +186,5 @@ check "(b) replies crossed c -> b and b -> a as UDP" eval "rl_ge $cb $((COUNT - 
 check "(b) gw-b's dataplane forwarded them (forwarded +$(( ${fwd1:-0} - ${fwd0:-0} )))" fwd_grew
 check "(b) the server's TCP stayed flat at a, b and c (< $((RELAYED / 4)) bytes each)" \
     test "$ra" -lt $((RELAYED / 4)) -a "$rc" -lt $((RELAYED / 4)) -a "$rb" -lt $((RELAYED / 4))
-check "(b) the switch dropped UDP a <-> c" rl_ge "$(rl_udp_pair_dropped "${WAN[a]}" "${WAN[c]}")" 1
+check "(b) the switch dropped traffic a <-> c" rl_ge "$(rl_pair_dropped "${WAN[a]}" "${WAN[c]}")" 1
 rl_finish test_sites_private_wan

@@ -18,7 +18,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 rl_init "$here/.."
 MB=${RL_TRANSFER_MB:-20}
 DIV=${RL_TIME_DIVISOR:-5}
-echo "test_sites_via_peer: a<->c UDP blocked: LAN a -> LAN c via gateway b; unblocked: direct again"
+echo "test_sites_via_peer: a<->c blocked (UDP and TCP): LAN a -> LAN c via gateway b; unblocked: direct again"
 
 rl_sites_server || { rl_fail "server listens"; rl_finish; }
 common=("test_time_divisor = $DIV" "discovery = 10")
@@ -39,7 +39,7 @@ all_direct() {
 check "a, b, c direct; a and c route to each other directly within 20 s" rl_wait_until 20 all_direct
 
 # Block: a and c lose each other and fall back to the path through b.
-rl_block_udp_pair "$wa" "$wc"
+rl_block_pair "$wa" "$wc"
 t0=$(rl_now_ms)
 echo "  the switch now drops UDP $wa <-> $wc (b relays at route cost 50)"
 via_b() { rl_peer_not_direct gw-a "$vc" && rl_route_via gw-a "$vc" "$vb" && rl_route_via gw-c "$va" "$vb"; }
@@ -88,12 +88,12 @@ check "gw-b status: tx to c grew by >= $MB MB (forwarded)" rl_ge $((btx_c1 - btx
 check "gw-b status: tx to a grew (ACKs forwarded back)" rl_ge $((btx_a1 - btx_a0)) 1
 check "gw-a status: tx to b grew by >= $MB MB" rl_ge $((atx_b1 - atx_b0)) $((MB << 20))
 check "a still routes $vc via $vb after the transfer" rl_route_via gw-a "$vc" "$vb"
-dropped=$(rl_udp_pair_dropped "$wa" "$wc")
+dropped=$(rl_pair_dropped "$wa" "$wc")
 check "the switch really dropped a <-> c UDP ($dropped packets)" rl_ge "$dropped" 1
 via_s=$xfer_s
 
 # Unblock: a and c find each other again and the route goes direct.
-rl_unblock_udp_pair "$wa" "$wc"
+rl_unblock_pair "$wa" "$wc"
 t0=$(rl_now_ms)
 direct_again() { rl_peer_direct gw-a "$vc" && rl_route_via gw-a "$vc" "$vc" && rl_route_via gw-c "$va" "$va"; }
 check "unblocked: a <-> c direct and routed direct within 45 s" rl_wait_until 45 direct_again

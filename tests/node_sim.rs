@@ -1197,6 +1197,9 @@ fn udp_blocked_with_listener(seed: u64) -> Sim {
 #[test]
 fn with_udp_dropped_a_pair_goes_direct_over_tcp_to_the_listener() {
     let mut sim = udp_blocked_with_listener(11);
+    // The server speaks TIME, so a punch could be proposed too: a
+    // listener wins over it.
+    sim.serve_time(1_700_000_000_000_000_000);
     sim.relayed(0, 1);
     sim.relayed(1, 0);
     assert!(
@@ -1213,6 +1216,12 @@ fn with_udp_dropped_a_pair_goes_direct_over_tcp_to_the_listener() {
         assert_eq!(e.channel, None);
     }
     assert_eq!(sim.latest(0).streams.len(), 1, "one stream serves the pair");
+    assert_eq!(
+        sim.latest(0).streams[0].remote,
+        public(1, 40_000),
+        "to the listener"
+    );
+    assert_eq!(sim.punched, 0, "no punch");
     // Rechecked every second, it stays up; the frames are sealed in the
     // pair's session (none opened with a node key).
     let before = sim.stream_delivered;

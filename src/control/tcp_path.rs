@@ -155,6 +155,18 @@ impl TcpPaths {
         self.challenge(peer, stream.id, false, now);
     }
 
+    /// A connect or punch for `peer` is no longer wanted (another way to
+    /// it came up); its stream, if one still comes, is closed.
+    pub fn forget_connecting(&mut self, peer: Ipv4Addr) {
+        if self
+            .pairs
+            .get(&peer)
+            .is_some_and(|p| matches!(p.stage, Stage::Connecting { .. }))
+        {
+            self.pairs.remove(&peer);
+        }
+    }
+
     pub fn connect_failed(&mut self, peer: Ipv4Addr, reason: String) {
         if self
             .pairs

@@ -29,6 +29,17 @@ impl Node {
     /// `peer` has no direct UDP path: offer it our listener, and connect
     /// to its own if it offered one.
     pub(super) fn tcp_no_direct(&mut self, peer: Ipv4Addr, now: Instant) {
+        self.offer_listener(peer);
+        if let Some(&to) = self.tcp_offers.get(&peer) {
+            self.tcp_connect(peer, to, now);
+        } else if self.tcp_offer.is_none() {
+            // Neither side listens (as far as we know yet): a hole punch.
+            self.propose_punch(peer, now);
+        }
+    }
+
+    /// Tells `peer` where our TCP listener is, if we have one.
+    fn offer_listener(&mut self, peer: Ipv4Addr) {
         if let Some(ours) = self.tcp_offer {
             info!(%peer, endpoint = %ours, "no direct UDP path; offering our TCP listener");
             let frame = PeerConn {
@@ -44,12 +55,6 @@ impl Node {
             .encode();
             self.send_server(frame);
         }
-        if let Some(&to) = self.tcp_offers.get(&peer) {
-            self.tcp_connect(peer, to, now);
-        } else if self.tcp_offer.is_none() {
-            // Neither side listens: a hole punch.
-            self.propose_punch(peer, now);
-        }
     }
 
     /// A peer offered its TCP listener (a UDP4CONN with TLV 4, which
@@ -59,6 +64,11 @@ impl Node {
         if self.direct.contains_key(&peer) {
             debug!(%peer, %to, "peer offers TCP; our direct path to it stands");
             return;
+        }
+        // A listener beats a punch: one we proposed before the offer came
+        // is dropped (the peer does not answer it, see `on_peer_punch`).
+        if self.punches.remove(&peer).is_some() {
+            self.tcp.forget_connecting(peer);
         }
         self.tcp_connect(peer, to, now);
     }
@@ -123,6 +133,12 @@ impl Node {
     /// A peer proposed a hole punch, or answered ours (a UDP4CONN with TLV
     /// 5, which carries nothing for the state machine).
     pub(super) fn on_peer_punch(&mut self, peer: Ipv4Addr, theirs: Punch, now: Instant) {
+        if self.tcp_offer.is_some() {
+            // We listen: the peer connects instead of punching.
+            debug!(%peer, "TCP hole punch proposed to a listener; offering the listener");
+            self.offer_listener(peer);
+            return;
+        }
         let Some(at) = self.clock.local_instant(theirs.at) else {
             debug!(%peer, "TCP hole punch refused: the server's clock is unknown here");
             return;
