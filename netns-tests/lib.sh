@@ -966,6 +966,22 @@ rl_counted() {
         | { read -r p b; [ "$what" = packets ] && printf '%s' "${p:-0}" || printf '%s' "${b:-0}"; }
 }
 
+# rl_drop_udp <router> : the router forwards no UDP at all, either way (a
+# network that blocks UDP); rl_udp_dropped <router> says how many it dropped.
+rl_drop_udp() {
+    rl_exec "$1" nft -f - <<EOF2 || rl_die "UDP drop on $1"
+table inet rl_noudp {
+    chain forward_udp {
+        type filter hook forward priority filter - 5; policy accept;
+        meta l4proto udp counter drop
+    }
+}
+EOF2
+}
+rl_udp_dropped() {
+    rl_exec "$1" nft list table inet rl_noudp | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
+}
+
 # rl_cut_udp <router> <ip> : drops forwarded UDP to or from <ip> (the other
 # site's router), leaving everything else (WS, STUN to the server) alone.
 rl_cut_udp() {

@@ -22,16 +22,8 @@ FWD=50000
 echo "test_tcp_direct: sites whose routers drop UDP reach a gateway's TCP port forward"
 
 rl_world_p2p plain plain "test_time_divisor = 5" "port = $PORT" "discovery = 0" || rl_finish
-for r in ra rb; do
-    rl_exec "$r" nft -f - <<EOF2 || rl_die "UDP drop on $r"
-table inet rl_noudp {
-    chain forward_udp {
-        type filter hook forward priority filter - 5; policy accept;
-        meta l4proto udp counter drop
-    }
-}
-EOF2
-done
+rl_drop_udp ra
+rl_drop_udp rb
 rl_exec rb nft -f - <<EOF2 || rl_die "port forward on rb"
 table ip rl_fwd {
     chain pre {
@@ -51,7 +43,6 @@ check "client b connected" rl_wait_until 20 rl_ready b
 va=$(rl_vip a); vb=$(rl_vip b)
 check "b listens for TCP on its data port" rl_wait_until 10 rl_log_has b "accepting direct TCP streams"
 
-udp_dropped() { rl_exec "$1" nft list table inet rl_noudp | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
 path_of() { rl_peer_get "$1" "$2" path; }
 both_tcp() { [ "$(path_of a "${vb:-none}")" = tcp ] && [ "$(path_of b "${va:-none}")" = tcp ]; }
 t0=$(rl_now_ms)
@@ -59,8 +50,8 @@ rl_spawn traffic a ping -n -c 120 -i 0.25 "${vb:-127.0.0.1}"
 check "a and b on a direct TCP path within 30 s" rl_wait_until 30 both_tcp
 echo "  on TCP $(rl_secs_since "$t0") s after the first ping; a's view of b: state $(rl_peer_eval a "${vb:-none}" 'p["state"]')"
 rl_stop traffic
-check "ra dropped UDP (its STUN requests)" rl_ge "$(udp_dropped ra)" 1
-check "rb dropped UDP (its STUN requests)" rl_ge "$(udp_dropped rb)" 1
+check "ra dropped UDP (its STUN requests)" rl_ge "$(rl_udp_dropped ra)" 1
+check "rb dropped UDP (its STUN requests)" rl_ge "$(rl_udp_dropped rb)" 1
 timeout 30 ip netns exec "$(rl_ns a)" "$RINGLINK" ping "${vb:-127.0.0.1}" --socket "$(rl_sock a)" --count 3 \
     >"$RL_TMP/ping.out" 2>&1
 check "ringlink ping: three replies, each on path=tcp" test "$(grep -c 'path=tcp$' "$RL_TMP/ping.out")" = 3

@@ -21,16 +21,8 @@ rl_init "$here/.."
 echo "test_tcp_punch: two NATed sites whose routers drop UDP meet by TCP hole punching"
 
 rl_world_p2p plain plain "test_time_divisor = 5" "discovery = 0" || rl_finish
-for r in ra rb; do
-    rl_exec "$r" nft -f - <<EOF2 || rl_die "UDP drop on $r"
-table inet rl_noudp {
-    chain forward_udp {
-        type filter hook forward priority filter - 5; policy accept;
-        meta l4proto udp counter drop
-    }
-}
-EOF2
-done
+rl_drop_udp ra
+rl_drop_udp rb
 rl_count ra tcp forward ip saddr 192.168.1.2 ip daddr "$RL_P2P_NET.22" meta l4proto tcp
 
 rl_start_client a a
@@ -39,7 +31,6 @@ check "client a connected" rl_wait_until 20 rl_ready a
 check "client b connected" rl_wait_until 20 rl_ready b
 va=$(rl_vip a); vb=$(rl_vip b)
 
-udp_dropped() { rl_exec "$1" nft list table inet rl_noudp | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1; }
 path_of() { rl_peer_get "$1" "$2" path; }
 both_tcp() { [ "$(path_of a "${vb:-none}")" = tcp ] && [ "$(path_of b "${va:-none}")" = tcp ]; }
 t0=$(rl_now_ms)
@@ -48,8 +39,8 @@ check "a and b on a direct TCP path within 40 s" rl_wait_until 40 both_tcp
 echo "  on TCP $(rl_secs_since "$t0") s after the first ping"
 rl_stop traffic
 check "a's log: a hole punch was agreed" rl_log_has a "TCP hole punch agreed"
-check "ra dropped UDP" rl_ge "$(udp_dropped ra)" 1
-check "rb dropped UDP" rl_ge "$(udp_dropped rb)" 1
+check "ra dropped UDP" rl_ge "$(rl_udp_dropped ra)" 1
+check "rb dropped UDP" rl_ge "$(rl_udp_dropped rb)" 1
 check "rb has no port forward (no DNAT rule)" test -z "$(rl_exec rb nft list ruleset | grep -i dnat)"
 
 f0=$(rl_counted ra tcp packets)

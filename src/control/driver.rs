@@ -145,33 +145,9 @@ impl NodeDriver {
                     });
                 }
                 // In a task of its own, like a name lookup.
-                Output::Connect { peer, to } => {
-                    let tx = self.streams.clone();
-                    tokio::spawn(async move {
-                        let event = match connect(to).await {
-                            Ok(fd) => StreamEvent::Connected {
-                                peer,
-                                remote: to,
-                                fd,
-                            },
-                            Err(reason) => StreamEvent::ConnectFailed { peer, reason },
-                        };
-                        let _ = tx.send(event).await;
-                    });
-                }
+                Output::Connect { peer, to } => self.open_stream(peer, to, connect(to)),
                 Output::Punch { peer, port, to, at } => {
-                    let tx = self.streams.clone();
-                    tokio::spawn(async move {
-                        let event = match punch(port, to, at).await {
-                            Ok(fd) => StreamEvent::Connected {
-                                peer,
-                                remote: to,
-                                fd,
-                            },
-                            Err(reason) => StreamEvent::ConnectFailed { peer, reason },
-                        };
-                        let _ = tx.send(event).await;
-                    });
+                    self.open_stream(peer, to, punch(port, to, at))
                 }
                 Output::StreamFrame { stream, datagram } => {
                     if let Err(e) = stream.tx.send(&datagram) {
@@ -214,6 +190,30 @@ async fn connect(to: SocketAddrV4) -> Result<OwnedFd, String> {
             Err(_) => return Err(format!("connect to {to}: no answer in {CONNECT_TIMEOUT:?}")),
         };
     stream_fd(stream).map_err(|e| format!("setting up the stream to {to}: {e}"))
+}
+
+impl NodeDriver {
+    /// Runs `open` beside the control loop and hands the node its stream
+    /// to `to` for `peer`, or why there is none.
+    fn open_stream(
+        &self,
+        peer: Ipv4Addr,
+        to: SocketAddrV4,
+        open: impl std::future::Future<Output = Result<OwnedFd, String>> + Send + 'static,
+    ) {
+        let tx = self.streams.clone();
+        tokio::spawn(async move {
+            let event = match open.await {
+                Ok(fd) => StreamEvent::Connected {
+                    peer,
+                    remote: to,
+                    fd,
+                },
+                Err(reason) => StreamEvent::ConnectFailed { peer, reason },
+            };
+            let _ = tx.send(event).await;
+        });
+    }
 }
 
 /// A TCP hole punch: from local `port` to `to`, starting at `at` and

@@ -169,6 +169,16 @@ counters! {
     }
 }
 
+/// How a table entry reaches a peer: the peer, the endpoint, and the
+/// socket, TURN channel or stream the path goes through.
+type Route = (
+    Ipv4Addr,
+    SocketAddrV4,
+    Option<LocalSocket>,
+    Option<u16>,
+    Option<LocalStream>,
+);
+
 pub struct Node {
     own: Ipv4Addr,
     network: Ipv4Cidr,
@@ -1356,56 +1366,25 @@ impl Node {
         self.generation += 1;
         let sessions = self.secure.dataplane();
         let mut direct = HashMap::with_capacity(self.direct.len());
-        let paths: Vec<_> = self.direct.iter().map(|(&v, &e)| (v, e)).collect();
-        for (vip, endpoint) in paths {
-            let key = self.key(vip);
-            let counters = self.counters.entry(vip).or_default().clone();
-            direct.insert(
-                vip,
-                PeerEntry {
-                    endpoint,
-                    socket: self.punch.via(endpoint),
-                    channel: None,
-                    stream: None,
-                    key,
-                    session: sessions.seals.get(&vip).cloned(),
-                    counters,
-                },
-            );
-        }
-        // Peers on a TURN path: the entry names the TURN server, the
-        // allocation's socket and the peer's channel.
+        // Direct UDP first, then TURN, then TCP: a peer takes the first
+        // path it has. Each entry says how: the socket punched from, the
+        // TURN server and channel, or the stream.
+        let mut paths: Vec<Route> = self
+            .direct
+            .iter()
+            .map(|(&v, &e)| (v, e, self.punch.via(e), None, None))
+            .collect();
         if let Some((server, socket)) = self.turn.endpoint() {
-            let turned: Vec<_> = self.turned.iter().copied().collect();
-            for vip in turned {
-                let Some(channel) = self.turn.channel(vip) else {
-                    continue;
-                };
-                if direct.contains_key(&vip) {
-                    continue;
-                }
-                let key = self.key(vip);
-                let counters = self.counters.entry(vip).or_default().clone();
-                direct.insert(
-                    vip,
-                    PeerEntry {
-                        endpoint: server,
-                        socket: Some(socket.clone()),
-                        channel: Some(channel),
-                        stream: None,
-                        key,
-                        session: sessions.seals.get(&vip).cloned(),
-                        counters,
-                    },
-                );
-            }
+            paths.extend(self.turned.iter().filter_map(|&v| {
+                let channel = self.turn.channel(v)?;
+                Some((v, server, Some(socket.clone()), Some(channel), None))
+            }));
         }
-        // Peers on a TCP stream: the entry names the stream.
-        let streamed: Vec<_> = self.streamed.iter().copied().collect();
-        for vip in streamed {
-            let Some(stream) = self.tcp.stream_of(vip).cloned() else {
-                continue;
-            };
+        paths.extend(self.streamed.iter().filter_map(|&v| {
+            let stream = self.tcp.stream_of(v)?.clone();
+            Some((v, stream.remote, None, None, Some(stream)))
+        }));
+        for (vip, endpoint, socket, channel, stream) in paths {
             if direct.contains_key(&vip) {
                 continue;
             }
@@ -1414,10 +1393,10 @@ impl Node {
             direct.insert(
                 vip,
                 PeerEntry {
-                    endpoint: stream.remote,
-                    socket: None,
-                    channel: None,
-                    stream: Some(stream),
+                    endpoint,
+                    socket,
+                    channel,
+                    stream,
                     key,
                     session: sessions.seals.get(&vip).cloned(),
                     counters,

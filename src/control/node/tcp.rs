@@ -130,6 +130,14 @@ impl Node {
         self.send_server(frame);
     }
 
+    /// Tells `peer` we punch from `port` at its instant `at`; the port, or
+    /// `None` if our address is unknown.
+    fn answer_punch(&mut self, peer: Ipv4Addr, port: u16, at: u64) -> Option<u16> {
+        let endpoint = self.predicted(port)?;
+        self.send_punch(peer, Punch { endpoint, at });
+        Some(port)
+    }
+
     /// A peer proposed a hole punch, or answered ours (a UDP4CONN with TLV
     /// 5, which carries nothing for the state machine).
     pub(super) fn on_peer_punch(&mut self, peer: Ipv4Addr, theirs: Punch, now: Instant) {
@@ -160,38 +168,23 @@ impl Node {
                 self.punches.insert(peer, mine);
                 return;
             }
-            Some((port, _)) => {
-                let Some(endpoint) = self.predicted(port) else {
-                    return;
-                };
-                self.send_punch(
-                    peer,
-                    Punch {
-                        endpoint,
-                        at: theirs.at,
-                    },
-                );
-                port
-            }
+            // Ours crossed theirs and theirs stands: answer it from ours.
+            Some((port, _)) => match self.answer_punch(peer, port, theirs.at) {
+                Some(port) => port,
+                None => return,
+            },
             None => {
-                if self.direct.contains_key(&peer) {
+                if self.direct.contains_key(&peer) || !self.tcp.expect(peer, now) {
                     return;
                 }
                 let port = self.punch_port();
-                let Some(endpoint) = self.predicted(port) else {
-                    return;
-                };
-                if !self.tcp.expect(peer, now) {
-                    return;
+                match self.answer_punch(peer, port, theirs.at) {
+                    Some(port) => port,
+                    None => {
+                        self.tcp.forget_connecting(peer);
+                        return;
+                    }
                 }
-                self.send_punch(
-                    peer,
-                    Punch {
-                        endpoint,
-                        at: theirs.at,
-                    },
-                );
-                port
             }
         };
         info!(%peer, to = %theirs.endpoint, port, "TCP hole punch agreed");
