@@ -372,6 +372,55 @@ async fn without_nats_members_keep_relaying_and_joins_fail_clearly() {
     assert_eq!(recv(&mut y).await, f);
 }
 
+/// All of NATS away for longer than a lease and its grace: when it
+/// returns, every lease in the bucket looks long expired, a live
+/// instance's too. The other instance must not take that for a death, and
+/// a lease deleted anyway is written back by its holder: the member keeps
+/// its session and receives frames from the other instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nats-server (apt-get install nats-server)"]
+async fn members_survive_an_outage_longer_than_their_leases() {
+    let mut nats = Nats::start();
+    let short = |name: &str| {
+        let mut cfg = config(&nats, name);
+        if let Some(c) = cfg.cluster.as_mut() {
+            c.lease_seconds = 3;
+        }
+        cfg
+    };
+    let a = start_with(short("a"), Tuning::default()).await;
+    let b = start_with(short("b"), Tuning::default()).await;
+    let mut x = member(a.addr, "10.77.0.1", 1).await;
+    let mut y = member(b.addr, "10.77.0.2", 2).await;
+    let f = forward("10.77.0.2", "10.77.0.1", b"before");
+    deliver_eventually(&mut y, &mut x, &f).await;
+
+    nats.stop();
+    // Expiry (3 s) + clock slack (2 s) + the lease time again (3 s) + a
+    // renewal period: b would call x's lease dead.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    nats.resume();
+
+    // Two lease times after NATS listens: long enough for b to judge and
+    // for a to renew (or write back).
+    let settle = Instant::now() + Duration::from_secs(8);
+    let after = forward("10.77.0.2", "10.77.0.1", b"after the outage");
+    deliver_eventually(&mut y, &mut x, &after).await;
+    while Instant::now() < settle {
+        send(&mut x, ws::encode_keepalive(ip("10.77.0.1"))).await;
+        let echo = recv_within(&mut x, Duration::from_secs(1)).await;
+        assert!(echo.is_some(), "x's session on a ended after the outage");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        load(&a.counters, |c| &c.cluster_lease_lost),
+        0,
+        "x lost its lease"
+    );
+    let last = forward("10.77.0.2", "10.77.0.1", b"settled");
+    deliver_eventually(&mut y, &mut x, &last).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs nats-server (apt-get install nats-server)"]
 async fn networks_stay_apart_across_instances() {

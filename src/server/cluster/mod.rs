@@ -697,14 +697,24 @@ async fn renewer(
 ) {
     let mut tick = tokio::time::interval(engine.ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connected_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => {}
         }
+        let connected = engine.client.connection_state() == State::Connected;
+        connected_since = match (connected, connected_since) {
+            (false, _) => None,
+            (true, since) => since.or_else(|| Some(tokio::time::Instant::now())),
+        };
+        // After an outage every lease in the bucket looks long expired,
+        // those of live instances too: their holders get one lease time of
+        // NATS to renew before anyone calls them dead.
+        let may_judge = connected_since.is_some_and(|t| t.elapsed() >= engine.ttl);
         for n in &networks {
             let Some(c) = &n.cluster else { continue };
-            if engine.client.connection_state() != State::Connected {
+            if !connected {
                 // Each would only wait out its timeout; the leases stay
                 // ours until they expire, and the next round renews them.
                 let held = c.held().len() as u64;
@@ -736,6 +746,9 @@ async fn renewer(
             // Leases of instances that died and whose clients never came
             // back: long expired, they go (whichever instance's delete
             // lands first; the others expect a revision that is gone).
+            if !may_judge {
+                continue;
+            }
             let now = lease::now_ms();
             let ttl_ms = engine.ttl.as_millis() as u64;
             let dead: Vec<(Ipv4Addr, u64)> = c
@@ -789,22 +802,15 @@ async fn renew_one(network: &Network, ip: Ipv4Addr) {
                             }
                         }
                         (Operation::Put, Some(l)) => c.lost(network, ip, &l.holder),
-                        _ => c.lost(network, ip, "(none: lease deleted)"),
+                        // Deleted, not taken: another instance judged this
+                        // one dead. The session is here, so the address is
+                        // written back, unless someone takes it meanwhile.
+                        _ => rewrite(c, ip, &key, value, en.revision).await,
                     }
                 }
                 // The bucket forgot it (its storage was wiped): written
                 // again, if nobody has meanwhile.
-                Ok(Ok(None)) => {
-                    let again = e.kv.update(key.as_str(), value.encode().into(), 0);
-                    match timeout(OP_TIMEOUT, again).await {
-                        Ok(Ok(rev)) => {
-                            if let Some(cur) = c.held().get_mut(&ip) {
-                                cur.revision = rev;
-                            }
-                        }
-                        _ => ServerCounters::inc(&e.counters.cluster_renew_failed),
-                    }
-                }
+                Ok(Ok(None)) => rewrite(c, ip, &key, value, 0).await,
                 _ => ServerCounters::inc(&e.counters.cluster_renew_failed),
             }
         }
@@ -813,6 +819,26 @@ async fn renew_one(network: &Network, ip: Ipv4Addr) {
             debug!("cluster: renewing {key}: {err}");
         }
         Err(_) => ServerCounters::inc(&e.counters.cluster_renew_failed),
+    }
+}
+
+/// Writes a lease held here back over a deleted or forgotten key, expecting
+/// `revision` (0: no key at all).
+async fn rewrite(c: &Net, ip: Ipv4Addr, key: &str, value: Lease, revision: u64) {
+    let e = &c.engine;
+    match timeout(
+        OP_TIMEOUT,
+        e.kv.update(key, value.encode().into(), revision),
+    )
+    .await
+    {
+        Ok(Ok(rev)) => {
+            info!("cluster: vip={ip}: its lease was gone from the bucket; written back");
+            if let Some(cur) = c.held().get_mut(&ip) {
+                cur.revision = rev;
+            }
+        }
+        _ => ServerCounters::inc(&e.counters.cluster_renew_failed),
     }
 }
 
