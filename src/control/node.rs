@@ -54,6 +54,7 @@ use super::turn_link::{Need, TurnLink};
 use super::turn_path::TurnOutput;
 
 mod tcp;
+mod why;
 
 /// What the node was built with.
 pub struct NodeConfig {
@@ -228,6 +229,8 @@ pub struct Node {
     /// Punches we proposed, by peer: the local port each will use and
     /// the instant proposed (an answer names the same one).
     punches: BTreeMap<Ipv4Addr, (u16, u64)>,
+    /// How TURN and TCP last failed, for `ringlink status`.
+    setbacks: why::Setbacks,
     pub stats: NodeStats,
 }
 
@@ -285,6 +288,7 @@ impl Node {
             streamed: BTreeSet::new(),
             clock: ServerClock::new(now),
             punches: BTreeMap::new(),
+            setbacks: why::Setbacks::default(),
             stats: NodeStats::default(),
         };
         node.peers.set_tunnelled(node.tunnelled());
@@ -1273,6 +1277,8 @@ impl Node {
                 TurnOutput::Changed => self.sync_turned(now),
                 TurnOutput::Failed { peer, error } => {
                     self.stats.turn_failures += 1;
+                    self.setbacks
+                        .note(peer, why::Fallback::Turn, error.to_string(), now);
                     match peer {
                         Some(peer) => warn!(%peer, error = %error, "TURN path failed"),
                         None => warn!(error = %error, "TURN allocation ended"),
@@ -1472,12 +1478,12 @@ impl Node {
         self.router.stats()
     }
 
-    /// Lines for `ringlink status`.
     /// The TURN server this node would relay through, for `ringlink status`.
     pub fn turn_status(&self, now_unix: u64) -> Option<String> {
         self.turn.describe(now_unix)
     }
 
+    /// Lines for `ringlink status`.
     pub fn status(&self, now: Instant) -> (Vec<PeerLine>, Vec<RouteLine>) {
         let peers = self
             .peers
@@ -1498,6 +1504,7 @@ impl Node {
                     vip: p.vip.to_string(),
                     state: p.state.to_string(),
                     path: self.link_to(p.vip).to_string(),
+                    why: self.path_why(&p, now),
                     endpoint: p.path.map(|e| e.to_string()),
                     last_heartbeat_secs: p
                         .last_heartbeat

@@ -50,8 +50,11 @@ counters! {
 pub struct PeerLine {
     pub vip: String,
     pub state: String,
-    /// "direct" or "relay".
+    /// "direct", "turn", "tcp" or "relay".
     pub path: String,
+    /// Why: what the direct attempt is doing, and how TURN and TCP fared.
+    #[serde(default)]
+    pub why: String,
     pub endpoint: Option<String>,
     pub last_heartbeat_secs: Option<f64>,
     pub tx_bytes: u64,
@@ -231,6 +234,12 @@ pub fn render(s: &Status) -> String {
                 p.tx_bytes,
                 p.rx_bytes
             ));
+        }
+    }
+    if s.peers.iter().any(|p| !p.why.is_empty()) {
+        out.push_str(&format!("\n{:<16} {:<7} WHY\n", "PEER", "PATH"));
+        for p in s.peers.iter().filter(|p| !p.why.is_empty()) {
+            out.push_str(&format!("{:<16} {:<7} {}\n", p.vip, p.path, p.why));
         }
     }
     if !s.routes.is_empty() {

@@ -316,6 +316,8 @@ impl Node {
                 TcpOutput::Failed { peer, reason } => {
                     self.stats.tcp_failures += 1;
                     warn!(%peer, %reason, "TCP path failed");
+                    self.setbacks
+                        .note(Some(peer), super::why::Fallback::Tcp, reason, now);
                     self.sync_tcp(now);
                 }
             }
