@@ -1233,6 +1233,12 @@ fn with_udp_dropped_a_pair_goes_direct_over_tcp_to_the_listener() {
     assert!(sim.stream_delivered >= before + 10, "no rechecks");
     assert_eq!(sim.open_failures, 0);
     assert_eq!(sim.hosts[0].node.stats.tcp_failures, 0);
+    // Status says why: UDP found nothing, the stream is proven.
+    let why = peer_line(&sim, 0, 1).why;
+    assert!(
+        why.starts_with("no direct UDP path") && why.ends_with("; TCP stream proven"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -1260,6 +1266,10 @@ fn a_stream_that_stops_answering_falls_back_to_the_relay_within_four_seconds() {
     );
     assert!(!sim.latest(0).direct.contains_key(&vip(1)));
     assert!(sim.hosts[0].node.stats.tcp_failures >= 1);
+    // On the relay, status names what failed: no TURN server here, and
+    // the stream that went dark.
+    let why = peer_line(&sim, 0, 1).why;
+    assert!(why.contains("; no TURN server; TCP failed "), "{why}");
 }
 
 #[test]
@@ -1279,6 +1289,11 @@ fn with_udp_back_the_pair_climbs_from_tcp_to_direct_udp() {
         peer_line(&sim, 1, 0).state
     );
     assert_eq!(path(&sim, 0, 1), "direct");
+    let why = peer_line(&sim, 0, 1).why;
+    assert!(
+        why.starts_with("direct UDP") && why.ends_with("proven by challenge"),
+        "{why}"
+    );
     // The stream is closed once UDP wins.
     sim.run_for(2_000);
     assert!(sim.latest(0).streams.is_empty() && sim.latest(1).streams.is_empty());
@@ -1339,4 +1354,9 @@ fn a_server_without_time_means_no_punch_and_the_relay() {
         ("relay".into(), "relay".into())
     );
     assert_eq!(sim.punched + sim.punches.len(), 0);
+    let why = peer_line(&sim, 0, 1).why;
+    assert!(
+        why.ends_with("; no TCP listener on either side, and no server clock to punch by"),
+        "{why}"
+    );
 }

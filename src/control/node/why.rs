@@ -63,20 +63,19 @@ fn secs(d: Duration) -> u64 {
 impl Node {
     /// One line: the path's reason, then what the better ones are doing.
     pub(super) fn path_why(&self, p: &PeerStatus, now: Instant) -> String {
-        let udp = udp_why(p, now);
+        // A pinned key says ringlink as surely as the UDP4CONN marker.
+        let ringlink = p.ringlink || self.secure.knows(p.vip);
+        let udp = udp_why(p, ringlink, now);
         match self.link_to(p.vip) {
             "direct" => udp,
             "turn" => format!("{udp}; TURN channel proven"),
             "tcp" => format!("{udp}; TCP stream proven"),
-            _ if !p.ringlink => format!("{udp}; a stock Candy peer has no other path"),
-            _ if matches!(
-                p.state,
-                PeerState::Preparing | PeerState::Synchronizing | PeerState::Connecting
-            ) =>
-            {
-                format!("{udp}; relayed meanwhile")
-            }
-            _ => format!("{udp}; {}; {}", self.turn_why(p.vip, now), self.tcp_why(p.vip, now)),
+            _ if !ringlink => format!("{udp}; a stock Candy peer has no other path"),
+            _ => format!(
+                "{udp}; {}; {}",
+                self.turn_why(p.vip, now),
+                self.tcp_why(p.vip, now)
+            ),
         }
     }
 
@@ -95,8 +94,7 @@ impl Node {
             return format!("TCP failed {}: {reason}", ago(*at, now));
         }
         let listener = self.tcp_offer.is_some() || self.tcp_offers.contains_key(&peer);
-        if !listener && (self.clock.observed().is_none() || self.clock.server_time(now).is_none())
-        {
+        if !listener && (self.clock.observed().is_none() || self.clock.server_time(now).is_none()) {
             "no TCP listener on either side, and no server clock to punch by".into()
         } else {
             "TCP not proven yet".into()
@@ -105,23 +103,28 @@ impl Node {
 }
 
 /// What the direct UDP attempt is doing.
-fn udp_why(p: &PeerStatus, now: Instant) -> String {
+fn udp_why(p: &PeerStatus, ringlink: bool, now: Instant) -> String {
     let next = secs((p.since + p.retry).saturating_duration_since(now));
     let method = p.method.map(|m| format!(" ({m})")).unwrap_or_default();
     match p.state {
-        PeerState::Connected if p.ringlink => format!("direct UDP{method}, proven by challenge"),
+        PeerState::Connected if ringlink => format!("direct UDP{method}, proven by challenge"),
         PeerState::Connected => "direct UDP, on Candy's heartbeats".into(),
         PeerState::Init => "no direct attempt yet (one starts with traffic)".into(),
-        PeerState::Preparing => format!("direct attempt {}: asking STUN for our mapping", p.attempts),
+        PeerState::Preparing => {
+            format!("direct attempt {}: asking STUN for our mapping", p.attempts)
+        }
         PeerState::Synchronizing => {
-            format!("direct attempt {}: waiting for the peer's endpoint", p.attempts)
+            format!(
+                "direct attempt {}: waiting for the peer's endpoint",
+                p.attempts
+            )
         }
         PeerState::Connecting => format!("direct attempt {}{method}: punching", p.attempts),
         PeerState::Waiting => format!(
             "no direct UDP path after {} attempts{method}, next in {next}s",
             p.attempts
         ),
-        PeerState::Failed if p.ringlink => {
+        PeerState::Failed if ringlink => {
             format!("no direct UDP path (STUN or the peer never answered), next in {next}s")
         }
         PeerState::Failed => "no direct UDP path (STUN or the peer never answered)".into(),
