@@ -221,6 +221,9 @@ def section(run):
         if "direct_after_ms" in meta:
             notes.append("%s: status showed the peer direct %.1f s after the clients started"
                          % (t["name"], float(meta["direct_after_ms"]) / 1000.0))
+        if "turn_ceiling" in meta:
+            notes.append("%s: coturn alone, same sitting (examples/turn_ceiling: two allocations, ChannelData one way, no ringlink): %s"
+                         % (t["name"], meta["turn_ceiling"]))
         for k in sorted(meta):
             if k.startswith("status_"):
                 notes.append("%s: client %s after the run: %s" % (t["name"], k[7:], meta[k]))
