@@ -202,4 +202,7 @@ t0=$(rl_now_ms)
 check "the newcomer joins once NATS is back (within 120 s)" rl_wait_until 120 f_joined
 echo "  f joined $(( $(rl_now_ms) - t0 )) ms after the NATS nodes listened"
 check "ping f -> a after NATS returned (5 of 5)" rl_wait_until 20 rl_ping f "${VIP[a]}" 5
+# The outage outlasted every lease: an instance back on NATS must not take
+# s1's leases for a dead instance's, and s1 keeps a's session.
+check_not "s1 kept a's lease and session through the outage" rl_log_has server1 "vip=${VIP[a]} is now held by"
 rl_finish test_cluster
