@@ -87,12 +87,14 @@ pub enum NodeError {
 /// One thing for the caller to do, in the order the node decided it.
 #[derive(Debug)]
 pub enum Output {
-    /// Send `datagram` to `to`, from the shared data port or from `via`.
+    /// Send `datagram` to `to`, from the shared data port or from `via`,
+    /// with IP TTL `ttl` when given (a primer), else the system's.
     /// Peer messages are already sealed; STUN requests go as they are.
     Datagram {
         to: SocketAddrV4,
         via: Option<LocalSocket>,
         datagram: Vec<u8>,
+        ttl: Option<u8>,
     },
     /// Open `count` fresh UDP sockets on ephemeral ports for a hard-NAT
     /// attempt and hand them to [`Node::on_sockets_opened`].
@@ -344,8 +346,13 @@ impl Node {
             let due = self.punch.due(now);
             self.stats.punch_probes += due.len() as u64;
             for (probe, via) in due {
+                let mut ttl = None;
                 let datagram = match (probe.kind, &via) {
                     (ProbeKind::Heartbeat, _) => self.seal_for(probe.peer, &plain),
+                    (ProbeKind::Primer, _) => {
+                        ttl = Some(nat::schedule::PRIMER_TTL);
+                        self.seal_for(probe.peer, &plain)
+                    }
                     (ProbeKind::Stun, Some(socket)) => {
                         let mut txid: stun::TransactionId = Default::default();
                         self.rng.fill(&mut txid);
@@ -358,6 +365,7 @@ impl Node {
                     to: probe.to,
                     via,
                     datagram,
+                    ttl,
                 });
             }
             if self.punch.release_idle(now, self.direct.values().copied()) {
@@ -941,8 +949,12 @@ impl Node {
     fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
         let datagram = self.seal_for(peer, plaintext);
         let via = self.punch.via(to);
-        self.outputs
-            .push_back(Output::Datagram { to, via, datagram });
+        self.outputs.push_back(Output::Datagram {
+            to,
+            via,
+            datagram,
+            ttl: None,
+        });
     }
 
     /// A peer message for `peer` as a datagram: sealed with its session if
@@ -1013,6 +1025,7 @@ impl Node {
                         to: server,
                         via: None,
                         datagram: stun::encode_binding_request(&txid).to_vec(),
+                        ttl: None,
                     });
                 }
             }
@@ -1240,6 +1253,7 @@ impl Node {
                             to,
                             via: Some(socket),
                             datagram,
+                            ttl: None,
                         });
                     }
                 }
@@ -1344,6 +1358,7 @@ impl Node {
             to,
             via: Some(socket),
             datagram,
+            ttl: None,
         });
     }
 

@@ -9,9 +9,10 @@
 //!
 //! Two kinds of attempt open sockets: birthday (many, each probing the
 //! peer once) and a fresh port (one, whose mapping is learned by STUN and
-//! announced to the peer only after it has sent to the peer: a router that
-//! lets unsolicited datagrams create conntrack entries, such as a bare
-//! Linux masquerade, then has nothing in the way of the peer's answer).
+//! announced to the peer only after a primer from it has opened our
+//! router towards the peer: a router that lets unsolicited datagrams
+//! create conntrack entries, such as a bare Linux masquerade, then has
+//! nothing in the way of the peer's answer).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -44,6 +45,10 @@ pub struct Probe {
 pub enum ProbeKind {
     /// A marked HEARTBEAT sealed for the peer.
     Heartbeat,
+    /// The same with a small IP TTL (`nat::schedule::PRIMER_TTL`): it
+    /// opens our router's session towards `to` and dies before the
+    /// peer's router.
+    Primer,
     /// A STUN binding request to `to`, the STUN server: the fresh port
     /// learns its mapping, then announces it.
     Stun,
@@ -275,13 +280,15 @@ impl Punch {
         self.queue.make_contiguous().sort_by_key(|q| q.due);
     }
 
-    /// A fresh port's probes, in this order: one to the peer's mapping
-    /// `target`, the `spray` (a prediction window, if the method has one),
-    /// and only then the STUN request whose answer is announced to the
-    /// peer. Every session the peer's answers need exists on our router
-    /// before the peer learns the port, so none of its datagrams arrives
-    /// unsolicited (which on a bare masquerade would claim the port).
-    /// Returns when the last of them leaves.
+    /// A fresh port's probes, in this order: a primer to the peer's
+    /// mapping `target`, the `spray` (a prediction window, if the method
+    /// has one), and only then the STUN request whose answer is announced
+    /// to the peer. Every session the peer's answers need exists on our
+    /// router before the peer learns the port, so none of its datagrams
+    /// arrives unsolicited (which on a bare masquerade would claim the
+    /// port); and the primer does not reach the peer's router, where it
+    /// would do the same to the peer's mapping. Returns when the last of
+    /// them leaves.
     pub fn fresh_port_probes(
         &mut self,
         peer: Ipv4Addr,
@@ -291,15 +298,23 @@ impl Punch {
         stun: Option<SocketAddrV4>,
         now: Instant,
     ) -> Instant {
-        let first = target.map(|target| Send {
-            socket: 0,
-            target,
-            at: Duration::ZERO,
+        let primer = target.map(|target| {
+            let send = Send {
+                socket: 0,
+                target,
+                at: Duration::ZERO,
+            };
+            (socket, send)
         });
+        self.enqueue_kind(peer, now, ProbeKind::Primer, primer.into_iter());
         let gap = Duration::from_secs(1) / schedule::PACKETS_PER_SECOND;
         // An observation (nothing to send first) asks STUN at once.
-        let offset = if first.is_some() { gap } else { Duration::ZERO };
-        let probes = usize::from(first.is_some()) + spray.len();
+        let offset = if primer.is_some() {
+            gap
+        } else {
+            Duration::ZERO
+        };
+        let probes = usize::from(primer.is_some()) + spray.len();
         let last = spray
             .iter()
             .map(|s| s.at + offset)
@@ -309,11 +324,7 @@ impl Punch {
             at: s.at + offset,
             ..s
         });
-        self.enqueue(
-            peer,
-            now,
-            first.into_iter().chain(spray).map(|s| (socket, s)),
-        );
+        self.enqueue(peer, now, spray.map(|s| (socket, s)));
         let after = if probes == 0 {
             Duration::ZERO
         } else {
@@ -649,7 +660,7 @@ mod fresh_port_tests {
         p.fresh_port_probes(PEER, socket.id, Some(target), window, Some(stun), t0);
         let sent = p.due(t0 + Duration::from_secs(1));
         let kinds: Vec<_> = sent.iter().map(|(pr, _)| (pr.kind, pr.to.port())).collect();
-        let mut want = vec![(ProbeKind::Heartbeat, 40_000)];
+        let mut want = vec![(ProbeKind::Primer, 40_000)];
         want.extend((40_001..=40_008).map(|port| (ProbeKind::Heartbeat, port)));
         want.push((ProbeKind::Stun, 3478));
         assert_eq!(kinds, want);
