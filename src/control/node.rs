@@ -553,6 +553,14 @@ impl Node {
                     self.peers
                         .handle_public_info(pc.src, pc.endpoint, ringlink, nat, now);
                 self.count(outcome);
+                // Never towards an address the tunnel carries (a loop).
+                let tunnelled = self
+                    .tunnelled()
+                    .iter()
+                    .any(|c| c.contains(*pc.endpoint.ip()));
+                if ringlink && outcome == Outcome::Accepted && !tunnelled {
+                    self.punch.meet(pc.src, pc.endpoint, now);
+                }
                 if let Some(key) = pc.tail.and_then(|t| t.key) {
                     if let Some(text) = self.secure.announced(pc.src, PublicKey(key), now) {
                         self.outputs.push_back(Output::SavePins(text));

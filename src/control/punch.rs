@@ -14,7 +14,7 @@
 //! create conntrack entries, such as a bare Linux masquerade, then has
 //! nothing in the way of the peer's answer).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -28,6 +28,12 @@ use crate::peer::FreshSpray;
 /// them: the attempt's probes take under 4 s, CONNECTING lasts 10, and a
 /// late answer to the last probe may still arrive after that.
 const SOCKET_LIFETIME: Duration = Duration::from_secs(15);
+
+/// How long after its primer a fresh port's heartbeat to the peer's fresh
+/// port leaves: the two sides hear of each other's port through the
+/// server at moments that differ by the skew of their attempts (a relay
+/// trip or so); both primers must be out before either heartbeat lands.
+const PRIMER_LEAD: Duration = Duration::from_millis(500);
 
 /// Peer endpoints remembered as heard on an extra socket. Only datagrams
 /// that opened with our key count, so this is a bound, not a filter.
@@ -123,6 +129,11 @@ pub struct Punch {
     /// Per peer, the fresh port of its running attempt: what sprays to it
     /// leave from.
     attempt: HashMap<Ipv4Addr, u16>,
+    /// Per peer, the fresh port of its simultaneous open, which meets the
+    /// peer's own fresh port ([`Punch::meet`]).
+    simultaneous: HashMap<Ipv4Addr, u16>,
+    /// (socket, endpoint) pairs a simultaneous open's fresh port primed.
+    primed: HashSet<(u16, SocketAddrV4)>,
     /// Per peer, the sockets of its birthday attempt, for retargeting.
     birthday: HashMap<Ipv4Addr, Vec<u16>>,
     stun: HashMap<u16, Fresh>,
@@ -182,6 +193,10 @@ impl Punch {
                 };
                 let socket = held.socket.clone();
                 self.attempt.insert(peer, socket.id);
+                if let (Some(target), FreshSpray::Nothing) = (target, spray) {
+                    self.simultaneous.insert(peer, socket.id);
+                    self.primed.insert((socket.id, target));
+                }
                 return Opened::FreshPort {
                     peer,
                     target,
@@ -344,6 +359,36 @@ impl Punch {
         now + after
     }
 
+    /// `peer` announced `endpoint` while our simultaneous open towards it
+    /// runs: its own fresh port, typically. Our fresh port primes it, and
+    /// a marked HEARTBEAT follows [`PRIMER_LEAD`] later; the peer's fresh
+    /// port does the same towards ours once it hears of it. Both fresh
+    /// ports are new to both routers, so with each side's primer out
+    /// before the other's heartbeat arrives, neither heartbeat arrives
+    /// unsolicited. Our main port cannot be trusted for this: behind a
+    /// bare masquerade, one early datagram from anyone whose flow then
+    /// clashed moves every later flow of the port to another port (Linux
+    /// 6.18), while the STUN session that named the port lives on. Once
+    /// per endpoint; false if there was nothing to do.
+    pub fn meet(&mut self, peer: Ipv4Addr, endpoint: SocketAddrV4, now: Instant) -> bool {
+        let Some(&socket) = self.simultaneous.get(&peer) else {
+            return false;
+        };
+        if !self.primed.insert((socket, endpoint)) {
+            return false;
+        }
+        let send = |at| Send {
+            socket: 0,
+            target: endpoint,
+            at,
+        };
+        let primer = std::iter::once((socket, send(Duration::ZERO)));
+        self.enqueue_kind(peer, now, ProbeKind::Primer, primer);
+        let heartbeat = std::iter::once((socket, send(PRIMER_LEAD)));
+        self.enqueue_kind(peer, now, ProbeKind::Heartbeat, heartbeat);
+        true
+    }
+
     /// A spray from the shared port, paced as `sends` say from `start`.
     pub fn spray_from_main(&mut self, peer: Ipv4Addr, start: Instant, sends: Vec<Send>) {
         self.enqueue(peer, start, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
@@ -354,6 +399,7 @@ impl Punch {
     pub fn stop(&mut self, peer: Ipv4Addr) {
         self.queue.retain(|q| q.probe.peer != peer);
         self.attempt.remove(&peer);
+        self.simultaneous.remove(&peer);
         self.birthday.remove(&peer);
     }
 
@@ -443,6 +489,8 @@ impl Punch {
         let sockets = &self.sockets;
         self.heard.retain(|_, id| sockets.contains_key(id));
         self.attempt.retain(|_, id| sockets.contains_key(id));
+        self.simultaneous.retain(|_, id| sockets.contains_key(id));
+        self.primed.retain(|(id, _)| sockets.contains_key(id));
         self.birthday.retain(|_, ids| {
             ids.retain(|id| sockets.contains_key(id));
             !ids.is_empty()
