@@ -613,6 +613,39 @@ fn primers_cross_two_bare_masquerades_only_when_they_expire_on_the_way() {
     );
 }
 
+/// Someone whose first datagram reached a bare masquerade's main port
+/// before the host had sent to it, and whom the host then answered (as a
+/// full cone peer's challenge and our own challenge to it do), moves the
+/// port: that flow clashed, and every later new flow of the main socket
+/// leaves from the port it got (Linux 6.18, measured), while the node's
+/// peers still know the old one from its STUN session. Each simultaneous
+/// open's fresh port then meets the other's: both prime the port the
+/// other announced, and heartbeats follow half a second later.
+#[test]
+fn bare_masquerades_whose_main_ports_moved_meet_on_their_fresh_ports() {
+    use Kind::BareMasquerade;
+    for seed in [4, 5] {
+        let mut lab = Lab::new(&[BareMasquerade, BareMasquerade], seed);
+        for m in [0, 1] {
+            let early = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 9), 5000);
+            let main = lab.local_ep(m, MAIN_SOCKET);
+            let nat = &mut lab.hosts[m].nat;
+            assert!(!nat.inbound(early, MAIN_PORT));
+            assert_ne!(nat.outbound(main, early).port(), MAIN_PORT);
+            assert_ne!(
+                nat.mapped_port(main),
+                Some(MAIN_PORT),
+                "moved for new flows"
+            );
+        }
+        let took = lab.time_to_direct(0, 1, 12_000);
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(2)),
+            "seed {seed}: {took:?}"
+        );
+    }
+}
+
 /// Two sequential NATs cross each other by prediction from both sides,
 /// even with other hosts opening sessions behind both routers.
 #[test]

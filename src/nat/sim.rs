@@ -155,6 +155,11 @@ impl SimNat {
             .or_else(|| on_port().find(|((_, dest), _)| dest.is_some_and(|d| d.ip() == from.ip())))
             .map(|((local, _), _)| *local)
     }
+    /// The port a new flow from `local` would leave from, on a cone.
+    pub fn mapped_port(&self, local: SocketAddrV4) -> Option<u16> {
+        self.mappings.get(&(local, None)).copied()
+    }
+
     /// A host with a public address and no NAT or firewall.
     pub fn none() -> Self {
         let mut me = Self::new(false, Filter::Open, Alloc::Preserve, 0);
@@ -174,11 +179,28 @@ impl SimNat {
             key = (local, Some(to));
         } else if let Some(&p) = self.mappings.get(&key) {
             if self.clashes.contains(&(p, to)) {
-                key = (local, Some(to));
                 // The clashing port stays taken by the stale entry.
                 let fresh = self.allocate_avoiding(p);
-                self.mappings.insert(key, fresh);
                 self.used.insert(fresh);
+                if self.per_destination {
+                    self.mappings.insert(key, fresh);
+                } else {
+                    // Linux (6.18, measured in the NAT lab) then gives
+                    // every later new flow of `local` that port too; flows
+                    // already open keep theirs.
+                    let open: Vec<SocketAddrV4> = self
+                        .contacted
+                        .iter()
+                        .filter(|(port, _)| *port == p)
+                        .map(|(_, r)| *r)
+                        .collect();
+                    for r in open {
+                        self.mappings.entry((local, Some(r))).or_insert(p);
+                    }
+                    self.mappings.insert(key, fresh);
+                    key = (local, Some(to));
+                    self.mappings.insert(key, fresh);
+                }
             }
         }
         let port = match self.mappings.get(&key) {
