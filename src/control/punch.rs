@@ -35,6 +35,11 @@ const SOCKET_LIFETIME: Duration = Duration::from_secs(15);
 /// trip or so); both primers must be out before either heartbeat lands.
 const PRIMER_LEAD: Duration = Duration::from_millis(500);
 
+/// Endpoints a simultaneous open's fresh port primes: the peer's main
+/// mapping, and its fresh port (one per round) with room for a
+/// re-announcement or two.
+const MAX_PRIMED: usize = 4;
+
 /// Peer endpoints remembered as heard on an extra socket. Only datagrams
 /// that opened with our key count, so this is a bound, not a filter.
 const MAX_HEARD: usize = 4096;
@@ -369,13 +374,16 @@ impl Punch {
     /// bare masquerade, one early datagram from anyone whose flow then
     /// clashed moves every later flow of the port to another port (Linux
     /// 6.18), while the STUN session that named the port lives on. Once
-    /// per endpoint; false if there was nothing to do.
-    pub fn meet(&mut self, peer: Ipv4Addr, endpoint: SocketAddrV4, now: Instant) -> bool {
+    /// per endpoint, and for [`MAX_PRIMED`] endpoints per fresh port: a
+    /// member that announces address after address through the server
+    /// gets no more datagrams sent where it points.
+    pub fn meet(&mut self, peer: Ipv4Addr, endpoint: SocketAddrV4, now: Instant) {
         let Some(&socket) = self.simultaneous.get(&peer) else {
-            return false;
+            return;
         };
-        if !self.primed.insert((socket, endpoint)) {
-            return false;
+        let spent = self.primed.iter().filter(|(s, _)| *s == socket).count();
+        if spent >= MAX_PRIMED || !self.primed.insert((socket, endpoint)) {
+            return;
         }
         let send = |at| Send {
             socket: 0,
@@ -386,7 +394,6 @@ impl Punch {
         self.enqueue_kind(peer, now, ProbeKind::Primer, primer);
         let heartbeat = std::iter::once((socket, send(PRIMER_LEAD)));
         self.enqueue_kind(peer, now, ProbeKind::Heartbeat, heartbeat);
-        true
     }
 
     /// A spray from the shared port, paced as `sends` say from `start`.
@@ -732,6 +739,48 @@ mod fresh_port_tests {
         let ports: Vec<u16> = sent.iter().map(|(pr, _)| pr.to.port()).collect();
         assert_eq!(ports, [20_001, 20_003, 20_005]);
         assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
+    }
+
+    #[test]
+    fn a_simultaneous_fresh_port_meets_the_peers_fresh_port_a_bounded_number_of_times() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let main = ep(2, 40_000);
+        // Nothing to meet with before our fresh port exists.
+        p.meet(PEER, ep(2, 41_000), t0);
+        assert_eq!(p.poll_timeout(), None);
+        let socket = fresh_port(&mut p, Some(main), t0);
+        p.fresh_port_probes(PEER, socket.id, Some(main), Vec::new(), None, t0);
+        assert_eq!(p.due(t0).len(), 1, "the primer to the main mapping");
+        let theirs = ep(2, 41_000);
+        p.meet(PEER, theirs, t0);
+        p.meet(PEER, theirs, t0);
+        let now: Vec<_> = p.due(t0).iter().map(|(pr, _)| (pr.kind, pr.to)).collect();
+        assert_eq!(now, [(ProbeKind::Primer, theirs)], "once per endpoint");
+        assert!(p
+            .due(t0 + PRIMER_LEAD - Duration::from_millis(1))
+            .is_empty());
+        let later = p.due(t0 + PRIMER_LEAD);
+        assert_eq!(later.len(), 1);
+        assert_eq!(
+            (later[0].0.kind, later[0].0.to),
+            (ProbeKind::Heartbeat, theirs)
+        );
+        assert_eq!(later[0].1.as_ref(), Some(&socket));
+        // The main mapping and three more; the rest are not sent to.
+        for port in 42_000..42_010 {
+            p.meet(PEER, ep(2, port), t0);
+        }
+        let primers = p
+            .due(t0 + Duration::from_secs(1))
+            .into_iter()
+            .filter(|(pr, _)| pr.kind == ProbeKind::Primer)
+            .count();
+        assert_eq!(primers, MAX_PRIMED - 2);
+        // Connected: nothing more to meet.
+        p.stop(PEER);
+        p.meet(PEER, ep(2, 43_000), t0);
+        assert!(p.due(t0 + Duration::from_secs(2)).is_empty());
     }
 
     #[test]

@@ -155,6 +155,7 @@ impl SimNat {
             .or_else(|| on_port().find(|((_, dest), _)| dest.is_some_and(|d| d.ip() == from.ip())))
             .map(|((local, _), _)| *local)
     }
+
     /// The port a new flow from `local` would leave from, on a cone.
     pub fn mapped_port(&self, local: SocketAddrV4) -> Option<u16> {
         self.mappings.get(&(local, None)).copied()
