@@ -33,8 +33,8 @@
 #                   conntrack entry, and our flow to it gets another port).
 # Limits: one inside host per router (fullcone and restricted forward to
 # it); EIM holds while masquerade can keep the source port (a clash makes
-# Linux pick another port for that flow: the bare-masquerade case of
-# issue 13).
+# Linux pick another port for that flow, and on 6.18 for every later new
+# flow of the same socket: the bare-masquerade case of issue 13).
 
 NL_WAN="${NL_WAN:-10.200.0}"
 NL_KINDS=(fullcone restricted portrestricted seq random masq)
