@@ -3,9 +3,15 @@
 # namespaces this script creates. Source it after lib.sh (it uses rl_attach,
 # rl_link, rl_sysctl, rl_router_firewall, rl_exec).
 #
-# Addresses: the "internet" is the switch sw, $NL_WAN.0/24 (default
-# 10.200.0); router <i> is $NL_WAN.(20+i) with LAN 10.201.<i>.0/24: router
-# .1, its one inside host .2.
+# Addresses: the "internet" is $NL_WAN.0/24 (default 10.200.0). Outside
+# hosts (servers, probes) sit on the switch sw; router <i> is
+# $NL_WAN.(20+i), not on the switch but on a link of its own to the core
+# router nl_core ($NL_WAN.254), with LAN 10.201.<i>.0/24: router .1, its one
+# inside host .2. So any two NAT routers are one routed hop apart, as two
+# sites are (several hops) on the internet: a datagram's TTL counts between
+# them, and a primer (nat/schedule.rs) expires at the core. The core
+# answers ARP on the switch for the routers' addresses (proxy ARP), so
+# outside hosts keep seeing one /24.
 #
 # Kinds (RFC 4787 terms; all but `masq` with rl_router_firewall, the home
 # router input firewall that drops new inbound to the router itself):
@@ -27,8 +33,8 @@
 #                   conntrack entry, and our flow to it gets another port).
 # Limits: one inside host per router (fullcone and restricted forward to
 # it); EIM holds while masquerade can keep the source port (a clash makes
-# Linux pick another port for that flow: the bare-masquerade case of
-# issue 13).
+# Linux pick another port for that flow, and on 6.18 for every later new
+# flow of the same socket: the bare-masquerade case of issue 13).
 
 NL_WAN="${NL_WAN:-10.200.0}"
 NL_KINDS=(fullcone restricted portrestricted seq random masq)
@@ -45,9 +51,17 @@ nl_seq_map() {
 nl_router_wan() { printf '%s.%s' "$NL_WAN" "$((20 + NL_IDX[$1]))"; }
 nl_host_ip() { printf '10.201.%s.2' "${NL_IDX[$1]}"; }
 
-# nl_world : the switch alone (routers and outside hosts attach to it).
+NL_CORE_IP="$NL_WAN.254"
+
+# nl_world : the switch (outside hosts attach to it) and the core router
+# on it (routers link to the core).
 nl_world() {
     rl_switch
+    rl_attach nl_core "$NL_CORE_IP/24"
+    rl_sysctl nl_core net.ipv4.ip_forward=1
+    rl_sysctl nl_core net.ipv4.conf.eth0.proxy_arp=1
+    # Answer at once: the default holds a proxied ARP reply up to 0.8 s.
+    rl_sysctl nl_core net.ipv4.neigh.eth0.proxy_delay=0
 }
 
 # nl_router <name> <kind> <index> : router namespace nr_<name> and inside
@@ -58,7 +72,12 @@ nl_router() {
     NL_IDX[$name]=$i
     local wan lan="10.201.$i" host
     wan=$(nl_router_wan "$name"); host=$(nl_host_ip "$name")
-    rl_attach "$r" "$wan/24" "" eth0
+    # The WAN link to the core: /32 at both ends (the core's address on
+    # every such link), routed by hand.
+    rl_link "$r" eth0 "$wan/32" nl_core "w$i" "$NL_CORE_IP/32"
+    ip -n "$(rl_ns "$r")" route add "$NL_CORE_IP" dev eth0
+    ip -n "$(rl_ns "$r")" route add default via "$NL_CORE_IP" dev eth0
+    ip -n "$(rl_ns nl_core)" route add "$wan/32" dev "w$i"
     rl_link "$r" lan0 "$lan.1/24" "$h" eth0 "$lan.2/24"
     ip -n "$(rl_ns "$h")" route add default via "$lan.1"
     rl_sysctl "$r" net.ipv4.ip_forward=1

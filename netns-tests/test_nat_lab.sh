@@ -6,7 +6,8 @@
 # sessions (port allocation), whether an unsolicited datagram to the router
 # itself is dropped (input firewall) or refused (none), and whether an
 # endpoint whose datagram arrived first gets another mapping (the conntrack
-# clash of a bare masquerade router, issue 13). A deliberately
+# clash of a bare masquerade router, issue 13), and that a datagram sent
+# with IP TTL 2 passes its own router but reaches no other. A deliberately
 # misbuilt router (a port-restricted one posing as a full cone) must fail
 # the full-cone checks, so the probe can tell. Then ringlink's own NAT
 # classifier (src/nat, run by the nat_classify example against `ringlink
@@ -93,6 +94,30 @@ EOF2
 for k in "${NL_KINDS[@]}"; do
     check "router $k behaves as $k" behaves "$k" "$k"
 done
+
+# One routed hop between any two NAT routers (the core): a datagram sent
+# with IP TTL 2 from behind one router passes that router and never
+# reaches another (a primer, nat/schedule.rs), one with the default TTL
+# does. Counted on the sender's router (forwarded out) and on the bare
+# masquerade router's input (where an early datagram would claim a port).
+rl_count nr_fullcone ttl forward iifname "lan0" oifname "eth0" udp dport 7777
+rl_count nr_masq ttl input iifname "eth0" ip saddr "$(nl_router_wan fullcone)" udp dport 7777
+send_ttl() {
+    rl_exec nh_fullcone python3 -c "
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+if int(sys.argv[1]):
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, int(sys.argv[1]))
+for _ in range(3):
+    s.sendto(b'hop', ('$(nl_router_wan masq)', 7777))" "$1"
+}
+send_ttl 2
+send_ttl 0
+counted() { [ "$(rl_counted "$1" ttl packets)" -ge "$2" ]; }
+check "fullcone's router forwarded all 6 test datagrams" rl_wait_until 5 counted nr_fullcone 6
+check "masq's router got the 3 sent with the default TTL" rl_wait_until 5 counted nr_masq 3
+check "masq's router got none of the 3 sent with TTL 2 (got $(rl_counted nr_masq ttl packets) in all)" \
+    test "$(rl_counted nr_masq ttl packets)" -eq 3
 check_not "a port-restricted router fails the full-cone checks" behaves fullcone fake
 
 # classified <router> <expected> : the classifier's line for <router>

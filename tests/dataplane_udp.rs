@@ -306,7 +306,7 @@ fn scenario() {
     // The control thread's sends leave from the dataplane's port.
     let sender = dp.udp_sender().expect("sender");
     let probe = key(PEER).seal_to_vec([9; 12], &Heartbeat::new(OWN, false).encode());
-    sender.send_to(&probe, peer.addr(), None).unwrap();
+    sender.send_to(&probe, peer.addr(), None, None).unwrap();
     assert_eq!(peer.recv_opened(PEER), Heartbeat::new(OWN, false).encode());
 
     multi_flow(&dp, port);

@@ -243,10 +243,15 @@ impl Sim {
     fn collect(&mut self, i: usize) {
         while let Some(out) = self.hosts[i].node.poll_output() {
             match out {
-                Output::Datagram { to, datagram, via } if to == STUN => {
+                Output::Datagram {
+                    to, datagram, via, ..
+                } if to == STUN => {
                     self.answer_stun(i, via.map_or(MAIN_SOCKET, |s| s.id), &datagram)
                 }
-                Output::Datagram { to, datagram, via } => {
+                // One flat network: a primer's TTL reaches every host.
+                Output::Datagram {
+                    to, datagram, via, ..
+                } => {
                     let from = via.map_or(self.hosts[i].public, |s| extra_public(i, s.id));
                     let Some((j, local)) = self.host_at(to) else {
                         self.stray.push((i, to));

@@ -112,8 +112,13 @@ impl NodeDriver {
     ) {
         while let Some(output) = self.node.poll_output() {
             match output {
-                Output::Datagram { to, via, datagram } => {
-                    if let Err(e) = self.udp.send_to(&datagram, to, via.as_ref()) {
+                Output::Datagram {
+                    to,
+                    via,
+                    datagram,
+                    ttl,
+                } => {
+                    if let Err(e) = self.udp.send_to(&datagram, to, via.as_ref(), ttl) {
                         counters.udp_send_errors += 1;
                         debug!(error = %e, %to, "UDP send failed");
                     }

@@ -88,12 +88,14 @@ pub enum NodeError {
 /// One thing for the caller to do, in the order the node decided it.
 #[derive(Debug)]
 pub enum Output {
-    /// Send `datagram` to `to`, from the shared data port or from `via`.
+    /// Send `datagram` to `to`, from the shared data port or from `via`,
+    /// with IP TTL `ttl` when given (a primer), else the system's.
     /// Peer messages are already sealed; STUN requests go as they are.
     Datagram {
         to: SocketAddrV4,
         via: Option<LocalSocket>,
         datagram: Vec<u8>,
+        ttl: Option<u8>,
     },
     /// Open `count` fresh UDP sockets on ephemeral ports for a hard-NAT
     /// attempt and hand them to [`Node::on_sockets_opened`].
@@ -348,8 +350,13 @@ impl Node {
             let due = self.punch.due(now);
             self.stats.punch_probes += due.len() as u64;
             for (probe, via) in due {
+                let mut ttl = None;
                 let datagram = match (probe.kind, &via) {
                     (ProbeKind::Heartbeat, _) => self.seal_for(probe.peer, &plain),
+                    (ProbeKind::Primer, _) => {
+                        ttl = Some(nat::schedule::PRIMER_TTL);
+                        self.seal_for(probe.peer, &plain)
+                    }
                     (ProbeKind::Stun, Some(socket)) => {
                         let mut txid: stun::TransactionId = Default::default();
                         self.rng.fill(&mut txid);
@@ -362,6 +369,7 @@ impl Node {
                     to: probe.to,
                     via,
                     datagram,
+                    ttl,
                 });
             }
             if self.punch.release_idle(now, self.direct.values().copied()) {
@@ -549,6 +557,14 @@ impl Node {
                     self.peers
                         .handle_public_info(pc.src, pc.endpoint, ringlink, nat, now);
                 self.count(outcome);
+                // Never towards an address the tunnel carries (a loop).
+                let tunnelled = self
+                    .tunnelled()
+                    .iter()
+                    .any(|c| c.contains(*pc.endpoint.ip()));
+                if ringlink && outcome == Outcome::Accepted && !tunnelled {
+                    self.punch.meet(pc.src, pc.endpoint, now);
+                }
                 if let Some(key) = pc.tail.and_then(|t| t.key) {
                     if let Some(text) = self.secure.announced(pc.src, PublicKey(key), now) {
                         self.outputs.push_back(Output::SavePins(text));
@@ -945,8 +961,12 @@ impl Node {
     fn send_udp(&mut self, peer: Ipv4Addr, to: SocketAddrV4, plaintext: &[u8]) {
         let datagram = self.seal_for(peer, plaintext);
         let via = self.punch.via(to);
-        self.outputs
-            .push_back(Output::Datagram { to, via, datagram });
+        self.outputs.push_back(Output::Datagram {
+            to,
+            via,
+            datagram,
+            ttl: None,
+        });
     }
 
     /// A peer message for `peer` as a datagram: sealed with its session if
@@ -1017,6 +1037,7 @@ impl Node {
                         to: server,
                         via: None,
                         datagram: stun::encode_binding_request(&txid).to_vec(),
+                        ttl: None,
                     });
                 }
             }
@@ -1244,6 +1265,7 @@ impl Node {
                             to,
                             via: Some(socket),
                             datagram,
+                            ttl: None,
                         });
                     }
                 }
@@ -1350,6 +1372,7 @@ impl Node {
             to,
             via: Some(socket),
             datagram,
+            ttl: None,
         });
     }
 

@@ -9,11 +9,12 @@
 //!
 //! Two kinds of attempt open sockets: birthday (many, each probing the
 //! peer once) and a fresh port (one, whose mapping is learned by STUN and
-//! announced to the peer only after it has sent to the peer: a router that
-//! lets unsolicited datagrams create conntrack entries, such as a bare
-//! Linux masquerade, then has nothing in the way of the peer's answer).
+//! announced to the peer only after a primer from it has opened our
+//! router towards the peer: a router that lets unsolicited datagrams
+//! create conntrack entries, such as a bare Linux masquerade, then has
+//! nothing in the way of the peer's answer).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -27,6 +28,17 @@ use crate::peer::FreshSpray;
 /// them: the attempt's probes take under 4 s, CONNECTING lasts 10, and a
 /// late answer to the last probe may still arrive after that.
 const SOCKET_LIFETIME: Duration = Duration::from_secs(15);
+
+/// How long after its primer a fresh port's heartbeat to the peer's fresh
+/// port leaves: the two sides hear of each other's port through the
+/// server at moments that differ by the skew of their attempts (a relay
+/// trip or so); both primers must be out before either heartbeat lands.
+const PRIMER_LEAD: Duration = Duration::from_millis(500);
+
+/// Endpoints a simultaneous open's fresh port primes: the peer's main
+/// mapping, and its fresh port (one per round) with room for a
+/// re-announcement or two.
+const MAX_PRIMED: usize = 4;
 
 /// Peer endpoints remembered as heard on an extra socket. Only datagrams
 /// that opened with our key count, so this is a bound, not a filter.
@@ -44,6 +56,10 @@ pub struct Probe {
 pub enum ProbeKind {
     /// A marked HEARTBEAT sealed for the peer.
     Heartbeat,
+    /// The same with a small IP TTL (`nat::schedule::PRIMER_TTL`): it
+    /// opens our router's session towards `to` and dies before the
+    /// peer's router.
+    Primer,
     /// A STUN binding request to `to`, the STUN server: the fresh port
     /// learns its mapping, then announces it.
     Stun,
@@ -118,6 +134,11 @@ pub struct Punch {
     /// Per peer, the fresh port of its running attempt: what sprays to it
     /// leave from.
     attempt: HashMap<Ipv4Addr, u16>,
+    /// Per peer, the fresh port of its simultaneous open, which meets the
+    /// peer's own fresh port ([`Punch::meet`]).
+    simultaneous: HashMap<Ipv4Addr, u16>,
+    /// (socket, endpoint) pairs a simultaneous open's fresh port primed.
+    primed: HashSet<(u16, SocketAddrV4)>,
     /// Per peer, the sockets of its birthday attempt, for retargeting.
     birthday: HashMap<Ipv4Addr, Vec<u16>>,
     stun: HashMap<u16, Fresh>,
@@ -177,6 +198,10 @@ impl Punch {
                 };
                 let socket = held.socket.clone();
                 self.attempt.insert(peer, socket.id);
+                if let (Some(target), FreshSpray::Nothing) = (target, spray) {
+                    self.simultaneous.insert(peer, socket.id);
+                    self.primed.insert((socket.id, target));
+                }
                 return Opened::FreshPort {
                     peer,
                     target,
@@ -275,13 +300,15 @@ impl Punch {
         self.queue.make_contiguous().sort_by_key(|q| q.due);
     }
 
-    /// A fresh port's probes, in this order: one to the peer's mapping
-    /// `target`, the `spray` (a prediction window, if the method has one),
-    /// and only then the STUN request whose answer is announced to the
-    /// peer. Every session the peer's answers need exists on our router
-    /// before the peer learns the port, so none of its datagrams arrives
-    /// unsolicited (which on a bare masquerade would claim the port).
-    /// Returns when the last of them leaves.
+    /// A fresh port's probes, in this order: a primer to the peer's
+    /// mapping `target`, the `spray` (a prediction window, if the method
+    /// has one), and only then the STUN request whose answer is announced
+    /// to the peer. Every session the peer's answers need exists on our
+    /// router before the peer learns the port, so none of its datagrams
+    /// arrives unsolicited (which on a bare masquerade would claim the
+    /// port); and the primer does not reach the peer's router, where it
+    /// would do the same to the peer's mapping. Returns when the last of
+    /// them leaves.
     pub fn fresh_port_probes(
         &mut self,
         peer: Ipv4Addr,
@@ -291,15 +318,23 @@ impl Punch {
         stun: Option<SocketAddrV4>,
         now: Instant,
     ) -> Instant {
-        let first = target.map(|target| Send {
-            socket: 0,
-            target,
-            at: Duration::ZERO,
+        let primer = target.map(|target| {
+            let send = Send {
+                socket: 0,
+                target,
+                at: Duration::ZERO,
+            };
+            (socket, send)
         });
+        self.enqueue_kind(peer, now, ProbeKind::Primer, primer.into_iter());
         let gap = Duration::from_secs(1) / schedule::PACKETS_PER_SECOND;
         // An observation (nothing to send first) asks STUN at once.
-        let offset = if first.is_some() { gap } else { Duration::ZERO };
-        let probes = usize::from(first.is_some()) + spray.len();
+        let offset = if primer.is_some() {
+            gap
+        } else {
+            Duration::ZERO
+        };
+        let probes = usize::from(primer.is_some()) + spray.len();
         let last = spray
             .iter()
             .map(|s| s.at + offset)
@@ -309,11 +344,7 @@ impl Punch {
             at: s.at + offset,
             ..s
         });
-        self.enqueue(
-            peer,
-            now,
-            first.into_iter().chain(spray).map(|s| (socket, s)),
-        );
+        self.enqueue(peer, now, spray.map(|s| (socket, s)));
         let after = if probes == 0 {
             Duration::ZERO
         } else {
@@ -333,6 +364,38 @@ impl Punch {
         now + after
     }
 
+    /// `peer` announced `endpoint` while our simultaneous open towards it
+    /// runs: its own fresh port, typically. Our fresh port primes it, and
+    /// a marked HEARTBEAT follows [`PRIMER_LEAD`] later; the peer's fresh
+    /// port does the same towards ours once it hears of it. Both fresh
+    /// ports are new to both routers, so with each side's primer out
+    /// before the other's heartbeat arrives, neither heartbeat arrives
+    /// unsolicited. Our main port cannot be trusted for this: behind a
+    /// bare masquerade, one early datagram from anyone whose flow then
+    /// clashed moves every later flow of the port to another port (Linux
+    /// 6.18), while the STUN session that named the port lives on. Once
+    /// per endpoint, and for [`MAX_PRIMED`] endpoints per fresh port: a
+    /// member that announces address after address through the server
+    /// gets no more datagrams sent where it points.
+    pub fn meet(&mut self, peer: Ipv4Addr, endpoint: SocketAddrV4, now: Instant) {
+        let Some(&socket) = self.simultaneous.get(&peer) else {
+            return;
+        };
+        let spent = self.primed.iter().filter(|(s, _)| *s == socket).count();
+        if spent >= MAX_PRIMED || !self.primed.insert((socket, endpoint)) {
+            return;
+        }
+        let send = |at| Send {
+            socket: 0,
+            target: endpoint,
+            at,
+        };
+        let primer = std::iter::once((socket, send(Duration::ZERO)));
+        self.enqueue_kind(peer, now, ProbeKind::Primer, primer);
+        let heartbeat = std::iter::once((socket, send(PRIMER_LEAD)));
+        self.enqueue_kind(peer, now, ProbeKind::Heartbeat, heartbeat);
+    }
+
     /// A spray from the shared port, paced as `sends` say from `start`.
     pub fn spray_from_main(&mut self, peer: Ipv4Addr, start: Instant, sends: Vec<Send>) {
         self.enqueue(peer, start, sends.into_iter().map(|s| (MAIN_SOCKET, s)));
@@ -343,6 +406,7 @@ impl Punch {
     pub fn stop(&mut self, peer: Ipv4Addr) {
         self.queue.retain(|q| q.probe.peer != peer);
         self.attempt.remove(&peer);
+        self.simultaneous.remove(&peer);
         self.birthday.remove(&peer);
     }
 
@@ -432,6 +496,8 @@ impl Punch {
         let sockets = &self.sockets;
         self.heard.retain(|_, id| sockets.contains_key(id));
         self.attempt.retain(|_, id| sockets.contains_key(id));
+        self.simultaneous.retain(|_, id| sockets.contains_key(id));
+        self.primed.retain(|(id, _)| sockets.contains_key(id));
         self.birthday.retain(|_, ids| {
             ids.retain(|id| sockets.contains_key(id));
             !ids.is_empty()
@@ -649,7 +715,7 @@ mod fresh_port_tests {
         p.fresh_port_probes(PEER, socket.id, Some(target), window, Some(stun), t0);
         let sent = p.due(t0 + Duration::from_secs(1));
         let kinds: Vec<_> = sent.iter().map(|(pr, _)| (pr.kind, pr.to.port())).collect();
-        let mut want = vec![(ProbeKind::Heartbeat, 40_000)];
+        let mut want = vec![(ProbeKind::Primer, 40_000)];
         want.extend((40_001..=40_008).map(|port| (ProbeKind::Heartbeat, port)));
         want.push((ProbeKind::Stun, 3478));
         assert_eq!(kinds, want);
@@ -673,6 +739,48 @@ mod fresh_port_tests {
         let ports: Vec<u16> = sent.iter().map(|(pr, _)| pr.to.port()).collect();
         assert_eq!(ports, [20_001, 20_003, 20_005]);
         assert!(sent.iter().all(|(_, via)| via.as_ref() == Some(&socket)));
+    }
+
+    #[test]
+    fn a_simultaneous_fresh_port_meets_the_peers_fresh_port_a_bounded_number_of_times() {
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let main = ep(2, 40_000);
+        // Nothing to meet with before our fresh port exists.
+        p.meet(PEER, ep(2, 41_000), t0);
+        assert_eq!(p.poll_timeout(), None);
+        let socket = fresh_port(&mut p, Some(main), t0);
+        p.fresh_port_probes(PEER, socket.id, Some(main), Vec::new(), None, t0);
+        assert_eq!(p.due(t0).len(), 1, "the primer to the main mapping");
+        let theirs = ep(2, 41_000);
+        p.meet(PEER, theirs, t0);
+        p.meet(PEER, theirs, t0);
+        let now: Vec<_> = p.due(t0).iter().map(|(pr, _)| (pr.kind, pr.to)).collect();
+        assert_eq!(now, [(ProbeKind::Primer, theirs)], "once per endpoint");
+        assert!(p
+            .due(t0 + PRIMER_LEAD - Duration::from_millis(1))
+            .is_empty());
+        let later = p.due(t0 + PRIMER_LEAD);
+        assert_eq!(later.len(), 1);
+        assert_eq!(
+            (later[0].0.kind, later[0].0.to),
+            (ProbeKind::Heartbeat, theirs)
+        );
+        assert_eq!(later[0].1.as_ref(), Some(&socket));
+        // The main mapping and three more; the rest are not sent to.
+        for port in 42_000..42_010 {
+            p.meet(PEER, ep(2, port), t0);
+        }
+        let primers = p
+            .due(t0 + Duration::from_secs(1))
+            .into_iter()
+            .filter(|(pr, _)| pr.kind == ProbeKind::Primer)
+            .count();
+        assert_eq!(primers, MAX_PRIMED - 2);
+        // Connected: nothing more to meet.
+        p.stop(PEER);
+        p.meet(PEER, ep(2, 43_000), t0);
+        assert!(p.due(t0 + Duration::from_secs(2)).is_empty());
     }
 
     #[test]

@@ -260,15 +260,16 @@ pub struct UdpSender {
 
 impl UdpSender {
     /// Send one datagram, already sealed (or STUN) by the caller, from the
-    /// shared port or from `via`.
+    /// shared port or from `via`, with IP TTL `ttl` when given.
     pub fn send_to(
         &self,
         datagram: &[u8],
         to: SocketAddrV4,
         via: Option<&LocalSocket>,
+        ttl: Option<u8>,
     ) -> io::Result<()> {
         let fd = via.map_or(self.fd.as_fd(), |s| s.fd.as_fd());
-        udp::send_to(fd, datagram, to)
+        udp::send_to(fd, datagram, to, ttl)
     }
 
     /// A fresh socket on an ephemeral port (its own NAT mapping), for a

@@ -441,12 +441,12 @@ fn udp_sender_uses_the_dataplane_port() {
     let h = harness(16);
     let sender = h.dp.udp_sender().expect("sender");
     let d = key(PEER).seal_to_vec([1; 12], &Heartbeat::new(OWN, false).encode());
-    sender.send_to(&d, h.peer_addr, None).unwrap();
+    sender.send_to(&d, h.peer_addr, None, None).unwrap();
     let plain = h.peer_recv();
     assert_eq!(plain, Heartbeat::new(OWN, false).encode());
     h.dp.shutdown().unwrap();
     // The sender's socket outlives the workers.
-    sender.send_to(b"late", h.peer_addr, None).unwrap();
+    sender.send_to(b"late", h.peer_addr, None, None).unwrap();
 }
 
 #[test]

@@ -23,6 +23,39 @@
 //! - one hard-NAT attempt per node at a time (the caller's job: these
 //!   budgets are per node, not per peer).
 //!
+//! # Primers (a fresh port's first datagram)
+//!
+//! A router with no input firewall (a bare Linux masquerade) accepts a
+//! datagram for its own address that matches no session, and conntrack
+//! keeps an entry for it. Its own host's later flow back to that sender
+//! would have the entry's tuple, so masquerade maps the flow to another
+//! port, which the sender's filter drops. So a fresh port does not open
+//! with a heartbeat that reaches the peer's router before the peer has
+//! sent to it: its first datagram to the peer's mapping is a *primer*, the
+//! same sealed heartbeat with IP TTL [`PRIMER_TTL`] = 2. That passes our
+//! own router (which forwards it with TTL 1, creating our session towards
+//! the peer) and expires at the next router. The peer hears of the port
+//! only afterwards (STUN, then a UDP4CONN through the server), so its
+//! challenge comes later than the primer by causality, not by a timer, and
+//! finds our session waiting; our answers go out on that session. Nothing
+//! needs to reach the peer: a full or restricted cone learns the port from
+//! the same announcement.
+//!
+//! Why 2: a host behind one router needs 2 (a router drops a datagram that
+//! arrives with TTL 1 before its source NAT applies). It must not reach
+//! the peer's router, which is at least 2 routers further on the internet
+//! (our ISP's first router, then the peer's gateway), and at least 1 in
+//! the NAT lab. The trade-off: behind two NATs (a home router behind a
+//! carrier NAT) it takes 3 to reach the outer one, so the primer opens
+//! only the inner one and the outer one drops the peer's challenge to
+//! this port; the pair then goes direct through the peer's fresh port,
+//! which primed its own side. ringlink on the gateway itself passes its
+//! NAT with 1, so its primer dies one router later than it needs to,
+//! still short of a peer gateway that is not its neighbour. A larger TTL,
+//! or a set of them, would reach the peer's router wherever the two
+//! gateways are fewer routers apart, which is exactly what must not
+//! happen.
+//!
 //! # Prediction (a sequential symmetric NAT and a port-filtering cone)
 //!
 //! A sequential NAT gives session k+1 the port of session k plus Δ, and
@@ -127,6 +160,8 @@ use super::method::Step;
 
 pub const PACKETS_PER_SECOND: u32 = 200;
 pub const MAX_PACKETS_PER_ATTEMPT: usize = 1024;
+/// IP TTL of a fresh port's first datagram to the peer (see "Primers").
+pub const PRIMER_TTL: u8 = 2;
 /// Ports sprayed before the peer's observed base: sessions its NAT opened
 /// just before the observation (its first challenge to us).
 pub const WINDOW_BEHIND: u16 = 4;

@@ -47,6 +47,17 @@ pub struct SimNat {
     /// (mapped port, remote) pairs such entries hold: our own flow from
     /// that port to that remote would clash, so it gets another port.
     clashes: HashSet<(u16, SocketAddrV4)>,
+    /// Routers that forward between the host and the outside, the NAT
+    /// box included: 1 for a host behind it, 0 for the NAT box itself.
+    hops_inside: u8,
+}
+
+/// Whether a datagram with IP TTL `ttl` gets through `routers` routers:
+/// each drops one that arrives with TTL 1 rather than forward it (Linux
+/// `ip_forward`), and takes one off the rest. The last hop's own
+/// delivery (to the router itself, or to a host) needs no more than 1.
+pub fn passes(ttl: u8, routers: u8) -> bool {
+    ttl > routers
 }
 
 impl SimNat {
@@ -63,7 +74,35 @@ impl SimNat {
             contacted: HashSet::new(),
             firewall: true,
             clashes: HashSet::new(),
+            hops_inside: 1,
         }
+    }
+
+    /// The host runs on the NAT box itself: its datagrams are translated
+    /// as they leave, without a router's forwarding in between.
+    pub fn run_on_the_gateway(&mut self) {
+        self.hops_inside = 0;
+    }
+
+    /// A datagram `local` → `to` sent with IP TTL `ttl`: the public
+    /// source it leaves from and the TTL it leaves with, or None if it
+    /// expired before the NAT translated it (no mapping is made then).
+    pub fn send(
+        &mut self,
+        local: SocketAddrV4,
+        to: SocketAddrV4,
+        ttl: u8,
+    ) -> Option<(SocketAddrV4, u8)> {
+        if !passes(ttl, self.hops_inside) {
+            return None;
+        }
+        Some((self.outbound(local, to), ttl - self.hops_inside))
+    }
+
+    /// Whether a datagram the NAT admitted, arriving with TTL `ttl`, gets
+    /// forwarded on to the host.
+    pub fn reaches_host(&self, ttl: u8) -> bool {
+        passes(ttl, self.hops_inside)
     }
 
     /// A port-preserving port-restricted cone without an input firewall.
@@ -116,6 +155,12 @@ impl SimNat {
             .or_else(|| on_port().find(|((_, dest), _)| dest.is_some_and(|d| d.ip() == from.ip())))
             .map(|((local, _), _)| *local)
     }
+
+    /// The port a new flow from `local` would leave from, on a cone.
+    pub fn mapped_port(&self, local: SocketAddrV4) -> Option<u16> {
+        self.mappings.get(&(local, None)).copied()
+    }
+
     /// A host with a public address and no NAT or firewall.
     pub fn none() -> Self {
         let mut me = Self::new(false, Filter::Open, Alloc::Preserve, 0);
@@ -129,13 +174,34 @@ impl SimNat {
             return local;
         }
         let mut key = (local, self.per_destination.then_some(to));
-        if let Some(&p) = self.mappings.get(&key) {
-            if self.clashes.contains(&(p, to)) && !self.mappings.contains_key(&(local, Some(to))) {
-                key = (local, Some(to));
+        if self.mappings.contains_key(&(local, Some(to))) {
+            // A flow of its own: on a cone, one that clashed before keeps
+            // the port it got then (its conntrack entry).
+            key = (local, Some(to));
+        } else if let Some(&p) = self.mappings.get(&key) {
+            if self.clashes.contains(&(p, to)) {
                 // The clashing port stays taken by the stale entry.
                 let fresh = self.allocate_avoiding(p);
-                self.mappings.insert(key, fresh);
                 self.used.insert(fresh);
+                if self.per_destination {
+                    self.mappings.insert(key, fresh);
+                } else {
+                    // Linux (6.18, measured in the NAT lab) then gives
+                    // every later new flow of `local` that port too; flows
+                    // already open keep theirs.
+                    let open: Vec<SocketAddrV4> = self
+                        .contacted
+                        .iter()
+                        .filter(|(port, _)| *port == p)
+                        .map(|(_, r)| *r)
+                        .collect();
+                    for r in open {
+                        self.mappings.entry((local, Some(r))).or_insert(p);
+                    }
+                    self.mappings.insert(key, fresh);
+                    key = (local, Some(to));
+                    self.mappings.insert(key, fresh);
+                }
             }
         }
         let port = match self.mappings.get(&key) {

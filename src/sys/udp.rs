@@ -245,22 +245,49 @@ pub fn parse_sockaddr_in(name: &[u8]) -> Option<SocketAddrV4> {
     ))
 }
 
-/// One `sendto(2)` without waiting: a full socket buffer is an error
-/// (`WouldBlock`), never a stall of the caller's event loop.
-pub fn send_to(fd: BorrowedFd<'_>, datagram: &[u8], to: SocketAddrV4) -> io::Result<()> {
-    let sa = sockaddr_in(to);
-    loop {
-        // SAFETY: datagram and sa are live for the call, sizes passed along.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                datagram.as_ptr().cast(),
-                datagram.len(),
-                libc::MSG_DONTWAIT,
-                (&sa as *const libc::sockaddr_in).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+/// Control buffer of a send that sets the IP TTL: `CMSG_SPACE(sizeof(int))`.
+const TTL_CONTROL_LEN: usize = CMSG_HDR_LEN + 8;
+
+/// One send without waiting: a full socket buffer is an error
+/// (`WouldBlock`), never a stall of the caller's event loop. `ttl` sets
+/// this datagram's IP TTL alone (an `IP_TTL` control message): the socket
+/// is shared with the workers' sends, which a setsockopt would race with.
+pub fn send_to(
+    fd: BorrowedFd<'_>,
+    datagram: &[u8],
+    to: SocketAddrV4,
+    ttl: Option<u8>,
+) -> io::Result<()> {
+    let mut sa = sockaddr_in(to);
+    let mut iov = libc::iovec {
+        iov_base: datagram.as_ptr() as *mut libc::c_void,
+        iov_len: datagram.len(),
+    };
+    // u64 elements: the kernel wants the control buffer aligned for cmsghdr.
+    let mut control = [0u64; TTL_CONTROL_LEN / 8];
+    // SAFETY: an all-zero msghdr is a valid value (no name, no control).
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
+    msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(ttl) = ttl {
+        let bytes = ttl_control(ttl);
+        // SAFETY: control is TTL_CONTROL_LEN bytes, as many as bytes holds.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                control.as_mut_ptr().cast::<u8>(),
+                TTL_CONTROL_LEN,
             )
         };
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = TTL_CONTROL_LEN;
+    }
+    loop {
+        // SAFETY: msg points at sa, iov (and so datagram) and control,
+        // all live for the call.
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
         if n >= 0 {
             // UDP sends all or nothing.
             return Ok(());
@@ -270,6 +297,17 @@ pub fn send_to(fd: BorrowedFd<'_>, datagram: &[u8], to: SocketAddrV4) -> io::Res
             return Err(e);
         }
     }
+}
+
+/// The `IP_TTL` control message of [`send_to`]: a cmsghdr, then the TTL
+/// as an int, padded to CMSG_SPACE.
+fn ttl_control(ttl: u8) -> [u8; TTL_CONTROL_LEN] {
+    let mut c = [0u8; TTL_CONTROL_LEN];
+    c[..8].copy_from_slice(&(CMSG_HDR_LEN + 4).to_ne_bytes());
+    c[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
+    c[12..16].copy_from_slice(&libc::IP_TTL.to_ne_bytes());
+    c[16..20].copy_from_slice(&i32::from(ttl).to_ne_bytes());
+    c
 }
 
 #[cfg(test)]
@@ -307,11 +345,57 @@ mod tests {
         let std::net::SocketAddr::V4(to) = peer.local_addr().unwrap() else {
             unreachable!()
         };
-        send_to(a.as_fd(), b"hi", to).unwrap();
+        send_to(a.as_fd(), b"hi", to, None).unwrap();
         let mut buf = [0u8; 8];
         let (n, from) = peer.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"hi");
         assert_eq!(from.port(), port);
+    }
+
+    /// The TTL a datagram arrived with, read from its IP_TTL control
+    /// message (IP_RECVTTL on).
+    fn recv_ttl(fd: BorrowedFd<'_>) -> Option<i32> {
+        let mut buf = [0u8; 64];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 8];
+        // SAFETY: an all-zero msghdr is a valid value.
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = mem::size_of_val(&control);
+        // SAFETY: msg points at live buffers of the sizes given.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, 0) };
+        assert!(n >= 0, "recvmsg: {}", io::Error::last_os_error());
+        // SAFETY: control holds msg_controllen bytes written by the kernel.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(control.as_ptr().cast::<u8>(), msg.msg_controllen)
+        };
+        let level = i32::from_ne_bytes(bytes.get(8..12)?.try_into().ok()?);
+        let kind = i32::from_ne_bytes(bytes.get(12..16)?.try_into().ok()?);
+        (level == libc::IPPROTO_IP && kind == libc::IP_TTL)
+            .then(|| i32::from_ne_bytes(bytes[16..20].try_into().unwrap()))
+    }
+
+    #[test]
+    fn a_ttl_applies_to_its_datagram_alone() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let rx = OwnedFd::from(rx);
+        set_int(&rx, libc::IPPROTO_IP, libc::IP_RECVTTL, 1).unwrap();
+        let to = local_addr(rx.as_fd()).unwrap();
+        let tx = bind_reuseport(0, 1 << 16).unwrap();
+        send_to(tx.as_fd(), b"primer", to, Some(2)).unwrap();
+        send_to(tx.as_fd(), b"probe", to, None).unwrap();
+        assert_eq!(recv_ttl(rx.as_fd()), Some(2));
+        // The socket's own TTL (64 unless the host says otherwise) again.
+        let default = get_int(tx.as_fd(), libc::IPPROTO_IP, libc::IP_TTL).unwrap();
+        assert_eq!(recv_ttl(rx.as_fd()), Some(default));
+        assert_ne!(default, 2);
     }
 
     fn cmsg(level: i32, kind: i32, data: &[u8]) -> Vec<u8> {
