@@ -15,6 +15,7 @@ pub mod channel;
 pub mod client;
 pub mod credentials;
 pub mod message;
+pub mod stream;
 
 use std::net::SocketAddr;
 
