@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::iface::Interface;
 use super::node::{Node, Output};
 use super::status::ControlCounters;
+use super::turn_tls::{self, TurnEvent};
 use crate::dataplane::{SharedSnapshot, UdpSender};
 use crate::session::pins;
 
@@ -66,12 +68,39 @@ impl StreamEvent {
     }
 }
 
-/// The answer to [`Output::ResolveTurn`], for the control loop to hand to
-/// [`Node::on_turn_resolved`].
+/// The answer to [`Output::ResolveTurn`] for a UDP server, for the
+/// control loop to hand to [`Node::on_turn_resolved`].
 pub struct Resolved {
     pub host: String,
     pub port: u16,
     pub addr: Option<SocketAddrV4>,
+}
+
+/// What the control loop hears about the TURN server.
+pub enum TurnNews {
+    Resolved(Resolved),
+    Tls(TurnEvent),
+}
+
+impl From<TurnEvent> for TurnNews {
+    fn from(e: TurnEvent) -> Self {
+        TurnNews::Tls(e)
+    }
+}
+
+impl TurnNews {
+    pub fn deliver(self, node: &mut Node) {
+        let now = Instant::now();
+        match self {
+            TurnNews::Resolved(r) => node.on_turn_resolved(&r.host, r.port, r.addr, now),
+            TurnNews::Tls(TurnEvent::Up { host, port, result }) => {
+                node.on_turn_bridge(&host, port, result, now)
+            }
+            TurnNews::Tls(TurnEvent::Ended { local, reason }) => {
+                node.on_turn_bridge_ended(local, &reason, now)
+            }
+        }
+    }
 }
 
 /// A node and the handles its outputs go to.
@@ -80,7 +109,8 @@ pub struct NodeDriver {
     udp: UdpSender,
     snapshot: SharedSnapshot,
     pins_file: PathBuf,
-    resolved: mpsc::Sender<Resolved>,
+    resolved: mpsc::Sender<TurnNews>,
+    turn_tls: TlsConnector,
     streams: mpsc::Sender<StreamEvent>,
 }
 
@@ -90,7 +120,8 @@ impl NodeDriver {
         udp: UdpSender,
         snapshot: SharedSnapshot,
         pins_file: PathBuf,
-        resolved: mpsc::Sender<Resolved>,
+        resolved: mpsc::Sender<TurnNews>,
+        turn_tls: TlsConnector,
         streams: mpsc::Sender<StreamEvent>,
     ) -> Self {
         Self {
@@ -99,6 +130,7 @@ impl NodeDriver {
             snapshot,
             pins_file,
             resolved,
+            turn_tls,
             streams,
         }
     }
@@ -137,11 +169,22 @@ impl NodeDriver {
                 },
                 // In a task of its own: a slow resolver must not hold up
                 // the heartbeats of every direct path.
-                Output::ResolveTurn { host, port } => {
+                Output::ResolveTurn {
+                    host,
+                    port,
+                    tls: true,
+                } => turn_tls::spawn(host, port, self.turn_tls.clone(), self.resolved.clone()),
+                Output::ResolveTurn {
+                    host,
+                    port,
+                    tls: false,
+                } => {
                     let tx = self.resolved.clone();
                     tokio::spawn(async move {
                         let addr = resolve_v4(&host, port).await;
-                        let _ = tx.send(Resolved { host, port, addr }).await;
+                        let _ = tx
+                            .send(TurnNews::Resolved(Resolved { host, port, addr }))
+                            .await;
                     });
                 }
                 // In a task of its own, like a name lookup.

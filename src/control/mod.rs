@@ -23,6 +23,7 @@ mod traversal_tests;
 pub mod turn;
 pub mod turn_link;
 pub mod turn_path;
+pub mod turn_tls;
 mod ws_client;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 use crate::config::ClientConfig;
@@ -80,7 +82,8 @@ async fn new_node(
     own: Ipv4Cidr,
     iface: &Interface,
     identity: secure::Identity,
-    resolved: mpsc::Sender<driver::Resolved>,
+    resolved: mpsc::Sender<driver::TurnNews>,
+    turn_tls: TlsConnector,
     streams: mpsc::Sender<driver::StreamEvent>,
     now: Instant,
 ) -> Result<(NodeDriver, Option<NatProbe>, Option<JoinHandle<()>>), ClientError> {
@@ -182,6 +185,7 @@ async fn new_node(
             iface.snapshot(),
             cfg.pins_file.clone(),
             resolved,
+            turn_tls,
             streams,
         ),
         probe,
@@ -357,6 +361,9 @@ pub async fn run(
     let mut hangups = Hangups::new();
     let mut identity = load_identity(&cfg)?;
     let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
+    // Built now, so a bad tls_ca stops the client at start, not at its
+    // first turns:// allocation.
+    let turn_tls = tls::connector(&cfg.turn_tls)?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
         server: cfg.server.to_url(),
@@ -482,7 +489,7 @@ pub async fn run(
                                         snapshot: i.snapshot(),
                                     }));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), streams_tx.clone(), now).await?;
+                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), turn_tls.clone(), streams_tx.clone(), now).await?;
                                     node = Some(n);
                                     accept_task = accept;
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
@@ -527,9 +534,9 @@ pub async fn run(
                         n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
-                Some(r) = resolved_rx.recv() => {
+                Some(news) = resolved_rx.recv() => {
                     if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
-                        n.node.on_turn_resolved(&r.host, r.port, r.addr, Instant::now());
+                        news.deliver(&mut n.node);
                         n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
