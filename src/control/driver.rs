@@ -103,15 +103,24 @@ impl TurnNews {
     }
 }
 
+/// Where the tasks and threads that outputs start report back to the
+/// control loop, and what they need to start. One set per client; every
+/// node of it shares the same.
+#[derive(Clone)]
+pub struct Helpers {
+    pub turn: mpsc::Sender<TurnNews>,
+    pub streams: mpsc::Sender<StreamEvent>,
+    /// The TLS setup of `turns://` (the client's tls_ca/tls_insecure).
+    pub turn_tls: TlsConnector,
+}
+
 /// A node and the handles its outputs go to.
 pub struct NodeDriver {
     pub node: Node,
     udp: UdpSender,
     snapshot: SharedSnapshot,
     pins_file: PathBuf,
-    resolved: mpsc::Sender<TurnNews>,
-    turn_tls: TlsConnector,
-    streams: mpsc::Sender<StreamEvent>,
+    helpers: Helpers,
 }
 
 impl NodeDriver {
@@ -120,18 +129,14 @@ impl NodeDriver {
         udp: UdpSender,
         snapshot: SharedSnapshot,
         pins_file: PathBuf,
-        resolved: mpsc::Sender<TurnNews>,
-        turn_tls: TlsConnector,
-        streams: mpsc::Sender<StreamEvent>,
+        helpers: Helpers,
     ) -> Self {
         Self {
             node,
             udp,
             snapshot,
             pins_file,
-            resolved,
-            turn_tls,
-            streams,
+            helpers,
         }
     }
 
@@ -173,13 +178,16 @@ impl NodeDriver {
                     host,
                     port,
                     tls: true,
-                } => turn_tls::spawn(host, port, self.turn_tls.clone(), self.resolved.clone()),
+                } => {
+                    let h = &self.helpers;
+                    turn_tls::spawn(host, port, h.turn_tls.clone(), h.turn.clone())
+                }
                 Output::ResolveTurn {
                     host,
                     port,
                     tls: false,
                 } => {
-                    let tx = self.resolved.clone();
+                    let tx = self.helpers.turn.clone();
                     tokio::spawn(async move {
                         let addr = resolve_v4(&host, port).await;
                         let _ = tx
@@ -244,7 +252,7 @@ impl NodeDriver {
         to: SocketAddrV4,
         open: impl std::future::Future<Output = Result<OwnedFd, String>> + Send + 'static,
     ) {
-        let tx = self.streams.clone();
+        let tx = self.helpers.streams.clone();
         tokio::spawn(async move {
             let event = match open.await {
                 Ok(fd) => StreamEvent::Connected {

@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsConnector;
 use tracing::{info, warn};
 
 use crate::config::ClientConfig;
@@ -82,9 +81,7 @@ async fn new_node(
     own: Ipv4Cidr,
     iface: &Interface,
     identity: secure::Identity,
-    resolved: mpsc::Sender<driver::TurnNews>,
-    turn_tls: TlsConnector,
-    streams: mpsc::Sender<driver::StreamEvent>,
+    helpers: driver::Helpers,
     now: Instant,
 ) -> Result<(NodeDriver, Option<NatProbe>, Option<JoinHandle<()>>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
@@ -104,8 +101,8 @@ async fn new_node(
         }
     }
     let tcp_offer = listener.as_ref().map(|(public, _)| *public);
-    let accept =
-        listener.map(|(_, l)| tokio::task::spawn_local(driver::accept_streams(l, streams.clone())));
+    let accept = listener
+        .map(|(_, l)| tokio::task::spawn_local(driver::accept_streams(l, helpers.streams.clone())));
     let stun = match &cfg.stun {
         None => None,
         Some(s) => {
@@ -179,15 +176,7 @@ async fn new_node(
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
     Ok((
-        NodeDriver::new(
-            node,
-            udp,
-            iface.snapshot(),
-            cfg.pins_file.clone(),
-            resolved,
-            turn_tls,
-            streams,
-        ),
+        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone(), helpers),
         probe,
         accept,
     ))
@@ -413,8 +402,13 @@ pub async fn run(
     let mut iface: Option<Interface> = None;
     let mut node: Option<NodeDriver> = None;
     let (nat_tx, mut nat_rx) = mpsc::channel(4);
-    let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
+    let (turn_tx, mut resolved_rx) = mpsc::channel(4);
     let (streams_tx, mut streams_rx) = mpsc::channel(16);
+    let helpers = driver::Helpers {
+        turn: turn_tx,
+        streams: streams_tx,
+        turn_tls,
+    };
     let mut nat_task = None;
     let mut accept_task = None;
     let main = async {
@@ -489,7 +483,7 @@ pub async fn run(
                                         snapshot: i.snapshot(),
                                     }));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), turn_tls.clone(), streams_tx.clone(), now).await?;
+                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), helpers.clone(), now).await?;
                                     node = Some(n);
                                     accept_task = accept;
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
