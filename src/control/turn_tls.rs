@@ -39,7 +39,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
 use crate::proto::mtu::MAX_DATAGRAM;
-use crate::sys::udp;
+use crate::sys::{signals, udp};
 use crate::turn::stream::{frame, Deframer};
 
 /// Resolving, connecting and the TLS handshake together.
@@ -78,9 +78,11 @@ where
 {
     let thread_events = events.clone();
     let (thread_host, thread_port) = (host.clone(), port);
-    let spawned = std::thread::Builder::new()
-        .name("turn-tls".into())
-        .spawn(move || {
+    // Started with the process signals blocked, like the workers: SIGTERM
+    // and SIGHUP belong to the control thread's handlers.
+    let builder = std::thread::Builder::new().name("turn-tls".into());
+    let spawned = signals::with_process_signals_blocked(|| {
+        builder.spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -98,7 +100,8 @@ where
                 }
             };
             rt.block_on(run(thread_host, thread_port, tls, thread_events));
-        });
+        })
+    });
     if let Err(e) = spawned {
         // The control loop's own task delivers this, so it cannot be full
         // of the loop's own waiting.
@@ -278,5 +281,240 @@ async fn carry(stream: Tls, socket: UdpSocket, stop: oneshot::Receiver<()>) -> O
         why = up => Some(why),
         why = down => Some(why),
         _ = stop => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+    use crate::config::ServerTrust;
+    use crate::control::tls;
+    use crate::proto::stun::MAGIC_COOKIE;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    /// A TLS server for "localhost" on loopback, and a connector that
+    /// trusts its certificate through a `tls_ca` file.
+    struct Server {
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        trusting: TlsConnector,
+    }
+
+    async fn server(tag: &str) -> Server {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let ca = std::env::temp_dir().join(format!(
+            "ringlink-turn-tls-{tag}-{}.pem",
+            std::process::id()
+        ));
+        std::fs::write(&ca, cert.pem()).unwrap();
+        let trusting = tls::connector(&ServerTrust::Roots {
+            extra_ca: Some(ca.clone()),
+        })
+        .unwrap();
+        let _ = std::fs::remove_file(&ca);
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pair.serialize_der()));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], key)
+            .unwrap();
+        Server {
+            listener: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            trusting,
+        }
+    }
+
+    impl Server {
+        fn port(&self) -> u16 {
+            self.listener.local_addr().unwrap().port()
+        }
+
+        /// Starts a bridge to this server; the server's end of the session
+        /// and the bridge.
+        async fn bridge(
+            &self,
+            events: &mut mpsc::Receiver<TurnEvent>,
+            tx: mpsc::Sender<TurnEvent>,
+        ) -> (tokio_rustls::server::TlsStream<TcpStream>, Bridge) {
+            spawn("localhost".into(), self.port(), self.trusting.clone(), tx);
+            let (tcp, _) = timeout(WAIT, self.listener.accept())
+                .await
+                .unwrap()
+                .unwrap();
+            let session = timeout(WAIT, self.acceptor.accept(tcp))
+                .await
+                .unwrap()
+                .unwrap();
+            match timeout(WAIT, events.recv()).await.unwrap() {
+                Some(TurnEvent::Up {
+                    result: Ok(bridge), ..
+                }) => (session, bridge),
+                Some(TurnEvent::Up { result: Err(e), .. }) => panic!("no bridge: {e}"),
+                _ => panic!("no Up event"),
+            }
+        }
+    }
+
+    fn stun() -> Vec<u8> {
+        let mut m = vec![0x01, 0x13, 0x00, 0x04];
+        m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        m.extend_from_slice(&[9; 12]);
+        m.extend_from_slice(&[1, 2, 3, 4]);
+        m
+    }
+
+    async fn ended(events: &mut mpsc::Receiver<TurnEvent>, local: SocketAddrV4) -> String {
+        match timeout(WAIT, events.recv()).await.unwrap() {
+            Some(TurnEvent::Ended { local: l, reason }) if l == local => reason,
+            _ => panic!("no Ended event for {local}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_go_both_ways_strangers_are_dropped_and_garbage_ends_it() {
+        let s = server("both").await;
+        let (tx, mut events) = mpsc::channel(4);
+        let (mut session, bridge) = s.bridge(&mut events, tx).await;
+        assert!(bridge.local.ip().is_loopback());
+        let allocation = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let stranger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+
+        // Up: STUN as it is, ChannelData padded to a multiple of 4.
+        allocation.send_to(&stun(), bridge.local).await.unwrap();
+        allocation
+            .send_to(
+                &[0x40, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o'],
+                bridge.local,
+            )
+            .await
+            .unwrap();
+        let mut want = stun();
+        want.extend_from_slice(&[
+            0x40, 0x01, 0x00, 0x05, b'h', b'e', b'l', b'l', b'o', 0, 0, 0,
+        ]);
+        let mut got = vec![0u8; want.len()];
+        timeout(WAIT, session.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, want);
+        // A stranger's datagram never reaches the stream: what follows on
+        // it is the allocation's next one.
+        stranger
+            .send_to(&[0x40, 0x02, 0x00, 0x00], bridge.local)
+            .await
+            .unwrap();
+        allocation
+            .send_to(&[0x40, 0x03, 0x00, 0x00], bridge.local)
+            .await
+            .unwrap();
+        let mut next = [0u8; 4];
+        timeout(WAIT, session.read_exact(&mut next))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next, [0x40, 0x03, 0x00, 0x00]);
+
+        // Down: a padded ChannelData split over two writes, then STUN.
+        let frame = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+        session.write_all(&frame[..5]).await.unwrap();
+        session.flush().await.unwrap();
+        session.write_all(&frame[5..]).await.unwrap();
+        session.write_all(&stun()).await.unwrap();
+        session.flush().await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = timeout(WAIT, allocation.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&frame[..7], SocketAddr::V4(bridge.local))
+        );
+        let (n, _) = timeout(WAIT, allocation.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&buf[..n], &stun()[..]);
+
+        // Garbage (first bits 11) ends the bridge, with the reason.
+        session.write_all(&[0xC0, 0, 0, 0]).await.unwrap();
+        session.flush().await.unwrap();
+        let reason = ended(&mut events, bridge.local).await;
+        assert!(
+            reason.contains("bad stream") && reason.contains("0xc0"),
+            "{reason}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_mid_frame_ends_it_and_dropping_the_bridge_closes_the_session() {
+        let s = server("close").await;
+        let (tx, mut events) = mpsc::channel(4);
+        let (mut session, bridge) = s.bridge(&mut events, tx.clone()).await;
+        let allocation = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        allocation.send_to(&stun(), bridge.local).await.unwrap();
+        let mut got = [0u8; 24];
+        timeout(WAIT, session.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        session
+            .write_all(&[0x40, 0x01, 0x00, 0x08, 1, 2])
+            .await
+            .unwrap();
+        session.shutdown().await.unwrap();
+        let reason = ended(&mut events, bridge.local).await;
+        assert!(reason.contains("6 bytes into a frame"), "{reason}");
+
+        // The node lets a bridge go: its session closes, and its thread
+        // ends without an event (the node already moved on): the channel
+        // closes with the last sender, which the thread held.
+        let (mut session, bridge) = s.bridge(&mut events, tx).await;
+        drop(bridge);
+        let mut byte = [0u8; 1];
+        let read = timeout(WAIT, session.read(&mut byte)).await.unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(
+            timeout(WAIT, events.recv()).await.unwrap().is_none(),
+            "an event after the node let the bridge go"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_certificate_or_no_server_is_a_reason() {
+        let s = server("untrusted").await;
+        let port = s.port();
+        let web_roots_only = tls::connector(&ServerTrust::Roots { extra_ca: None }).unwrap();
+        let (tx, mut events) = mpsc::channel(4);
+        spawn("localhost".into(), port, web_roots_only.clone(), tx.clone());
+        let (tcp, _) = timeout(WAIT, s.listener.accept()).await.unwrap().unwrap();
+        // The server side fails too; only the client's reason matters.
+        let _ = timeout(WAIT, s.acceptor.accept(tcp)).await;
+        match timeout(WAIT, events.recv()).await.unwrap() {
+            Some(TurnEvent::Up { result: Err(e), .. }) => {
+                assert!(e.contains("certificate"), "{e}")
+            }
+            _ => panic!("a bridge despite an untrusted certificate"),
+        }
+        drop(s);
+        // Nothing listens there any more.
+        spawn("localhost".into(), port, web_roots_only, tx);
+        match timeout(WAIT, events.recv()).await.unwrap() {
+            Some(TurnEvent::Up { result: Err(e), .. }) => assert!(e.contains("connect"), "{e}"),
+            _ => panic!("a bridge to a closed port"),
+        }
     }
 }
