@@ -129,6 +129,19 @@ fn write_all(dir: &Path) -> io::Result<()> {
                     port: 3478,
                     username: format!("{TS}:{A}"),
                     password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
+                    tls: false,
+                }
+                .encode()
+                .expect("short fields"),
+            ),
+            (
+                "turn_offer_tls",
+                ws::TurnOffer {
+                    host: "turn.example".into(),
+                    port: 5349,
+                    username: format!("{TS}:{A}"),
+                    password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
+                    tls: true,
                 }
                 .encode()
                 .expect("short fields"),

@@ -870,8 +870,9 @@ fn split_host_port(authority: &str, default_port: u16) -> Option<(String, u16)> 
     valid.then(|| (host.to_string(), port))
 }
 
-/// Which server certificates a `wss://` link accepts. The one place that
-/// decides it, from the URL's scheme, `tls_ca` and `tls_insecure`.
+/// Which server certificates a TLS link accepts: the `wss://` server
+/// link and a `turns://` TURN server alike. The one place that decides
+/// it, from `tls_ca` and `tls_insecure`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerTrust {
     /// Certificates that chain to the bundled web PKI roots or to one of
@@ -883,33 +884,21 @@ pub enum ServerTrust {
 }
 
 impl ServerTrust {
-    /// `None` for `ws://`. The TLS keys are refused with `ws://`, where they
-    /// would silently protect nothing, and `tls_ca` with `tls_insecure`,
-    /// where it would silently be ignored.
+    /// `tls_ca` with `tls_insecure` is refused, where it would silently be
+    /// ignored. Both are taken with a `ws://` server: a `turns://` TURN
+    /// server, configured or offered by the server later, uses them.
     fn decide(
         c: &Ctx<'_>,
-        url: &ServerUrl,
         tls_ca: Option<PathBuf>,
         tls_insecure: bool,
-    ) -> Result<Option<Self>, ConfigError> {
-        let key = if tls_ca.is_some() {
-            "tls_ca"
-        } else {
-            "tls_insecure"
-        };
-        if !url.tls {
-            if tls_ca.is_some() || tls_insecure {
-                return Err(c.err(key, "only applies to a wss:// server"));
-            }
-            return Ok(None);
-        }
+    ) -> Result<Self, ConfigError> {
         match (tls_ca, tls_insecure) {
             (Some(_), true) => Err(c.err(
                 "tls_ca",
                 "tls_insecure = true checks no certificate, so tls_ca would be ignored",
             )),
-            (extra_ca, false) => Ok(Some(Self::Roots { extra_ca })),
-            (None, true) => Ok(Some(Self::AnyCertificate)),
+            (extra_ca, false) => Ok(Self::Roots { extra_ca }),
+            (None, true) => Ok(Self::AnyCertificate),
         }
     }
 }
@@ -945,6 +934,9 @@ pub struct ClientConfig {
     /// TLS on the server link and what it trusts: `Some` exactly when
     /// `server` is `wss://`.
     pub server_tls: Option<ServerTrust>,
+    /// What a `turns://` TURN server's certificate must chain to: the same
+    /// `tls_ca` and `tls_insecure` as the server link.
+    pub turn_tls: ServerTrust,
     /// Unix socket where `ringlink status` finds this client.
     pub control_socket: PathBuf,
     /// LAN candidate address announced to peers (Candy's `localhost`).
@@ -1113,8 +1105,8 @@ impl ClientConfig {
                 ),
             ));
         }
-        let server_tls =
-            ServerTrust::decide(&c, &server, raw.tls_ca, raw.tls_insecure.unwrap_or(false))?;
+        let turn_tls = ServerTrust::decide(&c, raw.tls_ca, raw.tls_insecure.unwrap_or(false))?;
+        let server_tls = server.tls.then(|| turn_tls.clone());
         if raw.password.is_empty() {
             return Err(c.err("password", "must not be empty"));
         }
@@ -1213,7 +1205,7 @@ impl ClientConfig {
                 if url.credentials.is_none() {
                     return Err(c.err(
                         "turn",
-                        "expected turn://user:pass@host[:port]; leave turn out to use the server's TURN offer",
+                        "expected turn://user:pass@host[:port] or turns://…; leave turn out to use the server's TURN offer",
                     ));
                 }
                 Some(url)
@@ -1239,6 +1231,7 @@ impl ClientConfig {
             discovery,
             route_cost,
             server_tls,
+            turn_tls,
             lan_address,
             public_endpoint,
             test_time_divisor,
@@ -1281,12 +1274,24 @@ mod tests {
             ("10.9.0.1", 3478, 86_400)
         );
         assert_eq!(server(SERVER).unwrap().turn, None);
+        let s = server(&format!(
+            "{SERVER}turn = {{ url = \"turns://turn.example\", secret = \"k\" }}\n"
+        ))
+        .unwrap();
+        let u = s.turn.unwrap().url;
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "turn.example", 5349)
+        );
         for (bad, key) in [
             (
                 "turn = { url = \"turn://u:p@h\", secret = \"k\" }",
                 "turn.url",
             ),
-            ("turn = { url = \"turns://h\", secret = \"k\" }", "turn.url"),
+            (
+                "turn = { url = \"turns://u:p@h\", secret = \"k\" }",
+                "turn.url",
+            ),
             (
                 "turn = { url = \"turn://h\", secret = \"\" }",
                 "turn.secret",
@@ -1307,7 +1312,21 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("10.9.0.1", 3479));
         assert_eq!(u.credentials.unwrap().username, "alice");
         assert_eq!(client(CLIENT).unwrap().turn, None);
-        for bad in ["turn://10.9.0.1", "turns://a:b@h", "10.9.0.1:3478"] {
+        let c = client(&format!(
+            "{CLIENT}turn = \"turns://alice:pw@turn.example:443\"\n"
+        ))
+        .unwrap();
+        let u = c.turn.unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "turn.example", 443)
+        );
+        for bad in [
+            "turn://10.9.0.1",
+            "turns://h",
+            "turns://a:b@",
+            "10.9.0.1:3478",
+        ] {
             let e = client(&format!("{CLIENT}turn = \"{bad}\"\n")).unwrap_err();
             assert_eq!(e.key.as_deref(), Some("turn"), "{bad}: {e}");
             assert!(!e.to_string().contains(":b@"), "{e}");
@@ -1819,17 +1838,31 @@ mod tests {
             trust("tls_insecure = true\n"),
             Ok(Some(ServerTrust::AnyCertificate))
         );
-        let refused = [
-            (format!("{CLIENT}tls_ca = \"ca.pem\"\n"), "tls_ca"),
-            (format!("{CLIENT}tls_insecure = true\n"), "tls_insecure"),
-            (
-                format!("{wss}tls_ca = \"ca.pem\"\ntls_insecure = true\n"),
-                "tls_ca",
-            ),
-        ];
-        for (text, key) in refused {
+        // With ws://, the keys are for a turns:// TURN server only.
+        let ws = client(&format!("{CLIENT}tls_ca = \"ca.pem\"\n")).unwrap();
+        assert_eq!(ws.server_tls, None);
+        assert_eq!(
+            ws.turn_tls,
+            ServerTrust::Roots {
+                extra_ca: Some(PathBuf::from("ca.pem"))
+            }
+        );
+        let ws = client(&format!("{CLIENT}tls_insecure = true\n")).unwrap();
+        assert_eq!(ws.turn_tls, ServerTrust::AnyCertificate);
+        assert_eq!(
+            client(&format!("{wss}tls_ca = \"a.pem\"\n"))
+                .unwrap()
+                .turn_tls,
+            ServerTrust::Roots {
+                extra_ca: Some(PathBuf::from("a.pem"))
+            }
+        );
+        for text in [
+            format!("{wss}tls_ca = \"ca.pem\"\ntls_insecure = true\n"),
+            format!("{CLIENT}tls_ca = \"ca.pem\"\ntls_insecure = true\n"),
+        ] {
             let e = client(&text).unwrap_err();
-            assert_eq!(e.key.as_deref(), Some(key), "{text}: {e}");
+            assert_eq!(e.key.as_deref(), Some("tls_ca"), "{text}: {e}");
         }
         assert!(client(&format!("{CLIENT}tls_insecure = false\n")).is_ok());
     }

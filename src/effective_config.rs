@@ -226,6 +226,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         discovery,
         route_cost,
         server_tls,
+        turn_tls,
         control_socket,
         lan_address,
         public_endpoint,
@@ -278,7 +279,6 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
     t.insert("port".into(), int(*port));
     t.insert("discovery".into(), int(*discovery));
     t.insert("route_cost".into(), int(*route_cost));
-    // The TLS keys exist only for wss://; the file refuses them with ws://.
     match server_tls {
         Some(ServerTrust::Roots { extra_ca: Some(ca) }) => {
             t.insert("tls_ca".into(), path(ca));
@@ -291,7 +291,16 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         Some(ServerTrust::AnyCertificate) => {
             t.insert("tls_insecure".into(), Value::Boolean(true));
         }
-        None => {}
+        // With ws://, the keys matter only to a turns:// TURN server.
+        None => match turn_tls {
+            ServerTrust::Roots { extra_ca: Some(ca) } => {
+                t.insert("tls_ca".into(), path(ca));
+            }
+            ServerTrust::AnyCertificate => {
+                t.insert("tls_insecure".into(), Value::Boolean(true));
+            }
+            ServerTrust::Roots { extra_ca: None } => {}
+        },
     }
     t.insert("control_socket".into(), path(control_socket));
     match lan_address {

@@ -1,4 +1,5 @@
-//! TURN: the message parser and its accessors, ChannelData framing, and a
+//! TURN: the message parser and its accessors, ChannelData framing, the
+//! input as a TURN stream (TLS) cut in pieces, and a
 //! client fed the input as datagrams from its server (split at 0xFF 0xFE
 //! 0xFD 0xFC) with timeouts between them. The client's transaction IDs
 //! come from a fixed seed, so libFuzzer can learn them from the comparisons
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use ringlink::turn::message::{attr, Message};
+use ringlink::turn::stream::{frame, Deframer};
 use ringlink::turn::{channel, Client, Credentials};
 
 const SPLIT: &[u8] = &[0xFF, 0xFE, 0xFD, 0xFC];
@@ -33,6 +35,23 @@ fuzz_target!(|input: &[u8]| {
         again.extend_from_slice(data);
         assert_eq!(channel::parse(&again), Ok((number, data)));
     }
+
+    // The input as a TURN stream, in pieces as long as its first byte says:
+    // whatever comes out frames again, to no more bytes than went in.
+    let mut d = Deframer::new();
+    let step = usize::from(input.first().copied().unwrap_or(1)).max(1);
+    let mut framed = Vec::new();
+    'stream: for piece in input.chunks(step) {
+        d.push(piece);
+        loop {
+            match d.next_frame() {
+                Ok(Some(f)) => frame(f, &mut framed).expect("a deframed datagram frames again"),
+                Ok(None) => break,
+                Err(_) => break 'stream,
+            }
+        }
+    }
+    assert!(framed.len() <= input.len());
 
     let server: SocketAddr = "192.0.2.10:3478".parse().unwrap();
     let t0 = Instant::now();

@@ -8,11 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
 use tracing::{debug, warn};
 
 use super::iface::Interface;
 use super::node::{Node, Output};
 use super::status::ControlCounters;
+use super::turn_tls::{self, TurnEvent};
 use crate::dataplane::{SharedSnapshot, UdpSender};
 use crate::session::pins;
 
@@ -66,12 +68,50 @@ impl StreamEvent {
     }
 }
 
-/// The answer to [`Output::ResolveTurn`], for the control loop to hand to
-/// [`Node::on_turn_resolved`].
+/// The answer to [`Output::ResolveTurn`] for a UDP server, for the
+/// control loop to hand to [`Node::on_turn_resolved`].
 pub struct Resolved {
     pub host: String,
     pub port: u16,
     pub addr: Option<SocketAddrV4>,
+}
+
+/// What the control loop hears about the TURN server.
+pub enum TurnNews {
+    Resolved(Resolved),
+    Tls(TurnEvent),
+}
+
+impl From<TurnEvent> for TurnNews {
+    fn from(e: TurnEvent) -> Self {
+        TurnNews::Tls(e)
+    }
+}
+
+impl TurnNews {
+    pub fn deliver(self, node: &mut Node) {
+        let now = Instant::now();
+        match self {
+            TurnNews::Resolved(r) => node.on_turn_resolved(&r.host, r.port, r.addr, now),
+            TurnNews::Tls(TurnEvent::Up { host, port, result }) => {
+                node.on_turn_bridge(&host, port, result, now)
+            }
+            TurnNews::Tls(TurnEvent::Ended { local, reason }) => {
+                node.on_turn_bridge_ended(local, &reason, now)
+            }
+        }
+    }
+}
+
+/// Where the tasks and threads that outputs start report back to the
+/// control loop, and what they need to start. One set per client; every
+/// node of it shares the same.
+#[derive(Clone)]
+pub struct Helpers {
+    pub turn: mpsc::Sender<TurnNews>,
+    pub streams: mpsc::Sender<StreamEvent>,
+    /// The TLS setup of `turns://` (the client's tls_ca/tls_insecure).
+    pub turn_tls: TlsConnector,
 }
 
 /// A node and the handles its outputs go to.
@@ -80,8 +120,7 @@ pub struct NodeDriver {
     udp: UdpSender,
     snapshot: SharedSnapshot,
     pins_file: PathBuf,
-    resolved: mpsc::Sender<Resolved>,
-    streams: mpsc::Sender<StreamEvent>,
+    helpers: Helpers,
 }
 
 impl NodeDriver {
@@ -90,16 +129,14 @@ impl NodeDriver {
         udp: UdpSender,
         snapshot: SharedSnapshot,
         pins_file: PathBuf,
-        resolved: mpsc::Sender<Resolved>,
-        streams: mpsc::Sender<StreamEvent>,
+        helpers: Helpers,
     ) -> Self {
         Self {
             node,
             udp,
             snapshot,
             pins_file,
-            resolved,
-            streams,
+            helpers,
         }
     }
 
@@ -142,11 +179,25 @@ impl NodeDriver {
                 },
                 // In a task of its own: a slow resolver must not hold up
                 // the heartbeats of every direct path.
-                Output::ResolveTurn { host, port } => {
-                    let tx = self.resolved.clone();
+                Output::ResolveTurn {
+                    host,
+                    port,
+                    tls: true,
+                } => {
+                    let h = &self.helpers;
+                    turn_tls::spawn(host, port, h.turn_tls.clone(), h.turn.clone())
+                }
+                Output::ResolveTurn {
+                    host,
+                    port,
+                    tls: false,
+                } => {
+                    let tx = self.helpers.turn.clone();
                     tokio::spawn(async move {
                         let addr = resolve_v4(&host, port).await;
-                        let _ = tx.send(Resolved { host, port, addr }).await;
+                        let _ = tx
+                            .send(TurnNews::Resolved(Resolved { host, port, addr }))
+                            .await;
                     });
                 }
                 // In a task of its own, like a name lookup.
@@ -206,7 +257,7 @@ impl NodeDriver {
         to: SocketAddrV4,
         open: impl std::future::Future<Output = Result<OwnedFd, String>> + Send + 'static,
     ) {
-        let tx = self.streams.clone();
+        let tx = self.helpers.streams.clone();
         tokio::spawn(async move {
             let event = match open.await {
                 Ok(fd) => StreamEvent::Connected {

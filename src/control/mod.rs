@@ -23,6 +23,7 @@ mod traversal_tests;
 pub mod turn;
 pub mod turn_link;
 pub mod turn_path;
+pub mod turn_tls;
 mod ws_client;
 
 use std::future::Future;
@@ -80,8 +81,7 @@ async fn new_node(
     own: Ipv4Cidr,
     iface: &Interface,
     identity: secure::Identity,
-    resolved: mpsc::Sender<driver::Resolved>,
-    streams: mpsc::Sender<driver::StreamEvent>,
+    helpers: driver::Helpers,
     now: Instant,
 ) -> Result<(NodeDriver, Option<NatProbe>, Option<JoinHandle<()>>), ClientError> {
     let udp = iface.udp_sender().ok_or(InterfaceError::NoUdpSocket)?;
@@ -101,8 +101,8 @@ async fn new_node(
         }
     }
     let tcp_offer = listener.as_ref().map(|(public, _)| *public);
-    let accept =
-        listener.map(|(_, l)| tokio::task::spawn_local(driver::accept_streams(l, streams.clone())));
+    let accept = listener
+        .map(|(_, l)| tokio::task::spawn_local(driver::accept_streams(l, helpers.streams.clone())));
     let stun = match &cfg.stun {
         None => None,
         Some(s) => {
@@ -176,14 +176,7 @@ async fn new_node(
         every: NAT_EVERY / cfg.test_time_divisor.max(1),
     });
     Ok((
-        NodeDriver::new(
-            node,
-            udp,
-            iface.snapshot(),
-            cfg.pins_file.clone(),
-            resolved,
-            streams,
-        ),
+        NodeDriver::new(node, udp, iface.snapshot(), cfg.pins_file.clone(), helpers),
         probe,
         accept,
     ))
@@ -357,6 +350,9 @@ pub async fn run(
     let mut hangups = Hangups::new();
     let mut identity = load_identity(&cfg)?;
     let tls = cfg.server_tls.as_ref().map(tls::connector).transpose()?;
+    // Built now, so a bad tls_ca stops the client at start, not at its
+    // first turns:// allocation.
+    let turn_tls = tls::connector(&cfg.turn_tls)?;
     let status: SharedStatus = Arc::new(Mutex::new(Status {
         tun: cfg.tun.clone(),
         server: cfg.server.to_url(),
@@ -406,8 +402,13 @@ pub async fn run(
     let mut iface: Option<Interface> = None;
     let mut node: Option<NodeDriver> = None;
     let (nat_tx, mut nat_rx) = mpsc::channel(4);
-    let (resolved_tx, mut resolved_rx) = mpsc::channel(4);
+    let (turn_tx, mut resolved_rx) = mpsc::channel(4);
     let (streams_tx, mut streams_rx) = mpsc::channel(16);
+    let helpers = driver::Helpers {
+        turn: turn_tx,
+        streams: streams_tx,
+        turn_tls,
+    };
     let mut nat_task = None;
     let mut accept_task = None;
     let main = async {
@@ -482,7 +483,7 @@ pub async fn run(
                                         snapshot: i.snapshot(),
                                     }));
                                     update(&status, |s| s.workers = i.workers());
-                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), resolved_tx.clone(), streams_tx.clone(), now).await?;
+                                    let (n, probe, accept) = new_node(&cfg, cidr, i, identity.clone(), helpers.clone(), now).await?;
                                     node = Some(n);
                                     accept_task = accept;
                                     nat_task = probe.map(|p| tokio::task::spawn_local(classify_forever(p, nat_tx.clone())));
@@ -527,9 +528,9 @@ pub async fn run(
                         n.carry_out(i, &to_server, &mut control).await;
                     }
                 }
-                Some(r) = resolved_rx.recv() => {
+                Some(news) = resolved_rx.recv() => {
                     if let (Some(n), Some(i)) = (node.as_mut(), iface.as_ref()) {
-                        n.node.on_turn_resolved(&r.host, r.port, r.addr, Instant::now());
+                        news.deliver(&mut n.node);
                         n.carry_out(i, &to_server, &mut control).await;
                     }
                 }

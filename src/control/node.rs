@@ -52,6 +52,7 @@ use super::tcp_path::TcpPaths;
 use super::turn::TurnSource;
 use super::turn_link::{Need, TurnLink};
 use super::turn_path::TurnOutput;
+use super::turn_tls::Bridge;
 
 mod tcp;
 mod why;
@@ -101,8 +102,9 @@ pub enum Output {
     /// attempt and hand them to [`Node::on_sockets_opened`].
     OpenSockets { count: usize },
     /// Resolve the TURN server's name to an IPv4 address and hand it to
-    /// [`Node::on_turn_resolved`].
-    ResolveTurn { host: String, port: u16 },
+    /// [`Node::on_turn_resolved`]. With `tls`: a TLS bridge to the server, answered by
+    /// [`Node::on_turn_bridge`].
+    ResolveTurn { host: String, port: u16, tls: bool },
     /// Open one UDP socket for the TURN allocation and hand it to
     /// [`Node::on_turn_socket`].
     OpenTurnSocket,
@@ -437,6 +439,37 @@ impl Node {
         self.flush(now);
     }
 
+    /// The answer to [`Output::ResolveTurn`] for a `turns://` server: a
+    /// running bridge, or why there is none. A failed setup is a failure
+    /// of the TURN path: pairs stay where they are (the server's relay, or
+    /// a direct TCP stream) until their next miss asks again.
+    pub fn on_turn_bridge(
+        &mut self,
+        host: &str,
+        port: u16,
+        bridge: Result<Bridge, String>,
+        now: Instant,
+    ) {
+        let bridge = match bridge {
+            Ok(b) => Some(b),
+            Err(why) => {
+                self.stats.turn_failures += 1;
+                warn!(host, port, error = %why, "no TLS session to the TURN server; pairs stay on their path");
+                None
+            }
+        };
+        let need = self.turn.bridged(host, port, bridge, now);
+        self.fetch(need);
+        self.flush(now);
+    }
+
+    /// The TLS bridge at `local` ended: so did the allocation on it.
+    pub fn on_turn_bridge_ended(&mut self, local: SocketAddrV4, reason: &str, now: Instant) {
+        if self.turn.bridge_ended(local, reason) {
+            self.flush(now);
+        }
+    }
+
     /// The socket [`Output::OpenTurnSocket`] asked for.
     pub fn on_turn_socket(&mut self, fd: OwnedFd, now: Instant) {
         let socket = LocalSocket {
@@ -452,9 +485,9 @@ impl Node {
 
     fn fetch(&mut self, need: Option<Need>) {
         match need {
-            Some(Need::Resolve { host, port }) => {
-                self.outputs.push_back(Output::ResolveTurn { host, port })
-            }
+            Some(Need::Resolve { host, port, tls }) => self
+                .outputs
+                .push_back(Output::ResolveTurn { host, port, tls }),
             Some(Need::Socket) => self.outputs.push_back(Output::OpenTurnSocket),
             None => {}
         }

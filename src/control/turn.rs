@@ -16,6 +16,8 @@ pub enum Source {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnServer {
+    /// Over TLS (`turns://`).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub credentials: Credentials,
@@ -32,6 +34,7 @@ impl TurnSource {
         let current = config.and_then(|u| {
             Some(TurnServer {
                 credentials: u.credentials?,
+                tls: u.tls,
                 host: u.host,
                 port: u.port,
                 source: Source::Config,
@@ -51,6 +54,7 @@ impl TurnSource {
             return false;
         }
         let next = TurnServer {
+            tls: offer.tls,
             host: offer.host,
             port: offer.port,
             credentials: Credentials {
@@ -79,8 +83,9 @@ impl TurnSource {
             (Source::Server, Some(_)) => "offered by the server, expired".to_string(),
             (Source::Server, None) => "offered by the server".to_string(),
         };
+        let tls = if c.tls { " over TLS" } else { "" };
         Some(format!(
-            "{}:{} user {} ({whence})",
+            "{}:{}{tls} user {} ({whence})",
             c.host, c.port, c.credentials.username
         ))
     }
@@ -96,6 +101,7 @@ mod tests {
             port: 3478,
             username: user.into(),
             password: "p".into(),
+            tls: false,
         }
     }
 
@@ -116,5 +122,18 @@ mod tests {
         let mut fixed = TurnSource::new(Some(TurnUrl::parse("turn://u:p@h:9").unwrap()));
         assert!(!fixed.on_offer(offer("1000:10.77.0.2")));
         assert_eq!(fixed.describe(0).unwrap(), "h:9 user u (from the config)");
+
+        let mut t = TurnSource::new(None);
+        assert!(t.on_offer(TurnOffer {
+            tls: true,
+            ..offer("1000:10.77.0.2")
+        }));
+        assert!(t.current().unwrap().tls);
+        assert!(t
+            .describe(0)
+            .unwrap()
+            .starts_with("10.9.0.1:3478 over TLS user"));
+        // The same server and user over UDP is a change.
+        assert!(t.on_offer(offer("1000:10.77.0.2")));
     }
 }

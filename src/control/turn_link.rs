@@ -7,6 +7,12 @@
 //! One allocation per node, on one socket ([`TURN_SOCKET`]), shared by
 //! every relayed pair. An allocation that fails ends; the next pair that
 //! asks starts another on the same socket.
+//!
+//! A `turns://` server is "resolved" by starting a TLS bridge to it
+//! (`turn_tls.rs`): its address here is the bridge's loopback address,
+//! and the link holds the [`Bridge`] for as long as it uses it. An
+//! allocation lives and dies with its TLS session, so a new allocation
+//! gets a new bridge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -16,6 +22,7 @@ use tracing::info;
 
 use super::turn::{TurnServer, TurnSource};
 use super::turn_path::{TurnOutput, TurnPath};
+use super::turn_tls::Bridge;
 use crate::dataplane::{LocalSocket, TurnSocket, TURN_SOCKET};
 use crate::proto::ws::TurnOffer;
 use crate::rng::SplitMix64;
@@ -24,17 +31,32 @@ use crate::turn::TurnError;
 /// What the node must fetch before the path can start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// The server's IPv4 address, for a host given by name.
-    Resolve { host: String, port: u16 },
+    /// The server's IPv4 address, for a host given by name; with `tls`, a
+    /// bridge to it (answered by [`TurnLink::bridged`]).
+    Resolve { host: String, port: u16, tls: bool },
     /// The allocation's socket.
     Socket,
 }
 
+struct Server {
+    host: String,
+    port: u16,
+    tls: bool,
+    /// The server's own address, or its bridge's loopback address.
+    addr: SocketAddrV4,
+    bridge: Option<Bridge>,
+}
+
+impl Server {
+    fn is(&self, s: &TurnServer) -> bool {
+        self.host == s.host && self.port == s.port && self.tls == s.tls
+    }
+}
+
 pub struct TurnLink {
     source: TurnSource,
-    /// The address of `source`'s server, with the host and port it was
-    /// resolved from.
-    server: Option<(String, u16, SocketAddrV4)>,
+    /// The address of `source`'s server, with what it was resolved from.
+    server: Option<Server>,
     resolving: bool,
     socket: Option<LocalSocket>,
     opening: bool,
@@ -115,7 +137,7 @@ impl TurnLink {
         }
     }
 
-    /// The answer to [`Need::Resolve`] for `host`:`port`.
+    /// The answer to [`Need::Resolve`] for `host`:`port` over UDP.
     pub fn resolved(
         &mut self,
         host: &str,
@@ -123,14 +145,64 @@ impl TurnLink {
         addr: Option<SocketAddrV4>,
         now: Instant,
     ) -> Option<Need> {
+        self.answered(host, port, false, addr.map(|a| (a, None)), now)
+    }
+
+    /// The answer to [`Need::Resolve`] for `host`:`port` over TLS: a
+    /// running bridge, or `None` (its setup failed).
+    pub fn bridged(
+        &mut self,
+        host: &str,
+        port: u16,
+        bridge: Option<Bridge>,
+        now: Instant,
+    ) -> Option<Need> {
+        let found = bridge.map(|b| (b.local, Some(b)));
+        self.answered(host, port, true, found, now)
+    }
+
+    fn answered(
+        &mut self,
+        host: &str,
+        port: u16,
+        tls: bool,
+        found: Option<(SocketAddrV4, Option<Bridge>)>,
+        now: Instant,
+    ) -> Option<Need> {
         self.resolving = false;
         let current = self.source.current()?;
-        if current.host != host || current.port != port {
-            // The offer changed meanwhile: resolve the new one.
+        if current.host != host || current.port != port || current.tls != tls {
+            // The offer changed meanwhile (a late bridge is dropped here,
+            // which ends it): resolve the new one.
             return self.start(now);
         }
-        self.server = Some((host.to_string(), port, addr?));
+        let (addr, bridge) = found?;
+        self.server = Some(Server {
+            host: host.to_string(),
+            port,
+            tls,
+            addr,
+            bridge,
+        });
         self.start(now)
+    }
+
+    /// The bridge at `local` ended: the allocation on it ends too, now,
+    /// rather than when its refreshes or pings time out. False if it was
+    /// not this link's bridge (one already let go).
+    pub fn bridge_ended(&mut self, local: SocketAddrV4, reason: &str) -> bool {
+        let ours = self
+            .server
+            .as_ref()
+            .is_some_and(|s| s.bridge.as_ref().is_some_and(|b| b.local == local));
+        if !ours {
+            return false;
+        }
+        self.server = None;
+        if let Some(p) = &mut self.path {
+            p.fail(TurnError::Stream(reason.to_string()));
+        }
+        true
     }
 
     /// The answer to [`Need::Socket`].
@@ -146,27 +218,36 @@ impl TurnLink {
         if self.path.is_some() || (self.wanted.is_empty() && self.relayed.is_empty()) {
             return None;
         }
-        let TurnServer {
-            host,
-            port,
-            credentials,
-            ..
-        } = self.source.current()?.clone();
+        let current = self.source.current()?.clone();
         let server = match &self.server {
-            Some((h, p, addr)) if *h == host && *p == port => *addr,
+            Some(s) if s.is(&current) => s.addr,
             _ => {
-                if let Ok(ip) = host.parse::<Ipv4Addr>() {
-                    let addr = SocketAddrV4::new(ip, port);
-                    self.server = Some((host, port, addr));
-                    addr
-                } else if self.resolving {
-                    return None;
-                } else {
-                    self.resolving = true;
-                    return Some(Need::Resolve { host, port });
+                let TurnServer {
+                    host, port, tls, ..
+                } = current.clone();
+                match host.parse::<Ipv4Addr>() {
+                    Ok(ip) if !tls => {
+                        let addr = SocketAddrV4::new(ip, port);
+                        self.server = Some(Server {
+                            host,
+                            port,
+                            tls,
+                            addr,
+                            bridge: None,
+                        });
+                        addr
+                    }
+                    _ if self.resolving => return None,
+                    _ => {
+                        // A stale server (and its bridge) goes now.
+                        self.server = None;
+                        self.resolving = true;
+                        return Some(Need::Resolve { host, port, tls });
+                    }
                 }
             }
         };
+        let credentials = current.credentials;
         if self.socket.is_none() {
             if self.opening {
                 return None;
@@ -194,6 +275,9 @@ impl TurnLink {
         if let Some(TurnOutput::Failed { peer: None, .. }) = out {
             self.ended_live = path.was_allocated();
             self.path = None;
+            if self.server.as_ref().is_some_and(|s| s.tls) {
+                self.server = None;
+            }
         }
         out
     }
@@ -211,7 +295,7 @@ impl TurnLink {
     /// A datagram from `from` on socket `local` that belongs to the
     /// allocation; false: not ours.
     pub fn is_server(&self, from: SocketAddrV4, local: u16) -> bool {
-        local == TURN_SOCKET && self.server.as_ref().is_some_and(|(_, _, a)| *a == from)
+        local == TURN_SOCKET && self.server.as_ref().is_some_and(|s| s.addr == from)
     }
 
     pub fn on_datagram(
@@ -266,8 +350,7 @@ impl TurnLink {
 
     /// The server's address and the socket, for datagrams to the server.
     pub fn endpoint(&self) -> Option<(SocketAddrV4, LocalSocket)> {
-        let (_, _, addr) = self.server.as_ref()?;
-        Some((*addr, self.socket.clone()?))
+        Some((self.server.as_ref()?.addr, self.socket.clone()?))
     }
 
     /// For the dataplane: the socket to receive on, and the channels to
@@ -344,6 +427,7 @@ mod tests {
         let resolve = Need::Resolve {
             host: "turn.example.net".into(),
             port: 3478,
+            tls: false,
         };
         assert_eq!(l.want(B, now), Some(resolve.clone()));
         assert_eq!(l.want(B, now), None, "asked once");

@@ -129,6 +129,15 @@ impl TurnPath {
         self.allocated
     }
 
+    /// The transport under the allocation is gone (a TLS session ended):
+    /// every pair ends with it, as if the allocation had failed.
+    pub fn fail(&mut self, error: TurnError) {
+        self.pairs.clear();
+        self.outputs.push_back(TurnOutput::Changed);
+        self.outputs
+            .push_back(TurnOutput::Failed { peer: None, error });
+    }
+
     /// `peer` found no direct path: it is told our relayed address (now,
     /// or once allocated).
     pub fn want(&mut self, peer: Ipv4Addr) {

@@ -197,12 +197,17 @@ impl Auth {
 /// | 6+h | u | username |
 /// | 6+h+u | 1 | password length p |
 /// | 7+h+u | p | password |
+/// | 7+h+u+p | 0 or 1 | transport: absent or 0 UDP, 1 TLS |
 #[derive(Clone, PartialEq, Eq)]
 pub struct TurnOffer {
     pub host: String,
     pub port: u16,
     pub username: String,
     pub password: String,
+    /// `turns://`: reach the server over TLS. On the wire, one byte after
+    /// the password (1 = TLS), left off for UDP so that an offer reads the
+    /// same to a client that predates it.
+    pub tls: bool,
 }
 
 impl std::fmt::Debug for TurnOffer {
@@ -210,8 +215,11 @@ impl std::fmt::Debug for TurnOffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "TurnOffer({}:{} user {})",
-            self.host, self.port, self.username
+            "TurnOffer({}{}:{} user {})",
+            if self.tls { "tls " } else { "" },
+            self.host,
+            self.port,
+            self.username
         )
     }
 }
@@ -240,11 +248,17 @@ impl TurnOffer {
         if host.is_empty() || port == 0 {
             return Err(ProtoError::TurnOffer("no host or port"));
         }
+        let tls = match rest.first() {
+            None | Some(0) => false,
+            Some(1) => true,
+            Some(_) => return Err(ProtoError::TurnOffer("transport")),
+        };
         Ok(Self {
             host,
             port,
             username,
             password,
+            tls,
         })
     }
 
@@ -255,6 +269,9 @@ impl TurnOffer {
         for f in [&self.host, &self.username, &self.password] {
             out.push(u8::try_from(f.len()).ok()?);
             out.extend_from_slice(f.as_bytes());
+        }
+        if self.tls {
+            out.push(1);
         }
         Some(out)
     }
@@ -696,6 +713,7 @@ mod tests {
             port: 3478,
             username: "1700000000:10.77.0.2".into(),
             password: "pw".into(),
+            tls: false,
         };
         let frame = o.encode().unwrap();
         let mut want = vec![0xF0, 0x01, 0x0d, 0x96, 8];
@@ -718,6 +736,18 @@ mod tests {
         let mut no_port = frame.clone();
         no_port[2..4].fill(0);
         assert!(WsMessage::decode(&no_port).is_err());
+        // turns://: one byte more, which a client that predates it skips.
+        let tls = TurnOffer {
+            tls: true,
+            ..o.clone()
+        };
+        let tls_frame = tls.encode().unwrap();
+        assert_eq!(tls_frame[..frame.len()], frame[..]);
+        assert_eq!(tls_frame[frame.len()..], [1]);
+        assert_eq!(WsMessage::decode(&tls_frame), Ok(WsMessage::TurnOffer(tls)));
+        let mut unknown = frame.clone();
+        unknown.push(2);
+        assert!(WsMessage::decode(&unknown).is_err());
         let long = TurnOffer {
             password: "x".repeat(256),
             ..o

@@ -705,6 +705,7 @@ impl Session {
             port: turn.url.port,
             username: creds.username,
             password: creds.password,
+            tls: turn.url.tls,
         };
         match offer.encode().map(|frame| self.tx.try_send(frame)) {
             Some(Ok(())) => ServerCounters::inc(&sh.counters.turn_offers),

@@ -93,6 +93,13 @@ fn set_buffer(fd: &OwnedFd, force: i32, plain: i32, bytes: usize) -> io::Result<
         .or_else(|_| set_int(fd, libc::SOL_SOCKET, plain, bytes))
 }
 
+/// Both buffers of `fd` at `bytes`, past the sysctl limits when the
+/// process may (CAP_NET_ADMIN).
+pub fn set_buffers(fd: &OwnedFd, bytes: usize) -> io::Result<()> {
+    set_buffer(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, bytes)?;
+    set_buffer(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, bytes)
+}
+
 /// A non-blocking, close-on-exec IPv4 UDP socket with SO_REUSEPORT bound to
 /// `0.0.0.0:port` (0 = ephemeral), with large buffers.
 pub fn bind_reuseport(port: u16, buffer_bytes: usize) -> Result<OwnedFd, UdpError> {

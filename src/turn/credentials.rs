@@ -13,8 +13,9 @@ use ring::hmac;
 
 use super::TurnError;
 
-/// The default TURN port (RFC 8656 §3.1).
+/// The default TURN ports (RFC 8656 §3.1): over UDP, and over TLS.
 pub const DEFAULT_PORT: u16 = 3478;
+pub const DEFAULT_TLS_PORT: u16 = 5349;
 
 /// A username and password for a TURN server.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,9 +74,13 @@ impl Credentials {
 }
 
 /// A TURN server as a client's config names it:
-/// `turn://[user:pass@]host[:port]`. The host is resolved by the caller.
+/// `turn://[user:pass@]host[:port]` (UDP) or `turns://…` (TLS over TCP).
+/// The host is resolved by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnUrl {
+    /// `turns://`: the client reaches the server over TLS. The relayed
+    /// side, from the server to peers, is UDP either way.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub credentials: Option<Credentials>,
@@ -87,14 +92,12 @@ impl TurnUrl {
             url: redact(url),
             why,
         };
-        let rest = if let Some(rest) = url.strip_prefix("turn://") {
-            rest
-        } else if url.starts_with("turns://") {
-            return Err(bad(
-                "turns:// (TURN over TLS) is not supported yet; use turn://",
-            ));
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("turn://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("turns://") {
+            (true, rest)
         } else {
-            return Err(bad("expected turn://[user:pass@]host[:port]"));
+            return Err(bad("expected turn:// or turns://[user:pass@]host[:port]"));
         };
         if rest.contains(['/', '?', '#']) {
             return Err(bad("no path or query allowed after host:port"));
@@ -125,12 +128,21 @@ impl TurnUrl {
                     .filter(|&p| p != 0)
                     .ok_or(bad("port is not a number in 1..=65535"))?,
             ),
-            None => (hostport, DEFAULT_PORT),
+            None => (hostport, if tls { DEFAULT_TLS_PORT } else { DEFAULT_PORT }),
         };
         if host.is_empty() || host.starts_with('[') {
             return Err(bad("expected a host name or an IPv4 address"));
         }
+        if tls
+            && !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            // The name is what the certificate is checked against.
+            return Err(bad("expected a host name or an IPv4 address"));
+        }
         Ok(TurnUrl {
+            tls,
             host: host.to_string(),
             port,
             credentials,
@@ -208,13 +220,23 @@ mod tests {
             (c.username.as_str(), c.password.as_str()),
             ("alice", "p@ss")
         );
+        assert!(!u.tls);
         let u = TurnUrl::parse("turn://192.0.2.7").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.credentials),
             ("192.0.2.7", 3478, None)
         );
+        let u = TurnUrl::parse("turns://a:b@turn.example").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port),
+            (true, "turn.example", 5349)
+        );
+        let u = TurnUrl::parse("turns://10.9.0.1:443").unwrap();
+        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.9.0.1", 443));
         for bad in [
-            "turns://a:b@h:5349",
+            "turns://",
+            "turns://h_x:5349",
+            "turnss://h",
             "stun://h",
             "turn://h:0",
             "turn://h:99999",

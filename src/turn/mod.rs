@@ -15,6 +15,7 @@ pub mod channel;
 pub mod client;
 pub mod credentials;
 pub mod message;
+pub mod stream;
 
 use std::net::SocketAddr;
 
@@ -55,6 +56,8 @@ pub enum TurnError {
     NotAllocated,
     #[error("no free channel number")]
     NoChannel,
+    #[error("the TLS session to the TURN server ended: {0}")]
+    Stream(String),
     #[error("bad TURN URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
 }
