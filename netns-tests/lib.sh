@@ -910,33 +910,79 @@ rl_hosts_entry() {
     printf '%s %s\n' "$2" "$3" >>"/etc/netns/$ns/hosts"
 }
 
-# rl_world_turn <secret> [host] : the switch with the ringlink server at
-# $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>, by
-# <host> if given: the caller makes it resolve where clients run) and
+# rl_world_turn <secret> [host] [tls] : the switch with the ringlink server
+# at $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>,
+# by <host> if given: the caller makes it resolve where clients run) and
 # coturn (Debian's turnserver, process "coturn") at $TURN_IP =
-# $RL_P2P_NET.3, relaying from ports 49152-49999 of that address. The
-# caller adds the sites.
+# $RL_P2P_NET.3, relaying from ports 49152-49999 of that address. With
+# "tls", coturn listens for clients only on TLS port 5349 with a
+# certificate for <host> from a CA made here ($RL_TMP/ca.pem), and the
+# server hands out turns:// URLs. The caller adds the sites.
 rl_world_turn() {
-    local secret=$1
+    local secret=$1 host=${2:-} tls=${3:-}
     command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; return 1; }
     RL_SERVER_IP="$RL_P2P_NET.1"
     TURN_IP="$RL_P2P_NET.3"
+    RL_TURN_PORT=3478
+    local url="turn://${host:-$TURN_IP}:3478" listen=(--no-tls --no-dtls --no-tcp --listening-port 3478)
+    if [ "$tls" = tls ]; then
+        rl_turn_cert "$host" || { rl_fail "a throwaway CA and a certificate for $host"; return 1; }
+        rl_pass "a throwaway CA and a certificate for $host"
+        RL_TURN_PORT=5349
+        url="turns://$host:5349"
+        listen=(--no-udp --no-tcp --no-dtls --cert "$RL_TMP/turn.pem" --pkey "$RL_TMP/turn.key"
+            --tls-listening-port 5349)
+    fi
     rl_switch
     rl_attach srv "$RL_SERVER_IP/24"
     rl_attach turn "$TURN_IP/24"
     rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
-        "turn = { url = \"turn://${2:-$TURN_IP}:3478\", secret = \"$secret\", ttl = 600 }" >/dev/null
+        "turn = { url = \"$url\", secret = \"$secret\", ttl = 600 }" >/dev/null
     rl_start_server server srv
     rl_wait_until 10 rl_server_listening srv || { rl_fail "server listens"; return 1; }
-    rl_spawn coturn turn turnserver -n --no-cli --no-tls --no-dtls --no-tcp \
-        --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" --listening-port 3478 \
+    rl_spawn coturn turn turnserver -n --no-cli "${listen[@]}" \
+        --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" \
         --min-port 49152 --max-port 49999 --use-auth-secret --static-auth-secret "$secret" \
         --realm ringlink.test --userdb "$RL_TMP/turndb" --pidfile "$RL_TMP/turnserver.pid" \
         --log-file stdout --simple-log
-    rl_wait_until 10 rl_coturn_listens || { rl_fail "coturn listens on $TURN_IP:3478"; return 1; }
-    rl_pass "coturn listens on $TURN_IP:3478"
+    rl_wait_until 10 rl_coturn_listens || { rl_fail "coturn listens on $TURN_IP:$RL_TURN_PORT"; return 1; }
+    rl_pass "coturn listens on $TURN_IP:$RL_TURN_PORT"
 }
-rl_coturn_listens() { rl_exec turn ss -Huln | grep -q "$TURN_IP:3478 "; }
+rl_coturn_listens() {
+    local ss_args=-Huln
+    [ "$RL_TURN_PORT" = 5349 ] && ss_args=-Htln
+    rl_exec turn ss "$ss_args" | grep -q "$TURN_IP:$RL_TURN_PORT "
+}
+
+# rl_turn_cert <name> : a CA ($RL_TMP/ca.pem) and a certificate for <name>
+# signed by it ($RL_TMP/turn.pem, key turn.key), valid for this run only.
+rl_turn_cert() {
+    {
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=ringlink test CA" -keyout "$RL_TMP/ca.key" -out "$RL_TMP/ca.pem" &&
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+            -subj "/CN=$1" -keyout "$RL_TMP/turn.key" -out "$RL_TMP/turn.csr" &&
+        printf 'subjectAltName=DNS:%s\n' "$1" >"$RL_TMP/san.ext" &&
+        openssl x509 -req -in "$RL_TMP/turn.csr" -CA "$RL_TMP/ca.pem" -CAkey "$RL_TMP/ca.key" \
+            -CAcreateserial -days 2 -extfile "$RL_TMP/san.ext" -out "$RL_TMP/turn.pem"
+    } >"$RL_TMP/openssl.log" 2>&1 && test -s "$RL_TMP/turn.pem"
+}
+
+# rl_check_ciphertext <pcap> <hex pattern> : the capture holds a ping
+# burst (> 40 kB) and not the first 8 bytes of the pings' payload pattern.
+rl_check_ciphertext() {
+    local bytes plain
+    read -r bytes plain <<<"$(python3 - "$1" "$2" <<'EOF'
+import sys
+data = open(sys.argv[1], "rb").read()
+pattern = bytes.fromhex(sys.argv[2])
+print(len(data), int(pattern[:8] in data))
+EOF
+)"
+    echo "  capture: ${bytes:-0} bytes"
+    check "the capture holds the burst (> 40 kB)" rl_ge "${bytes:-0}" 40000
+    check "and the ping's payload pattern is nowhere in it (ciphertext only)" test "${plain:-1}" = 0
+}
 
 # rl_p2p_client_conf <name> [toml lines...] : client config with STUN on.
 rl_p2p_client_conf() {

@@ -26,42 +26,8 @@ SECRET=turns-secret-for-this-test
 TURN_NAME=turn.ringlink.test
 echo "test_turns_path: two sites without UDP meet through coturn over TLS"
 
-command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; rl_finish; }
-# A CA and a server certificate for $TURN_NAME, valid for this run only.
-{
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
-        -subj "/CN=ringlink test CA" -keyout "$RL_TMP/ca.key" -out "$RL_TMP/ca.pem" &&
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -subj "/CN=$TURN_NAME" -keyout "$RL_TMP/turn.key" -out "$RL_TMP/turn.csr" &&
-    printf 'subjectAltName=DNS:%s\n' "$TURN_NAME" >"$RL_TMP/san.ext" &&
-    openssl x509 -req -in "$RL_TMP/turn.csr" -CA "$RL_TMP/ca.pem" -CAkey "$RL_TMP/ca.key" \
-        -CAcreateserial -days 2 -extfile "$RL_TMP/san.ext" -out "$RL_TMP/turn.pem"
-} >"$RL_TMP/openssl.log" 2>&1
-check "a throwaway CA and a certificate for $TURN_NAME" test -s "$RL_TMP/turn.pem"
-
-RL_SERVER_IP="$RL_P2P_NET.1"
-TURN_IP="$RL_P2P_NET.3"
-rl_switch
-rl_attach srv "$RL_SERVER_IP/24"
-rl_attach turn "$TURN_IP/24"
-rl_server_conf server "stun = \"$RL_SERVER_IP:3478\"" \
-    "turn = { url = \"turns://$TURN_NAME:5349\", secret = \"$SECRET\", ttl = 600 }" >/dev/null
-rl_start_server server srv
-check "server listens" rl_wait_until 10 rl_server_listening srv
-# TLS listener only: no UDP, plain TCP or DTLS listener for clients. The
-# relayed side (coturn to peers) is UDP on $TURN_IP.
-start_coturn() {
-    rl_spawn coturn turn turnserver -n --no-cli --no-udp --no-tcp --no-dtls \
-        --cert "$RL_TMP/turn.pem" --pkey "$RL_TMP/turn.key" \
-        --listening-ip "$TURN_IP" --relay-ip "$TURN_IP" --tls-listening-port 5349 \
-        --min-port 49152 --max-port 49999 --use-auth-secret --static-auth-secret "$SECRET" \
-        --realm ringlink.test --userdb "$RL_TMP/turndb" --pidfile "$RL_TMP/turnserver.pid" \
-        --log-file stdout --simple-log
-}
-start_coturn
-coturn_tls() { rl_exec turn ss -Htln | grep -q "$TURN_IP:5349 "; }
-check "coturn listens for TLS on $TURN_IP:5349" rl_wait_until 10 coturn_tls
-check "and not for UDP on 3478" eval '! rl_exec turn ss -Huln | grep -q ":3478 "'
+rl_world_turn "$SECRET" "$TURN_NAME" tls || rl_finish
+check "coturn does not listen for UDP on 3478" eval '! rl_exec turn ss -Huln | grep -q ":3478 "'
 
 rl_nat_site a ra "$RL_P2P_NET.21/24" 192.168.1 random
 rl_nat_site b rb "$RL_P2P_NET.22/24" 192.168.2 random
@@ -139,18 +105,7 @@ echo "  coturn took in $((c1 - c0)) bytes of TLS from the sites and sent $((o1 -
 check "the burst crossed coturn as TLS (>= 40 kB in, >= 40 kB out)" eval 'rl_ge $((c1 - c0)) 40000 && rl_ge $((o1 - o0)) 40000'
 check "and not the ringlink server (< 10000 bytes)" test $((s1 - s0)) -lt 10000
 check "no UDP from the sites ever reached coturn" test "$(rl_counted turn udp_sites packets)" = 0
-seen() {
-    python3 - "$RL_TMP/turn.pcap" "$PATTERN" <<'EOF'
-import sys
-data = open(sys.argv[1], "rb").read()
-pattern = bytes.fromhex(sys.argv[2])
-print(len(data), int(pattern[:8] in data))
-EOF
-}
-read -r pcap_bytes plain <<<"$(seen)"
-echo "  capture on coturn's interface: ${pcap_bytes:-0} bytes"
-check "the capture holds the burst (> 40 kB)" rl_ge "${pcap_bytes:-0}" 40000
-check "and the ping's payload pattern is nowhere in it" test "${plain:-1}" = 0
+rl_check_ciphertext "$RL_TMP/turn.pcap" "$PATTERN"
 
 rl_flow_sink a "$va" 5001 || rl_fail "sink listening in a"
 c0=$(rl_counted turn tls_in bytes)
