@@ -297,8 +297,10 @@ async fn a_client_keeps_its_address_on_another_instance() {
     let mut on_a = login(a.addr, vip, 7, ts).await;
     outcome(&mut on_a, vip).await.expect("first login");
 
-    // Another client may not have it, on either instance.
-    let mut thief = login(b.addr, vip, 8, now()).await;
+    // Another client may not have it, on either instance. (Its time is
+    // not ts + 1: AUTH covers only password, address and time, so that
+    // would make the same login as the move below, refused as a replay.)
+    let mut thief = login(b.addr, vip, 8, ts + 2).await;
     let why = outcome(&mut thief, vip).await.unwrap_err();
     assert!(
         why.contains("in use") && why.contains("instance a"),
