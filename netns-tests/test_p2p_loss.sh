@@ -47,8 +47,11 @@ burst direct
 flaps1=$(( $(rl_log_count a 'direct path lost') + $(rl_log_count b 'direct path lost') ))
 if [ "$flaps1" -ne "$flaps0" ]; then
     echo "  note: the direct path flapped during the burst (a: $(rl_paths a)); repeating it once"
-    rl_wait_until 40 rl_peer_direct a "${vb:-none}"
-    rl_wait_until 20 rl_peer_direct b "${va:-none}"
+    # Both at once: one side may flap later than the other, and a new
+    # attempt under this loss can take 20 s (a lost STUN answer or
+    # heartbeat round costs a whole phase timeout).
+    both_direct() { rl_peer_direct a "${vb:-none}" && rl_peer_direct b "${va:-none}"; }
+    rl_wait_until 60 both_direct
     burst direct2
 fi
 got=$(printf '%s\n' "$burst" | sed -n 's/.* \([0-9]*\) received.*/\1/p')
