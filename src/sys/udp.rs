@@ -252,8 +252,14 @@ pub fn parse_sockaddr_in(name: &[u8]) -> Option<SocketAddrV4> {
     ))
 }
 
-/// Control buffer of a send that sets the IP TTL: `CMSG_SPACE(sizeof(int))`.
-const TTL_CONTROL_LEN: usize = CMSG_HDR_LEN + 8;
+/// The `IP_TTL` control message of [`send_to`]: a `cmsghdr`, then the
+/// TTL as an int, padded to `CMSG_SPACE(sizeof(int))`.
+#[repr(C)]
+struct TtlCmsg {
+    hdr: libc::cmsghdr,
+    ttl: libc::c_int,
+    _pad: [u8; 4],
+}
 
 /// One send without waiting: a full socket buffer is an error
 /// (`WouldBlock`), never a stall of the caller's event loop. `ttl` sets
@@ -270,26 +276,20 @@ pub fn send_to(
         iov_base: datagram.as_ptr() as *mut libc::c_void,
         iov_len: datagram.len(),
     };
-    // u64 elements: the kernel wants the control buffer aligned for cmsghdr.
-    let mut control = [0u64; TTL_CONTROL_LEN / 8];
-    // SAFETY: an all-zero msghdr is a valid value (no name, no control).
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    // SAFETY: all-zero msghdr and cmsghdr are valid values (no name, no
+    // control).
+    let (mut msg, mut control): (libc::msghdr, TtlCmsg) = unsafe { (mem::zeroed(), mem::zeroed()) };
     msg.msg_name = (&mut sa as *mut libc::sockaddr_in).cast();
     msg.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if let Some(ttl) = ttl {
-        let bytes = ttl_control(ttl);
-        // SAFETY: control is TTL_CONTROL_LEN bytes, as many as bytes holds.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                bytes.as_ptr(),
-                control.as_mut_ptr().cast::<u8>(),
-                TTL_CONTROL_LEN,
-            )
-        };
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = TTL_CONTROL_LEN;
+        control.hdr.cmsg_len = mem::offset_of!(TtlCmsg, ttl) + mem::size_of::<libc::c_int>();
+        control.hdr.cmsg_level = libc::IPPROTO_IP;
+        control.hdr.cmsg_type = libc::IP_TTL;
+        control.ttl = libc::c_int::from(ttl);
+        msg.msg_control = (&mut control as *mut TtlCmsg).cast();
+        msg.msg_controllen = mem::size_of::<TtlCmsg>();
     }
     loop {
         // SAFETY: msg points at sa, iov (and so datagram) and control,
@@ -304,17 +304,6 @@ pub fn send_to(
             return Err(e);
         }
     }
-}
-
-/// The `IP_TTL` control message of [`send_to`]: a cmsghdr, then the TTL
-/// as an int, padded to CMSG_SPACE.
-fn ttl_control(ttl: u8) -> [u8; TTL_CONTROL_LEN] {
-    let mut c = [0u8; TTL_CONTROL_LEN];
-    c[..8].copy_from_slice(&(CMSG_HDR_LEN + 4).to_ne_bytes());
-    c[8..12].copy_from_slice(&libc::IPPROTO_IP.to_ne_bytes());
-    c[12..16].copy_from_slice(&libc::IP_TTL.to_ne_bytes());
-    c[16..20].copy_from_slice(&i32::from(ttl).to_ne_bytes());
-    c
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::Node;
 use crate::peer::{PeerState, PeerStatus};
@@ -56,10 +56,6 @@ fn ago(at: Instant, now: Instant) -> String {
     format!("{}s ago", now.saturating_duration_since(at).as_secs())
 }
 
-fn secs(d: Duration) -> u64 {
-    d.as_secs()
-}
-
 impl Node {
     /// One line: the path's reason, then what the better ones are doing.
     pub(super) fn path_why(&self, p: &PeerStatus, now: Instant) -> String {
@@ -104,7 +100,7 @@ impl Node {
 
 /// What the direct UDP attempt is doing.
 fn udp_why(p: &PeerStatus, ringlink: bool, now: Instant) -> String {
-    let next = secs((p.since + p.retry).saturating_duration_since(now));
+    let next = (p.since + p.retry).saturating_duration_since(now).as_secs();
     let method = p.method.map(|m| format!(" ({m})")).unwrap_or_default();
     match p.state {
         PeerState::Connected if ringlink => format!("direct UDP{method}, proven by challenge"),
