@@ -4,7 +4,9 @@
 # with a home-router input firewall. No single socket crosses that pair:
 # b sprays random ports of a's router from a fresh port and then announces
 # that port; a opens 256 fresh sockets towards it; one of a's sockets wins
-# and then carries the pair's traffic through the io_uring workers. An
+# and then carries the pair's traffic through the io_uring workers. (a's
+# data port, challenging the announced port every tick, holds a 257th
+# ticket; when it wins, about 1 run in 100, the checks follow it.) An
 # attempt is two such draws (b's second from another fresh port, which
 # a's same sockets are retargeted at).
 # Checked outside ringlink:
@@ -65,7 +67,7 @@ echo "  status: a opened ${ps:-?} attempt sockets and sent ${pp:-?} probes in ${
 # Each side stops its probes at the first proven path, so the counts are
 # bounds, not totals; a missed attempt (1.7 %) adds a second.
 check "status counts a's 256 sockets, and at most one probe from each per round" \
-    eval 'rl_ge "${ps:-0}" 256 && rl_ge "${pp:-0}" 1 && rl_ge $((512 * ${na:-0})) "${pp:-0}"'
+    eval 'rl_ge "${ps:-0}" 256 && rl_ge $((512 * ${na:-0})) "${pp:-0}"'
 # b sprays 510 ports from a fresh port, then asks STUN for its mapping
 # from there and announces it; a's sockets aim at that port. Twice.
 check "b's sprays stay within the budget (2 x (510 + its STUN request) per attempt)" \
@@ -76,8 +78,21 @@ m0=$(rl_counted ra main packets); x0=$(rl_counted ra extra packets); s0=$(rl_if_
 check "ping a -> b (20 of 20, 1200 bytes)" timeout 15 ip netns exec "$(rl_ns a)" ping -n -q -c 20 -i 0.1 -W 1 -s 1200 "${vb:-127.0.0.1}"
 m1=$(rl_counted ra main packets); x1=$(rl_counted ra extra packets); s1=$(rl_if_total srv eth0)
 echo "  ra forwarded a -> b: $((x1 - x0)) large datagrams from the punched socket, $((m1 - m0)) from the data port; the server's eth0 moved $((s1 - s0)) bytes"
-check "the burst left a from the punched socket (>= 20 datagrams)" rl_ge $((x1 - x0)) 20
-check "and not from the data port" test $((m1 - m0)) -lt 5
+# a's data port is a ticket in the same draw: while CONNECTING it
+# challenges b's announced fresh port every tick, through a mapping of its
+# own that b's spray covers as likely as any of the 256 (about 0.8 % a
+# round), and it sends before the paced sockets do. Either winner is a
+# genuine path; the checks below follow the one that won.
+if [ $((m1 - m0)) -ge 20 ] && [ $((x1 - x0)) -lt 5 ]; then
+    winner=data
+    echo "  the data port's own challenge to b's fresh port won the draw"
+    check "the burst left a from the data port (>= 20 datagrams)" rl_ge $((m1 - m0)) 20
+else
+    winner=punched
+    check "status counts at least one probe from a's sockets" rl_ge "${pp:-0}" 1
+    check "the burst left a from the punched socket (>= 20 datagrams)" rl_ge $((x1 - x0)) 20
+    check "and not from the data port" test $((m1 - m0)) -lt 5
+fi
 check "and not through the server (< 20000 bytes)" test $((s1 - s0)) -lt 20000
 
 i0=$(rl_counted ra extra_in bytes)
@@ -89,9 +104,14 @@ echo "  $RL_FLOW_INFO"
 i1=$(rl_counted ra extra_in bytes)
 # Bytes, not packets: veth forwards GSO runs as one packet each.
 echo "  ra forwarded $((i1 - i0)) bytes of large UDP from b into a's punched socket during the transfer"
-check "the transfer came in through the punched socket (>= $MB MiB)" rl_ge $((i1 - i0)) $((MB << 20))
-
-one_left() { [ "$(sockets_of a)" = 1 ]; }
-check "the attempt's other sockets closed: one left besides the data port within 40 s" rl_wait_until 40 one_left
+if [ "$winner" = punched ]; then
+    check "the transfer came in through the punched socket (>= $MB MiB)" rl_ge $((i1 - i0)) $((MB << 20))
+    one_left() { [ "$(sockets_of a)" = 1 ]; }
+    check "the attempt's other sockets closed: one left besides the data port within 40 s" rl_wait_until 40 one_left
+else
+    check "the transfer came in through the data port (< 1 MiB into other sockets)" test $((i1 - i0)) -lt $((1 << 20))
+    none_left() { [ "$(sockets_of a)" = 0 ]; }
+    check "the attempt's sockets closed: none left besides the data port within 40 s" rl_wait_until 40 none_left
+fi
 check "a <-> b still direct over it" eval 'rl_peer_direct a "${vb:-none}" && timeout 10 ip netns exec "$(rl_ns a)" ping -n -q -c 5 -i 0.1 -W 1 "${vb:-127.0.0.1}" >/dev/null'
 rl_finish test_p2p_birthday
