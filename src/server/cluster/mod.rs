@@ -848,6 +848,13 @@ async fn rewrite(c: &Net, ip: Ipv4Addr, key: &str, value: Lease, revision: u64) 
 /// recreate its consumer itself, but after a lost JetStream leader its
 /// retries back off to 10 s apart, and meanwhile no lease taken elsewhere
 /// is seen here (so frames towards those members are dropped).
+///
+/// What was seen before stays while a new watch starts: the bucket keeps
+/// each key's last operation, deletions included, so the new watch's
+/// replay corrects every entry that changed meanwhile. Forgetting them
+/// instead would drop every frame towards other instances until the
+/// replay arrives, which after a restart of the whole NATS cluster is as
+/// long as JetStream takes to elect its leaders.
 async fn watcher(
     engine: Arc<Engine>,
     networks: Vec<Arc<Network>>,
@@ -856,15 +863,17 @@ async fn watcher(
     let by_name: HashMap<String, Arc<Network>> =
         networks.into_iter().map(|n| (n.name.clone(), n)).collect();
     let mut connections = engine.connections.subscribe();
+    let mut failed_since: Option<tokio::time::Instant> = None;
     loop {
         match engine.kv.watch_with_history(">").await {
             Ok(mut w) => {
                 // This watch is newer than any connection so far.
                 connections.borrow_and_update();
-                for n in by_name.values() {
-                    if let Some(c) = &n.cluster {
-                        c.remote_mut().clear();
-                    }
+                if let Some(t) = failed_since.take() {
+                    info!(
+                        "cluster: watching the lease bucket again ({} s after the first failed try)",
+                        t.elapsed().as_secs()
+                    );
                 }
                 loop {
                     let next = tokio::select! {
@@ -895,7 +904,10 @@ async fn watcher(
                     c.on_change(n, ip, entry.revision, lease);
                 }
             }
-            Err(e) => warn!("cluster: cannot watch the lease bucket: {e}"),
+            Err(e) => {
+                failed_since.get_or_insert_with(tokio::time::Instant::now);
+                warn!("cluster: cannot watch the lease bucket: {e}");
+            }
         }
         tokio::select! {
             _ = shutdown.changed() => return,
