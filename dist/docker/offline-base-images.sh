@@ -2,8 +2,10 @@
 # Builds local stand-ins for the two base images the Dockerfile names,
 # for a build host that reaches Debian's mirror but no container registry:
 #   docker.io/library/debian:bookworm-slim  a debootstrapped bookworm (minbase)
-#   docker.io/library/rust:1-bookworm        that, plus gcc and this host's
-#                                            Rust toolchain
+#   docker.io/library/rust:1-bookworm        that, plus gcc, this host's
+#                                            Rust toolchain and the local CAs
+#                                            it trusts (a proxy's, for
+#                                            crates.io)
 # With them in podman's store, `podman build` resolves both FROM lines
 # locally and never asks a registry.
 #
@@ -36,11 +38,16 @@ echo "rust:1-bookworm from $toolchain"
 mkdir "$work/rust"
 cp -a "$toolchain" "$work/rust/toolchain"
 rm -rf "$work/rust/toolchain/share/doc"
+# The build stage fetches crates: it must trust what this host trusts.
+mkdir "$work/rust/local-ca"
+cp /usr/local/share/ca-certificates/*.crt "$work/rust/local-ca/" 2>/dev/null || true
 cat >"$work/rust/Containerfile" <<'EOF'
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev ca-certificates pkg-config \
     && rm -rf /var/lib/apt/lists/*
+COPY local-ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
 COPY toolchain /usr/local/rust
 ENV PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 EOF
