@@ -129,7 +129,7 @@ fn write_all(dir: &Path) -> io::Result<()> {
                     port: 3478,
                     username: format!("{TS}:{A}"),
                     password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
-                    tls: false,
+                    transport: ws::TurnTransport::Udp,
                 }
                 .encode()
                 .expect("short fields"),
@@ -141,7 +141,19 @@ fn write_all(dir: &Path) -> io::Result<()> {
                     port: 5349,
                     username: format!("{TS}:{A}"),
                     password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
-                    tls: true,
+                    transport: ws::TurnTransport::Tls,
+                }
+                .encode()
+                .expect("short fields"),
+            ),
+            (
+                "turn_offer_tcp",
+                ws::TurnOffer {
+                    host: "10.9.0.1".into(),
+                    port: 3478,
+                    username: format!("{TS}:{A}"),
+                    password: "bWhdp9SIn7BkmZ3amCr1/Z1yo6I=".into(),
+                    transport: ws::TurnTransport::Tcp,
                 }
                 .encode()
                 .expect("short fields"),

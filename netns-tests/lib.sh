@@ -910,22 +910,30 @@ rl_hosts_entry() {
     printf '%s %s\n' "$2" "$3" >>"/etc/netns/$ns/hosts"
 }
 
-# rl_world_turn <secret> [host] [tls] : the switch with the ringlink server
-# at $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn with <secret>,
-# by <host> if given: the caller makes it resolve where clients run) and
-# coturn (Debian's turnserver, process "coturn") at $TURN_IP =
-# $RL_P2P_NET.3, relaying from ports 49152-49999 of that address. With
-# "tls", coturn listens for clients only on TLS port 5349 with a
-# certificate for <host> from a CA made here ($RL_TMP/ca.pem), and the
-# server hands out turns:// URLs. The caller adds the sites.
+# rl_world_turn <secret> [host] [udp|tcp|tls] : the switch with the
+# ringlink server at $RL_P2P_NET.1 (STUN on, and `turn` pointing at coturn
+# with <secret>, by <host> if given: the caller makes it resolve where
+# clients run) and coturn (Debian's turnserver, process "coturn") at
+# $TURN_IP = $RL_P2P_NET.3, relaying from ports 49152-49999 of that
+# address. Clients reach coturn on UDP 3478 by default; with "tcp" only on
+# TCP 3478 (`turn://…?transport=tcp`); with "tls" only on TLS port 5349
+# with a certificate for <host> from a CA made here ($RL_TMP/ca.pem), and
+# the server hands out turns:// URLs. The caller adds the sites.
 rl_world_turn() {
-    local secret=$1 host=${2:-} tls=${3:-}
+    local secret=$1 host=${2:-} mode=${3:-udp}
     command -v turnserver >/dev/null || { rl_fail "turnserver (Debian package coturn) is installed"; return 1; }
     RL_SERVER_IP="$RL_P2P_NET.1"
     TURN_IP="$RL_P2P_NET.3"
     RL_TURN_PORT=3478
+    RL_TURN_TCP=
     local url="turn://${host:-$TURN_IP}:3478" listen=(--no-tls --no-dtls --no-tcp --listening-port 3478)
-    if [ "$tls" = tls ]; then
+    if [ "$mode" = tcp ]; then
+        RL_TURN_TCP=1
+        url="turn://${host:-$TURN_IP}:3478?transport=tcp"
+        listen=(--no-udp --no-tls --no-dtls --listening-port 3478)
+    fi
+    if [ "$mode" = tls ]; then
+        RL_TURN_TCP=1
         rl_turn_cert "$host" || { rl_fail "a throwaway CA and a certificate for $host"; return 1; }
         rl_pass "a throwaway CA and a certificate for $host"
         RL_TURN_PORT=5349
@@ -950,7 +958,7 @@ rl_world_turn() {
 }
 rl_coturn_listens() {
     local ss_args=-Huln
-    [ "$RL_TURN_PORT" = 5349 ] && ss_args=-Htln
+    [ -n "$RL_TURN_TCP" ] && ss_args=-Htln
     rl_exec turn ss "$ss_args" | grep -q "$TURN_IP:$RL_TURN_PORT "
 }
 

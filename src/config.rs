@@ -1249,6 +1249,7 @@ impl ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ws::TurnTransport;
 
     fn server(text: &str) -> Result<ServerConfig, ConfigError> {
         ServerConfig::parse("server.toml", text)
@@ -1280,9 +1281,14 @@ mod tests {
         .unwrap();
         let u = s.turn.unwrap().url;
         assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (true, "turn.example", 5349)
+            (u.transport, u.host.as_str(), u.port),
+            (TurnTransport::Tls, "turn.example", 5349)
         );
+        let s = server(&format!(
+            "{SERVER}turn = {{ url = \"turn://10.9.0.1?transport=tcp\", secret = \"k\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.turn.unwrap().url.transport, TurnTransport::Tcp);
         for (bad, key) in [
             (
                 "turn = { url = \"turn://u:p@h\", secret = \"k\" }",
@@ -1318,8 +1324,8 @@ mod tests {
         .unwrap();
         let u = c.turn.unwrap();
         assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (true, "turn.example", 443)
+            (u.transport, u.host.as_str(), u.port),
+            (TurnTransport::Tls, "turn.example", 443)
         );
         for bad in [
             "turn://10.9.0.1",

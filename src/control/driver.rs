@@ -14,8 +14,9 @@ use tracing::{debug, warn};
 use super::iface::Interface;
 use super::node::{Node, Output};
 use super::status::ControlCounters;
-use super::turn_tls::{self, TurnEvent};
+use super::turn_stream::{self, TurnEvent};
 use crate::dataplane::{SharedSnapshot, UdpSender};
+use crate::proto::ws::TurnTransport;
 use crate::session::pins;
 
 /// How long a TURN server's name may take to resolve.
@@ -79,12 +80,12 @@ pub struct Resolved {
 /// What the control loop hears about the TURN server.
 pub enum TurnNews {
     Resolved(Resolved),
-    Tls(TurnEvent),
+    Bridge(TurnEvent),
 }
 
 impl From<TurnEvent> for TurnNews {
     fn from(e: TurnEvent) -> Self {
-        TurnNews::Tls(e)
+        TurnNews::Bridge(e)
     }
 }
 
@@ -93,10 +94,13 @@ impl TurnNews {
         let now = Instant::now();
         match self {
             TurnNews::Resolved(r) => node.on_turn_resolved(&r.host, r.port, r.addr, now),
-            TurnNews::Tls(TurnEvent::Up { host, port, result }) => {
-                node.on_turn_bridge(&host, port, result, now)
-            }
-            TurnNews::Tls(TurnEvent::Ended { local, reason }) => {
+            TurnNews::Bridge(TurnEvent::Up {
+                host,
+                port,
+                transport,
+                result,
+            }) => node.on_turn_bridge(&host, port, transport, result, now),
+            TurnNews::Bridge(TurnEvent::Ended { local, reason }) => {
                 node.on_turn_bridge_ended(local, &reason, now)
             }
         }
@@ -182,15 +186,7 @@ impl NodeDriver {
                 Output::ResolveTurn {
                     host,
                     port,
-                    tls: true,
-                } => {
-                    let h = &self.helpers;
-                    turn_tls::spawn(host, port, h.turn_tls.clone(), h.turn.clone())
-                }
-                Output::ResolveTurn {
-                    host,
-                    port,
-                    tls: false,
+                    transport: TurnTransport::Udp,
                 } => {
                     let tx = self.helpers.turn.clone();
                     tokio::spawn(async move {
@@ -199,6 +195,15 @@ impl NodeDriver {
                             .send(TurnNews::Resolved(Resolved { host, port, addr }))
                             .await;
                     });
+                }
+                Output::ResolveTurn {
+                    host,
+                    port,
+                    transport,
+                } => {
+                    let h = &self.helpers;
+                    let tls = (transport == TurnTransport::Tls).then(|| h.turn_tls.clone());
+                    turn_stream::spawn(host, port, tls, h.turn.clone())
                 }
                 // In a task of its own, like a name lookup.
                 Output::Connect { peer, to } => self.open_stream(peer, to, connect(to)),

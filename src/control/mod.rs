@@ -23,7 +23,7 @@ mod traversal_tests;
 pub mod turn;
 pub mod turn_link;
 pub mod turn_path;
-pub mod turn_tls;
+pub mod turn_stream;
 mod ws_client;
 
 use std::future::Future;

@@ -33,7 +33,7 @@ use crate::proto::crypto::{CipherKind, IvSequence, PeerKey, ENVELOPE_LEN};
 use crate::proto::ext::{NatAdvert, Tail};
 use crate::proto::udp::{ty, Heartbeat, PeerMessage, Ping, Pong};
 use crate::proto::ws::{
-    self, encode_local_conn, Discovery, General, PeerConn, SysRoute, WsMessage,
+    self, encode_local_conn, Discovery, General, PeerConn, SysRoute, TurnTransport, WsMessage,
 };
 use crate::proto::{stun, Ipv4Cidr};
 use crate::rng::SplitMix64;
@@ -52,7 +52,7 @@ use super::tcp_path::TcpPaths;
 use super::turn::TurnSource;
 use super::turn_link::{Need, TurnLink};
 use super::turn_path::TurnOutput;
-use super::turn_tls::Bridge;
+use super::turn_stream::Bridge;
 
 mod tcp;
 mod why;
@@ -102,9 +102,13 @@ pub enum Output {
     /// attempt and hand them to [`Node::on_sockets_opened`].
     OpenSockets { count: usize },
     /// Resolve the TURN server's name to an IPv4 address and hand it to
-    /// [`Node::on_turn_resolved`]. With `tls`: a TLS bridge to the server, answered by
-    /// [`Node::on_turn_bridge`].
-    ResolveTurn { host: String, port: u16, tls: bool },
+    /// [`Node::on_turn_resolved`]. Over a stream transport: a bridge to the
+    /// server, answered by [`Node::on_turn_bridge`].
+    ResolveTurn {
+        host: String,
+        port: u16,
+        transport: TurnTransport,
+    },
     /// Open one UDP socket for the TURN allocation and hand it to
     /// [`Node::on_turn_socket`].
     OpenTurnSocket,
@@ -439,14 +443,15 @@ impl Node {
         self.flush(now);
     }
 
-    /// The answer to [`Output::ResolveTurn`] for a `turns://` server: a
-    /// running bridge, or why there is none. A failed setup is a failure
+    /// The answer to [`Output::ResolveTurn`] for a server over TCP or TLS:
+    /// a running bridge, or why there is none. A failed setup is a failure
     /// of the TURN path: pairs stay where they are (the server's relay, or
     /// a direct TCP stream) until their next miss asks again.
     pub fn on_turn_bridge(
         &mut self,
         host: &str,
         port: u16,
+        transport: TurnTransport,
         bridge: Result<Bridge, String>,
         now: Instant,
     ) {
@@ -454,16 +459,17 @@ impl Node {
             Ok(b) => Some(b),
             Err(why) => {
                 self.stats.turn_failures += 1;
-                warn!(host, port, error = %why, "no TLS session to the TURN server; pairs stay on their path");
+                let transport = transport.label();
+                warn!(host, port, transport, error = %why, "no stream to the TURN server; pairs stay on their path");
                 None
             }
         };
-        let need = self.turn.bridged(host, port, bridge, now);
+        let need = self.turn.bridged(host, port, transport, bridge, now);
         self.fetch(need);
         self.flush(now);
     }
 
-    /// The TLS bridge at `local` ended: so did the allocation on it.
+    /// The bridge at `local` ended: so did the allocation on it.
     pub fn on_turn_bridge_ended(&mut self, local: SocketAddrV4, reason: &str, now: Instant) {
         if self.turn.bridge_ended(local, reason) {
             self.flush(now);
@@ -485,9 +491,15 @@ impl Node {
 
     fn fetch(&mut self, need: Option<Need>) {
         match need {
-            Some(Need::Resolve { host, port, tls }) => self
-                .outputs
-                .push_back(Output::ResolveTurn { host, port, tls }),
+            Some(Need::Resolve {
+                host,
+                port,
+                transport,
+            }) => self.outputs.push_back(Output::ResolveTurn {
+                host,
+                port,
+                transport,
+            }),
             Some(Need::Socket) => self.outputs.push_back(Output::OpenTurnSocket),
             None => {}
         }

@@ -5,7 +5,7 @@
 //! expire). A static key wins, so an operator can point one node at
 //! another server.
 
-use crate::proto::ws::TurnOffer;
+use crate::proto::ws::{TurnOffer, TurnTransport};
 use crate::turn::{Credentials, TurnUrl};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,8 +16,7 @@ pub enum Source {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnServer {
-    /// Over TLS (`turns://`).
-    pub tls: bool,
+    pub transport: TurnTransport,
     pub host: String,
     pub port: u16,
     pub credentials: Credentials,
@@ -34,7 +33,7 @@ impl TurnSource {
         let current = config.and_then(|u| {
             Some(TurnServer {
                 credentials: u.credentials?,
-                tls: u.tls,
+                transport: u.transport,
                 host: u.host,
                 port: u.port,
                 source: Source::Config,
@@ -54,7 +53,7 @@ impl TurnSource {
             return false;
         }
         let next = TurnServer {
-            tls: offer.tls,
+            transport: offer.transport,
             host: offer.host,
             port: offer.port,
             credentials: Credentials {
@@ -83,9 +82,13 @@ impl TurnSource {
             (Source::Server, Some(_)) => "offered by the server, expired".to_string(),
             (Source::Server, None) => "offered by the server".to_string(),
         };
-        let tls = if c.tls { " over TLS" } else { "" };
+        let over = match c.transport {
+            TurnTransport::Udp => "",
+            TurnTransport::Tcp => " over TCP",
+            TurnTransport::Tls => " over TLS",
+        };
         Some(format!(
-            "{}:{}{tls} user {} ({whence})",
+            "{}:{}{over} user {} ({whence})",
             c.host, c.port, c.credentials.username
         ))
     }
@@ -101,7 +104,7 @@ mod tests {
             port: 3478,
             username: user.into(),
             password: "p".into(),
-            tls: false,
+            transport: TurnTransport::Udp,
         }
     }
 
@@ -125,14 +128,23 @@ mod tests {
 
         let mut t = TurnSource::new(None);
         assert!(t.on_offer(TurnOffer {
-            tls: true,
+            transport: TurnTransport::Tls,
             ..offer("1000:10.77.0.2")
         }));
-        assert!(t.current().unwrap().tls);
+        assert_eq!(t.current().unwrap().transport, TurnTransport::Tls);
         assert!(t
             .describe(0)
             .unwrap()
             .starts_with("10.9.0.1:3478 over TLS user"));
+        // Over TCP instead is a change too.
+        assert!(t.on_offer(TurnOffer {
+            transport: TurnTransport::Tcp,
+            ..offer("1000:10.77.0.2")
+        }));
+        assert!(t
+            .describe(0)
+            .unwrap()
+            .starts_with("10.9.0.1:3478 over TCP user"));
         // The same server and user over UDP is a change.
         assert!(t.on_offer(offer("1000:10.77.0.2")));
     }

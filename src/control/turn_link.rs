@@ -8,11 +8,11 @@
 //! every relayed pair. An allocation that fails ends; the next pair that
 //! asks starts another on the same socket.
 //!
-//! A `turns://` server is "resolved" by starting a TLS bridge to it
-//! (`turn_tls.rs`): its address here is the bridge's loopback address,
+//! A TURN server over TCP or TLS is "resolved" by starting a bridge to it
+//! (`turn_stream.rs`): its address here is the bridge's loopback address,
 //! and the link holds the [`Bridge`] for as long as it uses it. An
-//! allocation lives and dies with its TLS session, so a new allocation
-//! gets a new bridge.
+//! allocation lives and dies with its stream, so a new allocation gets a
+//! new bridge.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -22,18 +22,22 @@ use tracing::info;
 
 use super::turn::{TurnServer, TurnSource};
 use super::turn_path::{TurnOutput, TurnPath};
-use super::turn_tls::Bridge;
+use super::turn_stream::Bridge;
 use crate::dataplane::{LocalSocket, TurnSocket, TURN_SOCKET};
-use crate::proto::ws::TurnOffer;
+use crate::proto::ws::{TurnOffer, TurnTransport};
 use crate::rng::SplitMix64;
 use crate::turn::TurnError;
 
 /// What the node must fetch before the path can start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Need {
-    /// The server's IPv4 address, for a host given by name; with `tls`, a
-    /// bridge to it (answered by [`TurnLink::bridged`]).
-    Resolve { host: String, port: u16, tls: bool },
+    /// The server's IPv4 address, for a host given by name; over a stream
+    /// transport, a bridge to it (answered by [`TurnLink::bridged`]).
+    Resolve {
+        host: String,
+        port: u16,
+        transport: TurnTransport,
+    },
     /// The allocation's socket.
     Socket,
 }
@@ -41,7 +45,7 @@ pub enum Need {
 struct Server {
     host: String,
     port: u16,
-    tls: bool,
+    transport: TurnTransport,
     /// The server's own address, or its bridge's loopback address.
     addr: SocketAddrV4,
     bridge: Option<Bridge>,
@@ -49,7 +53,7 @@ struct Server {
 
 impl Server {
     fn is(&self, s: &TurnServer) -> bool {
-        self.host == s.host && self.port == s.port && self.tls == s.tls
+        self.host == s.host && self.port == s.port && self.transport == s.transport
     }
 }
 
@@ -145,33 +149,35 @@ impl TurnLink {
         addr: Option<SocketAddrV4>,
         now: Instant,
     ) -> Option<Need> {
-        self.answered(host, port, false, addr.map(|a| (a, None)), now)
+        let found = addr.map(|a| (a, None));
+        self.answered(host, port, TurnTransport::Udp, found, now)
     }
 
-    /// The answer to [`Need::Resolve`] for `host`:`port` over TLS: a
-    /// running bridge, or `None` (its setup failed).
+    /// The answer to [`Need::Resolve`] for `host`:`port` over a stream
+    /// transport: a running bridge, or `None` (its setup failed).
     pub fn bridged(
         &mut self,
         host: &str,
         port: u16,
+        transport: TurnTransport,
         bridge: Option<Bridge>,
         now: Instant,
     ) -> Option<Need> {
         let found = bridge.map(|b| (b.local, Some(b)));
-        self.answered(host, port, true, found, now)
+        self.answered(host, port, transport, found, now)
     }
 
     fn answered(
         &mut self,
         host: &str,
         port: u16,
-        tls: bool,
+        transport: TurnTransport,
         found: Option<(SocketAddrV4, Option<Bridge>)>,
         now: Instant,
     ) -> Option<Need> {
         self.resolving = false;
         let current = self.source.current()?;
-        if current.host != host || current.port != port || current.tls != tls {
+        if current.host != host || current.port != port || current.transport != transport {
             // The offer changed meanwhile (a late bridge is dropped here,
             // which ends it): resolve the new one.
             return self.start(now);
@@ -180,7 +186,7 @@ impl TurnLink {
         self.server = Some(Server {
             host: host.to_string(),
             port,
-            tls,
+            transport,
             addr,
             bridge,
         });
@@ -223,15 +229,18 @@ impl TurnLink {
             Some(s) if s.is(&current) => s.addr,
             _ => {
                 let TurnServer {
-                    host, port, tls, ..
+                    host,
+                    port,
+                    transport,
+                    ..
                 } = current.clone();
                 match host.parse::<Ipv4Addr>() {
-                    Ok(ip) if !tls => {
+                    Ok(ip) if !transport.is_stream() => {
                         let addr = SocketAddrV4::new(ip, port);
                         self.server = Some(Server {
                             host,
                             port,
-                            tls,
+                            transport,
                             addr,
                             bridge: None,
                         });
@@ -242,7 +251,11 @@ impl TurnLink {
                         // A stale server (and its bridge) goes now.
                         self.server = None;
                         self.resolving = true;
-                        return Some(Need::Resolve { host, port, tls });
+                        return Some(Need::Resolve {
+                            host,
+                            port,
+                            transport,
+                        });
                     }
                 }
             }
@@ -275,7 +288,11 @@ impl TurnLink {
         if let Some(TurnOutput::Failed { peer: None, .. }) = out {
             self.ended_live = path.was_allocated();
             self.path = None;
-            if self.server.as_ref().is_some_and(|s| s.tls) {
+            if self
+                .server
+                .as_ref()
+                .is_some_and(|s| s.transport.is_stream())
+            {
                 self.server = None;
             }
         }
@@ -427,7 +444,7 @@ mod tests {
         let resolve = Need::Resolve {
             host: "turn.example.net".into(),
             port: 3478,
-            tls: false,
+            transport: TurnTransport::Udp,
         };
         assert_eq!(l.want(B, now), Some(resolve.clone()));
         assert_eq!(l.want(B, now), None, "asked once");

@@ -197,17 +197,64 @@ impl Auth {
 /// | 6+h | u | username |
 /// | 6+h+u | 1 | password length p |
 /// | 7+h+u | p | password |
-/// | 7+h+u+p | 0 or 1 | transport: absent or 0 UDP, 1 TLS |
+/// | 7+h+u+p | 0 or 1 | transport: absent or 0 UDP, 1 TLS, 2 TCP |
 #[derive(Clone, PartialEq, Eq)]
 pub struct TurnOffer {
     pub host: String,
     pub port: u16,
     pub username: String,
     pub password: String,
-    /// `turns://`: reach the server over TLS. On the wire, one byte after
-    /// the password (1 = TLS), left off for UDP so that an offer reads the
-    /// same to a client that predates it.
-    pub tls: bool,
+    /// On the wire, one byte after the password, left off for UDP so that
+    /// an offer reads the same to a client that predates it (which refuses
+    /// a stream transport it could not use).
+    pub transport: TurnTransport,
+}
+
+/// How a client reaches its TURN server. The relayed side, from the
+/// server to peers, is UDP in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TurnTransport {
+    /// `turn://host` (or `?transport=udp`).
+    #[default]
+    Udp,
+    /// `turn://host?transport=tcp`: RFC 8656 framing on a TCP stream.
+    Tcp,
+    /// `turns://host`: the same stream inside TLS.
+    Tls,
+}
+
+impl TurnTransport {
+    /// Over a stream (TCP or TLS) rather than datagrams.
+    pub fn is_stream(self) -> bool {
+        self != TurnTransport::Udp
+    }
+
+    /// The offer's trailing byte; `None` for UDP, which sends none.
+    fn wire(self) -> Option<u8> {
+        match self {
+            TurnTransport::Udp => None,
+            TurnTransport::Tls => Some(1),
+            TurnTransport::Tcp => Some(2),
+        }
+    }
+
+    fn from_wire(b: Option<u8>) -> Option<Self> {
+        match b {
+            None | Some(0) => Some(TurnTransport::Udp),
+            Some(1) => Some(TurnTransport::Tls),
+            Some(2) => Some(TurnTransport::Tcp),
+            Some(_) => None,
+        }
+    }
+
+    /// How logs and status name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            TurnTransport::Udp => "udp",
+            TurnTransport::Tcp => "tcp",
+            TurnTransport::Tls => "tls",
+        }
+    }
 }
 
 impl std::fmt::Debug for TurnOffer {
@@ -215,8 +262,8 @@ impl std::fmt::Debug for TurnOffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "TurnOffer({}{}:{} user {})",
-            if self.tls { "tls " } else { "" },
+            "TurnOffer({} {}:{} user {})",
+            self.transport.label(),
             self.host,
             self.port,
             self.username
@@ -248,17 +295,14 @@ impl TurnOffer {
         if host.is_empty() || port == 0 {
             return Err(ProtoError::TurnOffer("no host or port"));
         }
-        let tls = match rest.first() {
-            None | Some(0) => false,
-            Some(1) => true,
-            Some(_) => return Err(ProtoError::TurnOffer("transport")),
-        };
+        let transport = TurnTransport::from_wire(rest.first().copied())
+            .ok_or(ProtoError::TurnOffer("transport"))?;
         Ok(Self {
             host,
             port,
             username,
             password,
-            tls,
+            transport,
         })
     }
 
@@ -270,9 +314,7 @@ impl TurnOffer {
             out.push(u8::try_from(f.len()).ok()?);
             out.extend_from_slice(f.as_bytes());
         }
-        if self.tls {
-            out.push(1);
-        }
+        out.extend(self.transport.wire());
         Some(out)
     }
 }
@@ -713,7 +755,7 @@ mod tests {
             port: 3478,
             username: "1700000000:10.77.0.2".into(),
             password: "pw".into(),
-            tls: false,
+            transport: TurnTransport::Udp,
         };
         let frame = o.encode().unwrap();
         let mut want = vec![0xF0, 0x01, 0x0d, 0x96, 8];
@@ -736,17 +778,28 @@ mod tests {
         let mut no_port = frame.clone();
         no_port[2..4].fill(0);
         assert!(WsMessage::decode(&no_port).is_err());
-        // turns://: one byte more, which a client that predates it skips.
-        let tls = TurnOffer {
-            tls: true,
-            ..o.clone()
-        };
-        let tls_frame = tls.encode().unwrap();
-        assert_eq!(tls_frame[..frame.len()], frame[..]);
-        assert_eq!(tls_frame[frame.len()..], [1]);
-        assert_eq!(WsMessage::decode(&tls_frame), Ok(WsMessage::TurnOffer(tls)));
+        // A stream transport: one byte more.
+        for (transport, byte) in [(TurnTransport::Tls, 1), (TurnTransport::Tcp, 2)] {
+            let streamed = TurnOffer {
+                transport,
+                ..o.clone()
+            };
+            let streamed_frame = streamed.encode().unwrap();
+            assert_eq!(streamed_frame[..frame.len()], frame[..]);
+            assert_eq!(streamed_frame[frame.len()..], [byte]);
+            assert_eq!(
+                WsMessage::decode(&streamed_frame),
+                Ok(WsMessage::TurnOffer(streamed))
+            );
+        }
+        let mut zero = frame.clone();
+        zero.push(0);
+        assert_eq!(
+            WsMessage::decode(&zero),
+            Ok(WsMessage::TurnOffer(o.clone()))
+        );
         let mut unknown = frame.clone();
-        unknown.push(2);
+        unknown.push(3);
         assert!(WsMessage::decode(&unknown).is_err());
         let long = TurnOffer {
             password: "x".repeat(256),

@@ -705,7 +705,7 @@ impl Session {
             port: turn.url.port,
             username: creds.username,
             password: creds.password,
-            tls: turn.url.tls,
+            transport: turn.url.transport,
         };
         match offer.encode().map(|frame| self.tx.try_send(frame)) {
             Some(Ok(())) => ServerCounters::inc(&sh.counters.turn_offers),

@@ -12,6 +12,7 @@ use md5::{Digest, Md5};
 use ring::hmac;
 
 use super::TurnError;
+use crate::proto::ws::TurnTransport;
 
 /// The default TURN ports (RFC 8656 §3.1): over UDP, and over TLS.
 pub const DEFAULT_PORT: u16 = 3478;
@@ -74,13 +75,14 @@ impl Credentials {
 }
 
 /// A TURN server as a client's config names it:
-/// `turn://[user:pass@]host[:port]` (UDP) or `turns://…` (TLS over TCP).
+/// `turn://[user:pass@]host[:port]` (UDP), the same with `?transport=tcp`
+/// (TCP), or `turns://…` (TLS over TCP), as in RFC 7065's URIs.
 /// The host is resolved by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnUrl {
-    /// `turns://`: the client reaches the server over TLS. The relayed
-    /// side, from the server to peers, is UDP either way.
-    pub tls: bool,
+    /// How the client reaches the server. The relayed side, from the
+    /// server to peers, is UDP either way.
+    pub transport: TurnTransport,
     pub host: String,
     pub port: u16,
     pub credentials: Option<Credentials>,
@@ -99,9 +101,22 @@ impl TurnUrl {
         } else {
             return Err(bad("expected turn:// or turns://[user:pass@]host[:port]"));
         };
-        if rest.contains(['/', '?', '#']) {
-            return Err(bad("no path or query allowed after host:port"));
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        if rest.contains(['/', '#']) {
+            return Err(bad("no path allowed after host:port"));
         }
+        let transport =
+            match (tls, query) {
+                (false, None | Some("transport=udp")) => TurnTransport::Udp,
+                (false, Some("transport=tcp")) => TurnTransport::Tcp,
+                (true, None | Some("transport=tcp")) => TurnTransport::Tls,
+                _ => return Err(bad(
+                    "the only query is ?transport=udp or ?transport=tcp (turns:// is TLS over TCP)",
+                )),
+            };
         let (userinfo, hostport) = match rest.rsplit_once('@') {
             Some((u, h)) => (Some(u), h),
             None => (None, rest),
@@ -142,7 +157,7 @@ impl TurnUrl {
             return Err(bad("expected a host name or an IPv4 address"));
         }
         Ok(TurnUrl {
-            tls,
+            transport,
             host: host.to_string(),
             port,
             credentials,
@@ -220,7 +235,7 @@ mod tests {
             (c.username.as_str(), c.password.as_str()),
             ("alice", "p@ss")
         );
-        assert!(!u.tls);
+        assert_eq!(u.transport, TurnTransport::Udp);
         let u = TurnUrl::parse("turn://192.0.2.7").unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.credentials),
@@ -228,12 +243,27 @@ mod tests {
         );
         let u = TurnUrl::parse("turns://a:b@turn.example").unwrap();
         assert_eq!(
-            (u.tls, u.host.as_str(), u.port),
-            (true, "turn.example", 5349)
+            (u.transport, u.host.as_str(), u.port),
+            (TurnTransport::Tls, "turn.example", 5349)
         );
-        let u = TurnUrl::parse("turns://10.9.0.1:443").unwrap();
-        assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.9.0.1", 443));
+        let u = TurnUrl::parse("turns://10.9.0.1:443?transport=tcp").unwrap();
+        assert_eq!(
+            (u.transport, u.host.as_str(), u.port),
+            (TurnTransport::Tls, "10.9.0.1", 443)
+        );
+        let u = TurnUrl::parse("turn://a:b@192.0.2.7?transport=tcp").unwrap();
+        assert_eq!(
+            (u.transport, u.host.as_str(), u.port),
+            (TurnTransport::Tcp, "192.0.2.7", 3478)
+        );
+        let u = TurnUrl::parse("turn://192.0.2.7:80?transport=udp").unwrap();
+        assert_eq!((u.transport, u.port), (TurnTransport::Udp, 80));
         for bad in [
+            "turn://h?transport=tls",
+            "turn://h?transport=TCP",
+            "turn://h?",
+            "turns://h?transport=udp",
+            "turn://h/?transport=tcp",
             "turns://",
             "turns://h_x:5349",
             "turnss://h",

@@ -56,7 +56,7 @@ pub enum TurnError {
     NotAllocated,
     #[error("no free channel number")]
     NoChannel,
-    #[error("the TLS session to the TURN server ended: {0}")]
+    #[error("the stream to the TURN server ended: {0}")]
     Stream(String),
     #[error("bad TURN URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },

@@ -1,20 +1,22 @@
-//! `turns://`: TURN over TLS (RFC 8656 §3.1), for networks whose only way
-//! out is TCP. There is no kernel TLS here, so TLS runs in user space, on
-//! a thread of its own so that data never passes through the control loop.
+//! TURN over a stream (RFC 8656 §3.1): `turn://…?transport=tcp` and
+//! `turns://`, for networks whose only way out is TCP. There is no kernel
+//! TLS here, so TLS runs in user space, on a thread of its own so that data
+//! never passes through the control loop; plain TCP takes the same thread,
+//! so both transports are one code path.
 //!
-//! The thread (a *bridge*) owns the TLS session to the TURN server and a
-//! UDP socket on loopback. To the rest of the node, that loopback address
-//! *is* the TURN server: the allocation's socket sends STUN and ChannelData
+//! The thread (a *bridge*) owns the stream to the TURN server and a UDP
+//! socket on loopback. To the rest of the node, that loopback address *is*
+//! the TURN server: the allocation's socket sends STUN and ChannelData
 //! there exactly as it would to a server over UDP, and the bridge puts each
 //! datagram on the stream ([`crate::turn::stream::frame`]) and each frame
 //! from the stream back into a datagram ([`crate::turn::stream::Deframer`]).
-//! The dataplane, the TURN client and the path logic are the ones of
+//! The dataplane, the TURN client and the path logic are the ones of a UDP
 //! `turn://`, unchanged; only the server's address differs.
 //!
 //! Loopback UDP keeps datagram boundaries, so nothing above the bridge
-//! learns about stream framing, and a worker never blocks on TLS: when the
-//! bridge falls behind, its socket buffer overflows and datagrams drop, as
-//! on any congested UDP path, and the tunnelled TCP backs off.
+//! learns about stream framing, and a worker never blocks on the stream:
+//! when the bridge falls behind, its socket buffer overflows and datagrams
+//! drop, as on any congested UDP path, and the tunnelled TCP backs off.
 //!
 //! The bridge trusts the first sender on its loopback socket (the
 //! allocation's socket, whose first datagram is the Allocate) and drops
@@ -23,7 +25,7 @@
 //!
 //! It ends when the TURN server closes the stream, sends bytes that are
 //! not TURN framing, or the TLS session fails, and says why
-//! ([`TurnEvent::BridgeEnded`]); or when the node drops its [`Bridge`].
+//! ([`TurnEvent::Ended`]); or when the node drops its [`Bridge`].
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket as StdUdpSocket};
@@ -32,17 +34,18 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
 use crate::proto::mtu::MAX_DATAGRAM;
+use crate::proto::ws::TurnTransport;
 use crate::sys::{signals, udp};
 use crate::turn::stream::{frame, Deframer};
 
-/// Resolving, connecting and the TLS handshake together.
+/// Resolving, connecting and any TLS handshake together.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the bridge puts on the stream in one write: the datagrams
 /// that queued while the last write went out, up to about one TLS record.
@@ -52,35 +55,46 @@ const SOCKET_BUFFER: usize = 4 << 20;
 
 /// What the bridge tells the control loop.
 pub enum TurnEvent {
-    /// The answer to a `ResolveTurn` for a `turns://` server: the loopback
-    /// address that now stands for it, or why there is none.
+    /// The answer to a `ResolveTurn` for a server over TCP or TLS: the
+    /// loopback address that now stands for it, or why there is none.
     Up {
         host: String,
         port: u16,
+        transport: TurnTransport,
         result: Result<Bridge, String>,
     },
     /// The bridge whose loopback address is `local` has ended.
     Ended { local: SocketAddrV4, reason: String },
 }
 
-/// A running bridge. Dropping it ends the TLS session.
+/// A running bridge. Dropping it ends the stream.
 #[derive(Debug)]
 pub struct Bridge {
     pub local: SocketAddrV4,
     _stop: oneshot::Sender<()>,
 }
 
-/// Starts a bridge to `host`:`port` on a thread of its own; the outcome
-/// arrives on `events` as [`TurnEvent::Up`].
-pub fn spawn<T>(host: String, port: u16, tls: TlsConnector, events: mpsc::Sender<T>)
+/// Starts a bridge to `host`:`port` on a thread of its own, inside TLS
+/// with `tls`, else over plain TCP; the outcome arrives on `events` as
+/// [`TurnEvent::Up`].
+pub fn spawn<T>(host: String, port: u16, tls: Option<TlsConnector>, events: mpsc::Sender<T>)
 where
     T: From<TurnEvent> + Send + 'static,
 {
+    let to = Target {
+        transport: if tls.is_some() {
+            TurnTransport::Tls
+        } else {
+            TurnTransport::Tcp
+        },
+        host,
+        port,
+    };
     let thread_events = events.clone();
-    let (thread_host, thread_port) = (host.clone(), port);
+    let thread_to = to.clone();
     // Started with the process signals blocked, like the workers: SIGTERM
     // and SIGHUP belong to the control thread's handlers.
-    let builder = std::thread::Builder::new().name("turn-tls".into());
+    let builder = std::thread::Builder::new().name(format!("turn-{}", to.transport.label()));
     let spawned = signals::with_process_signals_blocked(|| {
         builder.spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -89,57 +103,86 @@ where
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    let result = Err(format!("starting the TLS thread's runtime: {e}"));
-                    let up = TurnEvent::Up {
-                        host: thread_host,
-                        port: thread_port,
-                        result,
-                    };
+                    let up = thread_to.up(Err(format!("starting the bridge's runtime: {e}")));
                     let _ = thread_events.blocking_send(up.into());
                     return;
                 }
             };
-            rt.block_on(run(thread_host, thread_port, tls, thread_events));
+            rt.block_on(run(thread_to, tls, thread_events));
         })
     });
     if let Err(e) = spawned {
         // The control loop's own task delivers this, so it cannot be full
         // of the loop's own waiting.
         tokio::spawn(async move {
-            let result = Err(format!("starting the TLS thread: {e}"));
-            let up = TurnEvent::Up { host, port, result };
+            let up = to.up(Err(format!("starting the bridge thread: {e}")));
             let _ = events.send(up.into()).await;
         });
     }
 }
 
-async fn run<T: From<TurnEvent>>(
+/// The server a bridge is for, as the node asked for it.
+#[derive(Clone)]
+struct Target {
     host: String,
     port: u16,
-    tls: TlsConnector,
-    events: mpsc::Sender<T>,
-) {
-    let setup = tokio::time::timeout(SETUP_TIMEOUT, connect(&host, port, &tls)).await;
-    let (stream, server) = match setup {
+    transport: TurnTransport,
+}
+
+impl Target {
+    fn up(self, result: Result<Bridge, String>) -> TurnEvent {
+        TurnEvent::Up {
+            host: self.host,
+            port: self.port,
+            transport: self.transport,
+            result,
+        }
+    }
+}
+
+async fn run<T: From<TurnEvent>>(to: Target, tls: Option<TlsConnector>, events: mpsc::Sender<T>) {
+    let setup = tokio::time::timeout(SETUP_TIMEOUT, connect(&to.host, to.port)).await;
+    let (tcp, server) = match setup {
         Ok(Ok(s)) => s,
-        Ok(Err(why)) => return up_failed(&events, host, port, why).await,
+        Ok(Err(why)) => return up_failed(&events, to, why).await,
         Err(_) => {
-            let why = format!("no TLS session in {SETUP_TIMEOUT:?}");
-            return up_failed(&events, host, port, why).await;
+            let why = format!("no TCP connection in {SETUP_TIMEOUT:?}");
+            return up_failed(&events, to, why).await;
         }
     };
+    let Some(tls) = tls else {
+        return serve(tcp, server, to, events).await;
+    };
+    let handshake = tokio::time::timeout(SETUP_TIMEOUT, tls_handshake(&to.host, server, tcp, &tls));
+    match handshake.await {
+        Ok(Ok(stream)) => serve(stream, server, to, events).await,
+        Ok(Err(why)) => up_failed(&events, to, why).await,
+        Err(_) => {
+            let why = format!("no TLS session in {SETUP_TIMEOUT:?}");
+            up_failed(&events, to, why).await
+        }
+    }
+}
+
+/// Opens the loopback side, reports the bridge up and carries datagrams
+/// until it ends.
+async fn serve<S, T>(stream: S, server: SocketAddrV4, to: Target, events: mpsc::Sender<T>)
+where
+    S: AsyncRead + AsyncWrite,
+    T: From<TurnEvent>,
+{
     let socket = match loopback_socket() {
         Ok(s) => s,
         Err(e) => {
             let why = format!("opening the loopback socket: {e}");
-            return up_failed(&events, host, port, why).await;
+            return up_failed(&events, to, why).await;
         }
     };
     let local = match socket.local_addr() {
         Ok(SocketAddr::V4(a)) => a,
         other => {
             let why = format!("loopback socket address {other:?}");
-            return up_failed(&events, host, port, why).await;
+            return up_failed(&events, to, why).await;
         }
     };
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -147,13 +190,9 @@ async fn run<T: From<TurnEvent>>(
         local,
         _stop: stop_tx,
     };
-    info!(%server, %local, "TLS session to the TURN server up");
-    let up = TurnEvent::Up {
-        host,
-        port,
-        result: Ok(bridge),
-    };
-    if events.send(up.into()).await.is_err() {
+    let transport = to.transport.label();
+    info!(%server, %local, transport, "stream to the TURN server up");
+    if events.send(to.up(Ok(bridge)).into()).await.is_err() {
         return;
     }
     let reason = carry(stream, socket, stop_rx).await;
@@ -162,23 +201,11 @@ async fn run<T: From<TurnEvent>>(
     }
 }
 
-async fn up_failed<T: From<TurnEvent>>(
-    events: &mpsc::Sender<T>,
-    host: String,
-    port: u16,
-    why: String,
-) {
-    let up = TurnEvent::Up {
-        host,
-        port,
-        result: Err(why),
-    };
-    let _ = events.send(up.into()).await;
+async fn up_failed<T: From<TurnEvent>>(events: &mpsc::Sender<T>, to: Target, why: String) {
+    let _ = events.send(to.up(Err(why)).into()).await;
 }
 
-type Tls = tokio_rustls::client::TlsStream<TcpStream>;
-
-async fn connect(host: &str, port: u16, tls: &TlsConnector) -> Result<(Tls, SocketAddrV4), String> {
+async fn connect(host: &str, port: u16) -> Result<(TcpStream, SocketAddrV4), String> {
     let server = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("resolving {host}: {e}"))?
@@ -187,18 +214,25 @@ async fn connect(host: &str, port: u16, tls: &TlsConnector) -> Result<(Tls, Sock
             SocketAddr::V6(_) => None,
         })
         .ok_or_else(|| format!("{host} has no IPv4 address"))?;
-    let name = ServerName::try_from(host.to_string())
-        .map_err(|_| format!("{host:?} is not a name a certificate can carry"))?;
     let tcp = TcpStream::connect(server)
         .await
         .map_err(|e| format!("connect to {server}: {e}"))?;
     // Each frame is a packet someone waits for.
     tcp.set_nodelay(true).ok();
-    let stream = tls
-        .connect(name, tcp)
+    Ok((tcp, server))
+}
+
+async fn tls_handshake(
+    host: &str,
+    server: SocketAddrV4,
+    tcp: TcpStream,
+    tls: &TlsConnector,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| format!("{host:?} is not a name a certificate can carry"))?;
+    tls.connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {server}: {e}"))?;
-    Ok((stream, server))
+        .map_err(|e| format!("TLS handshake with {server}: {e}"))
 }
 
 fn loopback_socket() -> io::Result<UdpSocket> {
@@ -211,7 +245,11 @@ fn loopback_socket() -> io::Result<UdpSocket> {
 
 /// Carries datagrams both ways until one side ends; `None` when the node
 /// let the bridge go, else why it ended.
-async fn carry(stream: Tls, socket: UdpSocket, stop: oneshot::Receiver<()>) -> Option<String> {
+async fn carry<S: AsyncRead + AsyncWrite>(
+    stream: S,
+    socket: UdpSocket,
+    stop: oneshot::Receiver<()>,
+) -> Option<String> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let allocation = OnceLock::new();
     let up = async {
@@ -256,7 +294,7 @@ async fn carry(stream: Tls, socket: UdpSocket, stop: oneshot::Receiver<()>) -> O
             };
             if n == 0 {
                 return match deframer.finish() {
-                    Ok(()) => "the TURN server closed the TLS session".to_string(),
+                    Ok(()) => "the TURN server closed the stream".to_string(),
                     Err(e) => format!("bad stream from the TURN server: {e}"),
                 };
             }
@@ -348,7 +386,12 @@ mod tests {
             events: &mut mpsc::Receiver<TurnEvent>,
             tx: mpsc::Sender<TurnEvent>,
         ) -> (tokio_rustls::server::TlsStream<TcpStream>, Bridge) {
-            spawn("localhost".into(), self.port(), self.trusting.clone(), tx);
+            spawn(
+                "localhost".into(),
+                self.port(),
+                Some(self.trusting.clone()),
+                tx,
+            );
             let (tcp, _) = timeout(WAIT, self.listener.accept())
                 .await
                 .unwrap()
@@ -499,7 +542,12 @@ mod tests {
         let port = s.port();
         let web_roots_only = tls::connector(&ServerTrust::Roots { extra_ca: None }).unwrap();
         let (tx, mut events) = mpsc::channel(4);
-        spawn("localhost".into(), port, web_roots_only.clone(), tx.clone());
+        spawn(
+            "localhost".into(),
+            port,
+            Some(web_roots_only.clone()),
+            tx.clone(),
+        );
         let (tcp, _) = timeout(WAIT, s.listener.accept()).await.unwrap().unwrap();
         // The server side fails too; only the client's reason matters.
         let _ = timeout(WAIT, s.acceptor.accept(tcp)).await;
@@ -511,10 +559,53 @@ mod tests {
         }
         drop(s);
         // Nothing listens there any more.
-        spawn("localhost".into(), port, web_roots_only, tx);
+        spawn("localhost".into(), port, Some(web_roots_only), tx);
         match timeout(WAIT, events.recv()).await.unwrap() {
             Some(TurnEvent::Up { result: Err(e), .. }) => assert!(e.contains("connect"), "{e}"),
             _ => panic!("a bridge to a closed port"),
         }
+    }
+
+    #[tokio::test]
+    async fn over_plain_tcp_the_same_frames_cross_with_no_tls() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, mut events) = mpsc::channel(4);
+        spawn("127.0.0.1".into(), port, None, tx);
+        let (mut session, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        let bridge = match timeout(WAIT, events.recv()).await.unwrap() {
+            Some(TurnEvent::Up {
+                transport,
+                result: Ok(bridge),
+                ..
+            }) => {
+                assert_eq!(transport, TurnTransport::Tcp);
+                bridge
+            }
+            _ => panic!("no bridge over TCP"),
+        };
+        let allocation = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        allocation.send_to(&stun(), bridge.local).await.unwrap();
+        // The stream carries the framing itself: no TLS record around it.
+        let mut got = vec![0u8; stun().len()];
+        timeout(WAIT, session.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, stun());
+        session
+            .write_all(&[0x40, 0x01, 0x00, 0x02, b'h', b'i', 0, 0])
+            .await
+            .unwrap();
+        let mut dgram = [0u8; 16];
+        let (n, from) = timeout(WAIT, allocation.recv_from(&mut dgram))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, SocketAddr::V4(bridge.local));
+        assert_eq!(&dgram[..n], &[0x40, 0x01, 0x00, 0x02, b'h', b'i']);
+        drop(session);
+        let why = ended(&mut events, bridge.local).await;
+        assert!(why.contains("closed the stream"), "{why}");
     }
 }
