@@ -132,10 +132,7 @@ pub fn server_toml(file: &str, cfg: &ServerConfig) -> String {
             ttl,
         }) => {
             let mut tt = Table::new();
-            tt.insert(
-                "url".into(),
-                string(format!("turn://{}:{}", url.host, url.port)),
-            );
+            tt.insert("url".into(), string(url.to_url(None)));
             tt.insert("secret".into(), string(HIDDEN_PASSWORD));
             tt.insert("ttl".into(), int(*ttl));
             t.insert("turn".into(), Value::Table(tt));
@@ -336,10 +333,7 @@ pub fn client_toml(file: &str, cfg: &ClientConfig) -> String {
         Some((u, c)) => {
             t.insert(
                 "turn".into(),
-                string(format!(
-                    "turn://{}:{HIDDEN_PASSWORD}@{}:{}",
-                    c.username, u.host, u.port
-                )),
+                string(u.to_url(Some(&format!("{}:{HIDDEN_PASSWORD}", c.username)))),
             );
         }
         None => unset.push(("turn", "the TURN server the ringlink server offers, if any")),

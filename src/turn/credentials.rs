@@ -163,6 +163,18 @@ impl TurnUrl {
             credentials,
         })
     }
+
+    /// The URL again, with `userinfo` (as it should appear, escaped or
+    /// hidden) in place of the credentials: for `--check` output.
+    pub fn to_url(&self, userinfo: Option<&str>) -> String {
+        let (scheme, query) = match self.transport {
+            TurnTransport::Udp => ("turn", ""),
+            TurnTransport::Tcp => ("turn", "?transport=tcp"),
+            TurnTransport::Tls => ("turns", ""),
+        };
+        let user = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("{scheme}://{user}{}:{}{query}", self.host, self.port)
+    }
 }
 
 /// The URL with any password replaced, for error messages.
@@ -258,6 +270,19 @@ mod tests {
         );
         let u = TurnUrl::parse("turn://192.0.2.7:80?transport=udp").unwrap();
         assert_eq!((u.transport, u.port), (TurnTransport::Udp, 80));
+        // Printed back, each parses to itself.
+        for text in [
+            "turn://a:b@h.example:3479",
+            "turn://h.example:3478?transport=tcp",
+            "turns://a:b@h.example:5349",
+        ] {
+            let u = TurnUrl::parse(text).unwrap();
+            let userinfo = u
+                .credentials
+                .as_ref()
+                .map(|c| format!("{}:{}", c.username, c.password));
+            assert_eq!(u.to_url(userinfo.as_deref()), text);
+        }
         for bad in [
             "turn://h?transport=tls",
             "turn://h?transport=TCP",
