@@ -619,6 +619,26 @@ mod tests {
     }
 
     #[test]
+    fn when_the_shared_port_wins_the_draw_every_attempt_socket_goes() {
+        // The data port challenges the peer's announced port too, so it
+        // holds a ticket in the birthday draw; when its answer proves the
+        // path, none of the attempt's sockets carries it.
+        let t0 = Instant::now();
+        let mut p = Punch::default();
+        let peer = ep(2, 40_000);
+        p.want(Wanted::Birthday {
+            peer: PEER,
+            target: peer,
+        });
+        p.opened(fds(4), t0);
+        assert!(!p.heard(peer, MAIN_SOCKET, true));
+        assert_eq!(p.via(peer), None, "replies leave from the shared port");
+        assert!(p.release_idle(t0 + SOCKET_LIFETIME, std::iter::once(peer)));
+        assert!(p.sockets().is_empty());
+        assert_eq!(p.via(peer), None);
+    }
+
+    #[test]
     fn a_spray_leaves_from_the_shared_port_at_the_budgeted_rate() {
         let t0 = Instant::now();
         let mut p = Punch::default();
