@@ -84,10 +84,10 @@ on_server() { [ "$(rl_status_get "$1" 'd["server"]')" = "ws://$(srv_ip "$2"):$RL
 # later, as b does below after its instance comes back: wait for that.
 for x in a b c d; do check "client $x is on its own instance s${HOME_OF[$x]} within 30 s" rl_wait_until 30 on_server "$x" "${HOME_OF[$x]}"; done
 for x in a b c d; do check "client $x has its address ${VIP[$x]}" test "$(rl_vip "$x")" = "${VIP[$x]}"; done
-members() { rl_exec "s$1" python3 -c 'import re, sys, urllib.request
-t = urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode()
-m = re.search(r"^ringlink_server_cluster_members\{[^}]*instance=\"%s\"[^}]*\} (\d+)" % sys.argv[1], t, re.M)
-print(m.group(1) if m else "")' "$2" 2>/dev/null; }
+# metrics_of <n> : instance n's /metrics text.
+metrics_of() { rl_exec "s$1" python3 -c 'import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode(), end="")' 2>/dev/null; }
+members() { metrics_of "$1" | sed -n "s/^ringlink_server_cluster_members{.*instance=\"$2\".*} \([0-9]*\)\$/\1/p"; }
 members_are() { [ "$(members "$1" s1)/$(members "$1" s2)/$(members "$1" s3)" = "$2" ]; }
 check "s3's /metrics: members held by s1/s2/s3 are 2/1/1" rl_wait_until 10 members_are 3 2/1/1
 # status --server on s1: named by its cluster name, listing its own members.
@@ -121,9 +121,7 @@ transfer() {
 }
 transfer c 5001 "s1 -> s3, across instances"
 transfer d 5002 "s1, same instance"
-metric() { rl_exec "s$1" python3 -c 'import sys, urllib.request
-for l in urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode().splitlines():
-    if l.startswith(sys.argv[1] + " "): print(l.split()[1])' "$2" 2>/dev/null; }
+metric() { metrics_of "$1" | awk -v name="$2" '$1 == name { print $2 }'; }
 check "s1 counted frames out to other instances" rl_ge "$(metric 1 ringlink_server_cluster_frames_out_total)" 5000
 check "s3 counted frames in from other instances" rl_ge "$(metric 3 ringlink_server_cluster_frames_in_total)" 5000
 
@@ -208,9 +206,7 @@ echo "  f joined $(( $(rl_now_ms) - t0 )) ms after the NATS nodes listened"
 if ! check "ping f -> a after NATS returned (5 of 5)" rl_wait_until 20 rl_ping f "${VIP[a]}" 5; then
     # Where the frames went: f is on s2, a on s1.
     for n in 1 2; do
-        rl_exec "s$n" python3 -c 'import urllib.request
-for l in urllib.request.urlopen("http://127.0.0.1:9587/metrics", timeout=5).read().decode().splitlines():
-    if l.startswith("ringlink_server_") and ("cluster" in l or "drop" in l) and not l.endswith(" 0"): print("    s'"$n"'", l)' 2>&1
+        metrics_of "$n" | grep -E '^ringlink_server_[^ ]*(cluster|drop)' | grep -v ' 0$' | sed "s/^/    s$n /"
     done
 fi
 # The outage outlasted every lease: an instance back on NATS must not take

@@ -570,17 +570,23 @@ mod tests {
         assert_eq!(now - t0, Duration::from_millis(35));
     }
 
-    #[test]
-    fn replies_leave_from_the_socket_the_peer_was_heard_on() {
-        let t0 = Instant::now();
+    /// Four birthday sockets opened at `t0`, aimed at the peer's endpoint
+    /// (returned with them).
+    fn four_birthday_sockets(t0: Instant) -> (Punch, SocketAddrV4) {
         let mut p = Punch::default();
+        let peer = ep(2, 40_000);
         p.want(Wanted::Birthday {
             peer: PEER,
-            target: ep(2, 40_000),
+            target: peer,
         });
         p.opened(fds(4), t0);
+        (p, peer)
+    }
+
+    #[test]
+    fn replies_leave_from_the_socket_the_peer_was_heard_on() {
+        let (mut p, peer) = four_birthday_sockets(Instant::now());
         let id = p.sockets()[2].id;
-        let peer = ep(2, 40_000);
         assert_eq!(p.via(peer), None);
         assert!(p.heard(peer, id, false));
         assert_eq!(p.via(peer).map(|s| s.id), Some(id));
@@ -598,13 +604,7 @@ mod tests {
     #[test]
     fn idle_sockets_go_after_their_time_and_a_used_one_stays() {
         let t0 = Instant::now();
-        let mut p = Punch::default();
-        let peer = ep(2, 40_000);
-        p.want(Wanted::Birthday {
-            peer: PEER,
-            target: peer,
-        });
-        p.opened(fds(4), t0);
+        let (mut p, peer) = four_birthday_sockets(t0);
         let id = p.sockets()[1].id;
         p.heard(peer, id, false);
         assert!(!p.release_idle(t0 + Duration::from_secs(1), std::iter::once(peer)));
@@ -624,13 +624,7 @@ mod tests {
         // holds a ticket in the birthday draw; when its answer proves the
         // path, none of the attempt's sockets carries it.
         let t0 = Instant::now();
-        let mut p = Punch::default();
-        let peer = ep(2, 40_000);
-        p.want(Wanted::Birthday {
-            peer: PEER,
-            target: peer,
-        });
-        p.opened(fds(4), t0);
+        let (mut p, peer) = four_birthday_sockets(t0);
         assert!(!p.heard(peer, MAIN_SOCKET, true));
         assert_eq!(p.via(peer), None, "replies leave from the shared port");
         assert!(p.release_idle(t0 + SOCKET_LIFETIME, std::iter::once(peer)));

@@ -45,7 +45,7 @@ use crate::proto::ws::TurnTransport;
 use crate::sys::{signals, udp};
 use crate::turn::stream::{frame, Deframer};
 
-/// Resolving, connecting and any TLS handshake together.
+/// Resolving and connecting; the TLS handshake, if any, gets as long again.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much the bridge puts on the stream in one write: the datagrams
 /// that queued while the last write went out, up to about one TLS record.
